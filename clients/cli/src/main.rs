@@ -1,0 +1,67 @@
+//! `grantmesh`: one binary for every role in the mesh, and the operator's
+//! commands for looking at a running one.
+//!
+//! ```text
+//! grantmesh registry  --listen 127.0.0.1:7000
+//! grantmesh college   --listen 127.0.0.1:7200 --registry http://127.0.0.1:7000
+//! grantmesh agency    --listen 127.0.0.1:7100 --registry http://127.0.0.1:7000
+//! grantmesh instances --registry http://127.0.0.1:7000
+//! grantmesh health 127.0.0.1:7200 --service grantmesh.v1.College
+//! ```
+
+mod ops;
+mod roles;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "grantmesh", version, about = "A research-grant service mesh: registry, agencies and colleges over gRPC.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a registry replica (service discovery with heartbeat leases).
+    Registry(roles::RegistryArgs),
+    /// Run a funding agency that takes grant proposals.
+    Agency(roles::AgencyArgs),
+    /// Run a college that keeps research accounts.
+    College(roles::CollegeArgs),
+    /// Check a server's gRPC health; exits 0 when it is SERVING.
+    Health(ops::HealthArgs),
+    /// List the live instances a registry knows, with their addresses.
+    Instances(ops::InstancesArgs),
+    /// Call a service's Ping through the mesh (discovery and balancing included).
+    Ping(ops::PingArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    grantmesh_server::telemetry::init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: failed to start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Registry(args) => roles::run_registry(args).await,
+            Command::Agency(args) => roles::run_agency(args).await,
+            Command::College(args) => roles::run_college(args).await,
+            Command::Health(args) => ops::health(args).await,
+            Command::Instances(args) => ops::instances(args).await,
+            Command::Ping(args) => ops::ping(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

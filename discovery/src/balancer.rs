@@ -1,0 +1,397 @@
+//! Client-side balancing over the instances the registry reports live.
+//!
+//! A [`Balancer`] follows one service through the registry's `Watch` stream
+//! (trying the registry replicas in turn, and keeping the last known set
+//! while none answers). Each change is applied to the pick set under its
+//! lock before anyone is told, so once a removal has been applied no call
+//! can start on the removed instance. (This is where the well-known
+//! pitfall of balance channels lies — removals that only take effect on a
+//! later readiness poll, or requests already queued for a removed endpoint:
+//! here the pick happens at call time, against the current set.)
+//!
+//! Picking is power of two choices: two distinct live instances at random,
+//! the one with fewer calls in flight wins. Tower's `p2c::Balance` does the
+//! same, but it cannot be told "not that one again" for a retry, nor to set an
+//! instance aside when its connection has just failed; both matter for the
+//! window between an instance dying and the registry saying so.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use grantmesh_proto::RegistryClient;
+use grantmesh_proto::v1::{Instance, WatchEvent, WatchRequest, watch_event::Kind};
+use rand::Rng as _;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Tuning for a [`Balancer`].
+#[derive(Clone, Debug)]
+pub struct BalancerOptions {
+    /// Attempts per call, the first included, each on a different instance.
+    pub attempts: usize,
+    /// How long an instance whose connection just failed is passed over.
+    pub eject_for: Duration,
+    /// How long a call waits for a first live instance before failing.
+    pub wait_for_instances: Duration,
+}
+
+impl Default for BalancerOptions {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            eject_for: Duration::from_secs(2),
+            wait_for_instances: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What a balancer currently believes about its service.
+#[derive(Clone, Debug, Default)]
+pub struct MeshView {
+    /// The live instances, by id.
+    pub instances: Vec<Instance>,
+    /// Registry revision of the last change applied.
+    pub revision: u64,
+    /// Whether a registry is answering right now (the set is kept when not).
+    pub connected: bool,
+}
+
+impl MeshView {
+    /// Whether an instance with this id is in the set.
+    pub fn contains(&self, id: &str) -> bool {
+        self.instances.iter().any(|i| i.id == id)
+    }
+}
+
+/// Balances calls to one service across its live instances. Cheap to clone.
+#[derive(Clone)]
+pub struct Balancer {
+    shared: Arc<Shared>,
+    _follow: Arc<DropGuard>,
+}
+
+struct Shared {
+    service: String,
+    options: BalancerOptions,
+    endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
+    view: watch::Sender<MeshView>,
+}
+
+struct Endpoint {
+    instance: Instance,
+    channel: Channel,
+    in_flight: AtomicUsize,
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl Balancer {
+    /// Follows `service` through the given registry URLs (tried in turn).
+    pub fn new(registries: Vec<String>, service: impl Into<String>, options: BalancerOptions) -> Self {
+        let (view, _) = watch::channel(MeshView::default());
+        let shared = Arc::new(Shared {
+            service: service.into(),
+            options,
+            endpoints: RwLock::new(HashMap::new()),
+            view,
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(follow(registries, Arc::clone(&shared), stop.clone()));
+        Self { shared, _follow: Arc::new(stop.drop_guard()) }
+    }
+
+    /// The service this balancer calls.
+    pub fn service(&self) -> &str {
+        &self.shared.service
+    }
+
+    /// What the balancer currently believes.
+    pub fn view(&self) -> MeshView {
+        self.shared.view.borrow().clone()
+    }
+
+    /// Changes to [`Balancer::view`], for callers that wait on the mesh.
+    pub fn subscribe(&self) -> watch::Receiver<MeshView> {
+        self.shared.view.subscribe()
+    }
+
+    /// Runs `call` with a channel to one live instance; when it fails with
+    /// `UNAVAILABLE` (or the connection broke under it) it runs again on
+    /// another instance, up to [`BalancerOptions::attempts`] times. Every
+    /// mutating grantmesh call carries an idempotency key, so this is safe
+    /// for them too.
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut tried: Vec<String> = Vec::new();
+        let mut last_error = None;
+        for _ in 0..self.shared.options.attempts.max(1) {
+            let Some(endpoint) = self.pick_or_wait(&tried).await else { break };
+            let _in_flight = InFlight::start(&endpoint);
+            match call(endpoint.channel.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(status) => {
+                    let (status, transport) = classify(status);
+                    if status.code() != Code::Unavailable {
+                        return Err(status);
+                    }
+                    if transport {
+                        endpoint.eject(self.shared.options.eject_for);
+                    }
+                    tracing::debug!(instance = %endpoint.instance.id, error = %status, "retrying on another instance");
+                    tried.push(endpoint.instance.id.clone());
+                    last_error = Some(status);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| self.no_instance()))
+    }
+
+    fn no_instance(&self) -> Status {
+        Status::unavailable(format!("no live instance of service {:?} is registered", self.shared.service))
+    }
+
+    async fn pick_or_wait(&self, tried: &[String]) -> Option<Arc<Endpoint>> {
+        if let Some(endpoint) = self.shared.pick(tried) {
+            return Some(endpoint);
+        }
+        if !tried.is_empty() {
+            return None;
+        }
+        let mut changes = self.shared.view.subscribe();
+        let deadline = Instant::now() + self.shared.options.wait_for_instances;
+        loop {
+            if let Some(endpoint) = self.shared.pick(tried) {
+                return Some(endpoint);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Power of two choices among instances not yet tried, passing over
+    /// ejected ones unless nothing else is left.
+    fn pick(&self, tried: &[String]) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints.read().expect("endpoint lock poisoned");
+        let now = Instant::now();
+        let untried: Vec<&Arc<Endpoint>> = endpoints
+            .values()
+            .filter(|e| !tried.contains(&e.instance.id))
+            .collect();
+        let healthy: Vec<&Arc<Endpoint>> = untried.iter().copied().filter(|e| !e.is_ejected(now)).collect();
+        let pool = if healthy.is_empty() { untried } else { healthy };
+        match pool.len() {
+            0 => None,
+            1 => Some(Arc::clone(pool[0])),
+            n => {
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                let mut b = rng.random_range(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (pool[a], pool[b]);
+                let pick = if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) { b } else { a };
+                Some(Arc::clone(pick))
+            }
+        }
+    }
+
+    /// Applies one registry event to the pick set, then publishes the new view.
+    fn apply(&self, event: &WatchEvent) {
+        let mut endpoints = self.endpoints.write().expect("endpoint lock poisoned");
+        match event.kind() {
+            Kind::Snapshot => {
+                let mut fresh = HashMap::new();
+                for instance in &event.instances {
+                    let endpoint = match endpoints.remove(&instance.id) {
+                        Some(known) if known.instance.address == instance.address => known,
+                        _ => match Endpoint::new(instance.clone()) {
+                            Some(endpoint) => endpoint,
+                            None => continue,
+                        },
+                    };
+                    fresh.insert(instance.id.clone(), endpoint);
+                }
+                *endpoints = fresh;
+            }
+            Kind::Put => {
+                for instance in &event.instances {
+                    let same = endpoints
+                        .get(&instance.id)
+                        .is_some_and(|known| known.instance.address == instance.address);
+                    if !same && let Some(endpoint) = Endpoint::new(instance.clone()) {
+                        endpoints.insert(instance.id.clone(), endpoint);
+                    }
+                }
+            }
+            Kind::Delete => {
+                for instance in &event.instances {
+                    endpoints.remove(&instance.id);
+                }
+            }
+            Kind::Unspecified => return,
+        }
+        let mut instances: Vec<Instance> = endpoints.values().map(|e| e.instance.clone()).collect();
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        drop(endpoints);
+        self.view.send_replace(MeshView { instances, revision: event.revision, connected: true });
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.view.send_if_modified(|view| {
+            let changed = view.connected != connected;
+            view.connected = connected;
+            changed
+        });
+    }
+}
+
+impl Endpoint {
+    fn new(instance: Instance) -> Option<Arc<Self>> {
+        match crate::endpoint(&instance.address) {
+            Ok(endpoint) => Some(Arc::new(Self {
+                channel: endpoint.connect_lazy(),
+                instance,
+                in_flight: AtomicUsize::new(0),
+                ejected_until: Mutex::new(None),
+            })),
+            Err(err) => {
+                tracing::warn!(instance = %instance.id, address = %instance.address, error = %err, "ignoring an instance with a bad address");
+                None
+            }
+        }
+    }
+
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until
+            .lock()
+            .expect("ejection lock poisoned")
+            .is_some_and(|until| now < until)
+    }
+
+    fn eject(&self, period: Duration) {
+        *self.ejected_until.lock().expect("ejection lock poisoned") = Some(Instant::now() + period);
+    }
+}
+
+/// Counts a call in flight on an endpoint for as long as it lives.
+struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    fn start(endpoint: &Arc<Endpoint>) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(endpoint))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Maps a failure of the connection itself (the peer died mid-call, the
+/// connection was reset) to `UNAVAILABLE`, as other gRPC implementations do,
+/// and says whether the failure came from the transport rather than from the
+/// server's answer.
+fn classify(status: Status) -> (Status, bool) {
+    let transport = std::error::Error::source(&status).is_some();
+    match status.code() {
+        Code::Unavailable => (status, transport),
+        Code::Unknown | Code::Cancelled | Code::Internal if transport && broke_connection(&status) => {
+            (Status::unavailable(format!("connection lost: {}", status.message())), true)
+        }
+        _ => (status, false),
+    }
+}
+
+fn broke_connection(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.downcast_ref::<hyper::Error>().is_some() || err.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Follows the registry's Watch stream for one service, replica after replica.
+async fn follow(registries: Vec<String>, shared: Arc<Shared>, stop: CancellationToken) {
+    if registries.is_empty() {
+        tracing::warn!(service = %shared.service, "no registry to follow");
+        return;
+    }
+    let mut backoff = Duration::from_millis(50);
+    for url in registries.iter().cycle() {
+        let watched = tokio::select! {
+            () = stop.cancelled() => return,
+            result = watch_once(url, &shared) => result,
+        };
+        shared.set_connected(false);
+        match watched {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(err) => {
+                tracing::debug!(registry = %url, service = %shared.service, error = %err, "registry watch failed; keeping the last known instances");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn watch_once(url: &str, shared: &Shared) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let channel = crate::endpoint(url)?.connect().await?;
+    let mut events = RegistryClient::new(channel)
+        .watch(WatchRequest { service: shared.service.clone() })
+        .await?
+        .into_inner();
+    while let Some(event) = events.message().await? {
+        shared.apply(&event);
+    }
+    Ok(())
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A balancer is also a tower service, so generated clients can use it
+/// directly (`CollegeClient::new(balancer.clone())`): each call goes to a
+/// power-of-two pick, without retries. Use [`Balancer::call`] for retries.
+impl tower::Service<http::Request<tonic::body::Body>> for Balancer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let Some(endpoint) = self.shared.pick(&[]) else {
+            let status = self.no_instance();
+            return Box::pin(async move { Err(Box::new(status) as BoxError) });
+        };
+        Box::pin(async move {
+            let in_flight = InFlight::start(&endpoint);
+            let response = tower::ServiceExt::oneshot(in_flight.0.channel.clone(), request).await;
+            response.map_err(Into::into)
+        })
+    }
+}

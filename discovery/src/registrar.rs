@@ -1,0 +1,163 @@
+//! Keeping one instance registered with every registry replica.
+//!
+//! One task per registry URL runs a session: `Register`, then a `KeepAlive`
+//! stream that renews the lease every heartbeat interval. A reply saying the
+//! registry does not know the instance (it expired it, or restarted) makes the
+//! session register again at once. A broken stream, or no reply within the
+//! TTL, ends the session and a new one starts after a short pause, so a
+//! restarted registry relearns the instance well within one heartbeat
+//! interval of coming back.
+
+use std::time::Duration;
+
+use grantmesh_proto::RegistryClient;
+use grantmesh_proto::v1::{DeregisterRequest, Instance, KeepAliveRequest, RegisterRequest};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+/// What to register and where.
+#[derive(Clone, Debug)]
+pub struct RegistrarOptions {
+    /// Registry URLs, e.g. `http://127.0.0.1:7000`; the instance registers with each.
+    pub registries: Vec<String>,
+    /// The instance to register: id, service, address and labels.
+    pub instance: Instance,
+    /// How often the lease is renewed.
+    pub heartbeat_interval: Duration,
+    /// How long a registry waits for a renewal before removing the instance.
+    pub ttl: Duration,
+}
+
+/// A running registration; [`Registrar::deregister`] ends it.
+pub struct Registrar {
+    options: RegistrarOptions,
+    stop: CancellationToken,
+    sessions: JoinSet<()>,
+}
+
+impl Registrar {
+    /// Starts registering with every registry. Returns at once; registration
+    /// happens in the background and is retried for as long as the registrar lives.
+    pub fn start(options: RegistrarOptions) -> Self {
+        let stop = CancellationToken::new();
+        let mut sessions = JoinSet::new();
+        for url in &options.registries {
+            sessions.spawn(keep_registered(url.clone(), options.clone(), stop.clone()));
+        }
+        Self { options, stop, sessions }
+    }
+
+    /// The instance this registrar registers.
+    pub fn instance(&self) -> &Instance {
+        &self.options.instance
+    }
+
+    /// Stops renewing and removes the instance from every registry (each
+    /// given one second at most).
+    pub async fn deregister(mut self) {
+        self.stop.cancel();
+        while self.sessions.join_next().await.is_some() {}
+        let request = DeregisterRequest {
+            service: self.options.instance.service.clone(),
+            instance_id: self.options.instance.id.clone(),
+        };
+        let calls = self.options.registries.iter().map(|url| {
+            let request = request.clone();
+            async move {
+                let call = async {
+                    let channel = crate::endpoint(url)?.connect().await?;
+                    RegistryClient::new(channel).deregister(request).await?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                };
+                match tokio::time::timeout(Duration::from_secs(1), call).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::warn!(registry = %url, error = %err, "failed to deregister"),
+                    Err(_) => tracing::warn!(registry = %url, "deregistering timed out"),
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
+        tracing::info!(instance = %self.options.instance.id, "deregistered");
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn keep_registered(url: String, options: RegistrarOptions, stop: CancellationToken) {
+    let retry_pause = (options.heartbeat_interval / 5).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    let mut was_registered = false;
+    loop {
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = session(&url, &options, &mut was_registered) => outcome,
+        };
+        if let Err(err) = outcome {
+            if was_registered {
+                tracing::warn!(registry = %url, error = %err, "lost the registry; registering again");
+            } else {
+                tracing::debug!(registry = %url, error = %err, "registry not reachable yet");
+            }
+        }
+        was_registered = false;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(retry_pause) => {}
+        }
+    }
+}
+
+type SessionError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One connection's worth of registration; returns when it breaks.
+async fn session(url: &str, options: &RegistrarOptions, registered: &mut bool) -> Result<(), SessionError> {
+    let channel = crate::endpoint(url)?.connect().await?;
+    let mut client = RegistryClient::new(channel);
+    let mut instance = options.instance.clone();
+    instance.ttl = Some(prost_types::Duration::try_from(options.ttl)?);
+    let register = RegisterRequest { instance: Some(instance) };
+    client.register(register.clone()).await?;
+    *registered = true;
+    tracing::info!(registry = %url, instance = %options.instance.id, "registered");
+
+    let beat = KeepAliveRequest {
+        service: options.instance.service.clone(),
+        instance_id: options.instance.id.clone(),
+    };
+    let (beats, beat_stream) = mpsc::channel(4);
+    beats.send(beat.clone()).await?;
+    let mut replies = client
+        .keep_alive(ReceiverStream::new(beat_stream))
+        .await?
+        .into_inner();
+    let mut ticker = tokio::time::interval(options.heartbeat_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut last_reply = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if last_reply.elapsed() > options.ttl {
+                    return Err("no keep-alive reply within the TTL".into());
+                }
+                beats.send(beat.clone()).await?;
+            }
+            reply = replies.message() => {
+                let Some(reply) = reply? else {
+                    return Err("the registry closed the keep-alive stream".into());
+                };
+                last_reply = Instant::now();
+                if !reply.known {
+                    tracing::info!(registry = %url, "the registry forgot this instance; registering again");
+                    client.register(register.clone()).await?;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The grantmesh registry: health-checked service discovery.
+//!
+//! Instances register under a service name with an id they choose, then keep
+//! a lease alive with `Heartbeat` calls or a `KeepAlive` stream. An instance
+//! is removed when it deregisters, at once when its KeepAlive stream breaks
+//! (the process died, its connection was reset), and after its TTL when its
+//! beats stop (it hangs, or the network cut it off). `Watch` streams a
+//! snapshot and then every change, per service.
+//!
+//! The state is soft and in memory only; see [`state`].
+
+pub mod state;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use grantmesh_proto::v1::{
+    DeregisterReply, DeregisterRequest, HeartbeatReply, HeartbeatRequest, Instance, KeepAliveReply,
+    KeepAliveRequest, ListInstancesReply, ListInstancesRequest, PingReply, PingRequest, RegisterReply,
+    RegisterRequest, WatchEvent, WatchRequest,
+};
+use grantmesh_proto::{Registry, RegistryServer};
+use state::{RegistryState, RemovalReason};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The service name the registry answers to in `Ping`.
+pub const SERVICE: &str = "registry";
+/// Shortest and longest TTL an instance may ask for.
+pub const TTL_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
+/// How often leases are checked for expiry.
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+
+/// Settings of one registry replica.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// This replica's id, reported by `Ping`.
+    pub instance_id: String,
+    /// TTL for instances that register without one.
+    pub default_ttl: Duration,
+}
+
+/// The `grantmesh.v1.Registry` implementation.
+#[derive(Clone)]
+pub struct RegistryService {
+    state: Arc<RegistryState>,
+    config: RegistryConfig,
+    closing: CancellationToken,
+}
+
+impl RegistryService {
+    /// A registry whose expiry sweeper and streams run until `closing` is cancelled.
+    pub fn new(config: RegistryConfig, closing: CancellationToken) -> Self {
+        let state = Arc::new(RegistryState::new());
+        tokio::spawn(sweep(Arc::clone(&state), closing.clone()));
+        Self { state, config, closing }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> RegistryServer<Self> {
+        RegistryServer::new(self)
+    }
+}
+
+async fn sweep(state: Arc<RegistryState>, closing: CancellationToken) {
+    let mut ticker = tokio::time::interval(SWEEP_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = closing.cancelled() => return,
+            _ = ticker.tick() => { state.expire(); }
+        }
+    }
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
+        let instance = request
+            .into_inner()
+            .instance
+            .ok_or_else(|| Status::invalid_argument("instance is required"))?;
+        let ttl = validate_instance(&instance, self.config.default_ttl)?;
+        let revision = self.state.register(instance, ttl);
+        Ok(Response::new(RegisterReply { ttl: proto_duration(ttl), revision }))
+    }
+
+    async fn deregister(&self, request: Request<DeregisterRequest>) -> Result<Response<DeregisterReply>, Status> {
+        let request = request.into_inner();
+        validate_name("service", &request.service)?;
+        validate_name("instance_id", &request.instance_id)?;
+        let removed = self
+            .state
+            .remove(&request.service, &request.instance_id, RemovalReason::Deregistered);
+        let (_, revision) = self.state.list(&request.service);
+        Ok(Response::new(DeregisterReply { removed, revision }))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+        let request = request.into_inner();
+        validate_name("service", &request.service)?;
+        validate_name("instance_id", &request.instance_id)?;
+        match self.state.heartbeat(&request.service, &request.instance_id) {
+            Some(ttl) => Ok(Response::new(HeartbeatReply { ttl: proto_duration(ttl) })),
+            None => Err(unknown_instance(&request.service, &request.instance_id)),
+        }
+    }
+
+    type KeepAliveStream = EventStream<KeepAliveReply>;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let mut beats = request.into_inner();
+        let (replies, reply_stream) = mpsc::channel(4);
+        let state = Arc::clone(&self.state);
+        let closing = self.closing.clone();
+        tokio::spawn(async move {
+            let token = state.new_lease_token();
+            // The instance this stream renews; set by its first beat.
+            let mut holder: Option<(String, String)> = None;
+            let ended_by_peer = loop {
+                let beat = tokio::select! {
+                    () = closing.cancelled() => break false,
+                    beat = beats.message() => beat,
+                };
+                let beat = match beat {
+                    Ok(Some(beat)) => beat,
+                    Ok(None) | Err(_) => break true,
+                };
+                if let Err(status) = validate_name("service", &beat.service)
+                    .and_then(|()| validate_name("instance_id", &beat.instance_id))
+                {
+                    let _ = replies.send(Err(status)).await;
+                    break false;
+                }
+                let ttl = state.keep_alive(&beat.service, &beat.instance_id, token);
+                if ttl.is_some() {
+                    holder = Some((beat.service.clone(), beat.instance_id.clone()));
+                }
+                let reply = KeepAliveReply { instance_id: beat.instance_id, known: ttl.is_some(), ttl: ttl.and_then(proto_duration) };
+                if replies.send(Ok(reply)).await.is_err() {
+                    break true;
+                }
+            };
+            if ended_by_peer && let Some((service, id)) = holder {
+                state.keep_alive_closed(&service, &id, token);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(reply_stream))))
+    }
+
+    async fn list_instances(
+        &self,
+        request: Request<ListInstancesRequest>,
+    ) -> Result<Response<ListInstancesReply>, Status> {
+        let service = request.into_inner().service;
+        if !service.is_empty() {
+            validate_name("service", &service)?;
+        }
+        let (instances, revision) = self.state.list(&service);
+        Ok(Response::new(ListInstancesReply { instances, revision }))
+    }
+
+    type WatchStream = EventStream<WatchEvent>;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let service = request.into_inner().service;
+        validate_name("service", &service)?;
+        let (events, event_stream) = mpsc::channel(16);
+        let state = Arc::clone(&self.state);
+        let closing = self.closing.clone();
+        tokio::spawn(async move {
+            let (mut snapshot, mut changes) = state.watch(&service);
+            loop {
+                if events.send(Ok(snapshot)).await.is_err() {
+                    return;
+                }
+                // Forward changes until the watcher falls too far behind,
+                // then start over from a fresh snapshot.
+                loop {
+                    let change = tokio::select! {
+                        () = closing.cancelled() => return,
+                        () = events.closed() => return,
+                        change = changes.recv() => change,
+                    };
+                    match change {
+                        Ok(event) => {
+                            if events.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+                (snapshot, changes) = state.watch(&service);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(event_stream))))
+    }
+
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        let request = request.into_inner();
+        if request.delay_ms > 30_000 {
+            return Err(Status::invalid_argument("delay_ms must be at most 30000"));
+        }
+        tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+        Ok(Response::new(PingReply {
+            message: request.message,
+            instance_id: self.config.instance_id.clone(),
+            service: SERVICE.to_owned(),
+        }))
+    }
+}
+
+fn unknown_instance(service: &str, id: &str) -> Status {
+    Status::not_found(format!(
+        "instance {id:?} of service {service:?} is not registered (its lease expired or the registry restarted); register again"
+    ))
+}
+
+fn proto_duration(duration: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(duration).ok()
+}
+
+/// Service names and instance ids: 1–128 characters of `A-Za-z0-9._-`.
+fn validate_name(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    if value.len() > 128 || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(Status::invalid_argument(format!(
+            "{field} {value:?} must be 1 to 128 characters of letters, digits, '.', '_' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a registration and returns the TTL to apply.
+fn validate_instance(instance: &Instance, default_ttl: Duration) -> Result<Duration, Status> {
+    validate_name("instance.id", &instance.id)?;
+    validate_name("instance.service", &instance.service)?;
+    let uri: http_uri::Uri = instance.address.parse().map_err(|_| {
+        Status::invalid_argument(format!("instance.address {:?} is not a URL such as http://10.0.0.5:7101", instance.address))
+    })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() || uri.port_u16().is_none() {
+        return Err(Status::invalid_argument(format!(
+            "instance.address {:?} needs an http or https scheme, a host and a port",
+            instance.address
+        )));
+    }
+    if instance.labels.len() > 32 || instance.labels.iter().any(|(k, v)| k.len() > 64 || v.len() > 256) {
+        return Err(Status::invalid_argument(
+            "instance.labels allows at most 32 labels, keys up to 64 and values up to 256 bytes",
+        ));
+    }
+    let ttl = match &instance.ttl {
+        None => default_ttl,
+        Some(ttl) => Duration::try_from(*ttl)
+            .map_err(|_| Status::invalid_argument("instance.ttl must not be negative"))?,
+    };
+    if ttl < TTL_RANGE.0 || ttl > TTL_RANGE.1 {
+        return Err(Status::invalid_argument(format!(
+            "instance.ttl {ttl:?} is outside {:?}..={:?}",
+            TTL_RANGE.0, TTL_RANGE.1
+        )));
+    }
+    Ok(ttl)
+}
+
+mod http_uri {
+    pub use tonic::codegen::http::Uri;
+}

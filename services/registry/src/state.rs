@@ -1,0 +1,359 @@
+//! The registry's soft state: live instances per service, their leases, and
+//! the watchers of each service.
+//!
+//! Everything here is synchronous and uses tokio's clock, so leases and
+//! expiry are unit-tested with paused time. Each service has its own
+//! broadcast channel, so watchers of one service are not woken by changes to
+//! another. A watcher subscribes and takes its snapshot under the same lock
+//! that changes take, so it sees every change after its snapshot and none
+//! before it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use grantmesh_proto::v1::{Instance, WatchEvent, watch_event::Kind};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+/// How many changes a slow watcher may fall behind before it is sent a fresh snapshot.
+const WATCH_BACKLOG: usize = 256;
+
+/// Why an instance left the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovalReason {
+    Deregistered,
+    TtlExpired,
+    KeepAliveClosed,
+}
+
+impl RemovalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deregistered => "deregistered",
+            Self::TtlExpired => "ttl expired",
+            Self::KeepAliveClosed => "keepalive stream closed",
+        }
+    }
+}
+
+/// A lease held by one KeepAlive stream; only the stream that holds an
+/// instance's current lease may remove it when it breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseToken(u64);
+
+/// The registry's state. Shared by every RPC handler and the expiry sweeper.
+pub struct RegistryState {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Bumped by every change; stamped on every watch event.
+    revision: u64,
+    /// Next lease token to hand out.
+    next_lease: u64,
+    services: HashMap<String, ServiceEntry>,
+}
+
+struct ServiceEntry {
+    instances: BTreeMap<String, Lease>,
+    changes: broadcast::Sender<WatchEvent>,
+}
+
+struct Lease {
+    /// As registered, without the read-time fields.
+    instance: Instance,
+    ttl: Duration,
+    last_beat: Instant,
+    /// The KeepAlive stream that renews it, if any.
+    holder: Option<LeaseToken>,
+}
+
+impl Default for RegistryState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RegistryState {
+    pub fn new() -> Self {
+        Self { inner: Mutex::new(Inner::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("registry state lock poisoned")
+    }
+
+    /// Adds or refreshes an instance and renews its lease. Watchers hear of
+    /// it only when it is new or its address or labels changed.
+    pub fn register(&self, mut instance: Instance, ttl: Duration) -> u64 {
+        instance.ttl = prost_types::Duration::try_from(ttl).ok();
+        instance.since_last_beat = None;
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let entry = inner.service_mut(&instance.service);
+        let changed = match entry.instances.get_mut(&instance.id) {
+            Some(lease) => {
+                let changed = lease.instance != instance;
+                lease.instance = instance.clone();
+                lease.ttl = ttl;
+                lease.last_beat = now;
+                changed
+            }
+            None => {
+                entry.instances.insert(
+                    instance.id.clone(),
+                    Lease { instance: instance.clone(), ttl, last_beat: now, holder: None },
+                );
+                true
+            }
+        };
+        if changed {
+            let service = instance.service.clone();
+            inner.publish(&service, Kind::Put, vec![instance], "");
+        }
+        inner.revision
+    }
+
+    /// Removes an instance; returns whether it was there.
+    pub fn remove(&self, service: &str, id: &str, reason: RemovalReason) -> bool {
+        let mut inner = self.lock();
+        inner.remove(service, id, reason)
+    }
+
+    /// Renews a lease; returns its TTL, or `None` when the instance is unknown.
+    pub fn heartbeat(&self, service: &str, id: &str) -> Option<Duration> {
+        let mut inner = self.lock();
+        let lease = inner.services.get_mut(service)?.instances.get_mut(id)?;
+        lease.last_beat = Instant::now();
+        Some(lease.ttl)
+    }
+
+    /// Renews a lease on behalf of a KeepAlive stream and makes that stream
+    /// its holder. Returns the TTL, or `None` when the instance is unknown.
+    pub fn keep_alive(&self, service: &str, id: &str, token: LeaseToken) -> Option<Duration> {
+        let mut inner = self.lock();
+        let lease = inner.services.get_mut(service)?.instances.get_mut(id)?;
+        lease.last_beat = Instant::now();
+        lease.holder = Some(token);
+        Some(lease.ttl)
+    }
+
+    /// A token for a new KeepAlive stream.
+    pub fn new_lease_token(&self) -> LeaseToken {
+        let mut inner = self.lock();
+        inner.next_lease += 1;
+        LeaseToken(inner.next_lease)
+    }
+
+    /// A KeepAlive stream ended: remove the instance at once, unless another
+    /// stream has taken the lease over since.
+    pub fn keep_alive_closed(&self, service: &str, id: &str, token: LeaseToken) -> bool {
+        let mut inner = self.lock();
+        let holds = inner
+            .services
+            .get(service)
+            .and_then(|entry| entry.instances.get(id))
+            .is_some_and(|lease| lease.holder == Some(token));
+        holds && inner.remove(service, id, RemovalReason::KeepAliveClosed)
+    }
+
+    /// Removes every instance whose lease ran out; returns what was removed.
+    pub fn expire(&self) -> Vec<Instance> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let expired: Vec<(String, String)> = inner
+            .services
+            .iter()
+            .flat_map(|(service, entry)| {
+                entry
+                    .instances
+                    .iter()
+                    .filter(|(_, lease)| now.duration_since(lease.last_beat) > lease.ttl)
+                    .map(|(id, _)| (service.clone(), id.clone()))
+            })
+            .collect();
+        let mut removed = Vec::new();
+        for (service, id) in expired {
+            if let Some(lease) = inner.services.get(&service).and_then(|e| e.instances.get(&id)) {
+                removed.push(lease.instance.clone());
+            }
+            inner.remove(&service, &id, RemovalReason::TtlExpired);
+        }
+        removed
+    }
+
+    /// The live instances of `service` (of every service when empty), with
+    /// the time since each last beat.
+    pub fn list(&self, service: &str) -> (Vec<Instance>, u64) {
+        let inner = self.lock();
+        let now = Instant::now();
+        let instances = inner
+            .services
+            .iter()
+            .filter(|(name, _)| service.is_empty() || name.as_str() == service)
+            .flat_map(|(_, entry)| entry.instances.values())
+            .map(|lease| lease.read(now))
+            .collect();
+        (instances, inner.revision)
+    }
+
+    /// A snapshot of `service` and a subscription to every change after it.
+    pub fn watch(&self, service: &str) -> (WatchEvent, broadcast::Receiver<WatchEvent>) {
+        let mut inner = self.lock();
+        let revision = inner.revision;
+        let now = Instant::now();
+        let entry = inner.service_mut(service);
+        let snapshot = WatchEvent {
+            kind: Kind::Snapshot as i32,
+            revision,
+            instances: entry.instances.values().map(|lease| lease.read(now)).collect(),
+            reason: String::new(),
+        };
+        (snapshot, entry.changes.subscribe())
+    }
+
+    /// The earliest moment at which some lease could run out.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        let inner = self.lock();
+        inner
+            .services
+            .values()
+            .flat_map(|entry| entry.instances.values())
+            .map(|lease| lease.last_beat + lease.ttl)
+            .min()
+    }
+}
+
+impl Inner {
+    fn service_mut(&mut self, service: &str) -> &mut ServiceEntry {
+        self.services.entry(service.to_owned()).or_insert_with(|| ServiceEntry {
+            instances: BTreeMap::new(),
+            changes: broadcast::channel(WATCH_BACKLOG).0,
+        })
+    }
+
+    fn remove(&mut self, service: &str, id: &str, reason: RemovalReason) -> bool {
+        let Some(lease) = self.services.get_mut(service).and_then(|entry| entry.instances.remove(id)) else {
+            return false;
+        };
+        tracing::info!(service, instance = id, reason = reason.as_str(), "instance removed");
+        self.publish(service, Kind::Delete, vec![lease.instance], reason.as_str());
+        true
+    }
+
+    fn publish(&mut self, service: &str, kind: Kind, instances: Vec<Instance>, reason: &str) {
+        self.revision += 1;
+        let event = WatchEvent { kind: kind as i32, revision: self.revision, instances, reason: reason.to_owned() };
+        // No receivers is fine: nobody is watching this service.
+        let _ = self.service_mut(service).changes.send(event);
+    }
+}
+
+impl Lease {
+    fn read(&self, now: Instant) -> Instance {
+        let mut instance = self.instance.clone();
+        instance.since_last_beat = prost_types::Duration::try_from(now.duration_since(self.last_beat)).ok();
+        instance
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(service: &str, id: &str) -> Instance {
+        Instance {
+            id: id.to_owned(),
+            service: service.to_owned(),
+            address: format!("http://127.0.0.1:1/{id}"),
+            ..Instance::default()
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(3);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_is_removed_once_its_ttl_passes_without_a_beat() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL);
+        tokio::time::advance(Duration::from_millis(2_900)).await;
+        assert!(state.expire().is_empty());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let removed = state.expire();
+        assert_eq!(removed.len(), 1);
+        assert!(state.list("college").0.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_heartbeat_within_the_ttl_keeps_the_instance() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL);
+        let (_, mut changes) = state.watch("college");
+        // Beats at 1 s, then one 2.5 s late, then on time again.
+        for gap in [1_000, 2_500, 1_000, 1_000] {
+            tokio::time::advance(Duration::from_millis(gap)).await;
+            assert!(state.expire().is_empty());
+            assert!(state.heartbeat("college", "c1").is_some());
+        }
+        assert!(changes.try_recv().is_err(), "no remove/re-add may be published");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_for_an_unknown_instance_is_refused() {
+        let state = RegistryState::new();
+        assert_eq!(state.heartbeat("college", "ghost"), None);
+    }
+
+    #[tokio::test]
+    async fn watchers_of_one_service_are_not_woken_by_another() {
+        let state = RegistryState::new();
+        let (snapshot, mut college) = state.watch("college");
+        assert!(snapshot.instances.is_empty());
+        state.register(instance("agency", "a1"), TTL);
+        assert!(college.try_recv().is_err());
+        state.register(instance("college", "c1"), TTL);
+        let event = college.try_recv().expect("a put for college");
+        assert_eq!(event.kind(), Kind::Put);
+        assert_eq!(event.instances[0].id, "c1");
+    }
+
+    #[tokio::test]
+    async fn a_watch_sees_every_change_after_its_snapshot_with_rising_revisions() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL);
+        let (snapshot, mut changes) = state.watch("college");
+        assert_eq!(snapshot.instances.len(), 1);
+        state.register(instance("college", "c2"), TTL);
+        state.remove("college", "c1", RemovalReason::Deregistered);
+        let put = changes.try_recv().unwrap();
+        let delete = changes.try_recv().unwrap();
+        assert!(snapshot.revision < put.revision && put.revision < delete.revision);
+        assert_eq!((put.kind(), delete.kind()), (Kind::Put, Kind::Delete));
+        assert_eq!(delete.reason, "deregistered");
+    }
+
+    #[tokio::test]
+    async fn registering_again_unchanged_publishes_nothing() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL);
+        let (_, mut changes) = state.watch("college");
+        state.register(instance("college", "c1"), TTL);
+        assert!(changes.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn only_the_stream_holding_the_lease_removes_it_when_closing() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL);
+        let old = state.new_lease_token();
+        let new = state.new_lease_token();
+        state.keep_alive("college", "c1", old);
+        state.keep_alive("college", "c1", new);
+        assert!(!state.keep_alive_closed("college", "c1", old));
+        assert_eq!(state.list("college").0.len(), 1);
+        assert!(state.keep_alive_closed("college", "c1", new));
+        assert!(state.list("college").0.is_empty());
+    }
+}

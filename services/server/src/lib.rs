@@ -1,0 +1,207 @@
+//! The one place that starts a grantmesh gRPC server.
+//!
+//! Every role (registry, agency, college) hands [`serve`] its own service
+//! routes and gets the same surroundings: `grpc.health.v1.Health`, gRPC
+//! reflection (v1 and v1alpha, so old and new `grpcurl` both work), mesh
+//! registration through [`grantmesh_discovery::Registrar`], and one graceful
+//! shutdown path:
+//!
+//! 1. the shutdown future resolves (SIGTERM/SIGINT in the binary, a token in tests);
+//! 2. the instance deregisters from every registry and health turns NOT_SERVING;
+//! 3. it keeps serving for the drain delay, so clients that follow the
+//!    registry stop picking it before it stops accepting;
+//! 4. streaming handlers are told to finish ([`ServeOptions::streams_closing`]),
+//!    new connections are refused and in-flight calls get the grace period;
+//! 5. whatever is still running after the grace period is dropped.
+//!
+//! A server never binds its own port: it takes a bound [`TcpListener`], so
+//! tests bind `127.0.0.1:0` and binaries bind what their flags say.
+
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use grantmesh_discovery::{Registrar, RegistrarOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+/// How one server joins the mesh and leaves it.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The fully qualified gRPC service this server provides, e.g.
+    /// `grantmesh.v1.College`; health reports on it by name.
+    pub grpc_service: &'static str,
+    /// Registration with the registries, or `None` for a server that does not
+    /// register (the registry itself).
+    pub registration: Option<RegistrarOptions>,
+    /// How long to keep serving after deregistering, so that clients stop
+    /// picking this instance before it stops accepting.
+    pub drain_delay: Duration,
+    /// How long in-flight calls get to finish once the server stops accepting.
+    pub grace_period: Duration,
+    /// Cancelled when streaming handlers should end (step 4 above). Services
+    /// with long-lived streams hold a clone of it.
+    pub streams_closing: CancellationToken,
+}
+
+impl ServeOptions {
+    /// Options for a server that does not register with a registry.
+    pub fn new(grpc_service: &'static str) -> Self {
+        Self {
+            grpc_service,
+            registration: None,
+            drain_delay: Duration::ZERO,
+            grace_period: Duration::from_secs(10),
+            streams_closing: CancellationToken::new(),
+        }
+    }
+}
+
+/// Serves `routes` (plus health and reflection) on `listener` until
+/// `shutdown` resolves, then drains as the module docs describe.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let local_addr = listener.local_addr().context("failed to read the listener's address")?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(options.grpc_service, ServingStatus::Serving)
+        .await;
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1()?)
+        .add_service(reflection_v1alpha()?);
+
+    let stop_accepting = CancellationToken::new();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server);
+
+    let registrar = options
+        .registration
+        .clone()
+        .map(|registration| Registrar::start(registration));
+    tracing::info!(%local_addr, service = options.grpc_service, "serving");
+
+    tokio::select! {
+        result = &mut server => {
+            // The server ended without being asked to: a fatal transport error.
+            if let Some(registrar) = registrar {
+                registrar.deregister().await;
+            }
+            return result.context("the gRPC server stopped unexpectedly");
+        }
+        () = shutdown => {}
+    }
+
+    tracing::info!(%local_addr, "shutting down: deregistering and draining");
+    if let Some(registrar) = registrar {
+        registrar.deregister().await;
+    }
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(options.grpc_service, ServingStatus::NotServing)
+        .await;
+    tokio::time::sleep(options.drain_delay).await;
+
+    options.streams_closing.cancel();
+    stop_accepting.cancel();
+    match tokio::time::timeout(options.grace_period, &mut server).await {
+        Ok(result) => result.context("the gRPC server failed while draining")?,
+        Err(_) => tracing::warn!(
+            grace_period = ?options.grace_period,
+            "calls still running after the grace period were dropped"
+        ),
+    }
+    tracing::info!(%local_addr, "stopped");
+    Ok(())
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grantmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+fn reflection_v1() -> anyhow::Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
+    reflection_builder()
+        .build_v1()
+        .context("failed to build the v1 reflection service")
+}
+
+fn reflection_v1alpha() -> anyhow::Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+> {
+    reflection_builder()
+        .build_v1alpha()
+        .context("failed to build the v1alpha reflection service")
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn terminate_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("failed to install the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("failed to install the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+    }
+}
+
+/// A server running in this process, as tests and embedders start it.
+pub struct RunningServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Cancel to shut it down along the graceful path.
+    pub shutdown: CancellationToken,
+    /// Ends when the server has stopped.
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// `http://ADDR`, what a client dials.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts the server down and waits for it, re-raising a panic from it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.handle.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(err).context("the server task was cancelled"),
+        }
+    }
+}
+
+/// Spawns [`serve`] on an already bound listener.
+pub fn spawn(listener: TcpListener, routes: Routes, options: ServeOptions) -> anyhow::Result<RunningServer> {
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(serve(listener, routes, options, shutdown.clone().cancelled_owned()));
+    Ok(RunningServer { addr, shutdown, handle })
+}
