@@ -90,6 +90,7 @@ impl RegistryState {
     pub fn register(&self, mut instance: Instance, ttl: Duration) -> u64 {
         instance.ttl = prost_types::Duration::try_from(ttl).ok();
         instance.since_last_beat = None;
+        instance.keep_alive_stream = false;
         let mut inner = self.lock();
         let now = Instant::now();
         let entry = inner.service_mut(&instance.service);
@@ -255,6 +256,7 @@ impl Lease {
     fn read(&self, now: Instant) -> Instance {
         let mut instance = self.instance.clone();
         instance.since_last_beat = prost_types::Duration::try_from(now.duration_since(self.last_beat)).ok();
+        instance.keep_alive_stream = self.holder.is_some();
         instance
     }
 }

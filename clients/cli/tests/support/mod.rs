@@ -1,0 +1,175 @@
+//! Test support: the real `grantmesh` binary as child processes, registry
+//! watchers, and bounded polling.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use grantmesh_proto::RegistryClient;
+use grantmesh_proto::v1::{Instance, ListInstancesRequest, WatchEvent, WatchRequest};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// A running `grantmesh` process; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub name: String,
+}
+
+impl Proc {
+    /// Starts `grantmesh ARGS…` and waits for its "listening on" line.
+    pub async fn start(name: &str, args: &[&str]) -> Proc {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_grantmesh"));
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .env_remove("GRANTMESH_REGISTRY")
+            .env("GRANTMESH_LOG", std::env::var("GRANTMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+        if std::env::var_os("GRANTMESH_TEST_LOG").is_none() {
+            command.stderr(Stdio::null());
+        }
+        let mut child = command.spawn().expect("failed to start the grantmesh binary");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not say where it listens within 20 s"))
+            .expect("reading stdout")
+            .unwrap_or_else(|| panic!("{name} exited before listening"));
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from {name}: {line:?}"))
+            .parse()
+            .expect("a socket address");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Proc { child, addr, name: name.to_owned() }
+    }
+
+    pub async fn registry(extra: &[&str]) -> Proc {
+        let mut args = vec!["registry", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Proc::start("registry", &args).await
+    }
+
+    /// A college or agency registered with `registries` (comma separated URLs).
+    pub async fn member(role: &str, registries: &str, extra: &[&str]) -> Proc {
+        let mut args = vec![role, "--listen", "127.0.0.1:0", "--registry", registries];
+        args.extend_from_slice(extra);
+        Proc::start(role, &args).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id().expect("process is running") as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("failed to signal the process");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait(mut self, within: Duration) -> Option<i32> {
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {within:?}", self.name))
+            .expect("waiting for the process");
+        status.code()
+    }
+}
+
+/// The live instances of `service` as the registry at `url` lists them.
+pub async fn list(url: &str, service: &str) -> Vec<Instance> {
+    let mut client = RegistryClient::connect(url.to_owned()).await.expect("connect to registry");
+    let mut instances = client
+        .list_instances(ListInstancesRequest { service: service.to_owned() })
+        .await
+        .expect("ListInstances")
+        .into_inner()
+        .instances;
+    instances.sort_by(|a, b| a.id.cmp(&b.id));
+    instances
+}
+
+pub async fn ids(url: &str, service: &str) -> Vec<String> {
+    list(url, service).await.into_iter().map(|i| i.id).collect()
+}
+
+/// Follows `Watch` for a service; every event arrives with the moment it was received.
+pub async fn watch(url: &str, service: &str) -> mpsc::UnboundedReceiver<(Instant, WatchEvent)> {
+    let mut client = RegistryClient::connect(url.to_owned()).await.expect("connect to registry");
+    let mut stream = client
+        .watch(WatchRequest { service: service.to_owned() })
+        .await
+        .expect("Watch")
+        .into_inner();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(event)) = stream.message().await {
+            if tx.send((Instant::now(), event)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for the next watch event that satisfies `want`, at most `within`.
+pub async fn next_event(
+    events: &mut mpsc::UnboundedReceiver<(Instant, WatchEvent)>,
+    within: Duration,
+    want: impl Fn(&WatchEvent) -> bool,
+) -> Option<(Instant, WatchEvent)> {
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some((at, event))) if want(&event) => return Some((at, event)),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Polls `check` until it returns true, failing the test after `within`.
+pub async fn assert_eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A port that was free a moment ago, for a process that must come back on the same one.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn is_delete_of(id: &str) -> impl Fn(&WatchEvent) -> bool + '_ {
+    move |e| e.kind() == grantmesh_proto::v1::watch_event::Kind::Delete && e.instances.iter().any(|i| i.id == id)
+}
+
+pub fn is_put_of(id: &str) -> impl Fn(&WatchEvent) -> bool + '_ {
+    move |e| e.kind() == grantmesh_proto::v1::watch_event::Kind::Put && e.instances.iter().any(|i| i.id == id)
+}
