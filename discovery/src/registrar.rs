@@ -80,7 +80,7 @@ impl Registrar {
             }
         });
         futures::future::join_all(calls).await;
-        tracing::info!(instance = %self.options.instance.id, "deregistered");
+        tracing::info!(instance = %self.options.instance.id, "left the mesh");
     }
 }
 
