@@ -9,6 +9,7 @@
 //! grantmesh health 127.0.0.1:7200 --service grantmesh.v1.College
 //! ```
 
+mod bench;
 mod ops;
 mod roles;
 
@@ -35,6 +36,9 @@ enum Command {
     Instances(ops::InstancesArgs),
     /// Call a service's Ping through the mesh (discovery and balancing included).
     Ping(ops::PingArgs),
+    /// Measure a mesh running on this machine.
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +59,7 @@ fn main() -> std::process::ExitCode {
             Command::Health(args) => ops::health(args).await,
             Command::Instances(args) => ops::instances(args).await,
             Command::Ping(args) => ops::ping(args).await,
+            Command::Bench(bench) => bench::run(bench).await,
         }
     });
     match result {
