@@ -1,0 +1,250 @@
+//! Connecting grantmesh services to the PostgreSQL central store.
+//!
+//! Every Agency and College instance shares one PostgreSQL database. This
+//! crate holds what they all need from it and nothing domain-specific:
+//!
+//! - [`connect`]: a `deadpool-postgres` pool, checked once at start-up so a
+//!   missing or unreachable database is a clear start-up error;
+//! - [`migrate`]: a service's versioned `refinery` migrations, run at
+//!   start-up under an advisory lock so instances starting together do not
+//!   race, each service with its own history table;
+//! - [`Notifications`]: one `LISTEN` connection per instance, reconnecting by
+//!   itself, fanned out to every local subscriber;
+//! - [`status`]: the one mapping from database failures to gRPC statuses —
+//!   a database that went away is `UNAVAILABLE` (retryable), never a panic.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use futures::StreamExt as _;
+use tokio::sync::broadcast;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+pub use deadpool_postgres;
+pub use refinery;
+pub use tokio_postgres;
+
+/// What can go wrong setting up the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database URL is not valid: {0}")]
+    BadUrl(#[source] tokio_postgres::Error),
+    #[error("failed to reach the database at {target}: {source}")]
+    Unreachable {
+        target: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("failed to migrate the database schema: {0}")]
+    Migration(#[source] refinery::Error),
+    #[error("failed to build the connection pool: {0}")]
+    Pool(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where a URL points, without its password, for messages.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("(default)");
+    format!("{host}:{port}/{db}")
+}
+
+fn parse(url: &str) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    Ok(config)
+}
+
+/// A pool of at most `max_size` connections, with one connection made and
+/// checked before returning.
+pub async fn connect(url: &str, max_size: usize) -> Result<Pool> {
+    let config = parse(url)?;
+    let target = describe(&config);
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let pool = Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|err| StoreError::Pool(err.to_string()))?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|err| StoreError::Unreachable { target: target.clone(), source: Box::new(err) })?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|err| StoreError::Unreachable { target, source: Box::new(err) })?;
+    Ok(pool)
+}
+
+/// Runs `runner`'s migrations, recording them in `history_table`, while
+/// holding a database-wide advisory lock.
+pub async fn migrate(url: &str, mut runner: refinery::Runner, history_table: &str) -> Result<()> {
+    let config = parse(url)?;
+    let target = describe(&config);
+    let (mut client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|err| StoreError::Unreachable { target, source: Box::new(err) })?;
+    let driver = tokio::spawn(connection);
+    // Any fixed number works as the lock id; this one spells "grantmsh".
+    const LOCK: i64 = 0x6772_616e_746d_7368;
+    let result = async {
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+            .await
+            .map_err(|err| StoreError::Pool(format!("failed to take the migration lock: {err}")))?;
+        let report = runner
+            .set_migration_table_name(history_table)
+            .run_async(&mut client)
+            .await
+            .map_err(StoreError::Migration)?;
+        for migration in report.applied_migrations() {
+            tracing::info!(version = migration.version(), name = migration.name(), "applied migration");
+        }
+        let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK]).await;
+        Ok(())
+    }
+    .await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// The gRPC status for a failed database call. Connection trouble (the
+/// database is down, restarting or out of connections) is `UNAVAILABLE`, so
+/// clients retry; anything else is `INTERNAL`, logged with its details.
+pub fn status(err: &(dyn std::error::Error + 'static)) -> tonic::Status {
+    if is_unavailable(err) {
+        tracing::warn!(error = %err, "database unavailable");
+        tonic::Status::unavailable("the central store is unavailable; retry shortly")
+    } else {
+        tracing::error!(error = %err, "database call failed");
+        tonic::Status::internal("the central store failed to complete the call")
+    }
+}
+
+/// Whether a database failure is about reaching the database rather than
+/// about the statement.
+pub fn is_unavailable(err: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(pool) = err.downcast_ref::<PoolError>() {
+        return match pool {
+            PoolError::Backend(err) => is_unavailable(err),
+            _ => true,
+        };
+    }
+    if let Some(err) = err.downcast_ref::<tokio_postgres::Error>() {
+        return match err.code() {
+            None => true, // I/O, closed connection, timeout: nothing the server said
+            Some(code) => {
+                code.code().starts_with("08") // connection exception
+                    || *code == SqlState::ADMIN_SHUTDOWN
+                    || *code == SqlState::CRASH_SHUTDOWN
+                    || *code == SqlState::CANNOT_CONNECT_NOW
+                    || *code == SqlState::TOO_MANY_CONNECTIONS
+            }
+        };
+    }
+    false
+}
+
+/// Whether a failure is a unique-constraint violation (for idempotent inserts).
+pub fn is_unique_violation(err: &tokio_postgres::Error) -> bool {
+    err.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// What a [`Notifications`] subscriber receives.
+#[derive(Clone, Debug)]
+pub enum Notice {
+    /// A `NOTIFY` payload on the channel.
+    Payload(String),
+    /// The listening connection was lost and made again; notifications in
+    /// between may have been missed, so subscribers should re-read.
+    Reconnected,
+}
+
+/// One `LISTEN` connection on a channel, shared by every subscriber in this process.
+#[derive(Clone)]
+pub struct Notifications {
+    sender: broadcast::Sender<Notice>,
+}
+
+impl Notifications {
+    /// Listens on `channel` until `stop` is cancelled, reconnecting as needed.
+    pub fn start(url: &str, channel: &'static str, stop: CancellationToken) -> Result<Self> {
+        let config = parse(url)?;
+        let (sender, _) = broadcast::channel(4096);
+        tokio::spawn(listen(config, channel, sender.clone(), stop));
+        Ok(Self { sender })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.sender.subscribe()
+    }
+}
+
+async fn listen(config: tokio_postgres::Config, channel: &'static str, sender: broadcast::Sender<Notice>, stop: CancellationToken) {
+    let mut first = true;
+    loop {
+        let session = async {
+            let (client, mut connection) = config.connect(NoTls).await?;
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            let statement = format!("LISTEN {channel}");
+            {
+                let listen = client.batch_execute(&statement);
+                let mut listen = std::pin::pin!(listen);
+                // Drive the connection while LISTEN runs.
+                loop {
+                    tokio::select! {
+                        result = &mut listen => { result?; break; }
+                        message = messages.next() => match message {
+                            Some(Ok(_)) => {}
+                            Some(Err(err)) => return Err(err),
+                            None => return Ok(()),
+                        },
+                    }
+                }
+            }
+            if !first {
+                let _ = sender.send(Notice::Reconnected);
+            }
+            first = false;
+            tracing::debug!(channel, "listening for notifications");
+            while let Some(message) = messages.next().await {
+                if let AsyncMessage::Notification(note) = message? {
+                    let _ = sender.send(Notice::Payload(note.payload().to_owned()));
+                }
+            }
+            drop(client);
+            Ok::<(), tokio_postgres::Error>(())
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            result = session => {
+                if let Err(err) = result {
+                    tracing::warn!(channel, error = %err, "notification connection lost; reconnecting");
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
