@@ -41,6 +41,9 @@ pub struct BalancerOptions {
     pub eject_for: Duration,
     /// How long a call waits for a first live instance before failing.
     pub wait_for_instances: Duration,
+    /// Only instances carrying every one of these labels are used (e.g.
+    /// `agency=nsf` to call one agency among several).
+    pub labels: Vec<(String, String)>,
 }
 
 impl Default for BalancerOptions {
@@ -49,6 +52,7 @@ impl Default for BalancerOptions {
             attempts: 3,
             eject_for: Duration::from_secs(2),
             wait_for_instances: Duration::from_secs(3),
+            labels: Vec::new(),
         }
     }
 }
@@ -210,13 +214,17 @@ impl Shared {
         }
     }
 
+    fn wanted(&self, instance: &Instance) -> bool {
+        self.options.labels.iter().all(|(key, value)| instance.labels.get(key) == Some(value))
+    }
+
     /// Applies one registry event to the pick set, then publishes the new view.
     fn apply(&self, event: &WatchEvent) {
         let mut endpoints = self.endpoints.write().expect("endpoint lock poisoned");
         match event.kind() {
             Kind::Snapshot => {
                 let mut fresh = HashMap::new();
-                for instance in &event.instances {
+                for instance in event.instances.iter().filter(|i| self.wanted(i)) {
                     let endpoint = match endpoints.remove(&instance.id) {
                         Some(known) if known.instance.address == instance.address => known,
                         _ => match Endpoint::new(instance.clone()) {
@@ -230,6 +238,11 @@ impl Shared {
             }
             Kind::Put => {
                 for instance in &event.instances {
+                    if !self.wanted(instance) {
+                        // Its labels may have changed so that it no longer qualifies.
+                        endpoints.remove(&instance.id);
+                        continue;
+                    }
                     let same = endpoints
                         .get(&instance.id)
                         .is_some_and(|known| known.instance.address == instance.address);

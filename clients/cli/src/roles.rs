@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use grantmesh_discovery::{RegistrarOptions, parse_registry_list};
+use grantmesh_auth::Keys;
+use grantmesh_discovery::{Balancer, BalancerOptions, RegistrarOptions, parse_registry_list};
 use grantmesh_proto::service_names;
 use grantmesh_proto::v1::Instance;
 use grantmesh_server::ServeOptions;
@@ -60,16 +61,65 @@ pub struct RegistryArgs {
     ttl: Duration,
 }
 
+/// Flags of roles that use the central store and verify tokens (agency, college).
+#[derive(Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// PostgreSQL URL of the central store, e.g. postgres://user:pass@host:5432/grantmesh.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Connections this instance may hold to the store.
+    #[arg(long, env = "GRANTMESH_POOL_SIZE", default_value_t = 16)]
+    pool_size: usize,
+    /// Key that signs researchers' bearer tokens (at least 32 bytes; the same on every instance).
+    #[arg(long, env = "GRANTMESH_TOKEN_KEY", hide_env_values = true)]
+    token_key: String,
+    /// Key that signs agencies' calls to colleges (at least 32 bytes; differs from the token key).
+    #[arg(long, env = "GRANTMESH_SERVICE_KEY", hide_env_values = true)]
+    service_key: String,
+    /// How long a researcher's token stays valid.
+    #[arg(long, env = "GRANTMESH_TOKEN_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
+    token_ttl: Duration,
+}
+
+impl StoreArgs {
+    fn keys(&self) -> anyhow::Result<Keys> {
+        Keys::new(self.token_key.as_bytes(), self.service_key.as_bytes(), self.token_ttl)
+            .context("--token-key / --service-key are not usable")
+    }
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct AgencyArgs {
     #[command(flatten)]
     mesh: MeshArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The agency's name; instances with the same name are one agency.
+    #[arg(long, env = "GRANTMESH_AGENCY_NAME", default_value = "grantmesh-agency")]
+    name: String,
+    /// Smallest award granted, in minor units.
+    #[arg(long, env = "GRANTMESH_MIN_AWARD", default_value_t = 300_000)]
+    min_award: i64,
+    /// Largest award granted, in minor units.
+    #[arg(long, env = "GRANTMESH_MAX_AWARD", default_value_t = 500_000)]
+    max_award: i64,
+    /// How long one attempt to have a college open an account may take.
+    #[arg(long, env = "GRANTMESH_OPEN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    open_timeout: Duration,
+    /// How often accepted proposals still without an account are retried.
+    #[arg(long, env = "GRANTMESH_RECONCILE_EVERY", default_value = "2s", value_parser = humantime::parse_duration)]
+    reconcile_every: Duration,
 }
 
 #[derive(Args, Clone, Debug)]
 pub struct CollegeArgs {
     #[command(flatten)]
     mesh: MeshArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// How long one day of an account's duration lasts (simulations use 1s).
+    #[arg(long, env = "GRANTMESH_DAY_LENGTH", default_value = "24h", value_parser = humantime::parse_duration)]
+    day_length: Duration,
 }
 
 const DEFAULT_REGISTRY_PORT: u16 = 7000;
@@ -92,14 +142,48 @@ pub async fn run_registry(args: RegistryArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run_agency(args: AgencyArgs) -> anyhow::Result<ExitCode> {
-    let (listener, instance, options) = join_mesh(&args.mesh, grantmesh_agency::SERVICE, service_names::AGENCY, DEFAULT_AGENCY_PORT).await?;
-    let service = grantmesh_agency::AgencyService::new(instance.id.clone());
+    let keys = args.store.keys()?;
+    if args.name.trim().is_empty() || args.name.len() > 64 {
+        bail!("--name must be 1 to 64 characters");
+    }
+    if args.min_award <= 0 || args.min_award > args.max_award {
+        bail!("--min-award ({}) must be more than zero and at most --max-award ({})", args.min_award, args.max_award);
+    }
+    let labels = [(grantmesh_agency::NAME_LABEL.to_owned(), args.name.clone())].into();
+    let (listener, instance, options) =
+        join_mesh(&args.mesh, grantmesh_agency::SERVICE, service_names::AGENCY, DEFAULT_AGENCY_PORT, labels).await?;
+    let colleges = Balancer::new(parse_registry_list(&args.mesh.registry), grantmesh_college::SERVICE, BalancerOptions::default());
+    let config = grantmesh_agency::AgencyConfig {
+        instance_id: instance.id.clone(),
+        name: args.name.clone(),
+        band: (args.min_award, args.max_award),
+        keys,
+        pool_size: args.store.pool_size,
+        open_timeout: args.open_timeout,
+        reconcile_every: args.reconcile_every,
+    };
+    let service = grantmesh_agency::AgencyService::start(config, &args.store.database_url, colleges, options.streams_closing.clone())
+        .await
+        .context("failed to start the agency")?;
     serve(listener, Routes::new(service.into_server()), options).await
 }
 
 pub async fn run_college(args: CollegeArgs) -> anyhow::Result<ExitCode> {
-    let (listener, instance, options) = join_mesh(&args.mesh, grantmesh_college::SERVICE, service_names::COLLEGE, DEFAULT_COLLEGE_PORT).await?;
-    let service = grantmesh_college::CollegeService::new(instance.id.clone());
+    let keys = args.store.keys()?;
+    if args.day_length.is_zero() {
+        bail!("--day-length must be more than zero");
+    }
+    let (listener, instance, options) =
+        join_mesh(&args.mesh, grantmesh_college::SERVICE, service_names::COLLEGE, DEFAULT_COLLEGE_PORT, Default::default()).await?;
+    let config = grantmesh_college::CollegeConfig {
+        instance_id: instance.id.clone(),
+        day_length: args.day_length,
+        keys,
+        pool_size: args.store.pool_size,
+    };
+    let service = grantmesh_college::CollegeService::start(config, &args.store.database_url, options.streams_closing.clone())
+        .await
+        .context("failed to start the college")?;
     serve(listener, Routes::new(service.into_server()), options).await
 }
 
@@ -124,6 +208,7 @@ async fn join_mesh(
     service: &str,
     grpc_service: &'static str,
     default_port: u16,
+    labels: std::collections::HashMap<String, String>,
 ) -> anyhow::Result<(TcpListener, Instance, ServeOptions)> {
     if args.ttl < grantmesh_registry::TTL_RANGE.0 || args.ttl > grantmesh_registry::TTL_RANGE.1 {
         bail!("--ttl {:?} is outside {:?}..={:?}", args.ttl, grantmesh_registry::TTL_RANGE.0, grantmesh_registry::TTL_RANGE.1);
@@ -145,7 +230,7 @@ async fn join_mesh(
         None => format!("http://{bound}"),
     };
     let id = args.server.instance_id.clone().unwrap_or_else(|| grantmesh_discovery::new_instance_id(service));
-    let instance = Instance { id, service: service.to_owned(), address, ..Instance::default() };
+    let instance = Instance { id, service: service.to_owned(), address, labels, ..Instance::default() };
     tracing::info!(instance = %instance.id, address = %instance.address, "joining the mesh");
     let options = ServeOptions {
         grpc_service,

@@ -34,9 +34,7 @@ async fn start_registry() -> RunningServer {
 }
 
 async fn start_college(id: &str) -> RunningServer {
-    let service = grantmesh_college::CollegeService::new(id.to_owned());
-    grantmesh_server::spawn(listener().await, Routes::new(service.into_server()), ServeOptions::new("grantmesh.v1.College"))
-        .unwrap()
+    support::start_college(&support::shared_database().await, id, Duration::from_secs(86_400)).await
 }
 
 async fn register(registry: &RunningServer, id: &str, server: &RunningServer) {

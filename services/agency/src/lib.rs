@@ -1,43 +1,307 @@
-//! The grantmesh Agency service.
+//! The grantmesh Agency: a funding agency that decides on grant proposals.
 //!
-//! This crate serves `grantmesh.v1.Agency`. It joins the mesh under the
-//! service name `agency`; proposals come with the grant domain.
+//! A proposal whose requested amount lies outside the agency's band is
+//! rejected at once with the reason. An accepted one is recorded first, then
+//! the agency asks a College instance, found through the registry, to open
+//! the research account. Opening is idempotent on the proposal id, so
+//! retrying it — after a slow College, a College that died mid-call, or an
+//! agency that died — can never open a second account; and the reconciler
+//! keeps retrying accepted proposals that still have no account, so none is
+//! left without one.
 
-use std::time::Duration;
+pub mod store;
 
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use grantmesh_auth::Keys;
+use grantmesh_discovery::Balancer;
 use grantmesh_proto::v1::*;
-use grantmesh_proto::{Agency, AgencyServer};
+use grantmesh_proto::{Agency, AgencyServer, CollegeClient};
+use store::{NewProposal, ProposalRow, ProposalStore};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
-/// The name Agency instances register under.
+/// The name Agency instances register under; each also carries the label `agency=<name>`.
 pub const SERVICE: &str = "agency";
+/// The label that tells agencies apart.
+pub const NAME_LABEL: &str = "agency";
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Settings of one Agency instance.
+#[derive(Clone)]
+pub struct AgencyConfig {
+    pub instance_id: String,
+    /// The agency's name; instances with the same name are one agency.
+    pub name: String,
+    /// Smallest and largest award it grants, in minor units, inclusive.
+    pub band: (i64, i64),
+    pub keys: Keys,
+    pub pool_size: usize,
+    /// How long one attempt to have a College open an account may take.
+    pub open_timeout: Duration,
+    /// How often accepted proposals without an account are retried.
+    pub reconcile_every: Duration,
+}
 
 /// The `grantmesh.v1.Agency` implementation.
 #[derive(Clone)]
 pub struct AgencyService {
-    instance_id: String,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: AgencyConfig,
+    store: ProposalStore,
+    colleges: Balancer,
 }
 
 impl AgencyService {
-    pub fn new(instance_id: String) -> Self {
-        Self { instance_id }
+    /// Connects to the store, migrates it, and starts the reconciler (until `closing`).
+    pub async fn start(
+        config: AgencyConfig,
+        database_url: &str,
+        colleges: Balancer,
+        closing: CancellationToken,
+    ) -> Result<Self, grantmesh_store::StoreError> {
+        grantmesh_store::migrate(database_url, embedded::migrations::runner(), "agency_schema_history").await?;
+        let pool = grantmesh_store::connect(database_url, config.pool_size).await?;
+        let service = Self { inner: Arc::new(Inner { config, store: ProposalStore::new(pool), colleges }) };
+        tokio::spawn(service.clone().reconcile(closing));
+        Ok(service)
     }
 
     pub fn into_server(self) -> AgencyServer<Self> {
         AgencyServer::new(self)
     }
+
+    fn config(&self) -> &AgencyConfig {
+        &self.inner.config
+    }
+
+    /// Has a College open the account for an accepted proposal and records it.
+    async fn open_account(&self, proposal: &ProposalRow) -> Result<String, Status> {
+        let credential = self
+            .config()
+            .keys
+            .agency_token(&self.config().name)
+            .map_err(|err| Status::internal(err.to_string()))?;
+        let open = OpenAccountRequest {
+            proposal_id: proposal.id.to_string(),
+            agency: self.config().name.clone(),
+            principal_investigator_id: proposal.principal_investigator.to_string(),
+            title: proposal.title.clone(),
+            award_minor: proposal.requested_amount,
+            duration_days: proposal.duration_days as u32,
+        };
+        let timeout = self.config().open_timeout;
+        let account = self
+            .inner
+            .colleges
+            .call(|channel| {
+                let mut request = Request::new(open.clone());
+                request.set_timeout(timeout);
+                let authorized = grantmesh_auth::authorize(&mut request, &credential);
+                async move {
+                    authorized?;
+                    let mut client = CollegeClient::new(channel);
+                    let call = client.open_account(request);
+                    match tokio::time::timeout(timeout, call).await {
+                        Ok(result) => result,
+                        Err(_) => Err(Status::unavailable(format!("the college did not open the account within {timeout:?}"))),
+                    }
+                }
+            })
+            .await?
+            .into_inner();
+        self.inner.store.set_account(proposal.id, &account.account_id).await?;
+        tracing::info!(proposal = %proposal.id, account = %account.account_id, "account opened");
+        Ok(account.account_id)
+    }
+
+    /// Retries accepted proposals that still have no account.
+    async fn reconcile(self, closing: CancellationToken) {
+        let every = self.config().reconcile_every;
+        loop {
+            tokio::select! {
+                () = closing.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            // Leave fresh ones to the call that is still handling them.
+            let waiting = match self
+                .inner
+                .store
+                .awaiting_account(&self.config().name, (self.config().open_timeout * 2).as_secs_f64(), 50)
+                .await
+            {
+                Ok(waiting) => waiting,
+                Err(status) => {
+                    tracing::warn!(error = %status.message(), "reconciler could not read proposals");
+                    continue;
+                }
+            };
+            for proposal in waiting {
+                match self.open_account(&proposal).await {
+                    Ok(account) => tracing::info!(proposal = %proposal.id, %account, "reconciler opened a missing account"),
+                    Err(status) => tracing::warn!(proposal = %proposal.id, error = %status.message(), "reconciler could not open the account yet"),
+                }
+            }
+        }
+    }
+
+    fn message(&self, proposal: ProposalRow) -> Proposal {
+        Proposal {
+            proposal_id: proposal.id.to_string(),
+            agency: proposal.agency,
+            principal_investigator_id: proposal.principal_investigator.to_string(),
+            title: proposal.title,
+            description: proposal.description,
+            requested_amount_minor: proposal.requested_amount,
+            duration_days: proposal.duration_days as u32,
+            decision: if proposal.accepted { proposal::Decision::Accepted } else { proposal::Decision::Rejected } as i32,
+            reason: proposal.reason,
+            account_id: proposal.account_id.unwrap_or_default(),
+            submitted_at: Some(proposal.submitted_at.into()),
+        }
+    }
 }
 
-fn not_yet() -> Status {
-    Status::unimplemented("proposals are not served by this build")
+fn text(field: &str, value: &str, min: usize, max: usize) -> Result<String, Status> {
+    let value = value.trim();
+    let chars = value.chars().count();
+    if chars < min {
+        return Err(Status::invalid_argument(format!("{field} must not be empty")));
+    }
+    if chars > max {
+        return Err(Status::invalid_argument(format!("{field} is longer than {max} characters")));
+    }
+    Ok(value.to_owned())
+}
+
+/// Page tokens are `<submitted_at micros>.<proposal id>` of the last entry.
+fn page_token(proposal: &ProposalRow) -> String {
+    let micros = proposal.submitted_at.duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    format!("{micros}.{}", proposal.id)
+}
+
+fn parse_page_token(token: &str) -> Result<Option<(SystemTime, Uuid)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Status::invalid_argument(format!("page_token {token:?} did not come from a previous page"));
+    let (micros, id) = token.split_once('.').ok_or_else(bad)?;
+    let micros: u64 = micros.parse().map_err(|_| bad())?;
+    Ok(Some((UNIX_EPOCH + Duration::from_micros(micros), id.parse().map_err(|_| bad())?)))
 }
 
 #[tonic::async_trait]
 impl Agency for AgencyService {
-    async fn submit_proposal(&self, _: Request<SubmitProposalRequest>) -> Result<Response<Proposal>, Status> { Err(not_yet()) }
-    async fn get_proposal(&self, _: Request<GetProposalRequest>) -> Result<Response<Proposal>, Status> { Err(not_yet()) }
-    async fn list_proposals(&self, _: Request<ListProposalsRequest>) -> Result<Response<ListProposalsReply>, Status> { Err(not_yet()) }
-    async fn describe_agency(&self, _: Request<DescribeAgencyRequest>) -> Result<Response<AgencyInfo>, Status> { Err(not_yet()) }
+    #[tracing::instrument(skip_all, fields(agency = %self.config().name))]
+    async fn submit_proposal(&self, request: Request<SubmitProposalRequest>) -> Result<Response<Proposal>, Status> {
+        let investigator = self.config().keys.researcher(&request)?;
+        let request = request.into_inner();
+        let title = text("title", &request.title, 1, 200)?;
+        let description = text("description", &request.description, 0, 10_000)?;
+        if request.requested_amount_minor <= 0 {
+            return Err(Status::invalid_argument(format!(
+                "requested_amount_minor must be more than zero (got {})",
+                request.requested_amount_minor
+            )));
+        }
+        if request.duration_days == 0 || request.duration_days > 3_650 {
+            return Err(Status::invalid_argument("duration_days must be 1 to 3650"));
+        }
+        let key = text("idempotency_key", &request.idempotency_key, 1, 128)?;
+        let (min, max) = self.config().band;
+        let amount = request.requested_amount_minor;
+        let reason = if amount < min || amount > max {
+            format!("the requested amount {amount} is outside {}'s band of {min} to {max}", self.config().name)
+        } else {
+            String::new()
+        };
+        let (proposal, new) = self
+            .inner
+            .store
+            .insert(&NewProposal {
+                agency: &self.config().name,
+                principal_investigator: investigator,
+                idempotency_key: &key,
+                title: &title,
+                description: &description,
+                requested_amount: amount,
+                duration_days: request.duration_days as i32,
+                accepted: reason.is_empty(),
+                reason: &reason,
+            })
+            .await?;
+        if new {
+            tracing::info!(proposal = %proposal.id, accepted = proposal.accepted, amount, "proposal decided");
+        }
+        let mut proposal = proposal;
+        if proposal.accepted && proposal.account_id.is_none() {
+            let account = self.open_account(&proposal).await.map_err(|status| {
+                Status::unavailable(format!(
+                    "proposal {} was accepted but its account is not open yet ({}); retry with the same idempotency key",
+                    proposal.id,
+                    status.message()
+                ))
+            })?;
+            proposal.account_id = Some(account);
+        }
+        Ok(Response::new(self.message(proposal)))
+    }
+
+    async fn get_proposal(&self, request: Request<GetProposalRequest>) -> Result<Response<Proposal>, Status> {
+        let investigator = self.config().keys.researcher(&request)?;
+        let id_text = &request.get_ref().proposal_id;
+        if id_text.is_empty() {
+            return Err(Status::invalid_argument("proposal_id is required"));
+        }
+        let id: Uuid = id_text
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("proposal_id {id_text:?} is not a valid id")))?;
+        let proposal = self
+            .inner
+            .store
+            .get(&self.config().name, id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("proposal {id} does not exist at {}", self.config().name)))?;
+        if proposal.principal_investigator != investigator {
+            return Err(Status::permission_denied(format!("proposal {id} is not yours")));
+        }
+        Ok(Response::new(self.message(proposal)))
+    }
+
+    async fn list_proposals(&self, request: Request<ListProposalsRequest>) -> Result<Response<ListProposalsReply>, Status> {
+        let investigator = self.config().keys.researcher(&request)?;
+        let request = request.into_inner();
+        let limit = match request.page_size {
+            0 => 20,
+            n if n > 100 => return Err(Status::invalid_argument("page_size must be at most 100")),
+            n => i64::from(n),
+        };
+        let after = parse_page_token(&request.page_token)?;
+        let mut rows = self.inner.store.list(&self.config().name, investigator, after, limit + 1).await?;
+        let next_page_token = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(page_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListProposalsReply {
+            proposals: rows.into_iter().map(|p| self.message(p)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn describe_agency(&self, _: Request<DescribeAgencyRequest>) -> Result<Response<AgencyInfo>, Status> {
+        let (min, max) = self.config().band;
+        Ok(Response::new(AgencyInfo { name: self.config().name.clone(), min_amount_minor: min, max_amount_minor: max }))
+    }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
         let request = request.into_inner();
@@ -45,6 +309,10 @@ impl Agency for AgencyService {
             return Err(Status::invalid_argument("delay_ms must be at most 30000"));
         }
         tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
-        Ok(Response::new(PingReply { message: request.message, instance_id: self.instance_id.clone(), service: SERVICE.to_owned() }))
+        Ok(Response::new(PingReply {
+            message: request.message,
+            instance_id: self.config().instance_id.clone(),
+            service: SERVICE.to_owned(),
+        }))
     }
 }

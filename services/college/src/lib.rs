@@ -1,52 +1,252 @@
-//! The grantmesh College service.
+//! The grantmesh College: researchers and their research accounts.
 //!
-//! This crate serves `grantmesh.v1.College`. It joins the mesh under the
-//! service name `college`; research accounts come with the grant domain.
+//! Every College instance serves `grantmesh.v1.College` from the same
+//! PostgreSQL central store ([`store`]), so any instance can serve any call
+//! and the mesh may add or lose instances at will. Researchers log in for a
+//! bearer token; agencies open accounts with their service credential;
+//! members read accounts, withdraw concurrently and watch them live. Live
+//! updates cross instances through PostgreSQL `NOTIFY`.
 
-use std::time::Duration;
+pub mod store;
+pub mod validate;
+mod watch;
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use grantmesh_auth::Keys;
 use grantmesh_proto::v1::*;
 use grantmesh_proto::{College, CollegeServer};
+use grantmesh_store::Notifications;
+use store::{AccountRow, AccountStore, NewAccount, TransactionRow};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 /// The name College instances register under.
 pub const SERVICE: &str = "college";
 
+/// Migrations of the College's tables, recorded in their own history table.
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Settings of one College instance.
+#[derive(Clone)]
+pub struct CollegeConfig {
+    /// The id this instance registered under, reported by `Ping`.
+    pub instance_id: String,
+    /// How long one day of an account's duration lasts (24 h; simulations use a second).
+    pub day_length: Duration,
+    /// Token and service keys.
+    pub keys: Keys,
+    /// Connections this instance may hold to the store.
+    pub pool_size: usize,
+}
+
 /// The `grantmesh.v1.College` implementation.
 #[derive(Clone)]
 pub struct CollegeService {
-    instance_id: String,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CollegeConfig,
+    store: AccountStore,
+    notifications: Notifications,
+    closing: CancellationToken,
 }
 
 impl CollegeService {
-    pub fn new(instance_id: String) -> Self {
-        Self { instance_id }
+    /// Connects to the store, migrates it, and starts listening for account
+    /// changes; streams end when `closing` is cancelled.
+    pub async fn start(
+        config: CollegeConfig,
+        database_url: &str,
+        closing: CancellationToken,
+    ) -> Result<Self, grantmesh_store::StoreError> {
+        grantmesh_store::migrate(database_url, embedded::migrations::runner(), "college_schema_history").await?;
+        let pool = grantmesh_store::connect(database_url, config.pool_size).await?;
+        let notifications = Notifications::start(database_url, store::CHANNEL, closing.clone())?;
+        let store = AccountStore::new(pool, config.day_length);
+        Ok(Self { inner: Arc::new(Inner { config, store, notifications, closing }) })
     }
 
     pub fn into_server(self) -> CollegeServer<Self> {
         CollegeServer::new(self)
     }
+
+    pub fn store(&self) -> &AccountStore {
+        &self.inner.store
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.inner.config.keys
+    }
 }
 
-fn not_yet() -> Status {
-    Status::unimplemented("research accounts are not served by this build")
-}
-
-type EventStream<T> = std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<T, Status>> + Send>>;
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl College for CollegeService {
-    async fn register_researcher(&self, _: Request<RegisterResearcherRequest>) -> Result<Response<Researcher>, Status> { Err(not_yet()) }
-    async fn login(&self, _: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> { Err(not_yet()) }
-    async fn open_account(&self, _: Request<OpenAccountRequest>) -> Result<Response<Account>, Status> { Err(not_yet()) }
-    async fn get_account(&self, _: Request<GetAccountRequest>) -> Result<Response<Account>, Status> { Err(not_yet()) }
-    async fn list_accounts(&self, _: Request<ListAccountsRequest>) -> Result<Response<ListAccountsReply>, Status> { Err(not_yet()) }
-    async fn add_member(&self, _: Request<AddMemberRequest>) -> Result<Response<Account>, Status> { Err(not_yet()) }
-    async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<Account>, Status> { Err(not_yet()) }
-    async fn withdraw(&self, _: Request<WithdrawRequest>) -> Result<Response<WithdrawReply>, Status> { Err(not_yet()) }
-    async fn list_transactions(&self, _: Request<ListTransactionsRequest>) -> Result<Response<ListTransactionsReply>, Status> { Err(not_yet()) }
+    #[tracing::instrument(skip_all)]
+    async fn register_researcher(&self, request: Request<RegisterResearcherRequest>) -> Result<Response<Researcher>, Status> {
+        let request = request.into_inner();
+        let name = validate::text("name", &request.name, 200)?;
+        let email = validate::email("email", &request.email)?;
+        validate::password("password", &request.password)?;
+        let hash = grantmesh_auth::hash_password(request.password).await?;
+        let researcher = self.inner.store.register_researcher(&name, &email, &hash).await?;
+        tracing::info!(researcher = %researcher.id, "researcher registered");
+        Ok(Response::new(Researcher { researcher_id: researcher.id.to_string(), name: researcher.name, email: researcher.email }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        let request = request.into_inner();
+        let email = validate::email("email", &request.email)?;
+        let refused = || Status::unauthenticated("the email or password is wrong");
+        let researcher = self.inner.store.researcher_by_email(&email).await?.ok_or_else(refused)?;
+        if !grantmesh_auth::verify_password(request.password, researcher.password_hash.clone()).await {
+            return Err(refused());
+        }
+        let (token, expires) = self
+            .keys()
+            .researcher_token(researcher.id)
+            .map_err(|err| Status::internal(err.to_string()))?;
+        Ok(Response::new(LoginReply {
+            token,
+            expires_at: Some(expires.into()),
+            researcher: Some(Researcher { researcher_id: researcher.id.to_string(), name: researcher.name, email: researcher.email }),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(proposal = %request.get_ref().proposal_id))]
+    async fn open_account(&self, request: Request<OpenAccountRequest>) -> Result<Response<Account>, Status> {
+        let agency = self.keys().agency(&request)?;
+        let request = request.into_inner();
+        let proposal_id = validate::text("proposal_id", &request.proposal_id, 128)?;
+        let title = validate::text("title", &request.title, 200)?;
+        let principal_investigator = validate::id("principal_investigator_id", &request.principal_investigator_id)?;
+        let award = validate::amount("award_minor", request.award_minor)?;
+        if request.duration_days == 0 || request.duration_days > 3_650 {
+            return Err(Status::invalid_argument("duration_days must be 1 to 3650"));
+        }
+        if !request.agency.is_empty() && request.agency != agency {
+            return Err(Status::permission_denied(format!(
+                "agency {:?} may not open accounts on behalf of agency {:?}",
+                agency, request.agency
+            )));
+        }
+        let (account, created) = self
+            .inner
+            .store
+            .open_account(&NewAccount {
+                proposal_id: &proposal_id,
+                agency: &agency,
+                title: &title,
+                principal_investigator,
+                award,
+                duration_days: request.duration_days,
+            })
+            .await?;
+        if created {
+            tracing::info!(account = %account.id, %agency, award, "account opened");
+        }
+        Ok(Response::new(account_message(account)))
+    }
+
+    async fn get_account(&self, request: Request<GetAccountRequest>) -> Result<Response<Account>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let id = validate::id("account_id", &request.get_ref().account_id)?;
+        let account = self.inner.store.account(id, Some(caller)).await?;
+        Ok(Response::new(account_message(account)))
+    }
+
+    async fn list_accounts(&self, request: Request<ListAccountsRequest>) -> Result<Response<ListAccountsReply>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let accounts = self.inner.store.accounts_of(caller).await?;
+        Ok(Response::new(ListAccountsReply { accounts: accounts.into_iter().map(account_message).collect() }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %request.get_ref().account_id))]
+    async fn add_member(&self, request: Request<AddMemberRequest>) -> Result<Response<Account>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let account = validate::id("account_id", &request.get_ref().account_id)?;
+        let email = validate::email("email", &request.get_ref().email)?;
+        let account = self.inner.store.add_member(account, caller, &email).await?;
+        Ok(Response::new(account_message(account)))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %request.get_ref().account_id))]
+    async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<Account>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let account = validate::id("account_id", &request.get_ref().account_id)?;
+        let researcher = validate::id("researcher_id", &request.get_ref().researcher_id)?;
+        let account = self.inner.store.remove_member(account, caller, researcher).await?;
+        Ok(Response::new(account_message(account)))
+    }
+
+    async fn withdraw(&self, request: Request<WithdrawRequest>) -> Result<Response<WithdrawReply>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let request = request.into_inner();
+        let account = validate::id("account_id", &request.account_id)?;
+        let amount = validate::amount("amount_minor", request.amount_minor)?;
+        let key = validate::idempotency_key("idempotency_key", &request.idempotency_key)?;
+        let memo = validate::optional_text("memo", &request.memo, 200)?;
+        let withdrawal = self.inner.store.withdraw(account, caller, amount, &key, &memo).await?;
+        Ok(Response::new(WithdrawReply {
+            transaction: Some(transaction_message(withdrawal.transaction)),
+            balance_minor: withdrawal.balance,
+            replayed: withdrawal.replayed,
+        }))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<ListTransactionsRequest>,
+    ) -> Result<Response<ListTransactionsReply>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let request = request.into_inner();
+        let account = validate::id("account_id", &request.account_id)?;
+        let limit = validate::page_size("page_size", request.page_size, 50, 500)?;
+        let before = match request.page_token.as_str() {
+            "" => None,
+            token => Some(
+                token
+                    .parse::<i64>()
+                    .map_err(|_| Status::invalid_argument(format!("page_token {token:?} did not come from a previous page")))?,
+            ),
+        };
+        let mut rows = self.inner.store.transactions(account, caller, before, limit + 1).await?;
+        let next_page_token = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|row| row.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListTransactionsReply {
+            transactions: rows.into_iter().map(transaction_message).collect(),
+            next_page_token,
+        }))
+    }
+
     type WatchAccountStream = EventStream<AccountEvent>;
-    async fn watch_account(&self, _: Request<WatchAccountRequest>) -> Result<Response<Self::WatchAccountStream>, Status> { Err(not_yet()) }
+
+    async fn watch_account(&self, request: Request<WatchAccountRequest>) -> Result<Response<Self::WatchAccountStream>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let account = validate::id("account_id", &request.get_ref().account_id)?;
+        let stream = watch::watch(
+            self.inner.store.clone(),
+            self.inner.notifications.subscribe(),
+            account,
+            caller,
+            self.inner.closing.clone(),
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
         let request = request.into_inner();
@@ -54,6 +254,52 @@ impl College for CollegeService {
             return Err(Status::invalid_argument("delay_ms must be at most 30000"));
         }
         tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
-        Ok(Response::new(PingReply { message: request.message, instance_id: self.instance_id.clone(), service: SERVICE.to_owned() }))
+        Ok(Response::new(PingReply {
+            message: request.message,
+            instance_id: self.inner.config.instance_id.clone(),
+            service: SERVICE.to_owned(),
+        }))
+    }
+}
+
+fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
+    Some(time.into())
+}
+
+pub(crate) fn account_message(account: AccountRow) -> Account {
+    let state = if account.expired { account::State::Expired } else { account::State::Open };
+    Account {
+        account_id: account.id.to_string(),
+        proposal_id: account.proposal_id,
+        agency: account.agency,
+        title: account.title,
+        award_minor: account.award,
+        balance_minor: account.balance,
+        opened_at: timestamp(account.opened_at),
+        expires_at: timestamp(account.expires_at),
+        state: state as i32,
+        members: account
+            .members
+            .into_iter()
+            .map(|m| Member {
+                researcher_id: m.researcher_id.to_string(),
+                name: m.name,
+                email: m.email,
+                role: if m.principal_investigator { member::Role::PrincipalInvestigator } else { member::Role::Member } as i32,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn transaction_message(row: TransactionRow) -> Transaction {
+    Transaction {
+        transaction_id: row.id.to_string(),
+        account_id: row.account_id.to_string(),
+        researcher_id: row.researcher_id.to_string(),
+        amount_minor: row.amount,
+        memo: row.memo,
+        idempotency_key: row.idempotency_key,
+        created_at: timestamp(row.created_at),
+        balance_after_minor: row.balance_after,
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -34,6 +36,9 @@ impl Proc {
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .env_remove("GRANTMESH_REGISTRY")
+            .env_remove("DATABASE_URL")
+            .env("GRANTMESH_TOKEN_KEY", db::TOKEN_KEY)
+            .env("GRANTMESH_SERVICE_KEY", db::SERVICE_KEY)
             .env("GRANTMESH_LOG", std::env::var("GRANTMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()));
         if std::env::var_os("GRANTMESH_TEST_LOG").is_none() {
             command.stderr(Stdio::null());
@@ -62,9 +67,15 @@ impl Proc {
         Proc::start("registry", &args).await
     }
 
-    /// A college or agency registered with `registries` (comma separated URLs).
+    /// A college or agency registered with `registries` (comma separated
+    /// URLs). Unless `extra` names a `--database-url`, it uses a database
+    /// shared by every process of this test binary.
     pub async fn member(role: &str, registries: &str, extra: &[&str]) -> Proc {
+        let shared = shared_database().await;
         let mut args = vec![role, "--listen", "127.0.0.1:0", "--registry", registries];
+        if !extra.contains(&"--database-url") {
+            args.extend(["--database-url", shared.as_str()]);
+        }
         args.extend_from_slice(extra);
         Proc::start(role, &args).await
     }
@@ -172,4 +183,37 @@ pub fn is_delete_of(id: &str) -> impl Fn(&WatchEvent) -> bool + '_ {
 
 pub fn is_put_of(id: &str) -> impl Fn(&WatchEvent) -> bool + '_ {
     move |e| e.kind() == grantmesh_proto::v1::watch_event::Kind::Put && e.instances.iter().any(|i| i.id == id)
+}
+
+/// One database for every process this test binary starts without its own.
+pub async fn shared_database() -> String {
+    static DB: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    DB.get_or_init(|| async {
+        // Kept for the life of the test binary; the server is a throwaway one.
+        let db = Box::leak(Box::new(db::TestDb::create().await));
+        db.url.clone()
+    })
+    .await
+    .clone()
+}
+
+/// Keys matching the ones test processes get.
+pub fn keys() -> grantmesh_auth::Keys {
+    grantmesh_auth::Keys::new(db::TOKEN_KEY.as_bytes(), db::SERVICE_KEY.as_bytes(), Duration::from_secs(3600)).unwrap()
+}
+
+/// A College served in this process on a loopback port, not registered anywhere.
+pub async fn start_college(database_url: &str, instance_id: &str, day_length: Duration) -> grantmesh_server::RunningServer {
+    let options = grantmesh_server::ServeOptions::new("grantmesh.v1.College");
+    let config = grantmesh_college::CollegeConfig {
+        instance_id: instance_id.to_owned(),
+        day_length,
+        keys: keys(),
+        pool_size: 8,
+    };
+    let service = grantmesh_college::CollegeService::start(config, database_url, options.streams_closing.clone())
+        .await
+        .expect("the college starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    grantmesh_server::spawn(listener, tonic::service::Routes::new(service.into_server()), options).unwrap()
 }

@@ -1,0 +1,525 @@
+//! The College's SQL: researchers, accounts, members and the journal in the
+//! PostgreSQL central store shared by every College instance.
+//!
+//! A withdrawal is one statement, one round trip: it checks membership,
+//! expiry (by the database's clock), the idempotency key and the balance,
+//! debits the account, appends to the journal and queues a notification for
+//! live watchers, all or nothing. Concurrency is left to PostgreSQL's row lock
+//! on the account: a concurrent debit re-checks the balance on the latest
+//! row version, and `CHECK (balance >= 0)` stands behind it. When nothing was
+//! debited, the same statement's reads say why.
+
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::Pool;
+use grantmesh_store::tokio_postgres::{self, Row};
+use tonic::Status;
+use uuid::Uuid;
+
+/// The channel College instances notify and listen on.
+pub const CHANNEL: &str = "grantmesh_accounts";
+
+/// What the store reports, before it becomes a gRPC status in one place ([`StoreError::into_status`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Lost too many races with concurrent calls; safe to retry.
+    #[error("{0}")]
+    Contended(String),
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+impl StoreError {
+    pub fn into_status(self) -> Status {
+        match self {
+            Self::NotFound(msg) => Status::not_found(msg),
+            Self::PermissionDenied(msg) => Status::permission_denied(msg),
+            Self::FailedPrecondition(msg) => Status::failed_precondition(msg),
+            Self::AlreadyExists(msg) => Status::already_exists(msg),
+            Self::Contended(msg) => Status::unavailable(msg),
+            Self::Database(err) => grantmesh_store::status(&err),
+            Self::Pool(err) => grantmesh_store::status(&err),
+        }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Self {
+        err.into_status()
+    }
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+pub struct ResearcherRow {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub password_hash: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct MemberRow {
+    pub researcher_id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub principal_investigator: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct AccountRow {
+    pub id: Uuid,
+    pub proposal_id: String,
+    pub agency: String,
+    pub title: String,
+    pub principal_investigator: Uuid,
+    pub award: i64,
+    pub balance: i64,
+    pub opened_at: SystemTime,
+    pub expires_at: SystemTime,
+    pub expired: bool,
+    pub members: Vec<MemberRow>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TransactionRow {
+    pub id: i64,
+    pub account_id: Uuid,
+    pub researcher_id: Uuid,
+    pub amount: i64,
+    pub memo: String,
+    pub idempotency_key: String,
+    pub created_at: SystemTime,
+    pub balance_after: i64,
+}
+
+/// The outcome of a withdrawal that was applied, now or by an earlier call with the same key.
+#[derive(Clone, Debug)]
+pub struct Withdrawal {
+    pub transaction: TransactionRow,
+    pub balance: i64,
+    pub replayed: bool,
+}
+
+pub struct NewAccount<'a> {
+    pub proposal_id: &'a str,
+    pub agency: &'a str,
+    pub title: &'a str,
+    pub principal_investigator: Uuid,
+    pub award: i64,
+    pub duration_days: u32,
+}
+
+/// The College's view of the central store.
+#[derive(Clone)]
+pub struct AccountStore {
+    pool: Pool,
+    /// How long one "day" of an account's duration lasts.
+    day_length: Duration,
+}
+
+const ACCOUNT_COLUMNS: &str = "a.id, a.proposal_id, a.agency, a.title, a.principal_investigator, a.award, a.balance, \
+     a.opened_at, a.expires_at, a.expires_at <= now() AS expired";
+
+const WITHDRAW: &str = "
+WITH target AS (
+    SELECT a.id, a.balance, a.expires_at <= now() AS expired,
+           EXISTS (SELECT 1 FROM members m WHERE m.account_id = a.id AND m.researcher_id = $2) AS is_member
+    FROM accounts a WHERE a.id = $1
+),
+previous AS (
+    SELECT w.id, w.researcher_id, w.amount, w.memo, w.balance_after, w.created_at
+    FROM withdrawals w WHERE w.account_id = $1 AND w.idempotency_key = $4
+),
+debit AS (
+    UPDATE accounts a SET balance = a.balance - $3
+    WHERE a.id = $1
+      AND a.balance >= $3
+      AND a.expires_at > now()
+      AND EXISTS (SELECT 1 FROM members m WHERE m.account_id = $1 AND m.researcher_id = $2)
+      AND NOT EXISTS (SELECT 1 FROM previous)
+    RETURNING a.balance
+),
+journal AS (
+    INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after)
+    SELECT $1, $2, $3, $4, $5, balance FROM debit
+    RETURNING id, created_at, balance_after
+),
+notified AS (
+    SELECT pg_notify('grantmesh_accounts', 'withdrawal:' || $1::text || ':' || j.id::text) FROM journal j
+)
+SELECT (SELECT count(*) FROM notified) AS notified,
+       j.id AS new_id, j.created_at AS new_at, j.balance_after AS new_balance,
+       t.id IS NOT NULL AS account_exists, t.is_member, t.expired, t.balance,
+       p.id AS prev_id, p.researcher_id AS prev_researcher, p.amount AS prev_amount, p.memo AS prev_memo,
+       p.balance_after AS prev_balance_after, p.created_at AS prev_at
+FROM (SELECT 1) AS one
+LEFT JOIN journal j ON true
+LEFT JOIN target t ON true
+LEFT JOIN previous p ON true";
+
+impl AccountStore {
+    pub fn new(pool: Pool, day_length: Duration) -> Self {
+        Self { pool, day_length }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    pub async fn register_researcher(&self, name: &str, email: &str, password_hash: &str) -> Result<ResearcherRow> {
+        let id = Uuid::new_v4();
+        let client = self.client().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO researchers (id, name, email, password_hash) VALUES ($1, $2, $3, $4)",
+                &[&id, &name, &email, &password_hash],
+            )
+            .await;
+        match inserted {
+            Ok(_) => Ok(ResearcherRow { id, name: name.into(), email: email.into(), password_hash: password_hash.into() }),
+            Err(err) if grantmesh_store::is_unique_violation(&err) => {
+                Err(StoreError::AlreadyExists(format!("a researcher with email {email:?} is already registered")))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT id, name, email, password_hash FROM researchers WHERE email = $1", &[&email])
+            .await?;
+        Ok(row.map(|row| ResearcherRow {
+            id: row.get("id"),
+            name: row.get("name"),
+            email: row.get("email"),
+            password_hash: row.get("password_hash"),
+        }))
+    }
+
+    /// Opens the account for a proposal, or returns the one already opened for it.
+    pub async fn open_account(&self, new: &NewAccount<'_>) -> Result<(AccountRow, bool)> {
+        let client = self.client().await?;
+        let id = Uuid::new_v4();
+        let day_ms = i64::try_from(self.day_length.as_millis()).unwrap_or(i64::MAX);
+        let days = i64::from(new.duration_days);
+        let opened = client
+            .query_opt(
+                "WITH ins AS (
+                     INSERT INTO accounts (id, proposal_id, agency, title, principal_investigator, award, balance, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, now() + ($7::bigint * $8::bigint) * interval '1 millisecond')
+                     ON CONFLICT (proposal_id) DO NOTHING
+                     RETURNING id, principal_investigator
+                 ),
+                 pi AS (
+                     INSERT INTO members (account_id, researcher_id, role)
+                     SELECT id, principal_investigator, 'principal_investigator' FROM ins
+                 )
+                 SELECT id FROM ins",
+                &[&id, &new.proposal_id, &new.agency, &new.title, &new.principal_investigator, &new.award, &days, &day_ms],
+            )
+            .await;
+        let created = match opened {
+            Ok(row) => row.is_some(),
+            Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                return Err(StoreError::NotFound(format!(
+                    "principal investigator {} is not a registered researcher",
+                    new.principal_investigator
+                )));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        // Opened now or earlier (possibly by another instance a moment ago):
+        // read it back in a fresh statement, which sees either.
+        let row = client
+            .query_one(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.proposal_id = $1"), &[&new.proposal_id])
+            .await?;
+        let mut account = account_from_row(&row);
+        account.members = members(&client, account.id).await?;
+        Ok((account, created))
+    }
+
+    /// The account, if `caller` is one of its members (any caller when `None`).
+    pub async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = $1"), &[&id])
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        let mut account = account_from_row(&row);
+        account.members = members(&client, id).await?;
+        if let Some(caller) = caller
+            && !account.members.iter().any(|m| m.researcher_id == caller)
+        {
+            return Err(not_member(id));
+        }
+        Ok(account)
+    }
+
+    /// Every account `caller` is a member of.
+    pub async fn accounts_of(&self, caller: Uuid) -> Result<Vec<AccountRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN members m ON m.account_id = a.id
+                     WHERE m.researcher_id = $1 ORDER BY a.opened_at DESC"
+                ),
+                &[&caller],
+            )
+            .await?;
+        let mut accounts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut account = account_from_row(&row);
+            account.members = members(&client, account.id).await?;
+            accounts.push(account);
+        }
+        Ok(accounts)
+    }
+
+    /// Adds the researcher with `email`; only the principal investigator may.
+    pub async fn add_member(&self, account: Uuid, caller: Uuid, email: &str) -> Result<AccountRow> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        lock_as_principal_investigator(&tx, account, caller).await?;
+        let researcher: Uuid = tx
+            .query_opt("SELECT id FROM researchers WHERE email = $1", &[&email])
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no researcher is registered with email {email:?}")))?
+            .get(0);
+        let added = tx
+            .execute(
+                "INSERT INTO members (account_id, researcher_id, role) VALUES ($1, $2, 'member') ON CONFLICT DO NOTHING",
+                &[&account, &researcher],
+            )
+            .await?;
+        if added > 0 {
+            notify_membership(&tx, account).await?;
+        }
+        tx.commit().await?;
+        drop(client);
+        self.account(account, None).await
+    }
+
+    /// Removes a member; only the principal investigator may, and not themself.
+    pub async fn remove_member(&self, account: Uuid, caller: Uuid, researcher: Uuid) -> Result<AccountRow> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let pi = lock_as_principal_investigator(&tx, account, caller).await?;
+        if researcher == pi {
+            return Err(StoreError::FailedPrecondition(
+                "the principal investigator cannot be removed from their own account".into(),
+            ));
+        }
+        let removed = tx
+            .execute("DELETE FROM members WHERE account_id = $1 AND researcher_id = $2", &[&account, &researcher])
+            .await?;
+        if removed == 0 {
+            return Err(StoreError::NotFound(format!("researcher {researcher} is not a member of account {account}")));
+        }
+        notify_membership(&tx, account).await?;
+        tx.commit().await?;
+        drop(client);
+        self.account(account, None).await
+    }
+
+    /// Applies a withdrawal once per idempotency key; see the module docs.
+    pub async fn withdraw(&self, account: Uuid, caller: Uuid, amount: i64, key: &str, memo: &str) -> Result<Withdrawal> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(WITHDRAW).await?;
+        // A second pass is needed only when a concurrent call changed the
+        // account between this statement's snapshot and its debit.
+        for _ in 0..5 {
+            let row = match client.query_one(&statement, &[&account, &caller, &amount, &key, &memo]).await {
+                Ok(row) => row,
+                // The same key applied concurrently by another call: the
+                // next pass finds it as `previous`.
+                Err(err) if grantmesh_store::is_unique_violation(&err) => continue,
+                Err(err) => return Err(err.into()),
+            };
+            if let Some(id) = row.get::<_, Option<i64>>("new_id") {
+                let balance: i64 = row.get("new_balance");
+                return Ok(Withdrawal {
+                    transaction: TransactionRow {
+                        id,
+                        account_id: account,
+                        researcher_id: caller,
+                        amount,
+                        memo: memo.to_owned(),
+                        idempotency_key: key.to_owned(),
+                        created_at: row.get("new_at"),
+                        balance_after: balance,
+                    },
+                    balance,
+                    replayed: false,
+                });
+            }
+            if !row.get::<_, bool>("account_exists") {
+                return Err(not_found(account));
+            }
+            if !row.get::<_, bool>("is_member") {
+                return Err(not_member(account));
+            }
+            let balance: i64 = row.get("balance");
+            if let Some(previous) = row.get::<_, Option<i64>>("prev_id") {
+                let previous_amount: i64 = row.get("prev_amount");
+                if previous_amount != amount {
+                    return Err(StoreError::FailedPrecondition(format!(
+                        "idempotency_key {key:?} was already used on this account for a withdrawal of {previous_amount}, \
+                         not {amount}; use a new key for a new withdrawal"
+                    )));
+                }
+                return Ok(Withdrawal {
+                    transaction: TransactionRow {
+                        id: previous,
+                        account_id: account,
+                        researcher_id: row.get("prev_researcher"),
+                        amount: previous_amount,
+                        memo: row.get("prev_memo"),
+                        idempotency_key: key.to_owned(),
+                        created_at: row.get("prev_at"),
+                        balance_after: row.get("prev_balance_after"),
+                    },
+                    balance,
+                    replayed: true,
+                });
+            }
+            if row.get::<_, bool>("expired") {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "account {account} has expired; no more withdrawals can be made"
+                )));
+            }
+            if balance < amount {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "insufficient funds: account {account} holds {balance}, the withdrawal asks for {amount}"
+                )));
+            }
+        }
+        Err(StoreError::Contended(format!("account {account} is too busy right now; retry the withdrawal with the same key")))
+    }
+
+    /// The journal, newest first, `limit` entries before `before` (an entry id).
+    pub async fn transactions(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<TransactionRow>> {
+        self.account(account, Some(caller)).await?;
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after
+                 FROM withdrawals WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2)
+                 ORDER BY id DESC LIMIT $3",
+                &[&account, &before, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(transaction_from_row).collect())
+    }
+
+    pub async fn transaction(&self, account: Uuid, id: i64) -> Result<Option<TransactionRow>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after
+                 FROM withdrawals WHERE account_id = $1 AND id = $2",
+                &[&account, &id],
+            )
+            .await?;
+        Ok(row.as_ref().map(transaction_from_row))
+    }
+}
+
+fn not_found(account: Uuid) -> StoreError {
+    StoreError::NotFound(format!("account {account} does not exist"))
+}
+
+fn not_member(account: Uuid) -> StoreError {
+    StoreError::PermissionDenied(format!("you are not a member of account {account}"))
+}
+
+async fn lock_as_principal_investigator(
+    tx: &deadpool_postgres::Transaction<'_>,
+    account: Uuid,
+    caller: Uuid,
+) -> Result<Uuid> {
+    let pi: Uuid = tx
+        .query_opt("SELECT principal_investigator FROM accounts WHERE id = $1 FOR UPDATE", &[&account])
+        .await?
+        .ok_or_else(|| not_found(account))?
+        .get(0);
+    if pi != caller {
+        return Err(StoreError::PermissionDenied(format!(
+            "only the principal investigator of account {account} may change its members"
+        )));
+    }
+    Ok(pi)
+}
+
+async fn notify_membership(tx: &deadpool_postgres::Transaction<'_>, account: Uuid) -> Result<()> {
+    tx.execute("SELECT pg_notify($1, 'membership:' || $2::text)", &[&CHANNEL, &account.to_string()])
+        .await?;
+    Ok(())
+}
+
+async fn members(client: &deadpool_postgres::Object, account: Uuid) -> Result<Vec<MemberRow>> {
+    let rows = client
+        .query(
+            "SELECT r.id, r.name, r.email, m.role FROM members m JOIN researchers r ON r.id = m.researcher_id
+             WHERE m.account_id = $1 ORDER BY m.role DESC, m.added_at, r.email",
+            &[&account],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| MemberRow {
+            researcher_id: row.get(0),
+            name: row.get(1),
+            email: row.get(2),
+            principal_investigator: row.get::<_, &str>(3) == "principal_investigator",
+        })
+        .collect())
+}
+
+fn account_from_row(row: &Row) -> AccountRow {
+    AccountRow {
+        id: row.get("id"),
+        proposal_id: row.get("proposal_id"),
+        agency: row.get("agency"),
+        title: row.get("title"),
+        principal_investigator: row.get("principal_investigator"),
+        award: row.get("award"),
+        balance: row.get("balance"),
+        opened_at: row.get("opened_at"),
+        expires_at: row.get("expires_at"),
+        expired: row.get("expired"),
+        members: Vec::new(),
+    }
+}
+
+fn transaction_from_row(row: &Row) -> TransactionRow {
+    TransactionRow {
+        id: row.get("id"),
+        account_id: row.get("account_id"),
+        researcher_id: row.get("researcher_id"),
+        amount: row.get("amount"),
+        memo: row.get("memo"),
+        idempotency_key: row.get("idempotency_key"),
+        created_at: row.get("created_at"),
+        balance_after: row.get("balance_after"),
+    }
+}
