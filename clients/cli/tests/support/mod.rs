@@ -202,18 +202,81 @@ pub fn keys() -> grantmesh_auth::Keys {
     grantmesh_auth::Keys::new(db::TOKEN_KEY.as_bytes(), db::SERVICE_KEY.as_bytes(), Duration::from_secs(3600)).unwrap()
 }
 
-/// A College served in this process on a loopback port, not registered anywhere.
+/// A College served in this process on a loopback port; registered with
+/// `registry` when one is given.
 pub async fn start_college(database_url: &str, instance_id: &str, day_length: Duration) -> grantmesh_server::RunningServer {
-    let options = grantmesh_server::ServeOptions::new("grantmesh.v1.College");
+    start_college_in(database_url, instance_id, day_length, None).await
+}
+
+pub async fn start_college_in(
+    database_url: &str,
+    instance_id: &str,
+    day_length: Duration,
+    registry: Option<&str>,
+) -> grantmesh_server::RunningServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut options = grantmesh_server::ServeOptions::new("grantmesh.v1.College");
+    options.registration = registration(registry, "college", instance_id, &listener, Default::default());
     let config = grantmesh_college::CollegeConfig {
         instance_id: instance_id.to_owned(),
         day_length,
         keys: keys(),
-        pool_size: 8,
+        pool_size: 16,
     };
     let service = grantmesh_college::CollegeService::start(config, database_url, options.streams_closing.clone())
         .await
         .expect("the college starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     grantmesh_server::spawn(listener, tonic::service::Routes::new(service.into_server()), options).unwrap()
+}
+
+/// An Agency served in this process, registered with `registry`, calling the colleges registered there.
+pub async fn start_agency(database_url: &str, registry: &str, name: &str, band: (i64, i64)) -> grantmesh_server::RunningServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut options = grantmesh_server::ServeOptions::new("grantmesh.v1.Agency");
+    let labels = [("agency".to_owned(), name.to_owned())].into();
+    let instance_id = format!("agency-{name}");
+    options.registration = registration(Some(registry), "agency", &instance_id, &listener, labels);
+    let colleges = grantmesh_discovery::Balancer::new(vec![registry.to_owned()], "college", Default::default());
+    let config = grantmesh_agency::AgencyConfig {
+        instance_id,
+        name: name.to_owned(),
+        band,
+        keys: keys(),
+        pool_size: 8,
+        open_timeout: Duration::from_secs(2),
+        reconcile_every: Duration::from_millis(500),
+    };
+    let service = grantmesh_agency::AgencyService::start(config, database_url, colleges, options.streams_closing.clone())
+        .await
+        .expect("the agency starts");
+    grantmesh_server::spawn(listener, tonic::service::Routes::new(service.into_server()), options).unwrap()
+}
+
+fn registration(
+    registry: Option<&str>,
+    service: &str,
+    id: &str,
+    listener: &tokio::net::TcpListener,
+    labels: std::collections::HashMap<String, String>,
+) -> Option<grantmesh_discovery::RegistrarOptions> {
+    let registry = registry?;
+    Some(grantmesh_discovery::RegistrarOptions {
+        registries: vec![registry.to_owned()],
+        instance: grantmesh_proto::v1::Instance {
+            id: id.to_owned(),
+            service: service.to_owned(),
+            address: format!("http://{}", listener.local_addr().unwrap()),
+            labels,
+            ..Default::default()
+        },
+        heartbeat_interval: Duration::from_millis(500),
+        ttl: Duration::from_secs(3),
+    })
+}
+
+/// A request with `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    grantmesh_auth::authorize(&mut request, token).unwrap();
+    request
 }
