@@ -38,7 +38,7 @@ impl Mesh {
             colleges.push(start_college_in(&db.url, &format!("college-{n}"), day_length, Some(&registry.url())).await);
         }
         let agency = start_agency(&db.url, &registry.url(), "nsf", (300_000, 500_000)).await;
-        let mut client = RegistryClient::connect(registry.url()).await.unwrap();
+        let client = RegistryClient::connect(registry.url()).await.unwrap();
         assert_eventually(Duration::from_secs(5), "both colleges registered", || {
             let mut client = client.clone();
             async move {
