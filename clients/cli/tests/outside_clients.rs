@@ -142,3 +142,48 @@ async fn a_generated_python_client_lists_watches_and_health_checks_the_registry(
     let pinged = run(&python, &[client, "ping", "--target", &target, "--service", "registry"]).await;
     assert!(pinged.contains("\"service\": \"registry\""), "{pinged}");
 }
+
+#[tokio::test]
+async fn a_generated_python_client_runs_the_whole_grant_flow() {
+    let bin = python_env().await;
+    let python = bin.join("python");
+    let client = repo_root().join("clients/python/grantmesh_client.py");
+    let registry = Proc::registry(&[]).await;
+    let college = Proc::member("college", &registry.url(), &[]).await;
+    let agency = Proc::member("agency", &registry.url(), &[]).await;
+    assert_eventually(Duration::from_secs(5), "the agency can find the college", || async {
+        ids(&registry.url(), "college").await.len() == 1
+    })
+    .await;
+
+    let output = run(
+        &python,
+        &[client.to_str().unwrap(), "flow", "--agency", &agency.addr.to_string(), "--college", &college.addr.to_string()],
+    )
+    .await;
+    let summary: serde_json::Value = serde_json::from_str(output.lines().last().expect("a summary line")).unwrap();
+    assert_eq!(summary["ok"], true, "{output}");
+    assert_eq!(summary["decision"], "DECISION_ACCEPTED", "{output}");
+    assert_eq!(summary["journal_count"], 1, "{output}");
+}
+
+#[tokio::test]
+async fn grpcurl_drives_the_college_with_a_bearer_token() {
+    let grpcurl = python_env().await.join("grpcurl");
+    let registry = Proc::registry(&[]).await;
+    let college = Proc::member("college", &registry.url(), &[]).await;
+    let target = college.addr.to_string();
+    let email = format!("g-{}@university.edu", uuid::Uuid::new_v4().simple());
+    let register = format!(r#"{{"name":"Grace","email":"{email}","password":"long enough"}}"#);
+    run(&grpcurl, &["-plaintext", "-d", &register, &target, "grantmesh.v1.College/RegisterResearcher"]).await;
+    let login = format!(r#"{{"email":"{email}","password":"long enough"}}"#);
+    let reply: serde_json::Value =
+        serde_json::from_str(&run(&grpcurl, &["-plaintext", "-d", &login, &target, "grantmesh.v1.College/Login"]).await).unwrap();
+    let token = reply["token"].as_str().expect("a token");
+    let header = format!("authorization: Bearer {token}");
+    let accounts = run(&grpcurl, &["-plaintext", "-H", &header, "-d", "{}", &target, "grantmesh.v1.College/ListAccounts"]).await;
+    let accounts: serde_json::Value = serde_json::from_str(&accounts).unwrap();
+    assert_eq!(accounts, serde_json::json!({}), "a new researcher has no accounts");
+    let refused = run_failing(&grpcurl, &["-plaintext", "-d", "{}", &target, "grantmesh.v1.College/ListAccounts"]).await;
+    assert!(refused.contains("Unauthenticated"), "{refused}");
+}
