@@ -208,16 +208,7 @@ impl Registry for RegistryService {
     }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
-        let request = request.into_inner();
-        if request.delay_ms > 30_000 {
-            return Err(Status::invalid_argument("delay_ms must be at most 30000"));
-        }
-        tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
-        Ok(Response::new(PingReply {
-            message: request.message,
-            instance_id: self.config.instance_id.clone(),
-            service: SERVICE.to_owned(),
-        }))
+        grantmesh_server::ping(request, &self.config.instance_id, SERVICE).await
     }
 }
 

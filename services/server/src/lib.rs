@@ -205,3 +205,23 @@ pub fn spawn(listener: TcpListener, routes: Routes, options: ServeOptions) -> an
     let handle = tokio::spawn(serve(listener, routes, options, shutdown.clone().cancelled_owned()));
     Ok(RunningServer { addr, shutdown, handle })
 }
+
+/// The `Ping` every grantmesh service answers: echoes the message, names the
+/// instance, and holds the call for `delay_ms` (at most 30 s) first, so
+/// operators and tests can keep a call in flight.
+pub async fn ping(
+    request: tonic::Request<grantmesh_proto::v1::PingRequest>,
+    instance_id: &str,
+    service: &str,
+) -> Result<tonic::Response<grantmesh_proto::v1::PingReply>, tonic::Status> {
+    let request = request.into_inner();
+    if request.delay_ms > 30_000 {
+        return Err(tonic::Status::invalid_argument("delay_ms must be at most 30000"));
+    }
+    tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+    Ok(tonic::Response::new(grantmesh_proto::v1::PingReply {
+        message: request.message,
+        instance_id: instance_id.to_owned(),
+        service: service.to_owned(),
+    }))
+}
