@@ -7,9 +7,12 @@
 //! grantmesh agency    --listen 127.0.0.1:7100 --registry http://127.0.0.1:7000
 //! grantmesh instances --registry http://127.0.0.1:7000
 //! grantmesh health 127.0.0.1:7200 --service grantmesh.v1.College
+//! grantmesh grant login --email ada@uni.edu      # then GRANTMESH_TOKEN=…
+//! grantmesh grant withdraw ACCOUNT 2500 --memo reagents
 //! ```
 
 mod bench;
+mod grant;
 mod ops;
 mod roles;
 
@@ -36,6 +39,13 @@ enum Command {
     Instances(ops::InstancesArgs),
     /// Call a service's Ping through the mesh (discovery and balancing included).
     Ping(ops::PingArgs),
+    /// A researcher's commands: register, login, propose, account, withdraw, watch…
+    Grant {
+        #[command(flatten)]
+        target: grant::Target,
+        #[command(subcommand)]
+        command: grant::Grant,
+    },
     /// Measure a mesh running on this machine.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -60,6 +70,7 @@ fn main() -> std::process::ExitCode {
             Command::Instances(args) => ops::instances(args).await,
             Command::Ping(args) => ops::ping(args).await,
             Command::Bench(bench) => bench::run(bench).await,
+            Command::Grant { target, command } => grant::run(target, command).await,
         }
     });
     match result {
