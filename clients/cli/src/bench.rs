@@ -6,6 +6,11 @@
 //! until (a) a `Watch` stream reports the removal and (b) a [`Balancer`]
 //! stops picking the instance — the longest window in which a client could
 //! still pick a dead instance.
+//!
+//! `bench withdraw` ([`withdraw`]) measures College/Withdraw through the
+//! mesh (registry, College children, client [`Balancer`]) at several
+//! concurrencies, on many accounts and on one hot account, and runs
+//! `pgbench` with the same SQL against the same database in the same run.
 
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
@@ -19,10 +24,15 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+mod cpu;
+mod withdraw;
+
 #[derive(Subcommand, Debug)]
 pub enum Bench {
     /// Time from `kill -9` / SIGSTOP of an instance to its removal as watchers and clients see it.
     Removal(RemovalArgs),
+    /// Withdrawals/s and p50/p99 through the mesh, next to `pgbench` running the same SQL.
+    Withdraw(withdraw::WithdrawArgs),
 }
 
 #[derive(Args, Debug)]
@@ -38,6 +48,7 @@ pub struct RemovalArgs {
 pub async fn run(bench: Bench) -> anyhow::Result<ExitCode> {
     match bench {
         Bench::Removal(args) => removal(args).await,
+        Bench::Withdraw(args) => withdraw::run(args).await,
     }
 }
 
@@ -47,13 +58,20 @@ struct Child_ {
 }
 
 async fn spawn(args: &[&str]) -> anyhow::Result<Child_> {
+    spawn_with(args, &[], Stdio::null()).await
+}
+
+/// Starts this binary with `args` and extra environment, and waits for its
+/// `listening on ADDR` line. The child is killed when dropped.
+async fn spawn_with(args: &[&str], envs: &[(&str, &str)], stderr: Stdio) -> anyhow::Result<Child_> {
     let exe = std::env::current_exe().context("failed to find this binary")?;
     let mut child = Command::new(exe)
         .args(args)
+        .envs(envs.iter().copied())
         .env("GRANTMESH_LOG", "error")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .context("failed to start a child process")?;

@@ -218,7 +218,10 @@ pub async fn ping(
     if request.delay_ms > 30_000 {
         return Err(tonic::Status::invalid_argument("delay_ms must be at most 30000"));
     }
-    tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+    if request.delay_ms > 0 {
+        // Not for zero: even a zero sleep waits for the timer's next tick (~1 ms).
+        tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+    }
     Ok(tonic::Response::new(grantmesh_proto::v1::PingReply {
         message: request.message,
         instance_id: instance_id.to_owned(),
