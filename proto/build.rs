@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out_dir.join("grantmesh_descriptor.bin");
-    std::fs::write(&descriptor_path, protox::prost::Message::encode_to_vec(&fds))?;
+    std::fs::write(
+        &descriptor_path,
+        protox::prost::Message::encode_to_vec(&fds),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -98,7 +98,11 @@ struct Endpoint {
 
 impl Balancer {
     /// Follows `service` through the given registry URLs (tried in turn).
-    pub fn new(registries: Vec<String>, service: impl Into<String>, options: BalancerOptions) -> Self {
+    pub fn new(
+        registries: Vec<String>,
+        service: impl Into<String>,
+        options: BalancerOptions,
+    ) -> Self {
         let (view, _) = watch::channel(MeshView::default());
         let shared = Arc::new(Shared {
             service: service.into(),
@@ -108,7 +112,10 @@ impl Balancer {
         });
         let stop = CancellationToken::new();
         tokio::spawn(follow(registries, Arc::clone(&shared), stop.clone()));
-        Self { shared, _follow: Arc::new(stop.drop_guard()) }
+        Self {
+            shared,
+            _follow: Arc::new(stop.drop_guard()),
+        }
     }
 
     /// The service this balancer calls.
@@ -139,7 +146,9 @@ impl Balancer {
         let mut tried: Vec<String> = Vec::new();
         let mut last_error = None;
         for _ in 0..self.shared.options.attempts.max(1) {
-            let Some(endpoint) = self.pick_or_wait(&tried).await else { break };
+            let Some(endpoint) = self.pick_or_wait(&tried).await else {
+                break;
+            };
             let _in_flight = InFlight::start(&endpoint);
             match call(endpoint.channel.clone()).await {
                 Ok(value) => return Ok(value),
@@ -161,7 +170,10 @@ impl Balancer {
     }
 
     fn no_instance(&self) -> Status {
-        Status::unavailable(format!("no live instance of service {:?} is registered", self.shared.service))
+        Status::unavailable(format!(
+            "no live instance of service {:?} is registered",
+            self.shared.service
+        ))
     }
 
     async fn pick_or_wait(&self, tried: &[String]) -> Option<Arc<Endpoint>> {
@@ -195,7 +207,11 @@ impl Shared {
             .values()
             .filter(|e| !tried.contains(&e.instance.id))
             .collect();
-        let healthy: Vec<&Arc<Endpoint>> = untried.iter().copied().filter(|e| !e.is_ejected(now)).collect();
+        let healthy: Vec<&Arc<Endpoint>> = untried
+            .iter()
+            .copied()
+            .filter(|e| !e.is_ejected(now))
+            .collect();
         let pool = if healthy.is_empty() { untried } else { healthy };
         match pool.len() {
             0 => None,
@@ -208,14 +224,22 @@ impl Shared {
                     b += 1;
                 }
                 let (a, b) = (pool[a], pool[b]);
-                let pick = if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) { b } else { a };
+                let pick =
+                    if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
+                        b
+                    } else {
+                        a
+                    };
                 Some(Arc::clone(pick))
             }
         }
     }
 
     fn wanted(&self, instance: &Instance) -> bool {
-        self.options.labels.iter().all(|(key, value)| instance.labels.get(key) == Some(value))
+        self.options
+            .labels
+            .iter()
+            .all(|(key, value)| instance.labels.get(key) == Some(value))
     }
 
     /// Applies one registry event to the pick set, then publishes the new view.
@@ -261,7 +285,11 @@ impl Shared {
         let mut instances: Vec<Instance> = endpoints.values().map(|e| e.instance.clone()).collect();
         instances.sort_by(|a, b| a.id.cmp(&b.id));
         drop(endpoints);
-        self.view.send_replace(MeshView { instances, revision: event.revision, connected: true });
+        self.view.send_replace(MeshView {
+            instances,
+            revision: event.revision,
+            connected: true,
+        });
     }
 
     fn set_connected(&self, connected: bool) {
@@ -325,8 +353,13 @@ fn classify(status: Status) -> (Status, bool) {
     let transport = std::error::Error::source(&status).is_some();
     match status.code() {
         Code::Unavailable => (status, transport),
-        Code::Unknown | Code::Cancelled | Code::Internal if transport && broke_connection(&status) => {
-            (Status::unavailable(format!("connection lost: {}", status.message())), true)
+        Code::Unknown | Code::Cancelled | Code::Internal
+            if transport && broke_connection(&status) =>
+        {
+            (
+                Status::unavailable(format!("connection lost: {}", status.message())),
+                true,
+            )
         }
         _ => (status, false),
     }
@@ -335,7 +368,9 @@ fn classify(status: Status) -> (Status, bool) {
 fn broke_connection(status: &Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
-        if err.downcast_ref::<hyper::Error>().is_some() || err.downcast_ref::<std::io::Error>().is_some() {
+        if err.downcast_ref::<hyper::Error>().is_some()
+            || err.downcast_ref::<std::io::Error>().is_some()
+        {
             return true;
         }
         source = err.source();
@@ -370,10 +405,15 @@ async fn follow(registries: Vec<String>, shared: Arc<Shared>, stop: Cancellation
     }
 }
 
-async fn watch_once(url: &str, shared: &Shared) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn watch_once(
+    url: &str,
+    shared: &Shared,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channel = crate::endpoint(url)?.connect().await?;
     let mut events = RegistryClient::new(channel)
-        .watch(WatchRequest { service: shared.service.clone() })
+        .watch(WatchRequest {
+            service: shared.service.clone(),
+        })
         .await?
         .into_inner();
     while let Some(event) = events.message().await? {

@@ -47,7 +47,11 @@ impl Registrar {
         for url in &options.registries {
             sessions.spawn(keep_registered(url.clone(), options.clone(), stop.clone()));
         }
-        Self { options, stop, sessions }
+        Self {
+            options,
+            stop,
+            sessions,
+        }
     }
 
     /// The instance this registrar registers.
@@ -74,7 +78,9 @@ impl Registrar {
                 };
                 match tokio::time::timeout(Duration::from_secs(1), call).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(err)) => tracing::warn!(registry = %url, error = %err, "failed to deregister"),
+                    Ok(Err(err)) => {
+                        tracing::warn!(registry = %url, error = %err, "failed to deregister")
+                    }
                     Err(_) => tracing::warn!(registry = %url, "deregistering timed out"),
                 }
             }
@@ -91,7 +97,8 @@ impl Drop for Registrar {
 }
 
 async fn keep_registered(url: String, options: RegistrarOptions, stop: CancellationToken) {
-    let retry_pause = (options.heartbeat_interval / 5).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    let retry_pause = (options.heartbeat_interval / 5)
+        .clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut was_registered = false;
     loop {
         let outcome = tokio::select! {
@@ -116,12 +123,18 @@ async fn keep_registered(url: String, options: RegistrarOptions, stop: Cancellat
 type SessionError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One connection's worth of registration; returns when it breaks.
-async fn session(url: &str, options: &RegistrarOptions, registered: &mut bool) -> Result<(), SessionError> {
+async fn session(
+    url: &str,
+    options: &RegistrarOptions,
+    registered: &mut bool,
+) -> Result<(), SessionError> {
     let channel = crate::endpoint(url)?.connect().await?;
     let mut client = RegistryClient::new(channel);
     let mut instance = options.instance.clone();
     instance.ttl = Some(prost_types::Duration::try_from(options.ttl)?);
-    let register = RegisterRequest { instance: Some(instance) };
+    let register = RegisterRequest {
+        instance: Some(instance),
+    };
     client.register(register.clone()).await?;
     *registered = true;
     tracing::info!(registry = %url, instance = %options.instance.id, "registered");

@@ -80,14 +80,23 @@ async fn spawn_with(args: &[&str], envs: &[(&str, &str)], stderr: Stdio) -> anyh
         .await
         .context("child did not start listening")??
         .context("child exited")?;
-    let addr = line.strip_prefix("listening on ").context("unexpected first line")?.to_owned();
+    let addr = line
+        .strip_prefix("listening on ")
+        .context("unexpected first line")?
+        .to_owned();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Child_ { child, url: format!("http://{addr}") })
+    Ok(Child_ {
+        child,
+        url: format!("http://{addr}"),
+    })
 }
 
 fn signal(child: &Child, signal: i32) -> anyhow::Result<()> {
     let pid = child.id().context("child already exited")?;
-    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()?;
     if !status.success() {
         bail!("kill -{signal} {pid} failed");
     }
@@ -102,12 +111,27 @@ struct Sample {
 }
 
 async fn measure(registry: &str, id: &str, sig: i32, lead: Duration) -> anyhow::Result<Sample> {
-    let college = spawn(&["college", "--listen", "127.0.0.1:0", "--registry", registry, "--instance-id", id]).await?;
+    let college = spawn(&[
+        "college",
+        "--listen",
+        "127.0.0.1:0",
+        "--registry",
+        registry,
+        "--instance-id",
+        id,
+    ])
+    .await?;
     // Wait until the registry holds the instance's lease on a KeepAlive stream.
     let mut client = RegistryClient::connect(registry.to_owned()).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let instances = client.list_instances(ListInstancesRequest { service: "college".into() }).await?.into_inner().instances;
+        let instances = client
+            .list_instances(ListInstancesRequest {
+                service: "college".into(),
+            })
+            .await?
+            .into_inner()
+            .instances;
         if instances.iter().any(|i| i.id == id && i.keep_alive_stream) {
             break;
         }
@@ -116,12 +140,21 @@ async fn measure(registry: &str, id: &str, sig: i32, lead: Duration) -> anyhow::
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let balancer = Balancer::new(vec![registry.to_owned()], "college", BalancerOptions::default());
+    let balancer = Balancer::new(
+        vec![registry.to_owned()],
+        "college",
+        BalancerOptions::default(),
+    );
     let mut view = balancer.subscribe();
     while !view.borrow_and_update().contains(id) {
         view.changed().await?;
     }
-    let mut events = client.watch(WatchRequest { service: "college".into() }).await?.into_inner();
+    let mut events = client
+        .watch(WatchRequest {
+            service: "college".into(),
+        })
+        .await?
+        .into_inner();
     events.message().await?; // the snapshot
 
     // Where in the heartbeat cycle the signal lands matters for SIGSTOP.
@@ -142,9 +175,11 @@ async fn measure(registry: &str, id: &str, sig: i32, lead: Duration) -> anyhow::
         }
         anyhow::Ok(sent.elapsed())
     };
-    let (watcher, balancer) = tokio::time::timeout(Duration::from_secs(30), async { tokio::try_join!(watcher, balancer_seen) })
-        .await
-        .context("no removal within 30 s")??;
+    let (watcher, balancer) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::try_join!(watcher, balancer_seen)
+    })
+    .await
+    .context("no removal within 30 s")??;
     drop(college);
     Ok(Sample { watcher, balancer })
 }
@@ -175,7 +210,15 @@ async fn removal(args: RemovalArgs) -> anyhow::Result<ExitCode> {
     let registry = spawn(&["registry", "--listen", "127.0.0.1:0"]).await?;
     let mut kills = Vec::new();
     for n in 0..args.kills {
-        kills.push(measure(&registry.url, &format!("college-kill-{n}"), 9, Duration::ZERO).await?);
+        kills.push(
+            measure(
+                &registry.url,
+                &format!("college-kill-{n}"),
+                9,
+                Duration::ZERO,
+            )
+            .await?,
+        );
     }
     let mut stops = Vec::new();
     for n in 0..args.stops {

@@ -17,7 +17,12 @@ use tonic::Request;
 #[derive(Args, Debug)]
 pub struct Target {
     /// Registry replicas to discover instances through, comma separated.
-    #[arg(long, env = "GRANTMESH_REGISTRY", default_value = "http://127.0.0.1:7000", global = true)]
+    #[arg(
+        long,
+        env = "GRANTMESH_REGISTRY",
+        default_value = "http://127.0.0.1:7000",
+        global = true
+    )]
     registry: String,
     /// Bearer token from `grantmesh login`.
     #[arg(long, env = "GRANTMESH_TOKEN", hide_env_values = true, global = true)]
@@ -71,7 +76,10 @@ pub enum Grant {
     /// Add a researcher (by email) to an account you lead.
     AddMember { account_id: String, email: String },
     /// Remove a member from an account you lead.
-    RemoveMember { account_id: String, researcher_id: String },
+    RemoveMember {
+        account_id: String,
+        researcher_id: String,
+    },
     /// Withdraw from an account you are a member of.
     Withdraw {
         account_id: String,
@@ -99,7 +107,10 @@ struct Session {
 
 impl Session {
     fn balancer(&self, service: &str, labels: Vec<(String, String)>) -> Balancer {
-        let options = BalancerOptions { labels, ..BalancerOptions::default() };
+        let options = BalancerOptions {
+            labels,
+            ..BalancerOptions::default()
+        };
         Balancer::new(parse_registry_list(&self.target.registry), service, options)
     }
 
@@ -108,12 +119,19 @@ impl Session {
     }
 
     fn agencies(&self, name: &Option<String>) -> Balancer {
-        let labels = name.iter().map(|n| ("agency".to_owned(), n.clone())).collect();
+        let labels = name
+            .iter()
+            .map(|n| ("agency".to_owned(), n.clone()))
+            .collect();
         self.balancer("agency", labels)
     }
 
     fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
-        let token = self.target.token.as_deref().context("no token: run `grantmesh login` and set GRANTMESH_TOKEN")?;
+        let token = self
+            .target
+            .token
+            .as_deref()
+            .context("no token: run `grantmesh login` and set GRANTMESH_TOKEN")?;
         let mut request = Request::new(message);
         grantmesh_auth::authorize(&mut request, token)?;
         Ok(request)
@@ -134,7 +152,11 @@ macro_rules! college {
         let message = $message;
         let authed: bool = $authed;
         let balancer = $session.colleges();
-        let token = if authed { Some($session.request(())?) } else { None };
+        let token = if authed {
+            Some($session.request(())?)
+        } else {
+            None
+        };
         balancer
             .call(|channel| {
                 let mut request = Request::new(message.clone());
@@ -169,15 +191,37 @@ macro_rules! agency {
 pub async fn run(target: Target, command: Grant) -> anyhow::Result<ExitCode> {
     let session = Session { target };
     match command {
-        Grant::Register { name, email, password } => {
-            let r = college!(session, register_researcher, RegisterResearcherRequest { name, email, password }, false);
-            print(serde_json::json!({"researcherId": r.researcher_id, "name": r.name, "email": r.email}));
+        Grant::Register {
+            name,
+            email,
+            password,
+        } => {
+            let r = college!(
+                session,
+                register_researcher,
+                RegisterResearcherRequest {
+                    name,
+                    email,
+                    password
+                },
+                false
+            );
+            print(
+                serde_json::json!({"researcherId": r.researcher_id, "name": r.name, "email": r.email}),
+            );
         }
         Grant::Login { email, password } => {
             let reply = college!(session, login, LoginRequest { email, password }, false);
             println!("{}", reply.token);
         }
-        Grant::Propose { title, description, amount, days, agency, key } => {
+        Grant::Propose {
+            title,
+            description,
+            amount,
+            days,
+            agency,
+            key,
+        } => {
             let message = SubmitProposalRequest {
                 title,
                 description,
@@ -191,7 +235,15 @@ pub async fn run(target: Target, command: Grant) -> anyhow::Result<ExitCode> {
         Grant::Proposals { agency } => {
             let mut token = String::new();
             loop {
-                let reply = agency!(session, &agency, list_proposals, ListProposalsRequest { page_size: 100, page_token: token.clone() });
+                let reply = agency!(
+                    session,
+                    &agency,
+                    list_proposals,
+                    ListProposalsRequest {
+                        page_size: 100,
+                        page_token: token.clone()
+                    }
+                );
                 reply.proposals.iter().for_each(|p| print(proposal_json(p)));
                 if reply.next_page_token.is_empty() {
                     break;
@@ -199,7 +251,9 @@ pub async fn run(target: Target, command: Grant) -> anyhow::Result<ExitCode> {
                 token = reply.next_page_token;
             }
         }
-        Grant::Account { account_id: Some(account_id) } => {
+        Grant::Account {
+            account_id: Some(account_id),
+        } => {
             let a = college!(session, get_account, GetAccountRequest { account_id }, true);
             print(account_json(&a));
         }
@@ -208,15 +262,41 @@ pub async fn run(target: Target, command: Grant) -> anyhow::Result<ExitCode> {
             reply.accounts.iter().for_each(|a| print(account_json(a)));
         }
         Grant::AddMember { account_id, email } => {
-            let a = college!(session, add_member, AddMemberRequest { account_id, email }, true);
+            let a = college!(
+                session,
+                add_member,
+                AddMemberRequest { account_id, email },
+                true
+            );
             print(account_json(&a));
         }
-        Grant::RemoveMember { account_id, researcher_id } => {
-            let a = college!(session, remove_member, RemoveMemberRequest { account_id, researcher_id }, true);
+        Grant::RemoveMember {
+            account_id,
+            researcher_id,
+        } => {
+            let a = college!(
+                session,
+                remove_member,
+                RemoveMemberRequest {
+                    account_id,
+                    researcher_id
+                },
+                true
+            );
             print(account_json(&a));
         }
-        Grant::Withdraw { account_id, amount, memo, key } => {
-            let message = WithdrawRequest { account_id, amount_minor: amount, idempotency_key: key.unwrap_or_else(fresh_key), memo };
+        Grant::Withdraw {
+            account_id,
+            amount,
+            memo,
+            key,
+        } => {
+            let message = WithdrawRequest {
+                account_id,
+                amount_minor: amount,
+                idempotency_key: key.unwrap_or_else(fresh_key),
+                memo,
+            };
             let reply = college!(session, withdraw, message, true);
             let mut json = transaction_json(reply.transaction.as_ref());
             json["balanceMinor"] = reply.balance_minor.into();
@@ -224,11 +304,28 @@ pub async fn run(target: Target, command: Grant) -> anyhow::Result<ExitCode> {
             print(json);
         }
         Grant::Transactions { account_id, limit } => {
-            let reply = college!(session, list_transactions, ListTransactionsRequest { account_id, page_size: limit, page_token: String::new() }, true);
-            reply.transactions.iter().for_each(|t| print(transaction_json(Some(t))));
+            let reply = college!(
+                session,
+                list_transactions,
+                ListTransactionsRequest {
+                    account_id,
+                    page_size: limit,
+                    page_token: String::new()
+                },
+                true
+            );
+            reply
+                .transactions
+                .iter()
+                .for_each(|t| print(transaction_json(Some(t))));
         }
         Grant::Watch { account_id } => {
-            let mut events = college!(session, watch_account, WatchAccountRequest { account_id }, true);
+            let mut events = college!(
+                session,
+                watch_account,
+                WatchAccountRequest { account_id },
+                true
+            );
             while let Some(event) = events.message().await.context("the watch ended")? {
                 let mut json = serde_json::json!({"kind": event.kind().as_str_name()});
                 if let Some(account) = &event.account {
@@ -264,7 +361,9 @@ fn account_json(a: &Account) -> serde_json::Value {
 }
 
 fn transaction_json(t: Option<&Transaction>) -> serde_json::Value {
-    let Some(t) = t else { return serde_json::json!({}) };
+    let Some(t) = t else {
+        return serde_json::json!({});
+    };
     serde_json::json!({
         "transactionId": t.transaction_id, "accountId": t.account_id, "researcherId": t.researcher_id,
         "amountMinor": t.amount_minor, "memo": t.memo, "idempotencyKey": t.idempotency_key,

@@ -19,7 +19,11 @@ mod roles;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "grantmesh", version, about = "A research-grant service mesh: registry, agencies and colleges over gRPC.")]
+#[command(
+    name = "grantmesh",
+    version,
+    about = "A research-grant service mesh: registry, agencies and colleges over gRPC."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -39,7 +39,11 @@ pub struct MeshArgs {
     #[arg(long, env = "GRANTMESH_ADVERTISE")]
     advertise: Option<String>,
     /// Registry replicas to register with, comma separated.
-    #[arg(long, env = "GRANTMESH_REGISTRY", default_value = "http://127.0.0.1:7000")]
+    #[arg(
+        long,
+        env = "GRANTMESH_REGISTRY",
+        default_value = "http://127.0.0.1:7000"
+    )]
     registry: String,
     /// How long the registry waits for a heartbeat before removing this instance.
     #[arg(long, env = "GRANTMESH_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
@@ -83,8 +87,12 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     fn keys(&self) -> anyhow::Result<Keys> {
-        Keys::new(self.token_key.as_bytes(), self.service_key.as_bytes(), self.token_ttl)
-            .context("--token-key / --service-key are not usable")
+        Keys::new(
+            self.token_key.as_bytes(),
+            self.service_key.as_bytes(),
+            self.token_ttl,
+        )
+        .context("--token-key / --service-key are not usable")
     }
 }
 
@@ -95,7 +103,11 @@ pub struct AgencyArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// The agency's name; instances with the same name are one agency.
-    #[arg(long, env = "GRANTMESH_AGENCY_NAME", default_value = "grantmesh-agency")]
+    #[arg(
+        long,
+        env = "GRANTMESH_AGENCY_NAME",
+        default_value = "grantmesh-agency"
+    )]
     name: String,
     /// Smallest award granted, in minor units.
     #[arg(long, env = "GRANTMESH_MIN_AWARD", default_value_t = 300_000)]
@@ -128,14 +140,26 @@ const DEFAULT_COLLEGE_PORT: u16 = 7200;
 
 pub async fn run_registry(args: RegistryArgs) -> anyhow::Result<ExitCode> {
     if !(grantmesh_registry::TTL_RANGE.0..=grantmesh_registry::TTL_RANGE.1).contains(&args.ttl) {
-        bail!("--ttl {:?} is outside {:?}..={:?}", args.ttl, grantmesh_registry::TTL_RANGE.0, grantmesh_registry::TTL_RANGE.1);
+        bail!(
+            "--ttl {:?} is outside {:?}..={:?}",
+            args.ttl,
+            grantmesh_registry::TTL_RANGE.0,
+            grantmesh_registry::TTL_RANGE.1
+        );
     }
     let listener = bind(&args.server, DEFAULT_REGISTRY_PORT).await?;
-    let instance_id = args.server.instance_id.clone().unwrap_or_else(|| grantmesh_discovery::new_instance_id("registry"));
+    let instance_id = args
+        .server
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| grantmesh_discovery::new_instance_id("registry"));
     let mut options = ServeOptions::new(service_names::REGISTRY);
     options.grace_period = args.server.grace_period;
     let registry = grantmesh_registry::RegistryService::new(
-        grantmesh_registry::RegistryConfig { instance_id, default_ttl: args.ttl },
+        grantmesh_registry::RegistryConfig {
+            instance_id,
+            default_ttl: args.ttl,
+        },
         options.streams_closing.clone(),
     );
     serve(listener, Routes::new(registry.into_server()), options).await
@@ -147,12 +171,26 @@ pub async fn run_agency(args: AgencyArgs) -> anyhow::Result<ExitCode> {
         bail!("--name must be 1 to 64 characters");
     }
     if args.min_award <= 0 || args.min_award > args.max_award {
-        bail!("--min-award ({}) must be more than zero and at most --max-award ({})", args.min_award, args.max_award);
+        bail!(
+            "--min-award ({}) must be more than zero and at most --max-award ({})",
+            args.min_award,
+            args.max_award
+        );
     }
     let labels = [(grantmesh_agency::NAME_LABEL.to_owned(), args.name.clone())].into();
-    let (listener, instance, options) =
-        join_mesh(&args.mesh, grantmesh_agency::SERVICE, service_names::AGENCY, DEFAULT_AGENCY_PORT, labels).await?;
-    let colleges = Balancer::new(parse_registry_list(&args.mesh.registry), grantmesh_college::SERVICE, BalancerOptions::default());
+    let (listener, instance, options) = join_mesh(
+        &args.mesh,
+        grantmesh_agency::SERVICE,
+        service_names::AGENCY,
+        DEFAULT_AGENCY_PORT,
+        labels,
+    )
+    .await?;
+    let colleges = Balancer::new(
+        parse_registry_list(&args.mesh.registry),
+        grantmesh_college::SERVICE,
+        BalancerOptions::default(),
+    );
     let config = grantmesh_agency::AgencyConfig {
         instance_id: instance.id.clone(),
         name: args.name.clone(),
@@ -162,9 +200,14 @@ pub async fn run_agency(args: AgencyArgs) -> anyhow::Result<ExitCode> {
         open_timeout: args.open_timeout,
         reconcile_every: args.reconcile_every,
     };
-    let service = grantmesh_agency::AgencyService::start(config, &args.store.database_url, colleges, options.streams_closing.clone())
-        .await
-        .context("failed to start the agency")?;
+    let service = grantmesh_agency::AgencyService::start(
+        config,
+        &args.store.database_url,
+        colleges,
+        options.streams_closing.clone(),
+    )
+    .await
+    .context("failed to start the agency")?;
     serve(listener, Routes::new(service.into_server()), options).await
 }
 
@@ -173,28 +216,52 @@ pub async fn run_college(args: CollegeArgs) -> anyhow::Result<ExitCode> {
     if args.day_length.is_zero() {
         bail!("--day-length must be more than zero");
     }
-    let (listener, instance, options) =
-        join_mesh(&args.mesh, grantmesh_college::SERVICE, service_names::COLLEGE, DEFAULT_COLLEGE_PORT, Default::default()).await?;
+    let (listener, instance, options) = join_mesh(
+        &args.mesh,
+        grantmesh_college::SERVICE,
+        service_names::COLLEGE,
+        DEFAULT_COLLEGE_PORT,
+        Default::default(),
+    )
+    .await?;
     let config = grantmesh_college::CollegeConfig {
         instance_id: instance.id.clone(),
         day_length: args.day_length,
         keys,
         pool_size: args.store.pool_size,
     };
-    let service = grantmesh_college::CollegeService::start(config, &args.store.database_url, options.streams_closing.clone())
-        .await
-        .context("failed to start the college")?;
+    let service = grantmesh_college::CollegeService::start(
+        config,
+        &args.store.database_url,
+        options.streams_closing.clone(),
+    )
+    .await
+    .context("failed to start the college")?;
     serve(listener, Routes::new(service.into_server()), options).await
 }
 
-async fn serve(listener: TcpListener, routes: Routes, options: ServeOptions) -> anyhow::Result<ExitCode> {
-    grantmesh_server::serve(listener, routes, options, grantmesh_server::terminate_signal()).await?;
+async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    options: ServeOptions,
+) -> anyhow::Result<ExitCode> {
+    grantmesh_server::serve(
+        listener,
+        routes,
+        options,
+        grantmesh_server::terminate_signal(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn bind(args: &ServerArgs, default_port: u16) -> anyhow::Result<TcpListener> {
-    let addr = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("failed to listen on {addr}"))?;
+    let addr = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to listen on {addr}"))?;
     let bound = listener.local_addr()?;
     // The first line on stdout says where to reach this server; scripts and
     // tests that pass port 0 read it.
@@ -211,10 +278,19 @@ async fn join_mesh(
     labels: std::collections::HashMap<String, String>,
 ) -> anyhow::Result<(TcpListener, Instance, ServeOptions)> {
     if args.ttl < grantmesh_registry::TTL_RANGE.0 || args.ttl > grantmesh_registry::TTL_RANGE.1 {
-        bail!("--ttl {:?} is outside {:?}..={:?}", args.ttl, grantmesh_registry::TTL_RANGE.0, grantmesh_registry::TTL_RANGE.1);
+        bail!(
+            "--ttl {:?} is outside {:?}..={:?}",
+            args.ttl,
+            grantmesh_registry::TTL_RANGE.0,
+            grantmesh_registry::TTL_RANGE.1
+        );
     }
     if args.heartbeat_interval.is_zero() || args.heartbeat_interval >= args.ttl {
-        bail!("--heartbeat-interval ({:?}) must be more than zero and shorter than --ttl ({:?})", args.heartbeat_interval, args.ttl);
+        bail!(
+            "--heartbeat-interval ({:?}) must be more than zero and shorter than --ttl ({:?})",
+            args.heartbeat_interval,
+            args.ttl
+        );
     }
     let registries = parse_registry_list(&args.registry);
     if registries.is_empty() {
@@ -225,12 +301,24 @@ async fn join_mesh(
     let address = match &args.advertise {
         Some(url) => grantmesh_discovery::with_scheme(url),
         None if bound.ip().is_unspecified() => {
-            bail!("listening on {bound} (all interfaces): say with --advertise which URL other instances should dial")
+            bail!(
+                "listening on {bound} (all interfaces): say with --advertise which URL other instances should dial"
+            )
         }
         None => format!("http://{bound}"),
     };
-    let id = args.server.instance_id.clone().unwrap_or_else(|| grantmesh_discovery::new_instance_id(service));
-    let instance = Instance { id, service: service.to_owned(), address, labels, ..Instance::default() };
+    let id = args
+        .server
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| grantmesh_discovery::new_instance_id(service));
+    let instance = Instance {
+        id,
+        service: service.to_owned(),
+        address,
+        labels,
+        ..Instance::default()
+    };
     tracing::info!(instance = %instance.id, address = %instance.address, "joining the mesh");
     let options = ServeOptions {
         grpc_service,

@@ -27,26 +27,52 @@ async fn listener() -> TcpListener {
 async fn start_registry() -> RunningServer {
     let options = ServeOptions::new("grantmesh.v1.Registry");
     let service = RegistryService::new(
-        RegistryConfig { instance_id: "registry-test".into(), default_ttl: Duration::from_secs(60) },
+        RegistryConfig {
+            instance_id: "registry-test".into(),
+            default_ttl: Duration::from_secs(60),
+        },
         options.streams_closing.clone(),
     );
-    grantmesh_server::spawn(listener().await, Routes::new(service.into_server()), options).unwrap()
+    grantmesh_server::spawn(
+        listener().await,
+        Routes::new(service.into_server()),
+        options,
+    )
+    .unwrap()
 }
 
 async fn start_college(id: &str) -> RunningServer {
-    support::start_college(&support::shared_database().await, id, Duration::from_secs(86_400)).await
+    support::start_college(
+        &support::shared_database().await,
+        id,
+        Duration::from_secs(86_400),
+    )
+    .await
 }
 
 async fn register(registry: &RunningServer, id: &str, server: &RunningServer) {
     let mut client = RegistryClient::connect(registry.url()).await.unwrap();
-    let instance = Instance { id: id.into(), service: "college".into(), address: server.url(), ..Default::default() };
-    client.register(RegisterRequest { instance: Some(instance) }).await.unwrap();
+    let instance = Instance {
+        id: id.into(),
+        service: "college".into(),
+        address: server.url(),
+        ..Default::default()
+    };
+    client
+        .register(RegisterRequest {
+            instance: Some(instance),
+        })
+        .await
+        .unwrap();
 }
 
 async fn deregister(registry: &RunningServer, id: &str) {
     let mut client = RegistryClient::connect(registry.url()).await.unwrap();
     let reply = client
-        .deregister(DeregisterRequest { service: "college".into(), instance_id: id.into() })
+        .deregister(DeregisterRequest {
+            service: "college".into(),
+            instance_id: id.into(),
+        })
         .await
         .unwrap();
     assert!(reply.into_inner().removed);
@@ -54,7 +80,11 @@ async fn deregister(registry: &RunningServer, id: &str) {
 
 async fn ping(balancer: &Balancer) -> Result<String, tonic::Status> {
     balancer
-        .call(|channel| async move { CollegeClient::new(channel).ping(PingRequest::default()).await })
+        .call(|channel| async move {
+            CollegeClient::new(channel)
+                .ping(PingRequest::default())
+                .await
+        })
         .await
         .map(|reply| reply.into_inner().instance_id)
 }
@@ -67,7 +97,10 @@ async fn no_call_that_starts_after_a_removal_reaches_the_removed_instance() {
     register(&registry, "college-a", &a).await;
     register(&registry, "college-b", &b).await;
     let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
-    assert_eventually(Duration::from_secs(5), "both colleges seen", || async { balancer.view().instances.len() == 2 }).await;
+    assert_eventually(Duration::from_secs(5), "both colleges seen", || async {
+        balancer.view().instances.len() == 2
+    })
+    .await;
 
     // Note the moment the client has applied b's removal.
     let removal_seen = Arc::new(Mutex::new(None::<Instant>));
@@ -97,7 +130,12 @@ async fn no_call_that_starts_after_a_removal_reaches_the_removed_instance() {
                 let answered_by = if n % 2 == 0 {
                     ping(&balancer).await.unwrap()
                 } else {
-                    client.ping(PingRequest::default()).await.unwrap().into_inner().instance_id
+                    client
+                        .ping(PingRequest::default())
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .instance_id
                 };
                 calls.push((started, answered_by));
             }
@@ -111,18 +149,45 @@ async fn no_call_that_starts_after_a_removal_reaches_the_removed_instance() {
     for caller in callers {
         calls.extend(caller.await.unwrap());
     }
-    let removal_seen = removal_seen.lock().unwrap().expect("the client saw the removal");
-    let before = calls.iter().filter(|(started, by)| *started < removal_seen && by == "college-b").count();
-    let after: Vec<_> = calls.iter().filter(|(started, by)| *started > removal_seen && by == "college-b").collect();
-    let total_after = calls.iter().filter(|(started, _)| *started > removal_seen).count();
+    let removal_seen = removal_seen
+        .lock()
+        .unwrap()
+        .expect("the client saw the removal");
+    let before = calls
+        .iter()
+        .filter(|(started, by)| *started < removal_seen && by == "college-b")
+        .count();
+    let after: Vec<_> = calls
+        .iter()
+        .filter(|(started, by)| *started > removal_seen && by == "college-b")
+        .collect();
+    let total_after = calls
+        .iter()
+        .filter(|(started, _)| *started > removal_seen)
+        .count();
     assert!(before > 0, "college-b served calls before it was removed");
-    assert!(total_after > 100, "enough calls ran after the removal ({total_after})");
-    assert!(after.is_empty(), "{} of {total_after} calls started after the removal still went to college-b", after.len());
+    assert!(
+        total_after > 100,
+        "enough calls ran after the removal ({total_after})"
+    );
+    assert!(
+        after.is_empty(),
+        "{} of {total_after} calls started after the removal still went to college-b",
+        after.len()
+    );
 
     // college-b is still alive and answering: it was only ever the balancer
     // that kept calls away from it.
     let mut direct = CollegeClient::connect(b.url()).await.unwrap();
-    assert_eq!(direct.ping(PingRequest::default()).await.unwrap().into_inner().instance_id, "college-b");
+    assert_eq!(
+        direct
+            .ping(PingRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .instance_id,
+        "college-b"
+    );
 }
 
 #[tokio::test]
@@ -131,12 +196,17 @@ async fn the_last_known_instances_are_kept_while_no_registry_answers() {
     let a = start_college("college-a").await;
     register(&registry, "college-a", &a).await;
     let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
-    assert_eventually(Duration::from_secs(5), "college seen", || async { balancer.view().instances.len() == 1 }).await;
+    assert_eventually(Duration::from_secs(5), "college seen", || async {
+        balancer.view().instances.len() == 1
+    })
+    .await;
 
     registry.stop().await.unwrap();
-    assert_eventually(Duration::from_secs(5), "the client notices the registry is gone", || async {
-        !balancer.view().connected
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "the client notices the registry is gone",
+        || async { !balancer.view().connected },
+    )
     .await;
     assert_eq!(balancer.view().instances.len(), 1);
     assert_eq!(ping(&balancer).await.unwrap(), "college-a");
@@ -145,11 +215,18 @@ async fn the_last_known_instances_are_kept_while_no_registry_answers() {
 #[tokio::test]
 async fn a_call_with_no_live_instance_fails_unavailable_naming_the_service() {
     let registry = start_registry().await;
-    let options = BalancerOptions { wait_for_instances: Duration::from_millis(200), ..BalancerOptions::default() };
+    let options = BalancerOptions {
+        wait_for_instances: Duration::from_millis(200),
+        ..BalancerOptions::default()
+    };
     let balancer = Balancer::new(vec![registry.url()], "college", options);
     let status = ping(&balancer).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    assert!(status.message().contains("\"college\""), "{}", status.message());
+    assert!(
+        status.message().contains("\"college\""),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -162,7 +239,10 @@ async fn a_call_to_a_dead_instance_is_retried_on_a_live_one() {
     register(&registry, "college-dead", &dead).await;
     dead.stop().await.unwrap();
     let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
-    assert_eventually(Duration::from_secs(5), "both seen", || async { balancer.view().instances.len() == 2 }).await;
+    assert_eventually(Duration::from_secs(5), "both seen", || async {
+        balancer.view().instances.len() == 2
+    })
+    .await;
 
     for _ in 0..50 {
         assert_eq!(ping(&balancer).await.unwrap(), "college-live");

@@ -22,20 +22,34 @@ async fn instances_register_and_are_listed_and_watched() {
     let _c2 = Proc::member("college", &registry.url(), &["--instance-id", "college-b"]).await;
     let agency = Proc::member("agency", &registry.url(), &["--instance-id", "agency-a"]).await;
 
-    assert_eventually(Duration::from_secs(5), "both colleges and the agency listed", || async {
-        ids(&registry.url(), "college").await == ["college-a", "college-b"]
-            && ids(&registry.url(), "agency").await == ["agency-a"]
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "both colleges and the agency listed",
+        || async {
+            ids(&registry.url(), "college").await == ["college-a", "college-b"]
+                && ids(&registry.url(), "agency").await == ["agency-a"]
+        },
+    )
     .await;
     let agencies = list(&registry.url(), "agency").await;
     assert_eq!(agencies.len(), 1);
-    assert_eq!(agencies[0].address, agency.url(), "the advertised address is what clients dial");
-    assert_eq!(list(&registry.url(), "").await.len(), 3, "an empty service lists every service");
+    assert_eq!(
+        agencies[0].address,
+        agency.url(),
+        "the advertised address is what clients dial"
+    );
+    assert_eq!(
+        list(&registry.url(), "").await.len(),
+        3,
+        "an empty service lists every service"
+    );
 
     let mut events = watch(&registry.url(), "college").await;
-    let (_, snapshot) = next_event(&mut events, Duration::from_secs(2), |e| e.kind() == Kind::Snapshot)
-        .await
-        .expect("a snapshot first");
+    let (_, snapshot) = next_event(&mut events, Duration::from_secs(2), |e| {
+        e.kind() == Kind::Snapshot
+    })
+    .await
+    .expect("a snapshot first");
     let mut snapshot_ids: Vec<_> = snapshot.instances.iter().map(|i| i.id.as_str()).collect();
     snapshot_ids.sort();
     assert_eq!(snapshot_ids, ["college-a", "college-b"]);
@@ -54,26 +68,49 @@ async fn instances_register_and_are_listed_and_watched() {
         .unwrap();
     assert!(output.status.success());
     let table = String::from_utf8(output.stdout).unwrap();
-    assert!(table.contains("agency-a") && table.contains(&agency.url()), "{table}");
+    assert!(
+        table.contains("agency-a") && table.contains(&agency.url()),
+        "{table}"
+    );
     assert!(table.contains("college-c"), "{table}");
 }
 
 #[tokio::test]
 async fn a_killed_instance_is_removed_at_once_not_after_its_ttl() {
     let registry = Proc::registry(&[]).await;
-    let college = Proc::member("college", &registry.url(), &["--instance-id", "college-k", "--ttl", "10s"]).await;
-    assert_eventually(Duration::from_secs(5), "college registered with a keep-alive stream", || async {
-        list(&registry.url(), "college").await.iter().any(|i| i.id == "college-k" && i.keep_alive_stream)
-    })
+    let college = Proc::member(
+        "college",
+        &registry.url(),
+        &["--instance-id", "college-k", "--ttl", "10s"],
+    )
+    .await;
+    assert_eventually(
+        Duration::from_secs(5),
+        "college registered with a keep-alive stream",
+        || async {
+            list(&registry.url(), "college")
+                .await
+                .iter()
+                .any(|i| i.id == "college-k" && i.keep_alive_stream)
+        },
+    )
     .await;
     let mut events = watch(&registry.url(), "college").await;
 
     let killed_at = Instant::now();
     college.signal(Signal::SIGKILL);
-    let (seen_at, event) = next_event(&mut events, Duration::from_secs(5), is_delete_of("college-k"))
-        .await
-        .expect("the killed college is removed");
-    assert!(seen_at - killed_at < Duration::from_secs(2), "removed after {:?}, TTL is 10 s", seen_at - killed_at);
+    let (seen_at, event) = next_event(
+        &mut events,
+        Duration::from_secs(5),
+        is_delete_of("college-k"),
+    )
+    .await
+    .expect("the killed college is removed");
+    assert!(
+        seen_at - killed_at < Duration::from_secs(2),
+        "removed after {:?}, TTL is 10 s",
+        seen_at - killed_at
+    );
     assert_eq!(event.reason, "keepalive stream closed");
 }
 
@@ -89,13 +126,20 @@ async fn a_stopped_instance_is_removed_after_its_ttl_and_returns_when_continued(
 
     let stopped_at = Instant::now();
     college.signal(Signal::SIGSTOP);
-    let (seen_at, event) = next_event(&mut events, Duration::from_secs(8), is_delete_of("college-s"))
-        .await
-        .expect("the stopped college expires");
+    let (seen_at, event) = next_event(
+        &mut events,
+        Duration::from_secs(8),
+        is_delete_of("college-s"),
+    )
+    .await
+    .expect("the stopped college expires");
     let after = seen_at - stopped_at;
     assert_eq!(event.reason, "ttl expired");
     // The default TTL is 3 s, counted from the last beat before the stop.
-    assert!(after > Duration::from_secs(2) && after < Duration::from_millis(4_500), "expired after {after:?}");
+    assert!(
+        after > Duration::from_secs(2) && after < Duration::from_millis(4_500),
+        "expired after {after:?}"
+    );
 
     college.signal(Signal::SIGCONT);
     next_event(&mut events, Duration::from_secs(3), is_put_of("college-s"))
@@ -112,7 +156,11 @@ async fn a_late_heartbeat_does_not_make_the_instance_flap() {
     })
     .await;
     let mut events = watch(&registry.url(), "college").await;
-    next_event(&mut events, Duration::from_secs(2), |e| e.kind() == Kind::Snapshot).await.unwrap();
+    next_event(&mut events, Duration::from_secs(2), |e| {
+        e.kind() == Kind::Snapshot
+    })
+    .await
+    .unwrap();
 
     // Beats are due every second; this holds one back by about 1.8 s, well
     // inside the 3 s TTL.
@@ -133,17 +181,25 @@ async fn a_restarted_registry_relearns_the_mesh_within_a_heartbeat_interval() {
     let url = registry.url();
     let _college = Proc::member("college", &url, &["--instance-id", "college-r"]).await;
     let _agency = Proc::member("agency", &url, &["--instance-id", "agency-r"]).await;
-    assert_eventually(Duration::from_secs(5), "both registered", || async { list(&url, "").await.len() == 2 }).await;
+    assert_eventually(Duration::from_secs(5), "both registered", || async {
+        list(&url, "").await.len() == 2
+    })
+    .await;
 
     registry.signal(Signal::SIGKILL);
     registry.wait(Duration::from_secs(5)).await;
     let registry = Proc::start("registry", &["registry", "--listen", &listen]).await;
     let back_at = Instant::now();
-    assert_eventually(Duration::from_secs(1), "the whole mesh re-registered within one heartbeat interval", || async {
-        list(&url, "").await.len() == 2
-    })
+    assert_eventually(
+        Duration::from_secs(1),
+        "the whole mesh re-registered within one heartbeat interval",
+        || async { list(&url, "").await.len() == 2 },
+    )
     .await;
-    eprintln!("mesh relearned {:?} after the registry came back", back_at.elapsed());
+    eprintln!(
+        "mesh relearned {:?} after the registry came back",
+        back_at.elapsed()
+    );
     drop(registry);
 }
 
@@ -155,20 +211,29 @@ async fn two_registry_replicas_give_the_same_answers() {
     let _c1 = Proc::member("college", &both, &["--instance-id", "college-1"]).await;
     let _c2 = Proc::member("college", &both, &["--instance-id", "college-2"]).await;
     let _a1 = Proc::member("agency", &both, &["--instance-id", "agency-1"]).await;
-    assert_eventually(Duration::from_secs(5), "three instances on the first replica", || async {
-        list(&r1.url(), "").await.len() == 3
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "three instances on the first replica",
+        || async { list(&r1.url(), "").await.len() == 3 },
+    )
     .await;
     assert_eventually(Duration::from_secs(5), "both replicas agree", || async {
         let strip = |instances: Vec<grantmesh_proto::v1::Instance>| {
-            instances.into_iter().map(|i| (i.service, i.id, i.address)).collect::<Vec<_>>()
+            instances
+                .into_iter()
+                .map(|i| (i.service, i.id, i.address))
+                .collect::<Vec<_>>()
         };
         strip(list(&r1.url(), "").await) == strip(list(&r2.url(), "").await)
     })
     .await;
 
     // A client following both replicas keeps working when one dies.
-    let balancer = Balancer::new(vec![r1.url(), r2.url()], "college", BalancerOptions::default());
+    let balancer = Balancer::new(
+        vec![r1.url(), r2.url()],
+        "college",
+        BalancerOptions::default(),
+    );
     r1.signal(Signal::SIGKILL);
     for _ in 0..20 {
         balancer
@@ -181,18 +246,35 @@ async fn two_registry_replicas_give_the_same_answers() {
 #[tokio::test]
 async fn sigterm_drains_an_instance_without_failing_in_flight_calls() {
     let registry = Proc::registry(&[]).await;
-    let leaving = Proc::member("college", &registry.url(), &["--instance-id", "college-leaving"]).await;
-    let _staying = Proc::member("college", &registry.url(), &["--instance-id", "college-staying"]).await;
+    let leaving = Proc::member(
+        "college",
+        &registry.url(),
+        &["--instance-id", "college-leaving"],
+    )
+    .await;
+    let _staying = Proc::member(
+        "college",
+        &registry.url(),
+        &["--instance-id", "college-staying"],
+    )
+    .await;
     let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
-    assert_eventually(Duration::from_secs(5), "the client sees both colleges", || async {
-        balancer.view().instances.len() == 2
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "the client sees both colleges",
+        || async { balancer.view().instances.len() == 2 },
+    )
     .await;
 
     // A slow call already running on the instance that is about to leave.
     let mut direct = CollegeClient::connect(leaving.url()).await.unwrap();
     let slow = tokio::spawn(async move {
-        direct.ping(PingRequest { message: "slow".into(), delay_ms: 1_500 }).await
+        direct
+            .ping(PingRequest {
+                message: "slow".into(),
+                delay_ms: 1_500,
+            })
+            .await
     });
     // And a steady stream of calls through the mesh.
     let failures = Arc::new(AtomicUsize::new(0));
@@ -203,9 +285,15 @@ async fn sigterm_drains_an_instance_without_failing_in_flight_calls() {
         let (balancer, failures, calls) = (balancer.clone(), failures.clone(), calls.clone());
         loops.push(tokio::spawn(async move {
             while Instant::now() < stop {
-                let request = PingRequest { message: "x".into(), delay_ms: 20 };
+                let request = PingRequest {
+                    message: "x".into(),
+                    delay_ms: 20,
+                };
                 let result = balancer
-                    .call(|ch| { let request = request.clone(); async move { CollegeClient::new(ch).ping(request).await } })
+                    .call(|ch| {
+                        let request = request.clone();
+                        async move { CollegeClient::new(ch).ping(request).await }
+                    })
                     .await;
                 calls.fetch_add(1, Ordering::Relaxed);
                 if let Err(status) = result {
@@ -218,25 +306,49 @@ async fn sigterm_drains_an_instance_without_failing_in_flight_calls() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     leaving.signal(Signal::SIGTERM);
 
-    let slow = slow.await.unwrap().expect("the in-flight call finishes during the drain");
+    let slow = slow
+        .await
+        .unwrap()
+        .expect("the in-flight call finishes during the drain");
     assert_eq!(slow.into_inner().instance_id, "college-leaving");
     for l in loops {
         l.await.unwrap();
     }
-    assert_eq!(leaving.wait(Duration::from_secs(15)).await, Some(0), "a drained instance exits 0");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {} calls", calls.load(Ordering::Relaxed));
+    assert_eq!(
+        leaving.wait(Duration::from_secs(15)).await,
+        Some(0),
+        "a drained instance exits 0"
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "of {} calls",
+        calls.load(Ordering::Relaxed)
+    );
     assert_eq!(ids(&registry.url(), "college").await, ["college-staying"]);
 }
 
 #[tokio::test]
 async fn a_client_pinging_in_a_loop_sees_no_failure_when_one_of_two_colleges_is_killed() {
     let registry = Proc::registry(&[]).await;
-    let victim = Proc::member("college", &registry.url(), &["--instance-id", "college-victim"]).await;
-    let _survivor = Proc::member("college", &registry.url(), &["--instance-id", "college-survivor"]).await;
+    let victim = Proc::member(
+        "college",
+        &registry.url(),
+        &["--instance-id", "college-victim"],
+    )
+    .await;
+    let _survivor = Proc::member(
+        "college",
+        &registry.url(),
+        &["--instance-id", "college-survivor"],
+    )
+    .await;
     let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
-    assert_eventually(Duration::from_secs(5), "the client sees both colleges", || async {
-        balancer.view().instances.len() == 2
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "the client sees both colleges",
+        || async { balancer.view().instances.len() == 2 },
+    )
     .await;
 
     let served_by_victim = Arc::new(AtomicUsize::new(0));
@@ -245,13 +357,23 @@ async fn a_client_pinging_in_a_loop_sees_no_failure_when_one_of_two_colleges_is_
     let stop = Instant::now() + Duration::from_secs(3);
     let mut loops = Vec::new();
     for _ in 0..4 {
-        let (balancer, victim_count, calls, failures) =
-            (balancer.clone(), served_by_victim.clone(), calls.clone(), failures.clone());
+        let (balancer, victim_count, calls, failures) = (
+            balancer.clone(),
+            served_by_victim.clone(),
+            calls.clone(),
+            failures.clone(),
+        );
         loops.push(tokio::spawn(async move {
             while Instant::now() < stop {
-                let request = PingRequest { message: "x".into(), delay_ms: 5 };
+                let request = PingRequest {
+                    message: "x".into(),
+                    delay_ms: 5,
+                };
                 let result = balancer
-                    .call(|ch| { let request = request.clone(); async move { CollegeClient::new(ch).ping(request).await } })
+                    .call(|ch| {
+                        let request = request.clone();
+                        async move { CollegeClient::new(ch).ping(request).await }
+                    })
                     .await;
                 calls.fetch_add(1, Ordering::Relaxed);
                 match result {
@@ -274,6 +396,11 @@ async fn a_client_pinging_in_a_loop_sees_no_failure_when_one_of_two_colleges_is_
         l.await.unwrap();
     }
     assert!(before_kill > 0, "the victim served calls before it died");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {} calls", calls.load(Ordering::Relaxed));
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "of {} calls",
+        calls.load(Ordering::Relaxed)
+    );
     assert!(!balancer.view().contains("college-victim"));
 }

@@ -12,7 +12,10 @@ use support::*;
 use tokio::process::Command;
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The bin directory of the Python tool environment (python, grpcurl).
@@ -67,51 +70,159 @@ async fn grpcurl_lists_describes_and_calls_the_registry_without_proto_files() {
     .await;
 
     let services = run(&grpcurl, &["-plaintext", &target, "list"]).await;
-    for name in ["grantmesh.v1.Registry", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
+    for name in [
+        "grantmesh.v1.Registry",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
         assert!(services.contains(name), "{name} missing from:\n{services}");
     }
     let college_services = run(&grpcurl, &["-plaintext", &college.addr.to_string(), "list"]).await;
-    assert!(college_services.contains("grantmesh.v1.College"), "{college_services}");
+    assert!(
+        college_services.contains("grantmesh.v1.College"),
+        "{college_services}"
+    );
 
-    let described = run(&grpcurl, &["-plaintext", &target, "describe", "grantmesh.v1.Registry"]).await;
+    let described = run(
+        &grpcurl,
+        &["-plaintext", &target, "describe", "grantmesh.v1.Registry"],
+    )
+    .await;
     assert!(described.contains("rpc KeepAlive ( stream .grantmesh.v1.KeepAliveRequest ) returns ( stream .grantmesh.v1.KeepAliveReply )"), "{described}");
-    let message = run(&grpcurl, &["-plaintext", &target, "describe", "grantmesh.v1.WithdrawRequest"]).await;
+    let message = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            &target,
+            "describe",
+            "grantmesh.v1.WithdrawRequest",
+        ],
+    )
+    .await;
     assert!(message.contains("int64 amount_minor"), "{message}");
 
-    let listed = run(&grpcurl, &["-plaintext", "-d", r#"{"service":"college"}"#, &target, "grantmesh.v1.Registry/ListInstances"]).await;
-    assert!(listed.contains("college-g") && listed.contains(&college.url()), "{listed}");
+    let listed = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"service":"college"}"#,
+            &target,
+            "grantmesh.v1.Registry/ListInstances",
+        ],
+    )
+    .await;
+    assert!(
+        listed.contains("college-g") && listed.contains(&college.url()),
+        "{listed}"
+    );
 
-    let health = run(&grpcurl, &["-plaintext", "-d", r#"{"service":"grantmesh.v1.Registry"}"#, &target, "grpc.health.v1.Health/Check"]).await;
+    let health = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"service":"grantmesh.v1.Registry"}"#,
+            &target,
+            "grpc.health.v1.Health/Check",
+        ],
+    )
+    .await;
     assert!(health.contains("SERVING"), "{health}");
 
     // Register and renew by hand, as an operator would.
     let register = r#"{"instance":{"id":"manual-1","service":"tools","address":"http://127.0.0.1:9","ttl":"5s"}}"#;
-    run(&grpcurl, &["-plaintext", "-d", register, &target, "grantmesh.v1.Registry/Register"]).await;
-    let beat = run(&grpcurl, &["-plaintext", "-d", r#"{"service":"tools","instance_id":"manual-1"}"#, &target, "grantmesh.v1.Registry/Heartbeat"]).await;
+    run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            register,
+            &target,
+            "grantmesh.v1.Registry/Register",
+        ],
+    )
+    .await;
+    let beat = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"service":"tools","instance_id":"manual-1"}"#,
+            &target,
+            "grantmesh.v1.Registry/Heartbeat",
+        ],
+    )
+    .await;
     assert!(beat.contains("5s"), "{beat}");
-    let unknown = run_failing(&grpcurl, &["-plaintext", "-d", r#"{"service":"tools","instance_id":"nobody"}"#, &target, "grantmesh.v1.Registry/Heartbeat"]).await;
-    assert!(unknown.contains("NotFound") && unknown.contains("register again"), "{unknown}");
-    let bad = run_failing(&grpcurl, &["-plaintext", "-d", r#"{"instance":{"id":"x","service":"tools","address":"not a url"}}"#, &target, "grantmesh.v1.Registry/Register"]).await;
-    assert!(bad.contains("InvalidArgument") && bad.contains("instance.address"), "{bad}");
+    let unknown = run_failing(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"service":"tools","instance_id":"nobody"}"#,
+            &target,
+            "grantmesh.v1.Registry/Heartbeat",
+        ],
+    )
+    .await;
+    assert!(
+        unknown.contains("NotFound") && unknown.contains("register again"),
+        "{unknown}"
+    );
+    let bad = run_failing(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"instance":{"id":"x","service":"tools","address":"not a url"}}"#,
+            &target,
+            "grantmesh.v1.Registry/Register",
+        ],
+    )
+    .await;
+    assert!(
+        bad.contains("InvalidArgument") && bad.contains("instance.address"),
+        "{bad}"
+    );
 }
 
 #[tokio::test]
 async fn reflection_v1_is_served_beside_v1alpha() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let registry = Proc::registry(&[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(registry.url()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(registry.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut replies = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
     let reply = replies.message().await.unwrap().expect("one reply");
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else { panic!("unexpected reply {reply:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reply {reply:?}")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"grantmesh.v1.Registry".to_owned()), "{names:?}");
-    assert!(names.contains(&"grpc.reflection.v1.ServerReflection".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"grantmesh.v1.Registry".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.reflection.v1.ServerReflection".to_owned()),
+        "{names:?}"
+    );
 }
 
 #[tokio::test]
@@ -128,18 +239,63 @@ async fn a_generated_python_client_lists_watches_and_health_checks_the_registry(
     })
     .await;
 
-    let listed = run(&python, &[client, "list-instances", "--registry", &target, "--service", "college"]).await;
-    let first: serde_json::Value = serde_json::from_str(listed.lines().next().expect("one instance")).unwrap();
+    let listed = run(
+        &python,
+        &[
+            client,
+            "list-instances",
+            "--registry",
+            &target,
+            "--service",
+            "college",
+        ],
+    )
+    .await;
+    let first: serde_json::Value =
+        serde_json::from_str(listed.lines().next().expect("one instance")).unwrap();
     assert_eq!(first["id"], "college-py");
     assert_eq!(first["service"], "college");
 
-    let watched = run(&python, &[client, "watch", "--registry", &target, "--service", "college", "--events", "1"]).await;
-    let snapshot: serde_json::Value = serde_json::from_str(watched.lines().next().unwrap()).unwrap();
-    assert_eq!(snapshot["instance_ids"], serde_json::json!(["college-py"]), "{watched}");
+    let watched = run(
+        &python,
+        &[
+            client,
+            "watch",
+            "--registry",
+            &target,
+            "--service",
+            "college",
+            "--events",
+            "1",
+        ],
+    )
+    .await;
+    let snapshot: serde_json::Value =
+        serde_json::from_str(watched.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        snapshot["instance_ids"],
+        serde_json::json!(["college-py"]),
+        "{watched}"
+    );
 
-    let health = run(&python, &[client, "health", "--target", &target, "--service", "grantmesh.v1.Registry"]).await;
+    let health = run(
+        &python,
+        &[
+            client,
+            "health",
+            "--target",
+            &target,
+            "--service",
+            "grantmesh.v1.Registry",
+        ],
+    )
+    .await;
     assert_eq!(health.trim(), "SERVING");
-    let pinged = run(&python, &[client, "ping", "--target", &target, "--service", "registry"]).await;
+    let pinged = run(
+        &python,
+        &[client, "ping", "--target", &target, "--service", "registry"],
+    )
+    .await;
     assert!(pinged.contains("\"service\": \"registry\""), "{pinged}");
 }
 
@@ -151,17 +307,27 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
     let registry = Proc::registry(&[]).await;
     let college = Proc::member("college", &registry.url(), &[]).await;
     let agency = Proc::member("agency", &registry.url(), &[]).await;
-    assert_eventually(Duration::from_secs(5), "the agency can find the college", || async {
-        ids(&registry.url(), "college").await.len() == 1
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "the agency can find the college",
+        || async { ids(&registry.url(), "college").await.len() == 1 },
+    )
     .await;
 
     let output = run(
         &python,
-        &[client.to_str().unwrap(), "flow", "--agency", &agency.addr.to_string(), "--college", &college.addr.to_string()],
+        &[
+            client.to_str().unwrap(),
+            "flow",
+            "--agency",
+            &agency.addr.to_string(),
+            "--college",
+            &college.addr.to_string(),
+        ],
     )
     .await;
-    let summary: serde_json::Value = serde_json::from_str(output.lines().last().expect("a summary line")).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(output.lines().last().expect("a summary line")).unwrap();
     assert_eq!(summary["ok"], true, "{output}");
     assert_eq!(summary["decision"], "DECISION_ACCEPTED", "{output}");
     assert_eq!(summary["journal_count"], 1, "{output}");
@@ -175,15 +341,63 @@ async fn grpcurl_drives_the_college_with_a_bearer_token() {
     let target = college.addr.to_string();
     let email = format!("g-{}@university.edu", uuid::Uuid::new_v4().simple());
     let register = format!(r#"{{"name":"Grace","email":"{email}","password":"long enough"}}"#);
-    run(&grpcurl, &["-plaintext", "-d", &register, &target, "grantmesh.v1.College/RegisterResearcher"]).await;
+    run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            &register,
+            &target,
+            "grantmesh.v1.College/RegisterResearcher",
+        ],
+    )
+    .await;
     let login = format!(r#"{{"email":"{email}","password":"long enough"}}"#);
-    let reply: serde_json::Value =
-        serde_json::from_str(&run(&grpcurl, &["-plaintext", "-d", &login, &target, "grantmesh.v1.College/Login"]).await).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(
+        &run(
+            &grpcurl,
+            &[
+                "-plaintext",
+                "-d",
+                &login,
+                &target,
+                "grantmesh.v1.College/Login",
+            ],
+        )
+        .await,
+    )
+    .unwrap();
     let token = reply["token"].as_str().expect("a token");
     let header = format!("authorization: Bearer {token}");
-    let accounts = run(&grpcurl, &["-plaintext", "-H", &header, "-d", "{}", &target, "grantmesh.v1.College/ListAccounts"]).await;
+    let accounts = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-H",
+            &header,
+            "-d",
+            "{}",
+            &target,
+            "grantmesh.v1.College/ListAccounts",
+        ],
+    )
+    .await;
     let accounts: serde_json::Value = serde_json::from_str(&accounts).unwrap();
-    assert_eq!(accounts, serde_json::json!({}), "a new researcher has no accounts");
-    let refused = run_failing(&grpcurl, &["-plaintext", "-d", "{}", &target, "grantmesh.v1.College/ListAccounts"]).await;
+    assert_eq!(
+        accounts,
+        serde_json::json!({}),
+        "a new researcher has no accounts"
+    );
+    let refused = run_failing(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            "{}",
+            &target,
+            "grantmesh.v1.College/ListAccounts",
+        ],
+    )
+    .await;
     assert!(refused.contains("Unauthenticated"), "{refused}");
 }

@@ -28,30 +28,64 @@ async fn own_postgres(action: &str) -> String {
         .output()
         .await
         .unwrap();
-    assert!(output.status.success(), "scripts/postgres {action}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().lines().last().unwrap_or_default().trim().to_owned()
+    assert!(
+        output.status.success(),
+        "scripts/postgres {action}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 async fn researcher(college: &mut CollegeClient<tonic::transport::Channel>) -> (String, String) {
     let email = format!("r-{}@university.edu", Uuid::new_v4().simple());
     let id = college
-        .register_researcher(RegisterResearcherRequest { name: "Ada".into(), email: email.clone(), password: "long enough".into() })
+        .register_researcher(RegisterResearcherRequest {
+            name: "Ada".into(),
+            email: email.clone(),
+            password: "long enough".into(),
+        })
         .await
         .unwrap()
         .into_inner()
         .researcher_id;
-    let token = college.login(LoginRequest { email, password: "long enough".into() }).await.unwrap().into_inner().token;
+    let token = college
+        .login(LoginRequest {
+            email,
+            password: "long enough".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
     (id, token)
 }
 
 #[tokio::test]
 async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
     let server = own_postgres("start").await;
-    let database = format!("{}/gm_restart_{}", server.rsplit_once('/').unwrap().0, Uuid::new_v4().simple());
+    let database = format!(
+        "{}/gm_restart_{}",
+        server.rsplit_once('/').unwrap().0,
+        Uuid::new_v4().simple()
+    );
     {
-        let (admin, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await.unwrap();
+        let (admin, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(connection);
-        admin.batch_execute(&format!("CREATE DATABASE {}", database.rsplit_once('/').unwrap().1)).await.unwrap();
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {}",
+                database.rsplit_once('/').unwrap().1
+            ))
+            .await
+            .unwrap();
     }
     let college_server = start_college(&database, "college-r", Duration::from_secs(86_400)).await;
     let mut college = CollegeClient::connect(college_server.url()).await.unwrap();
@@ -87,7 +121,12 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
                 // Retry with the same key until the store acknowledges it.
                 loop {
                     let request = authed(
-                        WithdrawRequest { account_id: account.clone(), amount_minor: 7, idempotency_key: key.clone(), memo: String::new() },
+                        WithdrawRequest {
+                            account_id: account.clone(),
+                            amount_minor: 7,
+                            idempotency_key: key.clone(),
+                            memo: String::new(),
+                        },
                         &token,
                     );
                     match college.withdraw(request).await {
@@ -96,7 +135,11 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
                             break;
                         }
                         Err(status) => {
-                            assert_eq!(status.code(), Code::Unavailable, "a store outage is UNAVAILABLE: {status:?}");
+                            assert_eq!(
+                                status.code(),
+                                Code::Unavailable,
+                                "a store outage is UNAVAILABLE: {status:?}"
+                            );
                             *unavailable.lock().unwrap() += 1;
                             assert!(Instant::now() < deadline, "the store never came back");
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -115,46 +158,90 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
 
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert_eq!(acknowledged.len(), 320);
-    let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let id: Uuid = account.parse().unwrap();
-    let rows = client.query("SELECT idempotency_key FROM withdrawals WHERE account_id = $1", &[&id]).await.unwrap();
+    let rows = client
+        .query(
+            "SELECT idempotency_key FROM withdrawals WHERE account_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
     let journal: BTreeSet<String> = rows.iter().map(|row| row.get(0)).collect();
     assert_eq!(rows.len(), journal.len(), "no key twice");
-    assert_eq!(journal, acknowledged, "every acknowledged withdrawal is in the journal, and nothing else");
-    let balance: i64 = client.query_one("SELECT balance FROM accounts WHERE id = $1", &[&id]).await.unwrap().get(0);
+    assert_eq!(
+        journal, acknowledged,
+        "every acknowledged withdrawal is in the journal, and nothing else"
+    );
+    let balance: i64 = client
+        .query_one("SELECT balance FROM accounts WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(balance, 10_000_000 - 7 * 320);
-    eprintln!("{} calls were refused as UNAVAILABLE during the restart", unavailable.lock().unwrap());
+    eprintln!(
+        "{} calls were refused as UNAVAILABLE during the restart",
+        unavailable.lock().unwrap()
+    );
     college_server.stop().await.unwrap();
 }
 
 async fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_grantmesh"));
-    command.args(args).env_remove("DATABASE_URL").kill_on_drop(true);
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .kill_on_drop(true);
     for (key, value) in env {
         command.env(key, value);
     }
-    tokio::time::timeout(Duration::from_secs(30), command.output()).await.expect("the binary exits").unwrap()
+    tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("the binary exits")
+        .unwrap()
 }
 
 #[tokio::test]
 async fn a_missing_or_unreachable_database_is_a_clear_start_up_error() {
-    let keys = [("GRANTMESH_TOKEN_KEY", db::TOKEN_KEY), ("GRANTMESH_SERVICE_KEY", db::SERVICE_KEY)];
+    let keys = [
+        ("GRANTMESH_TOKEN_KEY", db::TOKEN_KEY),
+        ("GRANTMESH_SERVICE_KEY", db::SERVICE_KEY),
+    ];
     let missing = run_binary(&["college", "--listen", "127.0.0.1:0"], &keys).await;
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("--database-url"));
 
     let unreachable = run_binary(
-        &["agency", "--listen", "127.0.0.1:0", "--database-url", "postgres://grantmesh@127.0.0.1:1/nothing"],
+        &[
+            "agency",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://grantmesh@127.0.0.1:1/nothing",
+        ],
         &keys,
     )
     .await;
     assert_eq!(unreachable.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&unreachable.stderr);
-    assert!(stderr.contains("failed to reach the database at 127.0.0.1:1/nothing"), "{stderr}");
+    assert!(
+        stderr.contains("failed to reach the database at 127.0.0.1:1/nothing"),
+        "{stderr}"
+    );
 
     let short_key = run_binary(
-        &["college", "--listen", "127.0.0.1:0", "--database-url", "postgres://x@127.0.0.1:1/y", "--token-key", "short"],
+        &[
+            "college",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://x@127.0.0.1:1/y",
+            "--token-key",
+            "short",
+        ],
         &keys,
     )
     .await;
@@ -166,19 +253,35 @@ async fn a_missing_or_unreachable_database_is_a_clear_start_up_error() {
 async fn a_college_that_hangs_mid_call_leaves_the_accepted_proposal_with_exactly_one_account() {
     let db = TestDb::create().await;
     let registry = Proc::registry(&[]).await;
-    let college = Proc::member("college", &registry.url(), &["--database-url", &db.url, "--instance-id", "college-h"]).await;
+    let college = Proc::member(
+        "college",
+        &registry.url(),
+        &["--database-url", &db.url, "--instance-id", "college-h"],
+    )
+    .await;
     let agency = Proc::member(
         "agency",
         &registry.url(),
-        &["--database-url", &db.url, "--open-timeout", "1s", "--reconcile-every", "300ms", "--name", "nsf"],
+        &[
+            "--database-url",
+            &db.url,
+            "--open-timeout",
+            "1s",
+            "--reconcile-every",
+            "300ms",
+            "--name",
+            "nsf",
+        ],
     )
     .await;
     let mut college_client = CollegeClient::connect(college.url()).await.unwrap();
     let (_, token) = researcher(&mut college_client).await;
     let mut agency_client = AgencyClient::connect(agency.url()).await.unwrap();
-    assert_eventually(Duration::from_secs(5), "the agency sees the college", || async {
-        ids(&registry.url(), "college").await == ["college-h"]
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "the agency sees the college",
+        || async { ids(&registry.url(), "college").await == ["college-h"] },
+    )
     .await;
 
     let submit = || {
@@ -194,34 +297,65 @@ async fn a_college_that_hangs_mid_call_leaves_the_accepted_proposal_with_exactly
         )
     };
     college.signal(Signal::SIGSTOP);
-    let refused = agency_client.submit_proposal(submit()).await.expect_err("the college is frozen");
+    let refused = agency_client
+        .submit_proposal(submit())
+        .await
+        .expect_err("the college is frozen");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("accepted"), "{refused:?}");
     college.signal(Signal::SIGCONT);
 
     // The reconciler (or a retry) finishes the job; the account is opened once.
-    let proposal_id: String = db.client().await.query_one("SELECT id::text FROM proposals", &[]).await.unwrap().get(0);
-    assert_eventually(Duration::from_secs(15), "the proposal gets its account", || async {
-        let proposal = agency_client
-            .clone()
-            .get_proposal(authed(GetProposalRequest { proposal_id: proposal_id.clone() }, &token))
-            .await
-            .unwrap()
-            .into_inner();
-        !proposal.account_id.is_empty()
-    })
+    let proposal_id: String = db
+        .client()
+        .await
+        .query_one("SELECT id::text FROM proposals", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eventually(
+        Duration::from_secs(15),
+        "the proposal gets its account",
+        || async {
+            let proposal = agency_client
+                .clone()
+                .get_proposal(authed(
+                    GetProposalRequest {
+                        proposal_id: proposal_id.clone(),
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            !proposal.account_id.is_empty()
+        },
+    )
     .await;
-    let retried = agency_client.submit_proposal(submit()).await.unwrap().into_inner();
+    let retried = agency_client
+        .submit_proposal(submit())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(retried.proposal_id, proposal_id);
     assert_eq!(retried.decision(), proposal::Decision::Accepted);
     let accounts: i64 = db
         .client()
         .await
-        .query_one("SELECT COUNT(*) FROM accounts WHERE proposal_id = $1", &[&proposal_id])
+        .query_one(
+            "SELECT COUNT(*) FROM accounts WHERE proposal_id = $1",
+            &[&proposal_id],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(accounts, 1);
-    let account_id: String = db.client().await.query_one("SELECT id::text FROM accounts", &[]).await.unwrap().get(0);
+    let account_id: String = db
+        .client()
+        .await
+        .query_one("SELECT id::text FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(retried.account_id, account_id);
 }

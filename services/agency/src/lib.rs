@@ -68,9 +68,20 @@ impl AgencyService {
         colleges: Balancer,
         closing: CancellationToken,
     ) -> Result<Self, grantmesh_store::StoreError> {
-        grantmesh_store::migrate(database_url, embedded::migrations::runner(), "agency_schema_history").await?;
+        grantmesh_store::migrate(
+            database_url,
+            embedded::migrations::runner(),
+            "agency_schema_history",
+        )
+        .await?;
         let pool = grantmesh_store::connect(database_url, config.pool_size).await?;
-        let service = Self { inner: Arc::new(Inner { config, store: ProposalStore::new(pool), colleges }) };
+        let service = Self {
+            inner: Arc::new(Inner {
+                config,
+                store: ProposalStore::new(pool),
+                colleges,
+            }),
+        };
         tokio::spawn(service.clone().reconcile(closing));
         Ok(service)
     }
@@ -112,13 +123,18 @@ impl AgencyService {
                     let call = client.open_account(request);
                     match tokio::time::timeout(timeout, call).await {
                         Ok(result) => result,
-                        Err(_) => Err(Status::unavailable(format!("the college did not open the account within {timeout:?}"))),
+                        Err(_) => Err(Status::unavailable(format!(
+                            "the college did not open the account within {timeout:?}"
+                        ))),
                     }
                 }
             })
             .await?
             .into_inner();
-        self.inner.store.set_account(proposal.id, &account.account_id).await?;
+        self.inner
+            .store
+            .set_account(proposal.id, &account.account_id)
+            .await?;
         tracing::info!(proposal = %proposal.id, account = %account.account_id, "account opened");
         Ok(account.account_id)
     }
@@ -135,7 +151,11 @@ impl AgencyService {
             let waiting = match self
                 .inner
                 .store
-                .awaiting_account(&self.config().name, (self.config().open_timeout * 2).as_secs_f64(), 50)
+                .awaiting_account(
+                    &self.config().name,
+                    (self.config().open_timeout * 2).as_secs_f64(),
+                    50,
+                )
                 .await
             {
                 Ok(waiting) => waiting,
@@ -146,8 +166,12 @@ impl AgencyService {
             };
             for proposal in waiting {
                 match self.open_account(&proposal).await {
-                    Ok(account) => tracing::info!(proposal = %proposal.id, %account, "reconciler opened a missing account"),
-                    Err(status) => tracing::warn!(proposal = %proposal.id, error = %status.message(), "reconciler could not open the account yet"),
+                    Ok(account) => {
+                        tracing::info!(proposal = %proposal.id, %account, "reconciler opened a missing account")
+                    }
+                    Err(status) => {
+                        tracing::warn!(proposal = %proposal.id, error = %status.message(), "reconciler could not open the account yet")
+                    }
                 }
             }
         }
@@ -162,7 +186,11 @@ impl AgencyService {
             description: proposal.description,
             requested_amount_minor: proposal.requested_amount,
             duration_days: proposal.duration_days as u32,
-            decision: if proposal.accepted { proposal::Decision::Accepted } else { proposal::Decision::Rejected } as i32,
+            decision: if proposal.accepted {
+                proposal::Decision::Accepted
+            } else {
+                proposal::Decision::Rejected
+            } as i32,
             reason: proposal.reason,
             account_id: proposal.account_id.unwrap_or_default(),
             submitted_at: Some(proposal.submitted_at.into()),
@@ -174,17 +202,25 @@ fn text(field: &str, value: &str, min: usize, max: usize) -> Result<String, Stat
     let value = value.trim();
     let chars = value.chars().count();
     if chars < min {
-        return Err(Status::invalid_argument(format!("{field} must not be empty")));
+        return Err(Status::invalid_argument(format!(
+            "{field} must not be empty"
+        )));
     }
     if chars > max {
-        return Err(Status::invalid_argument(format!("{field} is longer than {max} characters")));
+        return Err(Status::invalid_argument(format!(
+            "{field} is longer than {max} characters"
+        )));
     }
     Ok(value.to_owned())
 }
 
 /// Page tokens are `<submitted_at micros>.<proposal id>` of the last entry.
 fn page_token(proposal: &ProposalRow) -> String {
-    let micros = proposal.submitted_at.duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    let micros = proposal
+        .submitted_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
     format!("{micros}.{}", proposal.id)
 }
 
@@ -192,16 +228,26 @@ fn parse_page_token(token: &str) -> Result<Option<(SystemTime, Uuid)>, Status> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || Status::invalid_argument(format!("page_token {token:?} did not come from a previous page"));
+    let bad = || {
+        Status::invalid_argument(format!(
+            "page_token {token:?} did not come from a previous page"
+        ))
+    };
     let (micros, id) = token.split_once('.').ok_or_else(bad)?;
     let micros: u64 = micros.parse().map_err(|_| bad())?;
-    Ok(Some((UNIX_EPOCH + Duration::from_micros(micros), id.parse().map_err(|_| bad())?)))
+    Ok(Some((
+        UNIX_EPOCH + Duration::from_micros(micros),
+        id.parse().map_err(|_| bad())?,
+    )))
 }
 
 #[tonic::async_trait]
 impl Agency for AgencyService {
     #[tracing::instrument(skip_all, fields(agency = %self.config().name))]
-    async fn submit_proposal(&self, request: Request<SubmitProposalRequest>) -> Result<Response<Proposal>, Status> {
+    async fn submit_proposal(
+        &self,
+        request: Request<SubmitProposalRequest>,
+    ) -> Result<Response<Proposal>, Status> {
         let investigator = self.config().keys.researcher(&request)?;
         let request = request.into_inner();
         let title = text("title", &request.title, 1, 200)?;
@@ -219,7 +265,10 @@ impl Agency for AgencyService {
         let (min, max) = self.config().band;
         let amount = request.requested_amount_minor;
         let reason = if amount < min || amount > max {
-            format!("the requested amount {amount} is outside {}'s band of {min} to {max}", self.config().name)
+            format!(
+                "the requested amount {amount} is outside {}'s band of {min} to {max}",
+                self.config().name
+            )
         } else {
             String::new()
         };
@@ -255,28 +304,41 @@ impl Agency for AgencyService {
         Ok(Response::new(self.message(proposal)))
     }
 
-    async fn get_proposal(&self, request: Request<GetProposalRequest>) -> Result<Response<Proposal>, Status> {
+    async fn get_proposal(
+        &self,
+        request: Request<GetProposalRequest>,
+    ) -> Result<Response<Proposal>, Status> {
         let investigator = self.config().keys.researcher(&request)?;
         let id_text = &request.get_ref().proposal_id;
         if id_text.is_empty() {
             return Err(Status::invalid_argument("proposal_id is required"));
         }
-        let id: Uuid = id_text
-            .parse()
-            .map_err(|_| Status::invalid_argument(format!("proposal_id {id_text:?} is not a valid id")))?;
+        let id: Uuid = id_text.parse().map_err(|_| {
+            Status::invalid_argument(format!("proposal_id {id_text:?} is not a valid id"))
+        })?;
         let proposal = self
             .inner
             .store
             .get(&self.config().name, id)
             .await?
-            .ok_or_else(|| Status::not_found(format!("proposal {id} does not exist at {}", self.config().name)))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "proposal {id} does not exist at {}",
+                    self.config().name
+                ))
+            })?;
         if proposal.principal_investigator != investigator {
-            return Err(Status::permission_denied(format!("proposal {id} is not yours")));
+            return Err(Status::permission_denied(format!(
+                "proposal {id} is not yours"
+            )));
         }
         Ok(Response::new(self.message(proposal)))
     }
 
-    async fn list_proposals(&self, request: Request<ListProposalsRequest>) -> Result<Response<ListProposalsReply>, Status> {
+    async fn list_proposals(
+        &self,
+        request: Request<ListProposalsRequest>,
+    ) -> Result<Response<ListProposalsReply>, Status> {
         let investigator = self.config().keys.researcher(&request)?;
         let request = request.into_inner();
         let limit = match request.page_size {
@@ -285,7 +347,11 @@ impl Agency for AgencyService {
             n => i64::from(n),
         };
         let after = parse_page_token(&request.page_token)?;
-        let mut rows = self.inner.store.list(&self.config().name, investigator, after, limit + 1).await?;
+        let mut rows = self
+            .inner
+            .store
+            .list(&self.config().name, investigator, after, limit + 1)
+            .await?;
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
             rows.last().map(page_token).unwrap_or_default()
@@ -298,9 +364,16 @@ impl Agency for AgencyService {
         }))
     }
 
-    async fn describe_agency(&self, _: Request<DescribeAgencyRequest>) -> Result<Response<AgencyInfo>, Status> {
+    async fn describe_agency(
+        &self,
+        _: Request<DescribeAgencyRequest>,
+    ) -> Result<Response<AgencyInfo>, Status> {
         let (min, max) = self.config().band;
-        Ok(Response::new(AgencyInfo { name: self.config().name.clone(), min_amount_minor: min, max_amount_minor: max }))
+        Ok(Response::new(AgencyInfo {
+            name: self.config().name.clone(),
+            min_amount_minor: min,
+            max_amount_minor: max,
+        }))
     }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {

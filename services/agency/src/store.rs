@@ -110,7 +110,10 @@ impl ProposalStore {
     pub async fn get(&self, agency: &str, id: Uuid) -> Result<Option<ProposalRow>, Status> {
         let client = self.pool.get().await.map_err(db)?;
         let row = client
-            .query_opt(&format!("SELECT {COLUMNS} FROM proposals WHERE agency = $1 AND id = $2"), &[&agency, &id])
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM proposals WHERE agency = $1 AND id = $2"),
+                &[&agency, &id],
+            )
             .await
             .map_err(db)?;
         Ok(row.as_ref().map(proposal))
@@ -142,7 +145,12 @@ impl ProposalStore {
     }
 
     /// Accepted proposals still waiting for their account, oldest first.
-    pub async fn awaiting_account(&self, agency: &str, older_than_secs: f64, limit: i64) -> Result<Vec<ProposalRow>, Status> {
+    pub async fn awaiting_account(
+        &self,
+        agency: &str,
+        older_than_secs: f64,
+        limit: i64,
+    ) -> Result<Vec<ProposalRow>, Status> {
         let client = self.pool.get().await.map_err(db)?;
         let rows = client
             .query(

@@ -58,7 +58,11 @@ pub struct Keys {
 impl Keys {
     /// `token_key` signs researcher tokens, valid for `token_ttl`;
     /// `service_key` signs agency calls.
-    pub fn new(token_key: &[u8], service_key: &[u8], token_ttl: Duration) -> Result<Self, AuthError> {
+    pub fn new(
+        token_key: &[u8],
+        service_key: &[u8],
+        token_ttl: Duration,
+    ) -> Result<Self, AuthError> {
         if token_key.len() < MIN_KEY_BYTES {
             return Err(AuthError::ShortKey("token key"));
         }
@@ -72,8 +76,14 @@ impl Keys {
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Ok(Self {
-            token: (EncodingKey::from_secret(token_key), DecodingKey::from_secret(token_key)),
-            service: (EncodingKey::from_secret(service_key), DecodingKey::from_secret(service_key)),
+            token: (
+                EncodingKey::from_secret(token_key),
+                DecodingKey::from_secret(token_key),
+            ),
+            service: (
+                EncodingKey::from_secret(service_key),
+                DecodingKey::from_secret(service_key),
+            ),
             token_ttl,
             validation,
         })
@@ -81,23 +91,36 @@ impl Keys {
 
     /// A bearer token for a researcher, and when it expires.
     pub fn researcher_token(&self, researcher: Uuid) -> Result<(String, SystemTime), AuthError> {
-        let (token, expires) = sign(&self.token.0, researcher.to_string(), RESEARCHER, self.token_ttl)?;
+        let (token, expires) = sign(
+            &self.token.0,
+            researcher.to_string(),
+            RESEARCHER,
+            self.token_ttl,
+        )?;
         Ok((token, expires))
     }
 
     /// A short-lived credential for an agency's call to a College.
     pub fn agency_token(&self, agency: &str) -> Result<String, AuthError> {
-        Ok(sign(&self.service.0, agency.to_owned(), AGENCY, SERVICE_TOKEN_TTL)?.0)
+        Ok(sign(
+            &self.service.0,
+            agency.to_owned(),
+            AGENCY,
+            SERVICE_TOKEN_TTL,
+        )?
+        .0)
     }
 
     /// The researcher calling, from `authorization: Bearer …`.
     pub fn researcher<T>(&self, request: &tonic::Request<T>) -> Result<Uuid, Status> {
         let token = bearer(request)?;
-        let claims = self
-            .decode(token, &self.token.1)
-            .ok_or_else(|| Status::unauthenticated("the bearer token is invalid or has expired; log in again"))?;
+        let claims = self.decode(token, &self.token.1).ok_or_else(|| {
+            Status::unauthenticated("the bearer token is invalid or has expired; log in again")
+        })?;
         if claims.kind != RESEARCHER {
-            return Err(Status::unauthenticated("the bearer token is not a researcher token"));
+            return Err(Status::unauthenticated(
+                "the bearer token is not a researcher token",
+            ));
         }
         claims
             .sub
@@ -115,37 +138,61 @@ impl Keys {
             return Ok(claims.sub);
         }
         if self.decode(token, &self.token.1).is_some() {
-            return Err(Status::permission_denied("only a funding agency may open research accounts"));
+            return Err(Status::permission_denied(
+                "only a funding agency may open research accounts",
+            ));
         }
-        Err(Status::unauthenticated("the service credential is invalid or has expired"))
+        Err(Status::unauthenticated(
+            "the service credential is invalid or has expired",
+        ))
     }
 
     fn decode(&self, token: &str, key: &DecodingKey) -> Option<Claims> {
-        jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok().map(|data| data.claims)
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .ok()
+            .map(|data| data.claims)
     }
 }
 
-fn sign(key: &EncodingKey, sub: String, kind: &str, ttl: Duration) -> Result<(String, SystemTime), AuthError> {
+fn sign(
+    key: &EncodingKey,
+    sub: String,
+    kind: &str,
+    ttl: Duration,
+) -> Result<(String, SystemTime), AuthError> {
     let now = SystemTime::now();
     let expires = now + ttl;
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let claims = Claims { sub, kind: kind.to_owned(), iat: secs(now), exp: secs(expires) };
-    Ok((jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)?, expires))
+    let secs = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let claims = Claims {
+        sub,
+        kind: kind.to_owned(),
+        iat: secs(now),
+        exp: secs(expires),
+    };
+    Ok((
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)?,
+        expires,
+    ))
 }
 
 /// The token from `authorization: Bearer <token>` metadata.
 pub fn bearer<T>(request: &tonic::Request<T>) -> Result<&str, Status> {
-    let value = request
-        .metadata()
-        .get("authorization")
-        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata; log in first"))?;
+    let value = request.metadata().get("authorization").ok_or_else(|| {
+        Status::unauthenticated("missing `authorization: Bearer <token>` metadata; log in first")
+    })?;
     let value = value
         .to_str()
         .map_err(|_| Status::unauthenticated("the authorization metadata is not text"))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| Status::unauthenticated("the authorization metadata must be `Bearer <token>`"))?;
+        .ok_or_else(|| {
+            Status::unauthenticated("the authorization metadata must be `Bearer <token>`")
+        })?;
     Ok(token.trim())
 }
 
@@ -177,7 +224,11 @@ pub async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
         use argon2::password_hash::{PasswordHash, PasswordVerifier};
         PasswordHash::new(&hash)
-            .map(|parsed| argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -209,31 +260,64 @@ mod tests {
     #[test]
     fn a_missing_or_forged_token_is_unauthenticated() {
         let keys = keys();
-        assert_eq!(keys.researcher(&tonic::Request::new(())).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            keys.researcher(&tonic::Request::new(()))
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
         let other = Keys::new(&[9; 32], &[8; 32], Duration::from_secs(60)).unwrap();
         let (forged, _) = other.researcher_token(Uuid::new_v4()).unwrap();
-        assert_eq!(keys.researcher(&with_token(&forged)).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            keys.researcher(&with_token(&forged)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]
     fn an_expired_token_is_unauthenticated() {
         let keys = keys();
-        let expired = sign(&keys.token.0, Uuid::new_v4().to_string(), RESEARCHER, Duration::ZERO).unwrap().0;
+        let expired = sign(
+            &keys.token.0,
+            Uuid::new_v4().to_string(),
+            RESEARCHER,
+            Duration::ZERO,
+        )
+        .unwrap()
+        .0;
         // Past the 5 s leeway.
-        let claims = Claims { sub: Uuid::new_v4().to_string(), kind: RESEARCHER.into(), iat: 0, exp: 1 };
-        let ancient = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.token.0).unwrap();
-        assert!(keys.researcher(&with_token(&expired)).is_ok(), "within the leeway");
-        assert_eq!(keys.researcher(&with_token(&ancient)).unwrap_err().code(), tonic::Code::Unauthenticated);
+        let claims = Claims {
+            sub: Uuid::new_v4().to_string(),
+            kind: RESEARCHER.into(),
+            iat: 0,
+            exp: 1,
+        };
+        let ancient =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.token.0).unwrap();
+        assert!(
+            keys.researcher(&with_token(&expired)).is_ok(),
+            "within the leeway"
+        );
+        assert_eq!(
+            keys.researcher(&with_token(&ancient)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]
     fn a_researcher_token_cannot_act_as_an_agency() {
         let keys = keys();
         let (token, _) = keys.researcher_token(Uuid::new_v4()).unwrap();
-        assert_eq!(keys.agency(&with_token(&token)).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            keys.agency(&with_token(&token)).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
         let agency = keys.agency_token("nsf").unwrap();
         assert_eq!(keys.agency(&with_token(&agency)).unwrap(), "nsf");
-        assert_eq!(keys.researcher(&with_token(&agency)).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            keys.researcher(&with_token(&agency)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]

@@ -66,11 +66,23 @@ impl CollegeService {
         database_url: &str,
         closing: CancellationToken,
     ) -> Result<Self, grantmesh_store::StoreError> {
-        grantmesh_store::migrate(database_url, embedded::migrations::runner(), "college_schema_history").await?;
+        grantmesh_store::migrate(
+            database_url,
+            embedded::migrations::runner(),
+            "college_schema_history",
+        )
+        .await?;
         let pool = grantmesh_store::connect(database_url, config.pool_size).await?;
         let notifications = Notifications::start(database_url, store::CHANNEL, closing.clone())?;
         let store = AccountStore::new(pool, config.day_length);
-        Ok(Self { inner: Arc::new(Inner { config, store, notifications, closing }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                notifications,
+                closing,
+            }),
+        })
     }
 
     pub fn into_server(self) -> CollegeServer<Self> {
@@ -91,15 +103,26 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl College for CollegeService {
     #[tracing::instrument(skip_all)]
-    async fn register_researcher(&self, request: Request<RegisterResearcherRequest>) -> Result<Response<Researcher>, Status> {
+    async fn register_researcher(
+        &self,
+        request: Request<RegisterResearcherRequest>,
+    ) -> Result<Response<Researcher>, Status> {
         let request = request.into_inner();
         let name = validate::text("name", &request.name, 200)?;
         let email = validate::email("email", &request.email)?;
         validate::password("password", &request.password)?;
         let hash = grantmesh_auth::hash_password(request.password).await?;
-        let researcher = self.inner.store.register_researcher(&name, &email, &hash).await?;
+        let researcher = self
+            .inner
+            .store
+            .register_researcher(&name, &email, &hash)
+            .await?;
         tracing::info!(researcher = %researcher.id, "researcher registered");
-        Ok(Response::new(Researcher { researcher_id: researcher.id.to_string(), name: researcher.name, email: researcher.email }))
+        Ok(Response::new(Researcher {
+            researcher_id: researcher.id.to_string(),
+            name: researcher.name,
+            email: researcher.email,
+        }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -107,8 +130,15 @@ impl College for CollegeService {
         let request = request.into_inner();
         let email = validate::email("email", &request.email)?;
         let refused = || Status::unauthenticated("the email or password is wrong");
-        let researcher = self.inner.store.researcher_by_email(&email).await?.ok_or_else(refused)?;
-        if !grantmesh_auth::verify_password(request.password, researcher.password_hash.clone()).await {
+        let researcher = self
+            .inner
+            .store
+            .researcher_by_email(&email)
+            .await?
+            .ok_or_else(refused)?;
+        if !grantmesh_auth::verify_password(request.password, researcher.password_hash.clone())
+            .await
+        {
             return Err(refused());
         }
         let (token, expires) = self
@@ -118,17 +148,27 @@ impl College for CollegeService {
         Ok(Response::new(LoginReply {
             token,
             expires_at: Some(expires.into()),
-            researcher: Some(Researcher { researcher_id: researcher.id.to_string(), name: researcher.name, email: researcher.email }),
+            researcher: Some(Researcher {
+                researcher_id: researcher.id.to_string(),
+                name: researcher.name,
+                email: researcher.email,
+            }),
         }))
     }
 
     #[tracing::instrument(skip_all, fields(proposal = %request.get_ref().proposal_id))]
-    async fn open_account(&self, request: Request<OpenAccountRequest>) -> Result<Response<Account>, Status> {
+    async fn open_account(
+        &self,
+        request: Request<OpenAccountRequest>,
+    ) -> Result<Response<Account>, Status> {
         let agency = self.keys().agency(&request)?;
         let request = request.into_inner();
         let proposal_id = validate::text("proposal_id", &request.proposal_id, 128)?;
         let title = validate::text("title", &request.title, 200)?;
-        let principal_investigator = validate::id("principal_investigator_id", &request.principal_investigator_id)?;
+        let principal_investigator = validate::id(
+            "principal_investigator_id",
+            &request.principal_investigator_id,
+        )?;
         let award = validate::amount("award_minor", request.award_minor)?;
         if request.duration_days == 0 || request.duration_days > 3_650 {
             return Err(Status::invalid_argument("duration_days must be 1 to 3650"));
@@ -157,21 +197,32 @@ impl College for CollegeService {
         Ok(Response::new(account_message(account)))
     }
 
-    async fn get_account(&self, request: Request<GetAccountRequest>) -> Result<Response<Account>, Status> {
+    async fn get_account(
+        &self,
+        request: Request<GetAccountRequest>,
+    ) -> Result<Response<Account>, Status> {
         let caller = self.keys().researcher(&request)?;
         let id = validate::id("account_id", &request.get_ref().account_id)?;
         let account = self.inner.store.account(id, Some(caller)).await?;
         Ok(Response::new(account_message(account)))
     }
 
-    async fn list_accounts(&self, request: Request<ListAccountsRequest>) -> Result<Response<ListAccountsReply>, Status> {
+    async fn list_accounts(
+        &self,
+        request: Request<ListAccountsRequest>,
+    ) -> Result<Response<ListAccountsReply>, Status> {
         let caller = self.keys().researcher(&request)?;
         let accounts = self.inner.store.accounts_of(caller).await?;
-        Ok(Response::new(ListAccountsReply { accounts: accounts.into_iter().map(account_message).collect() }))
+        Ok(Response::new(ListAccountsReply {
+            accounts: accounts.into_iter().map(account_message).collect(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(account = %request.get_ref().account_id))]
-    async fn add_member(&self, request: Request<AddMemberRequest>) -> Result<Response<Account>, Status> {
+    async fn add_member(
+        &self,
+        request: Request<AddMemberRequest>,
+    ) -> Result<Response<Account>, Status> {
         let caller = self.keys().researcher(&request)?;
         let account = validate::id("account_id", &request.get_ref().account_id)?;
         let email = validate::email("email", &request.get_ref().email)?;
@@ -180,22 +231,36 @@ impl College for CollegeService {
     }
 
     #[tracing::instrument(skip_all, fields(account = %request.get_ref().account_id))]
-    async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<Account>, Status> {
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<Account>, Status> {
         let caller = self.keys().researcher(&request)?;
         let account = validate::id("account_id", &request.get_ref().account_id)?;
         let researcher = validate::id("researcher_id", &request.get_ref().researcher_id)?;
-        let account = self.inner.store.remove_member(account, caller, researcher).await?;
+        let account = self
+            .inner
+            .store
+            .remove_member(account, caller, researcher)
+            .await?;
         Ok(Response::new(account_message(account)))
     }
 
-    async fn withdraw(&self, request: Request<WithdrawRequest>) -> Result<Response<WithdrawReply>, Status> {
+    async fn withdraw(
+        &self,
+        request: Request<WithdrawRequest>,
+    ) -> Result<Response<WithdrawReply>, Status> {
         let caller = self.keys().researcher(&request)?;
         let request = request.into_inner();
         let account = validate::id("account_id", &request.account_id)?;
         let amount = validate::amount("amount_minor", request.amount_minor)?;
         let key = validate::idempotency_key("idempotency_key", &request.idempotency_key)?;
         let memo = validate::optional_text("memo", &request.memo, 200)?;
-        let withdrawal = self.inner.store.withdraw(account, caller, amount, &key, &memo).await?;
+        let withdrawal = self
+            .inner
+            .store
+            .withdraw(account, caller, amount, &key, &memo)
+            .await?;
         Ok(Response::new(WithdrawReply {
             transaction: Some(transaction_message(withdrawal.transaction)),
             balance_minor: withdrawal.balance,
@@ -213,16 +278,22 @@ impl College for CollegeService {
         let limit = validate::page_size("page_size", request.page_size, 50, 500)?;
         let before = match request.page_token.as_str() {
             "" => None,
-            token => Some(
-                token
-                    .parse::<i64>()
-                    .map_err(|_| Status::invalid_argument(format!("page_token {token:?} did not come from a previous page")))?,
-            ),
+            token => Some(token.parse::<i64>().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "page_token {token:?} did not come from a previous page"
+                ))
+            })?),
         };
-        let mut rows = self.inner.store.transactions(account, caller, before, limit + 1).await?;
+        let mut rows = self
+            .inner
+            .store
+            .transactions(account, caller, before, limit + 1)
+            .await?;
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
-            rows.last().map(|row| row.id.to_string()).unwrap_or_default()
+            rows.last()
+                .map(|row| row.id.to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -234,7 +305,10 @@ impl College for CollegeService {
 
     type WatchAccountStream = EventStream<AccountEvent>;
 
-    async fn watch_account(&self, request: Request<WatchAccountRequest>) -> Result<Response<Self::WatchAccountStream>, Status> {
+    async fn watch_account(
+        &self,
+        request: Request<WatchAccountRequest>,
+    ) -> Result<Response<Self::WatchAccountStream>, Status> {
         let caller = self.keys().researcher(&request)?;
         let account = validate::id("account_id", &request.get_ref().account_id)?;
         let stream = watch::watch(
@@ -258,7 +332,11 @@ fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
 }
 
 pub(crate) fn account_message(account: AccountRow) -> Account {
-    let state = if account.expired { account::State::Expired } else { account::State::Open };
+    let state = if account.expired {
+        account::State::Expired
+    } else {
+        account::State::Open
+    };
     Account {
         account_id: account.id.to_string(),
         proposal_id: account.proposal_id,
@@ -276,7 +354,11 @@ pub(crate) fn account_message(account: AccountRow) -> Account {
                 researcher_id: m.researcher_id.to_string(),
                 name: m.name,
                 email: m.email,
-                role: if m.principal_investigator { member::Role::PrincipalInvestigator } else { member::Role::Member } as i32,
+                role: if m.principal_investigator {
+                    member::Role::PrincipalInvestigator
+                } else {
+                    member::Role::Member
+                } as i32,
             })
             .collect(),
     }

@@ -178,7 +178,12 @@ impl AccountStore {
         Ok(self.pool.get().await?)
     }
 
-    pub async fn register_researcher(&self, name: &str, email: &str, password_hash: &str) -> Result<ResearcherRow> {
+    pub async fn register_researcher(
+        &self,
+        name: &str,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<ResearcherRow> {
         let id = Uuid::new_v4();
         let client = self.client().await?;
         let inserted = client
@@ -188,9 +193,16 @@ impl AccountStore {
             )
             .await;
         match inserted {
-            Ok(_) => Ok(ResearcherRow { id, name: name.into(), email: email.into(), password_hash: password_hash.into() }),
+            Ok(_) => Ok(ResearcherRow {
+                id,
+                name: name.into(),
+                email: email.into(),
+                password_hash: password_hash.into(),
+            }),
             Err(err) if grantmesh_store::is_unique_violation(&err) => {
-                Err(StoreError::AlreadyExists(format!("a researcher with email {email:?} is already registered")))
+                Err(StoreError::AlreadyExists(format!(
+                    "a researcher with email {email:?} is already registered"
+                )))
             }
             Err(err) => Err(err.into()),
         }
@@ -199,7 +211,10 @@ impl AccountStore {
     pub async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT id, name, email, password_hash FROM researchers WHERE email = $1", &[&email])
+            .query_opt(
+                "SELECT id, name, email, password_hash FROM researchers WHERE email = $1",
+                &[&email],
+            )
             .await?;
         Ok(row.map(|row| ResearcherRow {
             id: row.get("id"),
@@ -233,7 +248,9 @@ impl AccountStore {
             .await;
         let created = match opened {
             Ok(row) => row.is_some(),
-            Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+            Err(err)
+                if err.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) =>
+            {
                 return Err(StoreError::NotFound(format!(
                     "principal investigator {} is not a registered researcher",
                     new.principal_investigator
@@ -244,7 +261,10 @@ impl AccountStore {
         // Opened now or earlier (possibly by another instance a moment ago):
         // read it back in a fresh statement, which sees either.
         let row = client
-            .query_one(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.proposal_id = $1"), &[&new.proposal_id])
+            .query_one(
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.proposal_id = $1"),
+                &[&new.proposal_id],
+            )
             .await?;
         let mut account = account_from_row(&row);
         account.members = members(&client, account.id).await?;
@@ -255,7 +275,10 @@ impl AccountStore {
     pub async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
         let client = self.client().await?;
         let row = client
-            .query_opt(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = $1"), &[&id])
+            .query_opt(
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = $1"),
+                &[&id],
+            )
             .await?
             .ok_or_else(|| not_found(id))?;
         let mut account = account_from_row(&row);
@@ -297,7 +320,9 @@ impl AccountStore {
         let researcher: Uuid = tx
             .query_opt("SELECT id FROM researchers WHERE email = $1", &[&email])
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no researcher is registered with email {email:?}")))?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!("no researcher is registered with email {email:?}"))
+            })?
             .get(0);
         let added = tx
             .execute(
@@ -314,7 +339,12 @@ impl AccountStore {
     }
 
     /// Removes a member; only the principal investigator may, and not themself.
-    pub async fn remove_member(&self, account: Uuid, caller: Uuid, researcher: Uuid) -> Result<AccountRow> {
+    pub async fn remove_member(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        researcher: Uuid,
+    ) -> Result<AccountRow> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let pi = lock_as_principal_investigator(&tx, account, caller).await?;
@@ -324,10 +354,15 @@ impl AccountStore {
             ));
         }
         let removed = tx
-            .execute("DELETE FROM members WHERE account_id = $1 AND researcher_id = $2", &[&account, &researcher])
+            .execute(
+                "DELETE FROM members WHERE account_id = $1 AND researcher_id = $2",
+                &[&account, &researcher],
+            )
             .await?;
         if removed == 0 {
-            return Err(StoreError::NotFound(format!("researcher {researcher} is not a member of account {account}")));
+            return Err(StoreError::NotFound(format!(
+                "researcher {researcher} is not a member of account {account}"
+            )));
         }
         notify_membership(&tx, account).await?;
         tx.commit().await?;
@@ -336,13 +371,23 @@ impl AccountStore {
     }
 
     /// Applies a withdrawal once per idempotency key; see the module docs.
-    pub async fn withdraw(&self, account: Uuid, caller: Uuid, amount: i64, key: &str, memo: &str) -> Result<Withdrawal> {
+    pub async fn withdraw(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        amount: i64,
+        key: &str,
+        memo: &str,
+    ) -> Result<Withdrawal> {
         let client = self.client().await?;
         let statement = client.prepare_cached(WITHDRAW).await?;
         // A second pass is needed only when a concurrent call changed the
         // account between this statement's snapshot and its debit.
         for _ in 0..5 {
-            let row = match client.query_one(&statement, &[&account, &caller, &amount, &key, &memo]).await {
+            let row = match client
+                .query_one(&statement, &[&account, &caller, &amount, &key, &memo])
+                .await
+            {
                 Ok(row) => row,
                 // The same key applied concurrently by another call: the
                 // next pass finds it as `previous`.
@@ -407,7 +452,9 @@ impl AccountStore {
                 )));
             }
         }
-        Err(StoreError::Contended(format!("account {account} is too busy right now; retry the withdrawal with the same key")))
+        Err(StoreError::Contended(format!(
+            "account {account} is too busy right now; retry the withdrawal with the same key"
+        )))
     }
 
     /// The journal, newest first, `limit` entries before `before` (an entry id).
@@ -458,7 +505,10 @@ async fn lock_as_principal_investigator(
     caller: Uuid,
 ) -> Result<Uuid> {
     let pi: Uuid = tx
-        .query_opt("SELECT principal_investigator FROM accounts WHERE id = $1 FOR UPDATE", &[&account])
+        .query_opt(
+            "SELECT principal_investigator FROM accounts WHERE id = $1 FOR UPDATE",
+            &[&account],
+        )
         .await?
         .ok_or_else(|| not_found(account))?
         .get(0);
@@ -471,8 +521,11 @@ async fn lock_as_principal_investigator(
 }
 
 async fn notify_membership(tx: &deadpool_postgres::Transaction<'_>, account: Uuid) -> Result<()> {
-    tx.execute("SELECT pg_notify($1, 'membership:' || $2::text)", &[&CHANNEL, &account.to_string()])
-        .await?;
+    tx.execute(
+        "SELECT pg_notify($1, 'membership:' || $2::text)",
+        &[&CHANNEL, &account.to_string()],
+    )
+    .await?;
     Ok(())
 }
 

@@ -10,17 +10,26 @@ pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 pub fn text(field: &str, value: &str, max_chars: usize) -> Result<String, Status> {
     let trimmed = value.trim();
     if trimmed.is_empty() {
-        return Err(Status::invalid_argument(format!("{field} must not be empty")));
+        return Err(Status::invalid_argument(format!(
+            "{field} must not be empty"
+        )));
     }
     optional_text(field, trimmed, max_chars)
 }
 
 pub fn optional_text(field: &str, value: &str, max_chars: usize) -> Result<String, Status> {
     if value.chars().count() > max_chars {
-        return Err(Status::invalid_argument(format!("{field} is longer than {max_chars} characters")));
+        return Err(Status::invalid_argument(format!(
+            "{field} is longer than {max_chars} characters"
+        )));
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(Status::invalid_argument(format!("{field} contains control characters")));
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(Status::invalid_argument(format!(
+            "{field} contains control characters"
+        )));
     }
     Ok(value.trim().to_owned())
 }
@@ -40,7 +49,9 @@ pub fn email(field: &str, value: &str) -> Result<String, Status> {
                 && !domain.contains("..")
         });
     if !valid {
-        return Err(Status::invalid_argument(format!("{field} {value:?} is not a valid email address")));
+        return Err(Status::invalid_argument(format!(
+            "{field} {value:?} is not a valid email address"
+        )));
     }
     Ok(email)
 }
@@ -48,7 +59,9 @@ pub fn email(field: &str, value: &str) -> Result<String, Status> {
 pub fn password(field: &str, value: &str) -> Result<(), Status> {
     let chars = value.chars().count();
     if !(8..=256).contains(&chars) {
-        return Err(Status::invalid_argument(format!("{field} must be 8 to 256 characters long")));
+        return Err(Status::invalid_argument(format!(
+            "{field} must be 8 to 256 characters long"
+        )));
     }
     Ok(())
 }
@@ -65,17 +78,24 @@ pub fn id(field: &str, value: &str) -> Result<Uuid, Status> {
 /// An amount of money: more than zero and at most [`MAX_AMOUNT_MINOR`].
 pub fn amount(field: &str, value: i64) -> Result<i64, Status> {
     if value <= 0 {
-        return Err(Status::invalid_argument(format!("{field} must be more than zero (got {value})")));
+        return Err(Status::invalid_argument(format!(
+            "{field} must be more than zero (got {value})"
+        )));
     }
     if value > MAX_AMOUNT_MINOR {
-        return Err(Status::invalid_argument(format!("{field} {value} is more than the largest amount accepted, {MAX_AMOUNT_MINOR}")));
+        return Err(Status::invalid_argument(format!(
+            "{field} {value} is more than the largest amount accepted, {MAX_AMOUNT_MINOR}"
+        )));
     }
     Ok(value)
 }
 
 /// An idempotency key: 1–128 printable characters.
 pub fn idempotency_key(field: &str, value: &str) -> Result<String, Status> {
-    if value.is_empty() || value.len() > 128 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if value.is_empty()
+        || value.len() > 128
+        || value.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err(Status::invalid_argument(format!(
             "{field} must be 1 to 128 printable characters without spaces"
         )));
@@ -87,7 +107,9 @@ pub fn idempotency_key(field: &str, value: &str) -> Result<String, Status> {
 pub fn page_size(field: &str, value: u32, default: u32, max: u32) -> Result<i64, Status> {
     match value {
         0 => Ok(i64::from(default)),
-        n if n > max => Err(Status::invalid_argument(format!("{field} must be at most {max}"))),
+        n if n > max => Err(Status::invalid_argument(format!(
+            "{field} must be at most {max}"
+        ))),
         n => Ok(i64::from(n)),
     }
 }
@@ -98,8 +120,20 @@ mod tests {
 
     #[test]
     fn emails_are_lowercased_and_malformed_ones_refused() {
-        assert_eq!(email("email", " Ada@Example.ORG ").unwrap(), "ada@example.org");
-        for bad in ["", "ada", "ada@", "@example.org", "ada@example", "a b@example.org", "ada@@example.org", "ada@example..org"] {
+        assert_eq!(
+            email("email", " Ada@Example.ORG ").unwrap(),
+            "ada@example.org"
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.org",
+            "ada@example",
+            "a b@example.org",
+            "ada@@example.org",
+            "ada@example..org",
+        ] {
             assert!(email("email", bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -110,13 +144,23 @@ mod tests {
         assert!(amount("amount_minor", -5).is_err());
         assert!(amount("amount_minor", i64::MAX).is_err());
         assert_eq!(amount("amount_minor", 1).unwrap(), 1);
-        assert!(amount("amount_minor", -1).unwrap_err().message().contains("amount_minor"));
+        assert!(
+            amount("amount_minor", -1)
+                .unwrap_err()
+                .message()
+                .contains("amount_minor")
+        );
     }
 
     #[test]
     fn text_fields_are_trimmed_and_bounded() {
         assert_eq!(text("title", "  Grant  ", 10).unwrap(), "Grant");
         assert!(text("title", "   ", 10).is_err());
-        assert!(text("title", "x".repeat(11).as_str(), 10).unwrap_err().message().contains("title"));
+        assert!(
+            text("title", "x".repeat(11).as_str(), 10)
+                .unwrap_err()
+                .message()
+                .contains("title")
+        );
     }
 }

@@ -41,7 +41,9 @@ pub(crate) async fn watch(
             {
                 return;
             }
-            let until_expiry = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+            let until_expiry = expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
             let notice = tokio::select! {
                 () = closing.cancelled() => return,
                 () = events.closed() => return,
@@ -55,7 +57,8 @@ pub(crate) async fn watch(
                     Some(Change::Membership) => (Kind::Membership, None),
                     None => continue,
                 },
-                Some(Ok(Notice::Reconnected)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => (Kind::Snapshot, None),
+                Some(Ok(Notice::Reconnected))
+                | Some(Err(broadcast::error::RecvError::Lagged(_))) => (Kind::Snapshot, None),
                 Some(Err(broadcast::error::RecvError::Closed)) => return,
             };
             let now = match store.account(account, Some(caller)).await {
@@ -74,7 +77,12 @@ pub(crate) async fn watch(
             expired = now.expired;
             expires_at = now.expires_at;
             let transaction = match transaction {
-                Some(id) => store.transaction(account, id).await.ok().flatten().map(transaction_message),
+                Some(id) => store
+                    .transaction(account, id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(transaction_message),
                 None => None,
             };
             pending = Some(event(kind, now, transaction));
@@ -88,7 +96,11 @@ fn event(
     account: crate::store::AccountRow,
     transaction: Option<grantmesh_proto::v1::Transaction>,
 ) -> Result<AccountEvent, Status> {
-    Ok(AccountEvent { kind: kind as i32, account: Some(account_message(account)), transaction })
+    Ok(AccountEvent {
+        kind: kind as i32,
+        account: Some(account_message(account)),
+        transaction,
+    })
 }
 
 enum Change {

@@ -18,8 +18,8 @@ use std::time::Duration;
 use futures::Stream;
 use grantmesh_proto::v1::{
     DeregisterReply, DeregisterRequest, HeartbeatReply, HeartbeatRequest, Instance, KeepAliveReply,
-    KeepAliveRequest, ListInstancesReply, ListInstancesRequest, PingReply, PingRequest, RegisterReply,
-    RegisterRequest, WatchEvent, WatchRequest,
+    KeepAliveRequest, ListInstancesReply, ListInstancesRequest, PingReply, PingRequest,
+    RegisterReply, RegisterRequest, WatchEvent, WatchRequest,
 };
 use grantmesh_proto::{Registry, RegistryServer};
 use state::{RegistryState, RemovalReason};
@@ -57,7 +57,11 @@ impl RegistryService {
     pub fn new(config: RegistryConfig, closing: CancellationToken) -> Self {
         let state = Arc::new(RegistryState::new());
         tokio::spawn(sweep(Arc::clone(&state), closing.clone()));
-        Self { state, config, closing }
+        Self {
+            state,
+            config,
+            closing,
+        }
     }
 
     /// The tonic server for this service.
@@ -81,33 +85,49 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Registry for RegistryService {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
         let instance = request
             .into_inner()
             .instance
             .ok_or_else(|| Status::invalid_argument("instance is required"))?;
         let ttl = validate_instance(&instance, self.config.default_ttl)?;
         let revision = self.state.register(instance, ttl);
-        Ok(Response::new(RegisterReply { ttl: proto_duration(ttl), revision }))
+        Ok(Response::new(RegisterReply {
+            ttl: proto_duration(ttl),
+            revision,
+        }))
     }
 
-    async fn deregister(&self, request: Request<DeregisterRequest>) -> Result<Response<DeregisterReply>, Status> {
+    async fn deregister(
+        &self,
+        request: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterReply>, Status> {
         let request = request.into_inner();
         validate_name("service", &request.service)?;
         validate_name("instance_id", &request.instance_id)?;
-        let removed = self
-            .state
-            .remove(&request.service, &request.instance_id, RemovalReason::Deregistered);
+        let removed = self.state.remove(
+            &request.service,
+            &request.instance_id,
+            RemovalReason::Deregistered,
+        );
         let (_, revision) = self.state.list(&request.service);
         Ok(Response::new(DeregisterReply { removed, revision }))
     }
 
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
         let request = request.into_inner();
         validate_name("service", &request.service)?;
         validate_name("instance_id", &request.instance_id)?;
         match self.state.heartbeat(&request.service, &request.instance_id) {
-            Some(ttl) => Ok(Response::new(HeartbeatReply { ttl: proto_duration(ttl) })),
+            Some(ttl) => Ok(Response::new(HeartbeatReply {
+                ttl: proto_duration(ttl),
+            })),
             None => Err(unknown_instance(&request.service, &request.instance_id)),
         }
     }
@@ -145,7 +165,11 @@ impl Registry for RegistryService {
                 if ttl.is_some() {
                     holder = Some((beat.service.clone(), beat.instance_id.clone()));
                 }
-                let reply = KeepAliveReply { instance_id: beat.instance_id, known: ttl.is_some(), ttl: ttl.and_then(proto_duration) };
+                let reply = KeepAliveReply {
+                    instance_id: beat.instance_id,
+                    known: ttl.is_some(),
+                    ttl: ttl.and_then(proto_duration),
+                };
                 if replies.send(Ok(reply)).await.is_err() {
                     break true;
                 }
@@ -166,12 +190,18 @@ impl Registry for RegistryService {
             validate_name("service", &service)?;
         }
         let (instances, revision) = self.state.list(&service);
-        Ok(Response::new(ListInstancesReply { instances, revision }))
+        Ok(Response::new(ListInstancesReply {
+            instances,
+            revision,
+        }))
     }
 
     type WatchStream = EventStream<WatchEvent>;
 
-    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
         validate_name("service", &service)?;
         let (events, event_stream) = mpsc::channel(16);
@@ -227,7 +257,11 @@ fn validate_name(field: &str, value: &str) -> Result<(), Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
-    if value.len() > 128 || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if value.len() > 128
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
         return Err(Status::invalid_argument(format!(
             "{field} {value:?} must be 1 to 128 characters of letters, digits, '.', '_' or '-'"
         )));
@@ -240,15 +274,26 @@ fn validate_instance(instance: &Instance, default_ttl: Duration) -> Result<Durat
     validate_name("instance.id", &instance.id)?;
     validate_name("instance.service", &instance.service)?;
     let uri: http_uri::Uri = instance.address.parse().map_err(|_| {
-        Status::invalid_argument(format!("instance.address {:?} is not a URL such as http://10.0.0.5:7101", instance.address))
+        Status::invalid_argument(format!(
+            "instance.address {:?} is not a URL such as http://10.0.0.5:7101",
+            instance.address
+        ))
     })?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() || uri.port_u16().is_none() {
+    if !matches!(uri.scheme_str(), Some("http" | "https"))
+        || uri.host().is_none()
+        || uri.port_u16().is_none()
+    {
         return Err(Status::invalid_argument(format!(
             "instance.address {:?} needs an http or https scheme, a host and a port",
             instance.address
         )));
     }
-    if instance.labels.len() > 32 || instance.labels.iter().any(|(k, v)| k.len() > 64 || v.len() > 256) {
+    if instance.labels.len() > 32
+        || instance
+            .labels
+            .iter()
+            .any(|(k, v)| k.len() > 64 || v.len() > 256)
+    {
         return Err(Status::invalid_argument(
             "instance.labels allows at most 32 labels, keys up to 64 and values up to 256 bytes",
         ));

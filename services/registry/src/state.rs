@@ -78,7 +78,9 @@ impl Default for RegistryState {
 
 impl RegistryState {
     pub fn new() -> Self {
-        Self { inner: Mutex::new(Inner::default()) }
+        Self {
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -105,7 +107,12 @@ impl RegistryState {
             None => {
                 entry.instances.insert(
                     instance.id.clone(),
-                    Lease { instance: instance.clone(), ttl, last_beat: now, holder: None },
+                    Lease {
+                        instance: instance.clone(),
+                        ttl,
+                        last_beat: now,
+                        holder: None,
+                    },
                 );
                 true
             }
@@ -177,7 +184,11 @@ impl RegistryState {
             .collect();
         let mut removed = Vec::new();
         for (service, id) in expired {
-            if let Some(lease) = inner.services.get(&service).and_then(|e| e.instances.get(&id)) {
+            if let Some(lease) = inner
+                .services
+                .get(&service)
+                .and_then(|e| e.instances.get(&id))
+            {
                 removed.push(lease.instance.clone());
             }
             inner.remove(&service, &id, RemovalReason::TtlExpired);
@@ -209,7 +220,11 @@ impl RegistryState {
         let snapshot = WatchEvent {
             kind: Kind::Snapshot as i32,
             revision,
-            instances: entry.instances.values().map(|lease| lease.read(now)).collect(),
+            instances: entry
+                .instances
+                .values()
+                .map(|lease| lease.read(now))
+                .collect(),
             reason: String::new(),
         };
         (snapshot, entry.changes.subscribe())
@@ -229,24 +244,40 @@ impl RegistryState {
 
 impl Inner {
     fn service_mut(&mut self, service: &str) -> &mut ServiceEntry {
-        self.services.entry(service.to_owned()).or_insert_with(|| ServiceEntry {
-            instances: BTreeMap::new(),
-            changes: broadcast::channel(WATCH_BACKLOG).0,
-        })
+        self.services
+            .entry(service.to_owned())
+            .or_insert_with(|| ServiceEntry {
+                instances: BTreeMap::new(),
+                changes: broadcast::channel(WATCH_BACKLOG).0,
+            })
     }
 
     fn remove(&mut self, service: &str, id: &str, reason: RemovalReason) -> bool {
-        let Some(lease) = self.services.get_mut(service).and_then(|entry| entry.instances.remove(id)) else {
+        let Some(lease) = self
+            .services
+            .get_mut(service)
+            .and_then(|entry| entry.instances.remove(id))
+        else {
             return false;
         };
-        tracing::info!(service, instance = id, reason = reason.as_str(), "instance removed");
+        tracing::info!(
+            service,
+            instance = id,
+            reason = reason.as_str(),
+            "instance removed"
+        );
         self.publish(service, Kind::Delete, vec![lease.instance], reason.as_str());
         true
     }
 
     fn publish(&mut self, service: &str, kind: Kind, instances: Vec<Instance>, reason: &str) {
         self.revision += 1;
-        let event = WatchEvent { kind: kind as i32, revision: self.revision, instances, reason: reason.to_owned() };
+        let event = WatchEvent {
+            kind: kind as i32,
+            revision: self.revision,
+            instances,
+            reason: reason.to_owned(),
+        };
         // No receivers is fine: nobody is watching this service.
         let _ = self.service_mut(service).changes.send(event);
     }
@@ -255,7 +286,8 @@ impl Inner {
 impl Lease {
     fn read(&self, now: Instant) -> Instance {
         let mut instance = self.instance.clone();
-        instance.since_last_beat = prost_types::Duration::try_from(now.duration_since(self.last_beat)).ok();
+        instance.since_last_beat =
+            prost_types::Duration::try_from(now.duration_since(self.last_beat)).ok();
         instance.keep_alive_stream = self.holder.is_some();
         instance
     }
@@ -299,7 +331,10 @@ mod tests {
             assert!(state.expire().is_empty());
             assert!(state.heartbeat("college", "c1").is_some());
         }
-        assert!(changes.try_recv().is_err(), "no remove/re-add may be published");
+        assert!(
+            changes.try_recv().is_err(),
+            "no remove/re-add may be published"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -72,7 +72,9 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let local_addr = listener.local_addr().context("failed to read the listener's address")?;
+    let local_addr = listener
+        .local_addr()
+        .context("failed to read the listener's address")?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(options.grpc_service, ServingStatus::Serving)
@@ -92,10 +94,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
     let mut server = std::pin::pin!(server);
 
-    let registrar = options
-        .registration
-        .clone()
-        .map(|registration| Registrar::start(registration));
+    let registrar = options.registration.clone().map(Registrar::start);
     tracing::info!(%local_addr, service = options.grpc_service, "serving");
 
     tokio::select! {
@@ -199,11 +198,24 @@ impl RunningServer {
 }
 
 /// Spawns [`serve`] on an already bound listener.
-pub fn spawn(listener: TcpListener, routes: Routes, options: ServeOptions) -> anyhow::Result<RunningServer> {
+pub fn spawn(
+    listener: TcpListener,
+    routes: Routes,
+    options: ServeOptions,
+) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(serve(listener, routes, options, shutdown.clone().cancelled_owned()));
-    Ok(RunningServer { addr, shutdown, handle })
+    let handle = tokio::spawn(serve(
+        listener,
+        routes,
+        options,
+        shutdown.clone().cancelled_owned(),
+    ));
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        handle,
+    })
 }
 
 /// The `Ping` every grantmesh service answers: echoes the message, names the
@@ -216,7 +228,9 @@ pub async fn ping(
 ) -> Result<tonic::Response<grantmesh_proto::v1::PingReply>, tonic::Status> {
     let request = request.into_inner();
     if request.delay_ms > 30_000 {
-        return Err(tonic::Status::invalid_argument("delay_ms must be at most 30000"));
+        return Err(tonic::Status::invalid_argument(
+            "delay_ms must be at most 30000",
+        ));
     }
     if request.delay_ms > 0 {
         // Not for zero: even a zero sleep waits for the timer's next tick (~1 ms).

@@ -73,7 +73,13 @@ fn parse(url: &str) -> Result<tokio_postgres::Config> {
 pub async fn connect(url: &str, max_size: usize) -> Result<Pool> {
     let config = parse(url)?;
     let target = describe(&config);
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     let pool = Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
@@ -82,14 +88,17 @@ pub async fn connect(url: &str, max_size: usize) -> Result<Pool> {
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
         .map_err(|err| StoreError::Pool(err.to_string()))?;
-    let client = pool
-        .get()
-        .await
-        .map_err(|err| StoreError::Unreachable { target: target.clone(), source: Box::new(err) })?;
+    let client = pool.get().await.map_err(|err| StoreError::Unreachable {
+        target: target.clone(),
+        source: Box::new(err),
+    })?;
     client
         .simple_query("SELECT 1")
         .await
-        .map_err(|err| StoreError::Unreachable { target, source: Box::new(err) })?;
+        .map_err(|err| StoreError::Unreachable {
+            target,
+            source: Box::new(err),
+        })?;
     Ok(pool)
 }
 
@@ -98,10 +107,14 @@ pub async fn connect(url: &str, max_size: usize) -> Result<Pool> {
 pub async fn migrate(url: &str, mut runner: refinery::Runner, history_table: &str) -> Result<()> {
     let config = parse(url)?;
     let target = describe(&config);
-    let (mut client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|err| StoreError::Unreachable { target, source: Box::new(err) })?;
+    let (mut client, connection) =
+        config
+            .connect(NoTls)
+            .await
+            .map_err(|err| StoreError::Unreachable {
+                target,
+                source: Box::new(err),
+            })?;
     let driver = tokio::spawn(connection);
     // Any fixed number works as the lock id; this one spells "grantmsh".
     const LOCK: i64 = 0x6772_616e_746d_7368;
@@ -116,9 +129,15 @@ pub async fn migrate(url: &str, mut runner: refinery::Runner, history_table: &st
             .await
             .map_err(StoreError::Migration)?;
         for migration in report.applied_migrations() {
-            tracing::info!(version = migration.version(), name = migration.name(), "applied migration");
+            tracing::info!(
+                version = migration.version(),
+                name = migration.name(),
+                "applied migration"
+            );
         }
-        let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK]).await;
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+            .await;
         Ok(())
     }
     .await;
@@ -199,7 +218,12 @@ impl Notifications {
     }
 }
 
-async fn listen(config: tokio_postgres::Config, channel: &'static str, sender: broadcast::Sender<Notice>, stop: CancellationToken) {
+async fn listen(
+    config: tokio_postgres::Config,
+    channel: &'static str,
+    sender: broadcast::Sender<Notice>,
+    stop: CancellationToken,
+) {
     let mut first = true;
     loop {
         let session = async {

@@ -10,10 +10,17 @@ use std::time::Duration;
 
 /// User + system ticks of one process; with `reaped`, also of its waited-for children.
 pub fn process_ticks(pid: u32, reaped: bool) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
     // The command name is in parentheses and may contain spaces.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0 };
-    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0;
+    };
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
     // After the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
     let own = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
     let children = fields.get(13).copied().unwrap_or(0) + fields.get(14).copied().unwrap_or(0);
@@ -45,11 +52,24 @@ pub fn server_ticks(postmaster: u32) -> Option<u64> {
     let mut children = 0;
     let entries = std::fs::read_dir("/proc").ok()?;
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
         let mut fields = rest.split_whitespace();
-        let (state, parent) = (fields.next(), fields.next().and_then(|f| f.parse::<u32>().ok()));
+        let (state, parent) = (
+            fields.next(),
+            fields.next().and_then(|f| f.parse::<u32>().ok()),
+        );
         if pid == postmaster || parent != Some(postmaster) {
             continue;
         }
@@ -65,9 +85,17 @@ pub fn server_ticks(postmaster: u32) -> Option<u64> {
 
 /// Busy and total ticks of the whole machine, summed over every core.
 pub fn machine_ticks() -> (u64, u64) {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return (0, 0) };
-    let Some(line) = stat.lines().next() else { return (0, 0) };
-    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let Some(line) = stat.lines().next() else {
+        return (0, 0);
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
     let total: u64 = fields.iter().take(8).sum();
     // user nice system idle iowait irq softirq steal
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);

@@ -43,7 +43,9 @@ use clap::Args;
 use grantmesh_auth::Keys;
 use grantmesh_discovery::{Balancer, BalancerOptions};
 use grantmesh_proto::CollegeClient;
-use grantmesh_proto::v1::{LoginRequest, OpenAccountRequest, PingRequest, RegisterResearcherRequest, WithdrawRequest};
+use grantmesh_proto::v1::{
+    LoginRequest, OpenAccountRequest, PingRequest, RegisterResearcherRequest, WithdrawRequest,
+};
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
@@ -152,8 +154,13 @@ impl Measured {
     /// Rounds of equal length as one: mean rate, every latency, all CPU.
     fn combine(rounds: Vec<Measured>) -> Measured {
         let n = rounds.len().max(1) as f64;
-        let mut all =
-            Measured { rate: 0.0, latency: histogram(), cpu: CpuUse::default(), cpu_wall: Duration::ZERO, cpu_count: 0 };
+        let mut all = Measured {
+            rate: 0.0,
+            latency: histogram(),
+            cpu: CpuUse::default(),
+            cpu_wall: Duration::ZERO,
+            cpu_count: 0,
+        };
         for round in rounds {
             all.rate += round.rate / n;
             all.latency.add(&round.latency).expect("same bounds");
@@ -187,7 +194,11 @@ impl Sampler {
         let (machine_busy, machine_total) = cpu::machine_ticks();
         CpuUse {
             driver: cpu::process_ticks(std::process::id(), true),
-            mesh: self.children.iter().map(|&pid| cpu::process_ticks(pid, false)).sum(),
+            mesh: self
+                .children
+                .iter()
+                .map(|&pid| cpu::process_ticks(pid, false))
+                .sum(),
             postgres,
             machine_busy,
             machine_total,
@@ -227,8 +238,13 @@ pub async fn run(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
     let threads = args.client_threads;
     let runtime = match threads {
         0 => bail!("--client-threads must be at least 1"),
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
     };
     tokio::task::spawn_blocking(move || {
         let outcome = runtime.block_on(measure(args));
@@ -240,8 +256,13 @@ pub async fn run(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn measure(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
-    if args.duration.subsec_nanos() != 0 || args.duration.is_zero() || args.warmup.subsec_nanos() != 0 {
-        bail!("--duration and --warmup must be whole seconds (pgbench's -T), --duration at least 1s");
+    if args.duration.subsec_nanos() != 0
+        || args.duration.is_zero()
+        || args.warmup.subsec_nanos() != 0
+    {
+        bail!(
+            "--duration and --warmup must be whole seconds (pgbench's -T), --duration at least 1s"
+        );
     }
     if args.concurrency.is_empty() || args.concurrency.contains(&0) {
         bail!("--concurrency must list client counts above zero");
@@ -252,13 +273,19 @@ async fn measure(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
     let script = pgbench_script()?;
     let pgbench = find_pgbench(args.pgbench.as_deref())?;
 
-    let database = format!("gm_bench_{}", grantmesh_discovery::new_instance_id("x").trim_start_matches("x-"));
+    let database = format!(
+        "gm_bench_{}",
+        grantmesh_discovery::new_instance_id("x").trim_start_matches("x-")
+    );
     let bench_url = with_database(&args.database_url, &database)?;
     let (admin, connection) = tokio_postgres::connect(&args.database_url, NoTls)
         .await
         .context("failed to reach the PostgreSQL server in --database-url")?;
     tokio::spawn(connection);
-    admin.batch_execute(&format!("CREATE DATABASE {database}")).await.context("failed to create the bench database")?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .context("failed to create the bench database")?;
     eprintln!("bench database: {database}");
 
     let work = std::env::temp_dir().join(&database);
@@ -271,14 +298,20 @@ async fn measure(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
         let _ = signal(&child.child, 15);
     }
     for mut child in children {
-        if tokio::time::timeout(Duration::from_secs(10), child.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), child.child.wait())
+            .await
+            .is_err()
+        {
             let _ = child.child.kill().await;
         }
     }
     let _ = std::fs::remove_dir_all(&work);
     if args.keep_database {
         eprintln!("kept the bench database: {bench_url}");
-    } else if let Err(err) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await {
+    } else if let Err(err) = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await
+    {
         eprintln!("warning: failed to drop the bench database {database}: {err}");
     }
     outcome
@@ -293,21 +326,42 @@ async fn bench(
     children: &mut Vec<Child_>,
 ) -> anyhow::Result<ExitCode> {
     // The mesh.
-    let registry = spawn_with(&["registry", "--listen", "127.0.0.1:0"], &[], Stdio::inherit()).await?;
+    let registry = spawn_with(
+        &["registry", "--listen", "127.0.0.1:0"],
+        &[],
+        Stdio::inherit(),
+    )
+    .await?;
     let registry_url = registry.url.clone();
     children.push(registry);
     let pool_size = args.pool_size.to_string();
-    let env = [("DATABASE_URL", url), ("GRANTMESH_TOKEN_KEY", TOKEN_KEY), ("GRANTMESH_SERVICE_KEY", SERVICE_KEY)];
+    let env = [
+        ("DATABASE_URL", url),
+        ("GRANTMESH_TOKEN_KEY", TOKEN_KEY),
+        ("GRANTMESH_SERVICE_KEY", SERVICE_KEY),
+    ];
     for _ in 0..args.colleges {
         let college = spawn_with(
-            &["college", "--listen", "127.0.0.1:0", "--registry", &registry_url, "--pool-size", &pool_size],
+            &[
+                "college",
+                "--listen",
+                "127.0.0.1:0",
+                "--registry",
+                &registry_url,
+                "--pool-size",
+                &pool_size,
+            ],
             &env,
             Stdio::inherit(),
         )
         .await?;
         children.push(college);
     }
-    let balancer = Balancer::new(vec![registry_url.clone()], grantmesh_college::SERVICE, BalancerOptions::default());
+    let balancer = Balancer::new(
+        vec![registry_url.clone()],
+        grantmesh_college::SERVICE,
+        BalancerOptions::default(),
+    );
     let mut view = balancer.subscribe();
     tokio::time::timeout(Duration::from_secs(30), async {
         while view.borrow_and_update().instances.len() < args.colleges {
@@ -320,7 +374,12 @@ async fn bench(
     for _ in 0..args.colleges * 4 {
         balancer
             .call(|channel| async move {
-                CollegeClient::new(channel).ping(PingRequest { message: "bench".into(), delay_ms: 0 }).await
+                CollegeClient::new(channel)
+                    .ping(PingRequest {
+                        message: "bench".into(),
+                        delay_ms: 0,
+                    })
+                    .await
             })
             .await
             .context("a College instance does not answer")?;
@@ -329,9 +388,12 @@ async fn bench(
     // The data, through the API.
     let (researcher, token) = researcher(&balancer).await?;
     let accounts = open_accounts(&balancer, &researcher, args.accounts).await?;
-    let (db, connection) = tokio_postgres::connect(url, NoTls).await.context("failed to reach the bench database")?;
+    let (db, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .context("failed to reach the bench database")?;
     tokio::spawn(connection);
-    db.batch_execute("CREATE TABLE bench_accounts (n int PRIMARY KEY, id uuid NOT NULL)").await?;
+    db.batch_execute("CREATE TABLE bench_accounts (n int PRIMARY KEY, id uuid NOT NULL)")
+        .await?;
     db.execute(
         "INSERT INTO bench_accounts (n, id) SELECT n, id::uuid FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)",
         &[&accounts],
@@ -347,39 +409,47 @@ async fn bench(
     }
     let script_path = work.join("withdraw.sql");
     std::fs::write(&script_path, script)?;
-    let ctx = Ctx { db, sampler, pgbench: pgbench.to_owned(), script: script_path, url: url.to_owned(), work: work.to_owned() };
+    let ctx = Ctx {
+        db,
+        sampler,
+        pgbench: pgbench.to_owned(),
+        script: script_path,
+        url: url.to_owned(),
+        work: work.to_owned(),
+    };
 
     // The floor: the same call through the mesh, refused by the College's
     // validation (amount 0) before it reaches the database. One client.
     ctx.settle().await;
     let floor = {
         let (balancer, token) = (balancer.clone(), Arc::<str>::from(token.as_str()));
-        run_load(1, args.warmup, args.duration, &ctx.sampler, move |_, seq| {
-            let (balancer, token) = (balancer.clone(), Arc::clone(&token));
-            let request = WithdrawRequest {
-                account_id: String::new(),
-                amount_minor: 0,
-                idempotency_key: format!("floor-{seq}"),
-                memo: MEMO.into(),
-            };
-            Box::pin(async move {
-                let refused = balancer
-                    .call(|channel| {
-                        let mut request = tonic::Request::new(request.clone());
-                        let authorized = grantmesh_auth::authorize(&mut request, &token);
-                        async move {
-                            authorized?;
-                            CollegeClient::new(channel).withdraw(request).await
-                        }
-                    })
-                    .await;
-                match refused {
-                    Err(status) if status.code() == tonic::Code::InvalidArgument => Ok(()),
-                    Err(status) => Err(format!("floor Withdraw: {:?}: {}", status.code(), status.message())),
-                    Ok(_) => Err("floor Withdraw: an invalid withdrawal was applied".into()),
-                }
-            })
-        })
+        run_load(
+            1,
+            args.warmup,
+            args.duration,
+            &ctx.sampler,
+            move |_, seq| {
+                let (balancer, token) = (balancer.clone(), Arc::clone(&token));
+                let request = WithdrawRequest {
+                    account_id: String::new(),
+                    amount_minor: 0,
+                    idempotency_key: format!("floor-{seq}"),
+                    memo: MEMO.into(),
+                };
+                Box::pin(async move {
+                    let refused = withdraw(&balancer, &token, &request).await;
+                    match refused {
+                        Err(status) if status.code() == tonic::Code::InvalidArgument => Ok(()),
+                        Err(status) => Err(format!(
+                            "floor Withdraw: {:?}: {}",
+                            status.code(),
+                            status.message()
+                        )),
+                        Ok(_) => Err("floor Withdraw: an invalid withdrawal was applied".into()),
+                    }
+                })
+            },
+        )
         .await
     };
 
@@ -396,20 +466,39 @@ async fn bench(
         for &clients in &args.concurrency {
             let (mut mesh_runs, mut pgbench_runs) = (Vec::new(), Vec::new());
             for round in 0..args.rounds {
-                let tag = format!("{}{clients}r{round}", if scenario == Scenario::Spread { "s" } else { "h" });
+                let tag = format!(
+                    "{}{clients}r{round}",
+                    if scenario == Scenario::Spread {
+                        "s"
+                    } else {
+                        "h"
+                    }
+                );
                 // Alternate which side goes first, so neither always follows the other.
                 for mesh_side in [round % 2 == 0, round % 2 == 1] {
                     ctx.settle().await;
                     if mesh_side {
-                        let mesh =
-                            withdraw_load(&balancer, &token, Arc::clone(&accounts), clients, args, &tag, &ctx.sampler).await;
+                        let mesh = withdraw_load(
+                            &balancer,
+                            &token,
+                            Arc::clone(&accounts),
+                            clients,
+                            args,
+                            &tag,
+                            &ctx.sampler,
+                        )
+                        .await;
                         mesh_total += mesh.completed;
                         for (error, n) in mesh.errors {
                             *errors.entry(error).or_default() += n;
                         }
                         mesh_runs.push(mesh.measured);
                     } else {
-                        let vars = PgbenchVars { naccounts: in_play, researcher: &researcher, tag: &tag };
+                        let vars = PgbenchVars {
+                            naccounts: in_play,
+                            researcher: &researcher,
+                            tag: &tag,
+                        };
                         if !args.warmup.is_zero() {
                             pgbench_total += ctx.pgbench(clients, args.warmup, &vars, "w").await?.0;
                         }
@@ -419,8 +508,11 @@ async fn bench(
                     }
                 }
             }
-            let ratios: Vec<f64> =
-                mesh_runs.iter().zip(&pgbench_runs).map(|(m, p)| m.rate / p.rate.max(f64::MIN_POSITIVE)).collect();
+            let ratios: Vec<f64> = mesh_runs
+                .iter()
+                .zip(&pgbench_runs)
+                .map(|(m, p)| m.rate / p.rate.max(f64::MIN_POSITIVE))
+                .collect();
             let row = Row {
                 scenario: scenario.name(args.accounts),
                 clients,
@@ -449,8 +541,10 @@ async fn bench(
         floor.measured.rate,
         ms(floor.measured.latency.value_at_quantile(0.5)),
         ms(floor.measured.latency.value_at_quantile(0.99)),
-        floor.measured.cpu.driver as f64 * cpu::tick().as_secs_f64() * 1e6 / floor.measured.cpu_count.max(1) as f64,
-        floor.measured.cpu.mesh as f64 * cpu::tick().as_secs_f64() * 1e6 / floor.measured.cpu_count.max(1) as f64,
+        floor.measured.cpu.driver as f64 * cpu::tick().as_secs_f64() * 1e6
+            / floor.measured.cpu_count.max(1) as f64,
+        floor.measured.cpu.mesh as f64 * cpu::tick().as_secs_f64() * 1e6
+            / floor.measured.cpu_count.max(1) as f64,
     );
     let books = check_books(&ctx.db, mesh_total, pgbench_total).await;
     let mut ok = true;
@@ -470,7 +564,11 @@ async fn bench(
             println!("invariant: FAILED: {err:#}");
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Registers the bench researcher and logs in: (researcher id, bearer token).
@@ -491,18 +589,34 @@ async fn researcher(balancer: &Balancer) -> anyhow::Result<(String, String)> {
         .context("RegisterResearcher failed")?;
     let reply = balancer
         .call(|channel| async move {
-            CollegeClient::new(channel).login(LoginRequest { email: EMAIL.into(), password: PASSWORD.into() }).await
+            CollegeClient::new(channel)
+                .login(LoginRequest {
+                    email: EMAIL.into(),
+                    password: PASSWORD.into(),
+                })
+                .await
         })
         .await
         .context("Login failed")?
         .into_inner();
-    let id = reply.researcher.context("Login named no researcher")?.researcher_id;
+    let id = reply
+        .researcher
+        .context("Login named no researcher")?
+        .researcher_id;
     Ok((id, reply.token))
 }
 
 /// Opens `n` accounts with the bench researcher as principal investigator; their ids, in order.
-async fn open_accounts(balancer: &Balancer, researcher: &str, n: usize) -> anyhow::Result<Vec<String>> {
-    let keys = Keys::new(TOKEN_KEY.as_bytes(), SERVICE_KEY.as_bytes(), Duration::from_secs(3600))?;
+async fn open_accounts(
+    balancer: &Balancer,
+    researcher: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let keys = Keys::new(
+        TOKEN_KEY.as_bytes(),
+        SERVICE_KEY.as_bytes(),
+        Duration::from_secs(3600),
+    )?;
     let credential = keys.agency_token(AGENCY)?;
     let mut ids = Vec::with_capacity(n);
     for k in 1..=n {
@@ -549,7 +663,13 @@ type Call = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// `clients` tasks calling `call(task, seq)` back to back for `warmup` and
 /// then `duration`; latencies and CPU count in the second part only.
-async fn run_load<F>(clients: usize, warmup: Duration, duration: Duration, sampler: &Sampler, call: F) -> MeshOutcome
+async fn run_load<F>(
+    clients: usize,
+    warmup: Duration,
+    duration: Duration,
+    sampler: &Sampler,
+    call: F,
+) -> MeshOutcome
 where
     F: Fn(usize, u64) -> Call + Clone + Send + 'static,
 {
@@ -560,7 +680,12 @@ where
     for task in 0..clients {
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
-            let mut out = TaskOutcome { latency: histogram(), measured: 0, completed: 0, errors: BTreeMap::new() };
+            let mut out = TaskOutcome {
+                latency: histogram(),
+                measured: 0,
+                completed: 0,
+                errors: BTreeMap::new(),
+            };
             tokio::time::sleep_until(start).await;
             for seq in 0u64.. {
                 let began = Instant::now();
@@ -588,7 +713,13 @@ where
     tokio::time::sleep_until(end).await;
     let cpu = sampler.sample().await - before;
     let mut outcome = MeshOutcome {
-        measured: Measured { rate: 0.0, latency: histogram(), cpu, cpu_wall: duration, cpu_count: 0 },
+        measured: Measured {
+            rate: 0.0,
+            latency: histogram(),
+            cpu,
+            cpu_wall: duration,
+            cpu_count: 0,
+        },
         completed: 0,
         errors: BTreeMap::new(),
     };
@@ -596,13 +727,22 @@ where
         match task.await {
             Ok(out) => {
                 outcome.measured.cpu_count += out.measured;
-                outcome.measured.latency.add(&out.latency).expect("same bounds");
+                outcome
+                    .measured
+                    .latency
+                    .add(&out.latency)
+                    .expect("same bounds");
                 outcome.completed += out.completed;
                 for (error, n) in out.errors {
                     *outcome.errors.entry(error).or_default() += n;
                 }
             }
-            Err(err) => *outcome.errors.entry(format!("client task failed: {err}")).or_default() += 1,
+            Err(err) => {
+                *outcome
+                    .errors
+                    .entry(format!("client task failed: {err}"))
+                    .or_default() += 1
+            }
         }
     }
     outcome.measured.rate = outcome.measured.cpu_count as f64 / duration.as_secs_f64();
@@ -620,34 +760,34 @@ async fn withdraw_load(
     sampler: &Sampler,
 ) -> MeshOutcome {
     let (caller, token, tag) = (balancer.clone(), Arc::clone(token), Arc::<str>::from(tag));
-    run_load(clients, args.warmup, args.duration, sampler, move |task, seq| {
-        let (balancer, token) = (caller.clone(), Arc::clone(&token));
-        // Which account: a hash of (task, seq), so every task spreads its calls.
-        let pick = (splitmix(((task as u64) << 40) ^ seq) % accounts.len() as u64) as usize;
-        let request = WithdrawRequest {
-            account_id: accounts[pick].clone(),
-            amount_minor: 1,
-            idempotency_key: format!("mesh-{tag}-{task}-{seq}"),
-            memo: MEMO.into(),
-        };
-        Box::pin(async move {
-            let reply = balancer
-                .call(|channel| {
-                    let mut request = tonic::Request::new(request.clone());
-                    let authorized = grantmesh_auth::authorize(&mut request, &token);
-                    async move {
-                        authorized?;
-                        CollegeClient::new(channel).withdraw(request).await
-                    }
-                })
-                .await
-                .map_err(|status| format!("Withdraw: {:?}: {}", status.code(), status.message()))?;
-            if reply.get_ref().replayed {
-                return Err("Withdraw: a fresh idempotency key was answered as a replay".into());
-            }
-            Ok(())
-        })
-    })
+    run_load(
+        clients,
+        args.warmup,
+        args.duration,
+        sampler,
+        move |task, seq| {
+            let (balancer, token) = (caller.clone(), Arc::clone(&token));
+            // Which account: a hash of (task, seq), so every task spreads its calls.
+            let pick = (splitmix(((task as u64) << 40) ^ seq) % accounts.len() as u64) as usize;
+            let request = WithdrawRequest {
+                account_id: accounts[pick].clone(),
+                amount_minor: 1,
+                idempotency_key: format!("mesh-{tag}-{task}-{seq}"),
+                memo: MEMO.into(),
+            };
+            Box::pin(async move {
+                let reply = withdraw(&balancer, &token, &request)
+                    .await
+                    .map_err(|status| {
+                        format!("Withdraw: {:?}: {}", status.code(), status.message())
+                    })?;
+                if reply.get_ref().replayed {
+                    return Err("Withdraw: a fresh idempotency key was answered as a replay".into());
+                }
+                Ok(())
+            })
+        },
+    )
     .await
 }
 
@@ -682,17 +822,27 @@ impl Ctx {
     /// full-page writes after one, more than the other).
     async fn settle(&self) {
         for _ in 0..100 {
-            let left: i64 =
-                match self.db.query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'", &[]).await {
-                    Ok(row) => row.get(0),
-                    Err(_) => 0,
-                };
+            let left: i64 = match self
+                .db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'",
+                    &[],
+                )
+                .await
+            {
+                Ok(row) => row.get(0),
+                Err(_) => 0,
+            };
             if left == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if let Err(err) = self.db.batch_execute("VACUUM (ANALYZE) accounts, members, withdrawals, bench_accounts").await {
+        if let Err(err) = self
+            .db
+            .batch_execute("VACUUM (ANALYZE) accounts, members, withdrawals, bench_accounts")
+            .await
+        {
             eprintln!("warning: VACUUM failed: {err}");
         }
         // Needs superuser or pg_checkpoint; without it runs just meet checkpoints as they come.
@@ -707,18 +857,38 @@ impl Ctx {
         vars: &PgbenchVars<'_>,
         phase: &str,
     ) -> anyhow::Result<(u64, Measured)> {
-        let (pgbench, script, url, work, sampler) = (&self.pgbench, &self.script, &self.url, &self.work, &self.sampler);
+        let (pgbench, script, url, work, sampler) = (
+            &self.pgbench,
+            &self.script,
+            &self.url,
+            &self.work,
+            &self.sampler,
+        );
         let run = format!("{}{phase}", vars.tag);
         let log_prefix = work.join(format!("log-{run}"));
         let mut command = tokio::process::Command::new(pgbench);
         command
             .args(["-n", "-M", "prepared", "-f"])
             .arg(script)
-            .args(["-c", &clients.to_string(), "-j", &clients.min(2).to_string()])
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-j",
+                &clients.min(2).to_string(),
+            ])
             .args(["-T", &duration.as_secs().to_string()])
             .args(["-D", &format!("naccounts={}", vars.naccounts)])
             .args(["-D", &format!("researcher={}", vars.researcher)])
-            .args(["-D", "amount=1", "-D", &format!("memo={MEMO}"), "-D", &format!("run={run}"), "-D", "seq=0"])
+            .args([
+                "-D",
+                "amount=1",
+                "-D",
+                &format!("memo={MEMO}"),
+                "-D",
+                &format!("run={run}"),
+                "-D",
+                "seq=0",
+            ])
             .arg("-l")
             .arg(format!("--log-prefix={}", log_prefix.display()))
             .arg(url)
@@ -726,7 +896,10 @@ impl Ctx {
             .kill_on_drop(true);
         let before = sampler.sample().await;
         let started = Instant::now();
-        let output = command.output().await.with_context(|| format!("failed to run {}", pgbench.display()))?;
+        let output = command
+            .output()
+            .await
+            .with_context(|| format!("failed to run {}", pgbench.display()))?;
         let window = started.elapsed();
         let cpu = sampler.sample().await - before;
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -740,7 +913,9 @@ impl Ctx {
                 .find(|l| l.starts_with(label))
                 .with_context(|| format!("no {label:?} in pgbench's output:\n{stdout}"))?;
             let value = line[label.len()..].split_whitespace().next().unwrap_or("");
-            value.parse().with_context(|| format!("cannot read {line:?}"))
+            value
+                .parse()
+                .with_context(|| format!("cannot read {line:?}"))
         };
         let processed = field("number of transactions actually processed:")? as u64;
         let failed = field("number of failed transactions:").unwrap_or(0.0);
@@ -750,10 +925,18 @@ impl Ctx {
         let tps = field("tps =")?;
         // Every transaction's latency, from the per-client logs.
         let mut latency = histogram();
-        let prefix = log_prefix.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let prefix = log_prefix
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         for entry in std::fs::read_dir(work)? {
             let entry = entry?;
-            if !entry.file_name().to_str().is_some_and(|n| n.starts_with(&format!("{prefix}."))) {
+            if !entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("{prefix}.")))
+            {
                 continue;
             }
             for line in std::fs::read_to_string(entry.path())?.lines() {
@@ -767,11 +950,23 @@ impl Ctx {
             std::fs::remove_file(entry.path())?;
         }
         if latency.len() != processed {
-            bail!("pgbench logged {} transactions but reports {processed}", latency.len());
+            bail!(
+                "pgbench logged {} transactions but reports {processed}",
+                latency.len()
+            );
         }
         // The rate is pgbench's own (without connection set-up); the CPU is
         // pgbench's whole life, in which it processed every transaction.
-        Ok((processed, Measured { rate: tps, latency, cpu, cpu_wall: window, cpu_count: processed }))
+        Ok((
+            processed,
+            Measured {
+                rate: tps,
+                latency,
+                cpu,
+                cpu_wall: window,
+                cpu_count: processed,
+            },
+        ))
     }
 }
 
@@ -785,11 +980,18 @@ fn ms(micros: u64) -> String {
 
 fn print_tables(rows: &[Row], colleges: usize) {
     let rounds = rows.first().map_or(1, |row| row.ratios.len());
-    let range = if rounds > 1 { format!(" | per round ({rounds})") } else { String::new() };
+    let range = if rounds > 1 {
+        format!(" | per round ({rounds})")
+    } else {
+        String::new()
+    };
     println!(
         "| scenario | clients | mesh withdrawals/s | mesh p50 | mesh p99 | pgbench tps | pgbench p50 | pgbench p99 | mesh/pgbench{range} |"
     );
-    println!("| --- | --: | --: | --: | --: | --: | --: | --: | --:{} |", if rounds > 1 { " | --:" } else { "" });
+    println!(
+        "| --- | --: | --: | --: | --: | --: | --: | --: | --:{} |",
+        if rounds > 1 { " | --:" } else { "" }
+    );
     for row in rows {
         let (mesh, pg) = (row.mesh.rate, row.pgbench.rate);
         let range = if rounds > 1 {
@@ -814,7 +1016,9 @@ fn print_tables(rows: &[Row], colleges: usize) {
     }
     println!();
     let tick = cpu::tick().as_secs_f64();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!(
         "Where the CPU went while measuring, in % of one core ({cores} cores: {} in all). Client: this process \
          (mesh) or pgbench. Mesh: {colleges} College instance(s) and the registry. Other: every other process on \
@@ -822,21 +1026,38 @@ fn print_tables(rows: &[Row], colleges: usize) {
         cores * 100
     );
     println!();
-    println!("| scenario | clients | run | client | mesh | PostgreSQL | other | idle | µs per withdrawal |");
+    println!(
+        "| scenario | clients | run | client | mesh | PostgreSQL | other | idle | µs per withdrawal |"
+    );
     println!("| --- | --: | --- | --: | --: | --: | --: | --: | --: |");
     let mut disturbed = Vec::new();
     for row in rows {
         for (run, m) in [("mesh", &row.mesh), ("pgbench", &row.pgbench)] {
             let wall = m.cpu_wall.as_secs_f64();
             let share = |ticks: u64| ticks as f64 * tick / wall * 100.0;
-            let (client, mesh, postgres) = (share(m.cpu.driver), share(m.cpu.mesh), share(m.cpu.postgres));
-            let busy = m.cpu.machine_busy as f64 / m.cpu.machine_total.max(1) as f64 * cores as f64 * 100.0;
+            let (client, mesh, postgres) = (
+                share(m.cpu.driver),
+                share(m.cpu.mesh),
+                share(m.cpu.postgres),
+            );
+            let busy = m.cpu.machine_busy as f64 / m.cpu.machine_total.max(1) as f64
+                * cores as f64
+                * 100.0;
             let idle = cores as f64 * 100.0 - busy;
             let other = (busy - client - mesh - postgres).max(0.0);
             if other >= 25.0 {
-                disturbed.push(format!("{} / {} clients / {run}: {other:.0}%", row.scenario, row.clients));
+                disturbed.push(format!(
+                    "{} / {} clients / {run}: {other:.0}%",
+                    row.scenario, row.clients
+                ));
             }
-            let per = |ticks: u64| if m.cpu_count > 0 { ticks as f64 * tick * 1e6 / m.cpu_count as f64 } else { 0.0 };
+            let per = |ticks: u64| {
+                if m.cpu_count > 0 {
+                    ticks as f64 * tick * 1e6 / m.cpu_count as f64
+                } else {
+                    0.0
+                }
+            };
             println!(
                 "| {} | {} | {run} | {client:.0}% | {mesh:.0}% | {postgres:.0}% | {other:.0}% | {idle:.0}% | {:.0} / {:.0} / {:.0} |",
                 row.scenario,
@@ -849,14 +1070,21 @@ fn print_tables(rows: &[Row], colleges: usize) {
     }
     println!();
     if !disturbed.is_empty() {
-        println!("warning: other processes took a quarter of a core or more in: {}", disturbed.join("; "));
+        println!(
+            "warning: other processes took a quarter of a core or more in: {}",
+            disturbed.join("; ")
+        );
         println!();
     }
 }
 
 /// Every account's balance is its award less its journal, and the journal
 /// holds exactly the withdrawals both sides reported.
-async fn check_books(db: &tokio_postgres::Client, mesh: u64, pgbench: u64) -> anyhow::Result<String> {
+async fn check_books(
+    db: &tokio_postgres::Client,
+    mesh: u64,
+    pgbench: u64,
+) -> anyhow::Result<String> {
     let wrong: i64 = db
         .query_one(
             "SELECT count(*) FROM accounts a
@@ -866,23 +1094,37 @@ async fn check_books(db: &tokio_postgres::Client, mesh: u64, pgbench: u64) -> an
         )
         .await?
         .get(0);
-    let accounts: i64 = db.query_one("SELECT count(*) FROM accounts", &[]).await?.get(0);
-    let journal: i64 = db.query_one("SELECT count(*) FROM withdrawals", &[]).await?.get(0);
+    let accounts: i64 = db
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await?
+        .get(0);
+    let journal: i64 = db
+        .query_one("SELECT count(*) FROM withdrawals", &[])
+        .await?
+        .get(0);
     if wrong != 0 {
         bail!("{wrong} of {accounts} accounts have a balance other than award − withdrawals");
     }
     if journal as u64 != mesh + pgbench {
-        bail!("the journal holds {journal} withdrawals, but the mesh made {mesh} and pgbench {pgbench}");
+        bail!(
+            "the journal holds {journal} withdrawals, but the mesh made {mesh} and pgbench {pgbench}"
+        );
     }
-    Ok(format!("{accounts} accounts; balance = award − withdrawals; journal {journal} = mesh {mesh} + pgbench {pgbench}"))
+    Ok(format!(
+        "{accounts} accounts; balance = award − withdrawals; journal {journal} = mesh {mesh} + pgbench {pgbench}"
+    ))
 }
 
 /// The pgbench script, after checking that it repeats the College's WITHDRAW
 /// statement with only its parameters replaced.
 fn pgbench_script() -> anyhow::Result<&'static str> {
-    let start = STORE_SOURCE.find("const WITHDRAW: &str = \"").context("no WITHDRAW statement in store.rs")?;
+    let start = STORE_SOURCE
+        .find("const WITHDRAW: &str = \"")
+        .context("no WITHDRAW statement in store.rs")?;
     let body = &STORE_SOURCE[start + "const WITHDRAW: &str = \"".len()..];
-    let statement = &body[..body.find("\";").context("unterminated WITHDRAW statement")?];
+    let statement = &body[..body
+        .find("\";")
+        .context("unterminated WITHDRAW statement")?];
     let expected = statement
         .trim_matches('\n')
         .replace("$1", "(SELECT id FROM bench_accounts WHERE n = :n)")
@@ -890,8 +1132,11 @@ fn pgbench_script() -> anyhow::Result<&'static str> {
         .replace("$3", ":amount")
         .replace("$4", "('pgb-' || :run || '-' || :client_id || '-' || :seq)")
         .replace("$5", ":memo");
-    let sql: String =
-        PGBENCH_SCRIPT.lines().filter(|line| !line.starts_with("--") && !line.starts_with('\\')).collect::<Vec<_>>().join("\n");
+    let sql: String = PGBENCH_SCRIPT
+        .lines()
+        .filter(|line| !line.starts_with("--") && !line.starts_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n");
     if sql.trim_end().trim_end_matches(';') != expected {
         bail!(
             "clients/cli/bench/pgbench/withdraw.sql no longer repeats the WITHDRAW statement of \
@@ -906,10 +1151,18 @@ fn find_pgbench(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         return Ok(path.to_owned());
     }
     let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("pgbench")).collect::<Vec<_>>())
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("pgbench"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dirs| dirs.flatten().map(|d| d.path().join("bin/pgbench")).collect())
+        .map(|dirs| {
+            dirs.flatten()
+                .map(|d| d.path().join("bin/pgbench"))
+                .collect()
+        })
         .unwrap_or_default();
     debian.sort();
     debian.reverse(); // the newest version first
@@ -923,7 +1176,10 @@ fn find_pgbench(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// The same server URL with another database: a `postgres://` URL's path is
 /// replaced, a `key=value` string gets `dbname=`.
 fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
-    if let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")) {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
         let scheme = &url[..url.len() - rest.len()];
         let (before_query, query) = match rest.find('?') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -938,6 +1194,24 @@ fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     bail!("--database-url must be a postgres:// URL or a key=value connection string")
 }
 
+/// One Withdraw through the mesh with the researcher's token.
+async fn withdraw(
+    balancer: &Balancer,
+    token: &str,
+    request: &WithdrawRequest,
+) -> Result<tonic::Response<grantmesh_proto::v1::WithdrawReply>, tonic::Status> {
+    balancer
+        .call(|channel| {
+            let mut request = tonic::Request::new(request.clone());
+            let authorized = grantmesh_auth::authorize(&mut request, token);
+            async move {
+                authorized?;
+                CollegeClient::new(channel).withdraw(request).await
+            }
+        })
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -949,9 +1223,21 @@ mod tests {
 
     #[test]
     fn database_urls_get_the_bench_database() {
-        assert_eq!(with_database("postgres://u@h:1/postgres", "b").unwrap(), "postgres://u@h:1/b");
-        assert_eq!(with_database("postgres://u@h:1", "b").unwrap(), "postgres://u@h:1/b");
-        assert_eq!(with_database("postgresql://u@h/x?sslmode=disable", "b").unwrap(), "postgresql://u@h/b?sslmode=disable");
-        assert_eq!(with_database("host=h user=u", "b").unwrap(), "host=h user=u dbname=b");
+        assert_eq!(
+            with_database("postgres://u@h:1/postgres", "b").unwrap(),
+            "postgres://u@h:1/b"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:1", "b").unwrap(),
+            "postgres://u@h:1/b"
+        );
+        assert_eq!(
+            with_database("postgresql://u@h/x?sslmode=disable", "b").unwrap(),
+            "postgresql://u@h/b?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("host=h user=u", "b").unwrap(),
+            "host=h user=u dbname=b"
+        );
     }
 }

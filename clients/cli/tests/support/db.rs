@@ -21,8 +21,18 @@ pub fn server_url() -> String {
             .arg("start")
             .output()
             .expect("scripts/postgres runs");
-        assert!(output.status.success(), "scripts/postgres start failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap().lines().last().expect("a URL").trim().to_owned()
+        assert!(
+            output.status.success(),
+            "scripts/postgres start failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .expect("a URL")
+            .trim()
+            .to_owned()
     })
     .clone()
 }
@@ -42,15 +52,25 @@ impl TestDb {
     pub async fn create() -> TestDb {
         let server = server_url();
         let name = format!("gm_test_{}", uuid::Uuid::new_v4().simple());
-        let (client, connection) = tokio_postgres::connect(&server, NoTls).await.expect("connect to the test server");
+        let (client, connection) = tokio_postgres::connect(&server, NoTls)
+            .await
+            .expect("connect to the test server");
         tokio::spawn(connection);
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create the test database");
-        TestDb { url: with_database(&server, &name), name }
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        TestDb {
+            url: with_database(&server, &name),
+            name,
+        }
     }
 
     /// A connection for checking what the services wrote.
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.expect("connect to the test database");
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .expect("connect to the test database");
         tokio::spawn(connection);
         client
     }
@@ -62,11 +82,16 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs outside async; use a small runtime of its own.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 if let Ok((client, connection)) = tokio_postgres::connect(&server, NoTls).await {
                     tokio::spawn(connection);
-                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
                 }
             });
         })

@@ -39,11 +39,16 @@ impl Proc {
             .env_remove("DATABASE_URL")
             .env("GRANTMESH_TOKEN_KEY", db::TOKEN_KEY)
             .env("GRANTMESH_SERVICE_KEY", db::SERVICE_KEY)
-            .env("GRANTMESH_LOG", std::env::var("GRANTMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+            .env(
+                "GRANTMESH_LOG",
+                std::env::var("GRANTMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         if std::env::var_os("GRANTMESH_TEST_LOG").is_none() {
             command.stderr(Stdio::null());
         }
-        let mut child = command.spawn().expect("failed to start the grantmesh binary");
+        let mut child = command
+            .spawn()
+            .expect("failed to start the grantmesh binary");
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
@@ -58,7 +63,11 @@ impl Proc {
             .expect("a socket address");
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Proc { child, addr, name: name.to_owned() }
+        Proc {
+            child,
+            addr,
+            name: name.to_owned(),
+        }
     }
 
     pub async fn registry(extra: &[&str]) -> Proc {
@@ -104,9 +113,13 @@ impl Proc {
 
 /// The live instances of `service` as the registry at `url` lists them.
 pub async fn list(url: &str, service: &str) -> Vec<Instance> {
-    let mut client = RegistryClient::connect(url.to_owned()).await.expect("connect to registry");
+    let mut client = RegistryClient::connect(url.to_owned())
+        .await
+        .expect("connect to registry");
     let mut instances = client
-        .list_instances(ListInstancesRequest { service: service.to_owned() })
+        .list_instances(ListInstancesRequest {
+            service: service.to_owned(),
+        })
         .await
         .expect("ListInstances")
         .into_inner()
@@ -121,9 +134,13 @@ pub async fn ids(url: &str, service: &str) -> Vec<String> {
 
 /// Follows `Watch` for a service; every event arrives with the moment it was received.
 pub async fn watch(url: &str, service: &str) -> mpsc::UnboundedReceiver<(Instant, WatchEvent)> {
-    let mut client = RegistryClient::connect(url.to_owned()).await.expect("connect to registry");
+    let mut client = RegistryClient::connect(url.to_owned())
+        .await
+        .expect("connect to registry");
     let mut stream = client
-        .watch(WatchRequest { service: service.to_owned() })
+        .watch(WatchRequest {
+            service: service.to_owned(),
+        })
         .await
         .expect("Watch")
         .into_inner();
@@ -174,15 +191,25 @@ where
 
 /// A port that was free a moment ago, for a process that must come back on the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn is_delete_of(id: &str) -> impl Fn(&WatchEvent) -> bool + '_ {
-    move |e| e.kind() == grantmesh_proto::v1::watch_event::Kind::Delete && e.instances.iter().any(|i| i.id == id)
+    move |e| {
+        e.kind() == grantmesh_proto::v1::watch_event::Kind::Delete
+            && e.instances.iter().any(|i| i.id == id)
+    }
 }
 
 pub fn is_put_of(id: &str) -> impl Fn(&WatchEvent) -> bool + '_ {
-    move |e| e.kind() == grantmesh_proto::v1::watch_event::Kind::Put && e.instances.iter().any(|i| i.id == id)
+    move |e| {
+        e.kind() == grantmesh_proto::v1::watch_event::Kind::Put
+            && e.instances.iter().any(|i| i.id == id)
+    }
 }
 
 /// One database for every process this test binary starts without its own.
@@ -199,12 +226,21 @@ pub async fn shared_database() -> String {
 
 /// Keys matching the ones test processes get.
 pub fn keys() -> grantmesh_auth::Keys {
-    grantmesh_auth::Keys::new(db::TOKEN_KEY.as_bytes(), db::SERVICE_KEY.as_bytes(), Duration::from_secs(3600)).unwrap()
+    grantmesh_auth::Keys::new(
+        db::TOKEN_KEY.as_bytes(),
+        db::SERVICE_KEY.as_bytes(),
+        Duration::from_secs(3600),
+    )
+    .unwrap()
 }
 
 /// A College served in this process on a loopback port; registered with
 /// `registry` when one is given.
-pub async fn start_college(database_url: &str, instance_id: &str, day_length: Duration) -> grantmesh_server::RunningServer {
+pub async fn start_college(
+    database_url: &str,
+    instance_id: &str,
+    day_length: Duration,
+) -> grantmesh_server::RunningServer {
     start_college_in(database_url, instance_id, day_length, None).await
 }
 
@@ -216,27 +252,51 @@ pub async fn start_college_in(
 ) -> grantmesh_server::RunningServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut options = grantmesh_server::ServeOptions::new("grantmesh.v1.College");
-    options.registration = registration(registry, "college", instance_id, &listener, Default::default());
+    options.registration = registration(
+        registry,
+        "college",
+        instance_id,
+        &listener,
+        Default::default(),
+    );
     let config = grantmesh_college::CollegeConfig {
         instance_id: instance_id.to_owned(),
         day_length,
         keys: keys(),
         pool_size: 16,
     };
-    let service = grantmesh_college::CollegeService::start(config, database_url, options.streams_closing.clone())
-        .await
-        .expect("the college starts");
-    grantmesh_server::spawn(listener, tonic::service::Routes::new(service.into_server()), options).unwrap()
+    let service = grantmesh_college::CollegeService::start(
+        config,
+        database_url,
+        options.streams_closing.clone(),
+    )
+    .await
+    .expect("the college starts");
+    grantmesh_server::spawn(
+        listener,
+        tonic::service::Routes::new(service.into_server()),
+        options,
+    )
+    .unwrap()
 }
 
 /// An Agency served in this process, registered with `registry`, calling the colleges registered there.
-pub async fn start_agency(database_url: &str, registry: &str, name: &str, band: (i64, i64)) -> grantmesh_server::RunningServer {
+pub async fn start_agency(
+    database_url: &str,
+    registry: &str,
+    name: &str,
+    band: (i64, i64),
+) -> grantmesh_server::RunningServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut options = grantmesh_server::ServeOptions::new("grantmesh.v1.Agency");
     let labels = [("agency".to_owned(), name.to_owned())].into();
     let instance_id = format!("agency-{name}");
     options.registration = registration(Some(registry), "agency", &instance_id, &listener, labels);
-    let colleges = grantmesh_discovery::Balancer::new(vec![registry.to_owned()], "college", Default::default());
+    let colleges = grantmesh_discovery::Balancer::new(
+        vec![registry.to_owned()],
+        "college",
+        Default::default(),
+    );
     let config = grantmesh_agency::AgencyConfig {
         instance_id,
         name: name.to_owned(),
@@ -246,10 +306,20 @@ pub async fn start_agency(database_url: &str, registry: &str, name: &str, band: 
         open_timeout: Duration::from_secs(2),
         reconcile_every: Duration::from_millis(500),
     };
-    let service = grantmesh_agency::AgencyService::start(config, database_url, colleges, options.streams_closing.clone())
-        .await
-        .expect("the agency starts");
-    grantmesh_server::spawn(listener, tonic::service::Routes::new(service.into_server()), options).unwrap()
+    let service = grantmesh_agency::AgencyService::start(
+        config,
+        database_url,
+        colleges,
+        options.streams_closing.clone(),
+    )
+    .await
+    .expect("the agency starts");
+    grantmesh_server::spawn(
+        listener,
+        tonic::service::Routes::new(service.into_server()),
+        options,
+    )
+    .unwrap()
 }
 
 fn registration(
