@@ -83,6 +83,9 @@ pub async fn connect(url: &str, max_size: usize) -> Result<Pool> {
     let pool = Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
+        // Hand out the most recently used connection: under light load the
+        // same few backends stay warm instead of cycling through all of them.
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .wait_timeout(Some(Duration::from_secs(5)))
         .create_timeout(Some(Duration::from_secs(5)))
         .recycle_timeout(Some(Duration::from_secs(5)))
