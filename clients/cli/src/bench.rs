@@ -207,7 +207,7 @@ fn report(what: &str, samples: &[Sample]) {
 }
 
 async fn removal(args: RemovalArgs) -> anyhow::Result<ExitCode> {
-    let registry = spawn(&["registry", "--listen", "127.0.0.1:0"]).await?;
+    let registry = spawn(&["registry", "--listen", "127.0.0.1:0", "--warmup", "0s"]).await?;
     let mut kills = Vec::new();
     for n in 0..args.kills {
         kills.push(

@@ -63,6 +63,10 @@ pub struct RegistryArgs {
     /// TTL for instances that register without one.
     #[arg(long, env = "GRANTMESH_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
     ttl: Duration,
+    /// How long after start-up Watch holds back its first snapshot, so that a restarted
+    /// registry has relearned the mesh first (more than the instances' heartbeat interval).
+    #[arg(long, env = "GRANTMESH_REGISTRY_WARMUP", default_value = "1500ms", value_parser = humantime::parse_duration)]
+    warmup: Duration,
 }
 
 /// Flags of roles that use the central store and verify tokens (agency, college).
@@ -159,6 +163,7 @@ pub async fn run_registry(args: RegistryArgs) -> anyhow::Result<ExitCode> {
         grantmesh_registry::RegistryConfig {
             instance_id,
             default_ttl: args.ttl,
+            warmup: args.warmup,
         },
         options.streams_closing.clone(),
     );

@@ -30,6 +30,7 @@ async fn start_registry() -> RunningServer {
         RegistryConfig {
             instance_id: "registry-test".into(),
             default_ttl: Duration::from_secs(60),
+            warmup: Duration::ZERO,
         },
         options.streams_closing.clone(),
     );
@@ -247,4 +248,52 @@ async fn a_call_to_a_dead_instance_is_retried_on_a_live_one() {
     for _ in 0..50 {
         assert_eq!(ping(&balancer).await.unwrap(), "college-live");
     }
+}
+
+#[tokio::test]
+async fn a_fresh_registry_holds_its_first_snapshot_until_the_mesh_has_registered_again() {
+    let started = Instant::now();
+    let options = ServeOptions::new("grantmesh.v1.Registry");
+    let service = RegistryService::new(
+        RegistryConfig {
+            instance_id: "registry-warm".into(),
+            default_ttl: Duration::from_secs(60),
+            warmup: Duration::from_millis(600),
+        },
+        options.streams_closing.clone(),
+    );
+    let registry = grantmesh_server::spawn(
+        listener().await,
+        Routes::new(service.into_server()),
+        options,
+    )
+    .unwrap();
+    let mut client = RegistryClient::connect(registry.url()).await.unwrap();
+    let mut events = client
+        .watch(grantmesh_proto::v1::WatchRequest {
+            service: "college".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // An instance registers again while the registry is warming up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let college = start_college("college-w").await;
+    register(&registry, "college-w", &college).await;
+
+    let first = events.message().await.unwrap().expect("a snapshot");
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "the snapshot waited for the warm-up"
+    );
+    assert_eq!(
+        first.kind(),
+        grantmesh_proto::v1::watch_event::Kind::Snapshot
+    );
+    assert_eq!(
+        first.instances.len(),
+        1,
+        "the snapshot already holds the re-registered instance"
+    );
 }

@@ -171,6 +171,7 @@ async fn start_registry() -> RunningServer {
         grantmesh_registry::RegistryConfig {
             instance_id: "registry".into(),
             default_ttl: Duration::from_secs(3),
+            warmup: Duration::ZERO,
         },
         options.streams_closing.clone(),
     );

@@ -404,3 +404,48 @@ async fn a_client_pinging_in_a_loop_sees_no_failure_when_one_of_two_colleges_is_
     );
     assert!(!balancer.view().contains("college-victim"));
 }
+
+#[tokio::test]
+async fn a_client_never_sees_the_mesh_shrink_when_its_registry_restarts() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let registry = Proc::start("registry", &["registry", "--listen", &listen]).await;
+    let url = registry.url();
+    let _c1 = Proc::member("college", &url, &["--instance-id", "college-x"]).await;
+    let _c2 = Proc::member("college", &url, &["--instance-id", "college-y"]).await;
+    let balancer = Balancer::new(vec![url.clone()], "college", BalancerOptions::default());
+    assert_eventually(
+        Duration::from_secs(5),
+        "the client sees both colleges",
+        || async { balancer.view().instances.len() == 2 },
+    )
+    .await;
+
+    // Record every view the client holds from here on.
+    let mut views = balancer.subscribe();
+    let smallest = tokio::spawn(async move {
+        let mut smallest = usize::MAX;
+        let mut snapshots = 0;
+        while tokio::time::timeout(Duration::from_secs(4), views.changed())
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            let view = views.borrow_and_update().clone();
+            if view.connected {
+                snapshots += 1;
+                smallest = smallest.min(view.instances.len());
+            }
+        }
+        (smallest, snapshots)
+    });
+    registry.signal(Signal::SIGKILL);
+    registry.wait(Duration::from_secs(5)).await;
+    let _registry = Proc::start("registry", &["registry", "--listen", &listen]).await;
+
+    let (smallest, snapshots) = smallest.await.unwrap();
+    assert!(
+        snapshots > 0,
+        "the client reconnected to the restarted registry"
+    );
+    assert_eq!(smallest, 2, "the client's view never lost a live college");
+}

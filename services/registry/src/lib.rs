@@ -42,6 +42,11 @@ pub struct RegistryConfig {
     pub instance_id: String,
     /// TTL for instances that register without one.
     pub default_ttl: Duration,
+    /// How long after start-up `Watch` holds back its first snapshot, so that
+    /// a restarted replica has relearned the mesh (instances register again
+    /// within one heartbeat interval) before any client replaces its view
+    /// with what this replica knows.
+    pub warmup: Duration,
 }
 
 /// The `grantmesh.v1.Registry` implementation.
@@ -50,6 +55,8 @@ pub struct RegistryService {
     state: Arc<RegistryState>,
     config: RegistryConfig,
     closing: CancellationToken,
+    /// When the warm-up ends.
+    ready_at: tokio::time::Instant,
 }
 
 impl RegistryService {
@@ -57,10 +64,12 @@ impl RegistryService {
     pub fn new(config: RegistryConfig, closing: CancellationToken) -> Self {
         let state = Arc::new(RegistryState::new());
         tokio::spawn(sweep(Arc::clone(&state), closing.clone()));
+        let ready_at = tokio::time::Instant::now() + config.warmup;
         Self {
             state,
             config,
             closing,
+            ready_at,
         }
     }
 
@@ -207,7 +216,13 @@ impl Registry for RegistryService {
         let (events, event_stream) = mpsc::channel(16);
         let state = Arc::clone(&self.state);
         let closing = self.closing.clone();
+        let ready_at = self.ready_at;
         tokio::spawn(async move {
+            tokio::select! {
+                () = closing.cancelled() => return,
+                () = events.closed() => return,
+                () = tokio::time::sleep_until(ready_at) => {}
+            }
             let (mut snapshot, mut changes) = state.watch(&service);
             loop {
                 if events.send(Ok(snapshot)).await.is_err() {

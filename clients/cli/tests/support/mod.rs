@@ -71,7 +71,8 @@ impl Proc {
     }
 
     pub async fn registry(extra: &[&str]) -> Proc {
-        let mut args = vec!["registry", "--listen", "127.0.0.1:0"];
+        // No warm-up: these tests watch a registry they have just started.
+        let mut args = vec!["registry", "--listen", "127.0.0.1:0", "--warmup", "0s"];
         args.extend_from_slice(extra);
         Proc::start("registry", &args).await
     }
