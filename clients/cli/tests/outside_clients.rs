@@ -19,18 +19,25 @@ fn repo_root() -> PathBuf {
 }
 
 /// The bin directory of the Python tool environment (python, grpcurl).
+/// Prepared once per test binary: preparing it regenerates the stubs, which
+/// must not happen under a test that is using them.
 async fn python_env() -> PathBuf {
-    let output = Command::new(repo_root().join("scripts/python-env"))
-        .output()
-        .await
-        .expect("scripts/python-env runs");
-    assert!(
-        output.status.success(),
-        "scripts/python-env failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    PathBuf::from(stdout.lines().last().expect("a bin directory").trim())
+    static BIN: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+    BIN.get_or_init(|| async {
+        let output = Command::new(repo_root().join("scripts/python-env"))
+            .output()
+            .await
+            .expect("scripts/python-env runs");
+        assert!(
+            output.status.success(),
+            "scripts/python-env failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        PathBuf::from(stdout.lines().last().expect("a bin directory").trim())
+    })
+    .await
+    .clone()
 }
 
 /// Runs a command, asserts it succeeded, and returns its stdout.
