@@ -36,7 +36,10 @@ fi
 
 # Generate into a scratch dir and swap in, so a failed run leaves the old stubs
 # and a removed .proto does not leave a stale module behind.
-scratch=$(mktemp -d)
+# The scratch dir sits beside the package, so each module is swapped in by an
+# atomic rename: a client importing the stubs meanwhile sees old or new, never none.
+mkdir -p "$OUT"
+scratch=$(mktemp -d "$OUT/.generate.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 "$PYTHON" -m grpc_tools.protoc \
     -I "$PROTO_ROOT" \
@@ -46,8 +49,12 @@ trap 'rm -rf "$scratch"' EXIT
     "${protos[@]}"
 
 mkdir -p "$PKG_DIR"
-rm -f "$PKG_DIR"/*_pb2.py "$PKG_DIR"/*_pb2_grpc.py
-mv "$scratch"/grantmesh/v1/*_pb2*.py "$PKG_DIR"/
+for old in "$PKG_DIR"/*_pb2.py "$PKG_DIR"/*_pb2_grpc.py; do
+    [ -e "$old" ] && [ ! -e "$scratch/grantmesh/v1/$(basename "$old")" ] && rm -f "$old"
+done
+for new in "$scratch"/grantmesh/v1/*_pb2*.py; do
+    mv -f "$new" "$PKG_DIR/"
+done
 # The package __init__.py files are committed; recreate them only if missing.
 [ -f "$OUT/grantmesh/__init__.py" ] || : >"$OUT/grantmesh/__init__.py"
 [ -f "$PKG_DIR/__init__.py" ] || : >"$PKG_DIR/__init__.py"
