@@ -277,32 +277,7 @@ async fn sigterm_drains_an_instance_without_failing_in_flight_calls() {
             .await
     });
     // And a steady stream of calls through the mesh.
-    let failures = Arc::new(AtomicUsize::new(0));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let stop = Instant::now() + Duration::from_secs(3);
-    let mut loops = Vec::new();
-    for _ in 0..4 {
-        let (balancer, failures, calls) = (balancer.clone(), failures.clone(), calls.clone());
-        loops.push(tokio::spawn(async move {
-            while Instant::now() < stop {
-                let request = PingRequest {
-                    message: "x".into(),
-                    delay_ms: 20,
-                };
-                let result = balancer
-                    .call(|ch| {
-                        let request = request.clone();
-                        async move { CollegeClient::new(ch).ping(request).await }
-                    })
-                    .await;
-                calls.fetch_add(1, Ordering::Relaxed);
-                if let Err(status) = result {
-                    eprintln!("failed call: {status:?}");
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let load = PingLoad::start(&balancer, 4, Duration::from_secs(3), 20);
     tokio::time::sleep(Duration::from_millis(300)).await;
     leaving.signal(Signal::SIGTERM);
 
@@ -311,20 +286,13 @@ async fn sigterm_drains_an_instance_without_failing_in_flight_calls() {
         .unwrap()
         .expect("the in-flight call finishes during the drain");
     assert_eq!(slow.into_inner().instance_id, "college-leaving");
-    for l in loops {
-        l.await.unwrap();
-    }
+    let (calls, failures) = load.finish().await;
     assert_eq!(
         leaving.wait(Duration::from_secs(15)).await,
         Some(0),
         "a drained instance exits 0"
     );
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "of {} calls",
-        calls.load(Ordering::Relaxed)
-    );
+    assert_eq!(failures, 0, "of {calls} calls");
     assert_eq!(ids(&registry.url(), "college").await, ["college-staying"]);
 }
 
@@ -351,57 +319,13 @@ async fn a_client_pinging_in_a_loop_sees_no_failure_when_one_of_two_colleges_is_
     )
     .await;
 
-    let served_by_victim = Arc::new(AtomicUsize::new(0));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let stop = Instant::now() + Duration::from_secs(3);
-    let mut loops = Vec::new();
-    for _ in 0..4 {
-        let (balancer, victim_count, calls, failures) = (
-            balancer.clone(),
-            served_by_victim.clone(),
-            calls.clone(),
-            failures.clone(),
-        );
-        loops.push(tokio::spawn(async move {
-            while Instant::now() < stop {
-                let request = PingRequest {
-                    message: "x".into(),
-                    delay_ms: 5,
-                };
-                let result = balancer
-                    .call(|ch| {
-                        let request = request.clone();
-                        async move { CollegeClient::new(ch).ping(request).await }
-                    })
-                    .await;
-                calls.fetch_add(1, Ordering::Relaxed);
-                match result {
-                    Ok(reply) if reply.get_ref().instance_id == "college-victim" => {
-                        victim_count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => {}
-                    Err(status) => {
-                        eprintln!("failed call: {status:?}");
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    let load = PingLoad::start(&balancer, 4, Duration::from_secs(3), 5);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let before_kill = served_by_victim.load(Ordering::Relaxed);
+    let before_kill = load.answered_by("college-victim");
     victim.signal(Signal::SIGKILL);
-    for l in loops {
-        l.await.unwrap();
-    }
+    let (calls, failures) = load.finish().await;
     assert!(before_kill > 0, "the victim served calls before it died");
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "of {} calls",
-        calls.load(Ordering::Relaxed)
-    );
+    assert_eq!(failures, 0, "of {calls} calls");
     assert!(!balancer.view().contains("college-victim"));
 }
 
@@ -448,4 +372,86 @@ async fn a_client_never_sees_the_mesh_shrink_when_its_registry_restarts() {
         "the client reconnected to the restarted registry"
     );
     assert_eq!(smallest, 2, "the client's view never lost a live college");
+}
+
+/// College pings through a balancer from several loops at once, for a while,
+/// counting calls, failures and which instance answered.
+struct PingLoad {
+    calls: Arc<AtomicUsize>,
+    failures: Arc<AtomicUsize>,
+    answered_by: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl PingLoad {
+    fn start(balancer: &Balancer, loops: usize, run_for: Duration, delay_ms: u32) -> PingLoad {
+        let stop = Instant::now() + run_for;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let answered_by = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let loops = (0..loops)
+            .map(|_| {
+                let (balancer, calls, failures, answered_by) = (
+                    balancer.clone(),
+                    calls.clone(),
+                    failures.clone(),
+                    answered_by.clone(),
+                );
+                tokio::spawn(async move {
+                    while Instant::now() < stop {
+                        let request = PingRequest {
+                            message: "x".into(),
+                            delay_ms,
+                        };
+                        let result = balancer
+                            .call(|ch| {
+                                let request = request.clone();
+                                async move { CollegeClient::new(ch).ping(request).await }
+                            })
+                            .await;
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        match result {
+                            Ok(reply) => {
+                                *answered_by
+                                    .lock()
+                                    .unwrap()
+                                    .entry(reply.into_inner().instance_id)
+                                    .or_insert(0) += 1;
+                            }
+                            Err(status) => {
+                                eprintln!("failed call: {status:?}");
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        PingLoad {
+            calls,
+            failures,
+            answered_by,
+            loops,
+        }
+    }
+
+    fn answered_by(&self, id: &str) -> usize {
+        self.answered_by
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits for the loops to end; returns (calls, failures).
+    async fn finish(self) -> (usize, usize) {
+        for task in self.loops {
+            task.await.unwrap();
+        }
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
 }
