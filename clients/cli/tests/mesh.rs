@@ -245,26 +245,8 @@ async fn two_registry_replicas_give_the_same_answers() {
 
 #[tokio::test]
 async fn sigterm_drains_an_instance_without_failing_in_flight_calls() {
-    let registry = Proc::registry(&[]).await;
-    let leaving = Proc::member(
-        "college",
-        &registry.url(),
-        &["--instance-id", "college-leaving"],
-    )
-    .await;
-    let _staying = Proc::member(
-        "college",
-        &registry.url(),
-        &["--instance-id", "college-staying"],
-    )
-    .await;
-    let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
-    assert_eventually(
-        Duration::from_secs(5),
-        "the client sees both colleges",
-        || async { balancer.view().instances.len() == 2 },
-    )
-    .await;
+    let (registry, leaving, _staying, balancer) =
+        two_colleges("college-leaving", "college-staying").await;
 
     // A slow call already running on the instance that is about to leave.
     let mut direct = CollegeClient::connect(leaving.url()).await.unwrap();
@@ -298,26 +280,8 @@ async fn sigterm_drains_an_instance_without_failing_in_flight_calls() {
 
 #[tokio::test]
 async fn a_client_pinging_in_a_loop_sees_no_failure_when_one_of_two_colleges_is_killed() {
-    let registry = Proc::registry(&[]).await;
-    let victim = Proc::member(
-        "college",
-        &registry.url(),
-        &["--instance-id", "college-victim"],
-    )
-    .await;
-    let _survivor = Proc::member(
-        "college",
-        &registry.url(),
-        &["--instance-id", "college-survivor"],
-    )
-    .await;
-    let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
-    assert_eventually(
-        Duration::from_secs(5),
-        "the client sees both colleges",
-        || async { balancer.view().instances.len() == 2 },
-    )
-    .await;
+    let (_registry, victim, _survivor, balancer) =
+        two_colleges("college-victim", "college-survivor").await;
 
     let load = PingLoad::start(&balancer, 4, Duration::from_secs(3), 5);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -454,4 +418,19 @@ impl PingLoad {
             self.failures.load(Ordering::Relaxed),
         )
     }
+}
+
+/// A registry, two colleges with these ids, and a client balancer that sees both.
+async fn two_colleges(first: &str, second: &str) -> (Proc, Proc, Proc, Balancer) {
+    let registry = Proc::registry(&[]).await;
+    let a = Proc::member("college", &registry.url(), &["--instance-id", first]).await;
+    let b = Proc::member("college", &registry.url(), &["--instance-id", second]).await;
+    let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
+    assert_eventually(
+        Duration::from_secs(5),
+        "the client sees both colleges",
+        || async { balancer.view().instances.len() == 2 },
+    )
+    .await;
+    (registry, a, b, balancer)
 }
