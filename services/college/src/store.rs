@@ -112,6 +112,16 @@ pub struct Withdrawal {
     pub replayed: bool,
 }
 
+/// Everything the store holds about one account, for checking its invariants
+/// from outside the service (the simulation's audit, tests).
+#[derive(Clone, Debug)]
+pub struct AccountAudit {
+    /// The account row with its members, as the store holds it now.
+    pub account: AccountRow,
+    /// The whole journal of the account, oldest first.
+    pub journal: Vec<TransactionRow>,
+}
+
 pub struct NewAccount<'a> {
     pub proposal_id: &'a str,
     pub agency: &'a str,
@@ -172,6 +182,53 @@ LEFT JOIN previous p ON true";
 impl AccountStore {
     pub fn new(pool: Pool, day_length: Duration) -> Self {
         Self { pool, day_length }
+    }
+
+    /// Connects to the central store at `database_url` without migrating it,
+    /// for tools that read an existing store (the simulation's audit).
+    pub async fn connect(
+        database_url: &str,
+        pool_size: usize,
+        day_length: Duration,
+    ) -> std::result::Result<Self, grantmesh_store::StoreError> {
+        let pool = grantmesh_store::connect(database_url, pool_size).await?;
+        Ok(Self::new(pool, day_length))
+    }
+
+    /// The account and its whole journal, read in one snapshot so that the
+    /// balance and the journal agree with each other.
+    pub async fn audit(&self, account: Uuid) -> Result<AccountAudit> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let row = tx
+            .query_opt(
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = $1"),
+                &[&account],
+            )
+            .await?
+            .ok_or_else(|| not_found(account))?;
+        let mut row = account_from_row(&row);
+        let journal = tx
+            .query(
+                "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after
+                 FROM withdrawals WHERE account_id = $1 ORDER BY id",
+                &[&account],
+            )
+            .await?
+            .iter()
+            .map(transaction_from_row)
+            .collect();
+        row.members = members_in(&tx, account).await?;
+        tx.commit().await?;
+        Ok(AccountAudit {
+            account: row,
+            journal,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -530,6 +587,13 @@ async fn notify_membership(tx: &deadpool_postgres::Transaction<'_>, account: Uui
 }
 
 async fn members(client: &deadpool_postgres::Object, account: Uuid) -> Result<Vec<MemberRow>> {
+    members_in(client, account).await
+}
+
+async fn members_in(
+    client: &impl deadpool_postgres::GenericClient,
+    account: Uuid,
+) -> Result<Vec<MemberRow>> {
     let rows = client
         .query(
             "SELECT r.id, r.name, r.email, m.role FROM members m JOIN researchers r ON r.id = m.researcher_id
