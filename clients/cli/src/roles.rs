@@ -1,20 +1,23 @@
-//! The server roles: flags, start-up checks, and handing each service to
-//! [`grantmesh_server::serve`].
+//! The server roles' flags, turned into [`grantmesh_node`] settings.
+//!
+//! This module only parses: every check on the values lives in the settings
+//! types, and every role is started by [`grantmesh_node::start`], as in
+//! `grantmesh dev`, the tests and the benchmarks.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Args;
 use grantmesh_auth::Keys;
-use grantmesh_discovery::{Balancer, BalancerOptions, RegistrarOptions, parse_registry_list};
-use grantmesh_proto::service_names;
-use grantmesh_proto::v1::Instance;
-use grantmesh_server::ServeOptions;
+use grantmesh_discovery::parse_registry_list;
+use grantmesh_node::config::{
+    AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
+    StoreSettings,
+};
+use grantmesh_node::{Band, Lease};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
 
 /// Flags every server role shares.
 #[derive(Args, Clone, Debug)]
@@ -89,17 +92,6 @@ pub struct StoreArgs {
     token_ttl: Duration,
 }
 
-impl StoreArgs {
-    fn keys(&self) -> anyhow::Result<Keys> {
-        Keys::new(
-            self.token_key.as_bytes(),
-            self.service_key.as_bytes(),
-            self.token_ttl,
-        )
-        .context("--token-key / --service-key are not usable")
-    }
-}
-
 #[derive(Args, Clone, Debug)]
 pub struct AgencyArgs {
     #[command(flatten)]
@@ -138,204 +130,92 @@ pub struct CollegeArgs {
     day_length: Duration,
 }
 
+impl ServerArgs {
+    fn settings(&self) -> ServerSettings {
+        ServerSettings {
+            instance_id: self.instance_id.clone(),
+            grace_period: self.grace_period,
+        }
+    }
+}
+
+impl MeshArgs {
+    fn settings(&self) -> anyhow::Result<MeshSettings> {
+        Ok(MeshSettings {
+            registries: parse_registry_list(&self.registry),
+            advertise: self.advertise.clone(),
+            lease: Lease::new(self.ttl, self.heartbeat_interval)
+                .context("--ttl / --heartbeat-interval")?,
+            drain_delay: self.drain_delay,
+        })
+    }
+}
+
+impl StoreArgs {
+    fn settings(&self) -> anyhow::Result<StoreSettings> {
+        let keys = Keys::new(
+            self.token_key.as_bytes(),
+            self.service_key.as_bytes(),
+            self.token_ttl,
+        )
+        .context("--token-key / --service-key are not usable")?;
+        Ok(StoreSettings {
+            database_url: self.database_url.clone(),
+            pool_size: self.pool_size,
+            keys,
+        })
+    }
+}
+
 const DEFAULT_REGISTRY_PORT: u16 = 7000;
 const DEFAULT_AGENCY_PORT: u16 = 7100;
 const DEFAULT_COLLEGE_PORT: u16 = 7200;
 
 pub async fn run_registry(args: RegistryArgs) -> anyhow::Result<ExitCode> {
-    if !(grantmesh_registry::TTL_RANGE.0..=grantmesh_registry::TTL_RANGE.1).contains(&args.ttl) {
-        bail!(
-            "--ttl {:?} is outside {:?}..={:?}",
-            args.ttl,
-            grantmesh_registry::TTL_RANGE.0,
-            grantmesh_registry::TTL_RANGE.1
-        );
-    }
-    let listener = bind(&args.server, DEFAULT_REGISTRY_PORT).await?;
-    let instance_id = args
-        .server
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| grantmesh_discovery::new_instance_id("registry"));
-    let mut options = ServeOptions::new(service_names::REGISTRY);
-    options.grace_period = args.server.grace_period;
-    let registry = grantmesh_registry::RegistryService::new(
-        grantmesh_registry::RegistryConfig {
-            instance_id,
-            default_ttl: args.ttl,
-            warmup: args.warmup,
-        },
-        options.streams_closing.clone(),
-    );
-    serve(listener, Routes::new(registry.into_server()), options).await
+    let role = Role::Registry(RegistrySettings {
+        server: args.server.settings(),
+        default_ttl: args.ttl,
+        warmup: args.warmup,
+    });
+    run(role, &args.server, DEFAULT_REGISTRY_PORT).await
 }
 
 pub async fn run_agency(args: AgencyArgs) -> anyhow::Result<ExitCode> {
-    let keys = args.store.keys()?;
-    if args.name.trim().is_empty() || args.name.len() > 64 {
-        bail!("--name must be 1 to 64 characters");
-    }
-    if args.min_award <= 0 || args.min_award > args.max_award {
-        bail!(
-            "--min-award ({}) must be more than zero and at most --max-award ({})",
-            args.min_award,
-            args.max_award
-        );
-    }
-    let labels = [(grantmesh_agency::NAME_LABEL.to_owned(), args.name.clone())].into();
-    let (listener, instance, options) = join_mesh(
-        &args.mesh,
-        grantmesh_agency::SERVICE,
-        service_names::AGENCY,
-        DEFAULT_AGENCY_PORT,
-        labels,
-    )
-    .await?;
-    let colleges = Balancer::new(
-        parse_registry_list(&args.mesh.registry),
-        grantmesh_college::SERVICE,
-        BalancerOptions::default(),
-    );
-    let config = grantmesh_agency::AgencyConfig {
-        instance_id: instance.id.clone(),
-        name: args.name.clone(),
-        band: (args.min_award, args.max_award),
-        keys,
-        pool_size: args.store.pool_size,
+    let role = Role::Agency(AgencySettings {
+        server: args.mesh.server.settings(),
+        mesh: args.mesh.settings()?,
+        store: args.store.settings()?,
+        name: args.name,
+        band: Band::new(args.min_award, args.max_award).context("--min-award / --max-award")?,
         open_timeout: args.open_timeout,
         reconcile_every: args.reconcile_every,
-    };
-    let service = grantmesh_agency::AgencyService::start(
-        config,
-        &args.store.database_url,
-        colleges,
-        options.streams_closing.clone(),
-    )
-    .await
-    .context("failed to start the agency")?;
-    serve(listener, Routes::new(service.into_server()), options).await
+    });
+    run(role, &args.mesh.server, DEFAULT_AGENCY_PORT).await
 }
 
 pub async fn run_college(args: CollegeArgs) -> anyhow::Result<ExitCode> {
-    let keys = args.store.keys()?;
-    if args.day_length.is_zero() {
-        bail!("--day-length must be more than zero");
-    }
-    let (listener, instance, options) = join_mesh(
-        &args.mesh,
-        grantmesh_college::SERVICE,
-        service_names::COLLEGE,
-        DEFAULT_COLLEGE_PORT,
-        Default::default(),
-    )
-    .await?;
-    let config = grantmesh_college::CollegeConfig {
-        instance_id: instance.id.clone(),
+    let role = Role::College(CollegeSettings {
+        server: args.mesh.server.settings(),
+        mesh: args.mesh.settings()?,
+        store: args.store.settings()?,
         day_length: args.day_length,
-        keys,
-        pool_size: args.store.pool_size,
-    };
-    let service = grantmesh_college::CollegeService::start(
-        config,
-        &args.store.database_url,
-        options.streams_closing.clone(),
-    )
-    .await
-    .context("failed to start the college")?;
-    serve(listener, Routes::new(service.into_server()), options).await
+    });
+    run(role, &args.mesh.server, DEFAULT_COLLEGE_PORT).await
 }
 
-async fn serve(
-    listener: TcpListener,
-    routes: Routes,
-    options: ServeOptions,
-) -> anyhow::Result<ExitCode> {
-    grantmesh_server::serve(
-        listener,
-        routes,
-        options,
-        grantmesh_server::terminate_signal(),
-    )
-    .await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn bind(args: &ServerArgs, default_port: u16) -> anyhow::Result<TcpListener> {
-    let addr = args
+/// Checks the settings, binds, starts the role and serves until SIGTERM/SIGINT.
+async fn run(role: Role, server: &ServerArgs, default_port: u16) -> anyhow::Result<ExitCode> {
+    role.validate()?;
+    let addr = server
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("failed to listen on {addr}"))?;
-    let bound = listener.local_addr()?;
     // The first line on stdout says where to reach this server; scripts and
     // tests that pass port 0 read it.
-    println!("listening on {bound}");
-    Ok(listener)
-}
-
-/// Binds, works out what to advertise and builds the registration.
-async fn join_mesh(
-    args: &MeshArgs,
-    service: &str,
-    grpc_service: &'static str,
-    default_port: u16,
-    labels: std::collections::HashMap<String, String>,
-) -> anyhow::Result<(TcpListener, Instance, ServeOptions)> {
-    if args.ttl < grantmesh_registry::TTL_RANGE.0 || args.ttl > grantmesh_registry::TTL_RANGE.1 {
-        bail!(
-            "--ttl {:?} is outside {:?}..={:?}",
-            args.ttl,
-            grantmesh_registry::TTL_RANGE.0,
-            grantmesh_registry::TTL_RANGE.1
-        );
-    }
-    if args.heartbeat_interval.is_zero() || args.heartbeat_interval >= args.ttl {
-        bail!(
-            "--heartbeat-interval ({:?}) must be more than zero and shorter than --ttl ({:?})",
-            args.heartbeat_interval,
-            args.ttl
-        );
-    }
-    let registries = parse_registry_list(&args.registry);
-    if registries.is_empty() {
-        bail!("--registry names no registry");
-    }
-    let listener = bind(&args.server, default_port).await?;
-    let bound = listener.local_addr()?;
-    let address = match &args.advertise {
-        Some(url) => grantmesh_discovery::with_scheme(url),
-        None if bound.ip().is_unspecified() => {
-            bail!(
-                "listening on {bound} (all interfaces): say with --advertise which URL other instances should dial"
-            )
-        }
-        None => format!("http://{bound}"),
-    };
-    let id = args
-        .server
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| grantmesh_discovery::new_instance_id(service));
-    let instance = Instance {
-        id,
-        service: service.to_owned(),
-        address,
-        labels,
-        ..Instance::default()
-    };
-    tracing::info!(instance = %instance.id, address = %instance.address, "joining the mesh");
-    let options = ServeOptions {
-        grpc_service,
-        registration: Some(RegistrarOptions {
-            registries,
-            instance: instance.clone(),
-            heartbeat_interval: args.heartbeat_interval,
-            ttl: args.ttl,
-        }),
-        drain_delay: args.drain_delay,
-        grace_period: args.server.grace_period,
-        streams_closing: CancellationToken::new(),
-    };
-    Ok((listener, instance, options))
+    println!("listening on {}", listener.local_addr()?);
+    let node = grantmesh_node::start(role, listener).await?;
+    node.run_until(grantmesh_server::terminate_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -89,6 +89,12 @@ async fn grpcurl_lists_describes_and_calls_the_registry_without_proto_files() {
         college_services.contains("grantmesh.v1.College"),
         "{college_services}"
     );
+    for elsewhere in ["grantmesh.v1.Registry", "grantmesh.v1.Agency"] {
+        assert!(
+            !college_services.contains(elsewhere) && !services.contains("grantmesh.v1.College"),
+            "reflection lists a service this port does not serve:\n{college_services}\n{services}"
+        );
+    }
 
     let described = run(
         &grpcurl,

@@ -82,8 +82,8 @@ pub async fn serve(
 
     let routes = routes
         .add_service(health_service)
-        .add_service(reflection_v1()?)
-        .add_service(reflection_v1alpha()?);
+        .add_service(reflection_v1(options.grpc_service)?)
+        .add_service(reflection_v1alpha(options.grpc_service)?);
 
     let stop_accepting = CancellationToken::new();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -133,28 +133,43 @@ pub async fn serve(
     Ok(())
 }
 
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+/// What reflection lists on a port: the one grantmesh service it serves,
+/// health and reflection itself — not every service in the descriptor set,
+/// which would send `grpcurl` users to calls this port does not answer.
+fn reflection_builder(grpc_service: &'static str) -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(grantmesh_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .with_service_name(grpc_service)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }
 
-fn reflection_v1() -> anyhow::Result<
+fn reflection_v1(
+    grpc_service: &'static str,
+) -> anyhow::Result<
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
 > {
-    reflection_builder()
+    reflection_builder(grpc_service)
+        .include_reflection_service(false)
         .build_v1()
         .context("failed to build the v1 reflection service")
 }
 
-fn reflection_v1alpha() -> anyhow::Result<
+fn reflection_v1alpha(
+    grpc_service: &'static str,
+) -> anyhow::Result<
     tonic_reflection::server::v1alpha::ServerReflectionServer<
         impl tonic_reflection::server::v1alpha::ServerReflection,
     >,
 > {
-    reflection_builder()
+    reflection_builder(grpc_service)
+        .include_reflection_service(false)
         .build_v1alpha()
         .context("failed to build the v1alpha reflection service")
 }

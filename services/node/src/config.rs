@@ -1,0 +1,451 @@
+//! Typed settings of every role, each checking itself where it is defined.
+//!
+//! The binary's flags, `grantmesh dev`, the tests and the benches all build
+//! these types, so a rule such as "the heartbeat is shorter than the TTL" or
+//! "the smallest award is at most the largest" is written once, here. The
+//! small types ([`Lease`], [`Band`]) can only be made valid; the role
+//! settings are checked by their `validate` method, which [`crate::start`]
+//! calls before it binds anything to the store.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use grantmesh_auth::Keys;
+
+/// A setting that cannot work, with a message naming it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// How an instance keeps its registration alive: it renews every
+/// `heartbeat_interval`, and the registry removes it `ttl` after the last renewal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    ttl: Duration,
+    heartbeat_interval: Duration,
+}
+
+impl Lease {
+    /// A lease whose TTL the registry accepts and whose heartbeat comes
+    /// well within it.
+    pub fn new(ttl: Duration, heartbeat_interval: Duration) -> Result<Self> {
+        check_ttl("ttl", ttl)?;
+        if heartbeat_interval.is_zero() || heartbeat_interval >= ttl {
+            return Err(ConfigError::new(format!(
+                "heartbeat interval ({heartbeat_interval:?}) must be more than zero and shorter than the ttl ({ttl:?})"
+            )));
+        }
+        Ok(Self {
+            ttl,
+            heartbeat_interval,
+        })
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Self {
+            ttl: grantmesh_discovery::DEFAULT_TTL,
+            heartbeat_interval: grantmesh_discovery::DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
+}
+
+fn check_ttl(name: &str, ttl: Duration) -> Result<()> {
+    let (min, max) = grantmesh_registry::TTL_RANGE;
+    if !(min..=max).contains(&ttl) {
+        return Err(ConfigError::new(format!(
+            "{name} {ttl:?} is outside {min:?}..={max:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The awards an agency grants, in minor units, both ends included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Band {
+    min: i64,
+    max: i64,
+}
+
+impl Band {
+    /// The default band of a grantmesh agency.
+    pub const DEFAULT: Band = Band {
+        min: 300_000,
+        max: 500_000,
+    };
+
+    pub fn new(min: i64, max: i64) -> Result<Self> {
+        if min <= 0 || min > max {
+            return Err(ConfigError::new(format!(
+                "the award band is not usable: the smallest award ({min}) must be more than zero and at most the largest ({max})"
+            )));
+        }
+        Ok(Self { min, max })
+    }
+
+    pub fn min(&self) -> i64 {
+        self.min
+    }
+
+    pub fn max(&self) -> i64 {
+        self.max
+    }
+}
+
+impl Default for Band {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What every server role has.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// Id to register under; `SERVICE-<random>` when `None`.
+    pub instance_id: Option<String>,
+    /// How long in-flight calls get to finish on shutdown.
+    pub grace_period: Duration,
+}
+
+/// Longest instance id accepted, so ids stay readable in listings.
+const MAX_INSTANCE_ID: usize = 128;
+
+impl ServerSettings {
+    fn validate(&self) -> Result<()> {
+        if let Some(id) = &self.instance_id
+            && (id.trim().is_empty() || id.len() > MAX_INSTANCE_ID)
+        {
+            return Err(ConfigError::new(format!(
+                "the instance id must be 1 to {MAX_INSTANCE_ID} characters"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn instance_id(&self, service: &str) -> String {
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| grantmesh_discovery::new_instance_id(service))
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            instance_id: None,
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a role that joins the mesh (agency, college) registers.
+#[derive(Clone, Debug)]
+pub struct MeshSettings {
+    /// Registry replicas to register with and discover through.
+    pub registries: Vec<String>,
+    /// URL other instances dial; `http://<bound address>` when `None`.
+    pub advertise: Option<String>,
+    pub lease: Lease,
+    /// How long to keep serving after deregistering on shutdown.
+    pub drain_delay: Duration,
+}
+
+impl MeshSettings {
+    /// Registers with `registries` on the default lease and drain delay.
+    pub fn new(registries: Vec<String>) -> Self {
+        Self {
+            registries,
+            advertise: None,
+            lease: Lease::default(),
+            drain_delay: Duration::from_millis(500),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.registries.is_empty() {
+            return Err(ConfigError::new("no registry is named to register with"));
+        }
+        Ok(())
+    }
+}
+
+/// Where a role keeps its data and how it tells callers apart.
+#[derive(Clone)]
+pub struct StoreSettings {
+    /// The central store: a PostgreSQL URL, or `sqlite:PATH` for the embedded store.
+    pub database_url: String,
+    /// Connections this instance may hold to the store.
+    pub pool_size: usize,
+    /// Token and service keys (their lengths are checked when they are made).
+    pub keys: Keys,
+}
+
+/// Most connections one instance may hold; beyond this a pool only queues
+/// inside PostgreSQL, whose default `max_connections` is 100.
+const MAX_POOL_SIZE: usize = 256;
+
+impl StoreSettings {
+    /// The default pool size, which the benchmarks found enough for 64 clients per instance.
+    pub const DEFAULT_POOL_SIZE: usize = 16;
+
+    fn validate(&self) -> Result<()> {
+        if self.database_url.trim().is_empty() {
+            return Err(ConfigError::new("no database URL is given"));
+        }
+        if !(1..=MAX_POOL_SIZE).contains(&self.pool_size) {
+            return Err(ConfigError::new(format!(
+                "the pool size must be 1 to {MAX_POOL_SIZE}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A registry replica.
+#[derive(Clone, Debug)]
+pub struct RegistrySettings {
+    pub server: ServerSettings,
+    /// TTL for instances that register without one.
+    pub default_ttl: Duration,
+    /// How long after start-up `Watch` holds back its first snapshot.
+    pub warmup: Duration,
+}
+
+impl RegistrySettings {
+    pub fn validate(&self) -> Result<()> {
+        self.server.validate()?;
+        check_ttl("the default ttl", self.default_ttl)
+    }
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            default_ttl: grantmesh_discovery::DEFAULT_TTL,
+            warmup: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// Longest agency name, so it fits a label and a table column.
+const MAX_AGENCY_NAME: usize = 64;
+
+/// A funding agency.
+#[derive(Clone)]
+pub struct AgencySettings {
+    pub server: ServerSettings,
+    pub mesh: MeshSettings,
+    pub store: StoreSettings,
+    /// The agency's name; instances with the same name are one agency.
+    pub name: String,
+    pub band: Band,
+    /// How long one attempt to have a college open an account may take.
+    pub open_timeout: Duration,
+    /// How often accepted proposals still without an account are retried.
+    pub reconcile_every: Duration,
+}
+
+impl AgencySettings {
+    /// An agency called `name` with the default band and timings.
+    pub fn new(name: impl Into<String>, mesh: MeshSettings, store: StoreSettings) -> Self {
+        Self {
+            server: ServerSettings::default(),
+            mesh,
+            store,
+            name: name.into(),
+            band: Band::default(),
+            open_timeout: Duration::from_secs(5),
+            reconcile_every: Duration::from_secs(2),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.server.validate()?;
+        self.mesh.validate()?;
+        self.store.validate()?;
+        let name = self.name.trim();
+        if name.is_empty() || name.len() > MAX_AGENCY_NAME || name != self.name {
+            return Err(ConfigError::new(format!(
+                "the agency name must be 1 to {MAX_AGENCY_NAME} characters without surrounding spaces"
+            )));
+        }
+        if self.open_timeout.is_zero() || self.reconcile_every.is_zero() {
+            return Err(ConfigError::new(
+                "the open timeout and the reconcile interval must be more than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn labels(&self) -> HashMap<String, String> {
+        [(grantmesh_agency::NAME_LABEL.to_owned(), self.name.clone())].into()
+    }
+}
+
+/// A college.
+#[derive(Clone)]
+pub struct CollegeSettings {
+    pub server: ServerSettings,
+    pub mesh: MeshSettings,
+    pub store: StoreSettings,
+    /// How long one day of an account's duration lasts (simulations use a second).
+    pub day_length: Duration,
+}
+
+impl CollegeSettings {
+    pub fn new(mesh: MeshSettings, store: StoreSettings) -> Self {
+        Self {
+            server: ServerSettings::default(),
+            mesh,
+            store,
+            day_length: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.server.validate()?;
+        self.mesh.validate()?;
+        self.store.validate()?;
+        if self.day_length.is_zero() {
+            return Err(ConfigError::new("the day length must be more than zero"));
+        }
+        Ok(())
+    }
+}
+
+/// Any role, as [`crate::start`] takes it.
+#[derive(Clone)]
+pub enum Role {
+    Registry(RegistrySettings),
+    Agency(AgencySettings),
+    College(CollegeSettings),
+}
+
+impl Role {
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Role::Registry(settings) => settings.validate(),
+            Role::Agency(settings) => settings.validate(),
+            Role::College(settings) => settings.validate(),
+        }
+    }
+
+    /// The service name this role registers under.
+    pub fn service(&self) -> &'static str {
+        match self {
+            Role::Registry(_) => grantmesh_registry::SERVICE,
+            Role::Agency(_) => grantmesh_agency::SERVICE,
+            Role::College(_) => grantmesh_college::SERVICE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_needs_a_heartbeat_shorter_than_its_ttl() {
+        let second = Duration::from_secs(1);
+        assert!(Lease::new(3 * second, second).is_ok());
+        let err = Lease::new(second, second).unwrap_err().to_string();
+        assert!(err.contains("shorter than the ttl"), "{err}");
+        assert!(Lease::new(3 * second, Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn a_lease_ttl_must_be_one_the_registry_accepts() {
+        let err = Lease::new(Duration::from_secs(7200), Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside"), "{err}");
+    }
+
+    #[test]
+    fn a_band_runs_from_a_positive_minimum_to_a_maximum_at_least_as_large() {
+        assert_eq!(Band::new(1, 1).unwrap().max(), 1);
+        assert!(Band::new(0, 10).is_err());
+        let err = Band::new(500, 400).unwrap_err().to_string();
+        assert!(err.contains("(500)") && err.contains("(400)"), "{err}");
+        assert_eq!(Band::default(), Band::new(300_000, 500_000).unwrap());
+    }
+
+    #[test]
+    fn a_registry_refuses_a_default_ttl_it_would_not_grant() {
+        let settings = RegistrySettings {
+            default_ttl: Duration::from_millis(10),
+            ..RegistrySettings::default()
+        };
+        assert!(settings.validate().is_err());
+        assert!(RegistrySettings::default().validate().is_ok());
+    }
+
+    fn store() -> StoreSettings {
+        StoreSettings {
+            database_url: "sqlite:/tmp/x.db".into(),
+            pool_size: 4,
+            keys: Keys::new(&[1; 32], &[2; 32], Duration::from_secs(60)).unwrap(),
+        }
+    }
+
+    #[test]
+    fn an_agency_name_is_short_and_not_blank() {
+        let mesh = MeshSettings::new(vec!["http://127.0.0.1:7000".into()]);
+        assert!(
+            AgencySettings::new("nsf", mesh.clone(), store())
+                .validate()
+                .is_ok()
+        );
+        for bad in ["", " nsf", &"x".repeat(65)] {
+            assert!(
+                AgencySettings::new(bad, mesh.clone(), store())
+                    .validate()
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mesh_member_needs_a_registry_a_pool_and_a_day() {
+        let mut college = CollegeSettings::new(MeshSettings::new(Vec::new()), store());
+        assert!(
+            college
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("registry")
+        );
+        college.mesh.registries = vec!["http://127.0.0.1:7000".into()];
+        assert!(college.validate().is_ok());
+        college.store.pool_size = 0;
+        assert!(
+            college
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pool size")
+        );
+        college.store.pool_size = 4;
+        college.day_length = Duration::ZERO;
+        assert!(college.validate().is_err());
+    }
+}

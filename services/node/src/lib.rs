@@ -1,0 +1,224 @@
+//! The one place where grantmesh roles are wired together.
+//!
+//! [`start`] takes a role's validated settings ([`config`]) and a bound
+//! listener, connects what the role needs (store, balancer, registration),
+//! and serves it through [`grantmesh_server::serve`] in a task of its own.
+//! It hands back a [`Node`]: where it listens, the id it registered under,
+//! and how to stop it along the graceful path and wait for it.
+//!
+//! The `grantmesh` binary (flags → settings → here), `grantmesh dev` (five
+//! nodes in one process), the tests and the benchmarks all start roles this
+//! way, so none of them re-creates the wiring. [`process`] starts the same
+//! roles as child processes of the real binary, for tests and benchmarks
+//! whose point is the operating system (kill -9, SIGSTOP).
+
+pub mod config;
+pub mod process;
+
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, bail};
+use config::{AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role};
+use grantmesh_discovery::{Balancer, BalancerOptions, RegistrarOptions};
+use grantmesh_proto::service_names;
+use grantmesh_proto::v1::Instance;
+use grantmesh_server::{RunningServer, ServeOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+pub use config::{Band, ConfigError, Lease, ServerSettings, StoreSettings};
+
+/// A role serving in this process.
+pub struct Node {
+    /// The service it registered under (`registry`, `agency`, `college`).
+    pub service: &'static str,
+    /// The id it registered under.
+    pub instance_id: String,
+    /// The URL other instances and clients dial.
+    pub url: String,
+    server: RunningServer,
+}
+
+impl Node {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// A token that starts the graceful shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.server.shutdown.clone()
+    }
+
+    /// Deregisters, drains, stops, and waits for it (re-raising a panic).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.server.stop().await
+    }
+
+    /// Waits for the node to stop by itself or through its shutdown token.
+    pub async fn join(self) -> anyhow::Result<()> {
+        match self.server.handle.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(err).context("the server task was cancelled"),
+        }
+    }
+
+    /// Serves until `signal` resolves, then stops gracefully: what a binary runs.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let token = self.shutdown_token();
+        let node = tokio::spawn(self.join());
+        tokio::select! {
+            () = signal => token.cancel(),
+            () = token.cancelled() => {}
+        }
+        node.await.context("the node task failed")?
+    }
+}
+
+/// Validates `role`, connects what it needs and serves it on `listener`.
+///
+/// A store that cannot be reached or migrated is an error here, before
+/// anything registers, so a misconfigured instance never joins the mesh.
+pub async fn start(role: Role, listener: TcpListener) -> anyhow::Result<Node> {
+    role.validate()?;
+    match role {
+        Role::Registry(settings) => start_registry(settings, listener),
+        Role::Agency(settings) => start_agency(settings, listener).await,
+        Role::College(settings) => start_college(settings, listener).await,
+    }
+}
+
+fn start_registry(settings: RegistrySettings, listener: TcpListener) -> anyhow::Result<Node> {
+    let addr = listener.local_addr()?;
+    let instance_id = settings.server.instance_id(grantmesh_registry::SERVICE);
+    let mut options = ServeOptions::new(service_names::REGISTRY);
+    options.grace_period = settings.server.grace_period;
+    let registry = grantmesh_registry::RegistryService::new(
+        grantmesh_registry::RegistryConfig {
+            instance_id: instance_id.clone(),
+            default_ttl: settings.default_ttl,
+            warmup: settings.warmup,
+        },
+        options.streams_closing.clone(),
+    );
+    let server = grantmesh_server::spawn(listener, Routes::new(registry.into_server()), options)?;
+    Ok(Node {
+        service: grantmesh_registry::SERVICE,
+        instance_id,
+        url: format!("http://{addr}"),
+        server,
+    })
+}
+
+async fn start_agency(settings: AgencySettings, listener: TcpListener) -> anyhow::Result<Node> {
+    let (instance, options) = join_mesh(
+        &settings.mesh,
+        &settings.server,
+        grantmesh_agency::SERVICE,
+        service_names::AGENCY,
+        settings.labels(),
+        &listener,
+    )?;
+    let colleges = Balancer::new(
+        settings.mesh.registries.clone(),
+        grantmesh_college::SERVICE,
+        BalancerOptions::default(),
+    );
+    let config = grantmesh_agency::AgencyConfig {
+        instance_id: instance.id.clone(),
+        name: settings.name.clone(),
+        band: (settings.band.min(), settings.band.max()),
+        keys: settings.store.keys.clone(),
+        pool_size: settings.store.pool_size,
+        open_timeout: settings.open_timeout,
+        reconcile_every: settings.reconcile_every,
+    };
+    let service = grantmesh_agency::AgencyService::start(
+        config,
+        &settings.store.database_url,
+        colleges,
+        options.streams_closing.clone(),
+    )
+    .await
+    .context("failed to start the agency")?;
+    let server = grantmesh_server::spawn(listener, Routes::new(service.into_server()), options)?;
+    Ok(Node {
+        service: grantmesh_agency::SERVICE,
+        instance_id: instance.id,
+        url: instance.address,
+        server,
+    })
+}
+
+async fn start_college(settings: CollegeSettings, listener: TcpListener) -> anyhow::Result<Node> {
+    let (instance, options) = join_mesh(
+        &settings.mesh,
+        &settings.server,
+        grantmesh_college::SERVICE,
+        service_names::COLLEGE,
+        Default::default(),
+        &listener,
+    )?;
+    let config = grantmesh_college::CollegeConfig {
+        instance_id: instance.id.clone(),
+        day_length: settings.day_length,
+        keys: settings.store.keys.clone(),
+        pool_size: settings.store.pool_size,
+    };
+    let service = grantmesh_college::CollegeService::start(
+        config,
+        &settings.store.database_url,
+        options.streams_closing.clone(),
+    )
+    .await
+    .context("failed to start the college")?;
+    let server = grantmesh_server::spawn(listener, Routes::new(service.into_server()), options)?;
+    Ok(Node {
+        service: grantmesh_college::SERVICE,
+        instance_id: instance.id,
+        url: instance.address,
+        server,
+    })
+}
+
+/// Works out what to advertise and builds the registration.
+fn join_mesh(
+    mesh: &MeshSettings,
+    server: &config::ServerSettings,
+    service: &str,
+    grpc_service: &'static str,
+    labels: std::collections::HashMap<String, String>,
+    listener: &TcpListener,
+) -> anyhow::Result<(Instance, ServeOptions)> {
+    let bound = listener.local_addr()?;
+    let address = match &mesh.advertise {
+        Some(url) => grantmesh_discovery::with_scheme(url),
+        None if bound.ip().is_unspecified() => bail!(
+            "listening on {bound} (all interfaces): say with --advertise which URL other instances should dial"
+        ),
+        None => format!("http://{bound}"),
+    };
+    let instance = Instance {
+        id: server.instance_id(service),
+        service: service.to_owned(),
+        address,
+        labels,
+        ..Instance::default()
+    };
+    tracing::info!(instance = %instance.id, address = %instance.address, "joining the mesh");
+    let options = ServeOptions {
+        grpc_service,
+        registration: Some(RegistrarOptions {
+            registries: mesh.registries.clone(),
+            instance: instance.clone(),
+            heartbeat_interval: mesh.lease.heartbeat_interval(),
+            ttl: mesh.lease.ttl(),
+        }),
+        drain_delay: mesh.drain_delay,
+        grace_period: server.grace_period,
+        streams_closing: CancellationToken::new(),
+    };
+    Ok((instance, options))
+}
