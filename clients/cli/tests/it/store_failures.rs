@@ -2,17 +2,16 @@
 //! restarted mid-run, a database that is not there at start-up, and a
 //! College that hangs while an Agency waits on it.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::db::TestDb;
+use crate::support::sandbox;
+use crate::support::*;
 use grantmesh_proto::v1::*;
 use grantmesh_proto::{AgencyClient, CollegeClient};
 use nix::sys::signal::Signal;
-use support::db::TestDb;
-use support::*;
 use tokio::process::Command;
 use tokio::time::Instant;
 use tonic::Code;
@@ -87,8 +86,17 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
             .await
             .unwrap();
     }
-    let college_server = start_college(&database, "college-r", Duration::from_secs(86_400)).await;
-    let mut college = CollegeClient::connect(college_server.url()).await.unwrap();
+    // The college registers with a registry that is not running: this test calls it directly.
+    let college_server = sandbox::college(
+        &database,
+        "college-r",
+        sandbox::DAY,
+        &["http://127.0.0.1:9"],
+    )
+    .await;
+    let mut college = CollegeClient::connect(college_server.url.clone())
+        .await
+        .unwrap();
     let (pi, token) = researcher(&mut college).await;
     let credential = keys().agency_token("nsf").unwrap();
     let account = college

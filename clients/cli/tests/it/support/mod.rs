@@ -1,21 +1,24 @@
-//! Test support: the real `grantmesh` binary as child processes, registry
-//! watchers, and bounded polling.
+//! Test support: meshes started in this process ([`sandbox`]) or as child
+//! processes of the real `grantmesh` binary ([`Proc`]), registry watchers,
+//! and bounded polling.
 
 #![allow(dead_code)]
 
 pub mod db;
+pub mod sandbox;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use grantmesh_node::process::ChildNode;
 use grantmesh_proto::RegistryClient;
 use grantmesh_proto::v1::{Instance, ListInstancesRequest, WatchEvent, WatchRequest};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -29,44 +32,31 @@ pub struct Proc {
 impl Proc {
     /// Starts `grantmesh ARGS…` and waits for its "listening on" line.
     pub async fn start(name: &str, args: &[&str]) -> Proc {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_grantmesh"));
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .env_remove("GRANTMESH_REGISTRY")
-            .env_remove("DATABASE_URL")
-            .env("GRANTMESH_TOKEN_KEY", db::TOKEN_KEY)
-            .env("GRANTMESH_SERVICE_KEY", db::SERVICE_KEY)
-            .env(
-                "GRANTMESH_LOG",
-                std::env::var("GRANTMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        if std::env::var_os("GRANTMESH_TEST_LOG").is_none() {
-            command.stderr(Stdio::null());
-        }
-        let mut child = command
-            .spawn()
-            .expect("failed to start the grantmesh binary");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("{name} did not say where it listens within 20 s"))
-            .expect("reading stdout")
-            .unwrap_or_else(|| panic!("{name} exited before listening"));
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from {name}: {line:?}"))
-            .parse()
-            .expect("a socket address");
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let node = ChildNode::spawn(
+            Path::new(env!("CARGO_BIN_EXE_grantmesh")),
+            name,
+            args,
+            |command| {
+                command
+                    .env_remove("GRANTMESH_REGISTRY")
+                    .env_remove("DATABASE_URL")
+                    .env("GRANTMESH_TOKEN_KEY", db::TOKEN_KEY)
+                    .env("GRANTMESH_SERVICE_KEY", db::SERVICE_KEY)
+                    .env(
+                        "GRANTMESH_LOG",
+                        std::env::var("GRANTMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                    );
+                if std::env::var_os("GRANTMESH_TEST_LOG").is_none() {
+                    command.stderr(Stdio::null());
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}"));
         Proc {
-            child,
-            addr,
-            name: name.to_owned(),
+            child: node.child,
+            addr: node.addr,
+            name: node.name,
         }
     }
 
@@ -233,116 +223,6 @@ pub fn keys() -> grantmesh_auth::Keys {
         Duration::from_secs(3600),
     )
     .unwrap()
-}
-
-/// A College served in this process on a loopback port; registered with
-/// `registry` when one is given.
-pub async fn start_college(
-    database_url: &str,
-    instance_id: &str,
-    day_length: Duration,
-) -> grantmesh_server::RunningServer {
-    start_college_in(database_url, instance_id, day_length, None).await
-}
-
-pub async fn start_college_in(
-    database_url: &str,
-    instance_id: &str,
-    day_length: Duration,
-    registry: Option<&str>,
-) -> grantmesh_server::RunningServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut options = grantmesh_server::ServeOptions::new("grantmesh.v1.College");
-    options.registration = registration(
-        registry,
-        "college",
-        instance_id,
-        &listener,
-        Default::default(),
-    );
-    let config = grantmesh_college::CollegeConfig {
-        instance_id: instance_id.to_owned(),
-        day_length,
-        keys: keys(),
-        pool_size: 16,
-    };
-    let service = grantmesh_college::CollegeService::start(
-        config,
-        database_url,
-        options.streams_closing.clone(),
-    )
-    .await
-    .expect("the college starts");
-    grantmesh_server::spawn(
-        listener,
-        tonic::service::Routes::new(service.into_server()),
-        options,
-    )
-    .unwrap()
-}
-
-/// An Agency served in this process, registered with `registry`, calling the colleges registered there.
-pub async fn start_agency(
-    database_url: &str,
-    registry: &str,
-    name: &str,
-    band: (i64, i64),
-) -> grantmesh_server::RunningServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut options = grantmesh_server::ServeOptions::new("grantmesh.v1.Agency");
-    let labels = [("agency".to_owned(), name.to_owned())].into();
-    let instance_id = format!("agency-{name}");
-    options.registration = registration(Some(registry), "agency", &instance_id, &listener, labels);
-    let colleges = grantmesh_discovery::Balancer::new(
-        vec![registry.to_owned()],
-        "college",
-        Default::default(),
-    );
-    let config = grantmesh_agency::AgencyConfig {
-        instance_id,
-        name: name.to_owned(),
-        band,
-        keys: keys(),
-        pool_size: 8,
-        open_timeout: Duration::from_secs(2),
-        reconcile_every: Duration::from_millis(500),
-    };
-    let service = grantmesh_agency::AgencyService::start(
-        config,
-        database_url,
-        colleges,
-        options.streams_closing.clone(),
-    )
-    .await
-    .expect("the agency starts");
-    grantmesh_server::spawn(
-        listener,
-        tonic::service::Routes::new(service.into_server()),
-        options,
-    )
-    .unwrap()
-}
-
-fn registration(
-    registry: Option<&str>,
-    service: &str,
-    id: &str,
-    listener: &tokio::net::TcpListener,
-    labels: std::collections::HashMap<String, String>,
-) -> Option<grantmesh_discovery::RegistrarOptions> {
-    let registry = registry?;
-    Some(grantmesh_discovery::RegistrarOptions {
-        registries: vec![registry.to_owned()],
-        instance: grantmesh_proto::v1::Instance {
-            id: id.to_owned(),
-            service: service.to_owned(),
-            address: format!("http://{}", listener.local_addr().unwrap()),
-            labels,
-            ..Default::default()
-        },
-        heartbeat_interval: Duration::from_millis(500),
-        ttl: Duration::from_secs(3),
-    })
 }
 
 /// A request with `authorization: Bearer <token>`.

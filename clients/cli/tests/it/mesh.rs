@@ -1,18 +1,16 @@
 //! The mesh as its operators see it: real `grantmesh` processes on real
 //! sockets, stopped, killed and restarted with real signals.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use grantmesh_discovery::{Balancer, BalancerOptions};
 use grantmesh_proto::CollegeClient;
 use grantmesh_proto::v1::PingRequest;
 use grantmesh_proto::v1::watch_event::Kind;
 use nix::sys::signal::Signal;
-use support::*;
 use tokio::time::Instant;
 
 #[tokio::test]

@@ -4,59 +4,43 @@
 //! registry while it is still alive and answering — the only way to see
 //! whether a client still sends it calls.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::assert_eventually;
+use crate::support::sandbox;
 use grantmesh_discovery::{Balancer, BalancerOptions};
+use grantmesh_node::Node;
 use grantmesh_proto::v1::{DeregisterRequest, Instance, PingRequest, RegisterRequest};
 use grantmesh_proto::{CollegeClient, RegistryClient};
-use grantmesh_registry::{RegistryConfig, RegistryService};
-use grantmesh_server::{RunningServer, ServeOptions};
-use support::assert_eventually;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::service::Routes;
 
-async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
+async fn start_registry() -> Node {
+    sandbox::registry("registry-test", Duration::from_secs(60), Duration::ZERO).await
 }
 
-async fn start_registry() -> RunningServer {
-    let options = ServeOptions::new("grantmesh.v1.Registry");
-    let service = RegistryService::new(
-        RegistryConfig {
-            instance_id: "registry-test".into(),
-            default_ttl: Duration::from_secs(60),
-            warmup: Duration::ZERO,
-        },
-        options.streams_closing.clone(),
-    );
-    grantmesh_server::spawn(
-        listener().await,
-        Routes::new(service.into_server()),
-        options,
-    )
-    .unwrap()
-}
-
-async fn start_college(id: &str) -> RunningServer {
-    support::start_college(
-        &support::shared_database().await,
+/// A College that keeps itself registered with a side registry of its own,
+/// which this test does not watch, so that the test alone decides when it
+/// is listed in the registry under test. (The side registry serves until
+/// the test's runtime ends.)
+async fn start_college(id: &str) -> Node {
+    let side = sandbox::registry("registry-side", Duration::from_secs(60), Duration::ZERO).await;
+    sandbox::college(
+        &crate::support::shared_database().await,
         id,
-        Duration::from_secs(86_400),
+        sandbox::DAY,
+        &[&side.url],
     )
     .await
 }
 
-async fn register(registry: &RunningServer, id: &str, server: &RunningServer) {
-    let mut client = RegistryClient::connect(registry.url()).await.unwrap();
+async fn register(registry: &Node, id: &str, server: &Node) {
+    let mut client = RegistryClient::connect(registry.url.clone()).await.unwrap();
     let instance = Instance {
         id: id.into(),
         service: "college".into(),
-        address: server.url(),
+        address: server.url.clone(),
         ..Default::default()
     };
     client
@@ -67,8 +51,8 @@ async fn register(registry: &RunningServer, id: &str, server: &RunningServer) {
         .unwrap();
 }
 
-async fn deregister(registry: &RunningServer, id: &str) {
-    let mut client = RegistryClient::connect(registry.url()).await.unwrap();
+async fn deregister(registry: &Node, id: &str) {
+    let mut client = RegistryClient::connect(registry.url.clone()).await.unwrap();
     let reply = client
         .deregister(DeregisterRequest {
             service: "college".into(),
@@ -97,7 +81,11 @@ async fn no_call_that_starts_after_a_removal_reaches_the_removed_instance() {
     let b = start_college("college-b").await;
     register(&registry, "college-a", &a).await;
     register(&registry, "college-b", &b).await;
-    let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
+    let balancer = Balancer::new(
+        vec![registry.url.clone()],
+        "college",
+        BalancerOptions::default(),
+    );
     assert_eventually(Duration::from_secs(5), "both colleges seen", || async {
         balancer.view().instances.len() == 2
     })
@@ -179,7 +167,7 @@ async fn no_call_that_starts_after_a_removal_reaches_the_removed_instance() {
 
     // college-b is still alive and answering: it was only ever the balancer
     // that kept calls away from it.
-    let mut direct = CollegeClient::connect(b.url()).await.unwrap();
+    let mut direct = CollegeClient::connect(b.url.clone()).await.unwrap();
     assert_eq!(
         direct
             .ping(PingRequest::default())
@@ -196,7 +184,11 @@ async fn the_last_known_instances_are_kept_while_no_registry_answers() {
     let registry = start_registry().await;
     let a = start_college("college-a").await;
     register(&registry, "college-a", &a).await;
-    let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
+    let balancer = Balancer::new(
+        vec![registry.url.clone()],
+        "college",
+        BalancerOptions::default(),
+    );
     assert_eventually(Duration::from_secs(5), "college seen", || async {
         balancer.view().instances.len() == 1
     })
@@ -220,7 +212,7 @@ async fn a_call_with_no_live_instance_fails_unavailable_naming_the_service() {
         wait_for_instances: Duration::from_millis(200),
         ..BalancerOptions::default()
     };
-    let balancer = Balancer::new(vec![registry.url()], "college", options);
+    let balancer = Balancer::new(vec![registry.url.clone()], "college", options);
     let status = ping(&balancer).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(
@@ -239,7 +231,11 @@ async fn a_call_to_a_dead_instance_is_retried_on_a_live_one() {
     let dead = start_college("college-dead").await;
     register(&registry, "college-dead", &dead).await;
     dead.stop().await.unwrap();
-    let balancer = Balancer::new(vec![registry.url()], "college", BalancerOptions::default());
+    let balancer = Balancer::new(
+        vec![registry.url.clone()],
+        "college",
+        BalancerOptions::default(),
+    );
     assert_eventually(Duration::from_secs(5), "both seen", || async {
         balancer.view().instances.len() == 2
     })
@@ -253,22 +249,13 @@ async fn a_call_to_a_dead_instance_is_retried_on_a_live_one() {
 #[tokio::test]
 async fn a_fresh_registry_holds_its_first_snapshot_until_the_mesh_has_registered_again() {
     let started = Instant::now();
-    let options = ServeOptions::new("grantmesh.v1.Registry");
-    let service = RegistryService::new(
-        RegistryConfig {
-            instance_id: "registry-warm".into(),
-            default_ttl: Duration::from_secs(60),
-            warmup: Duration::from_millis(600),
-        },
-        options.streams_closing.clone(),
-    );
-    let registry = grantmesh_server::spawn(
-        listener().await,
-        Routes::new(service.into_server()),
-        options,
+    let registry = sandbox::registry(
+        "registry-warm",
+        Duration::from_secs(60),
+        Duration::from_millis(600),
     )
-    .unwrap();
-    let mut client = RegistryClient::connect(registry.url()).await.unwrap();
+    .await;
+    let mut client = RegistryClient::connect(registry.url.clone()).await.unwrap();
     let mut events = client
         .watch(grantmesh_proto::v1::WatchRequest {
             service: "college".into(),

@@ -3,12 +3,10 @@
 //! set up by `scripts/python-env`, which this test runs (it is quick once the
 //! environment exists).
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::process::Command;
 
 fn repo_root() -> PathBuf {

@@ -1,11 +1,9 @@
 //! The `grantmesh grant …` commands a researcher types, run as the real
 //! binary against a real mesh.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 async fn grantmesh(registry: &str, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_grantmesh"));

@@ -1,0 +1,213 @@
+//! Bad input is refused with a status naming the field, and changes nothing.
+
+use grantmesh_proto::v1::*;
+use tonic::Code;
+use uuid::Uuid;
+
+use super::*;
+use crate::support::sandbox::{DAY, Mesh};
+use crate::support::*;
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
+    let mesh = Mesh::start(DAY).await;
+    let (pi, token) = mesh.researcher("ada").await;
+    let account = mesh.open(&pi, 100_000, 30).await.account_id;
+    let mut college = mesh.college(0).await;
+
+    for amount in [0, -5, i64::MAX] {
+        assert_status(
+            college
+                .withdraw(withdraw(&account, amount, "k", &token))
+                .await,
+            Code::InvalidArgument,
+            "amount_minor",
+        );
+    }
+    assert_status(
+        college.withdraw(withdraw(&account, 10, "", &token)).await,
+        Code::InvalidArgument,
+        "idempotency_key",
+    );
+    assert_status(
+        college
+            .withdraw(withdraw(&account, 10, &"k".repeat(129), &token))
+            .await,
+        Code::InvalidArgument,
+        "idempotency_key",
+    );
+    let mut long_memo = withdraw(&account, 10, "k", &token);
+    long_memo.get_mut().memo = "m".repeat(201);
+    assert_status(
+        college.withdraw(long_memo).await,
+        Code::InvalidArgument,
+        "memo",
+    );
+    assert_status(
+        college
+            .withdraw(withdraw("not-an-id", 10, "k", &token))
+            .await,
+        Code::InvalidArgument,
+        "account_id",
+    );
+    assert_status(
+        college
+            .withdraw(withdraw(&Uuid::new_v4().to_string(), 10, "k", &token))
+            .await,
+        Code::NotFound,
+        "does not exist",
+    );
+    assert_status(
+        college
+            .withdraw(withdraw(&account, 100_001, "k", &token))
+            .await,
+        Code::FailedPrecondition,
+        "insufficient funds",
+    );
+    assert_status(
+        college
+            .get_account(authed(
+                GetAccountRequest {
+                    account_id: Uuid::new_v4().to_string(),
+                },
+                &token,
+            ))
+            .await,
+        Code::NotFound,
+        "does not exist",
+    );
+
+    let register = |name: &str, email: &str, password: &str| RegisterResearcherRequest {
+        name: name.into(),
+        email: email.into(),
+        password: password.into(),
+    };
+    assert_status(
+        college
+            .register_researcher(register("Ada", "not-an-email", "long enough"))
+            .await,
+        Code::InvalidArgument,
+        "email",
+    );
+    assert_status(
+        college
+            .register_researcher(register("", "a@b.edu", "long enough"))
+            .await,
+        Code::InvalidArgument,
+        "name",
+    );
+    assert_status(
+        college
+            .register_researcher(register(&"n".repeat(201), "a@b.edu", "long enough"))
+            .await,
+        Code::InvalidArgument,
+        "name",
+    );
+    assert_status(
+        college
+            .register_researcher(register("Ada", "a@b.edu", "short"))
+            .await,
+        Code::InvalidArgument,
+        "password",
+    );
+    college
+        .register_researcher(register("Ada", "Twice@B.edu", "long enough"))
+        .await
+        .unwrap();
+    assert_status(
+        college
+            .register_researcher(register("Ada", "twice@b.edu", "long enough"))
+            .await,
+        Code::AlreadyExists,
+        "twice@b.edu",
+    );
+
+    let mut agency = mesh.agency().await;
+    let proposal = |title: &str, amount: i64, days: u32, key: &str| SubmitProposalRequest {
+        title: title.into(),
+        description: String::new(),
+        requested_amount_minor: amount,
+        duration_days: days,
+        idempotency_key: key.into(),
+    };
+    assert_status(
+        agency
+            .submit_proposal(authed(proposal("", 400_000, 30, "k"), &token))
+            .await,
+        Code::InvalidArgument,
+        "title",
+    );
+    assert_status(
+        agency
+            .submit_proposal(authed(proposal("t", 0, 30, "k"), &token))
+            .await,
+        Code::InvalidArgument,
+        "requested_amount_minor",
+    );
+    assert_status(
+        agency
+            .submit_proposal(authed(proposal("t", 400_000, 0, "k"), &token))
+            .await,
+        Code::InvalidArgument,
+        "duration_days",
+    );
+    assert_status(
+        agency
+            .submit_proposal(authed(proposal("t", 400_000, 30, ""), &token))
+            .await,
+        Code::InvalidArgument,
+        "idempotency_key",
+    );
+    assert_status(
+        agency
+            .get_proposal(authed(
+                GetProposalRequest {
+                    proposal_id: "nope".into(),
+                },
+                &token,
+            ))
+            .await,
+        Code::InvalidArgument,
+        "proposal_id",
+    );
+    assert_status(
+        agency
+            .get_proposal(authed(
+                GetProposalRequest {
+                    proposal_id: Uuid::new_v4().to_string(),
+                },
+                &token,
+            ))
+            .await,
+        Code::NotFound,
+        "does not exist",
+    );
+    assert_status(
+        agency
+            .list_proposals(authed(
+                ListProposalsRequest {
+                    page_size: 10,
+                    page_token: "garbage".into(),
+                },
+                &token,
+            ))
+            .await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+
+    // Nothing above changed anything.
+    assert_eq!(mesh.check_invariants(&account).await, (100_000, 0, 0));
+    let db = mesh.db.client().await;
+    let proposals: i64 = db
+        .query_one("SELECT COUNT(*) FROM proposals", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let researchers: i64 = db
+        .query_one("SELECT COUNT(*) FROM researchers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((proposals, researchers), (0, 2));
+}

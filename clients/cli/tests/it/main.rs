@@ -1,0 +1,14 @@
+//! grantmesh's integration tests, in one test binary that links once.
+//!
+//! Every test talks to real servers on loopback sockets — started in this
+//! process through `grantmesh_node` or as child processes of the real
+//! binary — and to a real PostgreSQL (`scripts/postgres`), each domain test
+//! on a fresh database. [`support`] holds the one sandbox they all use.
+
+mod balancing;
+mod cli;
+mod grants;
+mod mesh;
+mod outside_clients;
+mod store_failures;
+mod support;

@@ -1,0 +1,220 @@
+//! Meshes served in this process, started by `grantmesh_node::start` — the
+//! function the binary and `grantmesh dev` use — on loopback ports.
+//!
+//! [`Mesh`] is a registry, two colleges and an agency on a fresh database;
+//! the free functions start single roles for tests that arrange a mesh of
+//! their own.
+
+use std::time::Duration;
+
+use grantmesh_node::config::{
+    AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
+    StoreSettings,
+};
+use grantmesh_node::{Band, Lease, Node};
+use grantmesh_proto::v1::*;
+use grantmesh_proto::{AgencyClient, CollegeClient};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use super::db::TestDb;
+use super::{assert_eventually, authed, ids, keys};
+
+/// A day as long as a real one: accounts that must not expire during a test.
+pub const DAY: Duration = Duration::from_secs(86_400);
+
+async fn start(role: Role) -> Node {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    grantmesh_node::start(role, listener)
+        .await
+        .unwrap_or_else(|err| panic!("the node starts: {err:#}"))
+}
+
+fn server(id: &str) -> ServerSettings {
+    ServerSettings {
+        instance_id: Some(id.to_owned()),
+        ..ServerSettings::default()
+    }
+}
+
+/// Tests renew twice a second, so a missed beat shows well within the TTL.
+fn mesh(registries: &[&str]) -> MeshSettings {
+    MeshSettings {
+        lease: Lease::new(Duration::from_secs(3), Duration::from_millis(500)).unwrap(),
+        ..MeshSettings::new(registries.iter().map(|r| r.to_string()).collect())
+    }
+}
+
+/// The store at `database_url`, with the keys test processes also get.
+pub fn store(database_url: &str) -> StoreSettings {
+    StoreSettings {
+        database_url: database_url.to_owned(),
+        pool_size: StoreSettings::DEFAULT_POOL_SIZE,
+        keys: keys(),
+    }
+}
+
+/// A registry with no warm-up (tests watch a registry they have just
+/// started) and the given default TTL.
+pub async fn registry(id: &str, default_ttl: Duration, warmup: Duration) -> Node {
+    start(Role::Registry(RegistrySettings {
+        server: server(id),
+        default_ttl,
+        warmup,
+    }))
+    .await
+}
+
+/// A college registered with `registries`.
+pub async fn college(
+    database_url: &str,
+    id: &str,
+    day_length: Duration,
+    registries: &[&str],
+) -> Node {
+    start(Role::College(CollegeSettings {
+        server: server(id),
+        day_length,
+        ..CollegeSettings::new(mesh(registries), store(database_url))
+    }))
+    .await
+}
+
+/// An agency called `name` (instance id `agency-NAME`) registered with `registry`.
+pub async fn agency(database_url: &str, registry: &str, name: &str, band: Band) -> Node {
+    let mut settings = AgencySettings::new(name, mesh(&[registry]), store(database_url));
+    settings.server = server(&format!("agency-{name}"));
+    settings.band = band;
+    settings.open_timeout = Duration::from_secs(2);
+    settings.reconcile_every = Duration::from_millis(500);
+    start(Role::Agency(settings)).await
+}
+
+/// A registry, two colleges and the agency `nsf` (default band) on one fresh database.
+pub struct Mesh {
+    pub db: TestDb,
+    pub registry: Node,
+    pub colleges: Vec<Node>,
+    pub agency: Node,
+}
+
+impl Mesh {
+    pub async fn start(day_length: Duration) -> Mesh {
+        let db = TestDb::create().await;
+        let registry = registry("registry", Duration::from_secs(3), Duration::ZERO).await;
+        let mut colleges = Vec::new();
+        for n in 0..2 {
+            let id = format!("college-{n}");
+            colleges.push(college(&db.url, &id, day_length, &[&registry.url]).await);
+        }
+        let agency = agency(&db.url, &registry.url, "nsf", Band::DEFAULT).await;
+        assert_eventually(
+            Duration::from_secs(5),
+            "both colleges registered",
+            || async { ids(&registry.url, "college").await.len() == 2 },
+        )
+        .await;
+        Mesh {
+            db,
+            registry,
+            colleges,
+            agency,
+        }
+    }
+
+    pub async fn college(&self, n: usize) -> CollegeClient<Channel> {
+        CollegeClient::connect(self.colleges[n].url.clone())
+            .await
+            .unwrap()
+    }
+
+    pub async fn agency(&self) -> AgencyClient<Channel> {
+        AgencyClient::connect(self.agency.url.clone())
+            .await
+            .unwrap()
+    }
+
+    /// Registers and logs in a researcher; returns (id, token).
+    pub async fn researcher(&self, name: &str) -> (String, String) {
+        let mut college = self.college(0).await;
+        let email = format!("{name}-{}@university.edu", Uuid::new_v4().simple());
+        let researcher = college
+            .register_researcher(RegisterResearcherRequest {
+                name: name.into(),
+                email: email.clone(),
+                password: "correct horse battery".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let login = college
+            .login(LoginRequest {
+                email,
+                password: "correct horse battery".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            login.researcher.unwrap().researcher_id,
+            researcher.researcher_id
+        );
+        (researcher.researcher_id, login.token)
+    }
+
+    /// Opens an account directly with the agencies' service credential.
+    pub async fn open(&self, investigator: &str, award: i64, days: u32) -> Account {
+        let credential = keys().agency_token("nsf").unwrap();
+        self.college(0)
+            .await
+            .open_account(authed(
+                OpenAccountRequest {
+                    proposal_id: Uuid::new_v4().to_string(),
+                    agency: "nsf".into(),
+                    principal_investigator_id: investigator.into(),
+                    title: "Test account".into(),
+                    award_minor: award,
+                    duration_days: days,
+                },
+                &credential,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Checks the journal invariants in the database and returns (balance, journal sum, entries).
+    pub async fn check_invariants(&self, account: &str) -> (i64, i64, i64) {
+        let client = self.db.client().await;
+        let id: Uuid = account.parse().unwrap();
+        let row = client
+            .query_one(
+                "SELECT a.award, a.balance, COALESCE(SUM(w.amount), 0)::bigint, COUNT(w.id),
+                        COALESCE(MIN(w.balance_after), a.award)
+                 FROM accounts a LEFT JOIN withdrawals w ON w.account_id = a.id
+                 WHERE a.id = $1 GROUP BY a.id",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        let (award, balance, sum, count, lowest): (i64, i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        assert_eq!(
+            balance,
+            award - sum,
+            "balance must equal award minus the journal's sum"
+        );
+        assert!(balance >= 0 && lowest >= 0, "never negative");
+        let keys: i64 = client
+            .query_one(
+                "SELECT COUNT(DISTINCT idempotency_key) FROM withdrawals WHERE account_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(keys, count, "each idempotency key applied once");
+        (balance, sum, count)
+    }
+}
