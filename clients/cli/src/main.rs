@@ -12,6 +12,7 @@
 //! ```
 
 mod bench;
+mod dev;
 mod grant;
 mod ops;
 mod roles;
@@ -37,6 +38,8 @@ enum Command {
     Agency(roles::AgencyArgs),
     /// Run a college that keeps research accounts.
     College(roles::CollegeArgs),
+    /// Run the whole mesh in this process: a registry, two agencies, two colleges.
+    Dev(dev::DevArgs),
     /// Check a server's gRPC health; exits 0 when it is SERVING.
     Health(ops::HealthArgs),
     /// List the live instances a registry knows, with their addresses.
@@ -70,6 +73,7 @@ fn main() -> std::process::ExitCode {
             Command::Registry(args) => roles::run_registry(args).await,
             Command::Agency(args) => roles::run_agency(args).await,
             Command::College(args) => roles::run_college(args).await,
+            Command::Dev(args) => dev::run(args).await,
             Command::Health(args) => ops::health(args).await,
             Command::Instances(args) => ops::instances(args).await,
             Command::Ping(args) => ops::ping(args).await,

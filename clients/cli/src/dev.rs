@@ -1,0 +1,297 @@
+//! `grantmesh dev`: the whole mesh in one process, for trying grantmesh out.
+//!
+//! A registry, two agencies with different names and bands, and two
+//! colleges, each on its own port and registered through the real registry
+//! exactly as separate processes would be — every node is started by
+//! [`grantmesh_node::start`], like the role subcommands. With no
+//! `DATABASE_URL` the nodes share an embedded SQLite store in the user's data
+//! directory, so nothing has to be installed; with one, they use PostgreSQL.
+//! The signing keys are made once and kept beside the store, so a login
+//! outlives a restart. Ctrl-C drains and stops every node.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use grantmesh_auth::Keys;
+use grantmesh_node::config::{
+    AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
+};
+use grantmesh_node::{Band, Node, StoreSettings};
+use tokio::net::TcpListener;
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the embedded store and the dev signing keys live
+    /// (default: the user's data directory, e.g. ~/.local/share/grantmesh).
+    #[arg(long, env = "GRANTMESH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Start over: delete the embedded store (researchers, accounts, journal) first.
+    #[arg(long)]
+    fresh: bool,
+    /// Use this PostgreSQL server instead of the embedded store.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Address every node listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// The registry's port; agencies listen on +100 and +101, colleges on
+    /// +200 and +201. 0 picks free ports for every node.
+    #[arg(long, default_value_t = 7000)]
+    base_port: u16,
+    /// How long one day of an account's duration lasts.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    day_length: Duration,
+}
+
+/// The two agencies of the dev mesh: different names, different bands.
+const AGENCIES: [(&str, i64, i64); 2] = [("nsf", 300_000, 500_000), ("erc", 100_000, 250_000)];
+/// How many colleges share the store.
+const COLLEGES: usize = 2;
+/// Shorter than a production drain: in one process nobody else is routing to us.
+const DEV_DRAIN_DELAY: Duration = Duration::from_millis(200);
+/// Researchers' tokens last a working day in dev.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// A running dev mesh.
+pub struct DevMesh {
+    pub registry: Node,
+    pub agencies: Vec<(String, Band, Node)>,
+    pub colleges: Vec<Node>,
+    /// The store every node uses (a `sqlite:` path or a PostgreSQL URL).
+    pub database_url: String,
+}
+
+impl DevMesh {
+    /// Starts every node and waits until the registry lists them all.
+    pub async fn start(args: &DevArgs) -> anyhow::Result<DevMesh> {
+        let data_dir = match &args.data_dir {
+            Some(dir) => dir.clone(),
+            None => directories::ProjectDirs::from("", "", "grantmesh")
+                .context("cannot tell where your data directory is; pass --data-dir")?
+                .data_dir()
+                .to_owned(),
+        };
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("failed to create {}", data_dir.display()))?;
+        let database_url = match &args.database_url {
+            Some(url) => url.clone(),
+            None => embedded_store(&data_dir, args.fresh)?,
+        };
+        let store = StoreSettings {
+            database_url: database_url.clone(),
+            pool_size: StoreSettings::DEFAULT_POOL_SIZE,
+            keys: dev_keys(&data_dir)?,
+        };
+        let port = |offset: u16| {
+            let port = if args.base_port == 0 {
+                0
+            } else {
+                args.base_port
+                    .checked_add(offset)
+                    .context("--base-port is too high")?
+            };
+            anyhow::Ok(SocketAddr::new(args.host, port))
+        };
+
+        let registry = start(
+            Role::Registry(RegistrySettings {
+                // Nothing was registered before this process: no warm-up to wait out.
+                warmup: Duration::ZERO,
+                ..RegistrySettings::default()
+            }),
+            port(0)?,
+        )
+        .await?;
+        let mesh = MeshSettings {
+            drain_delay: DEV_DRAIN_DELAY,
+            ..MeshSettings::new(vec![registry.url.clone()])
+        };
+        let mut colleges = Vec::new();
+        for n in 0..COLLEGES {
+            let settings = CollegeSettings {
+                server: ServerSettings {
+                    instance_id: Some(format!("college-{}", n + 1)),
+                    ..ServerSettings::default()
+                },
+                day_length: args.day_length,
+                ..CollegeSettings::new(mesh.clone(), store.clone())
+            };
+            colleges.push(start(Role::College(settings), port(200 + n as u16)?).await?);
+        }
+        let mut agencies = Vec::new();
+        for (n, (name, min, max)) in AGENCIES.into_iter().enumerate() {
+            let band = Band::new(min, max)?;
+            let mut settings = AgencySettings::new(name, mesh.clone(), store.clone());
+            settings.server.instance_id = Some(format!("agency-{name}"));
+            settings.band = band;
+            let node = start(Role::Agency(settings), port(100 + n as u16)?).await?;
+            agencies.push((name.to_owned(), band, node));
+        }
+        let dev = DevMesh {
+            registry,
+            agencies,
+            colleges,
+            database_url,
+        };
+        dev.wait_until_listed().await?;
+        Ok(dev)
+    }
+
+    async fn wait_until_listed(&self) -> anyhow::Result<()> {
+        let expected = self.agencies.len() + self.colleges.len();
+        let mut client = grantmesh_proto::RegistryClient::connect(self.registry.url.clone())
+            .await
+            .context("failed to reach the dev registry")?;
+        for _ in 0..200 {
+            let listed = client
+                .list_instances(grantmesh_proto::v1::ListInstancesRequest::default())
+                .await?
+                .into_inner()
+                .instances
+                .len();
+            if listed >= expected {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("the dev nodes did not all register within 5 s")
+    }
+
+    /// Stops the agencies and colleges (each deregisters and drains), then the registry.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let members = self
+            .agencies
+            .into_iter()
+            .map(|(_, _, node)| node)
+            .chain(self.colleges)
+            .map(Node::stop);
+        for result in futures::future::join_all(members).await {
+            result?;
+        }
+        self.registry.stop().await
+    }
+
+    /// What a person sees when the mesh is up: where everything listens and
+    /// commands that work when pasted.
+    pub fn banner(&self) -> String {
+        let registry = self.registry.addr();
+        let mut out = format!(
+            "grantmesh dev: the whole mesh in this process\n  store      {}\n\n",
+            describe_store(&self.database_url)
+        );
+        out += &format!("  registry   {}\n", self.registry.url);
+        for (name, band, node) in &self.agencies {
+            out += &format!(
+                "  agency     {}   {name}: awards {}–{} (minor units)\n",
+                node.url,
+                band.min(),
+                band.max()
+            );
+        }
+        for node in &self.colleges {
+            out += &format!("  college    {}   {}\n", node.url, node.instance_id);
+        }
+        let (nsf_name, nsf, _) = &self.agencies[0];
+        let flag = if registry.port() == 7000 && registry.ip().is_loopback() {
+            String::new()
+        } else {
+            format!(" --registry {}", self.registry.url)
+        };
+        out += &format!(
+            "\nTry, in another shell:\n\
+             \x20 grantmesh{flag} instances\n\
+             \x20 grantmesh{flag} signup --name Ada --email ada@uni.edu --password 'correct horse battery'\n\
+             \x20 grantmesh{flag} login --email ada@uni.edu\n\
+             \x20 grantmesh{flag} propose --title 'Protein folding' --amount {} --days 365 --agency {nsf_name}\n\
+             \x20 grantmesh{flag} accounts\n\
+             \x20 grpcurl -plaintext {registry} list\n\
+             \x20 grpcurl -plaintext -d '{{\"service\":\"college\"}}' {registry} grantmesh.v1.Registry/ListInstances\n\
+             \nCtrl-C drains and stops every node.\n",
+            (nsf.min() + nsf.max()) / 2,
+        );
+        out
+    }
+}
+
+async fn start(role: Role, addr: SocketAddr) -> anyhow::Result<Node> {
+    let service = role.service();
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("failed to listen on {addr} for the {service} (another grantmesh dev running? try --base-port)")
+    })?;
+    grantmesh_node::start(role, listener).await
+}
+
+/// The embedded store's URL in `data_dir`, emptied first when `fresh`.
+fn embedded_store(data_dir: &Path, fresh: bool) -> anyhow::Result<String> {
+    let path = data_dir.join("grantmesh.db");
+    if fresh {
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("failed to remove {}", file.display()));
+                }
+            }
+        }
+    }
+    Ok(format!("sqlite:{}", path.display()))
+}
+
+fn describe_store(url: &str) -> String {
+    match url.strip_prefix("sqlite:") {
+        Some(path) => format!("embedded SQLite at {path}"),
+        None => "PostgreSQL (DATABASE_URL)".to_owned(),
+    }
+}
+
+/// The keys in `GRANTMESH_TOKEN_KEY` / `GRANTMESH_SERVICE_KEY`, or ones made
+/// once and kept in `data_dir` (mode 0600) so tokens survive a restart.
+fn dev_keys(data_dir: &Path) -> anyhow::Result<Keys> {
+    let token = key_from_env_or_file("GRANTMESH_TOKEN_KEY", &data_dir.join("token.key"))?;
+    let service = key_from_env_or_file("GRANTMESH_SERVICE_KEY", &data_dir.join("service.key"))?;
+    Keys::new(token.as_bytes(), service.as_bytes(), DEV_TOKEN_TTL)
+        .context("the dev signing keys are not usable")
+}
+
+fn key_from_env_or_file(var: &str, file: &Path) -> anyhow::Result<String> {
+    if let Ok(key) = std::env::var(var) {
+        return Ok(key);
+    }
+    match std::fs::read_to_string(file) {
+        Ok(key) => return Ok(key.trim().to_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("failed to read {}", file.display())),
+    }
+    use rand::RngCore as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("failed to create {}", file.display()))?;
+    writeln!(out, "{key}")?;
+    Ok(key)
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let dev = DevMesh::start(&args).await?;
+    print!("{}", dev.banner());
+    // Scripts wait for this line.
+    println!("mesh is up");
+    grantmesh_server::terminate_signal().await;
+    eprintln!("stopping: every node deregisters and drains");
+    dev.stop().await?;
+    Ok(ExitCode::SUCCESS)
+}
