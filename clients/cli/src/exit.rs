@@ -98,9 +98,6 @@ fn describe_status(status: &Status) -> (String, u8) {
     if let Some(source) = std::error::Error::source(status) {
         message = format!("{message}: {}", chain(source));
     }
-    if status.code() == Code::Unauthenticated {
-        message.push_str(" (run grantmesh login)");
-    }
     (message, exit_code(status.code()))
 }
 

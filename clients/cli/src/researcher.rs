@@ -553,7 +553,8 @@ impl Mesh {
                     request(message.clone(), &metadata),
                 )
             })
-            .await?;
+            .await
+            .map_err(|status| if authed { relogin_hint(status) } else { status })?;
         Ok(reply.into_inner())
     }
 
@@ -582,7 +583,8 @@ impl Mesh {
                     request(message.clone(), &metadata),
                 )
             })
-            .await?;
+            .await
+            .map_err(relogin_hint)?;
         Ok(reply.into_inner())
     }
 
@@ -667,6 +669,15 @@ impl Mesh {
         }
         println!("{line}");
         Ok(())
+    }
+}
+
+/// A token the mesh refused (revoked, signed with an old key) needs a new login.
+fn relogin_hint(status: Status) -> Status {
+    if status.code() == Code::Unauthenticated {
+        Status::unauthenticated(format!("{}; run grantmesh login", status.message()))
+    } else {
+        status
     }
 }
 
