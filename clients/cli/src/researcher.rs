@@ -36,6 +36,9 @@ const WATCH_REOPENS: u32 = 6;
 /// First pause before reopening a watch; doubled each failure up to the cap.
 const WATCH_BACKOFF: Duration = Duration::from_millis(250);
 const WATCH_BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// A watch that stayed open this long before ending starts its count of
+/// reopens afresh; one that keeps ending sooner (a flapping mesh) uses them up.
+const WATCH_STABLE: Duration = Duration::from_secs(30);
 
 /// Which mesh to talk to and as whom; every researcher command takes these.
 #[derive(Args, Debug, Clone)]
@@ -612,6 +615,7 @@ impl Mesh {
                 }
                 Err(err) => return Err(err),
             };
+            let opened_at = tokio::time::Instant::now();
             let ended = loop {
                 match events.message().await {
                     Ok(Some(event)) => {
@@ -619,8 +623,6 @@ impl Mesh {
                             eprintln!("watch: moved to another college; following again");
                             reopening = false;
                         }
-                        failures = 0;
-                        backoff = WATCH_BACKOFF;
                         self.print_event(&event)?;
                     }
                     Ok(None) => break "the college closed the stream (draining?)".to_owned(),
@@ -631,6 +633,11 @@ impl Mesh {
                     Err(status) => return Err(status.into()),
                 }
             };
+            if opened_at.elapsed() >= WATCH_STABLE {
+                // It had settled: this is a new incident, not the same one going on.
+                failures = 0;
+                backoff = WATCH_BACKOFF;
+            }
             if failures >= WATCH_REOPENS {
                 return Err(CliError::Unavailable(format!(
                     "the watch ended and could not be reopened: {ended}"

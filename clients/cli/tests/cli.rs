@@ -340,8 +340,51 @@ async fn completions_print_a_shell_script() {
     assert!(bash.stdout.contains("add-member"), "verbs are completed");
 }
 
+async fn registered(registry: &str, college: &Proc) -> bool {
+    list(registry, "college")
+        .await
+        .iter()
+        .any(|i| i.address == college.url())
+}
+
+/// Waits for a stderr line of the watch that says it moved.
+async fn moved(stderr: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stderr.next_line().await.unwrap() {
+                Some(line) if line.contains("moved") => return line,
+                Some(_) => continue,
+                None => panic!("the watch exited"),
+            }
+        }
+    })
+    .await
+    .expect("the watch says it moved within 20 s")
+}
+
+/// Waits for the watch's next withdrawal event (skipping the snapshot a reopen starts with).
+async fn next_withdrawal(
+    events: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = events
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the watch is still running");
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if event["kind"] == "KIND_WITHDRAWAL" {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("a withdrawal reaches the watch within 10 s")
+}
+
 #[tokio::test]
-async fn watch_moves_to_another_college_when_its_college_dies() {
+async fn watch_moves_to_another_college_when_its_college_dies_or_drains() {
     let (registry, first, _agency) = mesh().await;
     let r = registry.url();
     let config = tempfile::tempdir().unwrap();
@@ -365,53 +408,55 @@ async fn watch_moves_to_another_college_when_its_college_dies() {
         .unwrap();
     let mut events = BufReader::new(watch.stdout.take().unwrap()).lines();
     let mut stderr = BufReader::new(watch.stderr.take().unwrap()).lines();
-    let next = |line: Option<String>| -> serde_json::Value {
-        serde_json::from_str(&line.expect("the watch is still running")).unwrap()
-    };
     let snapshot = tokio::time::timeout(Duration::from_secs(10), events.next_line())
         .await
         .expect("a snapshot within 10 s")
-        .unwrap();
-    assert_eq!(next(snapshot)["kind"], "KIND_SNAPSHOT");
+        .unwrap()
+        .expect("the watch is still running");
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    assert_eq!(snapshot["kind"], "KIND_SNAPSHOT");
+    assert_eq!(snapshot["account"]["balanceMinor"], "400000");
 
+    // Killed: the connection breaks under the stream.
     let second = Proc::member("college", &r, &[]).await;
     assert_eventually(
         Duration::from_secs(5),
         "second college registered",
-        || async { list(&r, "college").await.len() == 2 },
+        || async { registered(&r, &second).await },
     )
     .await;
     first.signal(Signal::SIGKILL);
-    let moved = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match stderr.next_line().await.unwrap() {
-                Some(line) if line.contains("moved") => return line,
-                Some(_) => continue,
-                None => panic!("the watch exited"),
-            }
-        }
-    })
-    .await
-    .expect("the watch says it moved within 20 s");
-    assert!(moved.contains("another college"), "{moved}");
-
+    assert!(moved(&mut stderr).await.contains("another college"));
     run(
         cfg,
         None,
-        &["withdraw", &account, "700", "--memo", "after the move"],
+        &["withdraw", &account, "700", "--memo", "after the kill"],
     )
     .await
     .ok("withdraw");
-    let withdrawal = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let event = next(events.next_line().await.unwrap());
-            if event["kind"] == "KIND_WITHDRAWAL" {
-                return event;
-            }
-        }
-    })
+    assert_eq!(
+        next_withdrawal(&mut events).await["transaction"]["amountMinor"],
+        "700"
+    );
+
+    // Drained: the college deregisters and closes its streams.
+    let third = Proc::member("college", &r, &[]).await;
+    assert_eventually(
+        Duration::from_secs(5),
+        "third college registered",
+        || async { registered(&r, &third).await },
+    )
+    .await;
+    second.signal(Signal::SIGTERM);
+    assert!(moved(&mut stderr).await.contains("another college"));
+    run(
+        cfg,
+        None,
+        &["withdraw", &account, "300", "--memo", "after the drain"],
+    )
     .await
-    .expect("the withdrawal reaches the moved watch within 10 s");
-    assert_eq!(withdrawal["transaction"]["amountMinor"], "700");
-    drop(second);
+    .ok("withdraw");
+    let event = next_withdrawal(&mut events).await;
+    assert_eq!(event["transaction"]["amountMinor"], "300");
+    assert_eq!(event["account"]["balanceMinor"], "399000");
 }
