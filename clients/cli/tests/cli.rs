@@ -460,3 +460,34 @@ async fn watch_moves_to_another_college_when_its_college_dies_or_drains() {
     assert_eq!(event["transaction"]["amountMinor"], "300");
     assert_eq!(event["account"]["balanceMinor"], "399000");
 }
+
+#[tokio::test]
+async fn instances_watch_prints_instances_as_they_come_and_go() {
+    let registry = Proc::registry(&[]).await;
+    let config = tempfile::tempdir().unwrap();
+    let mut watch = cli(
+        config.path(),
+        Some(&registry.url()),
+        &["instances", "college", "--watch", "--output", "json"],
+    )
+    .spawn()
+    .unwrap();
+    let mut events = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut next_kind = async || -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), events.next_line())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the watch is still running");
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next_kind().await["kind"], "KIND_SNAPSHOT");
+    let college = Proc::member("college", &registry.url(), &[]).await;
+    let put = next_kind().await;
+    assert_eq!(put["kind"], "KIND_PUT");
+    assert_eq!(put["instances"][0]["address"], college.url());
+    college.signal(Signal::SIGKILL);
+    let delete = next_kind().await;
+    assert_eq!(delete["kind"], "KIND_DELETE");
+    assert_eq!(delete["instances"][0]["address"], college.url());
+}
