@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -84,6 +84,11 @@ pub struct Balancer {
 
 struct Shared {
     service: String,
+    /// The registry URLs followed, for error messages.
+    registries: Vec<String>,
+    /// Whether some registry has accepted the Watch call since start-up: it
+    /// tells "the registry knows no instance" from "no registry answered".
+    registry_answered: AtomicBool,
     options: BalancerOptions,
     endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
     view: watch::Sender<MeshView>,
@@ -106,6 +111,8 @@ impl Balancer {
         let (view, _) = watch::channel(MeshView::default());
         let shared = Arc::new(Shared {
             service: service.into(),
+            registries: registries.clone(),
+            registry_answered: AtomicBool::new(false),
             options,
             endpoints: RwLock::new(HashMap::new()),
             view,
@@ -170,6 +177,12 @@ impl Balancer {
     }
 
     fn no_instance(&self) -> Status {
+        if !self.shared.registry_answered.load(Ordering::Relaxed) {
+            return Status::unavailable(format!(
+                "no registry answered at {}",
+                self.shared.registries.join(", ")
+            ));
+        }
         Status::unavailable(format!(
             "no live instance of service {:?} is registered",
             self.shared.service
@@ -416,6 +429,7 @@ async fn watch_once(
         })
         .await?
         .into_inner();
+    shared.registry_answered.store(true, Ordering::Relaxed);
     while let Some(event) = events.message().await? {
         shared.apply(&event);
     }
@@ -446,5 +460,37 @@ impl tower::Service<http::Request<tonic::body::Body>> for Balancer {
             let response = tower::ServiceExt::oneshot(in_flight.0.channel.clone(), request).await;
             response.map_err(Into::into)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_names_every_registry_when_none_answers() {
+        // Bound and dropped at once, so nothing listens on these ports.
+        let closed = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let registries = vec![closed(), closed()];
+        let options = BalancerOptions {
+            wait_for_instances: Duration::from_millis(300),
+            ..BalancerOptions::default()
+        };
+        let balancer = Balancer::new(registries.clone(), "college", options);
+        let status = balancer
+            .call(|_channel| async { Ok::<(), Status>(()) })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            format!(
+                "no registry answered at {}, {}",
+                registries[0], registries[1]
+            )
+        );
     }
 }

@@ -1,37 +1,51 @@
-//! `grantmesh`: one binary for every role in the mesh, and the operator's
-//! commands for looking at a running one.
+//! `grantmesh`: one binary for every role in the mesh, the researcher's
+//! commands, and the operator's commands for looking at a running mesh.
 //!
 //! ```text
 //! grantmesh registry  --listen 127.0.0.1:7000
 //! grantmesh college   --listen 127.0.0.1:7200 --registry http://127.0.0.1:7000
 //! grantmesh agency    --listen 127.0.0.1:7100 --registry http://127.0.0.1:7000
-//! grantmesh instances --registry http://127.0.0.1:7000
-//! grantmesh health 127.0.0.1:7200 --service grantmesh.v1.College
-//! grantmesh grant login --email ada@uni.edu      # then GRANTMESH_TOKEN=…
-//! grantmesh grant withdraw ACCOUNT 2500 --memo reagents
+//! grantmesh signup --name Ada --email ada@uni.edu
+//! grantmesh login --email ada@uni.edu            # asks for the password, keeps the token
+//! grantmesh withdraw ACCOUNT 2500 --memo reagents
+//! grantmesh instances
 //! ```
+//!
+//! This file only parses and dispatches: each command lives in its module,
+//! and how an error becomes a message and an exit code lives in [`exit`].
 
 mod bench;
 mod dev;
-mod grant;
+mod exit;
 mod ops;
+mod output;
+mod researcher;
 mod roles;
+mod session;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "grantmesh",
     version,
-    about = "A research-grant service mesh: registry, agencies and colleges over gRPC."
+    about = "A research-grant service mesh: registry, agencies and colleges over gRPC.",
+    after_help = exit::EXIT_CODES_HELP
 )]
 struct Cli {
+    /// How replies are printed: tables for people, or the protobuf JSON mapping (as grpcurl prints it).
+    #[arg(long, global = true, value_enum, default_value_t = output::Format::Table)]
+    output: output::Format,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Researcher(researcher::Verb),
+    #[command(flatten)]
+    Ops(ops::Verb),
     /// Run a registry replica (service discovery with heartbeat leases).
     Registry(roles::RegistryArgs),
     /// Run a funding agency that takes grant proposals.
@@ -40,52 +54,61 @@ enum Command {
     College(roles::CollegeArgs),
     /// Run the whole mesh in this process: a registry, two agencies, two colleges.
     Dev(dev::DevArgs),
-    /// Check a server's gRPC health; exits 0 when it is SERVING.
-    Health(ops::HealthArgs),
-    /// List the live instances a registry knows, with their addresses.
-    Instances(ops::InstancesArgs),
-    /// Call a service's Ping through the mesh (discovery and balancing included).
-    Ping(ops::PingArgs),
-    /// A researcher's commands: register, login, propose, account, withdraw, watch…
-    Grant {
-        #[command(flatten)]
-        target: grant::Target,
-        #[command(subcommand)]
-        command: grant::Grant,
-    },
     /// Measure a mesh running on this machine.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Print a shell completion script: `grantmesh completions bash > /etc/bash_completion.d/grantmesh`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Command {
+    /// The log level when `GRANTMESH_LOG` says none: servers log what they
+    /// do; commands for a person at a terminal (and `dev`, whose terminal
+    /// shows the banner) only warnings, so logs do not bury their output.
+    fn default_log(&self) -> &'static str {
+        match self {
+            Command::Registry(_) | Command::Agency(_) | Command::College(_) => "info",
+            _ => "warn",
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    grantmesh_server::telemetry::init();
+    if let Command::Completions { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "grantmesh", &mut script);
+        // A closed pipe (`| head`) is the reader's choice, not a failure to report.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+        return std::process::ExitCode::SUCCESS;
+    }
+    grantmesh_server::telemetry::init(cli.command.default_log());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: failed to start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
+            return exit::report(
+                &anyhow::Error::new(err).context("failed to start the async runtime"),
+            );
         }
     };
+    let format = cli.output;
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Researcher(verb) => researcher::run(verb, format).await,
+            Command::Ops(verb) => ops::run(verb, format).await,
             Command::Registry(args) => roles::run_registry(args).await,
             Command::Agency(args) => roles::run_agency(args).await,
             Command::College(args) => roles::run_college(args).await,
             Command::Dev(args) => dev::run(args).await,
-            Command::Health(args) => ops::health(args).await,
-            Command::Instances(args) => ops::instances(args).await,
-            Command::Ping(args) => ops::ping(args).await,
             Command::Bench(bench) => bench::run(bench).await,
-            Command::Grant { target, command } => grant::run(target, command).await,
+            Command::Completions { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
         Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(err) => exit::report(&err),
     }
 }

@@ -1,17 +1,45 @@
 //! Operator commands against a running mesh: health checks, the registry's
-//! view, and a ping through discovery.
+//! view of live instances (once or followed live), and a ping through
+//! discovery and balancing.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, Subcommand};
 use grantmesh_discovery::{Balancer, BalancerOptions, parse_registry_list, with_scheme};
-use grantmesh_proto::v1::{ListInstancesRequest, PingRequest};
-use grantmesh_proto::{AgencyClient, CollegeClient, RegistryClient};
+use grantmesh_proto::RegistryClient;
+use grantmesh_proto::v1::{
+    Instance, ListInstancesReply, ListInstancesRequest, PingRequest, WatchRequest, watch_event,
+};
+use grantmesh_proto::{AgencyClient, CollegeClient};
+use tonic::Status;
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+use crate::exit::CliError;
+use crate::output::{self, Format};
+
+/// How long to wait for one registry replica before trying the next: a
+/// registry on a reachable host answers in milliseconds.
+const REGISTRY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many full rounds over the replicas `instances --watch` makes, in a row,
+/// without any answering before it gives up.
+const WATCH_ROUNDS: u32 = 5;
+/// Pause between rounds of `instances --watch` when no replica answered.
+const WATCH_ROUND_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// List the live instances a registry knows: address, labels, TTL, last beat.
+    Instances(InstancesArgs),
+    /// Check a server's gRPC health; exits 0 when it is SERVING, 5 when not.
+    Health(HealthArgs),
+    /// Call a service's Ping through the mesh (discovery and balancing included).
+    Ping(PingArgs),
+}
 
 #[derive(Args, Debug)]
 pub struct HealthArgs {
@@ -29,13 +57,12 @@ pub struct HealthArgs {
 pub struct InstancesArgs {
     /// Only this service (e.g. `college`); every service when omitted.
     service: Option<String>,
-    /// Registry to ask (the first of a comma-separated list is used).
-    #[arg(
-        long,
-        env = "GRANTMESH_REGISTRY",
-        default_value = "http://127.0.0.1:7000"
-    )]
+    /// Registry replicas, comma separated; each is tried in turn until one answers.
+    #[arg(long, env = "GRANTMESH_REGISTRY", default_value = crate::researcher::DEFAULT_REGISTRY)]
     registry: String,
+    /// Follow changes live (added/removed lines) until Ctrl-C; needs SERVICE.
+    #[arg(long, requires = "service")]
+    watch: bool,
 }
 
 #[derive(Args, Debug)]
@@ -43,18 +70,23 @@ pub struct PingArgs {
     /// `agency` or `college`.
     service: String,
     /// Registry replicas to discover instances through, comma separated.
-    #[arg(
-        long,
-        env = "GRANTMESH_REGISTRY",
-        default_value = "http://127.0.0.1:7000"
-    )]
+    #[arg(long, env = "GRANTMESH_REGISTRY", default_value = crate::researcher::DEFAULT_REGISTRY)]
     registry: String,
     /// How many pings to send.
     #[arg(long, default_value_t = 1)]
     count: u32,
 }
 
-pub async fn health(args: HealthArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
+    match verb {
+        Verb::Instances(args) if args.watch => watch_instances(args, format).await,
+        Verb::Instances(args) => instances(args, format).await,
+        Verb::Health(args) => health(args).await,
+        Verb::Ping(args) => ping(args, format).await,
+    }
+}
+
+async fn health(args: HealthArgs) -> anyhow::Result<ExitCode> {
     let url = with_scheme(&args.addr);
     let check = async {
         let channel = tonic::transport::Endpoint::from_shared(url.clone())?
@@ -69,59 +101,198 @@ pub async fn health(args: HealthArgs) -> anyhow::Result<ExitCode> {
     };
     let status = tokio::time::timeout(args.timeout, check)
         .await
-        .with_context(|| format!("no answer from {url} within {:?}", args.timeout))?
-        .with_context(|| format!("health check of {url} failed"))?;
+        .map_err(|_| {
+            Status::deadline_exceeded(format!("no answer from {url} within {:?}", args.timeout))
+        })??;
     println!("{}", status.as_str_name());
-    Ok(if status == ServingStatus::Serving {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-pub async fn instances(args: InstancesArgs) -> anyhow::Result<ExitCode> {
-    let url = parse_registry_list(&args.registry)
-        .into_iter()
-        .next()
-        .context("--registry names no registry")?;
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .with_context(|| format!("failed to reach the registry at {url}"))?;
-    let reply = RegistryClient::new(channel)
-        .list_instances(ListInstancesRequest {
-            service: args.service.unwrap_or_default(),
-        })
-        .await
-        .context("ListInstances failed")?
-        .into_inner();
-    let mut instances = reply.instances;
-    instances.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
-    println!(
-        "{:<10} {:<28} {:<28} {:>10}",
-        "SERVICE", "INSTANCE", "ADDRESS", "LAST BEAT"
-    );
-    for instance in &instances {
-        let since = instance
-            .since_last_beat
-            .and_then(|d| Duration::try_from(d).ok())
-            .map(|d| format!("{}ms ago", d.as_millis()))
-            .unwrap_or_default();
-        println!(
-            "{:<10} {:<28} {:<28} {:>10}",
-            instance.service, instance.id, instance.address, since
-        );
+    if status != ServingStatus::Serving {
+        return Err(CliError::Unavailable(format!("{url} is {}", status.as_str_name())).into());
     }
-    eprintln!(
-        "{} instance(s) at revision {}",
-        instances.len(),
-        reply.revision
-    );
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
+/// Connects to the first replica that answers; the error names every one tried.
+async fn first_registry(
+    registries: &[String],
+) -> Result<(String, RegistryClient<Channel>), Status> {
+    for url in registries {
+        let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
+            Ok(endpoint) => endpoint.connect_timeout(REGISTRY_CONNECT_TIMEOUT),
+            Err(err) => {
+                tracing::warn!(registry = %url, error = %err, "not a registry URL");
+                continue;
+            }
+        };
+        match endpoint.connect().await {
+            Ok(channel) => return Ok((url.clone(), RegistryClient::new(channel))),
+            Err(err) => tracing::debug!(registry = %url, error = %err, "registry did not answer"),
+        }
+    }
+    Err(Status::unavailable(format!(
+        "no registry answered at {}",
+        registries.join(", ")
+    )))
+}
+
+async fn list_from_any(
+    registries: &[String],
+    service: &str,
+) -> Result<(String, ListInstancesReply), Status> {
+    let mut last = None;
+    let mut remaining = registries;
+    while !remaining.is_empty() {
+        let (url, mut client) = first_registry(remaining).await?;
+        let index = registries.iter().position(|r| *r == url).unwrap_or(0);
+        remaining = &registries[index + 1..];
+        match client
+            .list_instances(ListInstancesRequest {
+                service: service.to_owned(),
+            })
+            .await
+        {
+            Ok(reply) => return Ok((url, reply.into_inner())),
+            Err(status) if status.code() == tonic::Code::Unavailable => last = Some(status),
+            Err(status) => return Err(status),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Status::unavailable(format!("no registry answered at {}", registries.join(", ")))
+    }))
+}
+
+async fn instances(args: InstancesArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let registries = parse_registry_list(&args.registry);
+    if registries.is_empty() {
+        return Err(CliError::Usage("--registry names no registry".to_owned()).into());
+    }
+    let (url, mut reply) =
+        list_from_any(&registries, args.service.as_deref().unwrap_or_default()).await?;
+    reply
+        .instances
+        .sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+    output::emit(format, &reply, |r| output::instances(&r.instances))?;
+    let answered = format!(
+        "{} instance(s), answered by {url} at revision {}",
+        reply.instances.len(),
+        reply.revision
+    );
+    match format {
+        Format::Table => println!("{answered}"),
+        Format::Json => eprintln!("{answered}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn watch_instances(args: InstancesArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let registries = parse_registry_list(&args.registry);
+    let service = args.service.unwrap_or_default();
+    let follow = async {
+        let mut silent_rounds = 0;
+        loop {
+            let mut answered = false;
+            for url in &registries {
+                match follow_one(url, &service, format).await {
+                    Ok(()) => {
+                        answered = true;
+                        eprintln!("registry {url} closed the watch; trying the next replica");
+                    }
+                    Err(FollowError::NotAnswered) => {}
+                    Err(FollowError::Broke(status)) => {
+                        answered = true;
+                        eprintln!(
+                            "registry {url} stopped answering ({}); trying the next replica",
+                            status.message()
+                        );
+                    }
+                    Err(FollowError::Refused(status)) => return Err(anyhow::Error::new(status)),
+                    Err(FollowError::Print(err)) => return Err(err),
+                }
+            }
+            silent_rounds = if answered { 0 } else { silent_rounds + 1 };
+            if silent_rounds >= WATCH_ROUNDS {
+                return Err(Status::unavailable(format!(
+                    "no registry answered at {}",
+                    registries.join(", ")
+                ))
+                .into());
+            }
+            tokio::time::sleep(WATCH_ROUND_PAUSE).await;
+        }
+    };
+    tokio::select! {
+        result = follow => result,
+        _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
+    }
+}
+
+enum FollowError {
+    NotAnswered,
+    Broke(Status),
+    Refused(Status),
+    Print(anyhow::Error),
+}
+
+/// Follows one replica's Watch stream, printing each change as it comes.
+async fn follow_one(url: &str, service: &str, format: Format) -> Result<(), FollowError> {
+    let (_, mut client) = first_registry(&[url.to_owned()])
+        .await
+        .map_err(|_| FollowError::NotAnswered)?;
+    let mut events = client
+        .watch(WatchRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::Unavailable => FollowError::NotAnswered,
+            _ => FollowError::Refused(status),
+        })?
+        .into_inner();
+    if format == Format::Table {
+        eprintln!("following {service} at {url} (Ctrl-C to stop)");
+    }
+    loop {
+        let event = match events.message().await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(FollowError::Broke(status)),
+        };
+        if format == Format::Json {
+            println!("{}", output::to_json(&event).map_err(FollowError::Print)?);
+            continue;
+        }
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        match event.kind() {
+            watch_event::Kind::Snapshot => {
+                println!("{now} snapshot at revision {}", event.revision);
+                println!("{}", output::instances(&event.instances));
+            }
+            watch_event::Kind::Put => {
+                for i in &event.instances {
+                    println!("{now} + {}", describe(i));
+                }
+            }
+            watch_event::Kind::Delete => {
+                for i in &event.instances {
+                    println!("{now} - {} ({})", describe(i), event.reason);
+                }
+            }
+            watch_event::Kind::Unspecified => {}
+        }
+    }
+}
+
+fn describe(i: &Instance) -> String {
+    format!("{} {} {}", i.service, i.id, i.address)
+}
+
+async fn ping(args: PingArgs, format: Format) -> anyhow::Result<ExitCode> {
+    if !matches!(args.service.as_str(), "college" | "agency") {
+        return Err(CliError::Usage(format!(
+            "cannot ping service {:?}: use agency or college",
+            args.service
+        ))
+        .into());
+    }
     let balancer = Balancer::new(
         parse_registry_list(&args.registry),
         args.service.clone(),
@@ -132,28 +303,25 @@ pub async fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
             message: format!("ping {n}"),
             delay_ms: 0,
         };
-        let reply = match args.service.as_str() {
-            "college" => {
-                balancer
-                    .call(|channel| {
-                        let request = request.clone();
-                        async move { CollegeClient::new(channel).ping(request).await }
-                    })
-                    .await
-            }
-            "agency" => {
-                balancer
-                    .call(|channel| {
-                        let request = request.clone();
-                        async move { AgencyClient::new(channel).ping(request).await }
-                    })
-                    .await
-            }
-            other => anyhow::bail!("cannot ping service {other:?}: use agency or college"),
+        let reply = balancer
+            .call(|channel| {
+                let request = request.clone();
+                let service = args.service.clone();
+                async move {
+                    if service == "college" {
+                        CollegeClient::new(channel).ping(request).await
+                    } else {
+                        AgencyClient::new(channel).ping(request).await
+                    }
+                }
+            })
+            .await
+            .context("ping failed")?
+            .into_inner();
+        match format {
+            Format::Json => println!("{}", output::to_json(&reply)?),
+            Format::Table => println!("{} {}", reply.instance_id, reply.message),
         }
-        .with_context(|| format!("ping to {} failed", args.service))?
-        .into_inner();
-        println!("{} {}", reply.instance_id, reply.message);
     }
     Ok(ExitCode::SUCCESS)
 }

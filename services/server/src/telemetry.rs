@@ -5,11 +5,12 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. Calling it again (as every test may) is harmless.
-pub fn init() {
+/// Installs the global subscriber, logging at `default` (e.g. `info`) unless
+/// the environment says otherwise. Calling it again (as every test may) is harmless.
+pub fn init(default: &str) {
     let filter = std::env::var("GRANTMESH_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_owned());
+        .unwrap_or_else(|_| default.to_owned());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)

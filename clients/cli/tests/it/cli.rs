@@ -1,114 +1,491 @@
-//! The `grantmesh grant …` commands a researcher types, run as the real
-//! binary against a real mesh.
+//! The commands a researcher types, run as the real `grantmesh` binary
+//! against a real mesh (registry, college and agency processes, a real
+//! Postgres), each test with its own session directory.
 
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::*;
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
-async fn grantmesh(registry: &str, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+/// Exit codes documented in `grantmesh --help` and `docs/cli.md`.
+const REFUSED: i32 = 4;
+const UNAVAILABLE: i32 = 5;
+const AUTH: i32 = 6;
+
+/// A CLI run: its exit code and what it printed.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self, what: &str) -> Self {
+        assert_eq!(self.code, 0, "grantmesh {what} failed: {}", self.stderr);
+        self
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// The binary with a session directory and (unless `None`) a registry list.
+fn cli(config: &Path, registry: Option<&str>, args: &[&str]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_grantmesh"));
     command
-        .arg("grant")
         .args(args)
-        .env("GRANTMESH_REGISTRY", registry)
+        .env("GRANTMESH_CONFIG_DIR", config)
         .env("GRANTMESH_LOG", "error")
-        .env_remove("GRANTMESH_TOKEN");
-    if let Some(token) = token {
-        command.env("GRANTMESH_TOKEN", token);
+        .env_remove("GRANTMESH_TOKEN")
+        .env_remove("GRANTMESH_PASSWORD")
+        .env_remove("GRANTMESH_REGISTRY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(registry) = registry {
+        command.env("GRANTMESH_REGISTRY", registry);
     }
-    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+    command
+}
+
+async fn run_with(mut command: tokio::process::Command, stdin: Option<&str>) -> Run {
+    let mut child = command.spawn().expect("the grantmesh binary starts");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(pipe);
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
-        .unwrap()
+        .expect("grantmesh finished within 30 s")
         .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
+    Run {
+        code: output.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+async fn run(config: &Path, registry: Option<&str>, args: &[&str]) -> Run {
+    run_with(cli(config, registry, args), None).await
+}
+
+/// A registry with one college and the agency `nsf` (band 300000..500000), all registered.
+async fn mesh() -> (Proc, Proc, Proc) {
+    let registry = Proc::registry(&[]).await;
+    let college = Proc::member("college", &registry.url(), &[]).await;
+    let agency = Proc::member("agency", &registry.url(), &["--name", "nsf"]).await;
+    let url = registry.url();
+    assert_eventually(
+        Duration::from_secs(5),
+        "college and agency registered",
+        || async { list(&url, "").await.len() == 2 },
+    )
+    .await;
+    (registry, college, agency)
+}
+
+fn fresh_email(name: &str) -> String {
+    format!(
+        "{}-{}@uni.edu",
+        name.to_lowercase(),
+        uuid::Uuid::new_v4().simple()
     )
 }
 
-async fn ok(registry: &str, token: Option<&str>, args: &[&str]) -> serde_json::Value {
-    let (success, stdout, stderr) = grantmesh(registry, token, args).await;
-    assert!(success, "grantmesh grant {args:?} failed: {stderr}");
-    serde_json::from_str(stdout.lines().last().unwrap_or("null"))
-        .unwrap_or(serde_json::Value::String(stdout))
+/// Signs up and logs in a researcher, password through stdin both times.
+async fn sign_up_and_log_in(config: &Path, registry: &str, name: &str) -> String {
+    let email = fresh_email(name);
+    let signup = cli(
+        config,
+        Some(registry),
+        &[
+            "signup",
+            "--name",
+            name,
+            "--email",
+            &email,
+            "--password-stdin",
+        ],
+    );
+    run_with(signup, Some("correct horse\n")).await.ok("signup");
+    let login = cli(
+        config,
+        Some(registry),
+        &["login", "--email", &email, "--password-stdin"],
+    );
+    run_with(login, Some("correct horse\n")).await.ok("login");
+    email
+}
+
+/// A closed loopback port's URL: bound, then released.
+fn closed_url() -> String {
+    format!("http://127.0.0.1:{}", free_port())
 }
 
 #[tokio::test]
 async fn a_researcher_runs_a_grant_from_the_command_line() {
-    let registry = Proc::registry(&[]).await;
-    let _college = Proc::member("college", &registry.url(), &[]).await;
-    let _agency = Proc::member("agency", &registry.url(), &["--name", "nsf"]).await;
-    assert_eventually(
-        Duration::from_secs(5),
-        "college and agency registered",
-        || async { list(&registry.url(), "").await.len() == 2 },
-    )
-    .await;
+    let (registry, _college, _agency) = mesh().await;
     let r = registry.url();
-    let email = format!("ada-{}@uni.edu", uuid::Uuid::new_v4().simple());
+    let config = tempfile::tempdir().unwrap();
+    let cfg = config.path();
 
-    ok(
-        &r,
-        None,
-        &[
-            "register",
-            "--name",
-            "Ada",
-            "--email",
-            &email,
-            "--password",
-            "correct horse",
-        ],
-    )
-    .await;
-    let (success, token, _) = grantmesh(
-        &r,
-        None,
-        &["login", "--email", &email, "--password", "correct horse"],
-    )
-    .await;
-    assert!(success);
-    let token = token.trim();
+    let email = sign_up_and_log_in(cfg, &r, "Ada").await;
+    let session = cfg.join("session.json");
+    let mode = std::fs::metadata(&session).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is owner-only");
 
-    let proposal = ok(
-        &r,
-        Some(token),
-        &[
-            "propose", "--title", "Folding", "--amount", "400000", "--days", "30", "--agency",
-            "nsf", "--key", "p1",
-        ],
-    )
-    .await;
+    // From here on the registry comes from the saved session, not the environment.
+    let who = run(cfg, None, &["whoami"]).await.ok("whoami");
+    assert!(who.stdout.contains(&email), "{}", who.stdout);
+
+    let propose = [
+        "propose", "--title", "Folding", "--amount", "400000", "--days", "30", "--agency", "nsf",
+        "--key", "p1",
+    ];
+    let accepted = run(cfg, None, &propose).await.ok("propose");
+    let replayed = run(cfg, None, &[&propose[..], &["--output", "json"]].concat())
+        .await
+        .ok("propose --output json");
+    let proposal = replayed.json();
     assert_eq!(proposal["decision"], "DECISION_ACCEPTED");
     let account = proposal["accountId"].as_str().unwrap().to_owned();
+    assert!(accepted.stdout.contains("accepted"), "{}", accepted.stdout);
+    assert!(
+        accepted.stdout.contains(&account),
+        "the table shows the account: {}",
+        accepted.stdout
+    );
 
-    let withdrawal = ok(
-        &r,
-        Some(token),
+    let rejected = run(
+        cfg,
+        None,
         &[
-            "withdraw", &account, "2500", "--memo", "reagents", "--key", "w1",
+            "propose", "--title", "Tiny", "--amount", "100", "--days", "30", "--agency", "nsf",
         ],
     )
     .await;
-    assert_eq!(withdrawal["balanceMinor"], 397_500);
-    let replay = ok(
-        &r,
-        Some(token),
-        &["withdraw", &account, "2500", "--key", "w1"],
+    assert_eq!(rejected.code, REFUSED, "{}", rejected.stderr);
+    assert!(rejected.stderr.contains("band"), "{}", rejected.stderr);
+
+    let accounts = run(cfg, None, &["accounts"]).await.ok("accounts");
+    assert!(accounts.stdout.contains(&account), "{}", accounts.stdout);
+    assert!(accounts.stdout.contains("400000"), "{}", accounts.stdout);
+
+    let bob = fresh_email("bob");
+    let bob_config = tempfile::tempdir().unwrap();
+    let mut signup = cli(
+        bob_config.path(),
+        Some(&r),
+        &["signup", "--name", "Bob", "--email", &bob],
+    );
+    signup.env("GRANTMESH_PASSWORD", "battery staple");
+    run_with(signup, None)
+        .await
+        .ok("signup with GRANTMESH_PASSWORD");
+    let added = run(cfg, None, &["add-member", &account, &bob])
+        .await
+        .ok("add-member");
+    assert!(added.stdout.contains(&bob), "{}", added.stdout);
+
+    let withdraw = [
+        "withdraw", &account, "2500", "--memo", "reagents", "--key", "w1",
+    ];
+    let first = run(cfg, None, &withdraw).await.ok("withdraw");
+    assert!(first.stdout.contains("397500"), "{}", first.stdout);
+    let again = run(cfg, None, &withdraw).await.ok("withdraw replayed");
+    assert!(
+        again.stdout.contains("yes"),
+        "shown as replayed: {}",
+        again.stdout
+    );
+    assert!(again.stdout.contains("397500"), "{}", again.stdout);
+
+    let broke = run(cfg, None, &["withdraw", &account, "1000000"]).await;
+    assert_eq!(broke.code, REFUSED, "{}", broke.stderr);
+    assert!(
+        broke
+            .stderr
+            .contains("FAILED_PRECONDITION: insufficient funds"),
+        "{}",
+        broke.stderr
+    );
+    assert!(
+        !broke.stderr.contains("Status {"),
+        "no Rust type names: {}",
+        broke.stderr
+    );
+
+    let journal = run(cfg, None, &["transactions", &account])
+        .await
+        .ok("transactions");
+    assert_eq!(
+        journal.stdout.matches("reagents").count(),
+        1,
+        "{}",
+        journal.stdout
+    );
+
+    let shown = run(cfg, None, &["account", &account, "--output", "json"])
+        .await
+        .ok("account --output json")
+        .json();
+    assert_eq!(
+        shown["balanceMinor"], "397500",
+        "int64 as a string: {shown}"
+    );
+    assert_eq!(shown["awardMinor"], "400000");
+    assert_eq!(shown["members"][0]["role"], "ROLE_PRINCIPAL_INVESTIGATOR");
+    assert_eq!(shown["members"].as_array().unwrap().len(), 2);
+    let journal = run(cfg, None, &["transactions", &account, "--output", "json"])
+        .await
+        .ok("transactions --output json")
+        .json();
+    assert_eq!(
+        journal["transactions"][0]["amountMinor"], "2500",
+        "{journal}"
+    );
+    assert_eq!(journal["transactions"][0]["memo"], "reagents");
+
+    let listed = run(
+        cfg,
+        None,
+        &["instances", "--registry", &format!("{},{r}", closed_url())],
+    )
+    .await
+    .ok("instances");
+    assert!(listed.stdout.contains("agency=nsf"), "{}", listed.stdout);
+    assert!(
+        listed.stdout.contains(&format!("answered by {r}")),
+        "{}",
+        listed.stdout
+    );
+
+    run(cfg, None, &["logout"]).await.ok("logout");
+    assert!(!session.exists(), "logout removes the session file");
+    let after = run(cfg, None, &["accounts", "--registry", &r]).await;
+    assert_eq!(after.code, AUTH, "{}", after.stderr);
+    assert!(after.stderr.contains("grantmesh login"), "{}", after.stderr);
+}
+
+#[tokio::test]
+async fn an_expired_session_asks_for_a_new_login() {
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("session.json"),
+        serde_json::json!({
+            "token": "stale", "researcher_id": "r", "name": "Ada", "email": "ada@uni.edu",
+            "expires_at": "2020-01-01T00:00:00Z", "registry": closed_url(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let run = run(config.path(), None, &["accounts"]).await;
+    assert_eq!(run.code, AUTH, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("your session expired; run grantmesh login"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_is_named_and_exits_unavailable() {
+    let config = tempfile::tempdir().unwrap();
+    let (a, b) = (closed_url(), closed_url());
+    let registries = format!("{a},{b}");
+    let call = run(
+        config.path(),
+        Some(&registries),
+        &["accounts", "--token", "whatever"],
     )
     .await;
-    assert_eq!(replay["replayed"], true);
-    let shown = ok(&r, Some(token), &["account", &account]).await;
-    assert_eq!(shown["balanceMinor"], 397_500);
-    assert_eq!(shown["members"][0]["role"], "ROLE_PRINCIPAL_INVESTIGATOR");
-    let journal = ok(&r, Some(token), &["transactions", &account]).await;
-    assert_eq!(journal["amountMinor"], 2_500);
+    assert_eq!(call.code, UNAVAILABLE, "{}", call.stderr);
+    assert!(
+        call.stderr
+            .contains(&format!("no registry answered at {a}, {b}")),
+        "{}",
+        call.stderr
+    );
+    let listed = run(config.path(), Some(&registries), &["instances"]).await;
+    assert_eq!(listed.code, UNAVAILABLE, "{}", listed.stderr);
+    assert!(
+        listed.stderr.contains("no registry answered at"),
+        "{}",
+        listed.stderr
+    );
+}
 
-    let (success, _, stderr) = grantmesh(&r, Some(token), &["withdraw", &account, "1000000"]).await;
-    assert!(!success);
-    assert!(stderr.contains("insufficient funds"), "{stderr}");
-    let (success, _, stderr) = grantmesh(&r, None, &["account", &account]).await;
-    assert!(!success);
-    assert!(stderr.contains("grantmesh login"), "{stderr}");
+#[tokio::test]
+async fn completions_print_a_shell_script() {
+    let config = tempfile::tempdir().unwrap();
+    let bash = run(config.path(), None, &["completions", "bash"])
+        .await
+        .ok("completions");
+    assert!(
+        bash.stdout.contains("complete -F _grantmesh"),
+        "{}",
+        bash.stdout
+    );
+    assert!(bash.stdout.contains("add-member"), "verbs are completed");
+}
+
+async fn registered(registry: &str, college: &Proc) -> bool {
+    list(registry, "college")
+        .await
+        .iter()
+        .any(|i| i.address == college.url())
+}
+
+/// Waits for a stderr line of the watch that says it moved.
+async fn moved(stderr: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stderr.next_line().await.unwrap() {
+                Some(line) if line.contains("moved") => return line,
+                Some(_) => continue,
+                None => panic!("the watch exited"),
+            }
+        }
+    })
+    .await
+    .expect("the watch says it moved within 20 s")
+}
+
+/// Waits for the watch's next withdrawal event (skipping the snapshot a reopen starts with).
+async fn next_withdrawal(
+    events: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = events
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the watch is still running");
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if event["kind"] == "KIND_WITHDRAWAL" {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("a withdrawal reaches the watch within 10 s")
+}
+
+#[tokio::test]
+async fn watch_moves_to_another_college_when_its_college_dies_or_drains() {
+    let (registry, first, _agency) = mesh().await;
+    let r = registry.url();
+    let config = tempfile::tempdir().unwrap();
+    let cfg = config.path();
+    sign_up_and_log_in(cfg, &r, "Ada").await;
+    let proposal = run(
+        cfg,
+        None,
+        &[
+            "propose", "--amount", "400000", "--days", "30", "--title", "W", "--output", "json",
+        ],
+    )
+    .await
+    .ok("propose")
+    .json();
+    let account = proposal["accountId"].as_str().unwrap().to_owned();
+
+    // Only `first` is registered, so the watch opens there.
+    let mut watch = cli(cfg, None, &["watch", &account, "--output", "json"])
+        .spawn()
+        .unwrap();
+    let mut events = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut stderr = BufReader::new(watch.stderr.take().unwrap()).lines();
+    let snapshot = tokio::time::timeout(Duration::from_secs(10), events.next_line())
+        .await
+        .expect("a snapshot within 10 s")
+        .unwrap()
+        .expect("the watch is still running");
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    assert_eq!(snapshot["kind"], "KIND_SNAPSHOT");
+    assert_eq!(snapshot["account"]["balanceMinor"], "400000");
+
+    // Killed: the connection breaks under the stream.
+    let second = Proc::member("college", &r, &[]).await;
+    assert_eventually(
+        Duration::from_secs(5),
+        "second college registered",
+        || async { registered(&r, &second).await },
+    )
+    .await;
+    first.signal(Signal::SIGKILL);
+    assert!(moved(&mut stderr).await.contains("another college"));
+    run(
+        cfg,
+        None,
+        &["withdraw", &account, "700", "--memo", "after the kill"],
+    )
+    .await
+    .ok("withdraw");
+    assert_eq!(
+        next_withdrawal(&mut events).await["transaction"]["amountMinor"],
+        "700"
+    );
+
+    // Drained: the college deregisters and closes its streams.
+    let third = Proc::member("college", &r, &[]).await;
+    assert_eventually(
+        Duration::from_secs(5),
+        "third college registered",
+        || async { registered(&r, &third).await },
+    )
+    .await;
+    second.signal(Signal::SIGTERM);
+    assert!(moved(&mut stderr).await.contains("another college"));
+    run(
+        cfg,
+        None,
+        &["withdraw", &account, "300", "--memo", "after the drain"],
+    )
+    .await
+    .ok("withdraw");
+    let event = next_withdrawal(&mut events).await;
+    assert_eq!(event["transaction"]["amountMinor"], "300");
+    assert_eq!(event["account"]["balanceMinor"], "399000");
+}
+
+#[tokio::test]
+async fn instances_watch_prints_instances_as_they_come_and_go() {
+    let registry = Proc::registry(&[]).await;
+    let config = tempfile::tempdir().unwrap();
+    let mut watch = cli(
+        config.path(),
+        Some(&registry.url()),
+        &["instances", "college", "--watch", "--output", "json"],
+    )
+    .spawn()
+    .unwrap();
+    let mut events = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut next_kind = async || -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), events.next_line())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the watch is still running");
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next_kind().await["kind"], "KIND_SNAPSHOT");
+    let college = Proc::member("college", &registry.url(), &[]).await;
+    let put = next_kind().await;
+    assert_eq!(put["kind"], "KIND_PUT");
+    assert_eq!(put["instances"][0]["address"], college.url());
+    college.signal(Signal::SIGKILL);
+    let delete = next_kind().await;
+    assert_eq!(delete["kind"], "KIND_DELETE");
+    assert_eq!(delete["instances"][0]["address"], college.url());
 }

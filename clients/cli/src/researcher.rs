@@ -1,0 +1,718 @@
+//! The researcher's commands: sign up, log in, propose, and use accounts —
+//! every call found through the registry and balanced across instances.
+//!
+//! `login` keeps the token in the session file ([`crate::session`]); every
+//! other command takes it from there unless `--token`/`GRANTMESH_TOKEN` is
+//! given. Replies print as tables, or as protobuf JSON with `--output json`.
+
+use std::future::Future;
+use std::io::BufRead as _;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use grantmesh_discovery::{Balancer, BalancerOptions, parse_registry_list};
+use grantmesh_proto::v1::*;
+use grantmesh_proto::{AgencyClient, CollegeClient};
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+use crate::exit::CliError;
+use crate::output::{self, Format};
+use crate::session::{Session, Store};
+
+/// Where the mesh is found when neither a flag, the environment nor the session says.
+pub const DEFAULT_REGISTRY: &str = "http://127.0.0.1:7000";
+
+/// Proposals fetched per page; the agency caps pages anyway.
+const PROPOSALS_PAGE_SIZE: u32 = 100;
+
+/// How many times in a row `watch` reopens its stream before giving up: enough
+/// to ride out a drain or a crash while the registry catches up (a TTL of a
+/// few seconds), few enough that a mesh that is gone is reported.
+const WATCH_REOPENS: u32 = 6;
+/// First pause before reopening a watch; doubled each failure up to the cap.
+const WATCH_BACKOFF: Duration = Duration::from_millis(250);
+const WATCH_BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// A watch that stayed open this long before ending starts its count of
+/// reopens afresh; one that keeps ending sooner (a flapping mesh) uses them up.
+const WATCH_STABLE: Duration = Duration::from_secs(30);
+
+/// Which mesh to talk to and as whom; every researcher command takes these.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// Registry replicas to discover instances through, comma separated
+    /// [default: the one used at login, else http://127.0.0.1:7000].
+    #[arg(long, env = "GRANTMESH_REGISTRY")]
+    registry: Option<String>,
+    /// Bearer token; overrides the saved login session.
+    #[arg(long, env = "GRANTMESH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PasswordArgs {
+    /// The password; asked for without echo when neither this nor --password-stdin is given.
+    #[arg(long, env = "GRANTMESH_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long, conflicts_with = "password")]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Create your researcher record at the college.
+    Signup {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Log in and keep the session for later commands.
+    Login {
+        #[arg(long, env = "GRANTMESH_EMAIL")]
+        email: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Forget the saved session.
+    Logout,
+    /// Who is logged in, and until when.
+    Whoami,
+    /// Submit a grant proposal to an agency; you are its principal investigator.
+    Propose {
+        #[arg(long)]
+        title: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Requested award in minor units (cents), an integer.
+        #[arg(long)]
+        amount: i64,
+        /// Duration in days.
+        #[arg(long)]
+        days: u32,
+        /// Which agency (its --name); any when omitted.
+        #[arg(long)]
+        agency: Option<String>,
+        /// Idempotency key; a fresh one by default. Reuse it to retry safely.
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Your proposals at an agency.
+    Proposals {
+        #[arg(long)]
+        agency: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// One account in full: balance, expiry, members.
+    Account {
+        account_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The accounts you are a member of.
+    Accounts {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add a researcher (by email) to an account you lead.
+    AddMember {
+        account_id: String,
+        email: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a member (by researcher id) from an account you lead.
+    RemoveMember {
+        account_id: String,
+        researcher_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Withdraw from an account you are a member of.
+    Withdraw {
+        account_id: String,
+        /// Amount in minor units (cents), an integer.
+        amount: i64,
+        #[arg(long, default_value = "")]
+        memo: String,
+        /// Idempotency key; a fresh one by default. Reuse it to retry safely.
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// An account's journal, newest first.
+    Transactions {
+        account_id: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Follow an account's balance, membership and expiry until interrupted;
+    /// moves to another college when the one serving it goes away.
+    Watch {
+        account_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
+    let store = Store::locate()?;
+    match verb {
+        Verb::Signup {
+            name,
+            email,
+            password,
+            target,
+        } => {
+            let password = password.read(true)?;
+            let mesh = Mesh::new(&store, target, format)?;
+            let message = RegisterResearcherRequest {
+                name,
+                email,
+                password,
+            };
+            let r = mesh
+                .college(message, false, |mut c, r| async move {
+                    c.register_researcher(r).await
+                })
+                .await?;
+            output::emit(format, &r, |r| {
+                output::record(&[
+                    ("signed up", format!("{} <{}>", r.name, r.email)),
+                    ("researcher", r.researcher_id.clone()),
+                    ("next", "grantmesh login".to_owned()),
+                ])
+            })?;
+        }
+        Verb::Login {
+            email,
+            password,
+            target,
+        } => {
+            let password = password.read(false)?;
+            let mesh = Mesh::new(&store, target, format)?;
+            let reply = mesh
+                .college(
+                    LoginRequest { email, password },
+                    false,
+                    |mut c, r| async move { c.login(r).await },
+                )
+                .await?;
+            let researcher = reply.researcher.clone().unwrap_or_default();
+            let session = Session {
+                token: reply.token.clone(),
+                researcher_id: researcher.researcher_id,
+                name: researcher.name,
+                email: researcher.email,
+                expires_at: output::time(reply.expires_at.as_ref()),
+                registry: mesh.registry.clone(),
+            };
+            let path = store.save(&session)?;
+            output::emit(format, &reply, |_| {
+                output::record(&[
+                    (
+                        "logged in as",
+                        format!("{} <{}>", session.name, session.email),
+                    ),
+                    ("researcher", session.researcher_id.clone()),
+                    ("expires", session.expires_at.clone()),
+                    ("session", path.display().to_string()),
+                ])
+            })?;
+        }
+        Verb::Logout => {
+            if store.remove()? {
+                eprintln!("logged out ({} removed)", store.path().display());
+            } else {
+                eprintln!("not logged in");
+            }
+        }
+        Verb::Whoami => {
+            let session = store.load()?.ok_or(CliError::NotLoggedIn)?;
+            if session.is_expired(SystemTime::now()) {
+                return Err(CliError::SessionExpired.into());
+            }
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "researcherId": session.researcher_id, "name": session.name,
+                        "email": session.email, "expiresAt": session.expires_at,
+                        "registry": session.registry,
+                    })
+                ),
+                Format::Table => println!(
+                    "{}",
+                    output::record(&[
+                        (
+                            "logged in as",
+                            format!("{} <{}>", session.name, session.email)
+                        ),
+                        ("researcher", session.researcher_id.clone()),
+                        ("expires", session.expires_at.clone()),
+                        ("registry", session.registry.clone()),
+                    ])
+                ),
+            }
+        }
+        Verb::Propose {
+            title,
+            description,
+            amount,
+            days,
+            agency,
+            key,
+            target,
+        } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let message = SubmitProposalRequest {
+                title,
+                description,
+                requested_amount_minor: amount,
+                duration_days: days,
+                idempotency_key: key.unwrap_or_else(fresh_key),
+            };
+            let p = mesh
+                .agency(&agency, message, |mut c, r| async move {
+                    c.submit_proposal(r).await
+                })
+                .await?;
+            output::emit(format, &p, |p| output::proposals(std::slice::from_ref(p)))?;
+            if p.decision() == proposal::Decision::Rejected {
+                return Err(CliError::Rejected { reason: p.reason }.into());
+            }
+        }
+        Verb::Proposals { agency, target } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let mut all = ListProposalsReply::default();
+            loop {
+                let message = ListProposalsRequest {
+                    page_size: PROPOSALS_PAGE_SIZE,
+                    page_token: all.next_page_token.clone(),
+                };
+                let page = mesh
+                    .agency(&agency, message, |mut c, r| async move {
+                        c.list_proposals(r).await
+                    })
+                    .await?;
+                all.proposals.extend(page.proposals);
+                all.next_page_token = page.next_page_token;
+                if all.next_page_token.is_empty() {
+                    break;
+                }
+            }
+            output::emit(format, &all, |all| output::proposals(&all.proposals))?;
+        }
+        Verb::Account { account_id, target } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let a = mesh
+                .college(
+                    GetAccountRequest { account_id },
+                    true,
+                    |mut c, r| async move { c.get_account(r).await },
+                )
+                .await?;
+            output::emit(format, &a, output::account)?;
+        }
+        Verb::Accounts { target } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let reply = mesh
+                .college(ListAccountsRequest {}, true, |mut c, r| async move {
+                    c.list_accounts(r).await
+                })
+                .await?;
+            output::emit(format, &reply, |r| output::accounts(&r.accounts))?;
+        }
+        Verb::AddMember {
+            account_id,
+            email,
+            target,
+        } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let message = AddMemberRequest { account_id, email };
+            let a = mesh
+                .college(
+                    message,
+                    true,
+                    |mut c, r| async move { c.add_member(r).await },
+                )
+                .await?;
+            output::emit(format, &a, output::account)?;
+        }
+        Verb::RemoveMember {
+            account_id,
+            researcher_id,
+            target,
+        } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let message = RemoveMemberRequest {
+                account_id,
+                researcher_id,
+            };
+            let a = mesh
+                .college(
+                    message,
+                    true,
+                    |mut c, r| async move { c.remove_member(r).await },
+                )
+                .await?;
+            output::emit(format, &a, output::account)?;
+        }
+        Verb::Withdraw {
+            account_id,
+            amount,
+            memo,
+            key,
+            target,
+        } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let message = WithdrawRequest {
+                account_id,
+                amount_minor: amount,
+                idempotency_key: key.unwrap_or_else(fresh_key),
+                memo,
+            };
+            let reply = mesh
+                .college(message, true, |mut c, r| async move { c.withdraw(r).await })
+                .await?;
+            output::emit(format, &reply, |w| {
+                let t = w.transaction.clone().unwrap_or_default();
+                output::record(&[
+                    ("transaction", t.transaction_id),
+                    ("account", t.account_id),
+                    ("amount (minor units)", t.amount_minor.to_string()),
+                    ("balance (minor units)", w.balance_minor.to_string()),
+                    ("memo", t.memo),
+                    ("key", t.idempotency_key),
+                    (
+                        "replayed",
+                        if w.replayed {
+                            "yes: applied once, earlier"
+                        } else {
+                            "no"
+                        }
+                        .to_owned(),
+                    ),
+                ])
+            })?;
+        }
+        Verb::Transactions {
+            account_id,
+            limit,
+            target,
+        } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let message = ListTransactionsRequest {
+                account_id,
+                page_size: limit,
+                page_token: String::new(),
+            };
+            let reply = mesh
+                .college(message, true, |mut c, r| async move {
+                    c.list_transactions(r).await
+                })
+                .await?;
+            output::emit(format, &reply, |r| output::transactions(&r.transactions))?;
+        }
+        Verb::Watch { account_id, target } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            mesh.watch(account_id).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl PasswordArgs {
+    /// The password from the flag or environment, standard input, or a prompt
+    /// without echo (twice when `confirm`, as for a new password).
+    fn read(self, confirm: bool) -> anyhow::Result<String> {
+        let password = if let Some(password) = self.password {
+            password
+        } else if self.password_stdin {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("failed to read the password from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        } else {
+            let password = rpassword::prompt_password("Password: ")
+                .context("failed to ask for the password (no terminal? use --password-stdin)")?;
+            if confirm {
+                let again = rpassword::prompt_password("Password again: ")
+                    .context("failed to ask for the password again")?;
+                if again != password {
+                    return Err(CliError::Usage("the two passwords differ".to_owned()).into());
+                }
+            }
+            password
+        };
+        if password.is_empty() {
+            return Err(CliError::Usage("the password is empty".to_owned()).into());
+        }
+        Ok(password)
+    }
+}
+
+/// The mesh as one command sees it: the registry list, the token, the format.
+struct Mesh {
+    registry: String,
+    token: Option<String>,
+    session: Option<Session>,
+    format: Format,
+}
+
+impl Mesh {
+    fn new(store: &Store, target: Target, format: Format) -> anyhow::Result<Self> {
+        let session = store.load()?;
+        let registry = target
+            .registry
+            .or_else(|| session.as_ref().map(|s| s.registry.clone()))
+            .unwrap_or_else(|| DEFAULT_REGISTRY.to_owned());
+        Ok(Self {
+            registry,
+            token: target.token,
+            session,
+            format,
+        })
+    }
+
+    /// The `authorization` metadata: `--token`, else the saved session.
+    fn credentials(&self) -> anyhow::Result<MetadataMap> {
+        let token = match (&self.token, &self.session) {
+            (Some(token), _) => token.clone(),
+            (None, Some(session)) if session.is_expired(SystemTime::now()) => {
+                return Err(CliError::SessionExpired.into());
+            }
+            (None, Some(session)) => session.token.clone(),
+            (None, None) => return Err(CliError::NotLoggedIn.into()),
+        };
+        let mut request = Request::new(());
+        grantmesh_auth::authorize(&mut request, &token)?;
+        Ok(request.into_parts().0)
+    }
+
+    fn balancer(&self, service: &str, labels: Vec<(String, String)>) -> Balancer {
+        let options = BalancerOptions {
+            labels,
+            ..BalancerOptions::default()
+        };
+        Balancer::new(parse_registry_list(&self.registry), service, options)
+    }
+
+    /// One unary (or stream-opening) College call, through the balancer.
+    async fn college<Req, Rep, F, Fut>(
+        &self,
+        message: Req,
+        authed: bool,
+        method: F,
+    ) -> anyhow::Result<Rep>
+    where
+        Req: Clone,
+        F: Fn(CollegeClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Rep>, Status>>,
+    {
+        let balancer = self.balancer("college", Vec::new());
+        self.college_on(&balancer, message, authed, method).await
+    }
+
+    async fn college_on<Req, Rep, F, Fut>(
+        &self,
+        balancer: &Balancer,
+        message: Req,
+        authed: bool,
+        method: F,
+    ) -> anyhow::Result<Rep>
+    where
+        Req: Clone,
+        F: Fn(CollegeClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Rep>, Status>>,
+    {
+        let metadata = if authed {
+            Some(self.credentials()?)
+        } else {
+            None
+        };
+        let reply = balancer
+            .call(|channel| {
+                method(
+                    CollegeClient::new(channel),
+                    request(message.clone(), &metadata),
+                )
+            })
+            .await
+            .map_err(|status| if authed { relogin_hint(status) } else { status })?;
+        Ok(reply.into_inner())
+    }
+
+    /// One Agency call, to the named agency or any.
+    async fn agency<Req, Rep, F, Fut>(
+        &self,
+        name: &Option<String>,
+        message: Req,
+        method: F,
+    ) -> anyhow::Result<Rep>
+    where
+        Req: Clone,
+        F: Fn(AgencyClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Rep>, Status>>,
+    {
+        let labels = name
+            .iter()
+            .map(|n| ("agency".to_owned(), n.clone()))
+            .collect();
+        let balancer = self.balancer("agency", labels);
+        let metadata = Some(self.credentials()?);
+        let reply = balancer
+            .call(|channel| {
+                method(
+                    AgencyClient::new(channel),
+                    request(message.clone(), &metadata),
+                )
+            })
+            .await
+            .map_err(relogin_hint)?;
+        Ok(reply.into_inner())
+    }
+
+    /// Follows an account, reopening the stream on another College when the
+    /// one serving it drains or dies (bounded, with backoff).
+    async fn watch(&self, account_id: String) -> anyhow::Result<()> {
+        let balancer = self.balancer("college", Vec::new());
+        let message = WatchAccountRequest { account_id };
+        let mut failures = 0u32;
+        let mut backoff = WATCH_BACKOFF;
+        let mut reopening = false;
+        loop {
+            let opened = self
+                .college_on(&balancer, message.clone(), true, |mut c, r| async move {
+                    c.watch_account(r).await
+                })
+                .await;
+            let mut events = match opened {
+                Ok(events) => events,
+                Err(err) if reopening && failures < WATCH_REOPENS && is_unavailable(&err) => {
+                    failures += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(WATCH_BACKOFF_CAP);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let opened_at = tokio::time::Instant::now();
+            let ended = loop {
+                match events.message().await {
+                    Ok(Some(event)) => {
+                        if reopening {
+                            eprintln!("watch: moved to another college; following again");
+                            reopening = false;
+                        }
+                        self.print_event(&event)?;
+                    }
+                    Ok(None) => break "the college closed the stream (draining?)".to_owned(),
+                    Err(status) if stream_broke(&status) => {
+                        let (message, _) = crate::exit::describe(&anyhow::Error::new(status));
+                        break message;
+                    }
+                    Err(status) => return Err(status.into()),
+                }
+            };
+            if opened_at.elapsed() >= WATCH_STABLE {
+                // It had settled: this is a new incident, not the same one going on.
+                failures = 0;
+                backoff = WATCH_BACKOFF;
+            }
+            if failures >= WATCH_REOPENS {
+                return Err(CliError::Unavailable(format!(
+                    "the watch ended and could not be reopened: {ended}"
+                ))
+                .into());
+            }
+            eprintln!("watch: {ended}; reopening on another college");
+            failures += 1;
+            reopening = true;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(WATCH_BACKOFF_CAP);
+        }
+    }
+
+    fn print_event(&self, event: &AccountEvent) -> anyhow::Result<()> {
+        if self.format == Format::Json {
+            println!("{}", output::to_json(event)?);
+            return Ok(());
+        }
+        let kind = output::enum_word(event.kind().as_str_name(), "KIND_");
+        let account = event.account.clone().unwrap_or_default();
+        let mut line = format!(
+            "{} {kind:<10} balance {} of {} ({}), {} member(s), expires {}",
+            humantime::format_rfc3339_seconds(SystemTime::now()),
+            account.balance_minor,
+            account.award_minor,
+            output::enum_word(account.state().as_str_name(), "STATE_"),
+            account.members.len(),
+            output::time(account.expires_at.as_ref()),
+        );
+        if let Some(t) = &event.transaction {
+            line.push_str(&format!(
+                "; withdrew {} by {} ({})",
+                t.amount_minor, t.researcher_id, t.memo
+            ));
+        }
+        println!("{line}");
+        Ok(())
+    }
+}
+
+/// A token the mesh refused (revoked, signed with an old key) needs a new login.
+fn relogin_hint(status: Status) -> Status {
+    if status.code() == Code::Unauthenticated {
+        Status::unauthenticated(format!("{}; run grantmesh login", status.message()))
+    } else {
+        status
+    }
+}
+
+fn request<T>(message: T, metadata: &Option<MetadataMap>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(metadata) = metadata {
+        *request.metadata_mut() = metadata.clone();
+    }
+    request
+}
+
+/// Whether a watch stream ended because its College went away (so another
+/// may carry on) rather than because the College refused it.
+fn stream_broke(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Cancelled | Code::Internal => {
+            std::error::Error::source(status).is_some()
+        }
+        _ => false,
+    }
+}
+
+fn is_unavailable(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<Status>()
+        .is_some_and(|s| s.code() == Code::Unavailable)
+}
+
+fn fresh_key() -> String {
+    grantmesh_discovery::new_instance_id("cli")
+}
