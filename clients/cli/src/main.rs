@@ -15,6 +15,7 @@ mod bench;
 mod grant;
 mod ops;
 mod roles;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 
@@ -53,6 +54,8 @@ enum Command {
     /// Measure a mesh running on this machine.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Simulate researchers spending grants through the mesh, then audit the store.
+    Simulate(simulate::SimulateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,6 +77,7 @@ fn main() -> std::process::ExitCode {
             Command::Instances(args) => ops::instances(args).await,
             Command::Ping(args) => ops::ping(args).await,
             Command::Bench(bench) => bench::run(bench).await,
+            Command::Simulate(args) => simulate::run(args).await,
             Command::Grant { target, command } => grant::run(target, command).await,
         }
     });
