@@ -184,7 +184,11 @@ async fn a_corrupted_balance_fails_the_audit() {
     .await;
     let after = store.audit(before.account.id).await.unwrap();
     let breaches = audit::check(&after, &acknowledged);
-    assert_eq!(checks(&breaches), [Check::BalanceMatchesJournal], "{breaches:#?}");
+    assert_eq!(
+        checks(&breaches),
+        [Check::BalanceMatchesJournal],
+        "{breaches:#?}"
+    );
     assert_eq!(breaches[0].account, before.account.id);
 }
 

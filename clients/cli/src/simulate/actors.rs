@@ -69,9 +69,20 @@ struct Researcher {
     token: String,
 }
 
+/// What a look at the account showed.
+enum Look {
+    Open {
+        balance: i64,
+    },
+    /// Empty or expired: nothing more to do.
+    Done,
+}
+
 /// How one withdrawal call ended, for the actor's next move.
 enum Outcome {
-    Applied { balance: i64 },
+    Applied {
+        balance: i64,
+    },
     Refused(Refusal),
     /// No definite answer: the withdrawal may or may not have been applied.
     InDoubt,
@@ -111,9 +122,12 @@ impl World {
             return Ok(());
         }
         let account_id = decision.account_id;
-        let account: Uuid = account_id
-            .parse()
-            .map_err(|_| ("propose", Status::internal(format!("the agency answered account id {account_id:?}"))))?;
+        let account: Uuid = account_id.parse().map_err(|_| {
+            (
+                "propose",
+                Status::internal(format!("the agency answered account id {account_id:?}")),
+            )
+        })?;
         let ledger = Arc::new(Mutex::new(Acknowledged::default()));
         self.ledgers
             .lock()
@@ -185,7 +199,10 @@ impl World {
                 format!("student{member}"),
             )
         };
-        let email = format!("{}-p{project}-{role}@simulation.grantmesh.test", self.run_id);
+        let email = format!(
+            "{}-p{project}-{role}@simulation.grantmesh.test",
+            self.run_id
+        );
         let register = RegisterResearcherRequest {
             name,
             email: email.clone(),
@@ -236,7 +253,9 @@ impl World {
                 })
                 .await;
             match reply {
-                Err(status) if status.code() == Code::Unavailable && attempt < PROPOSAL_ATTEMPTS => {
+                Err(status)
+                    if status.code() == Code::Unavailable && attempt < PROPOSAL_ATTEMPTS =>
+                {
                     attempt += 1;
                     tokio::time::sleep(PROPOSAL_RETRY_PAUSE).await;
                 }
@@ -260,32 +279,32 @@ impl World {
     ) {
         let mut sent = 0u64;
         let mut errors = 0;
+        // What this actor last saw left in the account.
+        let mut left = award;
         while errors < MAX_CONSECUTIVE_ERRORS {
             let step = plan::step(&mut rng, award, self.retry_percent);
             tokio::time::sleep(step.pause).await;
             match step.action {
-                Action::Look => {
-                    let message = GetAccountRequest {
-                        account_id: account_id.to_owned(),
-                    };
-                    match self
-                        .college(Some(token), message, |mut c, r| async move {
-                            c.get_account(r).await
-                        })
-                        .await
-                    {
-                        Ok(account) => {
-                            errors = 0;
-                            if account.state() == account::State::Expired
-                                || account.balance_minor == 0
-                            {
-                                return;
-                            }
-                        }
-                        Err(_) => errors += 1,
+                Action::Look => match self.look(token, account_id).await {
+                    Some(Look::Open { balance }) => {
+                        errors = 0;
+                        left = balance;
                     }
-                }
-                Action::Withdraw { amount, retry } => {
+                    Some(Look::Done) => return,
+                    None => errors += 1,
+                },
+                Action::Withdraw {
+                    amount,
+                    large,
+                    retry,
+                } => {
+                    // Researchers ask for what they saw left, except for
+                    // the deliberately large requests.
+                    let amount = if large {
+                        amount
+                    } else {
+                        amount.min(left).max(1)
+                    };
                     sent += 1;
                     let key = format!("{}-{project}-{member}-{sent}", self.run_id);
                     let outcome = self.withdraw(token, account_id, amount, &key, ledger).await;
@@ -308,12 +327,23 @@ impl World {
                     match outcome {
                         Outcome::Applied { balance } => {
                             errors = 0;
+                            left = balance;
                             if balance == 0 {
                                 return;
                             }
                         }
                         Outcome::Refused(Refusal::Expired) => return,
-                        Outcome::Refused(Refusal::InsufficientFunds) => errors = 0,
+                        // Refused: look at what is left, as a researcher would.
+                        Outcome::Refused(Refusal::InsufficientFunds) => {
+                            match self.look(token, account_id).await {
+                                Some(Look::Open { balance }) => {
+                                    errors = 0;
+                                    left = balance;
+                                }
+                                Some(Look::Done) => return,
+                                None => errors += 1,
+                            }
+                        }
                         Outcome::Refused(Refusal::Other) | Outcome::InDoubt => errors += 1,
                     }
                 }
@@ -324,6 +354,28 @@ impl World {
             member,
             "simulated researcher gave up after {MAX_CONSECUTIVE_ERRORS} failed calls in a row"
         );
+    }
+
+    /// Reads the account: `None` when the call failed.
+    async fn look(&self, token: &str, account_id: &str) -> Option<Look> {
+        let message = GetAccountRequest {
+            account_id: account_id.to_owned(),
+        };
+        let account = self
+            .college(Some(token), message, |mut c, r| async move {
+                c.get_account(r).await
+            })
+            .await
+            .ok()?;
+        Some(
+            if account.state() == account::State::Expired || account.balance_minor == 0 {
+                Look::Done
+            } else {
+                Look::Open {
+                    balance: account.balance_minor,
+                }
+            },
+        )
     }
 
     /// One `Withdraw` call, recorded in the ledger and the tally.

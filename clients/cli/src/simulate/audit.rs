@@ -138,10 +138,7 @@ pub fn check(audit: &AccountAudit, acknowledged: &Acknowledged) -> Vec<Breach> {
         if row.balance_after < 0 {
             breach(
                 Check::NeverNegative,
-                format!(
-                    "entry {} leaves a balance of {}",
-                    row.id, row.balance_after
-                ),
+                format!("entry {} leaves a balance of {}", row.id, row.balance_after),
             );
         }
         if row.amount <= 0 || i128::from(row.balance_after) != running {
@@ -171,7 +168,10 @@ pub fn check(audit: &AccountAudit, acknowledged: &Acknowledged) -> Vec<Breach> {
             .push(row.id);
     }
 
-    let mut duplicated: Vec<_> = rows_by_key.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    let mut duplicated: Vec<_> = rows_by_key
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .collect();
     duplicated.sort();
     for (key, ids) in duplicated {
         let retried = if acknowledged.retried.contains(*key) {
@@ -181,7 +181,10 @@ pub fn check(audit: &AccountAudit, acknowledged: &Acknowledged) -> Vec<Breach> {
         };
         breach(
             Check::OneRowPerKey,
-            format!("key {key:?}{retried} was applied {} times: entries {ids:?}", ids.len()),
+            format!(
+                "key {key:?}{retried} was applied {} times: entries {ids:?}",
+                ids.len()
+            ),
         );
     }
 

@@ -73,6 +73,7 @@ pub struct SimulateArgs {
     #[arg(long, env = "GRANTMESH_SIM_STUDENTS", default_value_t = DEFAULT_STUDENTS)]
     pub students: u32,
     /// Seed of every random choice; a random one (printed) when omitted.
+    /// The choices repeat with the seed; timing, and so the totals, do not.
     #[arg(long, env = "GRANTMESH_SIM_SEED")]
     pub seed: Option<u64>,
     /// Smallest amount a professor requests, in minor units.
@@ -92,7 +93,12 @@ pub struct SimulateArgs {
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub retry_percent: u8,
     /// The central store, read (never written) by the audit after the run.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, required_unless_present = "no_audit")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        required_unless_present = "no_audit"
+    )]
     pub database_url: Option<String>,
     /// Skip the audit (no database needed); the summary says it was skipped.
     #[arg(long)]
@@ -146,7 +152,9 @@ impl SimulateArgs {
             self.max_request
         );
         ensure!(
-            1 <= *self.days.start() && self.days.start() <= self.days.end() && *self.days.end() <= MAX_DAYS,
+            1 <= *self.days.start()
+                && self.days.start() <= self.days.end()
+                && *self.days.end() <= MAX_DAYS,
             "--days must be a range within 1..={MAX_DAYS} (got {:?})",
             self.days
         );
@@ -338,10 +346,20 @@ mod tests {
         args.validate().unwrap();
         let mut bad = args.clone();
         bad.min_request = 700_000;
-        assert!(bad.validate().unwrap_err().to_string().contains("--min-request"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--min-request")
+        );
         let mut bad = args.clone();
         bad.database_url = None;
-        assert!(bad.validate().unwrap_err().to_string().contains("--no-audit"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--no-audit")
+        );
         bad.no_audit = true;
         bad.validate().unwrap();
     }

@@ -69,7 +69,8 @@ impl Default for Tally {
 impl Tally {
     pub fn record_latency(&mut self, took: Duration) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.latency.saturating_record(micros.clamp(1, LATENCY_MAX_US));
+        self.latency
+            .saturating_record(micros.clamp(1, LATENCY_MAX_US));
     }
 
     pub fn refuse(&mut self, refusal: Refusal) {
@@ -206,12 +207,11 @@ impl Summary {
             row("  no decision", format!("{count} × {error}"));
         }
         row("withdrawals applied", self.withdrawals.applied.to_string());
-        row("withdrawals replayed", self.withdrawals.replayed.to_string());
-        for refusal in [
-            Refusal::InsufficientFunds,
-            Refusal::Expired,
-            Refusal::Other,
-        ] {
+        row(
+            "withdrawals replayed",
+            self.withdrawals.replayed.to_string(),
+        );
+        for refusal in [Refusal::InsufficientFunds, Refusal::Expired, Refusal::Other] {
             let count = self.withdrawals.refused.get(&refusal).copied().unwrap_or(0);
             let name = match refusal {
                 Refusal::InsufficientFunds => "refused: insufficient funds",
@@ -223,7 +223,10 @@ impl Summary {
         for (error, count) in &self.withdrawals.other_errors {
             row("  other", format!("{count} × {error}"));
         }
-        row("money moved (minor units)", self.money_moved_minor.to_string());
+        row(
+            "money moved (minor units)",
+            self.money_moved_minor.to_string(),
+        );
         let stopped = if self.stopped_by_max_duration {
             " (stopped by --max-duration)"
         } else {
@@ -247,7 +250,10 @@ impl Summary {
         let audit = match &self.audit {
             AuditOutcome::Passed { accounts } => format!("passed ({accounts} accounts)"),
             AuditOutcome::Breached { accounts, breaches } => {
-                format!("BREACHED: {} breaches in {accounts} accounts", breaches.len())
+                format!(
+                    "BREACHED: {} breaches in {accounts} accounts",
+                    breaches.len()
+                )
             }
             AuditOutcome::Skipped => "skipped (--no-audit)".to_owned(),
         };
