@@ -27,13 +27,30 @@ struct Mesh {
     registry: Proc,
     _college: Proc,
     _agency: Proc,
+    /// The central store's URL.
+    database: String,
 }
 
 impl Mesh {
+    /// A mesh on the database shared by this test binary.
     async fn start() -> Mesh {
+        Mesh::start_on(&shared_database().await).await
+    }
+
+    async fn start_on(database: &str) -> Mesh {
         let registry = Proc::registry(&[]).await;
-        let college = Proc::member("college", &registry.url(), &["--day-length", "1s"]).await;
-        let agency = Proc::member("agency", &registry.url(), &["--name", "nsf"]).await;
+        let college = Proc::member(
+            "college",
+            &registry.url(),
+            &["--day-length", "1s", "--database-url", database],
+        )
+        .await;
+        let agency = Proc::member(
+            "agency",
+            &registry.url(),
+            &["--name", "nsf", "--database-url", database],
+        )
+        .await;
         assert_eventually(
             Duration::from_secs(10),
             "college and agency registered",
@@ -44,16 +61,20 @@ impl Mesh {
             registry,
             _college: college,
             _agency: agency,
+            database: database.to_owned(),
         }
     }
 
     /// Runs `grantmesh simulate --json ARGS…`; returns the exit code, the summary and stderr.
     async fn simulate(&self, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
-        let database = shared_database().await;
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_grantmesh"))
-            .args(["simulate", "--json", "--max-duration", "60s"])
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_grantmesh"));
+        command.args(["simulate", "--json"]);
+        if !args.contains(&"--max-duration") {
+            command.args(["--max-duration", "60s"]);
+        }
+        let output = command
             .args(["--registry", &self.registry.url()])
-            .args(["--database-url", &database])
+            .args(["--database-url", &self.database])
             .args(args)
             .env_remove("DATABASE_URL")
             .env_remove("GRANTMESH_REGISTRY")
@@ -125,7 +146,7 @@ async fn a_spent_account(mesh: &Mesh) -> (AccountStore, AccountAudit, Acknowledg
         ])
         .await;
     assert_eq!(code, Some(0), "{summary:#}\n{stderr}");
-    let store = AccountStore::connect(&shared_database().await, 2, Duration::from_secs(1))
+    let store = AccountStore::connect(&mesh.database, 2, Duration::from_secs(1))
         .await
         .unwrap();
     for account in summary["accounts"].as_array().unwrap() {
@@ -154,11 +175,10 @@ async fn a_spent_account(mesh: &Mesh) -> (AccountStore, AccountAudit, Acknowledg
     panic!("no account was spent from: {summary:#}");
 }
 
-async fn sql(statement: &str, account: Uuid) {
-    let (client, connection) =
-        tokio_postgres::connect(&shared_database().await, tokio_postgres::NoTls)
-            .await
-            .unwrap();
+async fn sql(mesh: &Mesh, statement: &str, account: Uuid) {
+    let (client, connection) = tokio_postgres::connect(&mesh.database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let changed = client.execute(statement, &[&account]).await.unwrap();
     assert_eq!(changed, 1, "{statement}");
@@ -177,6 +197,7 @@ async fn a_corrupted_balance_fails_the_audit() {
     let (store, before, acknowledged) = a_spent_account(&mesh).await;
     // Off by one either way, whichever the balance >= 0 constraint allows.
     sql(
+        &mesh,
         "UPDATE accounts SET balance = CASE WHEN balance > 0 THEN balance - 1 ELSE balance + 1 END
          WHERE id = $1",
         before.account.id,
@@ -197,6 +218,7 @@ async fn a_duplicated_journal_row_fails_the_audit() {
     let mesh = Mesh::start().await;
     let (store, before, acknowledged) = a_spent_account(&mesh).await;
     sql(
+        &mesh,
         "INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after, created_at)
          SELECT account_id, researcher_id, amount, idempotency_key || '-duplicate', memo, balance_after, created_at
          FROM withdrawals WHERE account_id = $1 ORDER BY id LIMIT 1",
@@ -215,4 +237,83 @@ async fn a_duplicated_journal_row_fails_the_audit() {
         ],
         "{breaches:#?}"
     );
+}
+
+#[tokio::test]
+async fn a_run_cut_short_by_its_max_duration_still_passes_its_audit() {
+    let mesh = Mesh::start().await;
+    // Accounts that outlive the run, each with one researcher spending: it
+    // takes a lone researcher far longer than four seconds to empty one, so
+    // the run ends mid-spending, possibly with calls unanswered.
+    let (code, summary, stderr) = mesh
+        .simulate(&[
+            "--projects",
+            "2",
+            "--students",
+            "0",
+            "--min-request",
+            "300000",
+            "--max-request",
+            "500000",
+            "--days",
+            "60",
+            "--max-duration",
+            "4s",
+        ])
+        .await;
+    assert_eq!(code, Some(0), "{summary:#}\n{stderr}");
+    assert_eq!(summary["stopped_by_max_duration"], true, "{summary:#}");
+    assert!(count(&summary["withdrawals"]["applied"]) > 0, "{summary:#}");
+    assert_eq!(summary["audit"]["passed"]["accounts"], 2, "{summary:#}");
+}
+
+#[tokio::test]
+async fn a_withdrawal_nobody_made_fails_the_run_with_exit_code_6() {
+    let db = support::db::TestDb::create().await;
+    let mesh = Mesh::start_on(&db.url).await;
+    let client = db.client().await;
+    let run = mesh.simulate(&[
+        "--projects",
+        "1",
+        "--students",
+        "1",
+        "--min-request",
+        "400000",
+        "--max-request",
+        "400000",
+        "--days",
+        "4",
+    ]);
+    let ghost = async {
+        assert_eventually(Duration::from_secs(20), "an account is opened", || async {
+            client
+                .query_opt("SELECT 1 FROM accounts", &[])
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await;
+        // A journal entry behind the service's back, under a key no simulated
+        // researcher ever sent.
+        let inserted = client
+            .execute(
+                "INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after)
+                 SELECT id, principal_investigator, 1, 'ghost', 'not made by anyone', balance FROM accounts",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(inserted, 1);
+    };
+    let ((code, summary, stderr), ()) = tokio::join!(run, ghost);
+    assert_eq!(code, Some(6), "{summary:#}\n{stderr}");
+    let breaches = summary["audit"]["breached"]["breaches"].as_array().unwrap();
+    assert!(
+        breaches
+            .iter()
+            .any(|b| b["check"] == "no_unacknowledged_rows"
+                && b["detail"].as_str().unwrap().contains("ghost")),
+        "{breaches:#?}"
+    );
+    assert!(stderr.contains("invariant breached"), "{stderr}");
 }
