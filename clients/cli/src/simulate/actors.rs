@@ -69,6 +69,20 @@ struct Researcher {
     token: String,
 }
 
+/// An account opened for a project, as its actors share it.
+struct Funded {
+    account_id: String,
+    award: i64,
+    /// What the service acknowledged for this account.
+    ledger: Arc<Mutex<Acknowledged>>,
+}
+
+impl Funded {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Acknowledged> {
+        self.ledger.lock().expect("ledger lock")
+    }
+}
+
 /// What a look at the account showed.
 enum Look {
     Open {
@@ -172,17 +186,19 @@ impl World {
             .map_err(|s| ("read the new account", s))?
             .award_minor;
 
+        let funded = Arc::new(Funded {
+            account_id,
+            award,
+            ledger,
+        });
         self.tally().running += 1;
         // Dropping the set (when the run is stopped) stops the actors too.
         let mut actors = JoinSet::new();
         for (member, token, rng) in members {
             let world = Arc::clone(self);
-            let ledger = Arc::clone(&ledger);
-            let account_id = account_id.clone();
+            let funded = Arc::clone(&funded);
             actors.spawn(async move {
-                world
-                    .spend(project, member, &token, &account_id, award, rng, &ledger)
-                    .await;
+                world.spend(project, member, &token, rng, &funded).await;
             });
         }
         while actors.join_next().await.is_some() {}
@@ -266,23 +282,21 @@ impl World {
 
     /// One actor's life: steps drawn from its generator until the account
     /// is empty, has expired, or the mesh stops answering.
-    #[allow(clippy::too_many_arguments)]
     async fn spend(
         &self,
         project: u32,
         member: u32,
         token: &str,
-        account_id: &str,
-        award: i64,
         mut rng: StdRng,
-        ledger: &Mutex<Acknowledged>,
+        funded: &Funded,
     ) {
+        let account_id = funded.account_id.as_str();
         let mut sent = 0u64;
         let mut errors = 0;
         // What this actor last saw left in the account.
-        let mut left = award;
+        let mut left = funded.award;
         while errors < MAX_CONSECUTIVE_ERRORS {
-            let step = plan::step(&mut rng, award, self.retry_percent);
+            let step = plan::step(&mut rng, funded.award, self.retry_percent);
             tokio::time::sleep(step.pause).await;
             match step.action {
                 Action::Look => match self.look(token, account_id).await {
@@ -307,7 +321,7 @@ impl World {
                     };
                     sent += 1;
                     let key = format!("{}-{project}-{member}-{sent}", self.run_id);
-                    let outcome = self.withdraw(token, account_id, amount, &key, ledger).await;
+                    let outcome = self.withdraw(token, funded, amount, &key).await;
                     // A call without an answer is always sent again with its
                     // key, as a careful client would, to learn its outcome.
                     let again = match outcome {
@@ -316,8 +330,8 @@ impl World {
                         Outcome::Refused(_) => false,
                     };
                     let outcome = if again {
-                        ledger.lock().expect("ledger lock").retrying(&key);
-                        match self.withdraw(token, account_id, amount, &key, ledger).await {
+                        funded.ledger().retrying(&key);
+                        match self.withdraw(token, funded, amount, &key).await {
                             Outcome::InDoubt => outcome,
                             second => second,
                         }
@@ -379,21 +393,14 @@ impl World {
     }
 
     /// One `Withdraw` call, recorded in the ledger and the tally.
-    async fn withdraw(
-        &self,
-        token: &str,
-        account_id: &str,
-        amount: i64,
-        key: &str,
-        ledger: &Mutex<Acknowledged>,
-    ) -> Outcome {
+    async fn withdraw(&self, token: &str, funded: &Funded, amount: i64, key: &str) -> Outcome {
         let message = WithdrawRequest {
-            account_id: account_id.to_owned(),
+            account_id: funded.account_id.clone(),
             amount_minor: amount,
             idempotency_key: key.to_owned(),
             memo: "simulated spending".to_owned(),
         };
-        ledger.lock().expect("ledger lock").sending(key);
+        funded.ledger().sending(key);
         let started = Instant::now();
         let reply = self
             .college(Some(token), message, |mut c, r| async move {
@@ -412,7 +419,7 @@ impl World {
                     transaction_id: transaction.transaction_id.parse().unwrap_or(-1),
                     amount: transaction.amount_minor,
                 };
-                ledger.lock().expect("ledger lock").acknowledged(key, ack);
+                funded.ledger().acknowledged(key, ack);
                 if reply.replayed {
                     tally.replayed += 1;
                 } else {
@@ -433,7 +440,7 @@ impl World {
                         .or_default() += 1;
                 }
                 if is_definite(&status) {
-                    ledger.lock().expect("ledger lock").refused(key);
+                    funded.ledger().refused(key);
                     Outcome::Refused(refusal)
                 } else {
                     Outcome::InDoubt

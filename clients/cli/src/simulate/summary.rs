@@ -78,9 +78,9 @@ impl Tally {
     }
 }
 
-/// The audit's outcome.
+/// The audit's outcome; in JSON `{"outcome": "passed", "accounts": 6}` and so on.
 #[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum AuditOutcome {
     /// Every account passed every check.
     Passed { accounts: usize },
