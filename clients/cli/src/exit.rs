@@ -26,6 +26,9 @@ pub const REFUSED: u8 = 4;
 pub const UNAVAILABLE: u8 = 5;
 /// Not logged in, the session expired, or the token was refused (UNAUTHENTICATED).
 pub const AUTH: u8 = 6;
+/// `grantmesh simulate` (and `dev --simulate`): the audit of the store found
+/// a broken invariant. Defined here so that every code lives in one list.
+pub const INVARIANT_BREACHED: u8 = 7;
 
 /// The exit codes as `grantmesh --help` lists them; keep in step with `docs/cli.md`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -38,6 +41,7 @@ Exit codes:
      OUT_OF_RANGE, RESOURCE_EXHAUSTED, or a rejected proposal)
   5  unavailable (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, no registry answered, not SERVING)
   6  authentication (not logged in, session expired, UNAUTHENTICATED)
+  7  simulate: the audit of the store found a broken invariant
 
 The login session is kept in $GRANTMESH_CONFIG_DIR/session.json
 (default: the user's config dir, e.g. ~/.config/grantmesh/session.json).";

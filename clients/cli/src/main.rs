@@ -22,6 +22,7 @@ mod output;
 mod researcher;
 mod roles;
 mod session;
+mod simulate;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 
@@ -57,6 +58,8 @@ enum Command {
     /// Measure a mesh running on this machine.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Simulate researchers spending grants through the mesh, then audit the store.
+    Simulate(simulate::SimulateArgs),
     /// Print a shell completion script: `grantmesh completions bash > /etc/bash_completion.d/grantmesh`.
     Completions {
         #[arg(value_enum)]
@@ -104,6 +107,7 @@ fn main() -> std::process::ExitCode {
             Command::College(args) => roles::run_college(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Bench(bench) => bench::run(bench).await,
+            Command::Simulate(args) => simulate::run(args).await,
             Command::Completions { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -10,5 +10,7 @@ mod cli;
 mod grants;
 mod mesh;
 mod outside_clients;
+mod readme;
+mod simulate;
 mod store_failures;
 mod support;

@@ -9,35 +9,6 @@ use std::time::Duration;
 use crate::support::*;
 use tokio::process::Command;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// The bin directory of the Python tool environment (python, grpcurl).
-/// Prepared once per test binary: preparing it regenerates the stubs, which
-/// must not happen under a test that is using them.
-async fn python_env() -> PathBuf {
-    static BIN: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
-    BIN.get_or_init(|| async {
-        let output = Command::new(repo_root().join("scripts/python-env"))
-            .output()
-            .await
-            .expect("scripts/python-env runs");
-        assert!(
-            output.status.success(),
-            "scripts/python-env failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        PathBuf::from(stdout.lines().last().expect("a bin directory").trim())
-    })
-    .await
-    .clone()
-}
-
 /// Runs a command, asserts it succeeded, and returns its stdout.
 async fn run(program: &PathBuf, args: &[&str]) -> String {
     let output = Command::new(program)
@@ -64,7 +35,7 @@ async fn run_failing(program: &PathBuf, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn grpcurl_lists_describes_and_calls_the_registry_without_proto_files() {
-    let bin = python_env().await;
+    let bin = python_env_bin().await;
     let grpcurl = bin.join("grpcurl");
     let registry = Proc::registry(&[]).await;
     let college = Proc::member("college", &registry.url(), &["--instance-id", "college-g"]).await;
@@ -238,7 +209,7 @@ async fn reflection_v1_is_served_beside_v1alpha() {
 
 #[tokio::test]
 async fn a_generated_python_client_lists_watches_and_health_checks_the_registry() {
-    let bin = python_env().await;
+    let bin = python_env_bin().await;
     let python = bin.join("python");
     let client = repo_root().join("clients/python/grantmesh_client.py");
     let client = client.to_str().unwrap();
@@ -312,7 +283,7 @@ async fn a_generated_python_client_lists_watches_and_health_checks_the_registry(
 
 #[tokio::test]
 async fn a_generated_python_client_runs_the_whole_grant_flow() {
-    let bin = python_env().await;
+    let bin = python_env_bin().await;
     let python = bin.join("python");
     let client = repo_root().join("clients/python/grantmesh_client.py");
     let registry = Proc::registry(&[]).await;
@@ -346,7 +317,7 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
 
 #[tokio::test]
 async fn grpcurl_drives_the_college_with_a_bearer_token() {
-    let grpcurl = python_env().await.join("grpcurl");
+    let grpcurl = python_env_bin().await.join("grpcurl");
     let registry = Proc::registry(&[]).await;
     let college = Proc::member("college", &registry.url(), &[]).await;
     let target = college.addr.to_string();

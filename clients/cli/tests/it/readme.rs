@@ -30,7 +30,11 @@ fn walkthrough(readme: &str) -> Vec<String> {
             continue;
         }
         let fence = lines.next().unwrap_or_default();
-        assert_eq!(fence.trim(), "```sh", "a walkthrough marker must precede a ```sh block");
+        assert_eq!(
+            fence.trim(),
+            "```sh",
+            "a walkthrough marker must precede a ```sh block"
+        );
         let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
         blocks.push(block.join("\n"));
     }
@@ -59,7 +63,7 @@ async fn dev(data_dir: &Path) -> (tokio::process::Child, HashMap<u16, String>) {
         .spawn()
         .expect("grantmesh dev starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut urls: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut urls: HashMap<String, Vec<String>> = HashMap::new();
     let read = async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if line == "mesh is up" {
@@ -70,7 +74,9 @@ async fn dev(data_dir: &Path) -> (tokio::process::Child, HashMap<u16, String>) {
                 (words.next(), words.next())
                 && let Some(addr) = url.strip_prefix("http://")
             {
-                urls.entry(role).or_default().push(addr.to_owned());
+                urls.entry(role.to_owned())
+                    .or_default()
+                    .push(addr.to_owned());
             }
         }
         panic!("grantmesh dev exited before the mesh was up");

@@ -9,7 +9,7 @@ pub mod sandbox;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -100,6 +100,35 @@ impl Proc {
             .expect("waiting for the process");
         status.code()
     }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The bin directory of the Python tool environment (python, grpcurl).
+/// Prepared once per test binary: preparing it regenerates the stubs, which
+/// must not happen under a test that is using them.
+pub async fn python_env_bin() -> PathBuf {
+    static BIN: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+    BIN.get_or_init(|| async {
+        let output = tokio::process::Command::new(repo_root().join("scripts/python-env"))
+            .output()
+            .await
+            .expect("scripts/python-env runs");
+        assert!(
+            output.status.success(),
+            "scripts/python-env failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        PathBuf::from(stdout.lines().last().expect("a bin directory").trim())
+    })
+    .await
+    .clone()
 }
 
 /// The live instances of `service` as the registry at `url` lists them.
