@@ -52,11 +52,6 @@ fn connection_pragmas() -> String {
     )
 }
 
-/// The store's clock in SQL: milliseconds since the Unix epoch. Within one
-/// statement SQLite reads the clock once, as PostgreSQL's `now()` does per
-/// transaction.
-pub const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
-
 /// A pool on one SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -140,10 +135,7 @@ pub async fn connect(path: &Path, max_size: usize) -> Result<SqliteStore> {
         }))
         .build()
         .map_err(|err| StoreError::Pool(err.to_string()))?;
-    let conn = pool
-        .get()
-        .await
-        .map_err(|err| unreachable(Box::new(err)))?;
+    let conn = pool.get().await.map_err(|err| unreachable(Box::new(err)))?;
     conn.interact(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
         .await
         .map_err(|err| StoreError::Pool(err.to_string()))?
@@ -171,11 +163,7 @@ pub async fn migrate(
         .map_err(|err| StoreError::Pool(err.to_string()))?;
     let history_table = history_table.to_owned();
     let report = conn
-        .interact(move |conn| {
-            runner
-                .set_migration_table_name(history_table)
-                .run(conn)
-        })
+        .interact(move |conn| runner.set_migration_table_name(history_table).run(conn))
         .await
         .map_err(|err| StoreError::Pool(err.to_string()))?
         .map_err(StoreError::Migration)?;
