@@ -67,7 +67,7 @@ impl TestStore {
                  export GRANTMESH_TEST_DATABASE_URL=$(scripts/postgres start | tail -1)"
             )
         });
-        let name = format!("gm_conformance_{}", Uuid::new_v4().simple());
+        let name = format!("gm_test_conformance_{}", Uuid::new_v4().simple());
         let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
             .await
             .expect("connect to the test PostgreSQL server");
