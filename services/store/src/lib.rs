@@ -360,3 +360,59 @@ async fn listen(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_urls_of_either_spelling_pick_postgresql() {
+        for url in [
+            "postgres://grantmesh@127.0.0.1:55432/grants",
+            "postgresql://grantmesh@127.0.0.1/grants",
+        ] {
+            assert_eq!(
+                Database::parse(url).unwrap(),
+                Database::Postgres(url.into())
+            );
+        }
+    }
+
+    #[test]
+    fn sqlite_urls_with_none_two_or_three_slashes_name_a_file() {
+        for (url, path) in [
+            ("sqlite:grantmesh.db", "grantmesh.db"),
+            ("sqlite:dev/grantmesh.db", "dev/grantmesh.db"),
+            ("sqlite://dev/grantmesh.db", "dev/grantmesh.db"),
+            ("sqlite:///var/lib/grantmesh.db", "/var/lib/grantmesh.db"),
+            ("sqlite:/var/lib/grantmesh.db", "/var/lib/grantmesh.db"),
+        ] {
+            assert_eq!(
+                Database::parse(url).unwrap(),
+                Database::Sqlite(PathBuf::from(path)),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unsupported_scheme_is_named_in_the_error() {
+        let err = Database::parse("mysql://root@localhost/grants").unwrap_err();
+        assert!(err.to_string().contains("\"mysql\""), "{err}");
+        let err = Database::parse("grantmesh.db").unwrap_err();
+        assert!(err.to_string().contains("no scheme"), "{err}");
+    }
+
+    #[test]
+    fn a_sqlite_url_without_a_file_or_in_memory_is_refused() {
+        for url in [
+            "sqlite:",
+            "sqlite://",
+            "sqlite::memory:",
+            "sqlite:file:x.db?mode=ro",
+        ] {
+            let err = Database::parse(url).unwrap_err();
+            assert!(matches!(err, StoreError::UnsupportedUrl(_)), "{url}: {err}");
+        }
+    }
+}
