@@ -184,6 +184,7 @@ conformance!(
     transactions_are_paged_newest_first_for_members_only,
     accounts_of_lists_every_account_a_researcher_is_a_member_of,
     a_subscriber_hears_of_a_withdrawal_and_a_membership_change,
+    a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another,
     agency_proposals_are_recorded_once_per_key_listed_and_awaiting_accounts,
 );
 
@@ -841,6 +842,99 @@ async fn next_payload(
             Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return None,
         }
     }
+}
+
+async fn a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another(store: &TestStore) {
+    use futures::StreamExt as _;
+    use grantmesh_college::{CollegeConfig, CollegeService};
+    use grantmesh_proto::College as _;
+    use grantmesh_proto::v1::{AccountEvent, WatchAccountRequest, WithdrawRequest, account_event};
+
+    let keys = grantmesh_auth::Keys::new(
+        b"conformance-token-key-0123456789abcdef01",
+        b"conformance-service-key-0123456789abcdef",
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let config = |instance: &str| CollegeConfig {
+        instance_id: instance.into(),
+        day_length: REAL_DAY,
+        keys: keys.clone(),
+        pool_size: 4,
+    };
+    let closing = CancellationToken::new();
+    let writer = CollegeService::start(config("college-a"), &store.url, closing.clone())
+        .await
+        .unwrap();
+    let watcher = CollegeService::start(config("college-b"), &store.url, closing.clone())
+        .await
+        .unwrap();
+    let pi = researcher(writer.store(), "pi").await;
+    let account = open(writer.store(), pi.id, 1_000, 30).await;
+    let (token, _) = keys.researcher_token(pi.id).unwrap();
+    fn signed<T>(token: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        grantmesh_auth::authorize(&mut request, token).unwrap();
+        request
+    }
+
+    let mut events = watcher
+        .watch_account(signed(
+            &token,
+            WatchAccountRequest {
+                account_id: account.id.to_string(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    async fn next(
+        events: &mut (impl futures::Stream<Item = Result<AccountEvent, tonic::Status>> + Unpin),
+    ) -> Option<AccountEvent> {
+        tokio::time::timeout(Duration::from_millis(500), events.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|event| event.unwrap())
+    }
+    let first = next(&mut events).await.expect("a snapshot first");
+    assert_eq!(first.kind(), account_event::Kind::Snapshot);
+    assert_eq!(first.account.unwrap().balance_minor, 1_000);
+
+    // PostgreSQL's listener connects in the background: withdraw until the
+    // watch reports one, then check it is the one made.
+    let deadline = Instant::now() + SETTLE;
+    let mut made = HashSet::new();
+    let event = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no withdrawal event in {SETTLE:?}"
+        );
+        let reply = writer
+            .withdraw(signed(
+                &token,
+                WithdrawRequest {
+                    account_id: account.id.to_string(),
+                    amount_minor: 10,
+                    idempotency_key: format!("k{}", made.len()),
+                    memo: "sensor".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        made.insert(reply.transaction.unwrap().transaction_id);
+        if let Some(event) = next(&mut events).await {
+            break event;
+        }
+    };
+    assert_eq!(event.kind(), account_event::Kind::Withdrawal);
+    let transaction = event.transaction.expect("the entry");
+    assert!(made.contains(&transaction.transaction_id));
+    assert_eq!(transaction.memo, "sensor");
+    let balance = event.account.unwrap().balance_minor;
+    assert!(balance < 1_000 && balance % 10 == 0, "{balance}");
+    closing.cancel();
 }
 
 async fn agency_proposals_are_recorded_once_per_key_listed_and_awaiting_accounts(
