@@ -1156,3 +1156,23 @@ async fn a_sqlite_store_locked_past_the_busy_timeout_answers_unavailable_retry_w
         .unwrap();
     assert!(!applied.replayed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn college_and_agency_instances_starting_together_on_one_sqlite_file_all_migrate() {
+    let store = TestStore::sqlite();
+    let start = |_| AccountStore::start(&store.url, 2, REAL_DAY, CancellationToken::new());
+    let (a, b, c, agency) = tokio::join!(
+        start(0),
+        start(1),
+        start(2),
+        ProposalStore::start(&store.url, 2)
+    );
+    let (a, b, c) = (a.unwrap().0, b.unwrap().0, c.unwrap().0);
+    agency.unwrap();
+    let ada = researcher(&a, "ada").await;
+    let account = open(&b, ada.id, 100, 1).await;
+    assert_eq!(
+        c.account(account.id, Some(ada.id)).await.unwrap().balance,
+        100
+    );
+}

@@ -9,7 +9,7 @@
 //!   and a busy timeout on every connection. Every call runs on tokio's
 //!   blocking pool through `interact`, never on a runtime thread.
 //! - [`migrate`]: a service's `refinery` migrations, one service at a time
-//!   per file in this process.
+//!   per file in this process (and run again if another process raced it).
 //! - live updates: there is no `LISTEN/NOTIFY`, so a process-wide fan-out
 //!   keyed by the file's canonical path carries the same payloads from the
 //!   instance that committed a change to every subscriber in this process
@@ -146,27 +146,57 @@ pub async fn connect(path: &Path, max_size: usize) -> Result<SqliteStore> {
     })
 }
 
+/// How often a migration that failed is run again. Within this process
+/// services migrate one at a time; another process migrating the same file
+/// at the same moment can make one run fail on a table the other just
+/// created. Each migration is one transaction (SQLite's DDL is
+/// transactional), so the loser rolled back and its next run finds the
+/// winner's work recorded and does nothing.
+const MIGRATION_ATTEMPTS: usize = 3;
+
+/// How long to wait before running a failed migration again.
+const MIGRATION_RETRY_AFTER: Duration = Duration::from_millis(200);
+
 /// Runs `runner`'s migrations on the store, recording them in
 /// `history_table`. Services sharing the file in this process migrate one
 /// at a time (refinery's first step, creating its table, would race).
 pub async fn migrate(
     store: &SqliteStore,
-    mut runner: refinery::Runner,
+    runner: refinery::Runner,
     history_table: &str,
 ) -> Result<()> {
     let lock = file_lock(&store.path);
     let _held = lock.lock().await;
-    let conn = store
-        .pool
-        .get()
-        .await
-        .map_err(|err| StoreError::Pool(err.to_string()))?;
-    let history_table = history_table.to_owned();
-    let report = conn
-        .interact(move |conn| runner.set_migration_table_name(history_table).run(conn))
-        .await
-        .map_err(|err| StoreError::Pool(err.to_string()))?
-        .map_err(StoreError::Migration)?;
+    let runner = Arc::new(Mutex::new(runner));
+    let mut attempt = 1;
+    let report = loop {
+        let conn = store
+            .pool
+            .get()
+            .await
+            .map_err(|err| StoreError::Pool(err.to_string()))?;
+        let history_table = history_table.to_owned();
+        let runner = runner.clone();
+        let run = conn
+            .interact(move |conn| {
+                runner
+                    .lock()
+                    .expect("migration runner poisoned")
+                    .set_migration_table_name(history_table)
+                    .run(conn)
+            })
+            .await
+            .map_err(|err| StoreError::Pool(err.to_string()))?;
+        match run {
+            Ok(report) => break report,
+            Err(err) if attempt < MIGRATION_ATTEMPTS => {
+                tracing::warn!(error = %err, attempt, "sqlite migration failed; running it again");
+                attempt += 1;
+                tokio::time::sleep(MIGRATION_RETRY_AFTER).await;
+            }
+            Err(err) => return Err(StoreError::Migration(err)),
+        }
+    };
     for migration in report.applied_migrations() {
         tracing::info!(
             version = migration.version(),
