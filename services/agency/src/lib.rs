@@ -28,10 +28,6 @@ pub const SERVICE: &str = "agency";
 /// The label that tells agencies apart.
 pub const NAME_LABEL: &str = "agency";
 
-mod embedded {
-    refinery::embed_migrations!("migrations");
-}
-
 /// Settings of one Agency instance.
 #[derive(Clone)]
 pub struct AgencyConfig {
@@ -61,24 +57,19 @@ struct Inner {
 }
 
 impl AgencyService {
-    /// Connects to the store, migrates it, and starts the reconciler (until `closing`).
+    /// Connects to the store `database_url` names (`postgres://…` or
+    /// `sqlite:PATH`), migrates it, and starts the reconciler (until `closing`).
     pub async fn start(
         config: AgencyConfig,
         database_url: &str,
         colleges: Balancer,
         closing: CancellationToken,
     ) -> Result<Self, grantmesh_store::StoreError> {
-        grantmesh_store::migrate(
-            database_url,
-            embedded::migrations::runner(),
-            "agency_schema_history",
-        )
-        .await?;
-        let pool = grantmesh_store::connect(database_url, config.pool_size).await?;
+        let store = ProposalStore::start(database_url, config.pool_size).await?;
         let service = Self {
             inner: Arc::new(Inner {
                 config,
-                store: ProposalStore::new(pool),
+                store,
                 colleges,
             }),
         };

@@ -1,9 +1,17 @@
-//! The Agency's proposals in the PostgreSQL central store.
+//! The Agency's proposals in the central store, on PostgreSQL
+//! ([`postgres`]) or on an embedded SQLite file ([`sqlite`]); the database
+//! URL picks which. Both keep the same rules, which the College's
+//! `tests/conformance.rs` checks against both: one proposal per
+//! (agency, investigator, idempotency key), newest-first listing with a
+//! `(submitted_at, id)` cursor, and accepted proposals awaiting an account.
+
+mod postgres;
+mod sqlite;
 
 use std::time::SystemTime;
 
 use deadpool_postgres::Pool;
-use grantmesh_store::tokio_postgres::Row;
+use grantmesh_store::Database;
 use tonic::Status;
 use uuid::Uuid;
 
@@ -35,88 +43,72 @@ pub struct NewProposal<'a> {
     pub reason: &'a str,
 }
 
-const COLUMNS: &str = "id, agency, principal_investigator, idempotency_key, title, description, requested_amount, \
-                       duration_days, decision, reason, account_id, submitted_at";
+/// The history table of the Agency's migrations, on either backend.
+const HISTORY_TABLE: &str = "agency_schema_history";
 
-fn db(err: impl std::error::Error + 'static) -> Status {
-    grantmesh_store::status(&err)
-}
-
+/// The Agency's view of the central store.
 #[derive(Clone)]
 pub struct ProposalStore {
-    pool: Pool,
+    backend: Backend,
+}
+
+/// The store behind a [`ProposalStore`].
+#[derive(Clone)]
+enum Backend {
+    Postgres(Pool),
+    Sqlite(sqlite::Proposals),
 }
 
 impl ProposalStore {
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            backend: Backend::Postgres(pool),
+        }
+    }
+
+    /// Migrates the store `database_url` names (`postgres://…` or
+    /// `sqlite:PATH`) and connects to it with at most `pool_size` connections.
+    pub async fn start(
+        database_url: &str,
+        pool_size: usize,
+    ) -> Result<Self, grantmesh_store::StoreError> {
+        let backend = match Database::parse(database_url)? {
+            Database::Postgres(url) => {
+                grantmesh_store::migrate(&url, postgres::migrations(), HISTORY_TABLE).await?;
+                Backend::Postgres(grantmesh_store::connect(&url, pool_size).await?)
+            }
+            Database::Sqlite(path) => {
+                let db = grantmesh_store::sqlite::connect(&path, pool_size).await?;
+                grantmesh_store::sqlite::migrate(&db, sqlite::migrations(), HISTORY_TABLE).await?;
+                Backend::Sqlite(sqlite::Proposals::new(db))
+            }
+        };
+        Ok(Self { backend })
     }
 
     /// Records a decided proposal, or returns the one recorded earlier under
     /// the same idempotency key (`false` in the second place).
     pub async fn insert(&self, new: &NewProposal<'_>) -> Result<(ProposalRow, bool), Status> {
-        let client = self.pool.get().await.map_err(db)?;
-        let decision = if new.accepted { "accepted" } else { "rejected" };
-        let inserted = client
-            .query_opt(
-                &format!(
-                    "INSERT INTO proposals (id, agency, principal_investigator, idempotency_key, title, description,
-                                            requested_amount, duration_days, decision, reason)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                     ON CONFLICT (agency, principal_investigator, idempotency_key) DO NOTHING
-                     RETURNING {COLUMNS}"
-                ),
-                &[
-                    &Uuid::new_v4(),
-                    &new.agency,
-                    &new.principal_investigator,
-                    &new.idempotency_key,
-                    &new.title,
-                    &new.description,
-                    &new.requested_amount,
-                    &new.duration_days,
-                    &decision,
-                    &new.reason,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        if let Some(row) = inserted {
-            return Ok((proposal(&row), true));
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::insert(pool, new).await,
+            Backend::Sqlite(db) => db.insert(new).await,
         }
-        // A fresh statement sees the earlier one even if it committed a moment ago.
-        let row = client
-            .query_one(
-                &format!("SELECT {COLUMNS} FROM proposals WHERE agency = $1 AND principal_investigator = $2 AND idempotency_key = $3"),
-                &[&new.agency, &new.principal_investigator, &new.idempotency_key],
-            )
-            .await
-            .map_err(db)?;
-        Ok((proposal(&row), false))
     }
 
+    /// Records the account opened for an accepted proposal (once; the same
+    /// account again is a no-op).
     pub async fn set_account(&self, proposal: Uuid, account: &str) -> Result<(), Status> {
-        let client = self.pool.get().await.map_err(db)?;
-        client
-            .execute(
-                "UPDATE proposals SET account_id = $2 WHERE id = $1 AND (account_id IS NULL OR account_id = $2)",
-                &[&proposal, &account],
-            )
-            .await
-            .map_err(db)?;
-        Ok(())
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::set_account(pool, proposal, account).await,
+            Backend::Sqlite(db) => db.set_account(proposal, account).await,
+        }
     }
 
     pub async fn get(&self, agency: &str, id: Uuid) -> Result<Option<ProposalRow>, Status> {
-        let client = self.pool.get().await.map_err(db)?;
-        let row = client
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM proposals WHERE agency = $1 AND id = $2"),
-                &[&agency, &id],
-            )
-            .await
-            .map_err(db)?;
-        Ok(row.as_ref().map(proposal))
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::get(pool, agency, id).await,
+            Backend::Sqlite(db) => db.get(agency, id).await,
+        }
     }
 
     /// The investigator's proposals, newest first, after the `(submitted_at, id)` cursor.
@@ -127,21 +119,12 @@ impl ProposalStore {
         after: Option<(SystemTime, Uuid)>,
         limit: i64,
     ) -> Result<Vec<ProposalRow>, Status> {
-        let client = self.pool.get().await.map_err(db)?;
-        let (at, id) = after.unzip();
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM proposals
-                     WHERE agency = $1 AND principal_investigator = $2
-                       AND ($3::timestamptz IS NULL OR (submitted_at, id) < ($3, $4))
-                     ORDER BY submitted_at DESC, id DESC LIMIT $5"
-                ),
-                &[&agency, &investigator, &at, &id, &limit],
-            )
-            .await
-            .map_err(db)?;
-        Ok(rows.iter().map(proposal).collect())
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::list(pool, agency, investigator, after, limit).await
+            }
+            Backend::Sqlite(db) => db.list(agency, investigator, after, limit).await,
+        }
     }
 
     /// Accepted proposals still waiting for their account, oldest first.
@@ -151,36 +134,16 @@ impl ProposalStore {
         older_than_secs: f64,
         limit: i64,
     ) -> Result<Vec<ProposalRow>, Status> {
-        let client = self.pool.get().await.map_err(db)?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM proposals
-                     WHERE agency = $1 AND decision = 'accepted' AND account_id IS NULL
-                       AND submitted_at < now() - $2::float8 * interval '1 second'
-                     ORDER BY submitted_at LIMIT $3"
-                ),
-                &[&agency, &older_than_secs, &limit],
-            )
-            .await
-            .map_err(db)?;
-        Ok(rows.iter().map(proposal).collect())
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::awaiting_account(pool, agency, older_than_secs, limit).await
+            }
+            Backend::Sqlite(db) => db.awaiting_account(agency, older_than_secs, limit).await,
+        }
     }
 }
 
-fn proposal(row: &Row) -> ProposalRow {
-    ProposalRow {
-        id: row.get("id"),
-        agency: row.get("agency"),
-        principal_investigator: row.get("principal_investigator"),
-        idempotency_key: row.get("idempotency_key"),
-        title: row.get("title"),
-        description: row.get("description"),
-        requested_amount: row.get("requested_amount"),
-        duration_days: row.get("duration_days"),
-        accepted: row.get::<_, &str>("decision") == "accepted",
-        reason: row.get("reason"),
-        account_id: row.get("account_id"),
-        submitted_at: row.get("submitted_at"),
-    }
+/// The status for a failed database call, on either backend.
+fn db(err: impl std::error::Error + 'static) -> Status {
+    grantmesh_store::status(&err)
 }

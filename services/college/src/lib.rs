@@ -1,11 +1,13 @@
 //! The grantmesh College: researchers and their research accounts.
 //!
 //! Every College instance serves `grantmesh.v1.College` from the same
-//! PostgreSQL central store ([`store`]), so any instance can serve any call
-//! and the mesh may add or lose instances at will. Researchers log in for a
-//! bearer token; agencies open accounts with their service credential;
-//! members read accounts, withdraw concurrently and watch them live. Live
-//! updates cross instances through PostgreSQL `NOTIFY`.
+//! central store ([`store`]: PostgreSQL, or an embedded SQLite file for
+//! `grantmesh dev`), so any instance can serve any call and the mesh may add
+//! or lose instances at will. Researchers log in for a bearer token; agencies
+//! open accounts with their service credential; members read accounts,
+//! withdraw concurrently and watch them live. Live updates cross instances
+//! through PostgreSQL `NOTIFY`, or, on SQLite, an in-process fan-out that
+//! reaches only the instances in the same process.
 
 pub mod store;
 pub mod validate;
@@ -26,11 +28,6 @@ use tonic::{Request, Response, Status};
 
 /// The name College instances register under.
 pub const SERVICE: &str = "college";
-
-/// Migrations of the College's tables, recorded in their own history table.
-mod embedded {
-    refinery::embed_migrations!("migrations");
-}
 
 /// Settings of one College instance.
 #[derive(Clone)]
@@ -59,22 +56,21 @@ struct Inner {
 }
 
 impl CollegeService {
-    /// Connects to the store, migrates it, and starts listening for account
+    /// Connects to the store `database_url` names (`postgres://…` or
+    /// `sqlite:PATH`), migrates it, and starts listening for account
     /// changes; streams end when `closing` is cancelled.
     pub async fn start(
         config: CollegeConfig,
         database_url: &str,
         closing: CancellationToken,
     ) -> Result<Self, grantmesh_store::StoreError> {
-        grantmesh_store::migrate(
+        let (store, notifications) = AccountStore::start(
             database_url,
-            embedded::migrations::runner(),
-            "college_schema_history",
+            config.pool_size,
+            config.day_length,
+            closing.clone(),
         )
         .await?;
-        let pool = grantmesh_store::connect(database_url, config.pool_size).await?;
-        let notifications = Notifications::start(database_url, store::CHANNEL, closing.clone())?;
-        let store = AccountStore::new(pool, config.day_length);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,

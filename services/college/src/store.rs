@@ -1,18 +1,24 @@
-//! The College's SQL: researchers, accounts, members and the journal in the
-//! PostgreSQL central store shared by every College instance.
+//! The College's store: researchers, accounts, members and the journal,
+//! shared by every College instance, on PostgreSQL ([`postgres`]) or on an
+//! embedded SQLite file ([`sqlite`]); the database URL picks which.
 //!
-//! A withdrawal is one statement, one round trip: it checks membership,
-//! expiry (by the database's clock), the idempotency key and the balance,
-//! debits the account, appends to the journal and queues a notification for
-//! live watchers, all or nothing. Concurrency is left to PostgreSQL's row lock
-//! on the account: a concurrent debit re-checks the balance on the latest
-//! row version, and `CHECK (balance >= 0)` stands behind it. When nothing was
-//! debited, the same statement's reads say why.
+//! This module holds what both backends share: the row types, the one error
+//! type and its gRPC mapping, and [`AccountStore`], which hands each call to
+//! its backend. The two keep the same rules, which
+//! `tests/conformance.rs` checks against both: a withdrawal checks
+//! membership, expiry (by the store's clock), the idempotency key and the
+//! balance, then debits and journals, all or nothing; the journal is
+//! append-only; a balance never goes below zero.
+
+mod postgres;
+mod sqlite;
 
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
-use grantmesh_store::tokio_postgres::{self, Row};
+use grantmesh_store::tokio_postgres;
+use grantmesh_store::{Database, Notifications};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use uuid::Uuid;
 
@@ -37,6 +43,26 @@ pub enum StoreError {
     Database(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// A SQLite failure other than a busy store (which is [`Self::Contended`]).
+    #[error(transparent)]
+    Sqlite(rusqlite::Error),
+    #[error(transparent)]
+    SqlitePool(#[from] deadpool_sqlite::PoolError),
+    /// The blocking task running a SQLite call panicked or was cancelled.
+    #[error("the sqlite call did not finish: {0}")]
+    SqliteCall(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// A store still locked by other writers after the busy timeout is
+    /// contention, safe to retry, as on PostgreSQL.
+    fn from(err: rusqlite::Error) -> Self {
+        if grantmesh_store::sqlite::is_busy(&err) {
+            Self::Contended("the central store is busy right now; retry with the same key".into())
+        } else {
+            Self::Sqlite(err)
+        }
+    }
 }
 
 impl StoreError {
@@ -49,6 +75,12 @@ impl StoreError {
             Self::Contended(msg) => Status::unavailable(msg),
             Self::Database(err) => grantmesh_store::status(&err),
             Self::Pool(err) => grantmesh_store::status(&err),
+            Self::Sqlite(err) => grantmesh_store::status(&err),
+            Self::SqlitePool(err) => grantmesh_store::status(&err),
+            Self::SqliteCall(msg) => {
+                tracing::error!(error = %msg, "sqlite call failed");
+                Status::internal("the central store failed to complete the call")
+            }
         }
     }
 }
@@ -134,54 +166,59 @@ pub struct NewAccount<'a> {
 /// The College's view of the central store.
 #[derive(Clone)]
 pub struct AccountStore {
-    pool: Pool,
+    backend: Backend,
     /// How long one "day" of an account's duration lasts.
     day_length: Duration,
 }
 
-const ACCOUNT_COLUMNS: &str = "a.id, a.proposal_id, a.agency, a.title, a.principal_investigator, a.award, a.balance, \
-     a.opened_at, a.expires_at, a.expires_at <= now() AS expired";
+/// The store behind an [`AccountStore`].
+#[derive(Clone)]
+enum Backend {
+    Postgres(Pool),
+    Sqlite(sqlite::Accounts),
+}
 
-const WITHDRAW: &str = "
-WITH target AS (
-    SELECT a.id, a.balance, a.expires_at <= now() AS expired,
-           EXISTS (SELECT 1 FROM members m WHERE m.account_id = a.id AND m.researcher_id = $2) AS is_member
-    FROM accounts a WHERE a.id = $1
-),
-previous AS (
-    SELECT w.id, w.researcher_id, w.amount, w.memo, w.balance_after, w.created_at
-    FROM withdrawals w WHERE w.account_id = $1 AND w.idempotency_key = $4
-),
-debit AS (
-    UPDATE accounts a SET balance = a.balance - $3
-    WHERE a.id = $1
-      AND a.balance >= $3
-      AND a.expires_at > now()
-      AND EXISTS (SELECT 1 FROM members m WHERE m.account_id = $1 AND m.researcher_id = $2)
-      AND NOT EXISTS (SELECT 1 FROM previous)
-    RETURNING a.balance
-),
-journal AS (
-    INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after)
-    SELECT $1, $2, $3, $4, $5, balance FROM debit
-    RETURNING id, created_at, balance_after
-),
-notified AS (
-    SELECT pg_notify('grantmesh_accounts', 'withdrawal:' || $1::text || ':' || j.id::text) FROM journal j
-)
-SELECT (SELECT count(*) FROM notified) AS notified,
-       j.id AS new_id, j.created_at AS new_at, j.balance_after AS new_balance,
-       t.id IS NOT NULL AS account_exists, t.is_member, t.expired, t.balance,
-       p.id AS prev_id, p.researcher_id AS prev_researcher, p.amount AS prev_amount, p.memo AS prev_memo,
-       p.balance_after AS prev_balance_after, p.created_at AS prev_at
-FROM (SELECT 1) AS one
-LEFT JOIN journal j ON true
-LEFT JOIN target t ON true
-LEFT JOIN previous p ON true";
+/// The history table of the College's migrations, on either backend.
+const HISTORY_TABLE: &str = "college_schema_history";
 
 impl AccountStore {
     pub fn new(pool: Pool, day_length: Duration) -> Self {
-        Self { pool, day_length }
+        Self {
+            backend: Backend::Postgres(pool),
+            day_length,
+        }
+    }
+
+    /// Migrates the store at `database_url`, connects to it and subscribes to
+    /// its account changes (until `closing`, on PostgreSQL).
+    pub async fn start(
+        database_url: &str,
+        pool_size: usize,
+        day_length: Duration,
+        closing: CancellationToken,
+    ) -> std::result::Result<(Self, Notifications), grantmesh_store::StoreError> {
+        let backend = match Database::parse(database_url)? {
+            Database::Postgres(url) => {
+                grantmesh_store::migrate(&url, postgres::migrations(), HISTORY_TABLE).await?;
+                Backend::Postgres(grantmesh_store::connect(&url, pool_size).await?)
+            }
+            Database::Sqlite(path) => {
+                let db = grantmesh_store::sqlite::connect(&path, pool_size).await?;
+                grantmesh_store::sqlite::migrate(&db, sqlite::migrations(), HISTORY_TABLE).await?;
+                Backend::Sqlite(sqlite::Accounts::new(db))
+            }
+        };
+        let notifications = match &backend {
+            Backend::Postgres(_) => Notifications::start(database_url, CHANNEL, closing)?,
+            Backend::Sqlite(accounts) => accounts.notifications().clone(),
+        };
+        Ok((
+            Self {
+                backend,
+                day_length,
+            },
+            notifications,
+        ))
     }
 
     /// Connects to the central store at `database_url` without migrating it,
@@ -191,48 +228,27 @@ impl AccountStore {
         pool_size: usize,
         day_length: Duration,
     ) -> std::result::Result<Self, grantmesh_store::StoreError> {
-        let pool = grantmesh_store::connect(database_url, pool_size).await?;
-        Ok(Self::new(pool, day_length))
+        let backend = match Database::parse(database_url)? {
+            Database::Postgres(url) => {
+                Backend::Postgres(grantmesh_store::connect(&url, pool_size).await?)
+            }
+            Database::Sqlite(path) => Backend::Sqlite(sqlite::Accounts::new(
+                grantmesh_store::sqlite::connect(&path, pool_size).await?,
+            )),
+        };
+        Ok(Self {
+            backend,
+            day_length,
+        })
     }
 
     /// The account and its whole journal, read in one snapshot so that the
     /// balance and the journal agree with each other.
     pub async fn audit(&self, account: Uuid) -> Result<AccountAudit> {
-        let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let row = tx
-            .query_opt(
-                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = $1"),
-                &[&account],
-            )
-            .await?
-            .ok_or_else(|| not_found(account))?;
-        let mut row = account_from_row(&row);
-        let journal = tx
-            .query(
-                "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after
-                 FROM withdrawals WHERE account_id = $1 ORDER BY id",
-                &[&account],
-            )
-            .await?
-            .iter()
-            .map(transaction_from_row)
-            .collect();
-        row.members = members_in(&tx, account).await?;
-        tx.commit().await?;
-        Ok(AccountAudit {
-            account: row,
-            journal,
-        })
-    }
-
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
-        Ok(self.pool.get().await?)
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::audit(pool, account).await,
+            Backend::Sqlite(db) => db.audit(account).await,
+        }
     }
 
     pub async fn register_researcher(
@@ -241,158 +257,51 @@ impl AccountStore {
         email: &str,
         password_hash: &str,
     ) -> Result<ResearcherRow> {
-        let id = Uuid::new_v4();
-        let client = self.client().await?;
-        let inserted = client
-            .execute(
-                "INSERT INTO researchers (id, name, email, password_hash) VALUES ($1, $2, $3, $4)",
-                &[&id, &name, &email, &password_hash],
-            )
-            .await;
-        match inserted {
-            Ok(_) => Ok(ResearcherRow {
-                id,
-                name: name.into(),
-                email: email.into(),
-                password_hash: password_hash.into(),
-            }),
-            Err(err) if grantmesh_store::is_unique_violation(&err) => {
-                Err(StoreError::AlreadyExists(format!(
-                    "a researcher with email {email:?} is already registered"
-                )))
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::register_researcher(pool, name, email, password_hash).await
             }
-            Err(err) => Err(err.into()),
+            Backend::Sqlite(db) => db.register_researcher(name, email, password_hash).await,
         }
     }
 
     pub async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT id, name, email, password_hash FROM researchers WHERE email = $1",
-                &[&email],
-            )
-            .await?;
-        Ok(row.map(|row| ResearcherRow {
-            id: row.get("id"),
-            name: row.get("name"),
-            email: row.get("email"),
-            password_hash: row.get("password_hash"),
-        }))
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::researcher_by_email(pool, email).await,
+            Backend::Sqlite(db) => db.researcher_by_email(email).await,
+        }
     }
 
     /// Opens the account for a proposal, or returns the one already opened for it.
     pub async fn open_account(&self, new: &NewAccount<'_>) -> Result<(AccountRow, bool)> {
-        let client = self.client().await?;
-        let id = Uuid::new_v4();
-        let day_ms = i64::try_from(self.day_length.as_millis()).unwrap_or(i64::MAX);
-        let days = i64::from(new.duration_days);
-        let opened = client
-            .query_opt(
-                "WITH ins AS (
-                     INSERT INTO accounts (id, proposal_id, agency, title, principal_investigator, award, balance, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6, now() + ($7::bigint * $8::bigint) * interval '1 millisecond')
-                     ON CONFLICT (proposal_id) DO NOTHING
-                     RETURNING id, principal_investigator
-                 ),
-                 pi AS (
-                     INSERT INTO members (account_id, researcher_id, role)
-                     SELECT id, principal_investigator, 'principal_investigator' FROM ins
-                 )
-                 SELECT id FROM ins",
-                &[&id, &new.proposal_id, &new.agency, &new.title, &new.principal_investigator, &new.award, &days, &day_ms],
-            )
-            .await;
-        let created = match opened {
-            Ok(row) => row.is_some(),
-            Err(err)
-                if err.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) =>
-            {
-                return Err(StoreError::NotFound(format!(
-                    "principal investigator {} is not a registered researcher",
-                    new.principal_investigator
-                )));
-            }
-            Err(err) => return Err(err.into()),
-        };
-        // Opened now or earlier (possibly by another instance a moment ago):
-        // read it back in a fresh statement, which sees either.
-        let row = client
-            .query_one(
-                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.proposal_id = $1"),
-                &[&new.proposal_id],
-            )
-            .await?;
-        let mut account = account_from_row(&row);
-        account.members = members(&client, account.id).await?;
-        Ok((account, created))
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::open_account(pool, self.day_length, new).await,
+            Backend::Sqlite(db) => db.open_account(self.day_length, new).await,
+        }
     }
 
     /// The account, if `caller` is one of its members (any caller when `None`).
     pub async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = $1"),
-                &[&id],
-            )
-            .await?
-            .ok_or_else(|| not_found(id))?;
-        let mut account = account_from_row(&row);
-        account.members = members(&client, id).await?;
-        if let Some(caller) = caller
-            && !account.members.iter().any(|m| m.researcher_id == caller)
-        {
-            return Err(not_member(id));
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::account(pool, id, caller).await,
+            Backend::Sqlite(db) => db.account(id, caller).await,
         }
-        Ok(account)
     }
 
-    /// Every account `caller` is a member of.
+    /// Every account `caller` is a member of, newest first.
     pub async fn accounts_of(&self, caller: Uuid) -> Result<Vec<AccountRow>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN members m ON m.account_id = a.id
-                     WHERE m.researcher_id = $1 ORDER BY a.opened_at DESC"
-                ),
-                &[&caller],
-            )
-            .await?;
-        let mut accounts = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut account = account_from_row(&row);
-            account.members = members(&client, account.id).await?;
-            accounts.push(account);
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::accounts_of(pool, caller).await,
+            Backend::Sqlite(db) => db.accounts_of(caller).await,
         }
-        Ok(accounts)
     }
 
     /// Adds the researcher with `email`; only the principal investigator may.
     pub async fn add_member(&self, account: Uuid, caller: Uuid, email: &str) -> Result<AccountRow> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        lock_as_principal_investigator(&tx, account, caller).await?;
-        let researcher: Uuid = tx
-            .query_opt("SELECT id FROM researchers WHERE email = $1", &[&email])
-            .await?
-            .ok_or_else(|| {
-                StoreError::NotFound(format!("no researcher is registered with email {email:?}"))
-            })?
-            .get(0);
-        let added = tx
-            .execute(
-                "INSERT INTO members (account_id, researcher_id, role) VALUES ($1, $2, 'member') ON CONFLICT DO NOTHING",
-                &[&account, &researcher],
-            )
-            .await?;
-        if added > 0 {
-            notify_membership(&tx, account).await?;
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::add_member(pool, account, caller, email).await,
+            Backend::Sqlite(db) => db.add_member(account, caller, email).await,
         }
-        tx.commit().await?;
-        drop(client);
-        self.account(account, None).await
     }
 
     /// Removes a member; only the principal investigator may, and not themself.
@@ -402,32 +311,17 @@ impl AccountStore {
         caller: Uuid,
         researcher: Uuid,
     ) -> Result<AccountRow> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let pi = lock_as_principal_investigator(&tx, account, caller).await?;
-        if researcher == pi {
-            return Err(StoreError::FailedPrecondition(
-                "the principal investigator cannot be removed from their own account".into(),
-            ));
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::remove_member(pool, account, caller, researcher).await
+            }
+            Backend::Sqlite(db) => db.remove_member(account, caller, researcher).await,
         }
-        let removed = tx
-            .execute(
-                "DELETE FROM members WHERE account_id = $1 AND researcher_id = $2",
-                &[&account, &researcher],
-            )
-            .await?;
-        if removed == 0 {
-            return Err(StoreError::NotFound(format!(
-                "researcher {researcher} is not a member of account {account}"
-            )));
-        }
-        notify_membership(&tx, account).await?;
-        tx.commit().await?;
-        drop(client);
-        self.account(account, None).await
     }
 
-    /// Applies a withdrawal once per idempotency key; see the module docs.
+    /// Applies a withdrawal once per idempotency key: the same key and amount
+    /// again is replayed with the original transaction, the same key with
+    /// another amount is refused; see the module docs.
     pub async fn withdraw(
         &self,
         account: Uuid,
@@ -436,82 +330,12 @@ impl AccountStore {
         key: &str,
         memo: &str,
     ) -> Result<Withdrawal> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(WITHDRAW).await?;
-        // A second pass is needed only when a concurrent call changed the
-        // account between this statement's snapshot and its debit.
-        for _ in 0..5 {
-            let row = match client
-                .query_one(&statement, &[&account, &caller, &amount, &key, &memo])
-                .await
-            {
-                Ok(row) => row,
-                // The same key applied concurrently by another call: the
-                // next pass finds it as `previous`.
-                Err(err) if grantmesh_store::is_unique_violation(&err) => continue,
-                Err(err) => return Err(err.into()),
-            };
-            if let Some(id) = row.get::<_, Option<i64>>("new_id") {
-                let balance: i64 = row.get("new_balance");
-                return Ok(Withdrawal {
-                    transaction: TransactionRow {
-                        id,
-                        account_id: account,
-                        researcher_id: caller,
-                        amount,
-                        memo: memo.to_owned(),
-                        idempotency_key: key.to_owned(),
-                        created_at: row.get("new_at"),
-                        balance_after: balance,
-                    },
-                    balance,
-                    replayed: false,
-                });
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::withdraw(pool, account, caller, amount, key, memo).await
             }
-            if !row.get::<_, bool>("account_exists") {
-                return Err(not_found(account));
-            }
-            if !row.get::<_, bool>("is_member") {
-                return Err(not_member(account));
-            }
-            let balance: i64 = row.get("balance");
-            if let Some(previous) = row.get::<_, Option<i64>>("prev_id") {
-                let previous_amount: i64 = row.get("prev_amount");
-                if previous_amount != amount {
-                    return Err(StoreError::FailedPrecondition(format!(
-                        "idempotency_key {key:?} was already used on this account for a withdrawal of {previous_amount}, \
-                         not {amount}; use a new key for a new withdrawal"
-                    )));
-                }
-                return Ok(Withdrawal {
-                    transaction: TransactionRow {
-                        id: previous,
-                        account_id: account,
-                        researcher_id: row.get("prev_researcher"),
-                        amount: previous_amount,
-                        memo: row.get("prev_memo"),
-                        idempotency_key: key.to_owned(),
-                        created_at: row.get("prev_at"),
-                        balance_after: row.get("prev_balance_after"),
-                    },
-                    balance,
-                    replayed: true,
-                });
-            }
-            if row.get::<_, bool>("expired") {
-                return Err(StoreError::FailedPrecondition(format!(
-                    "account {account} has expired; no more withdrawals can be made"
-                )));
-            }
-            if balance < amount {
-                return Err(StoreError::FailedPrecondition(format!(
-                    "insufficient funds: account {account} holds {balance}, the withdrawal asks for {amount}"
-                )));
-            }
+            Backend::Sqlite(db) => db.withdraw(account, caller, amount, key, memo).await,
         }
-        Err(StoreError::Contended(format!(
-            "account {account} is too busy right now; retry the withdrawal with the same key"
-        )))
     }
 
     /// The journal, newest first, `limit` entries before `before` (an entry id).
@@ -522,29 +346,19 @@ impl AccountStore {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<TransactionRow>> {
-        self.account(account, Some(caller)).await?;
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after
-                 FROM withdrawals WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2)
-                 ORDER BY id DESC LIMIT $3",
-                &[&account, &before, &limit],
-            )
-            .await?;
-        Ok(rows.iter().map(transaction_from_row).collect())
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::transactions(pool, account, caller, before, limit).await
+            }
+            Backend::Sqlite(db) => db.transactions(account, caller, before, limit).await,
+        }
     }
 
     pub async fn transaction(&self, account: Uuid, id: i64) -> Result<Option<TransactionRow>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after
-                 FROM withdrawals WHERE account_id = $1 AND id = $2",
-                &[&account, &id],
-            )
-            .await?;
-        Ok(row.as_ref().map(transaction_from_row))
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::transaction(pool, account, id).await,
+            Backend::Sqlite(db) => db.transaction(account, id).await,
+        }
     }
 }
 
@@ -556,87 +370,72 @@ fn not_member(account: Uuid) -> StoreError {
     StoreError::PermissionDenied(format!("you are not a member of account {account}"))
 }
 
-async fn lock_as_principal_investigator(
-    tx: &deadpool_postgres::Transaction<'_>,
-    account: Uuid,
-    caller: Uuid,
-) -> Result<Uuid> {
-    let pi: Uuid = tx
-        .query_opt(
-            "SELECT principal_investigator FROM accounts WHERE id = $1 FOR UPDATE",
-            &[&account],
-        )
-        .await?
-        .ok_or_else(|| not_found(account))?
-        .get(0);
-    if pi != caller {
-        return Err(StoreError::PermissionDenied(format!(
-            "only the principal investigator of account {account} may change its members"
-        )));
-    }
-    Ok(pi)
+fn not_principal_investigator(account: Uuid) -> StoreError {
+    StoreError::PermissionDenied(format!(
+        "only the principal investigator of account {account} may change its members"
+    ))
 }
 
-async fn notify_membership(tx: &deadpool_postgres::Transaction<'_>, account: Uuid) -> Result<()> {
-    tx.execute(
-        "SELECT pg_notify($1, 'membership:' || $2::text)",
-        &[&CHANNEL, &account.to_string()],
+fn principal_investigator_not_removable() -> StoreError {
+    StoreError::FailedPrecondition(
+        "the principal investigator cannot be removed from their own account".into(),
     )
-    .await?;
-    Ok(())
 }
 
-async fn members(client: &deadpool_postgres::Object, account: Uuid) -> Result<Vec<MemberRow>> {
-    members_in(client, account).await
+fn no_researcher_with(email: &str) -> StoreError {
+    StoreError::NotFound(format!("no researcher is registered with email {email:?}"))
 }
 
-async fn members_in(
-    client: &impl deadpool_postgres::GenericClient,
-    account: Uuid,
-) -> Result<Vec<MemberRow>> {
-    let rows = client
-        .query(
-            "SELECT r.id, r.name, r.email, m.role FROM members m JOIN researchers r ON r.id = m.researcher_id
-             WHERE m.account_id = $1 ORDER BY m.role DESC, m.added_at, r.email",
-            &[&account],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| MemberRow {
-            researcher_id: row.get(0),
-            name: row.get(1),
-            email: row.get(2),
-            principal_investigator: row.get::<_, &str>(3) == "principal_investigator",
-        })
-        .collect())
+fn not_a_member_to_remove(account: Uuid, researcher: Uuid) -> StoreError {
+    StoreError::NotFound(format!(
+        "researcher {researcher} is not a member of account {account}"
+    ))
 }
 
-fn account_from_row(row: &Row) -> AccountRow {
-    AccountRow {
-        id: row.get("id"),
-        proposal_id: row.get("proposal_id"),
-        agency: row.get("agency"),
-        title: row.get("title"),
-        principal_investigator: row.get("principal_investigator"),
-        award: row.get("award"),
-        balance: row.get("balance"),
-        opened_at: row.get("opened_at"),
-        expires_at: row.get("expires_at"),
-        expired: row.get("expired"),
-        members: Vec::new(),
-    }
+fn email_taken(email: &str) -> StoreError {
+    StoreError::AlreadyExists(format!(
+        "a researcher with email {email:?} is already registered"
+    ))
 }
 
-fn transaction_from_row(row: &Row) -> TransactionRow {
-    TransactionRow {
-        id: row.get("id"),
-        account_id: row.get("account_id"),
-        researcher_id: row.get("researcher_id"),
-        amount: row.get("amount"),
-        memo: row.get("memo"),
-        idempotency_key: row.get("idempotency_key"),
-        created_at: row.get("created_at"),
-        balance_after: row.get("balance_after"),
-    }
+fn unknown_principal_investigator(researcher: Uuid) -> StoreError {
+    StoreError::NotFound(format!(
+        "principal investigator {researcher} is not a registered researcher"
+    ))
+}
+
+fn key_reused(key: &str, previous_amount: i64, amount: i64) -> StoreError {
+    StoreError::FailedPrecondition(format!(
+        "idempotency_key {key:?} was already used on this account for a withdrawal of {previous_amount}, \
+         not {amount}; use a new key for a new withdrawal"
+    ))
+}
+
+fn expired(account: Uuid) -> StoreError {
+    StoreError::FailedPrecondition(format!(
+        "account {account} has expired; no more withdrawals can be made"
+    ))
+}
+
+fn insufficient_funds(account: Uuid, balance: i64, amount: i64) -> StoreError {
+    StoreError::FailedPrecondition(format!(
+        "insufficient funds: account {account} holds {balance}, the withdrawal asks for {amount}"
+    ))
+}
+
+fn contended(account: Uuid) -> StoreError {
+    StoreError::Contended(format!(
+        "account {account} is too busy right now; retry the withdrawal with the same key"
+    ))
+}
+
+/// The payload announcing a journal entry: `withdrawal:<account>:<entry id>`
+/// (the PostgreSQL statement builds the same one in SQL).
+fn withdrawal_payload(account: Uuid, entry: i64) -> String {
+    format!("withdrawal:{account}:{entry}")
+}
+
+/// The payload announcing a membership change: `membership:<account>`.
+fn membership_payload(account: Uuid) -> String {
+    format!("membership:{account}")
 }

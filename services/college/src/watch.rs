@@ -1,7 +1,8 @@
 //! `WatchAccount`: the account now, then every change to it, on whichever
 //! instance the change was made.
 //!
-//! Changes arrive as PostgreSQL notifications (see [`crate::store::CHANNEL`]);
+//! Changes arrive as PostgreSQL notifications (see [`crate::store::CHANNEL`]),
+//! or on SQLite from the in-process fan-out that carries the same payloads;
 //! each one makes the stream re-read what changed. If the listening
 //! connection was lost, or this watcher fell behind, it is sent a fresh
 //! snapshot instead, so it never silently misses a change. Expiry is a

@@ -1,7 +1,10 @@
-//! Connecting grantmesh services to the PostgreSQL central store.
+//! Connecting grantmesh services to their central store: PostgreSQL, or an
+//! embedded SQLite file for `grantmesh dev`.
 //!
-//! Every Agency and College instance shares one PostgreSQL database. This
-//! crate holds what they all need from it and nothing domain-specific:
+//! Every Agency and College instance shares one database. The URL picks it
+//! ([`Database::parse`]): `postgres://…` or `postgresql://…` for PostgreSQL,
+//! `sqlite:PATH` for a SQLite file (see [`sqlite`]). This crate holds what
+//! the services need from either and nothing domain-specific:
 //!
 //! - [`connect`]: a `deadpool-postgres` pool, checked once at start-up so a
 //!   missing or unreachable database is a clear start-up error;
@@ -12,7 +15,13 @@
 //!   itself, fanned out to every local subscriber;
 //! - [`status`]: the one mapping from database failures to gRPC statuses —
 //!   a database that went away is `UNAVAILABLE` (retryable), never a panic.
+//!
+//! The [`sqlite`] module has the SQLite counterparts of the pool and the
+//! migrations; [`Notifications::start`] serves both.
 
+pub mod sqlite;
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -23,7 +32,9 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 pub use deadpool_postgres;
+pub use deadpool_sqlite;
 pub use refinery;
+pub use rusqlite;
 pub use tokio_postgres;
 
 /// What can go wrong setting up the store.
@@ -31,6 +42,8 @@ pub use tokio_postgres;
 pub enum StoreError {
     #[error("the database URL is not valid: {0}")]
     BadUrl(#[source] tokio_postgres::Error),
+    #[error("unsupported database URL: {0}")]
+    UnsupportedUrl(String),
     #[error("failed to reach the database at {target}: {source}")]
     Unreachable {
         target: String,
@@ -44,6 +57,35 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which store a database URL names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    /// `postgres://…` or `postgresql://…`: the URL as given.
+    Postgres(String),
+    /// `sqlite:PATH`, `sqlite://PATH` or `sqlite:///abs/path`: the file.
+    Sqlite(PathBuf),
+}
+
+impl Database {
+    /// The store `url` names, or a start-up error naming the scheme.
+    pub fn parse(url: &str) -> Result<Self> {
+        let url = url.trim();
+        let Some((scheme, _)) = url.split_once(':') else {
+            return Err(StoreError::UnsupportedUrl(
+                "the database URL has no scheme; use postgres://USER@HOST:PORT/DB or sqlite:PATH"
+                    .into(),
+            ));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" => Ok(Self::Postgres(url.to_owned())),
+            "sqlite" => sqlite::parse_url(url).map(Self::Sqlite),
+            other => Err(StoreError::UnsupportedUrl(format!(
+                "scheme {other:?} is not supported; use postgres://USER@HOST:PORT/DB or sqlite:PATH"
+            ))),
+        }
+    }
+}
 
 /// Where a URL points, without its password, for messages.
 fn describe(config: &tokio_postgres::Config) -> String {
@@ -153,6 +195,14 @@ pub async fn migrate(url: &str, mut runner: refinery::Runner, history_table: &st
 /// database is down, restarting or out of connections) is `UNAVAILABLE`, so
 /// clients retry; anything else is `INTERNAL`, logged with its details.
 pub fn status(err: &(dyn std::error::Error + 'static)) -> tonic::Status {
+    if let Some(err) = err.downcast_ref::<rusqlite::Error>()
+        && sqlite::is_busy(err)
+    {
+        tracing::warn!(error = %err, "sqlite store busy");
+        return tonic::Status::unavailable(
+            "the central store is busy; retry shortly (with the same idempotency key)",
+        );
+    }
     if is_unavailable(err) {
         tracing::warn!(error = %err, "database unavailable");
         tonic::Status::unavailable("the central store is unavailable; retry shortly")
@@ -170,6 +220,13 @@ pub fn is_unavailable(err: &(dyn std::error::Error + 'static)) -> bool {
             PoolError::Backend(err) => is_unavailable(err),
             _ => true,
         };
+    }
+    if let Some(err) = err.downcast_ref::<rusqlite::Error>() {
+        return sqlite::is_busy(err);
+    }
+    if err.downcast_ref::<deadpool_sqlite::PoolError>().is_some() {
+        // No connection could be had or opened on the file in time.
+        return true;
     }
     if let Some(err) = err.downcast_ref::<tokio_postgres::Error>() {
         return match err.code() {
@@ -201,19 +258,47 @@ pub enum Notice {
     Reconnected,
 }
 
-/// One `LISTEN` connection on a channel, shared by every subscriber in this process.
+/// Changes on a channel, fanned out to every subscriber in this process:
+/// from one `LISTEN` connection on PostgreSQL, or from the instances in this
+/// process that share a SQLite file (which [`publish`](Self::publish)).
 #[derive(Clone)]
 pub struct Notifications {
     sender: broadcast::Sender<Notice>,
 }
 
 impl Notifications {
-    /// Listens on `channel` until `stop` is cancelled, reconnecting as needed.
+    /// Notifications on `channel` of the store at `url`. On PostgreSQL this
+    /// listens until `stop` is cancelled, reconnecting as needed; on SQLite
+    /// it joins the file's in-process fan-out ([`Self::in_process`]).
     pub fn start(url: &str, channel: &'static str, stop: CancellationToken) -> Result<Self> {
-        let config = parse(url)?;
-        let (sender, _) = broadcast::channel(4096);
-        tokio::spawn(listen(config, channel, sender.clone(), stop));
-        Ok(Self { sender })
+        match Database::parse(url)? {
+            Database::Postgres(url) => {
+                let config = parse(&url)?;
+                let (sender, _) = broadcast::channel(4096);
+                tokio::spawn(listen(config, channel, sender.clone(), stop));
+                Ok(Self { sender })
+            }
+            Database::Sqlite(path) => {
+                let path = path.canonicalize().unwrap_or(path);
+                Ok(Self::in_process(&path, channel))
+            }
+        }
+    }
+
+    /// The process-wide fan-out of `channel` for the SQLite file at the
+    /// canonical `path`: every instance in this process on that file shares
+    /// it. Nothing crosses to other processes.
+    pub fn in_process(path: &Path, channel: &str) -> Self {
+        Self {
+            sender: sqlite::fan_out(path, channel),
+        }
+    }
+
+    /// Sends `payload` to every subscriber in this process, as a
+    /// PostgreSQL `NOTIFY` would; call it after the change committed.
+    pub fn publish(&self, payload: String) {
+        // No subscriber is not an error: nobody is watching.
+        let _ = self.sender.send(Notice::Payload(payload));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
@@ -272,6 +357,62 @@ async fn listen(
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_urls_of_either_spelling_pick_postgresql() {
+        for url in [
+            "postgres://grantmesh@127.0.0.1:55432/grants",
+            "postgresql://grantmesh@127.0.0.1/grants",
+        ] {
+            assert_eq!(
+                Database::parse(url).unwrap(),
+                Database::Postgres(url.into())
+            );
+        }
+    }
+
+    #[test]
+    fn sqlite_urls_with_none_two_or_three_slashes_name_a_file() {
+        for (url, path) in [
+            ("sqlite:grantmesh.db", "grantmesh.db"),
+            ("sqlite:dev/grantmesh.db", "dev/grantmesh.db"),
+            ("sqlite://dev/grantmesh.db", "dev/grantmesh.db"),
+            ("sqlite:///var/lib/grantmesh.db", "/var/lib/grantmesh.db"),
+            ("sqlite:/var/lib/grantmesh.db", "/var/lib/grantmesh.db"),
+        ] {
+            assert_eq!(
+                Database::parse(url).unwrap(),
+                Database::Sqlite(PathBuf::from(path)),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unsupported_scheme_is_named_in_the_error() {
+        let err = Database::parse("mysql://root@localhost/grants").unwrap_err();
+        assert!(err.to_string().contains("\"mysql\""), "{err}");
+        let err = Database::parse("grantmesh.db").unwrap_err();
+        assert!(err.to_string().contains("no scheme"), "{err}");
+    }
+
+    #[test]
+    fn a_sqlite_url_without_a_file_or_in_memory_is_refused() {
+        for url in [
+            "sqlite:",
+            "sqlite://",
+            "sqlite::memory:",
+            "sqlite:file:x.db?mode=ro",
+        ] {
+            let err = Database::parse(url).unwrap_err();
+            assert!(matches!(err, StoreError::UnsupportedUrl(_)), "{url}: {err}");
         }
     }
 }

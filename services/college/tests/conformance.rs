@@ -1,0 +1,1178 @@
+//! One conformance suite for the central store, run against both backends.
+//!
+//! Each check is written once, as a function taking a store URL, and the
+//! [`conformance!`] macro runs it twice: `postgres::<check>` on a fresh
+//! PostgreSQL database made from `GRANTMESH_TEST_DATABASE_URL` (dropped
+//! afterwards), and `sqlite::<check>` on a SQLite file in a temporary folder.
+//! Whatever PostgreSQL promises the College and the Agency, the embedded
+//! SQLite store must promise too: the same answers, the same errors.
+//!
+//! Without `GRANTMESH_TEST_DATABASE_URL` the PostgreSQL half fails, saying
+//! how to set it; it never passes silently.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grantmesh_agency::store::{NewProposal, ProposalStore};
+use grantmesh_college::store::{AccountRow, AccountStore, NewAccount, ResearcherRow, StoreError};
+use grantmesh_store::{Notice, Notifications};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A day as long as a real one, for tests where nothing should expire.
+const REAL_DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Connections each test's store may hold: enough for the concurrency tests
+/// to contend, few enough that many tests can share one PostgreSQL server.
+const POOL_SIZE: usize = 16;
+
+/// How long a test waits for something that settles asynchronously (a
+/// notification, an expiry) before failing.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// How often a test client retries a call the store answered with
+/// `UNAVAILABLE` (contention), as a real client with the same key would.
+const RETRIES: usize = 50;
+
+// ---------------------------------------------------------------------------
+// The two stores under test.
+
+/// A store that lives as long as this value: a fresh PostgreSQL database, or
+/// a SQLite file in a temporary folder.
+struct TestStore {
+    url: String,
+    kind: Kind,
+}
+
+enum Kind {
+    Postgres {
+        server: String,
+        name: String,
+    },
+    Sqlite {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    },
+}
+
+impl TestStore {
+    async fn postgres() -> Self {
+        let server = std::env::var("GRANTMESH_TEST_DATABASE_URL").unwrap_or_else(|_| {
+            panic!(
+                "GRANTMESH_TEST_DATABASE_URL is not set, so the PostgreSQL half of the conformance \
+                 suite cannot run. Start a throwaway server and point the tests at it:\n    \
+                 export GRANTMESH_TEST_DATABASE_URL=$(scripts/postgres start | tail -1)"
+            )
+        });
+        let name = format!("gm_test_conformance_{}", Uuid::new_v4().simple());
+        let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test PostgreSQL server");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        let (base, _) = server.rsplit_once('/').expect("a URL ending in /database");
+        Self {
+            url: format!("{base}/{name}"),
+            kind: Kind::Postgres { server, name },
+        }
+    }
+
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        // A folder that does not exist yet: the store creates it and the file.
+        let path = dir.path().join("dev").join("grantmesh.db");
+        Self {
+            url: format!("sqlite:{}", path.display()),
+            kind: Kind::Sqlite { _dir: dir, path },
+        }
+    }
+
+    /// Runs `sql` on the store behind the services' back, as an operator or
+    /// an attacker with a database shell could.
+    async fn execute(&self, sql: &str) -> Result<u64, String> {
+        match &self.kind {
+            Kind::Postgres { .. } => {
+                let (client, connection) =
+                    tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                        .await
+                        .expect("connect to the test database");
+                tokio::spawn(connection);
+                client.execute(sql, &[]).await.map_err(|err| {
+                    err.as_db_error()
+                        .map(|db| db.message().to_owned())
+                        .unwrap_or_else(|| err.to_string())
+                })
+            }
+            Kind::Sqlite { path, .. } => {
+                let conn = rusqlite::Connection::open(path).expect("open the test file");
+                conn.execute(sql, [])
+                    .map(|rows| rows as u64)
+                    .map_err(|err| err.to_string())
+            }
+        }
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let Kind::Postgres { server, name } = &self.kind else {
+            return;
+        };
+        let (server, name) = (server.clone(), name.clone());
+        // Drop runs outside async; use a small runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&server, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Runs each check against both stores, as `postgres::<check>` and `sqlite::<check>`.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let store = super::TestStore::postgres().await;
+                    super::$check(&store).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let store = super::TestStore::sqlite();
+                    super::$check(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    registering_an_email_twice_is_refused_as_already_existing,
+    opening_an_account_twice_for_one_proposal_returns_the_first,
+    only_the_principal_investigator_changes_members_and_never_removes_themself,
+    a_withdrawal_is_applied_once_and_replayed_for_the_same_key_and_amount,
+    a_key_reused_for_another_amount_is_refused,
+    withdrawals_are_refused_without_funds_membership_or_account,
+    withdrawals_are_refused_once_the_account_has_expired_by_the_store_clock,
+    sixty_four_concurrent_withdrawers_never_overdraw_and_the_journal_adds_up,
+    a_thousand_concurrent_retries_of_one_key_apply_it_once,
+    the_journal_cannot_be_updated_or_deleted_and_no_balance_goes_negative,
+    transactions_are_paged_newest_first_for_members_only,
+    accounts_of_lists_every_account_a_researcher_is_a_member_of,
+    a_subscriber_hears_of_a_withdrawal_and_a_membership_change,
+    a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another,
+    agency_proposals_are_recorded_once_per_key_listed_and_awaiting_accounts,
+);
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+async fn college(store: &TestStore, day_length: Duration) -> (AccountStore, Notifications) {
+    AccountStore::start(&store.url, POOL_SIZE, day_length, CancellationToken::new())
+        .await
+        .expect("the store starts")
+}
+
+async fn researcher(accounts: &AccountStore, name: &str) -> ResearcherRow {
+    let email = format!("{name}-{}@example.org", Uuid::new_v4().simple());
+    accounts
+        .register_researcher(name, &email, "not-a-real-hash")
+        .await
+        .expect("register a researcher")
+}
+
+async fn open(accounts: &AccountStore, pi: Uuid, award: i64, duration_days: u32) -> AccountRow {
+    let proposal = Uuid::new_v4().to_string();
+    let (account, created) = accounts
+        .open_account(&NewAccount {
+            proposal_id: &proposal,
+            agency: "nsf",
+            title: "Conformance",
+            principal_investigator: pi,
+            award,
+            duration_days,
+        })
+        .await
+        .expect("open an account");
+    assert!(created);
+    account
+}
+
+/// A withdrawal as a client makes it: retried with the same key while the
+/// store answers `UNAVAILABLE`.
+async fn withdraw_retrying(
+    accounts: &AccountStore,
+    account: Uuid,
+    caller: Uuid,
+    amount: i64,
+    key: &str,
+) -> Result<grantmesh_college::store::Withdrawal, StoreError> {
+    for _ in 0..RETRIES {
+        match accounts.withdraw(account, caller, amount, key, "").await {
+            Err(StoreError::Contended(_)) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+    panic!("the withdrawal with key {key:?} was still contended after {RETRIES} tries");
+}
+
+fn code(err: StoreError) -> tonic::Code {
+    err.into_status().code()
+}
+
+// ---------------------------------------------------------------------------
+// The checks, each written once.
+
+async fn registering_an_email_twice_is_refused_as_already_existing(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let first = accounts
+        .register_researcher("Ada", "ada@example.org", "hash")
+        .await
+        .unwrap();
+    let again = accounts
+        .register_researcher("Another Ada", "ada@example.org", "hash2")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, StoreError::AlreadyExists(ref msg) if msg.contains("ada@example.org")),
+        "{again:?}"
+    );
+    assert_eq!(code(again), tonic::Code::AlreadyExists);
+    let found = accounts
+        .researcher_by_email("ada@example.org")
+        .await
+        .unwrap()
+        .expect("the first registration");
+    assert_eq!(
+        (found.id, found.name, found.password_hash),
+        (first.id, "Ada".into(), "hash".into())
+    );
+    assert!(
+        accounts
+            .researcher_by_email("nobody@example.org")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn opening_an_account_twice_for_one_proposal_returns_the_first(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let new = NewAccount {
+        proposal_id: "proposal-1",
+        agency: "nsf",
+        title: "Tides",
+        principal_investigator: pi.id,
+        award: 5_000,
+        duration_days: 30,
+    };
+    let (first, created) = accounts.open_account(&new).await.unwrap();
+    assert!(created);
+    assert_eq!((first.award, first.balance), (5_000, 5_000));
+    assert!(!first.expired);
+    let lasts = first.expires_at.duration_since(first.opened_at).unwrap();
+    assert!(
+        lasts.abs_diff(REAL_DAY * 30) < Duration::from_secs(1),
+        "{lasts:?}"
+    );
+    assert_eq!(first.members.len(), 1);
+    assert!(first.members[0].principal_investigator);
+    assert_eq!(first.members[0].researcher_id, pi.id);
+
+    let (second, created) = accounts
+        .open_account(&NewAccount {
+            title: "Tides, again",
+            award: 9_000,
+            ..new
+        })
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(
+        (second.id, second.title, second.award),
+        (first.id, first.title, 5_000)
+    );
+    assert_eq!(second.members.len(), 1);
+
+    let unknown = accounts
+        .open_account(&NewAccount {
+            proposal_id: "proposal-2",
+            principal_investigator: Uuid::new_v4(),
+            ..new
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(unknown), tonic::Code::NotFound);
+}
+
+async fn only_the_principal_investigator_changes_members_and_never_removes_themself(
+    store: &TestStore,
+) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let member = researcher(&accounts, "member").await;
+    let outsider = researcher(&accounts, "outsider").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+
+    let added = accounts
+        .add_member(account.id, pi.id, &member.email)
+        .await
+        .unwrap();
+    let ids: Vec<_> = added.members.iter().map(|m| m.researcher_id).collect();
+    assert_eq!(ids, vec![pi.id, member.id], "the PI first, then members");
+    assert!(!added.members[1].principal_investigator);
+    // Adding again changes nothing.
+    let again = accounts
+        .add_member(account.id, pi.id, &member.email)
+        .await
+        .unwrap();
+    assert_eq!(again.members.len(), 2);
+
+    let by_member = accounts
+        .add_member(account.id, member.id, &outsider.email)
+        .await
+        .unwrap_err();
+    assert_eq!(code(by_member), tonic::Code::PermissionDenied);
+    let unknown_email = accounts
+        .add_member(account.id, pi.id, "nobody@example.org")
+        .await
+        .unwrap_err();
+    assert_eq!(code(unknown_email), tonic::Code::NotFound);
+    let unknown_account = accounts
+        .add_member(Uuid::new_v4(), pi.id, &member.email)
+        .await
+        .unwrap_err();
+    assert_eq!(code(unknown_account), tonic::Code::NotFound);
+
+    let themself = accounts
+        .remove_member(account.id, pi.id, pi.id)
+        .await
+        .unwrap_err();
+    assert_eq!(code(themself), tonic::Code::FailedPrecondition);
+    let by_member = accounts
+        .remove_member(account.id, member.id, member.id)
+        .await
+        .unwrap_err();
+    assert_eq!(code(by_member), tonic::Code::PermissionDenied);
+    let not_a_member = accounts
+        .remove_member(account.id, pi.id, outsider.id)
+        .await
+        .unwrap_err();
+    assert_eq!(code(not_a_member), tonic::Code::NotFound);
+
+    let removed = accounts
+        .remove_member(account.id, pi.id, member.id)
+        .await
+        .unwrap();
+    assert_eq!(removed.members.len(), 1);
+    let read = accounts
+        .account(account.id, Some(member.id))
+        .await
+        .unwrap_err();
+    assert_eq!(code(read), tonic::Code::PermissionDenied);
+    assert_eq!(
+        accounts
+            .account(account.id, Some(pi.id))
+            .await
+            .unwrap()
+            .members
+            .len(),
+        1
+    );
+    let missing = accounts.account(Uuid::new_v4(), None).await.unwrap_err();
+    assert_eq!(code(missing), tonic::Code::NotFound);
+}
+
+async fn a_withdrawal_is_applied_once_and_replayed_for_the_same_key_and_amount(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+
+    let applied = accounts
+        .withdraw(account.id, pi.id, 300, "key-1", "microscope")
+        .await
+        .unwrap();
+    assert!(!applied.replayed);
+    assert_eq!(applied.balance, 700);
+    assert_eq!(applied.transaction.balance_after, 700);
+    assert_eq!(applied.transaction.memo, "microscope");
+    assert_eq!(applied.transaction.researcher_id, pi.id);
+
+    let replayed = accounts
+        .withdraw(account.id, pi.id, 300, "key-1", "another memo")
+        .await
+        .unwrap();
+    assert!(replayed.replayed);
+    assert_eq!(replayed.transaction.id, applied.transaction.id);
+    assert_eq!(
+        replayed.transaction.memo, "microscope",
+        "the original entry"
+    );
+    assert_eq!(replayed.balance, 700);
+    assert_eq!(
+        accounts.account(account.id, None).await.unwrap().balance,
+        700
+    );
+    let audit = accounts.audit(account.id).await.unwrap();
+    assert_eq!(audit.journal.len(), 1);
+    let read = accounts
+        .transaction(account.id, applied.transaction.id)
+        .await
+        .unwrap()
+        .expect("the entry");
+    assert_eq!(read.created_at, applied.transaction.created_at);
+}
+
+async fn a_key_reused_for_another_amount_is_refused(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+    accounts
+        .withdraw(account.id, pi.id, 300, "key-1", "")
+        .await
+        .unwrap();
+    let reused = accounts
+        .withdraw(account.id, pi.id, 301, "key-1", "")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(reused, StoreError::FailedPrecondition(ref msg) if msg.contains("key-1")),
+        "{reused:?}"
+    );
+    assert_eq!(
+        accounts.account(account.id, None).await.unwrap().balance,
+        700
+    );
+    // The same key on another account is another withdrawal.
+    let other = open(&accounts, pi.id, 1_000, 30).await;
+    let there = accounts
+        .withdraw(other.id, pi.id, 301, "key-1", "")
+        .await
+        .unwrap();
+    assert!(!there.replayed);
+}
+
+async fn withdrawals_are_refused_without_funds_membership_or_account(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let outsider = researcher(&accounts, "outsider").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+
+    let too_much = accounts
+        .withdraw(account.id, pi.id, 1_001, "k1", "")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(too_much, StoreError::FailedPrecondition(ref msg) if msg.contains("insufficient funds")),
+        "{too_much:?}"
+    );
+    let outsider = accounts
+        .withdraw(account.id, outsider.id, 1, "k2", "")
+        .await
+        .unwrap_err();
+    assert_eq!(code(outsider), tonic::Code::PermissionDenied);
+    let missing = accounts
+        .withdraw(Uuid::new_v4(), pi.id, 1, "k3", "")
+        .await
+        .unwrap_err();
+    assert_eq!(code(missing), tonic::Code::NotFound);
+    // Exactly everything is allowed; then nothing more.
+    let all = accounts
+        .withdraw(account.id, pi.id, 1_000, "k4", "")
+        .await
+        .unwrap();
+    assert_eq!(all.balance, 0);
+    let empty = accounts
+        .withdraw(account.id, pi.id, 1, "k5", "")
+        .await
+        .unwrap_err();
+    assert_eq!(code(empty), tonic::Code::FailedPrecondition);
+    assert!(accounts.audit(account.id).await.unwrap().journal.len() == 1);
+}
+
+async fn withdrawals_are_refused_once_the_account_has_expired_by_the_store_clock(
+    store: &TestStore,
+) {
+    let day = Duration::from_millis(300);
+    let (accounts, _) = college(store, day).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 1_000, 1).await;
+    let before = accounts
+        .withdraw(account.id, pi.id, 100, "before", "")
+        .await
+        .unwrap();
+    assert!(!before.replayed);
+
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let now = accounts.account(account.id, None).await.unwrap();
+        if now.expired {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the account never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = accounts
+        .withdraw(account.id, pi.id, 100, "after", "")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(after, StoreError::FailedPrecondition(ref msg) if msg.contains("expired")),
+        "{after:?}"
+    );
+    // A retry of a withdrawal made before expiry still gets its answer.
+    let replayed = accounts
+        .withdraw(account.id, pi.id, 100, "before", "")
+        .await
+        .unwrap();
+    assert!(replayed.replayed);
+    assert_eq!(
+        accounts.account(account.id, None).await.unwrap().balance,
+        900
+    );
+}
+
+async fn sixty_four_concurrent_withdrawers_never_overdraw_and_the_journal_adds_up(
+    store: &TestStore,
+) {
+    const WITHDRAWERS: usize = 64;
+    const AWARD: i64 = 1_000;
+    const AMOUNT: i64 = 30;
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, AWARD, 30).await;
+    let mut members = vec![pi.id];
+    for i in 1..8 {
+        let member = researcher(&accounts, &format!("member{i}")).await;
+        accounts
+            .add_member(account.id, pi.id, &member.email)
+            .await
+            .unwrap();
+        members.push(member.id);
+    }
+
+    let start = Arc::new(tokio::sync::Barrier::new(WITHDRAWERS));
+    let tasks: Vec<_> = (0..WITHDRAWERS)
+        .map(|i| {
+            let accounts = accounts.clone();
+            let start = start.clone();
+            let caller = members[i % members.len()];
+            tokio::spawn(async move {
+                start.wait().await;
+                withdraw_retrying(&accounts, account.id, caller, AMOUNT, &format!("w-{i}")).await
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(withdrawal) => {
+                assert!(!withdrawal.replayed);
+                assert!(withdrawal.balance >= 0);
+                applied += 1;
+            }
+            Err(StoreError::FailedPrecondition(msg)) => {
+                assert!(msg.contains("insufficient funds"), "{msg}")
+            }
+            Err(err) => panic!("unexpected failure: {err:?}"),
+        }
+    }
+    assert_eq!(
+        applied,
+        AWARD / AMOUNT,
+        "every affordable withdrawal applied"
+    );
+
+    let audit = accounts.audit(account.id).await.unwrap();
+    let spent: i64 = audit.journal.iter().map(|t| t.amount).sum();
+    assert_eq!(audit.journal.len() as i64, applied);
+    assert_eq!(audit.account.balance, AWARD - spent);
+    assert_eq!(audit.account.balance, AWARD % AMOUNT);
+    // Each entry's balance_after follows from the one before it.
+    let mut balance = AWARD;
+    for entry in &audit.journal {
+        balance -= entry.amount;
+        assert_eq!(entry.balance_after, balance);
+    }
+}
+
+async fn a_thousand_concurrent_retries_of_one_key_apply_it_once(store: &TestStore) {
+    const RETRIERS: usize = 1_000;
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 10_000, 30).await;
+
+    let start = Arc::new(tokio::sync::Barrier::new(RETRIERS));
+    let tasks: Vec<_> = (0..RETRIERS)
+        .map(|_| {
+            let accounts = accounts.clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                withdraw_retrying(&accounts, account.id, pi.id, 250, "the-one-key").await
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    let mut ids = HashSet::new();
+    for task in tasks {
+        let withdrawal = task.await.unwrap().expect("every retry succeeds");
+        if !withdrawal.replayed {
+            applied += 1;
+        }
+        ids.insert(withdrawal.transaction.id);
+        assert_eq!(withdrawal.transaction.balance_after, 9_750);
+    }
+    assert_eq!(applied, 1, "the key applied exactly once");
+    assert_eq!(ids.len(), 1, "every retry saw the same entry");
+    let audit = accounts.audit(account.id).await.unwrap();
+    assert_eq!(audit.journal.len(), 1);
+    assert_eq!(audit.account.balance, 9_750);
+}
+
+async fn the_journal_cannot_be_updated_or_deleted_and_no_balance_goes_negative(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+    accounts
+        .withdraw(account.id, pi.id, 400, "k", "")
+        .await
+        .unwrap();
+
+    let update = store
+        .execute("UPDATE withdrawals SET amount = 1")
+        .await
+        .unwrap_err();
+    assert!(update.contains("append-only"), "{update}");
+    let delete = store.execute("DELETE FROM withdrawals").await.unwrap_err();
+    assert!(delete.contains("append-only"), "{delete}");
+    let negative = store
+        .execute("UPDATE accounts SET balance = -1")
+        .await
+        .unwrap_err();
+    assert!(negative.to_lowercase().contains("check"), "{negative}");
+
+    let audit = accounts.audit(account.id).await.unwrap();
+    assert_eq!(audit.journal.len(), 1);
+    assert_eq!(audit.journal[0].amount, 400);
+    assert_eq!(audit.account.balance, 600);
+}
+
+async fn transactions_are_paged_newest_first_for_members_only(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let outsider = researcher(&accounts, "outsider").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+    let mut made = Vec::new();
+    for i in 1..=7 {
+        let withdrawal = accounts
+            .withdraw(account.id, pi.id, i, &format!("k{i}"), &format!("#{i}"))
+            .await
+            .unwrap();
+        made.push(withdrawal.transaction.id);
+    }
+    made.reverse();
+
+    let mut seen = Vec::new();
+    let mut before = None;
+    let mut pages = 0;
+    loop {
+        let page = accounts
+            .transactions(account.id, pi.id, before, 3)
+            .await
+            .unwrap();
+        pages += 1;
+        seen.extend(page.iter().map(|t| t.id));
+        if page.len() < 3 {
+            break;
+        }
+        before = page.last().map(|t| t.id);
+    }
+    assert_eq!(seen, made, "every entry once, newest first");
+    assert_eq!(pages, 3);
+    let first = accounts
+        .transactions(account.id, pi.id, None, 1)
+        .await
+        .unwrap();
+    assert_eq!(first[0].memo, "#7");
+    assert_eq!(first[0].balance_after, 1_000 - (1..=7).sum::<i64>());
+
+    let outsider = accounts
+        .transactions(account.id, outsider.id, None, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(code(outsider), tonic::Code::PermissionDenied);
+    let missing = accounts
+        .transactions(Uuid::new_v4(), pi.id, None, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(code(missing), tonic::Code::NotFound);
+    assert!(
+        accounts
+            .transaction(account.id, -1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn accounts_of_lists_every_account_a_researcher_is_a_member_of(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let member = researcher(&accounts, "member").await;
+    let first = open(&accounts, pi.id, 1_000, 30).await;
+    tokio::time::sleep(Duration::from_millis(5)).await; // distinct opening times
+    let second = open(&accounts, pi.id, 2_000, 30).await;
+    accounts
+        .add_member(first.id, pi.id, &member.email)
+        .await
+        .unwrap();
+
+    let of_pi: Vec<_> = accounts
+        .accounts_of(pi.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(of_pi, vec![second.id, first.id], "newest first");
+    let of_member = accounts.accounts_of(member.id).await.unwrap();
+    assert_eq!(of_member.len(), 1);
+    assert_eq!(of_member[0].id, first.id);
+    assert_eq!(of_member[0].members.len(), 2);
+    assert!(
+        accounts
+            .accounts_of(Uuid::new_v4())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_subscriber_hears_of_a_withdrawal_and_a_membership_change(store: &TestStore) {
+    // Two College instances on one store: the change is made on one and
+    // heard on the other.
+    let (writer, _) = college(store, REAL_DAY).await;
+    let (_, notifications) = college(store, REAL_DAY).await;
+    let mut notices = notifications.subscribe();
+    let pi = researcher(&writer, "pi").await;
+    let member = researcher(&writer, "member").await;
+    let account = open(&writer, pi.id, 1_000, 30).await;
+
+    // PostgreSQL's listener connects in the background: withdraw until it
+    // hears one, then every later change must arrive.
+    let deadline = Instant::now() + SETTLE;
+    let mut made = HashSet::new();
+    let heard = 'heard: loop {
+        assert!(
+            Instant::now() < deadline,
+            "no withdrawal notice arrived in {SETTLE:?}"
+        );
+        let withdrawal = writer
+            .withdraw(account.id, pi.id, 1, &format!("k{}", made.len()), "")
+            .await
+            .unwrap();
+        made.insert(withdrawal.transaction.id);
+        let wait = Instant::now() + Duration::from_millis(500);
+        while let Some(payload) = next_payload(&mut notices, wait).await {
+            if let Some(id) = payload
+                .strip_prefix(&format!("withdrawal:{}:", account.id))
+                .and_then(|id| id.parse::<i64>().ok())
+            {
+                break 'heard id;
+            }
+        }
+    };
+    assert!(made.contains(&heard), "the notice names a journal entry");
+
+    writer
+        .add_member(account.id, pi.id, &member.email)
+        .await
+        .unwrap();
+    let expected = format!("membership:{}", account.id);
+    let wait = Instant::now() + SETTLE;
+    loop {
+        match next_payload(&mut notices, wait).await {
+            Some(payload) if payload == expected => break,
+            Some(_) => continue,
+            None => panic!("no membership notice arrived in {SETTLE:?}"),
+        }
+    }
+}
+
+/// The next notification payload before `deadline`, if any.
+async fn next_payload(
+    notices: &mut broadcast::Receiver<Notice>,
+    deadline: Instant,
+) -> Option<String> {
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, notices.recv()).await {
+            Ok(Ok(Notice::Payload(payload))) => return Some(payload),
+            Ok(Ok(Notice::Reconnected)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                continue;
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return None,
+        }
+    }
+}
+
+async fn a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another(store: &TestStore) {
+    use futures::StreamExt as _;
+    use grantmesh_college::{CollegeConfig, CollegeService};
+    use grantmesh_proto::College as _;
+    use grantmesh_proto::v1::{AccountEvent, WatchAccountRequest, WithdrawRequest, account_event};
+
+    let keys = grantmesh_auth::Keys::new(
+        b"conformance-token-key-0123456789abcdef01",
+        b"conformance-service-key-0123456789abcdef",
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let config = |instance: &str| CollegeConfig {
+        instance_id: instance.into(),
+        day_length: REAL_DAY,
+        keys: keys.clone(),
+        pool_size: 4,
+    };
+    let closing = CancellationToken::new();
+    let writer = CollegeService::start(config("college-a"), &store.url, closing.clone())
+        .await
+        .unwrap();
+    let watcher = CollegeService::start(config("college-b"), &store.url, closing.clone())
+        .await
+        .unwrap();
+    let pi = researcher(writer.store(), "pi").await;
+    let account = open(writer.store(), pi.id, 1_000, 30).await;
+    let (token, _) = keys.researcher_token(pi.id).unwrap();
+    fn signed<T>(token: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        grantmesh_auth::authorize(&mut request, token).unwrap();
+        request
+    }
+
+    let mut events = watcher
+        .watch_account(signed(
+            &token,
+            WatchAccountRequest {
+                account_id: account.id.to_string(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    async fn next(
+        events: &mut (impl futures::Stream<Item = Result<AccountEvent, tonic::Status>> + Unpin),
+    ) -> Option<AccountEvent> {
+        tokio::time::timeout(Duration::from_millis(500), events.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|event| event.unwrap())
+    }
+    let first = next(&mut events).await.expect("a snapshot first");
+    assert_eq!(first.kind(), account_event::Kind::Snapshot);
+    assert_eq!(first.account.unwrap().balance_minor, 1_000);
+
+    // PostgreSQL's listener connects in the background: withdraw until the
+    // watch reports one, then check it is the one made.
+    let deadline = Instant::now() + SETTLE;
+    let mut made = HashSet::new();
+    let event = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no withdrawal event in {SETTLE:?}"
+        );
+        let reply = writer
+            .withdraw(signed(
+                &token,
+                WithdrawRequest {
+                    account_id: account.id.to_string(),
+                    amount_minor: 10,
+                    idempotency_key: format!("k{}", made.len()),
+                    memo: "sensor".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        made.insert(reply.transaction.unwrap().transaction_id);
+        if let Some(event) = next(&mut events).await {
+            break event;
+        }
+    };
+    assert_eq!(event.kind(), account_event::Kind::Withdrawal);
+    let transaction = event.transaction.expect("the entry");
+    assert!(made.contains(&transaction.transaction_id));
+    assert_eq!(transaction.memo, "sensor");
+    let balance = event.account.unwrap().balance_minor;
+    assert!(balance < 1_000 && balance % 10 == 0, "{balance}");
+    closing.cancel();
+}
+
+async fn agency_proposals_are_recorded_once_per_key_listed_and_awaiting_accounts(
+    store: &TestStore,
+) {
+    let proposals = ProposalStore::start(&store.url, POOL_SIZE)
+        .await
+        .expect("the agency's store starts");
+    let investigator = Uuid::new_v4();
+    let new = NewProposal {
+        agency: "nsf",
+        principal_investigator: investigator,
+        idempotency_key: "p1",
+        title: "Tides",
+        description: "Why the sea comes and goes",
+        requested_amount: 5_000,
+        duration_days: 30,
+        accepted: true,
+        reason: "",
+    };
+    let (first, created) = proposals.insert(&new).await.unwrap();
+    assert!(created);
+    assert!(first.accepted);
+    assert_eq!(first.account_id, None);
+    let (again, created) = proposals
+        .insert(&NewProposal {
+            title: "Tides, resubmitted",
+            requested_amount: 9_000,
+            ..new
+        })
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(
+        (again.id, again.title.as_str(), again.requested_amount),
+        (first.id, "Tides", 5_000)
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await; // distinct submission times
+    let (rejected, _) = proposals
+        .insert(&NewProposal {
+            idempotency_key: "p2",
+            accepted: false,
+            reason: "out of band",
+            ..new
+        })
+        .await
+        .unwrap();
+    assert_eq!(rejected.reason, "out of band");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (third, _) = proposals
+        .insert(&NewProposal {
+            idempotency_key: "p3",
+            ..new
+        })
+        .await
+        .unwrap();
+    // Another agency's proposal with the same key is its own.
+    let (elsewhere, created) = proposals
+        .insert(&NewProposal {
+            agency: "erc",
+            ..new
+        })
+        .await
+        .unwrap();
+    assert!(created);
+    assert_ne!(elsewhere.id, first.id);
+
+    let all: Vec<_> = proposals
+        .list("nsf", investigator, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(all, vec![third.id, rejected.id, first.id], "newest first");
+    let page = proposals.list("nsf", investigator, None, 2).await.unwrap();
+    let last = page.last().unwrap();
+    let rest = proposals
+        .list("nsf", investigator, Some((last.submitted_at, last.id)), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![first.id]
+    );
+    assert!(
+        proposals
+            .list("nsf", Uuid::new_v4(), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    tokio::time::sleep(Duration::from_millis(20)).await; // older than "now"
+    let waiting: Vec<_> = proposals
+        .awaiting_account("nsf", 0.0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(
+        waiting,
+        vec![first.id, third.id],
+        "accepted only, oldest first"
+    );
+    assert!(
+        proposals
+            .awaiting_account("nsf", 3_600.0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "none is an hour old"
+    );
+    proposals.set_account(first.id, "account-1").await.unwrap();
+    proposals.set_account(first.id, "account-2").await.unwrap();
+    let got = proposals.get("nsf", first.id).await.unwrap().unwrap();
+    assert_eq!(got.account_id.as_deref(), Some("account-1"), "set once");
+    assert!(proposals.get("erc", first.id).await.unwrap().is_none());
+    let waiting: Vec<_> = proposals
+        .awaiting_account("nsf", 0.0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(waiting, vec![third.id]);
+}
+
+// ---------------------------------------------------------------------------
+// Checks that belong to one backend or to neither.
+
+#[tokio::test]
+async fn an_unsupported_database_url_is_a_start_up_error_naming_the_scheme() {
+    for (url, named) in [
+        ("mysql://root@localhost/grants", "\"mysql\""),
+        ("grantmesh.db", "no scheme"),
+        ("sqlite:", "names no file"),
+        ("sqlite::memory:", ":memory:"),
+    ] {
+        let err = AccountStore::start(url, 1, REAL_DAY, CancellationToken::new())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{url:?} was accepted"));
+        assert!(err.to_string().contains(named), "{url:?}: {err}");
+        let err = ProposalStore::start(url, 1)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{url:?} was accepted"));
+        assert!(err.to_string().contains(named), "{url:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_urls_with_two_and_three_slashes_name_the_same_kind_of_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let absolute = dir.path().join("abs.db");
+    let url = format!("sqlite://{}", absolute.display()); // sqlite:///abs/path
+    assert!(url.starts_with("sqlite:///"));
+    let (accounts, _) = AccountStore::start(&url, 2, REAL_DAY, CancellationToken::new())
+        .await
+        .unwrap();
+    researcher(&accounts, "ada").await;
+    assert!(absolute.exists());
+    // The audit tool connects to the existing file without migrating.
+    let reader = AccountStore::connect(&format!("sqlite:{}", absolute.display()), 2, REAL_DAY)
+        .await
+        .unwrap();
+    let missing = reader.audit(Uuid::new_v4()).await.unwrap_err();
+    assert_eq!(code(missing), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_store_locked_past_the_busy_timeout_answers_unavailable_retry_with_the_same_key() {
+    let store = TestStore::sqlite();
+    let (accounts, _) = college(&store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+    let Kind::Sqlite { path, .. } = &store.kind else {
+        unreachable!()
+    };
+    // Another process holds the write lock longer than the busy timeout.
+    let path = path.clone();
+    let (locked, unlock) = (
+        std::sync::mpsc::channel::<()>(),
+        std::sync::mpsc::channel::<()>(),
+    );
+    let (locked_tx, locked_rx) = locked;
+    let (unlock_tx, unlock_rx) = unlock;
+    let holder = std::thread::spawn(move || {
+        let mut conn = rusqlite::Connection::open(path).unwrap();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        unlock_rx.recv().unwrap();
+        drop(tx);
+    });
+    locked_rx.recv().unwrap();
+    let started = Instant::now();
+    let busy = accounts
+        .withdraw(account.id, pi.id, 1, "k", "")
+        .await
+        .unwrap_err();
+    unlock_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert!(started.elapsed() >= grantmesh_store::sqlite::BUSY_TIMEOUT);
+    let status = busy.into_status();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("same key"),
+        "{}",
+        status.message()
+    );
+    // Retried with the same key once the lock is gone, it applies.
+    let applied = accounts
+        .withdraw(account.id, pi.id, 1, "k", "")
+        .await
+        .unwrap();
+    assert!(!applied.replayed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn college_and_agency_instances_starting_together_on_one_sqlite_file_all_migrate() {
+    let store = TestStore::sqlite();
+    let start = |_| AccountStore::start(&store.url, 2, REAL_DAY, CancellationToken::new());
+    let (a, b, c, agency) = tokio::join!(
+        start(0),
+        start(1),
+        start(2),
+        ProposalStore::start(&store.url, 2)
+    );
+    let (a, b, c) = (a.unwrap().0, b.unwrap().0, c.unwrap().0);
+    agency.unwrap();
+    let ada = researcher(&a, "ada").await;
+    let account = open(&b, ada.id, 100, 1).await;
+    assert_eq!(
+        c.account(account.id, Some(ada.id)).await.unwrap().balance,
+        100
+    );
+}
