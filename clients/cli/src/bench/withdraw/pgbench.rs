@@ -252,8 +252,70 @@ pub(super) fn find_pgbench(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 mod tests {
     use super::*;
 
+    /// pgbench 15's summary of a run, as it prints it.
+    const SUMMARY: &str = "transaction type: withdraw.sql
+scaling factor: 1
+query mode: prepared
+number of clients: 4
+number of threads: 2
+maximum number of tries: 1
+duration: 1 s
+number of transactions actually processed: 1594
+number of failed transactions: 0 (0.000%)
+latency average = 2.509 ms
+initial connection time = 10.123 ms
+tps = 1594.123456 (without initial connection time)
+";
+
     #[test]
     fn the_pgbench_script_repeats_the_withdraw_statement() {
         pgbench_script().unwrap();
+    }
+
+    #[test]
+    fn the_summary_gives_transactions_processed_and_tps() {
+        let (processed, tps) = summary(SUMMARY).unwrap();
+        assert_eq!(processed, 1594);
+        assert!((tps - 1594.123456).abs() < 1e-9, "{tps}");
+    }
+
+    #[test]
+    fn a_summary_with_failed_transactions_is_an_error() {
+        let failed = SUMMARY.replace(
+            "number of failed transactions: 0 (0.000%)",
+            "number of failed transactions: 3 (0.188%)",
+        );
+        let err = summary(&failed).unwrap_err();
+        assert!(err.to_string().contains("failed transactions"), "{err:#}");
+    }
+
+    #[test]
+    fn a_summary_without_a_rate_is_an_error() {
+        let cut = SUMMARY.replace("tps = 1594.123456 (without initial connection time)\n", "");
+        let err = summary(&cut).unwrap_err();
+        assert!(err.to_string().contains("\"tps =\""), "{err:#}");
+    }
+
+    #[test]
+    fn the_logs_of_one_run_give_every_latency_and_are_removed() {
+        let work = std::env::temp_dir().join(format!("gm-pgbench-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&work).unwrap();
+        // Two clients' logs of this run, and one of another run that must stay.
+        std::fs::write(work.join("log-s1m.101"), "0 0 250 0 1 2\n0 1 750 0 1 3\n").unwrap();
+        std::fs::write(work.join("log-s1m.101.1"), "1 0 1500 0 1 4\n").unwrap();
+        std::fs::write(work.join("log-s1mx.102"), "0 0 9 0 1 2\n").unwrap();
+        let latency = read_logs(&work, &work.join("log-s1m")).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&work)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        std::fs::remove_dir_all(&work).unwrap();
+        assert_eq!(latency.len(), 3);
+        assert_eq!(latency.min(), 250);
+        assert_eq!(
+            latency.value_at_quantile(1.0),
+            latency.highest_equivalent(1500)
+        );
+        assert_eq!(left, ["log-s1mx.102"]);
     }
 }
