@@ -5,6 +5,10 @@
 //! measures how long until (a) a `Watch` stream reports the removal and (b) a
 //! [`Balancer`] stops picking the instance — the longest window in which a
 //! client could still pick a dead instance.
+//!
+//! The College children take their store and keys from the environment the
+//! bench runs in (`DATABASE_URL`, `GRANTMESH_TOKEN_KEY`,
+//! `GRANTMESH_SERVICE_KEY`), as `grantmesh college` itself would.
 
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;

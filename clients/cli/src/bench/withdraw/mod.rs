@@ -217,77 +217,7 @@ async fn bench(
     work: &Path,
     children: &mut Vec<ChildNode>,
 ) -> anyhow::Result<ExitCode> {
-    // The mesh.
-    let exe = std::env::current_exe().context("failed to find this binary")?;
-    let registry = ChildNode::spawn(
-        &exe,
-        "registry",
-        ["registry", "--listen", "127.0.0.1:0"],
-        |command: &mut Command| {
-            command
-                .env("GRANTMESH_LOG", "error")
-                .stderr(Stdio::inherit());
-        },
-    )
-    .await?;
-    let registry_url = registry.url();
-    children.push(registry);
-    let pool_size = args.pool_size.to_string();
-    let env = [
-        ("DATABASE_URL", url),
-        ("GRANTMESH_TOKEN_KEY", TOKEN_KEY),
-        ("GRANTMESH_SERVICE_KEY", SERVICE_KEY),
-    ];
-    for n in 1..=args.colleges {
-        let college = ChildNode::spawn(
-            &exe,
-            &format!("college-{n}"),
-            [
-                "college",
-                "--listen",
-                "127.0.0.1:0",
-                "--registry",
-                &registry_url,
-                "--pool-size",
-                &pool_size,
-            ],
-            |command: &mut Command| {
-                command
-                    .envs(env)
-                    .env("GRANTMESH_LOG", "error")
-                    .stderr(Stdio::inherit());
-            },
-        )
-        .await?;
-        children.push(college);
-    }
-    let balancer = Balancer::new(
-        vec![registry_url.clone()],
-        grantmesh_college::SERVICE,
-        BalancerOptions::default(),
-    );
-    let mut view = balancer.subscribe();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while view.borrow_and_update().instances.len() < args.colleges {
-            view.changed().await?;
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .context("the College instances did not register within 30 s")??;
-    for _ in 0..args.colleges * 4 {
-        balancer
-            .call(|channel| async move {
-                CollegeClient::new(channel)
-                    .ping(PingRequest {
-                        message: "bench".into(),
-                        delay_ms: 0,
-                    })
-                    .await
-            })
-            .await
-            .context("a College instance does not answer")?;
-    }
+    let balancer = start_mesh(args, url, children).await?;
 
     // The data, through the API.
     let (researcher, token) = load::researcher(&balancer).await?;
@@ -426,6 +356,87 @@ async fn bench(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Starts a registry and `--colleges` College instances on the bench
+/// database `url` (pushed onto `children` as they start), and returns a
+/// balancer once every instance has registered and answered.
+async fn start_mesh(
+    args: &WithdrawArgs,
+    url: &str,
+    children: &mut Vec<ChildNode>,
+) -> anyhow::Result<Balancer> {
+    let exe = std::env::current_exe().context("failed to find this binary")?;
+    let registry = ChildNode::spawn(
+        &exe,
+        "registry",
+        ["registry", "--listen", "127.0.0.1:0"],
+        |command: &mut Command| {
+            command
+                .env("GRANTMESH_LOG", "error")
+                .stderr(Stdio::inherit());
+        },
+    )
+    .await?;
+    let registry_url = registry.url();
+    children.push(registry);
+    let pool_size = args.pool_size.to_string();
+    let env = [
+        ("DATABASE_URL", url),
+        ("GRANTMESH_TOKEN_KEY", TOKEN_KEY),
+        ("GRANTMESH_SERVICE_KEY", SERVICE_KEY),
+    ];
+    for n in 1..=args.colleges {
+        let college = ChildNode::spawn(
+            &exe,
+            &format!("college-{n}"),
+            [
+                "college",
+                "--listen",
+                "127.0.0.1:0",
+                "--registry",
+                &registry_url,
+                "--pool-size",
+                &pool_size,
+            ],
+            |command: &mut Command| {
+                command
+                    .envs(env)
+                    .env("GRANTMESH_LOG", "error")
+                    .stderr(Stdio::inherit());
+            },
+        )
+        .await?;
+        children.push(college);
+    }
+    let balancer = Balancer::new(
+        vec![registry_url.clone()],
+        grantmesh_college::SERVICE,
+        BalancerOptions::default(),
+    );
+    let mut view = balancer.subscribe();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while view.borrow_and_update().instances.len() < args.colleges {
+            view.changed().await?;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("the College instances did not register within 30 s")??;
+    for _ in 0..args.colleges * 4 {
+        balancer
+            .call(|channel| async move {
+                CollegeClient::new(channel)
+                    .ping(PingRequest {
+                        message: "bench".into(),
+                        delay_ms: 0,
+                    })
+                    .await
+            })
+            .await
+            .context("a College instance does not answer")?;
+    }
+    Ok(balancer)
 }
 
 /// What every measurement shares: the bench database and the pgbench set-up.
