@@ -1,5 +1,5 @@
 -- pgbench custom script for `grantmesh bench withdraw`: the College's WITHDRAW
--- statement (services/college/src/store.rs), verbatim but for its parameters:
+-- statement (services/college/src/store/postgres.rs), verbatim but for its parameters:
 --   $1 account          -> the :n-th row of bench_accounts (made by the bench)
 --   $2 researcher       -> :researcher (-D)
 --   $3 amount           -> :amount (-D, 1)
