@@ -39,13 +39,35 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
     /// The registry's port; agencies listen on +100 and +101, colleges on
-    /// +200 and +201. 0 picks free ports for every node.
-    #[arg(long, default_value_t = 7000)]
-    base_port: u16,
-    /// How long one day of an account's duration lasts.
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-    day_length: Duration,
+    /// +200 and +201. 0 picks free ports for every node. Default: 7000, or
+    /// 0 with --simulate (so it runs beside a `grantmesh dev` you already have).
+    #[arg(long)]
+    base_port: Option<u16>,
+    /// How long one day of an account's duration lasts (default 24h; 1s with --simulate).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    day_length: Option<Duration>,
+    /// Run `grantmesh simulate` against the mesh, print its summary, stop the
+    /// mesh and exit with the simulation's status.
+    #[arg(long)]
+    simulate: bool,
+    /// With --simulate: how many projects.
+    #[arg(long, requires = "simulate", default_value_t = 8)]
+    projects: u32,
+    /// With --simulate: students per funded project.
+    #[arg(long, requires = "simulate", default_value_t = 3)]
+    students: u32,
+    /// With --simulate: the seed of every random choice.
+    #[arg(long, requires = "simulate")]
+    seed: Option<u64>,
+    /// With --simulate: print the summary as JSON.
+    #[arg(long, requires = "simulate")]
+    json: bool,
 }
+
+/// A simulated day: accounts of a few days expire within seconds.
+const SIMULATED_DAY: Duration = Duration::from_secs(1);
+const DEFAULT_DAY: Duration = Duration::from_secs(24 * 60 * 60);
+const DEFAULT_BASE_PORT: u16 = 7000;
 
 /// The two agencies of the dev mesh: different names, different bands.
 const AGENCIES: [(&str, i64, i64); 2] = [("nsf", 300_000, 500_000), ("erc", 100_000, 250_000)];
@@ -86,11 +108,19 @@ impl DevMesh {
             pool_size: StoreSettings::DEFAULT_POOL_SIZE,
             keys: dev_keys(&data_dir)?,
         };
+        let base_port = args
+            .base_port
+            .unwrap_or(if args.simulate { 0 } else { DEFAULT_BASE_PORT });
+        let day_length = args.day_length.unwrap_or(if args.simulate {
+            SIMULATED_DAY
+        } else {
+            DEFAULT_DAY
+        });
         let port = |offset: u16| {
-            let port = if args.base_port == 0 {
+            let port = if base_port == 0 {
                 0
             } else {
-                args.base_port
+                base_port
                     .checked_add(offset)
                     .context("--base-port is too high")?
             };
@@ -117,7 +147,7 @@ impl DevMesh {
                     instance_id: Some(format!("college-{}", n + 1)),
                     ..ServerSettings::default()
                 },
-                day_length: args.day_length,
+                day_length,
                 ..CollegeSettings::new(mesh.clone(), store.clone())
             };
             colleges.push(start(Role::College(settings), port(200 + n as u16)?).await?);
@@ -287,6 +317,25 @@ fn key_from_env_or_file(var: &str, file: &Path) -> anyhow::Result<String> {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let dev = DevMesh::start(&args).await?;
+    if args.simulate {
+        let mut simulation = crate::simulate::SimulateArgs::for_mesh(
+            dev.registry.url.clone(),
+            dev.database_url.clone(),
+        );
+        simulation.projects = args.projects;
+        simulation.students = args.students;
+        simulation.seed = args.seed;
+        simulation.json = args.json;
+        eprintln!(
+            "grantmesh dev: mesh up on {} ({}); simulating {} projects",
+            dev.registry.url,
+            describe_store(&dev.database_url),
+            args.projects
+        );
+        let outcome = crate::simulate::run(simulation).await;
+        dev.stop().await?;
+        return outcome;
+    }
     print!("{}", dev.banner());
     // Scripts wait for this line.
     println!("mesh is up");
