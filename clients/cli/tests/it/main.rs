@@ -7,6 +7,7 @@
 
 mod balancing;
 mod cli;
+mod dev;
 mod grants;
 mod mesh;
 mod outside_clients;
