@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_sqlite::{Hook, HookError, Pool, Runtime};
 use rusqlite::ErrorCode;
@@ -257,4 +257,16 @@ pub fn is_foreign_key_violation(err: &rusqlite::Error) -> bool {
 
 fn extended_code(err: &rusqlite::Error) -> Option<i32> {
     err.sqlite_error().map(|err| err.extended_code)
+}
+
+/// Milliseconds since the Unix epoch: how the SQLite stores write times.
+pub fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A time an SQLite store wrote, in milliseconds since the Unix epoch.
+pub fn time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

@@ -3,9 +3,9 @@
 //! through the pool's `interact`; writes are single statements, which SQLite
 //! runs one at a time under its write lock.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use grantmesh_store::sqlite::SqliteStore;
+use grantmesh_store::sqlite::{SqliteStore, millis, time};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tonic::Status;
 use uuid::Uuid;
@@ -180,18 +180,6 @@ impl Proposals {
         })
         .await
     }
-}
-
-/// Milliseconds since the Unix epoch, as the store writes times.
-fn millis(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// A time the store wrote, in milliseconds since the Unix epoch.
-fn time(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 fn proposal(row: &Row<'_>) -> rusqlite::Result<ProposalRow> {

@@ -13,10 +13,10 @@
 //! instances in this process (and only those: see [`grantmesh_store::sqlite`]).
 //! Every call runs on tokio's blocking pool through the pool's `interact`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use grantmesh_store::Notifications;
-use grantmesh_store::sqlite::{SqliteStore, is_foreign_key_violation, is_unique_violation};
+use grantmesh_store::sqlite::{SqliteStore, is_foreign_key_violation, is_unique_violation, time};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
@@ -502,11 +502,6 @@ fn members(conn: &Connection, account: Uuid) -> rusqlite::Result<Vec<MemberRow>>
         })
     })?
     .collect()
-}
-
-/// A time the store wrote, in milliseconds since the Unix epoch.
-fn time(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<AccountRow> {
