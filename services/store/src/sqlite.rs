@@ -96,7 +96,12 @@ pub async fn connect(path: &Path, max_size: usize) -> Result<SqliteStore> {
         target: path.display().to_string(),
         source,
     };
-    let opened = path.to_owned();
+    let opened = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    // Services of this process opening the file together take turns: the
+    // switch to WAL needs the file to itself, and SQLite answers BUSY at once
+    // (without waiting out the busy timeout) when two connections race for it.
+    let lock = file_lock(&opened);
+    let _held = lock.lock().await;
     let canonical = tokio::task::spawn_blocking(move || -> Result<PathBuf, rusqlite::Error> {
         if let Some(folder) = opened.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(folder).map_err(|err| {
@@ -106,7 +111,16 @@ pub async fn connect(path: &Path, max_size: usize) -> Result<SqliteStore> {
         let conn = rusqlite::Connection::open(&opened)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Persistent in the file: set once, every later connection sees it.
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        // Another process may hold the file for a moment: try again, within the busy timeout.
+        let started = std::time::Instant::now();
+        let mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)) {
+                Err(err) if is_busy(&err) && started.elapsed() < BUSY_TIMEOUT => {
+                    std::thread::sleep(WAL_SWITCH_RETRY_AFTER);
+                }
+                result => break result?,
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %opened.display(), mode, "sqlite store is not in WAL mode");
         }
@@ -145,6 +159,9 @@ pub async fn connect(path: &Path, max_size: usize) -> Result<SqliteStore> {
         path: canonical,
     })
 }
+
+/// How long to wait before asking again for the file to switch it to WAL.
+const WAL_SWITCH_RETRY_AFTER: Duration = Duration::from_millis(20);
 
 /// How often a migration that failed is run again. Within this process
 /// services migrate one at a time; another process migrating the same file
