@@ -17,6 +17,7 @@
 
 mod balancer;
 mod registrar;
+pub mod tls;
 
 pub use balancer::{Balancer, BalancerOptions, MeshView};
 pub use registrar::{Registrar, RegistrarOptions};

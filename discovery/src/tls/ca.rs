@@ -1,0 +1,174 @@
+//! The mesh's own certificate authority, made with `rcgen`.
+//!
+//! `grantmesh ca init` makes a CA key and certificate in a directory;
+//! `grantmesh ca issue --service college` signs a leaf for one service in it.
+//! A leaf names its service as a SPIFFE-style URI SAN
+//! (`spiffe://grantmesh/college`, see [`super::spiffe_id`]), carries the DNS
+//! names and IP addresses it is reached at (checked by every client, as any
+//! TLS server name), and is good for both ends of a connection: servers
+//! present it, and mesh members present it as their client certificate.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+use super::TlsError;
+
+/// A CA lives ten years: it is the root every member trusts, and replacing
+/// it means re-issuing every leaf.
+const CA_VALIDITY: Duration = Duration::days(3650);
+/// A leaf lives 90 days, the common choice for automated rotation: long
+/// enough to run for a season, short enough that a stolen key ages out.
+pub const LEAF_VALIDITY: Duration = Duration::days(90);
+/// Clocks of the machines in a mesh disagree a little.
+const BACKDATE: Duration = Duration::minutes(5);
+
+/// File names in a TLS directory.
+pub const CA_CERT: &str = "ca.pem";
+pub const CA_KEY: &str = "ca.key";
+
+/// The certificate and key files of `service` in `dir`.
+pub fn leaf_files(dir: &Path, service: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{service}.pem")),
+        dir.join(format!("{service}.key")),
+    )
+}
+
+/// Makes a CA in `dir` (created if missing). Refuses to overwrite one.
+pub fn init(dir: &Path) -> Result<PathBuf, TlsError> {
+    std::fs::create_dir_all(dir).map_err(|err| TlsError::io(dir, err))?;
+    let cert_path = dir.join(CA_CERT);
+    if cert_path.exists() {
+        return Err(TlsError::Invalid(format!(
+            "{} already exists; a CA is made once (remove it to start over, then issue every leaf again)",
+            cert_path.display()
+        )));
+    }
+    let key = KeyPair::generate().map_err(TlsError::rcgen)?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "grantmesh");
+    name.push(DnType::CommonName, "grantmesh mesh CA");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + CA_VALIDITY;
+    let cert = params.self_signed(&key).map_err(TlsError::rcgen)?;
+    write_private(&dir.join(CA_KEY), &key.serialize_pem())?;
+    write(&cert_path, &cert.pem())?;
+    Ok(cert_path)
+}
+
+/// What a leaf certificate is for.
+#[derive(Clone, Debug)]
+pub struct LeafRequest {
+    /// The service it names (`registry`, `agency`, `college`, …).
+    pub service: String,
+    /// DNS names it is reached at.
+    pub dns: Vec<String>,
+    /// IP addresses it is reached at.
+    pub ips: Vec<IpAddr>,
+    /// How long it is valid from now.
+    pub validity: Duration,
+}
+
+impl LeafRequest {
+    /// A leaf for `service`, reachable as `localhost` and 127.0.0.1.
+    pub fn loopback(service: &str) -> Self {
+        Self {
+            service: service.to_owned(),
+            dns: vec!["localhost".to_owned()],
+            ips: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16; 8])],
+            validity: LEAF_VALIDITY,
+        }
+    }
+}
+
+/// Signs a leaf with the CA in `ca_dir` and writes it (and its new key) into
+/// `out_dir` as `SERVICE.pem` / `SERVICE.key`; returns the two paths.
+pub fn issue(
+    ca_dir: &Path,
+    request: &LeafRequest,
+    out_dir: &Path,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    super::check_service_name(&request.service)?;
+    let ca_cert = read(&ca_dir.join(CA_CERT))?;
+    let ca_key = KeyPair::from_pem(&read(&ca_dir.join(CA_KEY))?).map_err(TlsError::rcgen)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert, ca_key).map_err(TlsError::rcgen)?;
+
+    let key = KeyPair::generate().map_err(TlsError::rcgen)?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "grantmesh");
+    name.push(DnType::CommonName, request.service.clone());
+    params.distinguished_name = name;
+    let uri = super::spiffe_id(&request.service);
+    params.subject_alt_names.push(SanType::URI(
+        uri.as_str().try_into().map_err(TlsError::rcgen)?,
+    ));
+    for dns in &request.dns {
+        params.subject_alt_names.push(SanType::DnsName(
+            dns.as_str().try_into().map_err(TlsError::rcgen)?,
+        ));
+    }
+    for ip in &request.ips {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + request.validity;
+    let cert = params.signed_by(&key, &issuer).map_err(TlsError::rcgen)?;
+
+    std::fs::create_dir_all(out_dir).map_err(|err| TlsError::io(out_dir, err))?;
+    let (cert_path, key_path) = leaf_files(out_dir, &request.service);
+    // Key first, then certificate: a reloading server that sees the new
+    // certificate always finds its key beside it.
+    write_private(&key_path, &key.serialize_pem())?;
+    write(&cert_path, &cert.pem())?;
+    Ok((cert_path, key_path))
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|err| TlsError::io(path, err))
+}
+
+/// Writes through a temporary file and a rename, so a reader sees the old
+/// file or the new one, never half of one.
+fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
+    write_mode(path, contents, 0o644)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    write_mode(path, contents, 0o600)
+}
+
+fn write_mode(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|err| TlsError::io(&tmp, err))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|err| TlsError::io(&tmp, err))?;
+    std::fs::rename(&tmp, path).map_err(|err| TlsError::io(path, err))
+}
