@@ -530,7 +530,8 @@ fn split_tls_params(url: &str) -> Result<Split> {
         }
     } else {
         // `key=value` form. Quoted values are left to tokio-postgres; these
-        // two parameters are taken out only when written unquoted.
+        // two parameters are taken out only when written unquoted, and a
+        // string holding either is re-joined with single spaces.
         let mut kept = Vec::new();
         for word in url.split_whitespace() {
             match word.split_once('=') {
@@ -543,7 +544,12 @@ fn split_tls_params(url: &str) -> Result<Split> {
                 _ => kept.push(word),
             }
         }
-        kept.join(" ")
+        if ssl_mode.is_none() && root_cert.is_none() {
+            // Untouched, so quoted values keep their spacing.
+            url.to_owned()
+        } else {
+            kept.join(" ")
+        }
     };
     Ok(Split {
         rest,
@@ -636,6 +642,29 @@ mod tests {
         assert_eq!(split.rest, "host=db user=u dbname=g");
         assert_eq!(split.ssl_mode.as_deref(), Some("verify-ca"));
         assert_eq!(split.root_cert.as_deref(), Some("/ca.pem"));
+    }
+
+    #[test]
+    fn a_key_value_string_without_tls_parameters_is_passed_on_untouched() {
+        let text = "host=db password='two  spaces'";
+        assert_eq!(split_tls_params(text).unwrap().rest, text);
+    }
+
+    #[test]
+    fn verify_modes_make_tokio_postgres_insist_on_tls() {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let parsed = PgConnect::parse_with_root_cert_default(
+                &format!("postgres://u@db/g?sslmode={mode}"),
+                None,
+            )
+            .unwrap();
+            assert_eq!(parsed.ssl_mode.as_str(), mode);
+            assert_eq!(
+                parsed.config.get_ssl_mode(),
+                tokio_postgres::config::SslMode::Require,
+                "{mode}"
+            );
+        }
     }
 
     #[test]
