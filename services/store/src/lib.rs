@@ -16,10 +16,20 @@
 //! - [`status`]: the one mapping from database failures to gRPC statuses —
 //!   a database that went away is `UNAVAILABLE` (retryable), never a panic.
 //!
+//! All three PostgreSQL connections honour the URL's `sslmode` and
+//! `sslrootcert` as libpq does (`disable`, `prefer` — the default —,
+//! `require`, `verify-ca`, `verify-full`), over rustls; see [`tls`]. For
+//! example `postgres://gm@db.internal/grants?sslmode=verify-full&sslrootcert=/etc/grantmesh/db-ca.pem`
+//! encrypts and checks that the server's certificate is for
+//! `db.internal` and signed by that CA. A server without TLS under
+//! `sslmode=require`, a rejected certificate or a missing root file is a
+//! start-up error that says so.
+//!
 //! The [`sqlite`] module has the SQLite counterparts of the pool and the
 //! migrations; [`Notifications::start`] serves both.
 
 pub mod sqlite;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,8 +37,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use futures::StreamExt as _;
 use tokio::sync::broadcast;
+use tokio_postgres::AsyncMessage;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 pub use deadpool_postgres;
@@ -36,6 +46,9 @@ pub use deadpool_sqlite;
 pub use refinery;
 pub use rusqlite;
 pub use tokio_postgres;
+pub use tokio_postgres_rustls;
+
+pub use tls::{PgConnect, RootCerts, SslMode};
 
 /// What can go wrong setting up the store.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +67,20 @@ pub enum StoreError {
     Migration(#[source] refinery::Error),
     #[error("failed to build the connection pool: {0}")]
     Pool(String),
+    /// `sslmode`/`sslrootcert` in the URL cannot be honoured (bad value,
+    /// missing or unreadable root file).
+    #[error("invalid TLS settings in the database URL: {0}")]
+    TlsConfig(String),
+    /// The URL asks for TLS and the server offers none.
+    #[error("the server at {target} does not support TLS (sslmode={ssl_mode})")]
+    TlsUnsupported { target: String, ssl_mode: SslMode },
+    /// The TLS handshake failed, usually on the server's certificate.
+    #[error("certificate verify failed: {reason} (server {target}, sslmode={ssl_mode})")]
+    CertificateRejected {
+        target: String,
+        ssl_mode: SslMode,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -87,37 +114,13 @@ impl Database {
     }
 }
 
-/// Where a URL points, without its password, for messages.
-fn describe(config: &tokio_postgres::Config) -> String {
-    let host = config
-        .get_hosts()
-        .first()
-        .map(|host| match host {
-            tokio_postgres::config::Host::Tcp(name) => name.clone(),
-            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-        })
-        .unwrap_or_else(|| "localhost".into());
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let db = config.get_dbname().unwrap_or("(default)");
-    format!("{host}:{port}/{db}")
-}
-
-fn parse(url: &str) -> Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
-    Ok(config)
-}
-
 /// A pool of at most `max_size` connections, with one connection made and
 /// checked before returning.
 pub async fn connect(url: &str, max_size: usize) -> Result<Pool> {
-    let config = parse(url)?;
-    let target = describe(&config);
+    let target = PgConnect::parse(url)?;
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        target.config.clone(),
+        target.tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -133,33 +136,21 @@ pub async fn connect(url: &str, max_size: usize) -> Result<Pool> {
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
         .map_err(|err| StoreError::Pool(err.to_string()))?;
-    let client = pool.get().await.map_err(|err| StoreError::Unreachable {
-        target: target.clone(),
-        source: Box::new(err),
-    })?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|err| target.explain(Box::new(err)))?;
     client
         .simple_query("SELECT 1")
         .await
-        .map_err(|err| StoreError::Unreachable {
-            target,
-            source: Box::new(err),
-        })?;
+        .map_err(|err| target.explain(Box::new(err)))?;
     Ok(pool)
 }
 
 /// Runs `runner`'s migrations, recording them in `history_table`, while
 /// holding a database-wide advisory lock.
 pub async fn migrate(url: &str, mut runner: refinery::Runner, history_table: &str) -> Result<()> {
-    let config = parse(url)?;
-    let target = describe(&config);
-    let (mut client, connection) =
-        config
-            .connect(NoTls)
-            .await
-            .map_err(|err| StoreError::Unreachable {
-                target,
-                source: Box::new(err),
-            })?;
+    let (mut client, connection) = PgConnect::parse(url)?.connect().await?;
     let driver = tokio::spawn(connection);
     // Any fixed number works as the lock id; this one spells "grantmsh".
     const LOCK: i64 = 0x6772_616e_746d_7368;
@@ -273,9 +264,10 @@ impl Notifications {
     pub fn start(url: &str, channel: &'static str, stop: CancellationToken) -> Result<Self> {
         match Database::parse(url)? {
             Database::Postgres(url) => {
-                let config = parse(&url)?;
+                // Parsed here, so a bad URL or root file fails the start-up.
+                let target = PgConnect::parse(&url)?;
                 let (sender, _) = broadcast::channel(4096);
-                tokio::spawn(listen(config, channel, sender.clone(), stop));
+                tokio::spawn(listen(target, channel, sender.clone(), stop));
                 Ok(Self { sender })
             }
             Database::Sqlite(path) => {
@@ -307,7 +299,7 @@ impl Notifications {
 }
 
 async fn listen(
-    config: tokio_postgres::Config,
+    target: PgConnect,
     channel: &'static str,
     sender: broadcast::Sender<Notice>,
     stop: CancellationToken,
@@ -315,7 +307,7 @@ async fn listen(
     let mut first = true;
     loop {
         let session = async {
-            let (client, mut connection) = config.connect(NoTls).await?;
+            let (client, mut connection) = target.connect().await?;
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             let statement = format!("LISTEN {channel}");
             {
@@ -327,7 +319,7 @@ async fn listen(
                         result = &mut listen => { result?; break; }
                         message = messages.next() => match message {
                             Some(Ok(_)) => {}
-                            Some(Err(err)) => return Err(err),
+                            Some(Err(err)) => return Err(err.into()),
                             None => return Ok(()),
                         },
                     }
@@ -344,7 +336,7 @@ async fn listen(
                 }
             }
             drop(client);
-            Ok::<(), tokio_postgres::Error>(())
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
         };
         tokio::select! {
             () = stop.cancelled() => return,
