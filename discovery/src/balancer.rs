@@ -30,6 +30,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::Channel;
+
+use crate::tls::Transport;
 use tonic::{Code, Status};
 
 /// Tuning for a [`Balancer`].
@@ -44,6 +46,9 @@ pub struct BalancerOptions {
     /// Only instances carrying every one of these labels are used (e.g.
     /// `agency=nsf` to call one agency among several).
     pub labels: Vec<(String, String)>,
+    /// How the registry and the instances are dialled. With TLS, an
+    /// instance is only used once its certificate names the service.
+    pub transport: Transport,
 }
 
 impl Default for BalancerOptions {
@@ -53,6 +58,7 @@ impl Default for BalancerOptions {
             eject_for: Duration::from_secs(2),
             wait_for_instances: Duration::from_secs(3),
             labels: Vec::new(),
+            transport: Transport::Insecure,
         }
     }
 }
@@ -264,7 +270,7 @@ impl Shared {
                 for instance in event.instances.iter().filter(|i| self.wanted(i)) {
                     let endpoint = match endpoints.remove(&instance.id) {
                         Some(known) if known.instance.address == instance.address => known,
-                        _ => match Endpoint::new(instance.clone()) {
+                        _ => match Endpoint::new(instance.clone(), &self.options.transport) {
                             Some(endpoint) => endpoint,
                             None => continue,
                         },
@@ -283,7 +289,7 @@ impl Shared {
                     let same = endpoints
                         .get(&instance.id)
                         .is_some_and(|known| known.instance.address == instance.address);
-                    if !same && let Some(endpoint) = Endpoint::new(instance.clone()) {
+                    if !same && let Some(endpoint) = Endpoint::new(instance.clone(), &self.options.transport) {
                         endpoints.insert(instance.id.clone(), endpoint);
                     }
                 }
@@ -315,10 +321,10 @@ impl Shared {
 }
 
 impl Endpoint {
-    fn new(instance: Instance) -> Option<Arc<Self>> {
-        match crate::endpoint(&instance.address) {
-            Ok(endpoint) => Some(Arc::new(Self {
-                channel: endpoint.connect_lazy(),
+    fn new(instance: Instance, transport: &Transport) -> Option<Arc<Self>> {
+        match transport.channel_lazy(&instance.address, Some(&instance.service)) {
+            Ok(channel) => Some(Arc::new(Self {
+                channel,
                 instance,
                 in_flight: AtomicUsize::new(0),
                 ejected_until: Mutex::new(None),
@@ -422,7 +428,11 @@ async fn watch_once(
     url: &str,
     shared: &Shared,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let channel = crate::endpoint(url)?.connect().await?;
+    let channel = shared
+        .options
+        .transport
+        .channel(url, Some(crate::REGISTRY_SERVICE))
+        .await?;
     let mut events = RegistryClient::new(channel)
         .watch(WatchRequest {
             service: shared.service.clone(),

@@ -55,13 +55,8 @@ pub fn with_scheme(addr: &str) -> String {
     }
 }
 
-pub(crate) fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5)))
-}
+/// The service name registries answer to, and name in their certificates.
+pub const REGISTRY_SERVICE: &str = "registry";
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::tls::Transport;
+
 /// What to register and where.
 #[derive(Clone, Debug)]
 pub struct RegistrarOptions {
@@ -29,6 +31,9 @@ pub struct RegistrarOptions {
     pub heartbeat_interval: Duration,
     /// How long a registry waits for a renewal before removing the instance.
     pub ttl: Duration,
+    /// How the registries are dialled (with TLS, this instance's certificate
+    /// is what entitles it to register under its service).
+    pub transport: Transport,
 }
 
 /// A running registration; [`Registrar::deregister`] ends it.
@@ -68,11 +73,14 @@ impl Registrar {
             service: self.options.instance.service.clone(),
             instance_id: self.options.instance.id.clone(),
         };
+        let transport = &self.options.transport;
         let calls = self.options.registries.iter().map(|url| {
             let request = request.clone();
             async move {
                 let call = async {
-                    let channel = crate::endpoint(url)?.connect().await?;
+                    let channel = transport
+                        .channel(url, Some(crate::REGISTRY_SERVICE))
+                        .await?;
                     RegistryClient::new(channel).deregister(request).await?;
                     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
                 };
@@ -128,7 +136,10 @@ async fn session(
     options: &RegistrarOptions,
     registered: &mut bool,
 ) -> Result<(), SessionError> {
-    let channel = crate::endpoint(url)?.connect().await?;
+    let channel = options
+        .transport
+        .channel(url, Some(crate::REGISTRY_SERVICE))
+        .await?;
     let mut client = RegistryClient::new(channel);
     let mut instance = options.instance.clone();
     instance.ttl = Some(prost_types::Duration::try_from(options.ttl)?);

@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use grantmesh_discovery::tls::Transport;
 use grantmesh_discovery::{Registrar, RegistrarOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -49,6 +50,8 @@ pub struct ServeOptions {
     /// Cancelled when streaming handlers should end (step 4 above). Services
     /// with long-lived streams hold a clone of it.
     pub streams_closing: CancellationToken,
+    /// TLS with this server's certificate, or plaintext by explicit choice.
+    pub transport: Transport,
 }
 
 impl ServeOptions {
@@ -60,6 +63,7 @@ impl ServeOptions {
             drain_delay: Duration::ZERO,
             grace_period: Duration::from_secs(10),
             streams_closing: CancellationToken::new(),
+            transport: Transport::Insecure,
         }
     }
 }
@@ -86,13 +90,34 @@ pub async fn serve(
         .add_service(reflection_v1alpha(options.grpc_service)?);
 
     let stop_accepting = CancellationToken::new();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
-    let mut server = std::pin::pin!(server);
+        .add_routes(routes);
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &options.transport {
+            Transport::Tls(material) => {
+                material
+                    .server_config()
+                    .context("this server has no usable certificate")?;
+                Box::pin(builder.serve_with_incoming_shutdown(
+                    grantmesh_discovery::tls::incoming(listener, material.clone()),
+                    stop_accepting.clone().cancelled_owned(),
+                ))
+            }
+            Transport::Insecure => {
+                tracing::warn!(
+                    %local_addr,
+                    service = options.grpc_service,
+                    "PLAINTEXT: serving without TLS (--insecure); anyone on the network can read and forge calls"
+                );
+                Box::pin(builder.serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stop_accepting.clone().cancelled_owned(),
+                ))
+            }
+        };
+    let mut server = server;
 
     let registrar = options.registration.clone().map(Registrar::start);
     tracing::info!(%local_addr, service = options.grpc_service, "serving");
@@ -189,6 +214,8 @@ pub async fn terminate_signal() {
 pub struct RunningServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     /// Cancel to shut it down along the graceful path.
     pub shutdown: CancellationToken,
     /// Ends when the server has stopped.
@@ -196,9 +223,9 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// `http://ADDR`, what a client dials.
+    /// `SCHEME://ADDR`, what a client dials.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Shuts the server down and waits for it, re-raising a panic from it.
@@ -219,6 +246,7 @@ pub fn spawn(
     options: ServeOptions,
 ) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
+    let scheme = options.transport.scheme();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(serve(
         listener,
@@ -228,6 +256,7 @@ pub fn spawn(
     ));
     Ok(RunningServer {
         addr,
+        scheme,
         shutdown,
         handle,
     })
