@@ -161,8 +161,8 @@ fn parse_agencies(list: &str) -> Result<AgencyBands, String> {
                     format!("{entry:?}: {text:?} is not a whole number of minor units; {wanted}")
                 })
             };
-            let band = Band::new(amount(min)?, amount(max)?)
-                .map_err(|err| format!("{entry:?}: {err}"))?;
+            let band =
+                Band::new(amount(min)?, amount(max)?).map_err(|err| format!("{entry:?}: {err}"))?;
             Ok((name.trim().to_owned(), band))
         })
         .collect::<Result<Vec<_>, String>>()
