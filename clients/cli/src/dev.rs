@@ -140,6 +140,11 @@ impl DevMesh {
             drain_delay: DEV_DRAIN_DELAY,
             ..MeshSettings::new(vec![registry.url.clone()])
         };
+        // The colleges know both dev agencies and their bands.
+        let known = AGENCIES
+            .into_iter()
+            .map(|(name, min, max)| Ok((name.to_owned(), Band::new(min, max)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut colleges = Vec::new();
         for n in 0..COLLEGES {
             let settings = CollegeSettings {
@@ -148,6 +153,7 @@ impl DevMesh {
                     ..ServerSettings::default()
                 },
                 day_length,
+                agencies: known.clone(),
                 ..CollegeSettings::new(mesh.clone(), store.clone())
             };
             colleges.push(start(Role::College(settings), port(200 + n as u16)?).await?);

@@ -128,6 +128,45 @@ pub struct CollegeArgs {
     /// How long one day of an account's duration lasts (simulations use 1s).
     #[arg(long, env = "GRANTMESH_DAY_LENGTH", default_value = "24h", value_parser = humantime::parse_duration)]
     day_length: Duration,
+    /// The agencies this college opens accounts for, each with its award band
+    /// in minor units (both ends included), comma separated: NAME=MIN..MAX,…
+    #[arg(
+        long,
+        env = "GRANTMESH_AGENCIES",
+        default_value = "grantmesh-agency=300000..500000",
+        value_parser = parse_agencies
+    )]
+    agencies: AgencyBands,
+}
+
+/// `--agencies`, parsed: names and bands in the order given.
+#[derive(Clone, Debug)]
+struct AgencyBands(Vec<(String, Band)>);
+
+/// Parses `nsf=300000..500000,erc=100000..250000`. Whether the names are
+/// usable and unique is the settings' check, as for every other source.
+fn parse_agencies(list: &str) -> Result<AgencyBands, String> {
+    let wanted = "expected NAME=MIN..MAX[,NAME=MIN..MAX…], e.g. nsf=300000..500000";
+    list.split(',')
+        .map(|entry| {
+            let entry = entry.trim();
+            let (name, band) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("{entry:?} names no band; {wanted}"))?;
+            let (min, max) = band
+                .split_once("..")
+                .ok_or_else(|| format!("{entry:?}: the band is not MIN..MAX; {wanted}"))?;
+            let amount = |text: &str| {
+                text.trim().parse::<i64>().map_err(|_| {
+                    format!("{entry:?}: {text:?} is not a whole number of minor units; {wanted}")
+                })
+            };
+            let band =
+                Band::new(amount(min)?, amount(max)?).map_err(|err| format!("{entry:?}: {err}"))?;
+            Ok((name.trim().to_owned(), band))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map(AgencyBands)
 }
 
 impl ServerArgs {
@@ -199,6 +238,7 @@ pub async fn run_college(args: CollegeArgs) -> anyhow::Result<ExitCode> {
         mesh: args.mesh.settings()?,
         store: args.store.settings()?,
         day_length: args.day_length,
+        agencies: args.agencies.0,
     });
     run(role, &args.mesh.server, DEFAULT_COLLEGE_PORT).await
 }
@@ -218,4 +258,32 @@ async fn run(role: Role, server: &ServerArgs, default_port: u16) -> anyhow::Resu
     let node = grantmesh_node::start(role, listener).await?;
     node.run_until(grantmesh_server::terminate_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agencies_parse_as_names_with_inclusive_bands() {
+        let parsed = parse_agencies("nsf=300000..500000, erc=100000..250000").unwrap();
+        assert_eq!(
+            parsed.0,
+            vec![
+                ("nsf".to_owned(), Band::new(300_000, 500_000).unwrap()),
+                ("erc".to_owned(), Band::new(100_000, 250_000).unwrap()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_agency_list_is_refused_saying_what_is_expected() {
+        for bad in ["nsf", "nsf=300000", "nsf=a..b", "nsf=500..400", ""] {
+            let err = parse_agencies(bad).unwrap_err();
+            assert!(
+                err.contains("NAME=MIN..MAX") || err.contains("band"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
 }

@@ -87,11 +87,6 @@ impl AgencyService {
 
     /// Has a College open the account for an accepted proposal and records it.
     async fn open_account(&self, proposal: &ProposalRow) -> Result<String, Status> {
-        let credential = self
-            .config()
-            .keys
-            .agency_token(&self.config().name)
-            .map_err(|err| Status::internal(err.to_string()))?;
         let open = OpenAccountRequest {
             proposal_id: proposal.id.to_string(),
             agency: self.config().name.clone(),
@@ -107,7 +102,14 @@ impl AgencyService {
             .call(|channel| {
                 let mut request = Request::new(open.clone());
                 request.set_timeout(timeout);
-                let authorized = grantmesh_auth::authorize(&mut request, &credential);
+                // A credential is good for one call: every attempt, on
+                // whichever college, signs its own.
+                let authorized = self
+                    .config()
+                    .keys
+                    .agency_credential(&open.agency, &open.proposal_id, open.award_minor)
+                    .map_err(|err| Status::internal(err.to_string()))
+                    .and_then(|credential| grantmesh_auth::authorize(&mut request, &credential));
                 async move {
                     authorized?;
                     let mut client = CollegeClient::new(channel);

@@ -7,6 +7,12 @@
 //! College with a separate service key, so no researcher token can open an
 //! account. Both keys come from configuration.
 //!
+//! An agency's credential is bound to one call: it is for a College
+//! (`aud`), names the proposal and the award of the account it may open,
+//! lives [`AGENCY_CREDENTIAL_TTL`], and carries a fresh `jti` that the
+//! College records in its store, so a captured credential can neither open
+//! another account nor be replayed, at any College instance.
+//!
 //! Passwords are hashed with Argon2id (the `argon2` crate's defaults); hashing
 //! is deliberately slow, so callers run it on the blocking pool
 //! ([`hash_password`], [`verify_password`]).
@@ -41,10 +47,56 @@ struct Claims {
     exp: u64,
 }
 
+/// What an agency's credential carries: who signs, which College call it
+/// is for, and a fresh id so that a College accepts it once.
+#[derive(Debug, Serialize, Deserialize)]
+struct AgencyClaims {
+    /// The agency's name.
+    sub: String,
+    /// Always "agency".
+    kind: String,
+    /// Always [`COLLEGE_AUDIENCE`]: the credential is for a College only.
+    aud: String,
+    /// The proposal whose account this credential may open.
+    proposal: String,
+    /// The award, in minor units, that account may be opened with.
+    award: i64,
+    iat: u64,
+    exp: u64,
+    /// A fresh id per credential; Colleges record it so it is used once.
+    jti: Uuid,
+}
+
 const RESEARCHER: &str = "researcher";
 const AGENCY: &str = "agency";
-/// How long an agency's signed call stays valid.
-const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(300);
+/// The audience of agency credentials: the College's `OpenAccount`.
+const COLLEGE_AUDIENCE: &str = "college";
+
+/// How long an agency's credential for one `OpenAccount` call stays valid.
+///
+/// Longer than one attempt to open an account (the agency's `--open-timeout`,
+/// 5 s by default, plus clock skew and the verifier's leeway), so an honest
+/// call never arrives expired; much shorter than the 300 s credentials
+/// before it, so a captured one is useful only briefly, and the Colleges
+/// keep the record of used credentials ([`AgencyCall::expires_at`]) small.
+/// A credential names one proposal and award and is single use anyway; the
+/// short life bounds how long a College must remember it.
+pub const AGENCY_CREDENTIAL_TTL: Duration = Duration::from_secs(60);
+
+/// Clock skew tolerated when checking a token's expiry, in seconds.
+const LEEWAY_SECS: u64 = 5;
+
+/// An agency's call to open an account, as its verified credential says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgencyCall {
+    /// The agency that signed the credential.
+    pub agency: String,
+    /// The credential's unique id, to be recorded so that it is used once.
+    pub jti: Uuid,
+    /// When the College stops accepting the credential (its `exp` plus the
+    /// verifier's leeway); its record of use may be forgotten after that.
+    pub expires_at: SystemTime,
+}
 
 /// The signing keys of one deployment.
 #[derive(Clone)]
@@ -53,6 +105,8 @@ pub struct Keys {
     service: (EncodingKey, DecodingKey),
     token_ttl: Duration,
     validation: Validation,
+    /// Agency credentials: also audience `college` and a `jti`.
+    agency_validation: Validation,
 }
 
 impl Keys {
@@ -73,8 +127,11 @@ impl Keys {
             return Err(AuthError::SameKeys);
         }
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut agency_validation = validation.clone();
+        agency_validation.set_audience(&[COLLEGE_AUDIENCE]);
+        agency_validation.set_required_spec_claims(&["exp", "sub", "aud"]);
         Ok(Self {
             token: (
                 EncodingKey::from_secret(token_key),
@@ -86,6 +143,7 @@ impl Keys {
             ),
             token_ttl,
             validation,
+            agency_validation,
         })
     }
 
@@ -100,15 +158,31 @@ impl Keys {
         Ok((token, expires))
     }
 
-    /// A short-lived credential for an agency's call to a College.
-    pub fn agency_token(&self, agency: &str) -> Result<String, AuthError> {
-        Ok(sign(
+    /// A credential for one agency call to a College: opening the account of
+    /// `proposal_id` with `award_minor`, once, within
+    /// [`AGENCY_CREDENTIAL_TTL`]. Sign a new one for every attempt.
+    pub fn agency_credential(
+        &self,
+        agency: &str,
+        proposal_id: &str,
+        award_minor: i64,
+    ) -> Result<String, AuthError> {
+        let now = SystemTime::now();
+        let claims = AgencyClaims {
+            sub: agency.to_owned(),
+            kind: AGENCY.to_owned(),
+            aud: COLLEGE_AUDIENCE.to_owned(),
+            proposal: proposal_id.to_owned(),
+            award: award_minor,
+            iat: unix_secs(now),
+            exp: unix_secs(now + AGENCY_CREDENTIAL_TTL),
+            jti: Uuid::new_v4(),
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
             &self.service.0,
-            agency.to_owned(),
-            AGENCY,
-            SERVICE_TOKEN_TTL,
-        )?
-        .0)
+        )?)
     }
 
     /// The researcher calling, from `authorization: Bearer …`.
@@ -128,23 +202,66 @@ impl Keys {
             .map_err(|_| Status::unauthenticated("the bearer token names no researcher"))
     }
 
-    /// The agency calling, from its service credential. A researcher's token
-    /// here is PERMISSION_DENIED: only agencies may make this call.
-    pub fn agency<T>(&self, request: &tonic::Request<T>) -> Result<String, Status> {
+    /// The agency calling and its credential's id, from a credential that
+    /// [`Self::agency_credential`] signed for a College, still valid, and for
+    /// this very call: `proposal_id` and `award_minor` as the request says.
+    ///
+    /// A researcher's token here is PERMISSION_DENIED (only agencies may
+    /// make this call), as is a credential issued for another proposal or
+    /// award; a missing, forged, expired or malformed one is UNAUTHENTICATED.
+    /// Whether the credential was used before is for the caller to check,
+    /// with [`AgencyCall::jti`], in its store.
+    pub fn agency_call<T>(
+        &self,
+        request: &tonic::Request<T>,
+        proposal_id: &str,
+        award_minor: i64,
+    ) -> Result<AgencyCall, Status> {
+        use jsonwebtoken::errors::ErrorKind;
         let token = bearer(request)?;
-        if let Some(claims) = self.decode(token, &self.service.1)
-            && claims.kind == AGENCY
-        {
-            return Ok(claims.sub);
-        }
-        if self.decode(token, &self.token.1).is_some() {
-            return Err(Status::permission_denied(
-                "only a funding agency may open research accounts",
+        let claims = match jsonwebtoken::decode::<AgencyClaims>(
+            token,
+            &self.service.1,
+            &self.agency_validation,
+        ) {
+            Ok(data) => data.claims,
+            Err(err) => {
+                if self.decode(token, &self.token.1).is_some() {
+                    return Err(Status::permission_denied(
+                        "only a funding agency may open research accounts",
+                    ));
+                }
+                return Err(Status::unauthenticated(match err.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        "the agency's credential has expired; the agency must sign a new one"
+                    }
+                    ErrorKind::InvalidAudience => {
+                        "the agency's credential is not meant for a college"
+                    }
+                    _ => "the agency's credential is invalid",
+                }));
+            }
+        };
+        if claims.kind != AGENCY {
+            return Err(Status::unauthenticated(
+                "the agency's credential is not an agency credential",
             ));
         }
-        Err(Status::unauthenticated(
-            "the service credential is invalid or has expired",
-        ))
+        if claims.proposal != proposal_id {
+            return Err(Status::permission_denied(
+                "the agency's credential was issued for another proposal",
+            ));
+        }
+        if claims.award != award_minor {
+            return Err(Status::permission_denied(
+                "the agency's credential was issued for another award",
+            ));
+        }
+        Ok(AgencyCall {
+            agency: claims.sub,
+            jti: claims.jti,
+            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(LEEWAY_SECS)),
+        })
     }
 
     fn decode(&self, token: &str, key: &DecodingKey) -> Option<Claims> {
@@ -162,21 +279,22 @@ fn sign(
 ) -> Result<(String, SystemTime), AuthError> {
     let now = SystemTime::now();
     let expires = now + ttl;
-    let secs = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    };
     let claims = Claims {
         sub,
         kind: kind.to_owned(),
-        iat: secs(now),
-        exp: secs(expires),
+        iat: unix_secs(now),
+        exp: unix_secs(expires),
     };
     Ok((
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)?,
         expires,
     ))
+}
+
+fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The token from `authorization: Bearer <token>` metadata.
@@ -304,16 +422,145 @@ mod tests {
         );
     }
 
+    /// An agency credential with these claims, signed with `keys`' service key.
+    fn agency_claims_signed(keys: &Keys, edit: impl FnOnce(&mut AgencyClaims)) -> String {
+        let now = unix_secs(SystemTime::now());
+        let mut claims = AgencyClaims {
+            sub: "nsf".into(),
+            kind: AGENCY.into(),
+            aud: COLLEGE_AUDIENCE.into(),
+            proposal: "p-1".into(),
+            award: 400_000,
+            iat: now,
+            exp: now + 60,
+            jti: Uuid::new_v4(),
+        };
+        edit(&mut claims);
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.service.0).unwrap()
+    }
+
+    fn refusal(keys: &Keys, token: &str) -> Status {
+        keys.agency_call(&with_token(token), "p-1", 400_000)
+            .unwrap_err()
+    }
+
+    #[test]
+    fn an_agency_credential_names_its_agency_and_a_fresh_id_for_its_call() {
+        let keys = keys();
+        let before = SystemTime::now();
+        let first = keys.agency_credential("nsf", "p-1", 400_000).unwrap();
+        let second = keys.agency_credential("nsf", "p-1", 400_000).unwrap();
+        let call = keys
+            .agency_call(&with_token(&first), "p-1", 400_000)
+            .unwrap();
+        assert_eq!(call.agency, "nsf");
+        let lasts = call.expires_at.duration_since(before).unwrap();
+        assert!(
+            lasts > AGENCY_CREDENTIAL_TTL - Duration::from_secs(1)
+                && lasts <= AGENCY_CREDENTIAL_TTL + Duration::from_secs(LEEWAY_SECS + 1),
+            "{lasts:?}"
+        );
+        let again = keys
+            .agency_call(&with_token(&second), "p-1", 400_000)
+            .unwrap();
+        assert_ne!(call.jti, again.jti, "every credential has its own id");
+    }
+
+    #[test]
+    fn an_agency_credential_for_another_proposal_or_award_is_permission_denied() {
+        let keys = keys();
+        let token = keys.agency_credential("nsf", "p-1", 400_000).unwrap();
+        let other_proposal = keys
+            .agency_call(&with_token(&token), "p-2", 400_000)
+            .unwrap_err();
+        assert_eq!(other_proposal.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            other_proposal.message(),
+            "the agency's credential was issued for another proposal"
+        );
+        let other_award = keys
+            .agency_call(&with_token(&token), "p-1", 1_000_000_000_000_000)
+            .unwrap_err();
+        assert_eq!(other_award.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            other_award.message(),
+            "the agency's credential was issued for another award"
+        );
+    }
+
+    #[test]
+    fn an_expired_agency_credential_is_unauthenticated() {
+        let keys = keys();
+        let now = unix_secs(SystemTime::now());
+        // Past the leeway.
+        let expired = agency_claims_signed(&keys, |c| c.exp = now - LEEWAY_SECS - 5);
+        let status = refusal(&keys, &expired);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("expired"), "{status:?}");
+        let fresh = agency_claims_signed(&keys, |_| {});
+        assert!(
+            keys.agency_call(&with_token(&fresh), "p-1", 400_000)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_agency_credential_for_another_audience_is_unauthenticated() {
+        let keys = keys();
+        let token = agency_claims_signed(&keys, |c| c.aud = "agency".into());
+        let status = refusal(&keys, &token);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(
+            status.message().contains("not meant for a college"),
+            "{status:?}"
+        );
+    }
+
+    #[test]
+    fn a_service_signed_token_of_another_kind_is_unauthenticated() {
+        let keys = keys();
+        let token = agency_claims_signed(&keys, |c| c.kind = RESEARCHER.into());
+        assert_eq!(refusal(&keys, &token).code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_forged_or_unbound_agency_credential_is_unauthenticated() {
+        let keys = keys();
+        let other = Keys::new(&[9; 32], &[8; 32], Duration::from_secs(60)).unwrap();
+        let forged = other.agency_credential("nsf", "p-1", 400_000).unwrap();
+        assert_eq!(refusal(&keys, &forged).code(), tonic::Code::Unauthenticated);
+        // The old unbound service credential: names only the agency.
+        let unbound = sign(
+            &keys.service.0,
+            "nsf".into(),
+            AGENCY,
+            Duration::from_secs(60),
+        )
+        .unwrap()
+        .0;
+        assert_eq!(
+            refusal(&keys, &unbound).code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            keys.agency_call(&tonic::Request::new(()), "p-1", 400_000)
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
     #[test]
     fn a_researcher_token_cannot_act_as_an_agency() {
         let keys = keys();
         let (token, _) = keys.researcher_token(Uuid::new_v4()).unwrap();
+        let status = refusal(&keys, &token);
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
         assert_eq!(
-            keys.agency(&with_token(&token)).unwrap_err().code(),
-            tonic::Code::PermissionDenied
+            status.message(),
+            "only a funding agency may open research accounts"
         );
-        let agency = keys.agency_token("nsf").unwrap();
-        assert_eq!(keys.agency(&with_token(&agency)).unwrap(), "nsf");
+        let agency = keys.agency_credential("nsf", "p-1", 400_000).unwrap();
         assert_eq!(
             keys.researcher(&with_token(&agency)).unwrap_err().code(),
             tonic::Code::Unauthenticated

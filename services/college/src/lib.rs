@@ -4,7 +4,10 @@
 //! central store ([`store`]: PostgreSQL, or an embedded SQLite file for
 //! `grantmesh dev`), so any instance can serve any call and the mesh may add
 //! or lose instances at will. Researchers log in for a bearer token; agencies
-//! open accounts with their service credential; members read accounts,
+//! open accounts with a service credential bound to that one call (its
+//! proposal and award), which the store records so it is used once; a
+//! College opens accounts only for agencies it knows, within their award
+//! bands ([`CollegeConfig::agencies`]); members read accounts,
 //! withdraw concurrently and watch them live. Live updates cross instances
 //! through PostgreSQL `NOTIFY`, or, on SQLite, an in-process fan-out that
 //! reaches only the instances in the same process.
@@ -13,6 +16,7 @@ pub mod store;
 pub mod validate;
 mod watch;
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,7 +26,7 @@ use grantmesh_auth::Keys;
 use grantmesh_proto::v1::*;
 use grantmesh_proto::{College, CollegeServer};
 use grantmesh_store::Notifications;
-use store::{AccountRow, AccountStore, NewAccount, TransactionRow};
+use store::{AccountRow, AccountStore, Credential, NewAccount, TransactionRow};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -40,6 +44,11 @@ pub struct CollegeConfig {
     pub keys: Keys,
     /// Connections this instance may hold to the store.
     pub pool_size: usize,
+    /// The agencies that may open accounts here, by name, each with the
+    /// awards it grants (minor units, both ends included). A credential
+    /// from any other agency, or for an award outside its band, is refused
+    /// before the store is touched.
+    pub agencies: HashMap<String, (i64, i64)>,
 }
 
 /// The `grantmesh.v1.College` implementation.
@@ -91,6 +100,22 @@ impl CollegeService {
 
     fn keys(&self) -> &Keys {
         &self.inner.config.keys
+    }
+
+    /// Refuses an agency this College does not know, or an award outside
+    /// the agency's band.
+    fn check_band(&self, agency: &str, award: i64) -> Result<(), Status> {
+        let Some(&(min, max)) = self.inner.config.agencies.get(agency) else {
+            return Err(Status::permission_denied(format!(
+                "unknown agency {agency:?}: this college opens accounts only for the agencies it is configured with"
+            )));
+        };
+        if !(min..=max).contains(&award) {
+            return Err(Status::permission_denied(format!(
+                "award {award} is outside agency {agency:?}'s band {min}..={max}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -157,7 +182,12 @@ impl College for CollegeService {
         &self,
         request: Request<OpenAccountRequest>,
     ) -> Result<Response<Account>, Status> {
-        let agency = self.keys().agency(&request)?;
+        let call = self.keys().agency_call(
+            &request,
+            &request.get_ref().proposal_id,
+            request.get_ref().award_minor,
+        )?;
+        let agency = call.agency;
         let request = request.into_inner();
         let proposal_id = validate::text("proposal_id", &request.proposal_id, 128)?;
         let title = validate::text("title", &request.title, 200)?;
@@ -175,6 +205,7 @@ impl College for CollegeService {
                 agency, request.agency
             )));
         }
+        self.check_band(&agency, award)?;
         let (account, created) = self
             .inner
             .store
@@ -185,6 +216,10 @@ impl College for CollegeService {
                 principal_investigator,
                 award,
                 duration_days: request.duration_days,
+                credential: Credential {
+                    jti: call.jti,
+                    expires_at: call.expires_at,
+                },
             })
             .await?;
         if created {

@@ -8,7 +8,9 @@
 //! `tests/conformance.rs` checks against both: a withdrawal checks
 //! membership, expiry (by the store's clock), the idempotency key and the
 //! balance, then debits and journals, all or nothing; the journal is
-//! append-only; a balance never goes below zero.
+//! append-only; a balance never goes below zero. An account is opened with
+//! an agency credential that is recorded in the same transaction, so each
+//! credential opens at most once, across all College instances.
 
 mod postgres;
 mod sqlite;
@@ -161,7 +163,27 @@ pub struct NewAccount<'a> {
     pub principal_investigator: Uuid,
     pub award: i64,
     pub duration_days: u32,
+    /// The agency credential this call came with; recorded as used.
+    pub credential: Credential,
 }
+
+/// An agency credential, as the store records it once used: every
+/// `OpenAccount` call spends one, whether it opens the account or finds it
+/// already open (an agency's retry comes with a new credential).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credential {
+    /// The credential's unique id (its JWT `jti`).
+    pub jti: Uuid,
+    /// When Colleges stop accepting it; its record may be deleted after that.
+    pub expires_at: SystemTime,
+}
+
+/// How long past its expiry a used credential stays recorded before the
+/// cleanup that runs with every `OpenAccount` deletes it. The expiry is
+/// written by a College's clock and compared with the store's, so the two
+/// may disagree by a little; a minute of margin keeps a credential recorded
+/// for as long as any College with a plausibly skewed clock still accepts it.
+pub const USED_CREDENTIAL_MARGIN: Duration = Duration::from_secs(60);
 
 /// The College's view of the central store.
 #[derive(Clone)]
@@ -272,7 +294,11 @@ impl AccountStore {
         }
     }
 
-    /// Opens the account for a proposal, or returns the one already opened for it.
+    /// Opens the account for a proposal, or returns the one already opened
+    /// for it, and records `new.credential` as used, in one transaction. A
+    /// credential used before is refused (PERMISSION_DENIED) and nothing
+    /// changes. Recorded credentials past their expiry (plus
+    /// [`USED_CREDENTIAL_MARGIN`]) are deleted on the way.
     pub async fn open_account(&self, new: &NewAccount<'_>) -> Result<(AccountRow, bool)> {
         match &self.backend {
             Backend::Postgres(pool) => postgres::open_account(pool, self.day_length, new).await,
@@ -364,6 +390,10 @@ impl AccountStore {
 
 fn not_found(account: Uuid) -> StoreError {
     StoreError::NotFound(format!("account {account} does not exist"))
+}
+
+fn credential_used() -> StoreError {
+    StoreError::PermissionDenied("this agency credential was already used".into())
 }
 
 fn not_member(account: Uuid) -> StoreError {

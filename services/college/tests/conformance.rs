@@ -13,10 +13,13 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use grantmesh_agency::store::{NewProposal, ProposalStore};
-use grantmesh_college::store::{AccountRow, AccountStore, NewAccount, ResearcherRow, StoreError};
+use grantmesh_college::store::{
+    AccountRow, AccountStore, Credential, NewAccount, ResearcherRow, StoreError,
+    USED_CREDENTIAL_MARGIN,
+};
 use grantmesh_store::{Notice, Notifications};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -186,6 +189,9 @@ conformance!(
     a_subscriber_hears_of_a_withdrawal_and_a_membership_change,
     a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another,
     agency_proposals_are_recorded_once_per_key_listed_and_awaiting_accounts,
+    an_agency_credential_opens_one_account_once_across_instances,
+    sixteen_concurrent_uses_of_one_agency_credential_open_one_account,
+    used_agency_credentials_are_forgotten_only_well_past_their_expiry,
 );
 
 // ---------------------------------------------------------------------------
@@ -215,11 +221,20 @@ async fn open(accounts: &AccountStore, pi: Uuid, award: i64, duration_days: u32)
             principal_investigator: pi,
             award,
             duration_days,
+            credential: credential(),
         })
         .await
         .expect("open an account");
     assert!(created);
     account
+}
+
+/// A fresh agency credential, as a College records it, valid for a minute.
+fn credential() -> Credential {
+    Credential {
+        jti: Uuid::new_v4(),
+        expires_at: SystemTime::now() + Duration::from_secs(60),
+    }
 }
 
 /// A withdrawal as a client makes it: retried with the same key while the
@@ -292,6 +307,7 @@ async fn opening_an_account_twice_for_one_proposal_returns_the_first(store: &Tes
         principal_investigator: pi.id,
         award: 5_000,
         duration_days: 30,
+        credential: credential(),
     };
     let (first, created) = accounts.open_account(&new).await.unwrap();
     assert!(created);
@@ -310,6 +326,7 @@ async fn opening_an_account_twice_for_one_proposal_returns_the_first(store: &Tes
         .open_account(&NewAccount {
             title: "Tides, again",
             award: 9_000,
+            credential: credential(),
             ..new
         })
         .await
@@ -325,11 +342,158 @@ async fn opening_an_account_twice_for_one_proposal_returns_the_first(store: &Tes
         .open_account(&NewAccount {
             proposal_id: "proposal-2",
             principal_investigator: Uuid::new_v4(),
+            credential: credential(),
             ..new
         })
         .await
         .unwrap_err();
     assert_eq!(code(unknown), tonic::Code::NotFound);
+}
+
+async fn an_agency_credential_opens_one_account_once_across_instances(store: &TestStore) {
+    // Two College instances on one store.
+    let (first, _) = college(store, REAL_DAY).await;
+    let (second, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&first, "pi").await;
+    let used = credential();
+    let new = NewAccount {
+        proposal_id: "proposal-a",
+        agency: "nsf",
+        title: "Tides",
+        principal_investigator: pi.id,
+        award: 5_000,
+        duration_days: 30,
+        credential: used,
+    };
+    // A call that fails (no such principal investigator) spends nothing.
+    let failed = first
+        .open_account(&NewAccount {
+            principal_investigator: Uuid::new_v4(),
+            ..new
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(failed), tonic::Code::NotFound);
+    let (account, created) = first.open_account(&new).await.unwrap();
+    assert!(created);
+
+    // The same credential again, at the other instance, for the same
+    // proposal or another one: refused, and nothing opened.
+    for proposal_id in ["proposal-a", "proposal-b"] {
+        let replay = second
+            .open_account(&NewAccount { proposal_id, ..new })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(replay, StoreError::PermissionDenied(ref msg) if msg == "this agency credential was already used"),
+            "{replay:?}"
+        );
+        assert_eq!(code(replay), tonic::Code::PermissionDenied);
+    }
+    assert_eq!(first.accounts_of(pi.id).await.unwrap().len(), 1);
+
+    // The agency's retry comes with a new credential and finds the account.
+    let (again, created) = second
+        .open_account(&NewAccount {
+            credential: credential(),
+            ..new
+        })
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!((again.id, again.balance), (account.id, 5_000));
+    // proposal-b was never opened by the replay.
+    let (other, created) = second
+        .open_account(&NewAccount {
+            proposal_id: "proposal-b",
+            credential: credential(),
+            ..new
+        })
+        .await
+        .unwrap();
+    assert!(created);
+    assert_ne!(other.id, account.id);
+}
+
+async fn sixteen_concurrent_uses_of_one_agency_credential_open_one_account(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let used = credential();
+    let calls = (0..16).map(|n| {
+        let accounts = accounts.clone();
+        tokio::spawn(async move {
+            let proposal_id = format!("concurrent-{n}");
+            // Contention (a busy SQLite file) is retried, as the agency would.
+            for _ in 0..RETRIES {
+                let result = accounts
+                    .open_account(&NewAccount {
+                        proposal_id: &proposal_id,
+                        agency: "nsf",
+                        title: "Race",
+                        principal_investigator: pi.id,
+                        award: 1_000,
+                        duration_days: 30,
+                        credential: used,
+                    })
+                    .await;
+                if !matches!(result, Err(StoreError::Contended(_))) {
+                    return result;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("still contended after {RETRIES} tries");
+        })
+    });
+    let mut opened = 0;
+    for call in futures::future::join_all(calls).await {
+        match call.unwrap() {
+            Ok((_, created)) => {
+                assert!(created);
+                opened += 1;
+            }
+            Err(err) => assert_eq!(code(err), tonic::Code::PermissionDenied),
+        }
+    }
+    assert_eq!(opened, 1);
+    assert_eq!(accounts.accounts_of(pi.id).await.unwrap().len(), 1);
+}
+
+async fn used_agency_credentials_are_forgotten_only_well_past_their_expiry(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let now = SystemTime::now();
+    let long_expired = Credential {
+        jti: Uuid::new_v4(),
+        expires_at: now - 2 * USED_CREDENTIAL_MARGIN,
+    };
+    let just_expired = Credential {
+        jti: Uuid::new_v4(),
+        expires_at: now - Duration::from_secs(1),
+    };
+    for (n, used) in [long_expired, just_expired, credential()]
+        .into_iter()
+        .enumerate()
+    {
+        let proposal_id = format!("cleanup-{n}");
+        accounts
+            .open_account(&NewAccount {
+                proposal_id: &proposal_id,
+                agency: "nsf",
+                title: "Cleanup",
+                principal_investigator: pi.id,
+                award: 1_000,
+                duration_days: 30,
+                credential: used,
+            })
+            .await
+            .unwrap();
+    }
+    // Recording the later ones deleted the long-expired record only.
+    let remaining = store
+        .execute("DELETE FROM agency_credentials")
+        .await
+        .unwrap();
+    assert_eq!(remaining, 2);
 }
 
 async fn only_the_principal_investigator_changes_members_and_never_removes_themself(
@@ -861,6 +1025,7 @@ async fn a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another(
         day_length: REAL_DAY,
         keys: keys.clone(),
         pool_size: 4,
+        agencies: [("nsf".to_owned(), (1, 1_000_000))].into(),
     };
     let closing = CancellationToken::new();
     let writer = CollegeService::start(config("college-a"), &store.url, closing.clone())

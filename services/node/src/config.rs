@@ -248,6 +248,19 @@ impl Default for RegistrySettings {
 /// Longest agency name, so it fits a label and a table column.
 const MAX_AGENCY_NAME: usize = 64;
 
+/// The name an agency runs under unless configured otherwise.
+pub const DEFAULT_AGENCY_NAME: &str = "grantmesh-agency";
+
+fn check_agency_name(name: &str) -> Result<()> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.len() > MAX_AGENCY_NAME || trimmed != name {
+        return Err(ConfigError::new(format!(
+            "the agency name must be 1 to {MAX_AGENCY_NAME} characters without surrounding spaces"
+        )));
+    }
+    Ok(())
+}
+
 /// A funding agency.
 #[derive(Clone)]
 pub struct AgencySettings {
@@ -281,12 +294,7 @@ impl AgencySettings {
         self.server.validate()?;
         self.mesh.validate()?;
         self.store.validate()?;
-        let name = self.name.trim();
-        if name.is_empty() || name.len() > MAX_AGENCY_NAME || name != self.name {
-            return Err(ConfigError::new(format!(
-                "the agency name must be 1 to {MAX_AGENCY_NAME} characters without surrounding spaces"
-            )));
-        }
+        check_agency_name(&self.name)?;
         if self.open_timeout.is_zero() || self.reconcile_every.is_zero() {
             return Err(ConfigError::new(
                 "the open timeout and the reconcile interval must be more than zero",
@@ -308,16 +316,30 @@ pub struct CollegeSettings {
     pub store: StoreSettings,
     /// How long one day of an account's duration lasts (simulations use a second).
     pub day_length: Duration,
+    /// The agencies this college opens accounts for, each with the band of
+    /// awards it grants; any other agency, or award, is refused.
+    pub agencies: Vec<(String, Band)>,
 }
 
 impl CollegeSettings {
+    /// A college that knows one agency, [`DEFAULT_AGENCY_NAME`] with the
+    /// default band: what an agency started with no name or band is.
     pub fn new(mesh: MeshSettings, store: StoreSettings) -> Self {
         Self {
             server: ServerSettings::default(),
             mesh,
             store,
             day_length: Duration::from_secs(24 * 60 * 60),
+            agencies: vec![(DEFAULT_AGENCY_NAME.to_owned(), Band::DEFAULT)],
         }
+    }
+
+    /// The known agencies as the College takes them: name → inclusive band.
+    pub(crate) fn agency_bands(&self) -> HashMap<String, (i64, i64)> {
+        self.agencies
+            .iter()
+            .map(|(name, band)| (name.clone(), (band.min(), band.max())))
+            .collect()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -326,6 +348,20 @@ impl CollegeSettings {
         self.store.validate()?;
         if self.day_length.is_zero() {
             return Err(ConfigError::new("the day length must be more than zero"));
+        }
+        if self.agencies.is_empty() {
+            return Err(ConfigError::new(
+                "a college must know at least one agency to open accounts for",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in &self.agencies {
+            check_agency_name(name)?;
+            if !seen.insert(name.as_str()) {
+                return Err(ConfigError::new(format!(
+                    "agency {name:?} is listed more than once; give each agency one band"
+                )));
+            }
         }
         Ok(())
     }
@@ -422,6 +458,25 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_college_knows_at_least_one_agency_each_named_once() {
+        let mesh = MeshSettings::new(vec!["http://127.0.0.1:7000".into()]);
+        let mut college = CollegeSettings::new(mesh, store());
+        assert_eq!(
+            college.agencies,
+            vec![(DEFAULT_AGENCY_NAME.to_owned(), Band::DEFAULT)]
+        );
+        assert!(college.validate().is_ok());
+        college.agencies.clear();
+        let err = college.validate().unwrap_err().to_string();
+        assert!(err.contains("at least one agency"), "{err}");
+        college.agencies = vec![("nsf".into(), Band::DEFAULT), ("".into(), Band::DEFAULT)];
+        assert!(college.validate().is_err());
+        college.agencies = vec![("nsf".into(), Band::DEFAULT), ("nsf".into(), Band::DEFAULT)];
+        let err = college.validate().unwrap_err().to_string();
+        assert!(err.contains("more than once"), "{err}");
     }
 
     #[test]

@@ -166,6 +166,7 @@ async fn start_college(settings: CollegeSettings, listener: TcpListener) -> anyh
         day_length: settings.day_length,
         keys: settings.store.keys.clone(),
         pool_size: settings.store.pool_size,
+        agencies: settings.agency_bands(),
     };
     let service = grantmesh_college::CollegeService::start(
         config,

@@ -288,7 +288,8 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
     let client = repo_root().join("clients/python/grantmesh_client.py");
     let registry = Proc::registry(&[]).await;
     let college = Proc::member("college", &registry.url(), &[]).await;
-    let agency = Proc::member("agency", &registry.url(), &[]).await;
+    // `nsf`: the agency the test colleges know.
+    let agency = Proc::member("agency", &registry.url(), &["--name", "nsf"]).await;
     assert_eventually(
         Duration::from_secs(5),
         "the agency can find the college",

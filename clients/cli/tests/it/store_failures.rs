@@ -98,15 +98,20 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
         .await
         .unwrap();
     let (pi, token) = researcher(&mut college).await;
-    let credential = keys().agency_token("nsf").unwrap();
+    let proposal_id = Uuid::new_v4().to_string();
+    // The largest award the sandbox colleges let nsf grant.
+    let award = sandbox::NSF_BAND.max();
+    let credential = keys()
+        .agency_credential("nsf", &proposal_id, award)
+        .unwrap();
     let account = college
         .open_account(authed(
             OpenAccountRequest {
-                proposal_id: Uuid::new_v4().to_string(),
+                proposal_id,
                 agency: "nsf".into(),
                 principal_investigator_id: pi,
                 title: "Restart".into(),
-                award_minor: 10_000_000,
+                award_minor: award,
                 duration_days: 30,
             },
             &credential,
@@ -189,7 +194,7 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(balance, 10_000_000 - 7 * 320);
+    assert_eq!(balance, award - 7 * 320);
     eprintln!(
         "{} calls were refused as UNAVAILABLE during the restart",
         unavailable.lock().unwrap()

@@ -144,17 +144,41 @@ pub(super) async fn researcher_by_email(pool: &Pool, email: &str) -> Result<Opti
     }))
 }
 
-/// Opens the account for a proposal, or returns the one already opened for it.
+/// Opens the account for a proposal, or returns the one already opened for
+/// it, recording the credential as used in the same transaction.
 pub(super) async fn open_account(
     pool: &Pool,
     day_length: Duration,
     new: &NewAccount<'_>,
 ) -> Result<(AccountRow, bool)> {
-    let client = pool.get().await?;
+    let mut client = pool.get().await?;
     let id = Uuid::new_v4();
     let day_ms = i64::try_from(day_length.as_millis()).unwrap_or(i64::MAX);
     let days = i64::from(new.duration_days);
-    let opened = client
+    let margin_ms = i64::try_from(USED_CREDENTIAL_MARGIN.as_millis()).unwrap_or(i64::MAX);
+    // The cleanup commits on its own, before the transaction: concurrent
+    // openings then wait on each other's deletes for one statement only.
+    client
+        .execute(
+            "DELETE FROM agency_credentials WHERE expires_at < now() - $1::bigint * interval '1 millisecond'",
+            &[&margin_ms],
+        )
+        .await?;
+    let tx = client.transaction().await?;
+    // A concurrent use of the same credential waits here for this
+    // transaction, then finds the id taken.
+    let recorded = tx
+        .execute(
+            "INSERT INTO agency_credentials (jti, agency, proposal_id, expires_at) VALUES ($1, $2, $3, $4)",
+            &[&new.credential.jti, &new.agency, &new.proposal_id, &new.credential.expires_at],
+        )
+        .await;
+    match recorded {
+        Ok(_) => {}
+        Err(err) if grantmesh_store::is_unique_violation(&err) => return Err(credential_used()),
+        Err(err) => return Err(err.into()),
+    }
+    let opened = tx
         .query_opt(
             "WITH ins AS (
                  INSERT INTO accounts (id, proposal_id, agency, title, principal_investigator, award, balance, expires_at)
@@ -177,6 +201,7 @@ pub(super) async fn open_account(
         }
         Err(err) => return Err(err.into()),
     };
+    tx.commit().await?;
     // Opened now or earlier (possibly by another instance a moment ago):
     // read it back in a fresh statement, which sees either.
     let row = client

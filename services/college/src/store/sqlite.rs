@@ -16,7 +16,9 @@
 use std::time::Duration;
 
 use grantmesh_store::Notifications;
-use grantmesh_store::sqlite::{SqliteStore, is_foreign_key_violation, is_unique_violation, time};
+use grantmesh_store::sqlite::{
+    SqliteStore, is_foreign_key_violation, is_unique_violation, millis, time,
+};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
@@ -163,9 +165,31 @@ impl Accounts {
         let lasts_ms = i64::try_from(day_length.as_millis())
             .unwrap_or(i64::MAX)
             .saturating_mul(i64::from(new.duration_days));
+        let credential = new.credential;
+        let margin_ms = i64::try_from(USED_CREDENTIAL_MARGIN.as_millis()).unwrap_or(i64::MAX);
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now: i64 = tx.query_row(concat!("SELECT ", now_ms!()), [], |row| row.get(0))?;
+            tx.execute(
+                "DELETE FROM agency_credentials WHERE expires_at < ?1",
+                params![now.saturating_sub(margin_ms)],
+            )?;
+            let recorded = tx.execute(
+                "INSERT INTO agency_credentials (jti, agency, proposal_id, expires_at, used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    credential.jti,
+                    agency,
+                    proposal_id,
+                    millis(credential.expires_at),
+                    now
+                ],
+            );
+            match recorded {
+                Ok(_) => {}
+                Err(err) if is_primary_key_violation(&err) => return Err(credential_used()),
+                Err(err) => return Err(err.into()),
+            }
             let inserted = tx.execute(
                 "INSERT INTO accounts (id, proposal_id, agency, title, principal_investigator, award, balance,
                                        opened_at, expires_at)
@@ -448,6 +472,13 @@ impl Accounts {
         })
         .await
     }
+}
+
+/// Whether a failure is a primary-key violation, which SQLite reports apart
+/// from other unique constraints.
+fn is_primary_key_violation(err: &rusqlite::Error) -> bool {
+    err.sqlite_error()
+        .is_some_and(|err| err.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
 /// The account's principal investigator, if it is `caller`. Inside an

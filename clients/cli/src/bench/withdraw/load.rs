@@ -31,6 +31,12 @@ const AGENCY: &str = "bench-agency";
 /// at 1 per call, so no withdrawal is refused for want of funds.
 const AWARD: i64 = 1_000_000_000_000;
 
+/// The bench colleges' `--agencies`: they know the bench agency, with a band
+/// of exactly the bench award.
+pub(super) fn college_agencies() -> String {
+    format!("{AGENCY}={AWARD}..{AWARD}")
+}
+
 /// Registers the bench researcher and logs in: (researcher id, bearer token).
 pub(super) async fn researcher(balancer: &Balancer) -> anyhow::Result<(String, String)> {
     const EMAIL: &str = "bench@example.org";
@@ -77,7 +83,6 @@ pub(super) async fn open_accounts(
         SERVICE_KEY.as_bytes(),
         Duration::from_secs(3600),
     )?;
-    let credential = keys.agency_token(AGENCY)?;
     let mut ids = Vec::with_capacity(n);
     for k in 1..=n {
         let request = OpenAccountRequest {
@@ -90,8 +95,12 @@ pub(super) async fn open_accounts(
         };
         let account = balancer
             .call(|channel| {
+                // One credential per call, bound to its proposal and award.
                 let mut request = tonic::Request::new(request.clone());
-                let authorized = grantmesh_auth::authorize(&mut request, &credential);
+                let authorized = keys
+                    .agency_credential(AGENCY, &request.get_ref().proposal_id, AWARD)
+                    .map_err(|err| tonic::Status::internal(err.to_string()))
+                    .and_then(|credential| grantmesh_auth::authorize(&mut request, &credential));
                 async move {
                     authorized?;
                     CollegeClient::new(channel).open_account(request).await

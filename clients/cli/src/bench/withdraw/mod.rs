@@ -381,6 +381,7 @@ async fn start_mesh(
     let registry_url = registry.url();
     children.push(registry);
     let pool_size = args.pool_size.to_string();
+    let agencies = load::college_agencies();
     let env = [
         ("DATABASE_URL", url),
         ("GRANTMESH_TOKEN_KEY", TOKEN_KEY),
@@ -398,6 +399,8 @@ async fn start_mesh(
                 &registry_url,
                 "--pool-size",
                 &pool_size,
+                "--agencies",
+                &agencies,
             ],
             |command: &mut Command| {
                 command

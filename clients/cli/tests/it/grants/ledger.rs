@@ -115,8 +115,8 @@ async fn a_retried_accept_opens_one_account() {
     let mesh = Mesh::start(DAY).await;
     let (pi, token) = mesh.researcher("ada").await;
 
-    // The College side: the same proposal opened twenty times on two instances.
-    let credential = keys().agency_token("nsf").unwrap();
+    // The College side: the same proposal opened twenty times on two
+    // instances, each time with a new credential, as an agency retries.
     let proposal_id = Uuid::new_v4().to_string();
     let colleges = [mesh.college(0).await, mesh.college(1).await];
     let opens = (0..20).map(|n| {
@@ -129,7 +129,9 @@ async fn a_retried_accept_opens_one_account() {
             award_minor: 400_000,
             duration_days: 30,
         };
-        let credential = credential.clone();
+        let credential = keys()
+            .agency_credential("nsf", &proposal_id, 400_000)
+            .unwrap();
         tokio::spawn(async move {
             college
                 .open_account(authed(request, &credential))

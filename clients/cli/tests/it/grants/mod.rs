@@ -6,6 +6,7 @@
 mod access;
 mod agencies;
 mod bad_input;
+mod credentials;
 mod flow;
 mod ledger;
 mod live;

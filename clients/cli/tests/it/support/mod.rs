@@ -76,6 +76,10 @@ impl Proc {
         if !extra.contains(&"--database-url") {
             args.extend(["--database-url", shared.as_str()]);
         }
+        // Colleges know the agency the multi-process tests start, `nsf`.
+        if role == "college" && !extra.contains(&"--agencies") {
+            args.extend(["--agencies", "nsf=300000..500000"]);
+        }
         args.extend_from_slice(extra);
         Proc::start(role, &args).await
     }

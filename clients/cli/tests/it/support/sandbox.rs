@@ -24,6 +24,18 @@ use super::{assert_eventually, authed, ids, keys};
 /// A day as long as a real one: accounts that must not expire during a test.
 pub const DAY: Duration = Duration::from_secs(86_400);
 
+/// The band of `nsf`, the sandbox's agency.
+pub const NSF_BAND: Band = Band::DEFAULT;
+
+/// The agencies sandbox colleges open accounts for: `nsf`, and `erc`, which
+/// `grants/agencies.rs` starts with a band of its own.
+pub fn known_agencies() -> Vec<(String, Band)> {
+    vec![
+        ("nsf".to_owned(), NSF_BAND),
+        ("erc".to_owned(), Band::new(100_000, 200_000).unwrap()),
+    ]
+}
+
 async fn start(role: Role) -> Node {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     grantmesh_node::start(role, listener)
@@ -76,6 +88,7 @@ pub async fn college(
     start(Role::College(CollegeSettings {
         server: server(id),
         day_length,
+        agencies: known_agencies(),
         ..CollegeSettings::new(mesh(registries), store(database_url))
     }))
     .await
@@ -163,15 +176,23 @@ impl Mesh {
         (researcher.researcher_id, login.token)
     }
 
-    /// Opens an account directly with the agencies' service credential.
+    /// Opens an account directly with a credential of the sandbox agency
+    /// whose band holds `award`.
     pub async fn open(&self, investigator: &str, award: i64, days: u32) -> Account {
-        let credential = keys().agency_token("nsf").unwrap();
+        let (agency, _) = known_agencies()
+            .into_iter()
+            .find(|(_, band)| (band.min()..=band.max()).contains(&award))
+            .unwrap_or_else(|| panic!("no sandbox agency grants an award of {award}"));
+        let proposal_id = Uuid::new_v4().to_string();
+        let credential = keys()
+            .agency_credential(&agency, &proposal_id, award)
+            .unwrap();
         self.college(0)
             .await
             .open_account(authed(
                 OpenAccountRequest {
-                    proposal_id: Uuid::new_v4().to_string(),
-                    agency: "nsf".into(),
+                    proposal_id,
+                    agency,
                     principal_investigator_id: investigator.into(),
                     title: "Test account".into(),
                     award_minor: award,
