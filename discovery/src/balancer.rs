@@ -289,7 +289,10 @@ impl Shared {
                     let same = endpoints
                         .get(&instance.id)
                         .is_some_and(|known| known.instance.address == instance.address);
-                    if !same && let Some(endpoint) = Endpoint::new(instance.clone(), &self.options.transport) {
+                    if !same
+                        && let Some(endpoint) =
+                            Endpoint::new(instance.clone(), &self.options.transport)
+                    {
                         endpoints.insert(instance.id.clone(), endpoint);
                     }
                 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use grantmesh_auth::Keys;
+use grantmesh_discovery::tls::TlsPaths;
 use grantmesh_node::config::{
     AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
 };
@@ -62,6 +63,10 @@ pub struct DevArgs {
     /// With --simulate: print the summary as JSON.
     #[arg(long, requires = "simulate")]
     json: bool,
+    /// Run in plaintext instead of TLS (by default dev makes its own CA and
+    /// certificates in the data directory).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// A simulated day: accounts of a few days expire within seconds.
@@ -80,6 +85,8 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// A running dev mesh.
 pub struct DevMesh {
+    /// The CA every node's certificate comes from (`None` with --insecure).
+    pub ca: Option<PathBuf>,
     pub registry: Node,
     pub agencies: Vec<(String, Band, Node)>,
     pub colleges: Vec<Node>,
@@ -102,6 +109,19 @@ impl DevMesh {
         let database_url = match &args.database_url {
             Some(url) => url.clone(),
             None => embedded_store(&data_dir, args.fresh)?,
+        };
+        let tls_dir = data_dir.join(crate::transport::DEV_TLS_DIR);
+        let ca = if args.insecure {
+            None
+        } else {
+            Some(dev_certificates(&tls_dir)?)
+        };
+        let server = |service: &str, id: Option<String>| ServerSettings {
+            instance_id: id,
+            tls: ca
+                .as_ref()
+                .map(|_| TlsPaths::in_dir(&tls_dir, Some(service))),
+            ..ServerSettings::default()
         };
         let store = StoreSettings {
             database_url: database_url.clone(),
@@ -129,6 +149,7 @@ impl DevMesh {
 
         let registry = start(
             Role::Registry(RegistrySettings {
+                server: server("registry", None),
                 // Nothing was registered before this process: no warm-up to wait out.
                 warmup: Duration::ZERO,
                 ..RegistrySettings::default()
@@ -148,10 +169,7 @@ impl DevMesh {
         let mut colleges = Vec::new();
         for n in 0..COLLEGES {
             let settings = CollegeSettings {
-                server: ServerSettings {
-                    instance_id: Some(format!("college-{}", n + 1)),
-                    ..ServerSettings::default()
-                },
+                server: server("college", Some(format!("college-{}", n + 1))),
                 day_length,
                 agencies: known.clone(),
                 ..CollegeSettings::new(mesh.clone(), store.clone())
@@ -162,12 +180,13 @@ impl DevMesh {
         for (n, (name, min, max)) in AGENCIES.into_iter().enumerate() {
             let band = Band::new(min, max)?;
             let mut settings = AgencySettings::new(name, mesh.clone(), store.clone());
-            settings.server.instance_id = Some(format!("agency-{name}"));
+            settings.server = server("agency", Some(format!("agency-{name}")));
             settings.band = band;
             let node = start(Role::Agency(settings), port(100 + n as u16)?).await?;
             agencies.push((name.to_owned(), band, node));
         }
         let dev = DevMesh {
+            ca,
             registry,
             agencies,
             colleges,
@@ -179,9 +198,16 @@ impl DevMesh {
 
     async fn wait_until_listed(&self) -> anyhow::Result<()> {
         let expected = self.agencies.len() + self.colleges.len();
-        let mut client = grantmesh_proto::RegistryClient::connect(self.registry.url.clone())
+        let transport =
+            crate::transport::for_urls([self.registry.url.as_str()], self.ca.as_deref())?;
+        let channel = transport
+            .channel(
+                &self.registry.url,
+                Some(grantmesh_discovery::REGISTRY_SERVICE),
+            )
             .await
             .context("failed to reach the dev registry")?;
+        let mut client = grantmesh_proto::RegistryClient::new(channel);
         for _ in 0..200 {
             let listed = client
                 .list_instances(grantmesh_proto::v1::ListInstancesRequest::default())
@@ -232,10 +258,21 @@ impl DevMesh {
             out += &format!("  college    {}   {}\n", node.url, node.instance_id);
         }
         let (nsf_name, nsf, _) = &self.agencies[0];
-        let flag = if registry.port() == 7000 && registry.ip().is_loopback() {
+        let flag = if self.registry.url == crate::transport::DEFAULT_REGISTRY {
             String::new()
         } else {
             format!(" --registry {}", self.registry.url)
+        };
+        let grpcurl = match &self.ca {
+            Some(ca) => {
+                out += &format!(
+                    "  mesh CA    {} (the CLI finds it; for other tools: export GRANTMESH_CA={})\n",
+                    ca.display(),
+                    ca.display()
+                );
+                format!("grpcurl -cacert {}", ca.display())
+            }
+            None => "grpcurl -plaintext".to_owned(),
         };
         out += &format!(
             "\nTry, in another shell:\n\
@@ -244,8 +281,8 @@ impl DevMesh {
              \x20 grantmesh{flag} login --email ada@uni.edu\n\
              \x20 grantmesh{flag} propose --title 'Protein folding' --amount {} --days 365 --agency {nsf_name}\n\
              \x20 grantmesh{flag} accounts\n\
-             \x20 grpcurl -plaintext {registry} list\n\
-             \x20 grpcurl -plaintext -d '{{\"service\":\"college\"}}' {registry} grantmesh.v1.Registry/ListInstances\n\
+             \x20 {grpcurl} {registry} list\n\
+             \x20 {grpcurl} -d '{{\"service\":\"college\"}}' {registry} grantmesh.v1.Registry/ListInstances\n\
              \nCtrl-C drains and stops every node.\n",
             (nsf.min() + nsf.max()) / 2,
         );
@@ -260,6 +297,31 @@ async fn start(role: Role, addr: SocketAddr) -> anyhow::Result<Node> {
     })?;
     grantmesh_node::start(role, listener).await
 }
+
+/// The dev mesh's CA and one certificate per service in `tls_dir`, made on
+/// first use (and a service's again when it is missing or about to
+/// expire); returns the CA certificate's path.
+fn dev_certificates(tls_dir: &Path) -> anyhow::Result<PathBuf> {
+    use grantmesh_discovery::tls::ca;
+    let ca_cert = tls_dir.join(ca::CA_CERT);
+    if !ca_cert.exists() {
+        ca::init(tls_dir).context("failed to make the dev mesh CA")?;
+    }
+    for service in ["registry", "agency", "college"] {
+        let (cert, _) = ca::leaf_files(tls_dir, service);
+        let fresh_enough = std::fs::metadata(&cert)
+            .and_then(|m| m.modified())
+            .is_ok_and(|made| made.elapsed().unwrap_or_default() < DEV_CERT_RENEW_AFTER);
+        if !fresh_enough {
+            ca::issue(tls_dir, &ca::LeafRequest::loopback(service), tls_dir)
+                .with_context(|| format!("failed to issue the dev {service} certificate"))?;
+        }
+    }
+    Ok(ca_cert)
+}
+
+/// Dev certificates are issued again well before their 90 days run out.
+const DEV_CERT_RENEW_AFTER: Duration = Duration::from_secs(60 * 24 * 60 * 60);
 
 /// The embedded store's URL in `data_dir`, emptied first when `fresh`.
 fn embedded_store(data_dir: &Path, fresh: bool) -> anyhow::Result<String> {
@@ -328,6 +390,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             dev.registry.url.clone(),
             dev.database_url.clone(),
         );
+        simulation.ca = dev.ca.clone();
         simulation.projects = args.projects;
         simulation.students = args.students;
         simulation.seed = args.seed;

@@ -15,6 +15,7 @@
 //! and how an error becomes a message and an exit code lives in [`exit`].
 
 mod bench;
+mod ca;
 mod dev;
 mod exit;
 mod ops;
@@ -23,6 +24,7 @@ mod researcher;
 mod roles;
 mod session;
 mod simulate;
+mod transport;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 
@@ -53,6 +55,9 @@ enum Command {
     Agency(roles::AgencyArgs),
     /// Run a college that keeps research accounts.
     College(roles::CollegeArgs),
+    /// The mesh's certificate authority: make one, issue a service's certificate.
+    #[command(subcommand)]
+    Ca(ca::Ca),
     /// Run the whole mesh in this process: a registry, two agencies, two colleges.
     Dev(dev::DevArgs),
     /// Measure a mesh running on this machine.
@@ -106,6 +111,7 @@ fn main() -> std::process::ExitCode {
             Command::Agency(args) => roles::run_agency(args).await,
             Command::College(args) => roles::run_college(args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Ca(command) => ca::run(command),
             Command::Bench(bench) => bench::run(bench).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Completions { .. } => unreachable!("handled before the runtime starts"),

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use grantmesh_discovery::{Balancer, BalancerOptions, parse_registry_list, with_scheme};
+use grantmesh_discovery::{Balancer, BalancerOptions, parse_registry_list};
+
+use crate::transport::with_scheme;
 use grantmesh_proto::RegistryClient;
 use grantmesh_proto::v1::{
     Instance, ListInstancesReply, ListInstancesRequest, PingRequest, WatchRequest, watch_event,
@@ -89,8 +91,8 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
 async fn health(args: HealthArgs) -> anyhow::Result<ExitCode> {
     let url = with_scheme(&args.addr);
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-            .connect()
+        let channel = crate::transport::for_urls([url.as_str()], None)?
+            .channel(&url, None)
             .await?;
         let reply = HealthClient::new(channel)
             .check(HealthCheckRequest {
@@ -115,17 +117,16 @@ async fn health(args: HealthArgs) -> anyhow::Result<ExitCode> {
 async fn first_registry(
     registries: &[String],
 ) -> Result<(String, RegistryClient<Channel>), Status> {
+    let transport = crate::transport::for_urls(registries.iter().map(String::as_str), None)
+        .map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
     for url in registries {
-        let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
-            Ok(endpoint) => endpoint.connect_timeout(REGISTRY_CONNECT_TIMEOUT),
-            Err(err) => {
-                tracing::warn!(registry = %url, error = %err, "not a registry URL");
-                continue;
+        let connect = transport.channel(url, Some(grantmesh_discovery::REGISTRY_SERVICE));
+        match tokio::time::timeout(REGISTRY_CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(channel)) => return Ok((url.clone(), RegistryClient::new(channel))),
+            Ok(Err(err)) => {
+                tracing::debug!(registry = %url, error = ?err, "registry did not answer")
             }
-        };
-        match endpoint.connect().await {
-            Ok(channel) => return Ok((url.clone(), RegistryClient::new(channel))),
-            Err(err) => tracing::debug!(registry = %url, error = %err, "registry did not answer"),
+            Err(_) => tracing::debug!(registry = %url, "registry did not answer in time"),
         }
     }
     Err(Status::unavailable(format!(
@@ -296,7 +297,10 @@ async fn ping(args: PingArgs, format: Format) -> anyhow::Result<ExitCode> {
     let balancer = Balancer::new(
         parse_registry_list(&args.registry),
         args.service.clone(),
-        BalancerOptions::default(),
+        BalancerOptions {
+            transport: crate::transport::for_registries(&args.registry, None)?,
+            ..BalancerOptions::default()
+        },
     );
     for n in 0..args.count {
         let request = PingRequest {

@@ -24,7 +24,7 @@ use crate::output::{self, Format};
 use crate::session::{Session, Store};
 
 /// Where the mesh is found when neither a flag, the environment nor the session says.
-pub const DEFAULT_REGISTRY: &str = "http://127.0.0.1:7000";
+pub use crate::transport::DEFAULT_REGISTRY;
 
 /// Proposals fetched per page; the agency caps pages anyway.
 const PROPOSALS_PAGE_SIZE: u32 = 100;
@@ -44,7 +44,7 @@ const WATCH_STABLE: Duration = Duration::from_secs(30);
 #[derive(Args, Debug, Clone)]
 pub struct Target {
     /// Registry replicas to discover instances through, comma separated
-    /// [default: the one used at login, else http://127.0.0.1:7000].
+    /// [default: the one used at login, else https://127.0.0.1:7000].
     #[arg(long, env = "GRANTMESH_REGISTRY")]
     registry: Option<String>,
     /// Bearer token; overrides the saved login session.
@@ -473,6 +473,8 @@ impl PasswordArgs {
 /// The mesh as one command sees it: the registry list, the token, the format.
 struct Mesh {
     registry: String,
+    /// TLS for an https:// registry, plaintext for an http:// one.
+    transport: grantmesh_discovery::tls::Transport,
     token: Option<String>,
     session: Option<Session>,
     format: Format,
@@ -486,6 +488,7 @@ impl Mesh {
             .or_else(|| session.as_ref().map(|s| s.registry.clone()))
             .unwrap_or_else(|| DEFAULT_REGISTRY.to_owned());
         Ok(Self {
+            transport: crate::transport::for_registries(&registry, None)?,
             registry,
             token: target.token,
             session,
@@ -511,6 +514,7 @@ impl Mesh {
     fn balancer(&self, service: &str, labels: Vec<(String, String)>) -> Balancer {
         let options = BalancerOptions {
             labels,
+            transport: self.transport.clone(),
             ..BalancerOptions::default()
         };
         Balancer::new(parse_registry_list(&self.registry), service, options)

@@ -5,13 +5,15 @@
 //! `grantmesh dev`, the tests and the benchmarks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Args;
 use grantmesh_auth::Keys;
 use grantmesh_discovery::parse_registry_list;
+use grantmesh_discovery::tls::TlsPaths;
 use grantmesh_node::config::{
     AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
     StoreSettings,
@@ -31,6 +33,23 @@ pub struct ServerArgs {
     /// How long in-flight calls get to finish on shutdown.
     #[arg(long, env = "GRANTMESH_GRACE_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]
     grace_period: Duration,
+    /// Directory with the mesh CA (ca.pem) and this role's certificate and key
+    /// (SERVICE.pem, SERVICE.key), as `grantmesh ca init` / `ca issue` write them.
+    #[arg(long, env = "GRANTMESH_TLS_DIR", conflicts_with = "insecure")]
+    tls_dir: Option<PathBuf>,
+    /// The mesh CA certificate (instead of --tls-dir).
+    #[arg(long, env = "GRANTMESH_CA", requires_all = ["cert", "key"], conflicts_with_all = ["tls_dir", "insecure"])]
+    ca: Option<PathBuf>,
+    /// This role's certificate (instead of --tls-dir).
+    #[arg(long, env = "GRANTMESH_CERT", requires = "ca")]
+    cert: Option<PathBuf>,
+    /// This role's private key (instead of --tls-dir).
+    #[arg(long, env = "GRANTMESH_KEY", requires = "ca")]
+    key: Option<PathBuf>,
+    /// Serve and call in plaintext, without TLS: for loopback experiments
+    /// only, as anyone on the network can then read and forge calls.
+    #[arg(long, env = "GRANTMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure: bool,
 }
 
 /// Flags of roles that join the mesh (agency, college).
@@ -38,16 +57,13 @@ pub struct ServerArgs {
 pub struct MeshArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// URL other instances dial to reach this one; `http://LISTEN` by default.
+    /// URL other instances dial to reach this one; `https://LISTEN` by default.
     #[arg(long, env = "GRANTMESH_ADVERTISE")]
     advertise: Option<String>,
-    /// Registry replicas to register with, comma separated.
-    #[arg(
-        long,
-        env = "GRANTMESH_REGISTRY",
-        default_value = "http://127.0.0.1:7000"
-    )]
-    registry: String,
+    /// Registry replicas to register with, comma separated
+    /// [default: https://127.0.0.1:7000, or http:// with --insecure].
+    #[arg(long, env = "GRANTMESH_REGISTRY")]
+    registry: Option<String>,
     /// How long the registry waits for a heartbeat before removing this instance.
     #[arg(long, env = "GRANTMESH_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
     ttl: Duration,
@@ -170,18 +186,42 @@ fn parse_agencies(list: &str) -> Result<AgencyBands, String> {
 }
 
 impl ServerArgs {
-    fn settings(&self) -> ServerSettings {
-        ServerSettings {
+    fn settings(&self, service: &str) -> anyhow::Result<ServerSettings> {
+        let tls = match (&self.tls_dir, &self.ca, &self.cert, &self.key) {
+            (Some(dir), ..) => Some(TlsPaths::in_dir(dir, Some(service))),
+            (None, Some(ca), Some(cert), Some(key)) => Some(TlsPaths {
+                ca: ca.clone(),
+                identity: Some((cert.clone(), key.clone())),
+            }),
+            _ if self.insecure => None,
+            _ => bail!(
+                "say how this {service} proves who it is: --tls-dir DIR (made by `grantmesh ca init` and                  `grantmesh ca issue --service {service}`), or --ca, --cert and --key;                  or --insecure to run in plaintext"
+            ),
+        };
+        Ok(ServerSettings {
             instance_id: self.instance_id.clone(),
             grace_period: self.grace_period,
-        }
+            tls,
+        })
+    }
+
+    /// `https` with TLS, `http` with --insecure.
+    fn scheme(&self) -> &'static str {
+        if self.insecure { "http" } else { "https" }
     }
 }
 
 impl MeshArgs {
     fn settings(&self) -> anyhow::Result<MeshSettings> {
+        let registries = match &self.registry {
+            Some(list) => parse_registry_list(list),
+            None => vec![format!(
+                "{}://127.0.0.1:{DEFAULT_REGISTRY_PORT}",
+                self.server.scheme()
+            )],
+        };
         Ok(MeshSettings {
-            registries: parse_registry_list(&self.registry),
+            registries,
             advertise: self.advertise.clone(),
             lease: Lease::new(self.ttl, self.heartbeat_interval)
                 .context("--ttl / --heartbeat-interval")?,
@@ -212,7 +252,7 @@ const DEFAULT_COLLEGE_PORT: u16 = 7200;
 
 pub async fn run_registry(args: RegistryArgs) -> anyhow::Result<ExitCode> {
     let role = Role::Registry(RegistrySettings {
-        server: args.server.settings(),
+        server: args.server.settings(grantmesh_registry::SERVICE)?,
         default_ttl: args.ttl,
         warmup: args.warmup,
     });
@@ -221,7 +261,7 @@ pub async fn run_registry(args: RegistryArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn run_agency(args: AgencyArgs) -> anyhow::Result<ExitCode> {
     let role = Role::Agency(AgencySettings {
-        server: args.mesh.server.settings(),
+        server: args.mesh.server.settings(grantmesh_agency::SERVICE)?,
         mesh: args.mesh.settings()?,
         store: args.store.settings()?,
         name: args.name,
@@ -234,7 +274,7 @@ pub async fn run_agency(args: AgencyArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn run_college(args: CollegeArgs) -> anyhow::Result<ExitCode> {
     let role = Role::College(CollegeSettings {
-        server: args.mesh.server.settings(),
+        server: args.mesh.server.settings(grantmesh_college::SERVICE)?,
         mesh: args.mesh.settings()?,
         store: args.store.settings()?,
         day_length: args.day_length,

@@ -141,7 +141,7 @@ mod tests {
             name: "Ada".into(),
             email: "ada@uni.edu".into(),
             expires_at: expires_at.into(),
-            registry: "http://127.0.0.1:7000".into(),
+            registry: "https://127.0.0.1:7000".into(),
         }
     }
 

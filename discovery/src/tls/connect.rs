@@ -68,6 +68,7 @@ impl Connector {
             .trim_end_matches(']')
             .to_owned();
         let port = uri.port_u16().unwrap_or(443);
+        // (The URI is the http:// form of the https:// URL: see `Transport::endpoint`.)
         let tcp = TcpStream::connect((host.as_str(), port)).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(host.clone())

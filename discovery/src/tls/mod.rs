@@ -337,18 +337,41 @@ impl Transport {
         url: &str,
         service: Option<&str>,
     ) -> Result<(tonic::transport::Endpoint, Option<connect::Connector>), TlsError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(|err| TlsError::Invalid(format!("{url:?} is not a usable URL: {err}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        match (self, endpoint.uri().scheme_str()) {
-            (Transport::Insecure, Some("http")) => Ok((endpoint, None)),
-            (Transport::Tls(material), Some("https")) => Ok((
-                endpoint,
-                Some(connect::Connector::new(material.clone(), service)),
-            )),
+        let endpoint = |url: &str| {
+            Ok::<_, TlsError>(
+                tonic::transport::Endpoint::from_shared(url.to_owned())
+                    .map_err(|err| {
+                        TlsError::Invalid(format!("{url:?} is not a usable URL: {err}"))
+                    })?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5)),
+            )
+        };
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        match (self, scheme) {
+            (Transport::Insecure, Some("http")) => Ok((endpoint(url)?, None)),
+            // tonic dials an https:// URL only with its own TLS; this
+            // connector does the TLS, so tonic is handed the same address
+            // as http:// (the port it names, or 443, is kept).
+            (Transport::Tls(material), Some("https")) => {
+                let rest = &url["https://".len()..];
+                let authority = rest.split('/').next().unwrap_or(rest);
+                let with_port = if authority
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                    && !authority.ends_with(']')
+                {
+                    format!("http://{rest}")
+                } else {
+                    format!("http://{authority}:443{}", &rest[authority.len()..])
+                };
+                Ok((
+                    endpoint(&with_port)?,
+                    Some(connect::Connector::new(material.clone(), service)),
+                ))
+            }
             (Transport::Insecure, _) => Err(TlsError::Invalid(format!(
                 "{url} needs TLS, but this process runs without it (--insecure); use an http:// URL or give it the mesh CA"
             ))),

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use grantmesh_auth::Keys;
+use grantmesh_discovery::tls::TlsPaths;
 
 /// A setting that cannot work, with a message naming it.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +123,9 @@ pub struct ServerSettings {
     pub instance_id: Option<String>,
     /// How long in-flight calls get to finish on shutdown.
     pub grace_period: Duration,
+    /// This server's TLS files (the CA, its certificate and key); `None`
+    /// serves plaintext, which the binary allows only with `--insecure`.
+    pub tls: Option<TlsPaths>,
 }
 
 /// Longest instance id accepted, so ids stay readable in listings.
@@ -129,6 +133,14 @@ const MAX_INSTANCE_ID: usize = 128;
 
 impl ServerSettings {
     fn validate(&self) -> Result<()> {
+        if let Some(tls) = &self.tls
+            && tls.identity.is_none()
+        {
+            return Err(ConfigError::new(format!(
+                "a server needs its own certificate and key beside the CA {}",
+                tls.ca.display()
+            )));
+        }
         if let Some(id) = &self.instance_id
             && (id.trim().is_empty() || id.len() > MAX_INSTANCE_ID)
         {
@@ -151,6 +163,7 @@ impl Default for ServerSettings {
         Self {
             instance_id: None,
             grace_period: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -178,9 +191,29 @@ impl MeshSettings {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// `tls`: whether this member speaks TLS, so its registries must be
+    /// `https://` URLs (and `http://` ones without).
+    fn validate(&self, tls: bool) -> Result<()> {
         if self.registries.is_empty() {
             return Err(ConfigError::new("no registry is named to register with"));
+        }
+        let scheme = if tls { "https://" } else { "http://" };
+        if let Some(url) = self.registries.iter().find(|url| !url.starts_with(scheme)) {
+            return Err(ConfigError::new(if tls {
+                format!("registry {url} is not an https:// URL, and this member speaks TLS")
+            } else {
+                format!(
+                    "registry {url} is not an http:// URL, and this member runs without TLS (--insecure)"
+                )
+            }));
+        }
+        if let Some(url) = &self.advertise
+            && !url.starts_with(scheme)
+            && url.contains("://")
+        {
+            return Err(ConfigError::new(format!(
+                "the advertised URL {url} must start with {scheme}"
+            )));
         }
         Ok(())
     }
@@ -292,7 +325,7 @@ impl AgencySettings {
 
     pub fn validate(&self) -> Result<()> {
         self.server.validate()?;
-        self.mesh.validate()?;
+        self.mesh.validate(self.server.tls.is_some())?;
         self.store.validate()?;
         check_agency_name(&self.name)?;
         if self.open_timeout.is_zero() || self.reconcile_every.is_zero() {
@@ -344,7 +377,7 @@ impl CollegeSettings {
 
     pub fn validate(&self) -> Result<()> {
         self.server.validate()?;
-        self.mesh.validate()?;
+        self.mesh.validate(self.server.tls.is_some())?;
         self.store.validate()?;
         if self.day_length.is_zero() {
             return Err(ConfigError::new("the day length must be more than zero"));
@@ -381,6 +414,15 @@ impl Role {
             Role::Registry(settings) => settings.validate(),
             Role::Agency(settings) => settings.validate(),
             Role::College(settings) => settings.validate(),
+        }
+    }
+
+    /// The server settings every role has.
+    pub fn server(&self) -> &ServerSettings {
+        match self {
+            Role::Registry(settings) => &settings.server,
+            Role::Agency(settings) => &settings.server,
+            Role::College(settings) => &settings.server,
         }
     }
 

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, bail};
 use config::{AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role};
+use grantmesh_discovery::tls::{TlsMaterial, Transport};
 use grantmesh_discovery::{Balancer, BalancerOptions, RegistrarOptions};
 use grantmesh_proto::service_names;
 use grantmesh_proto::v1::Instance;
@@ -83,23 +84,40 @@ impl Node {
 /// anything registers, so a misconfigured instance never joins the mesh.
 pub async fn start(role: Role, listener: TcpListener) -> anyhow::Result<Node> {
     role.validate()?;
+    let transport = transport(role.server())?;
     match role {
-        Role::Registry(settings) => start_registry(settings, listener),
-        Role::Agency(settings) => start_agency(settings, listener).await,
-        Role::College(settings) => start_college(settings, listener).await,
+        Role::Registry(settings) => start_registry(settings, transport, listener),
+        Role::Agency(settings) => start_agency(settings, transport, listener).await,
+        Role::College(settings) => start_college(settings, transport, listener).await,
     }
 }
 
-fn start_registry(settings: RegistrySettings, listener: TcpListener) -> anyhow::Result<Node> {
+/// The role's TLS files, read now so a missing or bad file fails start-up.
+fn transport(server: &config::ServerSettings) -> anyhow::Result<Transport> {
+    Ok(match &server.tls {
+        Some(paths) => Transport::Tls(
+            TlsMaterial::load(paths.clone()).context("failed to load this server's TLS files")?,
+        ),
+        None => Transport::Insecure,
+    })
+}
+
+fn start_registry(
+    settings: RegistrySettings,
+    transport: Transport,
+    listener: TcpListener,
+) -> anyhow::Result<Node> {
     let addr = listener.local_addr()?;
     let instance_id = settings.server.instance_id(grantmesh_registry::SERVICE);
     let mut options = ServeOptions::new(service_names::REGISTRY);
     options.grace_period = settings.server.grace_period;
+    options.transport = transport.clone();
     let registry = grantmesh_registry::RegistryService::new(
         grantmesh_registry::RegistryConfig {
             instance_id: instance_id.clone(),
             default_ttl: settings.default_ttl,
             warmup: settings.warmup,
+            require_identity: transport.is_tls(),
         },
         options.streams_closing.clone(),
     );
@@ -107,24 +125,34 @@ fn start_registry(settings: RegistrySettings, listener: TcpListener) -> anyhow::
     Ok(Node {
         service: grantmesh_registry::SERVICE,
         instance_id,
-        url: format!("http://{addr}"),
+        url: transport.url(addr),
         server,
     })
 }
 
-async fn start_agency(settings: AgencySettings, listener: TcpListener) -> anyhow::Result<Node> {
+async fn start_agency(
+    settings: AgencySettings,
+    transport: Transport,
+    listener: TcpListener,
+) -> anyhow::Result<Node> {
     let (instance, options) = join_mesh(
         &settings.mesh,
         &settings.server,
+        &transport,
         grantmesh_agency::SERVICE,
         service_names::AGENCY,
         settings.labels(),
         &listener,
     )?;
+    // The agency sends its credential only to a server whose certificate
+    // names `college`: the balancer checks that on every connection.
     let colleges = Balancer::new(
         settings.mesh.registries.clone(),
         grantmesh_college::SERVICE,
-        BalancerOptions::default(),
+        BalancerOptions {
+            transport,
+            ..BalancerOptions::default()
+        },
     );
     let config = grantmesh_agency::AgencyConfig {
         instance_id: instance.id.clone(),
@@ -152,10 +180,15 @@ async fn start_agency(settings: AgencySettings, listener: TcpListener) -> anyhow
     })
 }
 
-async fn start_college(settings: CollegeSettings, listener: TcpListener) -> anyhow::Result<Node> {
+async fn start_college(
+    settings: CollegeSettings,
+    transport: Transport,
+    listener: TcpListener,
+) -> anyhow::Result<Node> {
     let (instance, options) = join_mesh(
         &settings.mesh,
         &settings.server,
+        &transport,
         grantmesh_college::SERVICE,
         service_names::COLLEGE,
         Default::default(),
@@ -188,6 +221,7 @@ async fn start_college(settings: CollegeSettings, listener: TcpListener) -> anyh
 fn join_mesh(
     mesh: &MeshSettings,
     server: &config::ServerSettings,
+    transport: &Transport,
     service: &str,
     grpc_service: &'static str,
     labels: std::collections::HashMap<String, String>,
@@ -195,11 +229,12 @@ fn join_mesh(
 ) -> anyhow::Result<(Instance, ServeOptions)> {
     let bound = listener.local_addr()?;
     let address = match &mesh.advertise {
-        Some(url) => grantmesh_discovery::with_scheme(url),
+        Some(url) if url.contains("://") => url.clone(),
+        Some(host_port) => format!("{}://{host_port}", transport.scheme()),
         None if bound.ip().is_unspecified() => bail!(
             "listening on {bound} (all interfaces): say with --advertise which URL other instances should dial"
         ),
-        None => format!("http://{bound}"),
+        None => transport.url(bound),
     };
     let instance = Instance {
         id: server.instance_id(service),
@@ -216,10 +251,12 @@ fn join_mesh(
             instance: instance.clone(),
             heartbeat_interval: mesh.lease.heartbeat_interval(),
             ttl: mesh.lease.ttl(),
+            transport: transport.clone(),
         }),
         drain_delay: mesh.drain_delay,
         grace_period: server.grace_period,
         streams_closing: CancellationToken::new(),
+        transport: transport.clone(),
     };
     Ok((instance, options))
 }

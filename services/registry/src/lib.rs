@@ -47,6 +47,9 @@ pub struct RegistryConfig {
     /// within one heartbeat interval) before any client replaces its view
     /// with what this replica knows.
     pub warmup: Duration,
+    /// Whether writes must come from a mesh member whose certificate names
+    /// the service (TLS); `false` only on a plaintext registry (`--insecure`).
+    pub require_identity: bool,
 }
 
 /// The `grantmesh.v1.Registry` implementation.
@@ -98,11 +101,19 @@ impl Registry for RegistryService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterReply>, Status> {
+        let peer = grantmesh_discovery::tls::peer_service(&request);
         let instance = request
             .into_inner()
             .instance
             .ok_or_else(|| Status::invalid_argument("instance is required"))?;
         let ttl = validate_instance(&instance, self.config.default_ttl)?;
+        self.authorize(peer.as_deref(), &instance.service)?;
+        if self.config.require_identity && !instance.address.starts_with("https://") {
+            return Err(Status::invalid_argument(format!(
+                "instance.address {:?} must be an https:// URL: this mesh runs on TLS",
+                instance.address
+            )));
+        }
         let revision = self.state.register(instance, ttl);
         Ok(Response::new(RegisterReply {
             ttl: proto_duration(ttl),
@@ -114,9 +125,11 @@ impl Registry for RegistryService {
         &self,
         request: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterReply>, Status> {
+        let peer = grantmesh_discovery::tls::peer_service(&request);
         let request = request.into_inner();
         validate_name("service", &request.service)?;
         validate_name("instance_id", &request.instance_id)?;
+        self.authorize(peer.as_deref(), &request.service)?;
         let removed = self.state.remove(
             &request.service,
             &request.instance_id,
@@ -130,9 +143,11 @@ impl Registry for RegistryService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
+        let peer = grantmesh_discovery::tls::peer_service(&request);
         let request = request.into_inner();
         validate_name("service", &request.service)?;
         validate_name("instance_id", &request.instance_id)?;
+        self.authorize(peer.as_deref(), &request.service)?;
         match self.state.heartbeat(&request.service, &request.instance_id) {
             Some(ttl) => Ok(Response::new(HeartbeatReply {
                 ttl: proto_duration(ttl),
@@ -147,9 +162,11 @@ impl Registry for RegistryService {
         &self,
         request: Request<Streaming<KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let peer = grantmesh_discovery::tls::peer_service(&request);
         let mut beats = request.into_inner();
         let (replies, reply_stream) = mpsc::channel(4);
         let state = Arc::clone(&self.state);
+        let this = self.clone();
         let closing = self.closing.clone();
         tokio::spawn(async move {
             let token = state.new_lease_token();
@@ -166,6 +183,7 @@ impl Registry for RegistryService {
                 };
                 if let Err(status) = validate_name("service", &beat.service)
                     .and_then(|()| validate_name("instance_id", &beat.instance_id))
+                    .and_then(|()| this.authorize(peer.as_deref(), &beat.service))
                 {
                     let _ = replies.send(Err(status)).await;
                     break false;
@@ -254,6 +272,28 @@ impl Registry for RegistryService {
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
         grantmesh_server::ping(request, &self.config.instance_id, SERVICE).await
+    }
+}
+
+impl RegistryService {
+    /// Writes for `service` come only from a mesh member whose certificate
+    /// names it. Reads (`ListInstances`, `Watch`) stay open to any TLS
+    /// client: researchers' tools must find agencies and colleges without a
+    /// mesh certificate, addresses are not secrets, and whoever dials an
+    /// instance checks that its certificate names the service it expects.
+    fn authorize(&self, peer: Option<&str>, service: &str) -> Result<(), Status> {
+        if !self.config.require_identity {
+            return Ok(());
+        }
+        match peer {
+            Some(peer) if peer == service => Ok(()),
+            Some(peer) => Err(Status::permission_denied(format!(
+                "your certificate names service {peer:?}: you may register, renew or remove instances of {peer:?} only, not of {service:?}"
+            ))),
+            None => Err(Status::unauthenticated(format!(
+                "registering, renewing or removing an instance of {service:?} needs a mesh certificate naming {service:?} (a client certificate from the mesh CA)"
+            ))),
+        }
     }
 }
 

@@ -94,29 +94,30 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_routes(routes);
-    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match &options.transport {
-            Transport::Tls(material) => {
-                material
-                    .server_config()
-                    .context("this server has no usable certificate")?;
-                Box::pin(builder.serve_with_incoming_shutdown(
-                    grantmesh_discovery::tls::incoming(listener, material.clone()),
-                    stop_accepting.clone().cancelled_owned(),
-                ))
-            }
-            Transport::Insecure => {
-                tracing::warn!(
-                    %local_addr,
-                    service = options.grpc_service,
-                    "PLAINTEXT: serving without TLS (--insecure); anyone on the network can read and forge calls"
-                );
-                Box::pin(builder.serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    stop_accepting.clone().cancelled_owned(),
-                ))
-            }
-        };
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match &options.transport {
+        Transport::Tls(material) => {
+            material
+                .server_config()
+                .context("this server has no usable certificate")?;
+            Box::pin(builder.serve_with_incoming_shutdown(
+                grantmesh_discovery::tls::incoming(listener, material.clone()),
+                stop_accepting.clone().cancelled_owned(),
+            ))
+        }
+        Transport::Insecure => {
+            tracing::warn!(
+                %local_addr,
+                service = options.grpc_service,
+                "PLAINTEXT: serving without TLS (--insecure); anyone on the network can read and forge calls"
+            );
+            Box::pin(builder.serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stop_accepting.clone().cancelled_owned(),
+            ))
+        }
+    };
     let mut server = server;
 
     let registrar = options.registration.clone().map(Registrar::start);

@@ -39,7 +39,7 @@ use summary::{AuditOutcome, Summary, Tally};
 pub const EXIT_INVARIANT_BREACHED: u8 = crate::exit::INVARIANT_BREACHED;
 
 /// Default registry, as every other command has it.
-const DEFAULT_REGISTRY: &str = "http://127.0.0.1:7000";
+const DEFAULT_REGISTRY: &str = crate::transport::DEFAULT_REGISTRY;
 const DEFAULT_PROJECTS: u32 = 8;
 const DEFAULT_STUDENTS: u32 = 3;
 /// Default requests straddle the agency's default band of 300 000–500 000,
@@ -100,6 +100,10 @@ pub struct SimulateArgs {
         required_unless_present = "no_audit"
     )]
     pub database_url: Option<String>,
+    /// The mesh CA to trust for https:// registries [default: GRANTMESH_CA,
+    /// else the CA `grantmesh dev` keeps in its data directory].
+    #[arg(long, env = "GRANTMESH_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// Skip the audit (no database needed); the summary says it was skipped.
     #[arg(long)]
     pub no_audit: bool,
@@ -124,6 +128,7 @@ impl SimulateArgs {
             max_duration: DEFAULT_MAX_DURATION,
             retry_percent: DEFAULT_RETRY_PERCENT,
             database_url: Some(database_url.into()),
+            ca: None,
             no_audit: false,
             json: false,
         }
@@ -205,18 +210,18 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(plan::random_seed);
     eprintln!("simulate: seed {seed} (repeat the same choices with --seed {seed})");
     let registries = parse_registry_list(&args.registry);
+    let options = BalancerOptions {
+        transport: crate::transport::for_registries(&args.registry, args.ca.as_deref())?,
+        ..BalancerOptions::default()
+    };
     let tally = Arc::new(Mutex::new(Tally::default()));
     let world = Arc::new(actors::World {
         agencies: Balancer::new(
             registries.clone(),
             grantmesh_agency::SERVICE,
-            BalancerOptions::default(),
+            options.clone(),
         ),
-        colleges: Balancer::new(
-            registries,
-            grantmesh_college::SERVICE,
-            BalancerOptions::default(),
-        ),
+        colleges: Balancer::new(registries, grantmesh_college::SERVICE, options),
         run_id: grantmesh_discovery::new_instance_id("sim"),
         seed,
         students: args.students,

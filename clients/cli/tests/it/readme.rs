@@ -72,7 +72,7 @@ async fn dev(data_dir: &Path) -> (tokio::process::Child, HashMap<u16, String>) {
             let mut words = line.split_whitespace();
             if let (Some(role @ ("registry" | "agency" | "college")), Some(url)) =
                 (words.next(), words.next())
-                && let Some(addr) = url.strip_prefix("http://")
+                && let Some(addr) = url.strip_prefix("https://")
             {
                 urls.entry(role.to_owned())
                     .or_default()
@@ -123,7 +123,7 @@ async fn the_readme_walkthrough_runs_as_written_against_grantmesh_dev() {
             .env("HOME", home.path())
             .env("GRANTMESH_CONFIG_DIR", home.path().join("config"))
             .env("GRANTMESH_DATA_DIR", home.path().join("data"))
-            .env("GRANTMESH_REGISTRY", format!("http://{}", ports[&7000]))
+            .env("GRANTMESH_REGISTRY", format!("https://{}", ports[&7000]))
             .env("GRANTMESH_README_TEST", "1")
             .env_remove("GRANTMESH_TOKEN")
             .env_remove("DATABASE_URL")
