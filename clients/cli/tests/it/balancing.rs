@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::assert_eventually;
-use crate::support::sandbox;
+use crate::support::{sandbox, tls};
 use grantmesh_discovery::{Balancer, BalancerOptions};
 use grantmesh_node::Node;
 use grantmesh_proto::v1::{DeregisterRequest, Instance, PingRequest, RegisterRequest};
@@ -35,8 +35,9 @@ async fn start_college(id: &str) -> Node {
     .await
 }
 
+/// Registers `server` by hand, as a college would (with a college certificate).
 async fn register(registry: &Node, id: &str, server: &Node) {
-    let mut client = RegistryClient::connect(registry.url.clone()).await.unwrap();
+    let mut client = RegistryClient::new(tls::channel_as(&registry.url, "college").await);
     let instance = Instance {
         id: id.into(),
         service: "college".into(),
@@ -52,7 +53,7 @@ async fn register(registry: &Node, id: &str, server: &Node) {
 }
 
 async fn deregister(registry: &Node, id: &str) {
-    let mut client = RegistryClient::connect(registry.url.clone()).await.unwrap();
+    let mut client = RegistryClient::new(tls::channel_as(&registry.url, "college").await);
     let reply = client
         .deregister(DeregisterRequest {
             service: "college".into(),
@@ -84,7 +85,10 @@ async fn no_call_that_starts_after_a_removal_reaches_the_removed_instance() {
     let balancer = Balancer::new(
         vec![registry.url.clone()],
         "college",
-        BalancerOptions::default(),
+        BalancerOptions {
+            transport: tls::transport(&registry.url),
+            ..BalancerOptions::default()
+        },
     );
     assert_eventually(Duration::from_secs(5), "both colleges seen", || async {
         balancer.view().instances.len() == 2
@@ -167,7 +171,7 @@ async fn no_call_that_starts_after_a_removal_reaches_the_removed_instance() {
 
     // college-b is still alive and answering: it was only ever the balancer
     // that kept calls away from it.
-    let mut direct = CollegeClient::connect(b.url.clone()).await.unwrap();
+    let mut direct = CollegeClient::new(tls::channel(&b.url).await);
     assert_eq!(
         direct
             .ping(PingRequest::default())
@@ -187,7 +191,10 @@ async fn the_last_known_instances_are_kept_while_no_registry_answers() {
     let balancer = Balancer::new(
         vec![registry.url.clone()],
         "college",
-        BalancerOptions::default(),
+        BalancerOptions {
+            transport: tls::transport(&registry.url),
+            ..BalancerOptions::default()
+        },
     );
     assert_eventually(Duration::from_secs(5), "college seen", || async {
         balancer.view().instances.len() == 1
@@ -210,6 +217,7 @@ async fn a_call_with_no_live_instance_fails_unavailable_naming_the_service() {
     let registry = start_registry().await;
     let options = BalancerOptions {
         wait_for_instances: Duration::from_millis(200),
+        transport: tls::transport(&registry.url),
         ..BalancerOptions::default()
     };
     let balancer = Balancer::new(vec![registry.url.clone()], "college", options);
@@ -234,7 +242,10 @@ async fn a_call_to_a_dead_instance_is_retried_on_a_live_one() {
     let balancer = Balancer::new(
         vec![registry.url.clone()],
         "college",
-        BalancerOptions::default(),
+        BalancerOptions {
+            transport: tls::transport(&registry.url),
+            ..BalancerOptions::default()
+        },
     );
     assert_eventually(Duration::from_secs(5), "both seen", || async {
         balancer.view().instances.len() == 2
@@ -255,7 +266,7 @@ async fn a_fresh_registry_holds_its_first_snapshot_until_the_mesh_has_registered
         Duration::from_millis(600),
     )
     .await;
-    let mut client = RegistryClient::connect(registry.url.clone()).await.unwrap();
+    let mut client = RegistryClient::new(tls::channel(&registry.url).await);
     let mut events = client
         .watch(grantmesh_proto::v1::WatchRequest {
             service: "college".into(),

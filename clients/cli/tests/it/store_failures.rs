@@ -94,9 +94,7 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
         &["http://127.0.0.1:9"],
     )
     .await;
-    let mut college = CollegeClient::connect(college_server.url.clone())
-        .await
-        .unwrap();
+    let mut college = CollegeClient::new(crate::support::tls::channel(&college_server.url).await);
     let (pi, token) = researcher(&mut college).await;
     let proposal_id = Uuid::new_v4().to_string();
     // The largest award the sandbox colleges let nsf grant.

@@ -25,6 +25,7 @@ async fn several_named_agencies_each_decide_by_their_own_band() {
     // Clients choose an agency by its label among all registered agencies.
     let options = grantmesh_discovery::BalancerOptions {
         labels: vec![("agency".into(), "erc".into())],
+        transport: crate::support::tls::transport(&mesh.registry.url),
         ..Default::default()
     };
     let agencies =

@@ -6,6 +6,7 @@
 
 pub mod db;
 pub mod sandbox;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -142,9 +143,7 @@ pub async fn python_env_bin() -> PathBuf {
 
 /// The live instances of `service` as the registry at `url` lists them.
 pub async fn list(url: &str, service: &str) -> Vec<Instance> {
-    let mut client = RegistryClient::connect(url.to_owned())
-        .await
-        .expect("connect to registry");
+    let mut client = RegistryClient::new(tls::channel(url).await);
     let mut instances = client
         .list_instances(ListInstancesRequest {
             service: service.to_owned(),
@@ -163,9 +162,7 @@ pub async fn ids(url: &str, service: &str) -> Vec<String> {
 
 /// Follows `Watch` for a service; every event arrives with the moment it was received.
 pub async fn watch(url: &str, service: &str) -> mpsc::UnboundedReceiver<(Instant, WatchEvent)> {
-    let mut client = RegistryClient::connect(url.to_owned())
-        .await
-        .expect("connect to registry");
+    let mut client = RegistryClient::new(tls::channel(url).await);
     let mut stream = client
         .watch(WatchRequest {
             service: service.to_owned(),

@@ -43,9 +43,11 @@ async fn start(role: Role) -> Node {
         .unwrap_or_else(|err| panic!("the node starts: {err:#}"))
 }
 
-fn server(id: &str) -> ServerSettings {
+/// A server of `service` on TLS with the test CA's certificate.
+fn server(service: &str, id: &str) -> ServerSettings {
     ServerSettings {
         instance_id: Some(id.to_owned()),
+        tls: Some(super::tls::paths(service)),
         ..ServerSettings::default()
     }
 }
@@ -71,7 +73,7 @@ pub fn store(database_url: &str) -> StoreSettings {
 /// started) and the given default TTL.
 pub async fn registry(id: &str, default_ttl: Duration, warmup: Duration) -> Node {
     start(Role::Registry(RegistrySettings {
-        server: server(id),
+        server: server("registry", id),
         default_ttl,
         warmup,
     }))
@@ -86,7 +88,7 @@ pub async fn college(
     registries: &[&str],
 ) -> Node {
     start(Role::College(CollegeSettings {
-        server: server(id),
+        server: server("college", id),
         day_length,
         agencies: known_agencies(),
         ..CollegeSettings::new(mesh(registries), store(database_url))
@@ -97,7 +99,7 @@ pub async fn college(
 /// An agency called `name` (instance id `agency-NAME`) registered with `registry`.
 pub async fn agency(database_url: &str, registry: &str, name: &str, band: Band) -> Node {
     let mut settings = AgencySettings::new(name, mesh(&[registry]), store(database_url));
-    settings.server = server(&format!("agency-{name}"));
+    settings.server = server("agency", &format!("agency-{name}"));
     settings.band = band;
     settings.open_timeout = Duration::from_secs(2);
     settings.reconcile_every = Duration::from_millis(500);
@@ -137,15 +139,11 @@ impl Mesh {
     }
 
     pub async fn college(&self, n: usize) -> CollegeClient<Channel> {
-        CollegeClient::connect(self.colleges[n].url.clone())
-            .await
-            .unwrap()
+        CollegeClient::new(super::tls::channel(&self.colleges[n].url).await)
     }
 
     pub async fn agency(&self) -> AgencyClient<Channel> {
-        AgencyClient::connect(self.agency.url.clone())
-            .await
-            .unwrap()
+        AgencyClient::new(super::tls::channel(&self.agency.url).await)
     }
 
     /// Registers and logs in a researcher; returns (id, token).
