@@ -91,7 +91,7 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
         &database,
         "college-r",
         sandbox::DAY,
-        &["http://127.0.0.1:9"],
+        &["https://127.0.0.1:9"],
     )
     .await;
     let mut college = CollegeClient::new(crate::support::tls::channel(&college_server.url).await);
