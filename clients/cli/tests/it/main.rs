@@ -12,6 +12,7 @@ mod grants;
 mod mesh;
 mod outside_clients;
 mod readme;
+mod security;
 mod simulate;
 mod store_failures;
 mod support;

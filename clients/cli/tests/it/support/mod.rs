@@ -28,6 +28,8 @@ pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
     pub name: String,
+    /// Whether it serves TLS (it was given `--tls-dir`).
+    pub tls: bool,
 }
 
 impl Proc {
@@ -63,6 +65,7 @@ impl Proc {
             child: node.child,
             addr: node.addr,
             name: node.name,
+            tls: args.contains(&"--tls-dir"),
         }
     }
 
@@ -91,7 +94,8 @@ impl Proc {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn pid(&self) -> Pid {
