@@ -192,7 +192,10 @@ async fn a_certificate_for_another_service_another_ca_or_past_its_expiry_is_refu
         .await
         .unwrap_err();
     assert!(
-        matches!(refused.code(), Code::Unavailable | Code::Unknown | Code::Cancelled),
+        matches!(
+            refused.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
         "a certificate from another CA gets no connection: {refused:?}"
     );
 
@@ -213,7 +216,10 @@ async fn a_certificate_for_another_service_another_ca_or_past_its_expiry_is_refu
         .await
         .unwrap_err();
     assert!(
-        matches!(refused.code(), Code::Unavailable | Code::Unknown | Code::Cancelled),
+        matches!(
+            refused.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
         "an expired certificate gets no connection: {refused:?}"
     );
     assert_untouched(&registry, &college, dir.path()).await;
@@ -349,4 +355,62 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
         .list_instances(ListInstancesRequest::default())
         .await
         .expect("calls work on the rotated certificate");
+}
+
+#[tokio::test]
+async fn certificates_of_a_ca_removed_from_trust_are_refused_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    tls::make(dir.path());
+    let registry = Proc::registry(&["--tls-dir", dir.path().to_str().unwrap()]).await;
+    // A college certificate of the CA in use today, kept aside.
+    let old = tempfile::tempdir().unwrap();
+    for file in ["ca.pem", "college.pem", "college.key"] {
+        std::fs::copy(dir.path().join(file), old.path().join(file)).unwrap();
+    }
+    let register = |dir: std::path::PathBuf| {
+        let url = registry.url();
+        async move {
+            let mut client = registry_as(&url, &dir, Some("college")).await?;
+            client
+                .register(college_at("college-old", "https://127.0.0.1:9"))
+                .await
+                .map(|_| ())
+                .map_err(|status| format!("{status:?}"))
+        }
+    };
+    register(old.path().to_owned())
+        .await
+        .expect("the old CA's college is accepted at first");
+
+    // The operator replaces the CA (and the registry's certificate) on disk.
+    let new = tempfile::tempdir().unwrap();
+    tls::make(new.path());
+    for file in ["registry.pem", "registry.key", "ca.pem"] {
+        std::fs::copy(new.path().join(file), dir.path().join(file)).unwrap();
+    }
+    // The old college now trusts the new CA too (so only the server's
+    // verdict on its certificate is tested), but still presents the old one.
+    let mixed = tempfile::tempdir().unwrap();
+    std::fs::copy(new.path().join("ca.pem"), mixed.path().join("ca.pem")).unwrap();
+    for file in ["college.pem", "college.key"] {
+        std::fs::copy(old.path().join(file), mixed.path().join(file)).unwrap();
+    }
+    // Once the registry serves its new certificate, it trusts only the new CA.
+    assert_eventually(
+        Duration::from_secs(5),
+        "the new CA's college is accepted",
+        || {
+            let new = new.path().to_owned();
+            let register = register.clone();
+            async move { register(new).await.is_ok() }
+        },
+    )
+    .await;
+    let refused = register(mixed.path().to_owned())
+        .await
+        .expect_err("the old CA's certificate is refused");
+    assert!(
+        !refused.contains("BadSignature"),
+        "refused by the server, not the client: {refused}"
+    );
 }
