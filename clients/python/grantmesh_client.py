@@ -3,7 +3,8 @@
 
 It doubles as an example of calling grantmesh from Python and as a CLI for
 poking at a running mesh. Every subcommand is a thin wrapper around a plain
-function (``list_instances``, ``ping``, ``health``, ``watch``, ``run_flow``)
+function (``list_instances``, ``register``, ``ping``, ``health``, ``watch``,
+``run_flow``)
 that takes a ``grpc.Channel`` and returns plain dicts, so tests can import and
 call them directly.
 
@@ -58,6 +59,7 @@ if _HERE not in sys.path:
 
 try:
     import grpc
+    from google.protobuf import duration_pb2
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from grantmesh.v1 import (
@@ -263,6 +265,29 @@ def list_instances(channel: grpc.Channel, service: str = "", timeout: float = DE
     stub = registry_pb2_grpc.RegistryStub(channel)
     reply = stub.ListInstances(registry_pb2.ListInstancesRequest(service=service), timeout=timeout)
     return [instance_to_dict(i) for i in reply.instances]
+
+
+def register(
+    channel: grpc.Channel,
+    service: str,
+    instance_id: str,
+    address: str,
+    ttl_seconds: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> dict[str, Any]:
+    """``Registry/Register`` one instance by hand; returns the TTL applied and the revision.
+
+    On a TLS mesh the channel must present a client certificate naming
+    ``service`` (``Tls(ca, cert, key)``), else the registry answers
+    UNAUTHENTICATED (no certificate) or PERMISSION_DENIED (another service's).
+    The registration lapses after its TTL unless renewed.
+    """
+    instance = registry_pb2.Instance(id=instance_id, service=service, address=address)
+    if ttl_seconds is not None:
+        instance.ttl.CopyFrom(duration_pb2.Duration(seconds=ttl_seconds))
+    stub = registry_pb2_grpc.RegistryStub(channel)
+    reply = stub.Register(registry_pb2.RegisterRequest(instance=instance), timeout=timeout)
+    return {"ttl_seconds": reply.ttl.seconds + reply.ttl.nanos / 1e9, "revision": reply.revision}
 
 
 _PING_STUBS = {
@@ -487,6 +512,12 @@ def _cmd_list_instances(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_register(args: argparse.Namespace) -> int:
+    with open_channel(args.registry, args.tls) as ch:
+        _emit(register(ch, args.service, args.id, args.address, ttl_seconds=args.ttl, timeout=args.timeout))
+    return 0
+
+
 def _cmd_ping(args: argparse.Namespace) -> int:
     with open_channel(args.target, args.tls) as ch:
         _emit(ping(ch, args.service, message=args.message, delay_ms=args.delay_ms, timeout=args.timeout))
@@ -575,6 +606,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--service", default="", help="only this service (default: every service)")
     _add_connection_options(s, top_level=False)
     s.set_defaults(func=_cmd_list_instances)
+
+    s = sub.add_parser("register", help="Registry/Register by hand (needs --cert/--key naming the service)")
+    s.add_argument("--registry", required=True, metavar="HOST:PORT")
+    s.add_argument("--service", required=True)
+    s.add_argument("--id", required=True, help="the instance id")
+    s.add_argument("--address", required=True, metavar="URL", help="what clients dial, e.g. https://127.0.0.1:7299")
+    s.add_argument("--ttl", type=_positive_int, default=None, metavar="SECONDS",
+                   help="lease length (default: the registry's)")
+    _add_connection_options(s, top_level=False)
+    s.set_defaults(func=_cmd_register)
 
     s = sub.add_parser("ping", help="<Service>/Ping: print the reply as JSON")
     s.add_argument("--target", required=True, metavar="HOST:PORT")
