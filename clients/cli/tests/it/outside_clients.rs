@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::*;
+use grantmesh_discovery::tls::ca;
 use tokio::process::Command;
 
 /// Variables the Python client reads; cleared so a developer's shell cannot
@@ -63,16 +64,13 @@ fn tls_dir() -> &'static str {
 
 /// The CA certificate the outside clients trust (`grpcurl -cacert`, `--ca`).
 fn ca() -> String {
-    tls::dir().join("ca.pem").display().to_string()
+    tls::dir().join(ca::CA_CERT).display().to_string()
 }
 
-/// A certificate and its key from the test CA, as `(cert, key)` paths.
+/// A service's certificate and key from the test CA, as `(cert, key)` paths.
 fn identity(service: &str) -> (String, String) {
-    let dir = tls::dir();
-    (
-        dir.join(format!("{service}.pem")).display().to_string(),
-        dir.join(format!("{service}.key")).display().to_string(),
-    )
+    let (cert, key) = ca::leaf_files(tls::dir(), service);
+    (cert.display().to_string(), key.display().to_string())
 }
 
 /// How clients reach a process on a TLS mesh.
