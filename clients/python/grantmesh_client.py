@@ -4,9 +4,9 @@
 It doubles as an example of calling grantmesh from Python and as a CLI for
 poking at a running mesh. Every subcommand is a thin wrapper around a plain
 function (``list_instances``, ``register``, ``ping``, ``health``, ``watch``,
-``run_flow``)
-that takes a ``grpc.Channel`` and returns plain dicts, so tests can import and
-call them directly.
+``run_flow``) that takes a ``grpc.Channel`` and returns plain dicts, so tests
+can import and call them directly; ``open_channel(target, Tls(...) | None)``
+makes the channel.
 
 Setup (once; generates the stubs and prints the venv's bin dir)::
 
