@@ -3,25 +3,38 @@
 
 It doubles as an example of calling grantmesh from Python and as a CLI for
 poking at a running mesh. Every subcommand is a thin wrapper around a plain
-function (``list_instances``, ``ping``, ``health``, ``watch``, ``run_flow``)
-that takes a ``grpc.Channel`` and returns plain dicts, so tests can import and
-call them directly.
+function (``list_instances``, ``register``, ``ping``, ``health``, ``watch``,
+``run_flow``) that takes a ``grpc.Channel`` and returns plain dicts, so tests
+can import and call them directly; ``open_channel(target, Tls(...) | None)``
+makes the channel.
 
 Setup (once; generates the stubs and prints the venv's bin dir)::
 
     BIN=$(scripts/python-env | tail -1)
 
-Use::
+A grantmesh mesh speaks TLS with its own CA, so every command needs that CA
+(``--ca PATH`` or ``GRANTMESH_CA``); for ``grantmesh dev`` it is
+``${GRANTMESH_DATA_DIR:-$HOME/.local/share/grantmesh}/tls/ca.pem``. A mesh
+started with ``--insecure`` is reached with ``--plaintext`` instead. Without
+either the client refuses to guess and says what is missing. Use::
 
+    export GRANTMESH_CA=${GRANTMESH_DATA_DIR:-$HOME/.local/share/grantmesh}/tls/ca.pem
     "$BIN/python" clients/python/grantmesh_client.py list-instances --registry 127.0.0.1:7000
     "$BIN/python" clients/python/grantmesh_client.py ping --target 127.0.0.1:7000 --service registry
     "$BIN/python" clients/python/grantmesh_client.py health --target 127.0.0.1:7000
     "$BIN/python" clients/python/grantmesh_client.py watch --registry 127.0.0.1:7000 --service college --events 3
-    "$BIN/python" clients/python/grantmesh_client.py flow --agency 127.0.0.1:7101 --college 127.0.0.1:7201
+    "$BIN/python" clients/python/grantmesh_client.py flow --agency 127.0.0.1:7100 --college 127.0.0.1:7200
 
-Targets are ``HOST:PORT``; an ``http://`` prefix (the form instances register
-under in the Registry) is accepted and stripped, ``https://`` selects TLS with
-the system roots.
+Researchers need only the CA (they authenticate with a bearer token); a mesh
+member's certificate (``--cert PATH --key PATH``, or ``GRANTMESH_CERT`` /
+``GRANTMESH_KEY``) is presented as the client certificate, which the
+registry requires for Register/Heartbeat/KeepAlive/Deregister.
+
+Targets are ``HOST:PORT``; the ``https://`` (or, on an ``--insecure`` mesh,
+``http://``) prefix that instances register under is accepted and stripped,
+and must agree with the choice of TLS or plaintext. The server's certificate
+must name the host dialled (grantmesh certificates name ``127.0.0.1`` and
+``localhost`` unless issued with other names).
 
 Output is JSON (one object per line) on stdout; errors go to stderr. Exit
 status: 0 on success, 1 when an RPC fails or a check does not hold (``health``:
@@ -35,6 +48,7 @@ import json
 import os
 import sys
 import uuid
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 # The generated modules import each other as ``grantmesh.v1.*``: make the
@@ -45,6 +59,7 @@ if _HERE not in sys.path:
 
 try:
     import grpc
+    from google.protobuf import duration_pb2
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from grantmesh.v1 import (
@@ -76,23 +91,115 @@ SERVICES = ("registry", "agency", "college")
 # --------------------------------------------------------------------------
 
 
-def open_channel(target: str) -> grpc.Channel:
-    """Opens a channel to ``HOST:PORT`` (or ``http://HOST:PORT``, ``https://HOST:PORT``).
+class UsageError(Exception):
+    """The command line or environment does not say how to connect (exit 2)."""
 
-    Use it as a context manager so the channel is closed::
 
-        with open_channel("127.0.0.1:7000") as ch:
+@dataclass(frozen=True)
+class Tls:
+    """What a TLS channel needs: the mesh CA and, for a mesh member, its
+    certificate and key (PEM bytes).
+
+    Researchers need only ``ca``; the registry takes Register, Heartbeat,
+    KeepAlive and Deregister only from a client certificate naming the
+    service being registered.
+    """
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def from_files(cls, ca: str, cert: str | None = None, key: str | None = None) -> "Tls":
+        """Reads the PEM files; raises ``UsageError`` naming a file that cannot be read."""
+        if (cert is None) != (key is None):
+            raise UsageError("--cert and --key go together: a client certificate needs its private key")
+        return cls(
+            ca=_read_pem("--ca", ca),
+            cert=_read_pem("--cert", cert) if cert else None,
+            key=_read_pem("--key", key) if key else None,
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+
+def _read_pem(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: {err.strerror or err}") from None
+    if b"-----BEGIN " not in data:
+        raise UsageError(f"{flag} {path}: not a PEM file")
+    return data
+
+
+def open_channel(target: str, tls: Tls | None) -> grpc.Channel:
+    """Opens a channel to ``HOST:PORT`` (or ``https://HOST:PORT``, ``http://HOST:PORT``).
+
+    ``tls`` is the mesh CA (and optionally a client certificate); ``None``
+    means plaintext, for a mesh started with ``--insecure``. A URL scheme
+    that disagrees with that choice is a ``UsageError``, not a silent
+    downgrade. Use it as a context manager so the channel is closed::
+
+        tls = Tls.from_files(os.environ["GRANTMESH_CA"])
+        with open_channel("127.0.0.1:7000", tls) as ch:
             print(list_instances(ch))
     """
-    if target.startswith("https://"):
-        return grpc.secure_channel(_strip_path(target[len("https://"):]), grpc.ssl_channel_credentials())
-    if target.startswith("http://"):
-        target = target[len("http://"):]
-    return grpc.insecure_channel(_strip_path(target))
+    scheme, sep, rest = target.partition("://")
+    if sep:
+        if scheme not in ("http", "https"):
+            raise UsageError(f"{target}: expected HOST:PORT, https://HOST:PORT or http://HOST:PORT")
+        if scheme == "https" and tls is None:
+            raise UsageError(f"{target} is a TLS address: give the mesh CA with --ca (or GRANTMESH_CA), not --plaintext")
+        if scheme == "http" and tls is not None:
+            raise UsageError(f"{target} is a plaintext address: a mesh started with --insecure needs --plaintext")
+        target = rest
+    target = _strip_path(target)
+    if tls is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, tls.credentials())
 
 
 def _strip_path(target: str) -> str:
     return target.split("/", 1)[0]
+
+
+def dev_ca_path() -> str:
+    """Where ``grantmesh dev`` writes its mesh CA."""
+    data = os.environ.get("GRANTMESH_DATA_DIR") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share"), "grantmesh"
+    )
+    return os.path.join(data, "tls", "ca.pem")
+
+
+def tls_from_args(args: argparse.Namespace) -> Tls | None:
+    """The ``Tls`` the connection options ask for, ``None`` for ``--plaintext``.
+
+    TLS when ``--ca``/``GRANTMESH_CA`` is given; plaintext only when asked
+    for; otherwise a ``UsageError`` saying what is missing.
+    """
+    if args.plaintext:
+        given = [flag for flag, value in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)) if value]
+        if given:
+            raise UsageError(
+                f"--plaintext contradicts {', '.join(given)} (set from the flag or GRANTMESH_* environment): "
+                "choose TLS or plaintext"
+            )
+        return None
+    if not args.ca:
+        if args.cert or args.key:
+            raise UsageError("--cert/--key need the mesh CA as well: add --ca PATH (or set GRANTMESH_CA)")
+        dev = dev_ca_path()
+        hint = f" ({dev} exists)" if os.path.exists(dev) else ""
+        raise UsageError(
+            "no mesh CA: grantmesh serves TLS with its own CA, so pass --ca PATH or set GRANTMESH_CA "
+            f"(for `grantmesh dev` it is {dev}{hint}); use --plaintext only for a mesh started with --insecure"
+        )
+    return Tls.from_files(args.ca, args.cert, args.key)
 
 
 def bearer(token: str) -> list[tuple[str, str]]:
@@ -158,6 +265,29 @@ def list_instances(channel: grpc.Channel, service: str = "", timeout: float = DE
     stub = registry_pb2_grpc.RegistryStub(channel)
     reply = stub.ListInstances(registry_pb2.ListInstancesRequest(service=service), timeout=timeout)
     return [instance_to_dict(i) for i in reply.instances]
+
+
+def register(
+    channel: grpc.Channel,
+    service: str,
+    instance_id: str,
+    address: str,
+    ttl_seconds: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> dict[str, Any]:
+    """``Registry/Register`` one instance by hand; returns the TTL applied and the revision.
+
+    On a TLS mesh the channel must present a client certificate naming
+    ``service`` (``Tls(ca, cert, key)``), else the registry answers
+    UNAUTHENTICATED (no certificate) or PERMISSION_DENIED (another service's).
+    The registration lapses after its TTL unless renewed.
+    """
+    instance = registry_pb2.Instance(id=instance_id, service=service, address=address)
+    if ttl_seconds is not None:
+        instance.ttl.CopyFrom(duration_pb2.Duration(seconds=ttl_seconds))
+    stub = registry_pb2_grpc.RegistryStub(channel)
+    reply = stub.Register(registry_pb2.RegisterRequest(instance=instance), timeout=timeout)
+    return {"ttl_seconds": reply.ttl.seconds + reply.ttl.nanos / 1e9, "revision": reply.revision}
 
 
 _PING_STUBS = {
@@ -376,27 +506,33 @@ def _emit(obj: Any) -> None:
 
 
 def _cmd_list_instances(args: argparse.Namespace) -> int:
-    with open_channel(args.registry) as ch:
+    with open_channel(args.registry, args.tls) as ch:
         for inst in list_instances(ch, args.service, timeout=args.timeout):
             _emit(inst)
     return 0
 
 
+def _cmd_register(args: argparse.Namespace) -> int:
+    with open_channel(args.registry, args.tls) as ch:
+        _emit(register(ch, args.service, args.id, args.address, ttl_seconds=args.ttl, timeout=args.timeout))
+    return 0
+
+
 def _cmd_ping(args: argparse.Namespace) -> int:
-    with open_channel(args.target) as ch:
+    with open_channel(args.target, args.tls) as ch:
         _emit(ping(ch, args.service, message=args.message, delay_ms=args.delay_ms, timeout=args.timeout))
     return 0
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    with open_channel(args.target) as ch:
+    with open_channel(args.target, args.tls) as ch:
         status = health(ch, args.service, timeout=args.timeout)
     print(status, flush=True)
     return 0 if status == "SERVING" else 1
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    with open_channel(args.registry) as ch:
+    with open_channel(args.registry, args.tls) as ch:
         try:
             for ev in watch(ch, args.service, args.events, timeout=args.max_wait):
                 _emit(ev)
@@ -407,7 +543,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _cmd_flow(args: argparse.Namespace) -> int:
-    with open_channel(args.agency) as agency, open_channel(args.college) as college:
+    with open_channel(args.agency, args.tls) as agency, open_channel(args.college, args.tls) as college:
         try:
             summary = run_flow(
                 agency,
@@ -435,6 +571,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_connection_options(p: argparse.ArgumentParser, top_level: bool) -> None:
+    """``--ca``/``--cert``/``--key``/``--plaintext``, accepted before or after
+    the command. Only the top level sets defaults (from the environment), so a
+    subcommand does not overwrite what was given before it."""
+    def default(value: Any) -> Any:
+        return value if top_level else argparse.SUPPRESS
+
+    g = p.add_argument_group("connection (TLS unless --plaintext)")
+    g.add_argument("--ca", metavar="PATH", default=default(os.environ.get("GRANTMESH_CA") or None),
+                   help="the mesh CA certificate to trust (env GRANTMESH_CA); required unless --plaintext")
+    g.add_argument("--cert", metavar="PATH", default=default(os.environ.get("GRANTMESH_CERT") or None),
+                   help="a mesh member's certificate, presented as the client certificate "
+                   "(env GRANTMESH_CERT; e.g. to register by hand)")
+    g.add_argument("--key", metavar="PATH", default=default(os.environ.get("GRANTMESH_KEY") or None),
+                   help="the private key of --cert (env GRANTMESH_KEY)")
+    g.add_argument("--plaintext", action="store_true", default=default(False),
+                   help="no TLS: only for a mesh started with --insecure")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="grantmesh_client.py",
@@ -443,24 +598,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help="deadline in seconds for each unary call (default: %(default)s)")
+    _add_connection_options(p, top_level=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("list-instances", help="Registry/ListInstances: one JSON line per instance")
     s.add_argument("--registry", required=True, metavar="HOST:PORT")
     s.add_argument("--service", default="", help="only this service (default: every service)")
+    _add_connection_options(s, top_level=False)
     s.set_defaults(func=_cmd_list_instances)
+
+    s = sub.add_parser("register", help="Registry/Register by hand (needs --cert/--key naming the service)")
+    s.add_argument("--registry", required=True, metavar="HOST:PORT")
+    s.add_argument("--service", required=True)
+    s.add_argument("--id", required=True, help="the instance id")
+    s.add_argument("--address", required=True, metavar="URL", help="what clients dial, e.g. https://127.0.0.1:7299")
+    s.add_argument("--ttl", type=_positive_int, default=None, metavar="SECONDS",
+                   help="lease length (default: the registry's)")
+    _add_connection_options(s, top_level=False)
+    s.set_defaults(func=_cmd_register)
 
     s = sub.add_parser("ping", help="<Service>/Ping: print the reply as JSON")
     s.add_argument("--target", required=True, metavar="HOST:PORT")
     s.add_argument("--service", required=True, choices=SERVICES)
     s.add_argument("--message", default="", help="echoed back (default: empty)")
     s.add_argument("--delay-ms", type=int, default=0, help="ask the server to hold the call this long")
+    _add_connection_options(s, top_level=False)
     s.set_defaults(func=_cmd_ping)
 
     s = sub.add_parser("health", help="grpc.health.v1 Check: print the status, exit 0 iff SERVING")
     s.add_argument("--target", required=True, metavar="HOST:PORT")
     s.add_argument("--service", default="", metavar="NAME",
                    help="e.g. grantmesh.v1.Registry (default: empty = the whole server)")
+    _add_connection_options(s, top_level=False)
     s.set_defaults(func=_cmd_health)
 
     s = sub.add_parser("watch", help="Registry/Watch: print N events as JSON lines")
@@ -469,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--events", type=_positive_int, required=True, metavar="N")
     s.add_argument("--max-wait", type=float, default=None, metavar="SECONDS",
                    help="give up (DEADLINE_EXCEEDED) after this long (default: wait indefinitely)")
+    _add_connection_options(s, top_level=False)
     s.set_defaults(func=_cmd_watch)
 
     s = sub.add_parser("flow", help="the whole grant flow, with invariant checks; JSON summary last")
@@ -477,23 +647,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--amount", type=_positive_int, default=400_000, help="requested minor units (default: %(default)s)")
     s.add_argument("--days", type=_positive_int, default=30, help="duration in days (default: %(default)s)")
     s.add_argument("--withdraw", type=_positive_int, default=1_000, help="minor units per withdrawal (default: %(default)s)")
+    _add_connection_options(s, top_level=False)
     s.set_defaults(func=_cmd_flow)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        args.tls = tls_from_args(args)
         return args.func(args)
+    except UsageError as err:
+        parser.print_usage(sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except grpc.RpcError as err:
         code = err.code() if hasattr(err, "code") else None
         details = err.details() if hasattr(err, "details") else str(err)
         print(f"error: {code.name if code else 'RPC'}: {details}", file=sys.stderr)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            print(f"hint: {_unavailable_hint(args.tls)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `| head -1`
         return 0
+
+
+def _unavailable_hint(tls: Tls | None) -> str:
+    if tls is None:
+        return "is the server running, and was it started with --insecure? A TLS mesh needs --ca instead of --plaintext"
+    return ("is the server running, on TLS? Check that --ca is this mesh's CA and that the server's certificate "
+            "names the host you dialled; a mesh started with --insecure needs --plaintext")
 
 
 if __name__ == "__main__":

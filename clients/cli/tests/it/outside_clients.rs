@@ -2,18 +2,32 @@
 //! generated with `grpcio-tools` from the repository's proto files. Both are
 //! set up by `scripts/python-env`, which this test runs (it is quick once the
 //! environment exists).
+//!
+//! The mesh runs on TLS, as in production: every process gets the test CA's
+//! directory ([`tls::dir`]) and the clients trust its `ca.pem`, the way a
+//! researcher or an operator would with `grantmesh dev`'s CA. One test keeps
+//! an `--insecure` mesh, to show the clients' plaintext switch still works.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::*;
+use grantmesh_discovery::tls::ca;
 use tokio::process::Command;
+
+/// Variables the Python client reads; cleared so a developer's shell cannot
+/// make a test pass (or fail) by accident.
+const CLIENT_ENV: [&str; 3] = ["GRANTMESH_CA", "GRANTMESH_CERT", "GRANTMESH_KEY"];
 
 /// Runs a command, asserts it succeeded, and returns its stdout.
 async fn run(program: &PathBuf, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(repo_root())
+    run_with_env(program, args, &[]).await
+}
+
+/// As [`run`], with these environment variables set.
+async fn run_with_env(program: &PathBuf, args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = command(program, args)
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap_or_else(|err| panic!("failed to run {}: {err}", program.display()));
@@ -27,25 +41,68 @@ async fn run(program: &PathBuf, args: &[&str]) -> String {
     stdout
 }
 
+/// Runs a command that must fail; returns its stderr and stdout.
 async fn run_failing(program: &PathBuf, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().await.unwrap();
+    let output = command(program, args).output().await.unwrap();
     assert!(!output.status.success(), "{args:?} was expected to fail");
     String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout)
+}
+
+fn command(program: &PathBuf, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).current_dir(repo_root());
+    for name in CLIENT_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// The test CA's directory, given to every process as `--tls-dir`.
+fn tls_dir() -> &'static str {
+    tls::dir().to_str().expect("a UTF-8 temp dir")
+}
+
+/// The CA certificate the outside clients trust (`grpcurl -cacert`, `--ca`).
+fn ca() -> String {
+    tls::dir().join(ca::CA_CERT).display().to_string()
+}
+
+/// A service's certificate and key from the test CA, as `(cert, key)` paths.
+fn identity(service: &str) -> (String, String) {
+    let (cert, key) = ca::leaf_files(tls::dir(), service);
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// How clients reach a process on a TLS mesh.
+fn https(process: &Proc) -> String {
+    format!("https://{}", process.addr)
+}
+
+async fn tls_registry() -> Proc {
+    Proc::registry(&["--tls-dir", tls_dir()]).await
+}
+
+/// A college or agency on the TLS mesh of `registry`.
+async fn tls_member(role: &str, registry: &Proc, extra: &[&str]) -> Proc {
+    let mut args = vec!["--tls-dir", tls_dir()];
+    args.extend_from_slice(extra);
+    Proc::member(role, &https(registry), &args).await
 }
 
 #[tokio::test]
 async fn grpcurl_lists_describes_and_calls_the_registry_without_proto_files() {
     let bin = python_env_bin().await;
     let grpcurl = bin.join("grpcurl");
-    let registry = Proc::registry(&[]).await;
-    let college = Proc::member("college", &registry.url(), &["--instance-id", "college-g"]).await;
+    let ca = ca();
+    let registry = tls_registry().await;
+    let college = tls_member("college", &registry, &["--instance-id", "college-g"]).await;
     let target = registry.addr.to_string();
     assert_eventually(Duration::from_secs(5), "college registered", || async {
-        ids(&registry.url(), "college").await == ["college-g"]
+        ids(&https(&registry), "college").await == ["college-g"]
     })
     .await;
 
-    let services = run(&grpcurl, &["-plaintext", &target, "list"]).await;
+    let services = run(&grpcurl, &["-cacert", &ca, &target, "list"]).await;
     for name in [
         "grantmesh.v1.Registry",
         "grpc.health.v1.Health",
@@ -53,7 +110,11 @@ async fn grpcurl_lists_describes_and_calls_the_registry_without_proto_files() {
     ] {
         assert!(services.contains(name), "{name} missing from:\n{services}");
     }
-    let college_services = run(&grpcurl, &["-plaintext", &college.addr.to_string(), "list"]).await;
+    let college_services = run(
+        &grpcurl,
+        &["-cacert", &ca, &college.addr.to_string(), "list"],
+    )
+    .await;
     assert!(
         college_services.contains("grantmesh.v1.College"),
         "{college_services}"
@@ -67,14 +128,15 @@ async fn grpcurl_lists_describes_and_calls_the_registry_without_proto_files() {
 
     let described = run(
         &grpcurl,
-        &["-plaintext", &target, "describe", "grantmesh.v1.Registry"],
+        &["-cacert", &ca, &target, "describe", "grantmesh.v1.Registry"],
     )
     .await;
     assert!(described.contains("rpc KeepAlive ( stream .grantmesh.v1.KeepAliveRequest ) returns ( stream .grantmesh.v1.KeepAliveReply )"), "{described}");
     let message = run(
         &grpcurl,
         &[
-            "-plaintext",
+            "-cacert",
+            &ca,
             &target,
             "describe",
             "grantmesh.v1.WithdrawRequest",
@@ -86,7 +148,8 @@ async fn grpcurl_lists_describes_and_calls_the_registry_without_proto_files() {
     let listed = run(
         &grpcurl,
         &[
-            "-plaintext",
+            "-cacert",
+            &ca,
             "-d",
             r#"{"service":"college"}"#,
             &target,
@@ -95,14 +158,15 @@ async fn grpcurl_lists_describes_and_calls_the_registry_without_proto_files() {
     )
     .await;
     assert!(
-        listed.contains("college-g") && listed.contains(&college.url()),
+        listed.contains("college-g") && listed.contains(&https(&college)),
         "{listed}"
     );
 
     let health = run(
         &grpcurl,
         &[
-            "-plaintext",
+            "-cacert",
+            &ca,
             "-d",
             r#"{"service":"grantmesh.v1.Registry"}"#,
             &target,
@@ -111,58 +175,70 @@ async fn grpcurl_lists_describes_and_calls_the_registry_without_proto_files() {
     )
     .await;
     assert!(health.contains("SERVING"), "{health}");
+}
 
-    // Register and renew by hand, as an operator would.
-    let register = r#"{"instance":{"id":"manual-1","service":"tools","address":"http://127.0.0.1:9","ttl":"5s"}}"#;
-    run(
-        &grpcurl,
-        &[
-            "-plaintext",
-            "-d",
-            register,
-            &target,
-            "grantmesh.v1.Registry/Register",
-        ],
-    )
-    .await;
-    let beat = run(
-        &grpcurl,
-        &[
-            "-plaintext",
-            "-d",
-            r#"{"service":"tools","instance_id":"manual-1"}"#,
-            &target,
-            "grantmesh.v1.Registry/Heartbeat",
-        ],
-    )
-    .await;
+#[tokio::test]
+async fn grpcurl_registers_by_hand_only_with_a_certificate_naming_the_service() {
+    let grpcurl = python_env_bin().await.join("grpcurl");
+    let ca = ca();
+    let (cert, key) = identity("college");
+    let registry = tls_registry().await;
+    let target = registry.addr.to_string();
+    let as_college = |body: &'static str, method: &'static str| -> Vec<String> {
+        [
+            "-cacert", &ca, "-cert", &cert, "-key", &key, "-d", body, &target, method,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let anonymous = |body: &'static str, method: &'static str| -> Vec<String> {
+        ["-cacert", &ca, "-d", body, &target, method]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    fn strs(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+
+    // Register and renew by hand, as an operator would, with the college's certificate.
+    let register = r#"{"instance":{"id":"manual-1","service":"college","address":"https://127.0.0.1:9","ttl":"5s"}}"#;
+    let args = as_college(register, "grantmesh.v1.Registry/Register");
+    let registered = run(&grpcurl, &strs(&args)).await;
+    assert!(registered.contains("5s"), "{registered}");
+    assert_eq!(ids(&https(&registry), "college").await, ["manual-1"]);
+    let heartbeat = r#"{"service":"college","instance_id":"manual-1"}"#;
+    let args = as_college(heartbeat, "grantmesh.v1.Registry/Heartbeat");
+    let beat = run(&grpcurl, &strs(&args)).await;
     assert!(beat.contains("5s"), "{beat}");
-    let unknown = run_failing(
-        &grpcurl,
-        &[
-            "-plaintext",
-            "-d",
-            r#"{"service":"tools","instance_id":"nobody"}"#,
-            &target,
-            "grantmesh.v1.Registry/Heartbeat",
-        ],
-    )
-    .await;
+
+    // Without a client certificate the same calls are refused.
+    let args = anonymous(register, "grantmesh.v1.Registry/Register");
+    let refused = run_failing(&grpcurl, &strs(&args)).await;
+    assert!(
+        refused.contains("Unauthenticated") && refused.contains("mesh certificate"),
+        "{refused}"
+    );
+    let args = anonymous(heartbeat, "grantmesh.v1.Registry/Heartbeat");
+    let refused = run_failing(&grpcurl, &strs(&args)).await;
+    assert!(refused.contains("Unauthenticated"), "{refused}");
+    // A college's certificate registers colleges, nothing else.
+    let other =
+        r#"{"instance":{"id":"manual-2","service":"agency","address":"https://127.0.0.1:9"}}"#;
+    let args = as_college(other, "grantmesh.v1.Registry/Register");
+    let denied = run_failing(&grpcurl, &strs(&args)).await;
+    assert!(denied.contains("PermissionDenied"), "{denied}");
+    assert!(ids(&https(&registry), "agency").await.is_empty());
+
+    let unknown = r#"{"service":"college","instance_id":"nobody"}"#;
+    let args = as_college(unknown, "grantmesh.v1.Registry/Heartbeat");
+    let unknown = run_failing(&grpcurl, &strs(&args)).await;
     assert!(
         unknown.contains("NotFound") && unknown.contains("register again"),
         "{unknown}"
     );
-    let bad = run_failing(
-        &grpcurl,
-        &[
-            "-plaintext",
-            "-d",
-            r#"{"instance":{"id":"x","service":"tools","address":"not a url"}}"#,
-            &target,
-            "grantmesh.v1.Registry/Register",
-        ],
-    )
-    .await;
+    let bad = r#"{"instance":{"id":"x","service":"college","address":"not a url"}}"#;
+    let args = as_college(bad, "grantmesh.v1.Registry/Register");
+    let bad = run_failing(&grpcurl, &strs(&args)).await;
     assert!(
         bad.contains("InvalidArgument") && bad.contains("instance.address"),
         "{bad}"
@@ -176,13 +252,8 @@ async fn reflection_v1_is_served_beside_v1alpha() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let registry = Proc::registry(&[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(registry.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = ServerReflectionClient::new(channel);
+    let registry = tls_registry().await;
+    let mut client = ServerReflectionClient::new(tls::channel(&https(&registry)).await);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -213,11 +284,12 @@ async fn a_generated_python_client_lists_watches_and_health_checks_the_registry(
     let python = bin.join("python");
     let client = repo_root().join("clients/python/grantmesh_client.py");
     let client = client.to_str().unwrap();
-    let registry = Proc::registry(&[]).await;
+    let ca = ca();
+    let registry = tls_registry().await;
     let target = registry.addr.to_string();
-    let _college = Proc::member("college", &registry.url(), &["--instance-id", "college-py"]).await;
+    let college = tls_member("college", &registry, &["--instance-id", "college-py"]).await;
     assert_eventually(Duration::from_secs(5), "college registered", || async {
-        ids(&registry.url(), "college").await == ["college-py"]
+        ids(&https(&registry), "college").await == ["college-py"]
     })
     .await;
 
@@ -225,6 +297,8 @@ async fn a_generated_python_client_lists_watches_and_health_checks_the_registry(
         &python,
         &[
             client,
+            "--ca",
+            &ca,
             "list-instances",
             "--registry",
             &target,
@@ -237,11 +311,14 @@ async fn a_generated_python_client_lists_watches_and_health_checks_the_registry(
         serde_json::from_str(listed.lines().next().expect("one instance")).unwrap();
     assert_eq!(first["id"], "college-py");
     assert_eq!(first["service"], "college");
+    assert_eq!(first["address"], https(&college));
 
     let watched = run(
         &python,
         &[
             client,
+            "--ca",
+            &ca,
             "watch",
             "--registry",
             &target,
@@ -264,6 +341,8 @@ async fn a_generated_python_client_lists_watches_and_health_checks_the_registry(
         &python,
         &[
             client,
+            "--ca",
+            &ca,
             "health",
             "--target",
             &target,
@@ -275,7 +354,17 @@ async fn a_generated_python_client_lists_watches_and_health_checks_the_registry(
     assert_eq!(health.trim(), "SERVING");
     let pinged = run(
         &python,
-        &[client, "ping", "--target", &target, "--service", "registry"],
+        &[
+            client,
+            "ping",
+            "--target",
+            &https(&registry),
+            "--service",
+            "registry",
+            // The connection options are accepted after the command too.
+            "--ca",
+            &ca,
+        ],
     )
     .await;
     assert!(pinged.contains("\"service\": \"registry\""), "{pinged}");
@@ -286,14 +375,14 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
     let bin = python_env_bin().await;
     let python = bin.join("python");
     let client = repo_root().join("clients/python/grantmesh_client.py");
-    let registry = Proc::registry(&[]).await;
-    let college = Proc::member("college", &registry.url(), &[]).await;
+    let registry = tls_registry().await;
+    let college = tls_member("college", &registry, &[]).await;
     // `nsf`: the agency the test colleges know.
-    let agency = Proc::member("agency", &registry.url(), &["--name", "nsf"]).await;
+    let agency = tls_member("agency", &registry, &["--name", "nsf"]).await;
     assert_eventually(
         Duration::from_secs(5),
         "the agency can find the college",
-        || async { ids(&registry.url(), "college").await.len() == 1 },
+        || async { ids(&https(&registry), "college").await.len() == 1 },
     )
     .await;
 
@@ -301,6 +390,8 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
         &python,
         &[
             client.to_str().unwrap(),
+            "--ca",
+            &ca(),
             "flow",
             "--agency",
             &agency.addr.to_string(),
@@ -319,15 +410,17 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
 #[tokio::test]
 async fn grpcurl_drives_the_college_with_a_bearer_token() {
     let grpcurl = python_env_bin().await.join("grpcurl");
-    let registry = Proc::registry(&[]).await;
-    let college = Proc::member("college", &registry.url(), &[]).await;
+    let ca = ca();
+    let registry = tls_registry().await;
+    let college = tls_member("college", &registry, &[]).await;
     let target = college.addr.to_string();
     let email = format!("g-{}@university.edu", uuid::Uuid::new_v4().simple());
     let register = format!(r#"{{"name":"Grace","email":"{email}","password":"long enough"}}"#);
     run(
         &grpcurl,
         &[
-            "-plaintext",
+            "-cacert",
+            &ca,
             "-d",
             &register,
             &target,
@@ -340,7 +433,8 @@ async fn grpcurl_drives_the_college_with_a_bearer_token() {
         &run(
             &grpcurl,
             &[
-                "-plaintext",
+                "-cacert",
+                &ca,
                 "-d",
                 &login,
                 &target,
@@ -355,7 +449,8 @@ async fn grpcurl_drives_the_college_with_a_bearer_token() {
     let accounts = run(
         &grpcurl,
         &[
-            "-plaintext",
+            "-cacert",
+            &ca,
             "-H",
             &header,
             "-d",
@@ -374,7 +469,8 @@ async fn grpcurl_drives_the_college_with_a_bearer_token() {
     let refused = run_failing(
         &grpcurl,
         &[
-            "-plaintext",
+            "-cacert",
+            &ca,
             "-d",
             "{}",
             &target,
@@ -383,4 +479,128 @@ async fn grpcurl_drives_the_college_with_a_bearer_token() {
     )
     .await;
     assert!(refused.contains("Unauthenticated"), "{refused}");
+}
+
+#[tokio::test]
+async fn the_python_client_registers_by_hand_only_with_a_mesh_members_certificate() {
+    let python = python_env_bin().await.join("python");
+    let client = repo_root().join("clients/python/grantmesh_client.py");
+    let client = client.to_str().unwrap();
+    let ca = ca();
+    let (cert, key) = identity("college");
+    let registry = tls_registry().await;
+    let target = registry.addr.to_string();
+    let register = |id: &'static str| -> [&str; 11] {
+        [
+            "register",
+            "--registry",
+            &target,
+            "--service",
+            "college",
+            "--id",
+            id,
+            "--address",
+            "https://127.0.0.1:9",
+            "--ttl",
+            "5",
+        ]
+    };
+    let with_cert = [
+        [client, "--cert", &cert, "--key", &key].as_slice(),
+        &register("py-manual"),
+    ]
+    .concat();
+    // The CA from the environment, as `grantmesh dev` suggests exporting it.
+    let registered = run_with_env(&python, &with_cert, &[("GRANTMESH_CA", &ca)]).await;
+    let reply: serde_json::Value = serde_json::from_str(registered.trim()).unwrap();
+    assert_eq!(reply["ttl_seconds"], 5.0, "{registered}");
+    assert_eq!(ids(&https(&registry), "college").await, ["py-manual"]);
+
+    let without = [[client, "--ca", &ca].as_slice(), &register("py-anonymous")].concat();
+    let refused = run_failing(&python, &without).await;
+    assert!(
+        refused.contains("UNAUTHENTICATED") && refused.contains("mesh certificate"),
+        "{refused}"
+    );
+    assert_eq!(ids(&https(&registry), "college").await, ["py-manual"]);
+}
+
+#[tokio::test]
+async fn the_python_client_says_what_is_missing_without_the_mesh_ca() {
+    let python = python_env_bin().await.join("python");
+    let client = repo_root().join("clients/python/grantmesh_client.py");
+    let client = client.to_str().unwrap();
+    let registry = tls_registry().await;
+    let target = registry.addr.to_string();
+
+    let missing = run_failing(&python, &[client, "list-instances", "--registry", &target]).await;
+    assert!(
+        missing.contains("no mesh CA")
+            && missing.contains("--ca PATH")
+            && missing.contains("GRANTMESH_CA")
+            && missing.contains("--plaintext"),
+        "{missing}"
+    );
+    // Plaintext to a TLS server gets no answer, and a hint at the cause.
+    let plaintext = run_failing(
+        &python,
+        &[
+            client,
+            "--plaintext",
+            "list-instances",
+            "--registry",
+            &target,
+        ],
+    )
+    .await;
+    assert!(
+        plaintext.contains("UNAVAILABLE") && plaintext.contains("--ca instead of --plaintext"),
+        "{plaintext}"
+    );
+    // An https:// address and --plaintext contradict each other.
+    let contradiction = run_failing(
+        &python,
+        &[
+            client,
+            "--plaintext",
+            "list-instances",
+            "--registry",
+            &https(&registry),
+        ],
+    )
+    .await;
+    assert!(
+        contradiction.contains("is a TLS address"),
+        "{contradiction}"
+    );
+}
+
+#[tokio::test]
+async fn an_insecure_mesh_is_reached_only_with_the_plaintext_switches() {
+    let bin = python_env_bin().await;
+    let (grpcurl, python) = (bin.join("grpcurl"), bin.join("python"));
+    let client = repo_root().join("clients/python/grantmesh_client.py");
+    let client = client.to_str().unwrap();
+    // Without --tls-dir, `Proc` starts the registry with --insecure.
+    let registry = Proc::registry(&[]).await;
+    let target = registry.addr.to_string();
+
+    let services = run(&grpcurl, &["-plaintext", &target, "list"]).await;
+    assert!(services.contains("grantmesh.v1.Registry"), "{services}");
+    let health = run(
+        &python,
+        &[client, "--plaintext", "health", "--target", &registry.url()],
+    )
+    .await;
+    assert_eq!(health.trim(), "SERVING");
+
+    let ca = ca();
+    let refused = run_failing(&grpcurl, &["-cacert", &ca, &target, "list"]).await;
+    assert!(!refused.contains("grantmesh.v1.Registry"), "{refused}");
+    let refused = run_failing(
+        &python,
+        &[client, "--ca", &ca, "health", "--target", &target],
+    )
+    .await;
+    assert!(refused.contains("UNAVAILABLE"), "{refused}");
 }
