@@ -355,8 +355,15 @@ fn validate_instance(instance: &Instance, default_ttl: Duration) -> Result<Durat
     }
     let ttl = match &instance.ttl {
         None => default_ttl,
-        Some(ttl) => Duration::try_from(*ttl)
-            .map_err(|_| Status::invalid_argument("instance.ttl must not be negative"))?,
+        // Checked field by field first: prost's conversion normalizes with
+        // plain arithmetic, which overflows (and panics) on extreme values.
+        Some(ttl) if ttl.seconds < 0 || !(0..1_000_000_000).contains(&ttl.nanos) => {
+            return Err(Status::invalid_argument(format!(
+                "instance.ttl must be a positive duration with 0 to 999999999 nanos (got {}s {}ns)",
+                ttl.seconds, ttl.nanos
+            )));
+        }
+        Some(ttl) => Duration::new(ttl.seconds as u64, ttl.nanos as u32),
     };
     if ttl < TTL_RANGE.0 || ttl > TTL_RANGE.1 {
         return Err(Status::invalid_argument(format!(
@@ -369,4 +376,36 @@ fn validate_instance(instance: &Instance, default_ttl: Duration) -> Result<Durat
 
 mod http_uri {
     pub use tonic::codegen::http::Uri;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(ttl: prost_types::Duration) -> Instance {
+        Instance {
+            id: "college-1".into(),
+            service: "college".into(),
+            address: "https://127.0.0.1:7200".into(),
+            ttl: Some(ttl),
+            ..Instance::default()
+        }
+    }
+
+    #[test]
+    fn absurd_ttls_are_refused_not_panicked_on() {
+        for (seconds, nanos) in [
+            (i64::MIN, -999_999_999),
+            (i64::MAX, 999_999_999),
+            (0, i32::MIN),
+            (-1, 0),
+            (i64::MAX, -999_999_999),
+        ] {
+            let ttl = prost_types::Duration { seconds, nanos };
+            let refused = validate_instance(&instance(ttl), Duration::from_secs(3))
+                .expect_err("an absurd ttl is refused");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+            assert!(refused.message().contains("instance.ttl"), "{refused:?}");
+        }
+    }
 }
