@@ -323,39 +323,162 @@ pub fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), 
     Ok(())
 }
 
-/// Hashes a password with Argon2id, on the blocking pool.
-pub async fn hash_password(password: String) -> Result<String, Status> {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-        let salt = SaltString::generate(&mut OsRng);
-        argon2::Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(|err| Status::internal(format!("failed to hash the password: {err}")))
-    })
-    .await
-    .map_err(|_| Status::internal("password hashing was interrupted"))?
+/// Argon2 hashes running at once: each holds 19 MiB (the crate's default
+/// memory cost) and a blocking thread for ~50 ms, so an unbounded number of
+/// concurrent logins would take memory and threads without limit.
+pub const MAX_CONCURRENT_HASHES: usize = 4;
+/// Hashes that may wait for a slot; more are refused with
+/// RESOURCE_EXHAUSTED at once rather than queued (a queue of guesses only
+/// makes honest logins slower). 256 waiting at ~50 ms each over 4 slots is
+/// at most ~3 s of queue.
+pub const MAX_WAITING_HASHES: usize = 256;
+
+/// Bounds the password hashing a process does at once.
+pub struct HashLimiter {
+    slots: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+    max_waiting: usize,
 }
 
-/// Checks a password against a stored Argon2 hash, on the blocking pool.
-pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::{PasswordHash, PasswordVerifier};
-        PasswordHash::new(&hash)
-            .map(|parsed| {
-                argon2::Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
+impl HashLimiter {
+    pub const fn new(concurrent: usize, max_waiting: usize) -> Self {
+        Self {
+            slots: tokio::sync::Semaphore::const_new(concurrent),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            max_waiting,
+        }
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        use std::sync::atomic::Ordering;
+        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Status::resource_exhausted(
+                "too many password checks are in progress; retry in a moment",
+            ));
+        }
+        let permit = self.slots.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let _permit = permit.map_err(|_| Status::unavailable("shutting down"))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| Status::internal("password hashing was interrupted"))
+    }
+}
+
+static HASHING: HashLimiter = HashLimiter::new(MAX_CONCURRENT_HASHES, MAX_WAITING_HASHES);
+
+/// Hashes a password with Argon2id, on the blocking pool, within the
+/// process's hashing bound.
+pub async fn hash_password(password: String) -> Result<String, Status> {
+    HASHING
+        .run(move || {
+            use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+            let salt = SaltString::generate(&mut OsRng);
+            argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|hash| hash.to_string())
+                .map_err(|err| Status::internal(format!("failed to hash the password: {err}")))
+        })
+        .await?
+}
+
+/// A hash of no one's password, checked when the email is unknown so that
+/// an unknown email costs as much time as a wrong password (no enumeration
+/// by timing).
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+        argon2::Argon2::default()
+            .hash_password(b"no one's password", &SaltString::generate(&mut OsRng))
+            .expect("hashing a constant succeeds")
+            .to_string()
     })
-    .await
-    .unwrap_or(false)
+}
+
+/// Checks a password against a stored Argon2 hash (`None` for an unknown
+/// email: checked against a decoy, always false), on the blocking pool,
+/// within the process's hashing bound.
+pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, Status> {
+    let known = hash.is_some();
+    let ok = HASHING
+        .run(move || {
+            use argon2::password_hash::{PasswordHash, PasswordVerifier};
+            let hash = hash.unwrap_or_else(|| decoy_hash().to_owned());
+            PasswordHash::new(&hash)
+                .map(|parsed| {
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await?;
+    Ok(ok && known)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_unknown_email_is_checked_against_a_decoy_and_never_passes() {
+        assert!(
+            !verify_password("no one's password".into(), None)
+                .await
+                .unwrap()
+        );
+        let hash = hash_password("correct horse battery".into()).await.unwrap();
+        assert!(
+            verify_password("correct horse battery".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(!verify_password("wrong".into(), Some(hash)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn hashing_beyond_the_waiting_bound_is_refused_at_once() {
+        let limiter = std::sync::Arc::new(HashLimiter::new(1, 2));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let hold = std::sync::Arc::new(std::sync::Mutex::new(hold));
+        let mut running = Vec::new();
+        // One runs (and blocks until released), two wait: the bound is full.
+        for _ in 0..3 {
+            let (limiter, hold) = (limiter.clone(), hold.clone());
+            running.push(tokio::spawn(async move {
+                limiter
+                    .run(move || {
+                        let _ = hold.lock().unwrap().recv();
+                    })
+                    .await
+            }));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = limiter.run(|| ()).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        for _ in 0..3 {
+            release.send(()).unwrap();
+        }
+        for task in running {
+            task.await.unwrap().expect("the queued ones ran");
+        }
+        limiter
+            .run(|| ())
+            .await
+            .expect("room again once they finished");
+    }
 
     fn keys() -> Keys {
         Keys::new(&[1; 32], &[2; 32], Duration::from_secs(60)).unwrap()
@@ -576,7 +699,15 @@ mod tests {
     #[tokio::test]
     async fn a_password_verifies_against_its_hash_only() {
         let hash = hash_password("correct horse".into()).await.unwrap();
-        assert!(verify_password("correct horse".into(), hash.clone()).await);
-        assert!(!verify_password("wrong horse".into(), hash).await);
+        assert!(
+            verify_password("correct horse".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify_password("wrong horse".into(), Some(hash))
+                .await
+                .unwrap()
+        );
     }
 }

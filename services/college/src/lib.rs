@@ -151,17 +151,12 @@ impl College for CollegeService {
         let request = request.into_inner();
         let email = validate::email("email", &request.email)?;
         let refused = || Status::unauthenticated("the email or password is wrong");
-        let researcher = self
-            .inner
-            .store
-            .researcher_by_email(&email)
-            .await?
-            .ok_or_else(refused)?;
-        if !grantmesh_auth::verify_password(request.password, researcher.password_hash.clone())
-            .await
-        {
-            return Err(refused());
-        }
+        let researcher = self.inner.store.researcher_by_email(&email).await?;
+        // An unknown email is checked against a decoy hash: it takes as long
+        // as a wrong password, so timing does not tell which emails exist.
+        let hash = researcher.as_ref().map(|r| r.password_hash.clone());
+        let matches = grantmesh_auth::verify_password(request.password, hash).await?;
+        let researcher = researcher.filter(|_| matches).ok_or_else(refused)?;
         let (token, expires) = self
             .keys()
             .researcher_token(researcher.id)
