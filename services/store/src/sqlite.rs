@@ -287,3 +287,13 @@ pub fn millis(time: SystemTime) -> i64 {
 pub fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
+
+/// The store's clock in SQL, in milliseconds since the Unix epoch: the one
+/// clock every SQLite statement that stamps or compares times reads (SQLite
+/// reads it once per statement). A macro so it can stand inside `concat!`.
+#[macro_export]
+macro_rules! sqlite_now_ms {
+    () => {
+        "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
+    };
+}

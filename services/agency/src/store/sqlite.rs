@@ -21,13 +21,6 @@ pub(super) fn migrations() -> refinery::Runner {
     embedded::migrations::runner()
 }
 
-/// The store's clock in SQL, in milliseconds since the Unix epoch.
-macro_rules! now_ms {
-    () => {
-        "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
-    };
-}
-
 const COLUMNS: &str = "id, agency, principal_investigator, idempotency_key, title, description, requested_amount, \
                        duration_days, decision, reason, account_id, submitted_at";
 
@@ -80,7 +73,7 @@ impl Proposals {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {})
                          ON CONFLICT (agency, principal_investigator, idempotency_key) DO NOTHING
                          RETURNING {COLUMNS}",
-                        now_ms!()
+                        grantmesh_store::sqlite_now_ms!()
                     ),
                     params![
                         id,
@@ -173,7 +166,7 @@ impl Proposals {
                  WHERE agency = ?1 AND decision = 'accepted' AND account_id IS NULL
                    AND submitted_at < {} - CAST(?2 * 1000 AS INTEGER)
                  ORDER BY submitted_at LIMIT ?3",
-                now_ms!()
+                grantmesh_store::sqlite_now_ms!()
             ))?
             .query_map(params![agency, older_than_secs, limit], proposal)?
             .collect()

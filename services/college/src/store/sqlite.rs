@@ -33,20 +33,12 @@ pub(super) fn migrations() -> refinery::Runner {
     embedded::migrations::runner()
 }
 
-/// The store's clock in SQL, in milliseconds since the Unix epoch; SQLite
-/// reads it once per statement.
-macro_rules! now_ms {
-    () => {
-        "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
-    };
-}
-
 macro_rules! account_columns {
     () => {
         concat!(
             "a.id, a.proposal_id, a.agency, a.title, a.principal_investigator, a.award, a.balance, \
              a.opened_at, a.expires_at, a.expires_at <= ",
-            now_ms!(),
+            grantmesh_store::sqlite_now_ms!(),
             " AS expired"
         )
     };
@@ -169,7 +161,7 @@ impl Accounts {
         let margin_ms = i64::try_from(USED_CREDENTIAL_MARGIN.as_millis()).unwrap_or(i64::MAX);
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now: i64 = tx.query_row(concat!("SELECT ", now_ms!()), [], |row| row.get(0))?;
+            let now: i64 = tx.query_row(concat!("SELECT ", grantmesh_store::sqlite_now_ms!()), [], |row| row.get(0))?;
             tx.execute(
                 "DELETE FROM agency_credentials WHERE expires_at < ?1",
                 params![now.saturating_sub(margin_ms)],
@@ -348,9 +340,9 @@ impl Accounts {
                     .query_row(
                         concat!(
                             "SELECT balance, expires_at <= ",
-                            now_ms!(),
+                            grantmesh_store::sqlite_now_ms!(),
                             ", ",
-                            now_ms!(),
+                            grantmesh_store::sqlite_now_ms!(),
                             " FROM accounts WHERE id = ?1"
                         ),
                         params![account],
