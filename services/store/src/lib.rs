@@ -228,10 +228,38 @@ pub fn is_unavailable(err: &(dyn std::error::Error + 'static)) -> bool {
                     || *code == SqlState::CRASH_SHUTDOWN
                     || *code == SqlState::CANNOT_CONNECT_NOW
                     || *code == SqlState::TOO_MANY_CONNECTIONS
+                    // The session bounds above: the statement waited or ran too long.
+                    || *code == SqlState::QUERY_CANCELED
+                    || *code == SqlState::LOCK_NOT_AVAILABLE
             }
         };
     }
     false
+}
+
+/// Longest a statement may run, and longest it may wait for a row lock,
+/// unless the URL's `options` say otherwise. A statement stuck behind a
+/// lock held elsewhere (or a caller that gave up) would otherwise hold a
+/// pooled connection indefinitely, and unrelated calls would queue behind
+/// it; bounded, it fails as UNAVAILABLE and the client retries with its
+/// idempotency key. Far above any statement grantmesh runs (milliseconds).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(3);
+/// TCP keepalives notice a database host that froze or vanished without
+/// closing the connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
+/// Applies the session bounds above to a connection's settings.
+pub(crate) fn bound_every_session(config: &mut tokio_postgres::Config) {
+    if config.get_options().is_none() {
+        config.options(format!(
+            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            STATEMENT_TIMEOUT.as_millis(),
+            LOCK_TIMEOUT.as_millis(),
+            STATEMENT_TIMEOUT.as_millis() * 3
+        ));
+    }
+    config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
 }
 
 /// Whether a failure is a unique-constraint violation (for idempotent inserts).

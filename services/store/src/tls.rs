@@ -186,6 +186,7 @@ impl PgConnect {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
+        crate::bound_every_session(&mut config);
         let ssl_mode = split
             .ssl_mode
             .as_deref()

@@ -1,6 +1,7 @@
 //! The ledger under concurrency: no overdraft, keys applied once, one account per proposal, an append-only journal.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use grantmesh_proto::v1::*;
@@ -238,4 +239,59 @@ async fn the_journal_cannot_be_rewritten() {
         .await
         .expect_err("CHECK (balance >= 0)");
     assert!(format!("{overdraw:?}").contains("check"), "{overdraw:?}");
+}
+
+#[tokio::test]
+async fn a_row_lock_held_elsewhere_fails_a_withdrawal_quickly_and_spares_other_calls() {
+    let mesh = Mesh::start(DAY).await;
+    let (pi, token) = mesh.researcher("ada").await;
+    let account = mesh.open(&pi, 100_000, 30).await;
+    let id: Uuid = account.account_id.parse().unwrap();
+    // Someone else holds the account's row lock and sits on it.
+    let mut holder = mesh.db.client().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+
+    let mut college = mesh.college(0).await;
+    let started = std::time::Instant::now();
+    let blocked = tokio::time::timeout(
+        grantmesh_store::LOCK_TIMEOUT + Duration::from_secs(5),
+        college.withdraw(withdraw(&account.account_id, 1_000, "w-locked", &token)),
+    )
+    .await
+    .expect("refused in time, not left hanging")
+    .expect_err("the withdrawal cannot take the lock");
+    assert_eq!(blocked.code(), Code::Unavailable, "{blocked:?}");
+    assert!(started.elapsed() >= grantmesh_store::LOCK_TIMEOUT - Duration::from_millis(500));
+    // Reading the account does not wait for the lock.
+    let read = tokio::time::timeout(
+        Duration::from_secs(2),
+        college.get_account(authed(
+            GetAccountRequest {
+                account_id: account.account_id.clone(),
+            },
+            &token,
+        )),
+    )
+    .await
+    .expect("an unrelated call answers at once")
+    .unwrap();
+    assert_eq!(
+        read.into_inner().balance_minor,
+        100_000,
+        "nothing was applied"
+    );
+
+    // Once the lock is released, the retry with the same key goes through, once.
+    tx.rollback().await.unwrap();
+    college
+        .withdraw(withdraw(&account.account_id, 1_000, "w-locked", &token))
+        .await
+        .expect("the retry succeeds");
+    assert_eq!(
+        mesh.check_invariants(&account.account_id).await,
+        (99_000, 1_000, 1)
+    );
 }
