@@ -30,6 +30,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// The service name the registry answers to in `Ping`.
 pub const SERVICE: &str = "registry";
+/// How big one registration may be: with [`state::MAX_INSTANCES_PER_SERVICE`]
+/// instances of at most ~3.6 KB each, a whole service's Watch snapshot stays
+/// under gRPC's default 4 MB message limit.
+const MAX_ADDRESS_BYTES: usize = 256;
+const MAX_LABELS: usize = 16;
+const MAX_LABEL_KEY_BYTES: usize = 64;
+const MAX_LABEL_VALUE_BYTES: usize = 128;
+
 /// Shortest and longest TTL an instance may ask for.
 pub const TTL_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
 /// How often leases are checked for expiry.
@@ -114,7 +122,10 @@ impl Registry for RegistryService {
                 instance.address
             )));
         }
-        let revision = self.state.register(instance, ttl);
+        let revision = self
+            .state
+            .register(instance, ttl)
+            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
         Ok(Response::new(RegisterReply {
             ttl: proto_duration(ttl),
             revision,
@@ -170,8 +181,9 @@ impl Registry for RegistryService {
         let closing = self.closing.clone();
         tokio::spawn(async move {
             let token = state.new_lease_token();
-            // The instance this stream renews; set by its first beat.
-            let mut holder: Option<(String, String)> = None;
+            // Every instance this stream renews: all of them are removed at
+            // once when it breaks, not only the last one it renewed.
+            let mut held: std::collections::HashSet<(String, String)> = Default::default();
             let ended_by_peer = loop {
                 let beat = tokio::select! {
                     () = closing.cancelled() => break false,
@@ -190,7 +202,7 @@ impl Registry for RegistryService {
                 }
                 let ttl = state.keep_alive(&beat.service, &beat.instance_id, token);
                 if ttl.is_some() {
-                    holder = Some((beat.service.clone(), beat.instance_id.clone()));
+                    held.insert((beat.service.clone(), beat.instance_id.clone()));
                 }
                 let reply = KeepAliveReply {
                     instance_id: beat.instance_id,
@@ -201,8 +213,10 @@ impl Registry for RegistryService {
                     break true;
                 }
             };
-            if ended_by_peer && let Some((service, id)) = holder {
-                state.keep_alive_closed(&service, &id, token);
+            if ended_by_peer {
+                for (service, id) in held {
+                    state.keep_alive_closed(&service, &id, token);
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(reply_stream))))
@@ -241,7 +255,15 @@ impl Registry for RegistryService {
                 () = events.closed() => return,
                 () = tokio::time::sleep_until(ready_at) => {}
             }
-            let (mut snapshot, mut changes) = state.watch(&service);
+            let (mut snapshot, mut changes) = match state.watch(&service) {
+                Ok(watch) => watch,
+                Err(full) => {
+                    let _ = events
+                        .send(Err(Status::resource_exhausted(full.to_string())))
+                        .await;
+                    return;
+                }
+            };
             loop {
                 if events.send(Ok(snapshot)).await.is_err() {
                     return;
@@ -264,7 +286,15 @@ impl Registry for RegistryService {
                         Err(broadcast::error::RecvError::Closed) => return,
                     }
                 }
-                (snapshot, changes) = state.watch(&service);
+                (snapshot, changes) = match state.watch(&service) {
+                    Ok(watch) => watch,
+                    Err(full) => {
+                        let _ = events
+                            .send(Err(Status::resource_exhausted(full.to_string())))
+                            .await;
+                        return;
+                    }
+                };
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(event_stream))))
@@ -343,15 +373,21 @@ fn validate_instance(instance: &Instance, default_ttl: Duration) -> Result<Durat
             instance.address
         )));
     }
-    if instance.labels.len() > 32
+    if instance.address.len() > MAX_ADDRESS_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "instance.address may be at most {MAX_ADDRESS_BYTES} bytes"
+        )));
+    }
+    if instance.labels.len() > MAX_LABELS
         || instance
             .labels
             .iter()
-            .any(|(k, v)| k.len() > 64 || v.len() > 256)
+            .any(|(k, v)| k.len() > MAX_LABEL_KEY_BYTES || v.len() > MAX_LABEL_VALUE_BYTES)
     {
-        return Err(Status::invalid_argument(
-            "instance.labels allows at most 32 labels, keys up to 64 and values up to 256 bytes",
-        ));
+        return Err(Status::invalid_argument(format!(
+            "instance.labels allows at most {MAX_LABELS} labels, keys up to {MAX_LABEL_KEY_BYTES} \
+             and values up to {MAX_LABEL_VALUE_BYTES} bytes"
+        )));
     }
     let ttl = match &instance.ttl {
         None => default_ttl,

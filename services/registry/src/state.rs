@@ -42,6 +42,26 @@ impl RemovalReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseToken(u64);
 
+/// Most services a registry keeps (counting those only watched). Each holds
+/// a broadcast channel; made-up names must not grow the registry without end.
+pub const MAX_SERVICES: usize = 1024;
+/// Most instances of one service. With the registry's limits on one
+/// instance's size (about 3.6 KB at most), a full service's Watch snapshot
+/// stays under gRPC's default 4 MB message limit, so every client can still
+/// read it.
+pub const MAX_INSTANCES_PER_SERVICE: usize = 1000;
+
+/// A registration or watch the registry has no room for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Full {
+    #[error("the registry keeps at most {MAX_SERVICES} services")]
+    Services,
+    #[error(
+        "service {0:?} already has {MAX_INSTANCES_PER_SERVICE} instances, the most one service may have"
+    )]
+    Instances(String),
+}
+
 /// The registry's state. Shared by every RPC handler and the expiry sweeper.
 pub struct RegistryState {
     inner: Mutex<Inner>,
@@ -89,13 +109,19 @@ impl RegistryState {
 
     /// Adds or refreshes an instance and renews its lease. Watchers hear of
     /// it only when it is new or its address or labels changed.
-    pub fn register(&self, mut instance: Instance, ttl: Duration) -> u64 {
+    pub fn register(&self, mut instance: Instance, ttl: Duration) -> Result<u64, Full> {
         instance.ttl = prost_types::Duration::try_from(ttl).ok();
         instance.since_last_beat = None;
         instance.keep_alive_stream = false;
         let mut inner = self.lock();
         let now = Instant::now();
+        inner.make_room(&instance.service)?;
         let entry = inner.service_mut(&instance.service);
+        if !entry.instances.contains_key(&instance.id)
+            && entry.instances.len() >= MAX_INSTANCES_PER_SERVICE
+        {
+            return Err(Full::Instances(instance.service.clone()));
+        }
         let changed = match entry.instances.get_mut(&instance.id) {
             Some(lease) => {
                 let changed = lease.instance != instance;
@@ -121,7 +147,7 @@ impl RegistryState {
             let service = instance.service.clone();
             inner.publish(&service, Kind::Put, vec![instance], "");
         }
-        inner.revision
+        Ok(inner.revision)
     }
 
     /// Removes an instance; returns whether it was there.
@@ -182,6 +208,10 @@ impl RegistryState {
                     .map(|(id, _)| (service.clone(), id.clone()))
             })
             .collect();
+        // Services nobody registers in or watches any more are forgotten.
+        inner
+            .services
+            .retain(|_, entry| !entry.instances.is_empty() || entry.changes.receiver_count() > 0);
         let mut removed = Vec::new();
         for (service, id) in expired {
             if let Some(lease) = inner
@@ -212,8 +242,12 @@ impl RegistryState {
     }
 
     /// A snapshot of `service` and a subscription to every change after it.
-    pub fn watch(&self, service: &str) -> (WatchEvent, broadcast::Receiver<WatchEvent>) {
+    pub fn watch(
+        &self,
+        service: &str,
+    ) -> Result<(WatchEvent, broadcast::Receiver<WatchEvent>), Full> {
         let mut inner = self.lock();
+        inner.make_room(service)?;
         let revision = inner.revision;
         let now = Instant::now();
         let entry = inner.service_mut(service);
@@ -227,7 +261,7 @@ impl RegistryState {
                 .collect(),
             reason: String::new(),
         };
-        (snapshot, entry.changes.subscribe())
+        Ok((snapshot, entry.changes.subscribe()))
     }
 
     /// The earliest moment at which some lease could run out.
@@ -243,6 +277,21 @@ impl RegistryState {
 }
 
 impl Inner {
+    /// Whether `service` exists or there is room for it.
+    fn make_room(&mut self, service: &str) -> Result<(), Full> {
+        if self.services.contains_key(service) || self.services.len() < MAX_SERVICES {
+            return Ok(());
+        }
+        // Full: first forget services that nobody uses any more.
+        self.services
+            .retain(|_, entry| !entry.instances.is_empty() || entry.changes.receiver_count() > 0);
+        if self.services.len() < MAX_SERVICES {
+            Ok(())
+        } else {
+            Err(Full::Services)
+        }
+    }
+
     fn service_mut(&mut self, service: &str) -> &mut ServiceEntry {
         self.services
             .entry(service.to_owned())
@@ -308,10 +357,49 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(3);
 
+    #[test]
+    fn a_service_holds_a_bounded_number_of_instances() {
+        let state = RegistryState::new();
+        for n in 0..MAX_INSTANCES_PER_SERVICE {
+            state
+                .register(instance("college", &format!("c{n}")), TTL)
+                .unwrap();
+        }
+        let full = state
+            .register(instance("college", "one-more"), TTL)
+            .unwrap_err();
+        assert_eq!(full, Full::Instances("college".into()));
+        // A known instance can still renew by registering again.
+        state.register(instance("college", "c0"), TTL).unwrap();
+    }
+
+    #[test]
+    fn made_up_services_cannot_grow_the_registry_and_unused_ones_are_forgotten() {
+        let state = RegistryState::new();
+        let mut watchers = Vec::new();
+        for n in 0..MAX_SERVICES {
+            watchers.push(state.watch(&format!("made-up-{n}")).unwrap());
+        }
+        assert_eq!(state.watch("one-more").unwrap_err(), Full::Services);
+        assert_eq!(
+            state.register(instance("college", "c1"), TTL).unwrap_err(),
+            Full::Services
+        );
+        // Once the watchers are gone, their services make room again.
+        drop(watchers);
+        state.register(instance("college", "c1"), TTL).unwrap();
+        state.expire();
+        assert_eq!(
+            state.lock().services.len(),
+            1,
+            "only the service in use is kept"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_instance_is_removed_once_its_ttl_passes_without_a_beat() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL);
+        state.register(instance("college", "c1"), TTL).unwrap();
         tokio::time::advance(Duration::from_millis(2_900)).await;
         assert!(state.expire().is_empty());
         tokio::time::advance(Duration::from_millis(200)).await;
@@ -323,8 +411,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_late_heartbeat_within_the_ttl_keeps_the_instance() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL);
-        let (_, mut changes) = state.watch("college");
+        state.register(instance("college", "c1"), TTL).unwrap();
+        let (_, mut changes) = state.watch("college").unwrap();
         // Beats at 1 s, then one 2.5 s late, then on time again.
         for gap in [1_000, 2_500, 1_000, 1_000] {
             tokio::time::advance(Duration::from_millis(gap)).await;
@@ -346,11 +434,11 @@ mod tests {
     #[tokio::test]
     async fn watchers_of_one_service_are_not_woken_by_another() {
         let state = RegistryState::new();
-        let (snapshot, mut college) = state.watch("college");
+        let (snapshot, mut college) = state.watch("college").unwrap();
         assert!(snapshot.instances.is_empty());
-        state.register(instance("agency", "a1"), TTL);
+        state.register(instance("agency", "a1"), TTL).unwrap();
         assert!(college.try_recv().is_err());
-        state.register(instance("college", "c1"), TTL);
+        state.register(instance("college", "c1"), TTL).unwrap();
         let event = college.try_recv().expect("a put for college");
         assert_eq!(event.kind(), Kind::Put);
         assert_eq!(event.instances[0].id, "c1");
@@ -359,10 +447,10 @@ mod tests {
     #[tokio::test]
     async fn a_watch_sees_every_change_after_its_snapshot_with_rising_revisions() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL);
-        let (snapshot, mut changes) = state.watch("college");
+        state.register(instance("college", "c1"), TTL).unwrap();
+        let (snapshot, mut changes) = state.watch("college").unwrap();
         assert_eq!(snapshot.instances.len(), 1);
-        state.register(instance("college", "c2"), TTL);
+        state.register(instance("college", "c2"), TTL).unwrap();
         state.remove("college", "c1", RemovalReason::Deregistered);
         let put = changes.try_recv().unwrap();
         let delete = changes.try_recv().unwrap();
@@ -374,16 +462,16 @@ mod tests {
     #[tokio::test]
     async fn registering_again_unchanged_publishes_nothing() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL);
-        let (_, mut changes) = state.watch("college");
-        state.register(instance("college", "c1"), TTL);
+        state.register(instance("college", "c1"), TTL).unwrap();
+        let (_, mut changes) = state.watch("college").unwrap();
+        state.register(instance("college", "c1"), TTL).unwrap();
         assert!(changes.try_recv().is_err());
     }
 
     #[tokio::test]
     async fn only_the_stream_holding_the_lease_removes_it_when_closing() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL);
+        state.register(instance("college", "c1"), TTL).unwrap();
         let old = state.new_lease_token();
         let new = state.new_lease_token();
         state.keep_alive("college", "c1", old);
