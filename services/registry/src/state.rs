@@ -51,6 +51,12 @@ pub const MAX_SERVICES: usize = 1024;
 /// read it.
 pub const MAX_INSTANCES_PER_SERVICE: usize = 1000;
 
+/// How many TTLs a service's instances that all missed their lease at once
+/// are kept (self-preservation, see [`RegistryState::expire`]): long enough
+/// to ride out a registry pause or a short partition (30 s at the default
+/// 3 s TTL), short enough that a truly dead set is gone soon after.
+pub const SELF_PRESERVATION_HOLD: u32 = 10;
+
 /// A registration or watch the registry has no room for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Full {
@@ -79,6 +85,8 @@ struct Inner {
 struct ServiceEntry {
     instances: BTreeMap<String, Lease>,
     changes: broadcast::Sender<WatchEvent>,
+    /// Whether its instances are being kept past their TTL (logged once per episode).
+    preserving: bool,
 }
 
 struct Lease {
@@ -194,20 +202,48 @@ impl RegistryState {
     }
 
     /// Removes every instance whose lease ran out; returns what was removed.
+    ///
+    /// Self-preservation: when every instance of a service (two or more)
+    /// has run out at once, the likelier story is that the registry lost
+    /// touch with them — a partition, or this registry paused — not that
+    /// they all died together (a dead process is removed at once when its
+    /// KeepAlive stream breaks). They are then kept, and logged, for up to
+    /// [`SELF_PRESERVATION_HOLD`] TTLs, so clients keep calling instances
+    /// that may well be answering them; a client's balancer already sets
+    /// aside one that is not. One instance among live ones still goes after
+    /// its TTL.
     pub fn expire(&self) -> Vec<Instance> {
         let mut inner = self.lock();
         let now = Instant::now();
-        let expired: Vec<(String, String)> = inner
-            .services
-            .iter()
-            .flat_map(|(service, entry)| {
-                entry
-                    .instances
-                    .iter()
-                    .filter(|(_, lease)| now.duration_since(lease.last_beat) > lease.ttl)
-                    .map(|(id, _)| (service.clone(), id.clone()))
-            })
-            .collect();
+        let mut expired: Vec<(String, String)> = Vec::new();
+        for (service, entry) in inner.services.iter_mut() {
+            let late: Vec<&String> = entry
+                .instances
+                .iter()
+                .filter(|(_, lease)| now.duration_since(lease.last_beat) > lease.ttl)
+                .map(|(id, _)| id)
+                .collect();
+            let all_at_once = late.len() >= 2 && late.len() == entry.instances.len();
+            let mut preserved = 0;
+            for id in late {
+                let lease = &entry.instances[id];
+                let overdue = now.duration_since(lease.last_beat);
+                if all_at_once && overdue <= lease.ttl * SELF_PRESERVATION_HOLD {
+                    preserved += 1;
+                } else {
+                    expired.push((service.clone(), id.clone()));
+                }
+            }
+            if preserved > 0 && !entry.preserving {
+                tracing::warn!(
+                    service,
+                    instances = preserved,
+                    "every instance of the service missed its lease at once: keeping them (self-preservation) \
+                     until they beat again or {SELF_PRESERVATION_HOLD} TTLs pass"
+                );
+            }
+            entry.preserving = preserved > 0;
+        }
         // Services nobody registers in or watches any more are forgotten.
         inner
             .services
@@ -298,6 +334,7 @@ impl Inner {
             .or_insert_with(|| ServiceEntry {
                 instances: BTreeMap::new(),
                 changes: broadcast::channel(WATCH_BACKLOG).0,
+                preserving: false,
             })
     }
 
@@ -356,6 +393,46 @@ mod tests {
     }
 
     const TTL: Duration = Duration::from_secs(3);
+
+    #[tokio::test(start_paused = true)]
+    async fn instances_that_all_miss_their_lease_at_once_are_kept_for_a_while() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL).unwrap();
+        state.register(instance("college", "c2"), TTL).unwrap();
+        tokio::time::advance(TTL * 2).await;
+        assert!(state.expire().is_empty(), "both missed at once: kept");
+        assert_eq!(state.list("college").0.len(), 2);
+        // One comes back: the other, alone in missing its lease, goes.
+        state.heartbeat("college", "c1").unwrap();
+        let removed = state.expire();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].id, "c2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_preserved_service_is_removed_after_the_hold() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL).unwrap();
+        state.register(instance("college", "c2"), TTL).unwrap();
+        tokio::time::advance(TTL * SELF_PRESERVATION_HOLD - Duration::from_millis(100)).await;
+        assert!(state.expire().is_empty());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(state.expire().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_instance_and_one_among_live_ones_expire_after_their_ttl() {
+        let state = RegistryState::new();
+        state.register(instance("agency", "a1"), TTL).unwrap();
+        state.register(instance("college", "c1"), TTL).unwrap();
+        state.register(instance("college", "c2"), TTL).unwrap();
+        tokio::time::advance(TTL / 2).await;
+        state.heartbeat("college", "c1").unwrap();
+        tokio::time::advance(TTL / 2 + Duration::from_millis(100)).await;
+        let mut removed: Vec<String> = state.expire().into_iter().map(|i| i.id).collect();
+        removed.sort();
+        assert_eq!(removed, ["a1", "c2"]);
+    }
 
     #[test]
     fn a_service_holds_a_bounded_number_of_instances() {
