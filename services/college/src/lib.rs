@@ -62,6 +62,8 @@ struct Inner {
     store: AccountStore,
     notifications: Notifications,
     closing: CancellationToken,
+    /// Open `WatchAccount` streams, bounded.
+    watchers: Arc<watch::Watchers>,
 }
 
 impl CollegeService {
@@ -86,6 +88,7 @@ impl CollegeService {
                 store,
                 notifications,
                 closing,
+                watchers: Arc::default(),
             }),
         })
     }
@@ -337,7 +340,9 @@ impl College for CollegeService {
     ) -> Result<Response<Self::WatchAccountStream>, Status> {
         let caller = self.keys().researcher(&request)?;
         let account = validate::id("account_id", &request.get_ref().account_id)?;
+        let permit = self.inner.watchers.admit(caller)?;
         let stream = watch::watch(
+            permit,
             self.inner.store.clone(),
             self.inner.notifications.subscribe(),
             account,
