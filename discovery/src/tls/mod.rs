@@ -31,7 +31,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-pub use incoming::{MAX_PENDING_HANDSHAKES, incoming};
+pub use incoming::{Limited, MAX_PENDING_HANDSHAKES, incoming, max_connections};
 
 /// The URI prefix of every grantmesh identity.
 pub const SPIFFE_PREFIX: &str = "spiffe://grantmesh/";
