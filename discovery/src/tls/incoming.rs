@@ -40,7 +40,9 @@ pub const MAX_PENDING_HANDSHAKES: usize = 256;
 pub fn max_connections() -> usize {
     const CEILING: usize = 4096;
     match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        Ok((soft, _)) => CEILING.min(usize::try_from(soft / 4 * 3).unwrap_or(CEILING)).max(16),
+        Ok((soft, _)) => CEILING
+            .min(usize::try_from(soft / 4 * 3).unwrap_or(CEILING))
+            .max(16),
         Err(_) => CEILING,
     }
 }

@@ -414,3 +414,87 @@ async fn certificates_of_a_ca_removed_from_trust_are_refused_without_a_restart()
         "refused by the server, not the client: {refused}"
     );
 }
+
+#[tokio::test]
+async fn a_server_at_its_connection_limit_closes_new_connections_at_once_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    tls::make(dir.path());
+    // 64 descriptors: the registry holds at most 48 connections.
+    let node = grantmesh_node::process::ChildNode::spawn(
+        Path::new("prlimit"),
+        "registry",
+        [
+            "--nofile=64:64",
+            env!("CARGO_BIN_EXE_grantmesh"),
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        |command| {
+            command.stderr(std::process::Stdio::null());
+        },
+    )
+    .await
+    .unwrap();
+    let url = format!("https://{}", node.addr);
+    let material = TlsMaterial::load(TlsPaths::in_dir(dir.path(), None)).unwrap();
+    let handshake = || {
+        let config = material.client_config();
+        let addr = node.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+        }
+    };
+    // Idle clients that complete the handshake and then say nothing.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(2), handshake()).await {
+            idle.push(tls);
+        }
+    }
+    assert!(
+        idle.len() < 80,
+        "the registry stopped taking connections at its limit"
+    );
+    let started = std::time::Instant::now();
+    let mut client = RegistryClient::new(
+        Transport::Tls(TlsMaterial::load(TlsPaths::in_dir(dir.path(), None)).unwrap())
+            .channel_lazy(&url, None)
+            .unwrap(),
+    );
+    let refused = client
+        .list_instances(ListInstancesRequest::default())
+        .await
+        .expect_err("no room for another connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused at once, not left hanging ({:?}): {refused:?}",
+        started.elapsed()
+    );
+    drop(idle);
+    assert_eventually(
+        Duration::from_secs(5),
+        "calls work again once idle clients left",
+        || {
+            let url = url.clone();
+            let dir = dir.path().to_owned();
+            async move {
+                let mut client = match registry_as(&url, &dir, None).await {
+                    Ok(client) => client,
+                    Err(_) => return false,
+                };
+                client
+                    .list_instances(ListInstancesRequest::default())
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+}
