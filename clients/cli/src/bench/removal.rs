@@ -10,6 +10,10 @@
 //! when given, else an embedded SQLite file in a temporary directory that
 //! the bench removes afterwards. They sign with fixed bench keys. The store
 //! plays no part in what is measured; the children merely need one to start.
+//!
+//! The mesh runs on TLS with a throwaway CA by default (`--transport`, see
+//! [`super::transport`]); with `both`, the whole measurement runs once on
+//! each transport and the table has a row per transport.
 
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
@@ -24,6 +28,8 @@ use nix::sys::signal::Signal;
 use tokio::process::Command;
 use tokio::time::Instant;
 
+use super::transport::{BenchTransport, TransportChoice};
+
 #[derive(Args, Debug)]
 pub struct RemovalArgs {
     /// How many instances to kill with SIGKILL.
@@ -35,6 +41,9 @@ pub struct RemovalArgs {
     /// The children's store; an embedded SQLite file in a temporary directory by default.
     #[arg(long)]
     database_url: Option<String>,
+    /// What the mesh runs on: TLS with a throwaway CA, plaintext, or both one after the other.
+    #[arg(long, value_enum, default_value_t = TransportChoice::Tls)]
+    transport: TransportChoice,
 }
 
 /// Bench-only signing keys for the children.
@@ -44,28 +53,44 @@ const SERVICE_KEY: &str = "grantmesh-bench-service-key-not-a-secret-02";
 /// What every child is started with.
 struct Children {
     database_url: String,
+    /// The children's TLS flags and the bench's client transport.
+    transport: BenchTransport,
 }
 
 pub async fn run(args: RemovalArgs) -> anyhow::Result<ExitCode> {
     let scratch =
         std::env::temp_dir().join(format!("grantmesh-bench-removal-{}", std::process::id()));
-    let database_url = match &args.database_url {
-        Some(url) => url.clone(),
-        None => format!("sqlite:{}", scratch.join("bench.db").display()),
-    };
-    let outcome = measure_all(&args, &Children { database_url }).await;
+    let outcome = async {
+        std::fs::create_dir_all(&scratch)?;
+        let database_url = match &args.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite:{}", scratch.join("bench.db").display()),
+        };
+        println!("| transport | event | seen by | samples | p50 | p99 | max |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for kind in args.transport.kinds() {
+            let children = Children {
+                database_url: database_url.clone(),
+                transport: BenchTransport::new(kind, &scratch)?,
+            };
+            measure_all(&args, &children).await?;
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    }
+    .await;
     let _ = std::fs::remove_dir_all(&scratch);
     outcome
 }
 
-async fn measure_all(args: &RemovalArgs, children: &Children) -> anyhow::Result<ExitCode> {
+async fn measure_all(args: &RemovalArgs, children: &Children) -> anyhow::Result<()> {
     let registry_node = children
         .spawn(
             "registry",
-            &["registry", "--listen", "127.0.0.1:0", "--warmup", "0s"],
+            "registry",
+            &["--listen", "127.0.0.1:0", "--warmup", "0s"],
         )
         .await?;
-    let registry = registry_node.url();
+    let registry = children.transport.url(registry_node.addr);
     let mut kills = Vec::new();
     for n in 0..args.kills {
         kills.push(
@@ -94,31 +119,31 @@ async fn measure_all(args: &RemovalArgs, children: &Children) -> anyhow::Result<
             .await?,
         );
     }
-    println!("| event | seen by | samples | p50 | p99 | max |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    let transport = children.transport.kind().label();
     if !kills.is_empty() {
-        report("kill -9", &kills);
+        report(transport, "kill -9", &kills);
     }
     if !stops.is_empty() {
-        report("SIGSTOP (TTL 3 s, heartbeat 1 s)", &stops);
+        report(transport, "SIGSTOP (TTL 3 s, heartbeat 1 s)", &stops);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-/// Starts this binary with `args` (quiet: errors only, stderr dropped) and
-/// waits for its `listening on ADDR` line. The child is killed when dropped.
 impl Children {
-    async fn spawn(&self, name: &str, args: &[&str]) -> anyhow::Result<ChildNode> {
-        let exe = std::env::current_exe().context("failed to find this binary")?;
-        ChildNode::spawn(&exe, name, args, |command: &mut Command| {
-            command
-                .env("GRANTMESH_LOG", "error")
-                .env("DATABASE_URL", &self.database_url)
-                .env("GRANTMESH_TOKEN_KEY", TOKEN_KEY)
-                .env("GRANTMESH_SERVICE_KEY", SERVICE_KEY)
-                .stderr(Stdio::null());
-        })
-        .await
+    /// Starts `grantmesh ROLE ARGS…` on the bench's transport (quiet: errors
+    /// only, stderr dropped) and waits for its `listening on ADDR` line. The
+    /// child is killed when dropped.
+    async fn spawn(&self, name: &str, role: &str, args: &[&str]) -> anyhow::Result<ChildNode> {
+        self.transport
+            .spawn(name, role, args, |command: &mut Command| {
+                command
+                    .env("GRANTMESH_LOG", "error")
+                    .env("DATABASE_URL", &self.database_url)
+                    .env("GRANTMESH_TOKEN_KEY", TOKEN_KEY)
+                    .env("GRANTMESH_SERVICE_KEY", SERVICE_KEY)
+                    .stderr(Stdio::null());
+            })
+            .await
     }
 }
 
@@ -139,8 +164,8 @@ async fn measure(
     let college = children
         .spawn(
             id,
+            "college",
             &[
-                "college",
                 "--listen",
                 "127.0.0.1:0",
                 "--registry",
@@ -151,7 +176,13 @@ async fn measure(
         )
         .await?;
     // Wait until the registry holds the instance's lease on a KeepAlive stream.
-    let mut client = RegistryClient::connect(registry.to_owned()).await?;
+    let transport = children.transport.client();
+    let mut client = RegistryClient::new(
+        transport
+            .channel(registry, Some("registry"))
+            .await
+            .context("failed to reach the registry")?,
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let instances = client
@@ -172,7 +203,10 @@ async fn measure(
     let balancer = Balancer::new(
         vec![registry.to_owned()],
         "college",
-        BalancerOptions::default(),
+        BalancerOptions {
+            transport,
+            ..BalancerOptions::default()
+        },
     );
     let mut view = balancer.subscribe();
     while !view.borrow_and_update().contains(id) {
@@ -218,7 +252,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn report(what: &str, samples: &[Sample]) {
+fn report(transport: &str, what: &str, samples: &[Sample]) {
     let mut watcher: Vec<Duration> = samples.iter().map(|s| s.watcher).collect();
     let mut balancer: Vec<Duration> = samples.iter().map(|s| s.balancer).collect();
     watcher.sort();
@@ -226,7 +260,7 @@ fn report(what: &str, samples: &[Sample]) {
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     for (seen_by, sorted) in [("Watch stream", &watcher), ("client balancer", &balancer)] {
         println!(
-            "| {what} | {seen_by} | {} | {} | {} | {} |",
+            "| {transport} | {what} | {seen_by} | {} | {} | {} | {} |",
             sorted.len(),
             ms(percentile(sorted, 50.0)),
             ms(percentile(sorted, 99.0)),

@@ -4,7 +4,8 @@
 //! [`researcher`] and [`open_accounts`] make the bench's data through the
 //! real API. [`run_load`] runs client tasks calling back to back for a
 //! warm-up and a measured window; [`withdraw_load`] and [`floor_load`] are
-//! its two loads: withdrawals of 1, and the same call refused by validation.
+//! its two loads: withdrawals of 1, and the same call refused by validation
+//! (`bench heartbeat` drives its own calls with [`run_load`] too).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -115,13 +116,13 @@ pub(super) async fn open_accounts(
 }
 
 /// What one load run through the mesh gave.
-pub(super) struct MeshOutcome {
+pub(in crate::bench) struct MeshOutcome {
     /// Rate, latency and CPU of the measured window.
-    pub(super) measured: Measured,
+    pub(in crate::bench) measured: Measured,
     /// Successful calls, warm-up included.
-    pub(super) completed: u64,
+    pub(in crate::bench) completed: u64,
     /// Failed calls by what went wrong, warm-up included.
-    pub(super) errors: BTreeMap<String, u64>,
+    pub(in crate::bench) errors: BTreeMap<String, u64>,
 }
 
 /// What one client task of a load run gave.
@@ -137,11 +138,11 @@ struct TaskOutcome {
 }
 
 /// One call of a load run: `Err` says what went wrong, as counted in the errors.
-type Call = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+pub(in crate::bench) type Call = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// `clients` tasks calling `call(task, seq)` back to back for `warmup` and
 /// then `duration`; latencies and CPU count in the second part only.
-async fn run_load<F>(
+pub(in crate::bench) async fn run_load<F>(
     clients: usize,
     warmup: Duration,
     duration: Duration,

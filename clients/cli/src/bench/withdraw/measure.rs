@@ -4,31 +4,35 @@
 //! CPU ticks spent meanwhile, split by who spent them ([`CpuUse`], sampled
 //! from `/proc` by a [`Sampler`], see [`super::super::cpu`]). A [`Row`] puts
 //! the mesh and pgbench side of one scenario and concurrency together;
-//! [`print_tables`] prints the rates and latencies, then where the CPU went.
+//! [`print_tables`] prints the rates and latencies, then where the CPU went;
+//! [`print_transport_table`] puts TLS and plaintext side by side.
+//!
+//! `bench heartbeat` measures with the same [`Measured`] and [`Sampler`].
 
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
 use super::super::cpu;
+use super::super::transport::{Kind, ratio};
 
 /// What one side of one cell measured.
-pub(super) struct Measured {
-    /// Withdrawals per second over the measured window.
-    pub(super) rate: f64,
+pub(in crate::bench) struct Measured {
+    /// Withdrawals (calls) per second over the measured window.
+    pub(in crate::bench) rate: f64,
     /// Latencies in microseconds.
-    pub(super) latency: Histogram<u64>,
+    pub(in crate::bench) latency: Histogram<u64>,
     /// CPU spent over `cpu_wall`, in which `cpu_count` withdrawals completed.
-    pub(super) cpu: CpuUse,
+    pub(in crate::bench) cpu: CpuUse,
     /// The window `cpu` was sampled over.
-    pub(super) cpu_wall: Duration,
+    pub(in crate::bench) cpu_wall: Duration,
     /// Withdrawals completed in `cpu_wall`.
-    pub(super) cpu_count: u64,
+    pub(in crate::bench) cpu_count: u64,
 }
 
 /// CPU ticks spent during a window, by who spent them.
 #[derive(Default, Clone, Copy)]
-pub(super) struct CpuUse {
+pub(in crate::bench) struct CpuUse {
     /// This process (mesh) or pgbench.
     driver: u64,
     /// Registry and College children (mesh only; idle during pgbench).
@@ -46,17 +50,19 @@ pub(super) struct Row {
     pub(super) scenario: String,
     /// Concurrent clients on either side.
     pub(super) clients: usize,
-    /// The mesh side, over every round.
-    pub(super) mesh: Measured,
+    /// The mesh side on each transport (TLS first), over every round.
+    pub(super) meshes: Vec<(Kind, Measured)>,
     /// The pgbench side, over every round.
     pub(super) pgbench: Measured,
-    /// mesh/pgbench of each round.
+    /// First mesh/pgbench of each round.
     pub(super) ratios: Vec<f64>,
+    /// TLS/plaintext of each round; empty unless both ran.
+    pub(super) transport_ratios: Vec<f64>,
 }
 
 impl Measured {
     /// Rounds of equal length as one: mean rate, every latency, all CPU.
-    pub(super) fn combine(rounds: Vec<Measured>) -> Measured {
+    pub(in crate::bench) fn combine(rounds: Vec<Measured>) -> Measured {
         let n = rounds.len().max(1) as f64;
         let mut all = Measured {
             rate: 0.0,
@@ -77,15 +83,15 @@ impl Measured {
 }
 
 /// Processes whose CPU is sampled.
-pub(super) struct Sampler {
+pub(in crate::bench) struct Sampler {
     /// The registry and College children.
-    pub(super) children: Vec<u32>,
+    pub(in crate::bench) children: Vec<u32>,
     /// The PostgreSQL server, when it runs on this machine.
-    pub(super) postmaster: Option<u32>,
+    pub(in crate::bench) postmaster: Option<u32>,
 }
 
 impl Sampler {
-    pub(super) async fn sample(&self) -> CpuUse {
+    pub(in crate::bench) async fn sample(&self) -> CpuUse {
         // Wait (briefly) for the postmaster to reap backends that just exited.
         let mut postgres = 0;
         if let Some(postmaster) = self.postmaster {
@@ -146,44 +152,104 @@ const MAX_LATENCY_MICROS: u64 = 600_000_000;
 const LATENCY_FIGURES: u8 = 3;
 
 /// An empty latency histogram; every one in the bench has these bounds, so any two add up.
-pub(super) fn histogram() -> Histogram<u64> {
+pub(in crate::bench) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, LATENCY_FIGURES)
         .expect("valid histogram bounds")
 }
 
 /// Microseconds as milliseconds, for the tables.
-pub(super) fn ms(micros: u64) -> String {
+pub(in crate::bench) fn ms(micros: u64) -> String {
     format!("{:.2} ms", micros as f64 / 1000.0)
 }
 
 impl Row {
     /// One line of progress on stderr while the bench runs.
     pub(super) fn progress(&self) -> String {
-        format!(
-            "{} | {} clients: mesh {:.0}/s p50 {} p99 {}; pgbench {:.0}/s p50 {} p99 {}",
-            self.scenario,
-            self.clients,
-            self.mesh.rate,
-            ms(self.mesh.latency.value_at_quantile(0.5)),
-            ms(self.mesh.latency.value_at_quantile(0.99)),
+        let mut line = format!("{} | {} clients:", self.scenario, self.clients);
+        for (kind, mesh) in &self.meshes {
+            line += &format!(
+                " mesh ({}) {:.0}/s p50 {} p99 {};",
+                kind.label(),
+                mesh.rate,
+                ms(mesh.latency.value_at_quantile(0.5)),
+                ms(mesh.latency.value_at_quantile(0.99)),
+            );
+        }
+        line + &format!(
+            " pgbench {:.0}/s p50 {} p99 {}",
             self.pgbench.rate,
             ms(self.pgbench.latency.value_at_quantile(0.5)),
             ms(self.pgbench.latency.value_at_quantile(0.99)),
         )
     }
+
+    /// The mesh side that the main table compares with pgbench: the first transport.
+    fn mesh(&self) -> &Measured {
+        &self.meshes[0].1
+    }
+}
+
+/// CPU µs per call of the driver (this process) and of the mesh children.
+pub(in crate::bench) fn cpu_per_call(m: &Measured) -> (f64, f64) {
+    let per =
+        |ticks: u64| ticks as f64 * cpu::tick().as_secs_f64() * 1e6 / m.cpu_count.max(1) as f64;
+    (per(m.cpu.driver), per(m.cpu.mesh))
 }
 
 /// The line under the tables: the same call refused by validation, as a floor.
-pub(super) fn print_floor(floor: &Measured) {
+pub(super) fn print_floor(kind: Kind, floor: &Measured) {
     println!(
-        "floor: Withdraw refused by validation (mesh, no database), 1 client: {:.0}/s, p50 {}, p99 {}; \
+        "floor ({}): Withdraw refused by validation (mesh, no database), 1 client: {:.0}/s, p50 {}, p99 {}; \
          CPU µs per call: client {:.0}, mesh {:.0}",
+        kind.label(),
         floor.rate,
         ms(floor.latency.value_at_quantile(0.5)),
         ms(floor.latency.value_at_quantile(0.99)),
-        floor.cpu.driver as f64 * cpu::tick().as_secs_f64() * 1e6 / floor.cpu_count.max(1) as f64,
-        floor.cpu.mesh as f64 * cpu::tick().as_secs_f64() * 1e6 / floor.cpu_count.max(1) as f64,
+        cpu_per_call(floor).0,
+        cpu_per_call(floor).1,
     );
+}
+
+/// TLS next to plaintext for every row, when both ran: rates, latencies,
+/// their ratios, and the CPU µs per withdrawal of client and mesh.
+pub(super) fn print_transport_table(rows: &[Row]) {
+    if rows.iter().all(|row| row.transport_ratios.is_empty()) {
+        return;
+    }
+    let rounds = rows.first().map_or(1, |row| row.transport_ratios.len());
+    println!(
+        "| scenario | clients | TLS withdrawals/s | plaintext withdrawals/s | TLS/plaintext | per round ({rounds}) \
+         | TLS p50 | plaintext p50 | TLS p99 | plaintext p99 | CPU µs client TLS / plaintext | CPU µs mesh TLS / plaintext |"
+    );
+    println!("| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |");
+    for row in rows {
+        let [(_, tls), (_, plain)] = row.meshes.as_slice() else {
+            continue;
+        };
+        let (tls_client, tls_mesh) = cpu_per_call(tls);
+        let (plain_client, plain_mesh) = cpu_per_call(plain);
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {tls_client:.0} / {plain_client:.0} | {tls_mesh:.0} / {plain_mesh:.0} |",
+            row.scenario,
+            row.clients,
+            tls.rate,
+            plain.rate,
+            ratio(tls.rate, plain.rate),
+            min_max(&row.transport_ratios),
+            ms(tls.latency.value_at_quantile(0.5)),
+            ms(plain.latency.value_at_quantile(0.5)),
+            ms(tls.latency.value_at_quantile(0.99)),
+            ms(plain.latency.value_at_quantile(0.99)),
+        );
+    }
+    println!();
+}
+
+/// `min–max` of per-round ratios.
+pub(in crate::bench) fn min_max(ratios: &[f64]) -> String {
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(0.0, f64::max);
+    format!("{min:.2}–{max:.2}")
 }
 
 /// The rates and latencies of every row, then where the CPU went in each.
@@ -194,19 +260,18 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
     } else {
         String::new()
     };
+    let label = rows.first().map_or("", |row| row.meshes[0].0.label());
     println!(
-        "| scenario | clients | mesh withdrawals/s | mesh p50 | mesh p99 | pgbench tps | pgbench p50 | pgbench p99 | mesh/pgbench{range} |"
+        "| scenario | clients | mesh ({label}) withdrawals/s | mesh p50 | mesh p99 | pgbench tps | pgbench p50 | pgbench p99 | mesh/pgbench{range} |"
     );
     println!(
         "| --- | --: | --: | --: | --: | --: | --: | --: | --:{} |",
         if rounds > 1 { " | --:" } else { "" }
     );
     for row in rows {
-        let (mesh, pg) = (row.mesh.rate, row.pgbench.rate);
+        let (mesh, pg) = (row.mesh().rate, row.pgbench.rate);
         let range = if rounds > 1 {
-            let min = row.ratios.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = row.ratios.iter().copied().fold(0.0, f64::max);
-            format!(" | {min:.2}–{max:.2}")
+            format!(" | {}", min_max(&row.ratios))
         } else {
             String::new()
         };
@@ -215,12 +280,12 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
             row.scenario,
             row.clients,
             mesh,
-            ms(row.mesh.latency.value_at_quantile(0.5)),
-            ms(row.mesh.latency.value_at_quantile(0.99)),
+            ms(row.mesh().latency.value_at_quantile(0.5)),
+            ms(row.mesh().latency.value_at_quantile(0.99)),
             pg,
             ms(row.pgbench.latency.value_at_quantile(0.5)),
             ms(row.pgbench.latency.value_at_quantile(0.99)),
-            if pg > 0.0 { mesh / pg } else { 0.0 },
+            ratio(mesh, pg),
         );
     }
     println!();
@@ -241,7 +306,12 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
     println!("| --- | --: | --- | --: | --: | --: | --: | --: | --: |");
     let mut disturbed = Vec::new();
     for row in rows {
-        for (run, m) in [("mesh", &row.mesh), ("pgbench", &row.pgbench)] {
+        let runs = row
+            .meshes
+            .iter()
+            .map(|(kind, m)| (format!("mesh ({})", kind.label()), m))
+            .chain([("pgbench".to_owned(), &row.pgbench)]);
+        for (run, m) in runs {
             let wall = m.cpu_wall.as_secs_f64();
             let share = |ticks: u64| ticks as f64 * tick / wall * 100.0;
             let (client, mesh, postgres) = (

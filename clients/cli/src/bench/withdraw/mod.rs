@@ -25,6 +25,12 @@
 //!    journal, and the journal holds exactly the withdrawals both sides
 //!    reported. Then stops the children and drops the database.
 //!
+//! The mesh runs on TLS with a throwaway CA by default (`--transport`, see
+//! [`super::transport`]). With `--transport both`, a TLS mesh and a
+//! plaintext mesh (a registry and `--colleges` Colleges each) run on the same
+//! database, and every cell measures both and pgbench, in reverse order on
+//! odd rounds; a table of TLS/plaintext ratios follows.
+//!
 //! The load generator runs on a runtime of its own (`--client-threads`, one
 //! thread by default, like `pgbench -j 1`).
 //!
@@ -51,12 +57,13 @@ use tokio::process::Command;
 use tokio_postgres::NoTls;
 
 use super::cpu;
+use super::transport::{BenchTransport, Kind, TransportChoice};
 use measure::{Measured, Row, Sampler};
 use pgbench::{Pgbench, PgbenchVars};
 
 mod books;
-mod load;
-mod measure;
+pub(super) mod load;
+pub(super) mod measure;
 mod pgbench;
 
 /// Bench-only signing keys, the same in the children and here.
@@ -105,6 +112,9 @@ pub struct WithdrawArgs {
     /// Leave the bench database in place (to rerun the pgbench script by hand).
     #[arg(long)]
     keep_database: bool,
+    /// What the mesh runs on: TLS with a throwaway CA, plaintext, or both side by side.
+    #[arg(long, value_enum, default_value_t = TransportChoice::Tls)]
+    transport: TransportChoice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,11 +227,25 @@ async fn bench(
     work: &Path,
     children: &mut Vec<ChildNode>,
 ) -> anyhow::Result<ExitCode> {
-    let balancer = start_mesh(args, url, children).await?;
+    let mut meshes = Vec::new();
+    for kind in args.transport.kinds() {
+        let transport = BenchTransport::new(kind, work)?;
+        let first = children.len();
+        let balancer = start_mesh(args, url, &transport, children).await?;
+        meshes.push(Mesh {
+            kind,
+            balancer,
+            pids: children[first..]
+                .iter()
+                .filter_map(|c| c.child.id())
+                .collect(),
+        });
+    }
+    let balancer = &meshes[0].balancer;
 
-    // The data, through the API.
-    let (researcher, token) = load::researcher(&balancer).await?;
-    let accounts = load::open_accounts(&balancer, &researcher, args.accounts).await?;
+    // The data, through the API (on a shared database, every mesh sees it).
+    let (researcher, token) = load::researcher(balancer).await?;
+    let accounts = load::open_accounts(balancer, &researcher, args.accounts).await?;
     let (db, connection) = tokio_postgres::connect(url, NoTls)
         .await
         .context("failed to reach the bench database")?;
@@ -234,28 +258,45 @@ async fn bench(
     )
     .await?;
     let backend: i32 = db.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
-    let sampler = Sampler {
-        children: children.iter().filter_map(|c| c.child.id()).collect(),
-        postmaster: cpu::postmaster_of(backend as u32),
-    };
-    if sampler.postmaster.is_none() {
+    let postmaster = cpu::postmaster_of(backend as u32);
+    if postmaster.is_none() {
         eprintln!("note: the PostgreSQL server is not on this machine; its CPU is not reported");
     }
+    // Each mesh's CPU is its own children's; pgbench's side samples the first (idle) mesh.
+    let samplers: Vec<Sampler> = meshes
+        .iter()
+        .map(|mesh| Sampler {
+            children: mesh.pids.clone(),
+            postmaster,
+        })
+        .collect();
     let ctx = Ctx {
         db,
-        sampler,
+        sampler: Sampler {
+            children: meshes[0].pids.clone(),
+            postmaster,
+        },
         pgbench: Pgbench::new(pgbench, script, url, work)?,
     };
 
-    // The floor: the same call through the mesh, refused by the College's
+    // The floor: the same call through each mesh, refused by the College's
     // validation (amount 0) before it reaches the database. One client.
-    ctx.settle().await;
-    let floor = load::floor_load(&balancer, &token, args, &ctx.sampler).await;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut floors = Vec::new();
+    for (mesh, sampler) in meshes.iter().zip(&samplers) {
+        ctx.settle().await;
+        let floor = load::floor_load(&mesh.balancer, &token, args, sampler).await;
+        for (error, n) in floor.errors {
+            *errors.entry(error).or_default() += n;
+        }
+        floors.push((mesh.kind, floor.measured));
+    }
 
     let token: Arc<str> = token.into();
     let mut rows = Vec::new();
-    let mut errors: BTreeMap<String, u64> = floor.errors.clone();
     let (mut mesh_total, mut pgbench_total) = (0u64, 0u64);
+    // The sides of a cell: each mesh (by index), then pgbench (`None`).
+    let sides: Vec<Option<usize>> = (0..meshes.len()).map(Some).chain([None]).collect();
     for scenario in [Scenario::Spread, Scenario::Hot] {
         let in_play = match scenario {
             Scenario::Spread => args.accounts,
@@ -263,7 +304,8 @@ async fn bench(
         };
         let accounts = Arc::new(accounts[..in_play].to_vec());
         for &clients in &args.concurrency {
-            let (mut mesh_runs, mut pgbench_runs) = (Vec::new(), Vec::new());
+            let mut mesh_runs: Vec<Vec<Measured>> = meshes.iter().map(|_| Vec::new()).collect();
+            let mut pgbench_runs = Vec::new();
             for round in 0..args.rounds {
                 let tag = format!(
                     "{}{clients}r{round}",
@@ -273,25 +315,25 @@ async fn bench(
                         "h"
                     }
                 );
-                // Alternate which side goes first, so neither always follows the other.
-                for mesh_side in [round % 2 == 0, round % 2 == 1] {
+                // Reverse the order on odd rounds, so no side always follows another.
+                for side in super::transport::round_order(&sides, round) {
                     ctx.settle().await;
-                    if mesh_side {
+                    if let Some(m) = side {
                         let mesh = load::withdraw_load(
-                            &balancer,
+                            &meshes[m].balancer,
                             &token,
                             Arc::clone(&accounts),
                             clients,
                             args,
-                            &tag,
-                            &ctx.sampler,
+                            &format!("{tag}m{m}"),
+                            &samplers[m],
                         )
                         .await;
                         mesh_total += mesh.completed;
                         for (error, n) in mesh.errors {
                             *errors.entry(error).or_default() += n;
                         }
-                        mesh_runs.push(mesh.measured);
+                        mesh_runs[m].push(mesh.measured);
                     } else {
                         let vars = PgbenchVars {
                             naccounts: in_play,
@@ -314,17 +356,31 @@ async fn bench(
                     }
                 }
             }
-            let ratios: Vec<f64> = mesh_runs
+            let ratios: Vec<f64> = mesh_runs[0]
                 .iter()
                 .zip(&pgbench_runs)
                 .map(|(m, p)| m.rate / p.rate.max(f64::MIN_POSITIVE))
                 .collect();
+            // TLS/plaintext per round, when both ran.
+            let transport_ratios: Vec<f64> = match mesh_runs.as_slice() {
+                [tls, plain] => tls
+                    .iter()
+                    .zip(plain)
+                    .map(|(t, p)| t.rate / p.rate.max(f64::MIN_POSITIVE))
+                    .collect(),
+                _ => Vec::new(),
+            };
             let row = Row {
                 scenario: scenario.name(args.accounts),
                 clients,
-                mesh: Measured::combine(mesh_runs),
+                meshes: meshes
+                    .iter()
+                    .map(|mesh| mesh.kind)
+                    .zip(mesh_runs.into_iter().map(Measured::combine))
+                    .collect(),
                 pgbench: Measured::combine(pgbench_runs),
                 ratios,
+                transport_ratios,
             };
             eprintln!("{}", row.progress());
             rows.push(row);
@@ -332,7 +388,10 @@ async fn bench(
     }
 
     measure::print_tables(&rows, args.colleges);
-    measure::print_floor(&floor.measured);
+    measure::print_transport_table(&rows);
+    for (kind, floor) in &floors {
+        measure::print_floor(*kind, floor);
+    }
     let books = books::check_books(&ctx.db, mesh_total, pgbench_total).await;
     let mut ok = true;
     if errors.is_empty() {
@@ -358,27 +417,38 @@ async fn bench(
     })
 }
 
+/// One mesh of the run: a registry and its Colleges on one transport.
+struct Mesh {
+    kind: Kind,
+    /// A client of its Colleges, on its transport.
+    balancer: Balancer,
+    /// Its children's process ids, whose CPU counts as the mesh's.
+    pids: Vec<u32>,
+}
+
 /// Starts a registry and `--colleges` College instances on the bench
-/// database `url` (pushed onto `children` as they start), and returns a
-/// balancer once every instance has registered and answered.
+/// database `url` and on `transport` (pushed onto `children` as they start),
+/// and returns a balancer once every instance has registered and answered.
 async fn start_mesh(
     args: &WithdrawArgs,
     url: &str,
+    transport: &BenchTransport,
     children: &mut Vec<ChildNode>,
 ) -> anyhow::Result<Balancer> {
-    let exe = std::env::current_exe().context("failed to find this binary")?;
-    let registry = ChildNode::spawn(
-        &exe,
-        "registry",
-        ["registry", "--listen", "127.0.0.1:0"],
-        |command: &mut Command| {
-            command
-                .env("GRANTMESH_LOG", "error")
-                .stderr(Stdio::inherit());
-        },
-    )
-    .await?;
-    let registry_url = registry.url();
+    let label = transport.kind().label();
+    let registry = transport
+        .spawn(
+            &format!("registry ({label})"),
+            "registry",
+            &["--listen", "127.0.0.1:0"],
+            |command: &mut Command| {
+                command
+                    .env("GRANTMESH_LOG", "error")
+                    .stderr(Stdio::inherit());
+            },
+        )
+        .await?;
+    let registry_url = transport.url(registry.addr);
     children.push(registry);
     let pool_size = args.pool_size.to_string();
     let agencies = load::college_agencies();
@@ -388,34 +458,37 @@ async fn start_mesh(
         ("GRANTMESH_SERVICE_KEY", SERVICE_KEY),
     ];
     for n in 1..=args.colleges {
-        let college = ChildNode::spawn(
-            &exe,
-            &format!("college-{n}"),
-            [
+        let college = transport
+            .spawn(
+                &format!("college-{n} ({label})"),
                 "college",
-                "--listen",
-                "127.0.0.1:0",
-                "--registry",
-                &registry_url,
-                "--pool-size",
-                &pool_size,
-                "--agencies",
-                &agencies,
-            ],
-            |command: &mut Command| {
-                command
-                    .envs(env)
-                    .env("GRANTMESH_LOG", "error")
-                    .stderr(Stdio::inherit());
-            },
-        )
-        .await?;
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--registry",
+                    &registry_url,
+                    "--pool-size",
+                    &pool_size,
+                    "--agencies",
+                    &agencies,
+                ],
+                |command: &mut Command| {
+                    command
+                        .envs(env)
+                        .env("GRANTMESH_LOG", "error")
+                        .stderr(Stdio::inherit());
+                },
+            )
+            .await?;
         children.push(college);
     }
     let balancer = Balancer::new(
         vec![registry_url.clone()],
         grantmesh_college::SERVICE,
-        BalancerOptions::default(),
+        BalancerOptions {
+            transport: transport.client(),
+            ..BalancerOptions::default()
+        },
     );
     let mut view = balancer.subscribe();
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -425,7 +498,7 @@ async fn start_mesh(
         anyhow::Ok(())
     })
     .await
-    .context("the College instances did not register within 30 s")??;
+    .with_context(|| format!("the {label} College instances did not register within 30 s"))??;
     for _ in 0..args.colleges * 4 {
         balancer
             .call(|channel| async move {

@@ -1,0 +1,196 @@
+//! How a bench's mesh is dialled: TLS with a throwaway CA, or plaintext.
+//!
+//! Every role refuses to start without `--tls-dir` or `--insecure`, so each
+//! bench asks this module for the flags of its children and for the
+//! [`Transport`] of its own clients. With TLS, [`BenchTransport::new`] makes
+//! a CA in the bench's work directory and issues a loopback certificate for
+//! each role there (`grantmesh ca init` + `grantmesh ca issue`, through the
+//! library); the bench removes the directory when it is done. `--transport
+//! both` ([`TransportChoice::Both`]) measures the two side by side in one run.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use grantmesh_discovery::tls::{TlsMaterial, TlsPaths, Transport, ca};
+use grantmesh_node::process::ChildNode;
+use tokio::process::Command;
+
+/// `--transport`: what a bench runs its mesh on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportChoice {
+    /// TLS with a throwaway mesh CA, as every mesh runs by default.
+    Tls,
+    /// Plaintext, as with `--insecure`.
+    Insecure,
+    /// Both, side by side in the same run.
+    Both,
+}
+
+impl TransportChoice {
+    /// The transports to measure, TLS first.
+    pub fn kinds(self) -> Vec<Kind> {
+        match self {
+            Self::Tls => vec![Kind::Tls],
+            Self::Insecure => vec![Kind::Insecure],
+            Self::Both => vec![Kind::Tls, Kind::Insecure],
+        }
+    }
+}
+
+/// One transport a mesh runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tls,
+    Insecure,
+}
+
+impl Kind {
+    /// As printed in the tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tls => "TLS",
+            Self::Insecure => "plaintext",
+        }
+    }
+}
+
+/// The services a bench starts or speaks as; each gets a certificate.
+const SERVICES: [&str; 3] = ["registry", "agency", "college"];
+
+/// One transport, ready for a bench: the children's flags and the clients' [`Transport`].
+pub struct BenchTransport {
+    kind: Kind,
+    /// The throwaway CA's directory, with a certificate per service (TLS only).
+    dir: Option<PathBuf>,
+    /// What the bench's own clients use: the CA only, no identity (like a researcher).
+    client: Transport,
+}
+
+impl BenchTransport {
+    /// With TLS, makes a fresh CA and a loopback certificate per service in
+    /// `work/tls-ca` (`work` is the bench's own scratch directory).
+    pub fn new(kind: Kind, work: &Path) -> anyhow::Result<Self> {
+        let (dir, client) = match kind {
+            Kind::Insecure => (None, Transport::Insecure),
+            Kind::Tls => {
+                let dir = work.join("tls-ca");
+                ca::init(&dir).context("failed to make the bench's mesh CA")?;
+                for service in SERVICES {
+                    ca::issue(&dir, &ca::LeafRequest::loopback(service), &dir).with_context(
+                        || format!("failed to issue the bench's {service} certificate"),
+                    )?;
+                }
+                let client = tls_transport(&dir, None)?;
+                (Some(dir), client)
+            }
+        };
+        Ok(Self { kind, dir, client })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// How the bench's clients dial the mesh, presenting no certificate.
+    pub fn client(&self) -> Transport {
+        self.client.clone()
+    }
+
+    /// How a client speaking as `service` dials the mesh: with TLS it
+    /// presents that service's certificate (the registry takes
+    /// registrations and heartbeats for a service only from it).
+    pub fn client_as(&self, service: &str) -> anyhow::Result<Transport> {
+        match &self.dir {
+            None => Ok(Transport::Insecure),
+            Some(dir) => tls_transport(dir, Some(service)),
+        }
+    }
+
+    /// The URL a child listening on `addr` is reached at (`https://` or `http://`).
+    pub fn url(&self, addr: SocketAddr) -> String {
+        self.client.url(addr)
+    }
+
+    /// The flags that tell a role how to prove who it is.
+    pub fn role_flags(&self) -> Vec<String> {
+        match &self.dir {
+            None => vec!["--insecure".to_owned()],
+            Some(dir) => vec!["--tls-dir".to_owned(), dir.display().to_string()],
+        }
+    }
+
+    /// Starts `grantmesh ROLE <transport flags> ARGS…` as a child of this
+    /// binary (see [`ChildNode::spawn`]), `adjust` setting its environment
+    /// and stderr.
+    pub async fn spawn(
+        &self,
+        name: &str,
+        role: &str,
+        args: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<ChildNode> {
+        let exe = std::env::current_exe().context("failed to find this binary")?;
+        let mut all = vec![role.to_owned()];
+        all.extend(self.role_flags());
+        all.extend(args.iter().map(|&arg| arg.to_owned()));
+        ChildNode::spawn(&exe, name, &all, adjust).await
+    }
+}
+
+fn tls_transport(dir: &Path, service: Option<&str>) -> anyhow::Result<Transport> {
+    let material: Arc<TlsMaterial> = TlsMaterial::load(TlsPaths::in_dir(dir, service))
+        .with_context(|| format!("failed to read the bench's TLS files in {}", dir.display()))?;
+    Ok(Transport::Tls(material))
+}
+
+/// The order of the sides of one round: as given on even rounds, reversed
+/// on odd ones, so that no side always follows another.
+pub fn round_order<T: Clone>(sides: &[T], round: usize) -> Vec<T> {
+    let mut order = sides.to_vec();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// `a / b` for the tables; 0 when `b` is nothing.
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_rounds_run_the_sides_in_reverse() {
+        assert_eq!(round_order(&[1, 2, 3], 0), vec![1, 2, 3]);
+        assert_eq!(round_order(&[1, 2, 3], 1), vec![3, 2, 1]);
+        assert_eq!(round_order(&[1, 2], 2), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_tls_bench_transport_gives_children_its_ca_dir_and_clients_https() {
+        let work = tempfile::tempdir().unwrap();
+        let tls = BenchTransport::new(Kind::Tls, work.path()).unwrap();
+        let flags = tls.role_flags();
+        assert_eq!(flags[0], "--tls-dir");
+        for service in SERVICES {
+            let (cert, key) = ca::leaf_files(Path::new(&flags[1]), service);
+            assert!(
+                cert.exists() && key.exists(),
+                "{service} has no certificate"
+            );
+        }
+        assert!(tls.client().is_tls());
+        assert!(tls.client_as("college").unwrap().is_tls());
+        let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        assert_eq!(tls.url(addr), "https://127.0.0.1:7000");
+
+        let plain = BenchTransport::new(Kind::Insecure, work.path()).unwrap();
+        assert_eq!(plain.role_flags(), vec!["--insecure"]);
+        assert_eq!(plain.url(addr), "http://127.0.0.1:7000");
+    }
+}
