@@ -401,7 +401,6 @@ async fn certificates_of_a_ca_removed_from_trust_are_refused_without_a_restart()
         "the new CA's college is accepted",
         || {
             let new = new.path().to_owned();
-            let register = register;
             async move { register(new).await.is_ok() }
         },
     )
