@@ -15,7 +15,7 @@
 \set n random(1, :naccounts)
 \set seq :seq + 1
 WITH target AS (
-    SELECT a.id, a.balance, a.expires_at <= now() AS expired,
+    SELECT a.id, a.balance, a.expires_at <= clock_timestamp() AS expired,
            EXISTS (SELECT 1 FROM members m WHERE m.account_id = a.id AND m.researcher_id = :researcher) AS is_member
     FROM accounts a WHERE a.id = (SELECT id FROM bench_accounts WHERE n = :n)
 ),
@@ -27,14 +27,14 @@ debit AS (
     UPDATE accounts a SET balance = a.balance - :amount
     WHERE a.id = (SELECT id FROM bench_accounts WHERE n = :n)
       AND a.balance >= :amount
-      AND a.expires_at > now()
+      AND a.expires_at > clock_timestamp()
       AND EXISTS (SELECT 1 FROM members m WHERE m.account_id = (SELECT id FROM bench_accounts WHERE n = :n) AND m.researcher_id = :researcher)
       AND NOT EXISTS (SELECT 1 FROM previous)
-    RETURNING a.balance
+    RETURNING a.balance, clock_timestamp() AS at
 ),
 journal AS (
-    INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after)
-    SELECT (SELECT id FROM bench_accounts WHERE n = :n), :researcher, :amount, ('pgb-' || :run || '-' || :client_id || '-' || :seq), :memo, balance FROM debit
+    INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after, created_at)
+    SELECT (SELECT id FROM bench_accounts WHERE n = :n), :researcher, :amount, ('pgb-' || :run || '-' || :client_id || '-' || :seq), :memo, balance, at FROM debit
     RETURNING id, created_at, balance_after
 ),
 notified AS (

@@ -29,9 +29,22 @@ pub(super) fn migrations() -> refinery::Runner {
 const ACCOUNT_COLUMNS: &str = "a.id, a.proposal_id, a.agency, a.title, a.principal_investigator, a.award, a.balance, \
      a.opened_at, a.expires_at, a.expires_at <= now() AS expired";
 
+/// The SQLSTATE of the journal's trigger refusing an entry stamped at or
+/// after the account's expiry (migration V3).
+const EXPIRED_AT_DEBIT: &str = "GMEXP";
+
+/// The withdrawal, one statement. Expiry is judged by `clock_timestamp()`,
+/// the database's clock at the moment the debit holds the account's row
+/// lock, and the journal entry is stamped with that same moment: a
+/// statement that waited on the lock across the expiry debits nothing, so
+/// a key's answer never turns from "expired" into "applied" (`now()` would
+/// be the statement's start, from before the wait). PostgreSQL does not
+/// re-check a waiting UPDATE's conditions when the lock holder let go
+/// without changing the row, so the journal's trigger (V3) makes the final
+/// check on the stamped moment and fails the whole statement.
 const WITHDRAW: &str = "
 WITH target AS (
-    SELECT a.id, a.balance, a.expires_at <= now() AS expired,
+    SELECT a.id, a.balance, a.expires_at <= clock_timestamp() AS expired,
            EXISTS (SELECT 1 FROM members m WHERE m.account_id = a.id AND m.researcher_id = $2) AS is_member
     FROM accounts a WHERE a.id = $1
 ),
@@ -43,14 +56,14 @@ debit AS (
     UPDATE accounts a SET balance = a.balance - $3
     WHERE a.id = $1
       AND a.balance >= $3
-      AND a.expires_at > now()
+      AND a.expires_at > clock_timestamp()
       AND EXISTS (SELECT 1 FROM members m WHERE m.account_id = $1 AND m.researcher_id = $2)
       AND NOT EXISTS (SELECT 1 FROM previous)
-    RETURNING a.balance
+    RETURNING a.balance, clock_timestamp() AS at
 ),
 journal AS (
-    INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after)
-    SELECT $1, $2, $3, $4, $5, balance FROM debit
+    INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after, created_at)
+    SELECT $1, $2, $3, $4, $5, balance, at FROM debit
     RETURNING id, created_at, balance_after
 ),
 notified AS (
@@ -335,6 +348,10 @@ pub(super) async fn withdraw(
             // The same key applied concurrently by another call: the
             // next pass finds it as `previous`.
             Err(err) if grantmesh_store::is_unique_violation(&err) => continue,
+            // The debit would have landed at or after the expiry (it waited
+            // on the row lock across it): nothing was applied, and the next
+            // pass reads the account as expired.
+            Err(err) if err.code().map(|c| c.code()) == Some(EXPIRED_AT_DEBIT) => continue,
             Err(err) => return Err(err.into()),
         };
         if let Some(id) = row.get::<_, Option<i64>>("new_id") {

@@ -129,3 +129,57 @@ async fn watchers_see_changes_made_on_another_college_instance() {
     assert_eq!(event.kind(), account_event::Kind::Membership);
     assert_eq!(event.account.unwrap().members.len(), 2);
 }
+
+/// The race of issue 10: a first attempt waits on the account's row lock
+/// across the expiry (its client gives up), a retry on the other college is
+/// told "expired", then the lock is released. The first attempt must not
+/// debit after the expiry, and the key's answer must stay "expired".
+#[tokio::test]
+async fn a_key_refused_at_expiry_is_never_applied_later() {
+    let mesh = Mesh::start(Duration::from_secs(1)).await;
+    let (pi, token) = mesh.researcher("ada").await;
+    let account = mesh.open(&pi, 100_000, 2).await;
+    let id: uuid::Uuid = account.account_id.parse().unwrap();
+
+    let mut holder = mesh.db.client().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    // Attempt 1 on college A, with a deadline shorter than the lock wait.
+    let mut first = withdraw(&account.account_id, 1_000, "k", &token);
+    first.set_timeout(Duration::from_millis(500));
+    let gave_up = mesh.college(0).await.withdraw(first).await.unwrap_err();
+    assert!(
+        matches!(gave_up.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{gave_up:?}"
+    );
+
+    // After the expiry, the retry on college B is told so.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let mut college_b = mesh.college(1).await;
+    let expired = college_b
+        .withdraw(withdraw(&account.account_id, 1_000, "k", &token))
+        .await
+        .unwrap_err();
+    assert_eq!(expired.code(), Code::FailedPrecondition, "{expired:?}");
+    assert!(expired.message().contains("expired"), "{expired:?}");
+
+    // The lock goes; attempt 1's statement, still queued in the database, runs now.
+    tx.rollback().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = college_b
+        .withdraw(withdraw(&account.account_id, 1_000, "k", &token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.code(),
+        Code::FailedPrecondition,
+        "the key's answer stays: {again:?}"
+    );
+    assert_eq!(
+        mesh.check_invariants(&account.account_id).await,
+        (100_000, 0, 0),
+        "no money left the account after its expiry"
+    );
+}
