@@ -34,3 +34,35 @@ pub mod service_names {
     pub const AGENCY: &str = "grantmesh.v1.Agency";
     pub const COLLEGE: &str = "grantmesh.v1.College";
 }
+
+/// How error messages show what a caller sent.
+pub mod errors {
+    /// Most characters of a caller's value that a status message repeats: a
+    /// message that echoed a megabyte id whole would itself exceed the
+    /// client's message limit and arrive as RESOURCE_EXHAUSTED instead of
+    /// the INVALID_ARGUMENT that names the problem.
+    pub const QUOTED_CHARS: usize = 64;
+
+    /// `value` quoted for a status message, cut to [`QUOTED_CHARS`] characters.
+    pub fn quote(value: &str) -> String {
+        match value.char_indices().nth(QUOTED_CHARS) {
+            None => format!("{value:?}"),
+            Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn long_values_are_cut_and_short_ones_kept() {
+            assert_eq!(quote("abc"), "\"abc\"");
+            let long = "x".repeat(1_000_000);
+            let shown = quote(&long);
+            assert!(shown.len() < 100, "{shown}");
+            assert!(shown.ends_with("(1000000 bytes)"), "{shown}");
+            assert_eq!(quote("\0"), "\"\\0\"");
+        }
+    }
+}

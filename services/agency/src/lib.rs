@@ -204,6 +204,16 @@ fn text(field: &str, value: &str, min: usize, max: usize) -> Result<String, Stat
             "{field} is longer than {max} characters"
         )));
     }
+    // Line breaks and tabs are text; other control characters (NUL among
+    // them, which PostgreSQL refuses) are not.
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(Status::invalid_argument(format!(
+            "{field} contains control characters"
+        )));
+    }
     Ok(value.to_owned())
 }
 
@@ -223,7 +233,8 @@ fn parse_page_token(token: &str) -> Result<Option<(SystemTime, Uuid)>, Status> {
     }
     let bad = || {
         Status::invalid_argument(format!(
-            "page_token {token:?} did not come from a previous page"
+            "page_token {} did not come from a previous page",
+            grantmesh_proto::errors::quote(token)
         ))
     };
     let (micros, id) = token.split_once('.').ok_or_else(bad)?;
@@ -282,6 +293,21 @@ impl Agency for AgencyService {
             .await?;
         if new {
             tracing::info!(proposal = %proposal.id, accepted = proposal.accepted, amount, "proposal decided");
+        } else if proposal.requested_amount != amount
+            || proposal.title != title
+            || proposal.duration_days != request.duration_days as i32
+        {
+            // As Withdraw does: one key, one request; a different request
+            // under a used key is a mistake to report, not to paper over.
+            return Err(Status::failed_precondition(format!(
+                "idempotency_key {} was already used for proposal {} ({:?}, {} minor units, {} days); \
+                 use a new key for a new proposal",
+                grantmesh_proto::errors::quote(&key),
+                proposal.id,
+                proposal.title,
+                proposal.requested_amount,
+                proposal.duration_days
+            )));
         }
         let mut proposal = proposal;
         if proposal.accepted && proposal.account_id.is_none() {
@@ -307,7 +333,10 @@ impl Agency for AgencyService {
             return Err(Status::invalid_argument("proposal_id is required"));
         }
         let id: Uuid = id_text.parse().map_err(|_| {
-            Status::invalid_argument(format!("proposal_id {id_text:?} is not a valid id"))
+            Status::invalid_argument(format!(
+                "proposal_id {} is not a valid id",
+                grantmesh_proto::errors::quote(id_text)
+            ))
         })?;
         let proposal = self
             .inner

@@ -309,7 +309,8 @@ impl College for CollegeService {
             "" => None,
             token => Some(token.parse::<i64>().map_err(|_| {
                 Status::invalid_argument(format!(
-                    "page_token {token:?} did not come from a previous page"
+                    "page_token {} did not come from a previous page",
+                    grantmesh_proto::errors::quote(token)
                 ))
             })?),
         };

@@ -413,7 +413,10 @@ fn principal_investigator_not_removable() -> StoreError {
 }
 
 fn no_researcher_with(email: &str) -> StoreError {
-    StoreError::NotFound(format!("no researcher is registered with email {email:?}"))
+    StoreError::NotFound(format!(
+        "no researcher is registered with email {}",
+        grantmesh_proto::errors::quote(email)
+    ))
 }
 
 fn not_a_member_to_remove(account: Uuid, researcher: Uuid) -> StoreError {
@@ -424,7 +427,8 @@ fn not_a_member_to_remove(account: Uuid, researcher: Uuid) -> StoreError {
 
 fn email_taken(email: &str) -> StoreError {
     StoreError::AlreadyExists(format!(
-        "a researcher with email {email:?} is already registered"
+        "a researcher with email {} is already registered",
+        grantmesh_proto::errors::quote(email)
     ))
 }
 
@@ -436,8 +440,9 @@ fn unknown_principal_investigator(researcher: Uuid) -> StoreError {
 
 fn key_reused(key: &str, previous_amount: i64, amount: i64) -> StoreError {
     StoreError::FailedPrecondition(format!(
-        "idempotency_key {key:?} was already used on this account for a withdrawal of {previous_amount}, \
-         not {amount}; use a new key for a new withdrawal"
+        "idempotency_key {} was already used on this account for a withdrawal of {previous_amount}, \
+         not {amount}; use a new key for a new withdrawal",
+        grantmesh_proto::errors::quote(key)
     ))
 }
 

@@ -39,7 +39,7 @@ pub fn optional_text(field: &str, value: &str, max_chars: usize) -> Result<Strin
 pub fn email(field: &str, value: &str) -> Result<String, Status> {
     let email = value.trim().to_lowercase();
     let valid = email.len() <= 254
-        && !email.chars().any(char::is_whitespace)
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
                 && !domain.contains('@')
@@ -50,7 +50,8 @@ pub fn email(field: &str, value: &str) -> Result<String, Status> {
         });
     if !valid {
         return Err(Status::invalid_argument(format!(
-            "{field} {value:?} is not a valid email address"
+            "{field} {} is not a valid email address",
+            grantmesh_proto::errors::quote(value)
         )));
     }
     Ok(email)
@@ -70,9 +71,12 @@ pub fn id(field: &str, value: &str) -> Result<Uuid, Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
-    value
-        .parse()
-        .map_err(|_| Status::invalid_argument(format!("{field} {value:?} is not a valid id")))
+    value.parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field} {} is not a valid id",
+            grantmesh_proto::errors::quote(value)
+        ))
+    })
 }
 
 /// An amount of money: more than zero and at most [`MAX_AMOUNT_MINOR`].

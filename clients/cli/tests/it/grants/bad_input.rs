@@ -211,3 +211,79 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         .get(0);
     assert_eq!((proposals, researchers), (0, 2));
 }
+
+#[tokio::test]
+async fn odd_input_is_refused_up_front_and_never_echoed_whole() {
+    let mesh = Mesh::start(DAY).await;
+    let (_, token) = mesh.researcher("ada").await;
+    let mut college = mesh.college(0).await;
+    let mut agency = mesh.agency().await;
+
+    // A NUL in an email or a title never reaches the database.
+    let signup = college
+        .register_researcher(RegisterResearcherRequest {
+            name: "Nul".into(),
+            email: "nul\0@uni.edu".into(),
+            password: "correct horse battery".into(),
+        })
+        .await;
+    assert_status(signup, Code::InvalidArgument, "email");
+    let login = college
+        .login(LoginRequest {
+            email: "nul\0@uni.edu".into(),
+            password: "correct horse battery".into(),
+        })
+        .await;
+    assert_status(login, Code::InvalidArgument, "email");
+    let proposal = |title: &str, amount: i64, key: &str| {
+        authed(
+            SubmitProposalRequest {
+                title: title.into(),
+                requested_amount_minor: amount,
+                duration_days: 30,
+                idempotency_key: key.into(),
+                ..Default::default()
+            },
+            &token,
+        )
+    };
+    assert_status(
+        agency
+            .submit_proposal(proposal("bad\0title", 400_000, "p-nul"))
+            .await,
+        Code::InvalidArgument,
+        "title contains control characters",
+    );
+
+    // A megabyte id is refused as INVALID_ARGUMENT, quoting only its start.
+    let huge = "x".repeat(1 << 20);
+    let refused = college
+        .get_account(authed(GetAccountRequest { account_id: huge }, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{}", refused.code());
+    assert!(
+        refused.message().len() < 200,
+        "{} bytes",
+        refused.message().len()
+    );
+
+    // A proposal key reused for another request is refused, as Withdraw does.
+    agency
+        .submit_proposal(proposal("Folding", 400_000, "p-1"))
+        .await
+        .unwrap();
+    assert_status(
+        agency
+            .submit_proposal(proposal("Folding", 450_000, "p-1"))
+            .await,
+        Code::FailedPrecondition,
+        "already used",
+    );
+    let replayed = agency
+        .submit_proposal(proposal("Folding", 400_000, "p-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replayed.requested_amount_minor, 400_000);
+}
