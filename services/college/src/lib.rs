@@ -64,6 +64,20 @@ struct Inner {
     closing: CancellationToken,
     /// Open `WatchAccount` streams, bounded.
     watchers: Arc<watch::Watchers>,
+    /// Login attempts per email, known or not.
+    login_attempts: LoginLimiter,
+}
+
+/// Login attempts one email gets per minute on one College instance, right
+/// or wrong: a person who mistypes a few times is not slowed, a guesser is
+/// held to this rate (it was ~25 a second against one account).
+pub const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
+
+type LoginLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+fn login_limiter() -> LoginLimiter {
+    let per_minute = std::num::NonZeroU32::new(LOGIN_ATTEMPTS_PER_MINUTE).expect("not zero");
+    governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute))
 }
 
 impl CollegeService {
@@ -82,15 +96,32 @@ impl CollegeService {
             closing.clone(),
         )
         .await?;
-        Ok(Self {
+        let service = Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 notifications,
-                closing,
+                closing: closing.clone(),
                 watchers: Arc::default(),
+                login_attempts: login_limiter(),
             }),
-        })
+        };
+        // Forget emails whose attempts have aged out, so made-up emails do
+        // not grow the limiter without end.
+        let inner = Arc::downgrade(&service.inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    () = closing.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let Some(inner) = inner.upgrade() else { return };
+                inner.login_attempts.retain_recent();
+                inner.login_attempts.shrink_to_fit();
+            }
+        });
+        Ok(service)
     }
 
     pub fn into_server(self) -> CollegeServer<Self> {
@@ -153,6 +184,11 @@ impl College for CollegeService {
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         let request = request.into_inner();
         let email = validate::email("email", &request.email)?;
+        if self.inner.login_attempts.check_key(&email).is_err() {
+            return Err(Status::resource_exhausted(format!(
+                "too many login attempts for this email; wait a minute (at most {LOGIN_ATTEMPTS_PER_MINUTE} a minute)"
+            )));
+        }
         let refused = || Status::unauthenticated("the email or password is wrong");
         let researcher = self.inner.store.researcher_by_email(&email).await?;
         // An unknown email is checked against a decoy hash: it takes as long

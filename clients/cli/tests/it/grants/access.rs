@@ -192,3 +192,26 @@ async fn authentication_and_permissions_are_enforced() {
     );
     assert_eq!(mesh.check_invariants(&account).await, (100_000, 0, 0));
 }
+
+#[tokio::test]
+async fn password_guessing_against_one_email_is_held_to_a_rate() {
+    let mesh = Mesh::start(DAY).await;
+    let mut college = mesh.college(0).await;
+    let guess = |email: &str| LoginRequest {
+        email: email.into(),
+        password: "not the password".into(),
+    };
+    for _ in 0..grantmesh_college::LOGIN_ATTEMPTS_PER_MINUTE {
+        let wrong = college.login(guess("victim@uni.edu")).await.unwrap_err();
+        assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    }
+    let held = college.login(guess("victim@uni.edu")).await.unwrap_err();
+    assert_eq!(held.code(), Code::ResourceExhausted, "{held:?}");
+    assert!(
+        held.message().contains("too many login attempts"),
+        "{held:?}"
+    );
+    // Another email is not held back.
+    let other = college.login(guess("someone@uni.edu")).await.unwrap_err();
+    assert_eq!(other.code(), Code::Unauthenticated, "{other:?}");
+}
