@@ -141,6 +141,12 @@ pub enum Verb {
         #[command(flatten)]
         target: Target,
     },
+    /// Leave an account you are a member of (a principal investigator cannot).
+    Leave {
+        account_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Withdraw from an account you are a member of.
     Withdraw {
         account_id: String,
@@ -351,6 +357,26 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                     message,
                     true,
                     |mut c, r| async move { c.add_member(r).await },
+                )
+                .await?;
+            output::emit(format, &a, output::account)?;
+        }
+        Verb::Leave { account_id, target } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let researcher_id = mesh
+                .session
+                .as_ref()
+                .map(|session| session.researcher_id.clone())
+                .ok_or(CliError::NotLoggedIn)?;
+            let message = RemoveMemberRequest {
+                account_id,
+                researcher_id,
+            };
+            let a = mesh
+                .college(
+                    message,
+                    true,
+                    |mut c, r| async move { c.remove_member(r).await },
                 )
                 .await?;
             output::emit(format, &a, output::account)?;

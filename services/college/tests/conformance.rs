@@ -541,7 +541,7 @@ async fn only_the_principal_investigator_changes_members_and_never_removes_thems
         .unwrap_err();
     assert_eq!(code(themself), tonic::Code::FailedPrecondition);
     let by_member = accounts
-        .remove_member(account.id, member.id, member.id)
+        .remove_member(account.id, member.id, pi.id)
         .await
         .unwrap_err();
     assert_eq!(code(by_member), tonic::Code::PermissionDenied);
@@ -572,6 +572,22 @@ async fn only_the_principal_investigator_changes_members_and_never_removes_thems
     );
     let missing = accounts.account(Uuid::new_v4(), None).await.unwrap_err();
     assert_eq!(code(missing), tonic::Code::NotFound);
+
+    // A member may leave on their own; the principal investigator may not.
+    accounts
+        .add_member(account.id, pi.id, &member.email)
+        .await
+        .unwrap();
+    let left = accounts
+        .remove_member(account.id, member.id, member.id)
+        .await
+        .unwrap();
+    assert_eq!(left.members.len(), 1);
+    let pi_leaving = accounts
+        .remove_member(account.id, pi.id, pi.id)
+        .await
+        .unwrap_err();
+    assert_eq!(code(pi_leaving), tonic::Code::FailedPrecondition);
 }
 
 async fn a_withdrawal_is_applied_once_and_replayed_for_the_same_key_and_amount(store: &TestStore) {

@@ -278,7 +278,7 @@ pub(super) async fn add_member(
 ) -> Result<AccountRow> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    lock_as_principal_investigator(&tx, account, caller).await?;
+    lock_as_principal_investigator(&tx, account, Some(caller)).await?;
     let researcher: Uuid = tx
         .query_opt("SELECT id FROM researchers WHERE email = $1", &[&email])
         .await?
@@ -307,7 +307,13 @@ pub(super) async fn remove_member(
 ) -> Result<AccountRow> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let pi = lock_as_principal_investigator(&tx, account, caller).await?;
+    // A member may leave on their own; anyone else is removed by the principal investigator.
+    let principal = if caller == researcher {
+        None
+    } else {
+        Some(caller)
+    };
+    let pi = lock_as_principal_investigator(&tx, account, principal).await?;
     if researcher == pi {
         return Err(principal_investigator_not_removable());
     }
@@ -445,10 +451,12 @@ pub(super) async fn transaction(
     Ok(row.as_ref().map(transaction_from_row))
 }
 
+/// Locks the account's row and returns its principal investigator, who
+/// must be `caller` when one is given (`None`: a member leaving on their own).
 async fn lock_as_principal_investigator(
     tx: &deadpool_postgres::Transaction<'_>,
     account: Uuid,
-    caller: Uuid,
+    caller: Option<Uuid>,
 ) -> Result<Uuid> {
     let pi: Uuid = tx
         .query_opt(
@@ -458,7 +466,7 @@ async fn lock_as_principal_investigator(
         .await?
         .ok_or_else(|| not_found(account))?
         .get(0);
-    if pi != caller {
+    if caller.is_some_and(|caller| pi != caller) {
         return Err(not_principal_investigator(account));
     }
     Ok(pi)

@@ -270,7 +270,7 @@ impl Accounts {
         let notifications = self.notifications.clone();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            check_principal_investigator(&tx, account, caller)?;
+            check_principal_investigator(&tx, account, Some(caller))?;
             let researcher: Uuid = tx
                 .query_row(
                     "SELECT id FROM researchers WHERE email = ?1",
@@ -303,7 +303,13 @@ impl Accounts {
         let notifications = self.notifications.clone();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let pi = check_principal_investigator(&tx, account, caller)?;
+            // A member may leave on their own; anyone else is removed by the principal investigator.
+            let principal = if caller == researcher {
+                None
+            } else {
+                Some(caller)
+            };
+            let pi = check_principal_investigator(&tx, account, principal)?;
             if researcher == pi {
                 return Err(principal_investigator_not_removable());
             }
@@ -476,7 +482,13 @@ fn is_primary_key_violation(err: &rusqlite::Error) -> bool {
 /// The account's principal investigator, if it is `caller`. Inside an
 /// immediate transaction, which already holds the write lock (PostgreSQL
 /// takes a row lock here instead).
-fn check_principal_investigator(conn: &Connection, account: Uuid, caller: Uuid) -> Result<Uuid> {
+/// The account's principal investigator, who must be `caller` when one is
+/// given (`None`: a member leaving on their own).
+fn check_principal_investigator(
+    conn: &Connection,
+    account: Uuid,
+    caller: Option<Uuid>,
+) -> Result<Uuid> {
     let pi: Uuid = conn
         .query_row(
             "SELECT principal_investigator FROM accounts WHERE id = ?1",
@@ -485,7 +497,7 @@ fn check_principal_investigator(conn: &Connection, account: Uuid, caller: Uuid) 
         )
         .optional()?
         .ok_or_else(|| not_found(account))?;
-    if pi != caller {
+    if caller.is_some_and(|caller| pi != caller) {
         return Err(not_principal_investigator(account));
     }
     Ok(pi)
