@@ -98,11 +98,31 @@ pub struct StoreArgs {
     #[arg(long, env = "GRANTMESH_POOL_SIZE", default_value_t = 16)]
     pool_size: usize,
     /// Key that signs researchers' bearer tokens (at least 32 bytes; the same on every instance).
-    #[arg(long, env = "GRANTMESH_TOKEN_KEY", hide_env_values = true)]
-    token_key: String,
+    #[arg(
+        long,
+        env = "GRANTMESH_TOKEN_KEY",
+        hide_env_values = true,
+        required_unless_present = "token_key_file"
+    )]
+    token_key: Option<String>,
+    /// File holding the token key (keeps it out of `ps` and the environment).
+    #[arg(long, env = "GRANTMESH_TOKEN_KEY_FILE", conflicts_with = "token_key")]
+    token_key_file: Option<PathBuf>,
     /// Key that signs agencies' calls to colleges (at least 32 bytes; differs from the token key).
-    #[arg(long, env = "GRANTMESH_SERVICE_KEY", hide_env_values = true)]
-    service_key: String,
+    #[arg(
+        long,
+        env = "GRANTMESH_SERVICE_KEY",
+        hide_env_values = true,
+        required_unless_present = "service_key_file"
+    )]
+    service_key: Option<String>,
+    /// File holding the service key.
+    #[arg(
+        long,
+        env = "GRANTMESH_SERVICE_KEY_FILE",
+        conflicts_with = "service_key"
+    )]
+    service_key_file: Option<PathBuf>,
     /// How long a researcher's token stays valid.
     #[arg(long, env = "GRANTMESH_TOKEN_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
@@ -232,17 +252,27 @@ impl MeshArgs {
 
 impl StoreArgs {
     fn settings(&self) -> anyhow::Result<StoreSettings> {
-        let keys = Keys::new(
-            self.token_key.as_bytes(),
-            self.service_key.as_bytes(),
-            self.token_ttl,
-        )
-        .context("--token-key / --service-key are not usable")?;
+        let token = key(&self.token_key, &self.token_key_file, "--token-key")?;
+        let service = key(&self.service_key, &self.service_key_file, "--service-key")?;
+        let keys = Keys::new(token.as_bytes(), service.as_bytes(), self.token_ttl)
+            .context("--token-key / --service-key are not usable")?;
         Ok(StoreSettings {
             database_url: self.database_url.clone(),
             pool_size: self.pool_size,
             keys,
         })
+    }
+}
+
+/// A key given inline or in a file (whose trailing newline is not part of it).
+fn key(inline: &Option<String>, file: &Option<PathBuf>, flag: &str) -> anyhow::Result<String> {
+    match (inline, file) {
+        (Some(key), _) => Ok(key.clone()),
+        (None, Some(path)) => Ok(std::fs::read_to_string(path)
+            .with_context(|| format!("{flag}-file {}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned()),
+        (None, None) => bail!("{flag} (or {flag}-file) is required"),
     }
 }
 

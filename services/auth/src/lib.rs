@@ -24,6 +24,17 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 use uuid::Uuid;
 
+/// Fewest different byte values a key must contain. A random key of 32
+/// bytes has about 30; hex text has up to 16; "aaaa…" or "0000…" has one.
+/// A cheap guard against placeholder keys, not a measure of entropy.
+pub const MIN_DISTINCT_KEY_BYTES: usize = 8;
+
+fn distinct_bytes(key: &[u8]) -> usize {
+    let mut seen = [false; 256];
+    key.iter().for_each(|&b| seen[usize::from(b)] = true);
+    seen.iter().filter(|&&s| s).count()
+}
+
 /// Shortest key accepted for signing tokens.
 pub const MIN_KEY_BYTES: usize = 32;
 
@@ -33,6 +44,10 @@ pub enum AuthError {
     ShortKey(&'static str),
     #[error("the token key and the service key must differ")]
     SameKeys,
+    #[error(
+        "the {0} is too predictable: use random bytes (e.g. `head -c 32 /dev/urandom | base64`)"
+    )]
+    WeakKey(&'static str),
     #[error("failed to sign a token: {0}")]
     Sign(#[from] jsonwebtoken::errors::Error),
 }
@@ -125,6 +140,11 @@ impl Keys {
         }
         if token_key == service_key {
             return Err(AuthError::SameKeys);
+        }
+        for (key, name) in [(token_key, "token key"), (service_key, "service key")] {
+            if distinct_bytes(key) < MIN_DISTINCT_KEY_BYTES {
+                return Err(AuthError::WeakKey(name));
+            }
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
@@ -481,7 +501,12 @@ mod tests {
     }
 
     fn keys() -> Keys {
-        Keys::new(&[1; 32], &[2; 32], Duration::from_secs(60)).unwrap()
+        Keys::new(
+            b"token-key-0123456789abcdefghijkl",
+            b"service-key-0123456789abcdefghij",
+            Duration::from_secs(60),
+        )
+        .unwrap()
     }
 
     fn with_token(token: &str) -> tonic::Request<()> {
@@ -507,7 +532,12 @@ mod tests {
                 .code(),
             tonic::Code::Unauthenticated
         );
-        let other = Keys::new(&[9; 32], &[8; 32], Duration::from_secs(60)).unwrap();
+        let other = Keys::new(
+            b"other-token-key-0123456789abcdef",
+            b"other-service-key-0123456789abcd",
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let (forged, _) = other.researcher_token(Uuid::new_v4()).unwrap();
         assert_eq!(
             keys.researcher(&with_token(&forged)).unwrap_err().code(),
@@ -649,7 +679,12 @@ mod tests {
     #[test]
     fn a_forged_or_unbound_agency_credential_is_unauthenticated() {
         let keys = keys();
-        let other = Keys::new(&[9; 32], &[8; 32], Duration::from_secs(60)).unwrap();
+        let other = Keys::new(
+            b"other-token-key-0123456789abcdef",
+            b"other-service-key-0123456789abcd",
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let forged = other.agency_credential("nsf", "p-1", 400_000).unwrap();
         assert_eq!(refusal(&keys, &forged).code(), tonic::Code::Unauthenticated);
         // The old unbound service credential: names only the agency.
@@ -694,6 +729,12 @@ mod tests {
     fn short_or_equal_keys_are_refused() {
         assert!(Keys::new(&[1; 31], &[2; 32], Duration::from_secs(1)).is_err());
         assert!(Keys::new(&[1; 32], &[1; 32], Duration::from_secs(1)).is_err());
+        let weak = Keys::new(
+            &[b'a'; 32],
+            b"service-key-0123456789abcdefghij",
+            Duration::from_secs(1),
+        );
+        assert!(matches!(weak, Err(AuthError::WeakKey("token key"))));
     }
 
     #[tokio::test]

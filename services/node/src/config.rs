@@ -480,7 +480,12 @@ mod tests {
         StoreSettings {
             database_url: "sqlite:/tmp/x.db".into(),
             pool_size: 4,
-            keys: Keys::new(&[1; 32], &[2; 32], Duration::from_secs(60)).unwrap(),
+            keys: Keys::new(
+                b"token-key-0123456789abcdefghijkl",
+                b"service-key-0123456789abcdefghij",
+                Duration::from_secs(60),
+            )
+            .unwrap(),
         }
     }
 
