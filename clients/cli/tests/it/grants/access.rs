@@ -50,11 +50,15 @@ async fn authentication_and_permissions_are_enforced() {
         Code::Unauthenticated,
         "invalid",
     );
-    let forged = grantmesh_auth::Keys::new(&[7; 32], &[8; 32], Duration::from_secs(60))
-        .unwrap()
-        .researcher_token(pi.parse().unwrap())
-        .unwrap()
-        .0;
+    let forged = grantmesh_auth::Keys::new(
+        b"forged-token-key-0123456789abcde",
+        b"forged-service-key-0123456789abc",
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    .researcher_token(pi.parse().unwrap())
+    .unwrap()
+    .0;
     assert_status(
         college.withdraw(withdraw(&account, 1, "k", &forged)).await,
         Code::Unauthenticated,
