@@ -40,6 +40,10 @@ const WATCH_BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// reopens afresh; one that keeps ending sooner (a flapping mesh) uses them up.
 const WATCH_STABLE: Duration = Duration::from_secs(30);
 
+/// Most pages of accounts `accounts` reads (5,000 accounts at the server's
+/// default page size): a bound on a loop over a server's answers.
+const MAX_ACCOUNT_PAGES: usize = 100;
+
 /// Which mesh to talk to and as whom; every researcher command takes these.
 #[derive(Args, Debug, Clone)]
 pub struct Target {
@@ -338,11 +342,26 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
         }
         Verb::Accounts { target } => {
             let mesh = Mesh::new(&store, target, format)?;
-            let reply = mesh
-                .college(ListAccountsRequest {}, true, |mut c, r| async move {
-                    c.list_accounts(r).await
-                })
-                .await?;
+            // Every page, one after another, shown as one list.
+            let mut reply = ListAccountsReply::default();
+            let mut page_token = String::new();
+            for _ in 0..MAX_ACCOUNT_PAGES {
+                let page = mesh
+                    .college(
+                        ListAccountsRequest {
+                            page_size: 0,
+                            page_token: page_token.clone(),
+                        },
+                        true,
+                        |mut c, r| async move { c.list_accounts(r).await },
+                    )
+                    .await?;
+                reply.accounts.extend(page.accounts);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             output::emit(format, &reply, |r| output::accounts(&r.accounts))?;
         }
         Verb::AddMember {

@@ -277,9 +277,29 @@ impl College for CollegeService {
         request: Request<ListAccountsRequest>,
     ) -> Result<Response<ListAccountsReply>, Status> {
         let caller = self.keys().researcher(&request)?;
-        let accounts = self.inner.store.accounts_of(caller).await?;
+        let request = request.into_inner();
+        let limit = match request.page_size {
+            0 => DEFAULT_ACCOUNTS_PAGE,
+            n if n > MAX_ACCOUNTS_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size must be at most {MAX_ACCOUNTS_PAGE}"
+                )));
+            }
+            n => n,
+        };
+        let after = parse_accounts_token(&request.page_token)?;
+        let accounts = self
+            .inner
+            .store
+            .accounts_of(caller, after, i64::from(limit))
+            .await?;
+        let next_page_token = match accounts.last() {
+            Some(last) if accounts.len() == limit as usize => accounts_token(last),
+            _ => String::new(),
+        };
         Ok(Response::new(ListAccountsReply {
             accounts: accounts.into_iter().map(account_message).collect(),
+            next_page_token,
         }))
     }
 
@@ -393,6 +413,39 @@ impl College for CollegeService {
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
         grantmesh_server::ping(request, &self.inner.config.instance_id, SERVICE).await
     }
+}
+
+/// Accounts on one `ListAccounts` page by default, and at most: a page is
+/// one query for the accounts and one for their members.
+const DEFAULT_ACCOUNTS_PAGE: u32 = 50;
+const MAX_ACCOUNTS_PAGE: u32 = 100;
+
+/// Page tokens are `<opened_at micros>.<account id>` of the page's last account.
+fn accounts_token(last: &AccountRow) -> String {
+    let micros = last
+        .opened_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    format!("{micros}.{}", last.id)
+}
+
+fn parse_accounts_token(token: &str) -> Result<Option<(SystemTime, uuid::Uuid)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Status::invalid_argument(format!(
+            "page_token {} did not come from a previous page",
+            grantmesh_proto::errors::quote(token)
+        ))
+    };
+    let (micros, id) = token.split_once('.').ok_or_else(bad)?;
+    let micros: u64 = micros.parse().map_err(|_| bad())?;
+    Ok(Some((
+        std::time::UNIX_EPOCH + Duration::from_micros(micros),
+        id.parse().map_err(|_| bad())?,
+    )))
 }
 
 fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {

@@ -315,10 +315,17 @@ impl AccountStore {
     }
 
     /// Every account `caller` is a member of, newest first.
-    pub async fn accounts_of(&self, caller: Uuid) -> Result<Vec<AccountRow>> {
+    /// Up to `limit` accounts `caller` is a member of, newest first, after
+    /// the `(opened_at, id)` cursor; their members come in one more query.
+    pub async fn accounts_of(
+        &self,
+        caller: Uuid,
+        after: Option<(SystemTime, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<AccountRow>> {
         match &self.backend {
-            Backend::Postgres(pool) => postgres::accounts_of(pool, caller).await,
-            Backend::Sqlite(db) => db.accounts_of(caller).await,
+            Backend::Postgres(pool) => postgres::accounts_of(pool, caller, after, limit).await,
+            Backend::Sqlite(db) => db.accounts_of(caller, after, limit).await,
         }
     }
 

@@ -390,7 +390,7 @@ async fn an_agency_credential_opens_one_account_once_across_instances(store: &Te
         );
         assert_eq!(code(replay), tonic::Code::PermissionDenied);
     }
-    assert_eq!(first.accounts_of(pi.id).await.unwrap().len(), 1);
+    assert_eq!(first.accounts_of(pi.id, None, 100).await.unwrap().len(), 1);
 
     // The agency's retry comes with a new credential and finds the account.
     let (again, created) = second
@@ -455,7 +455,10 @@ async fn sixteen_concurrent_uses_of_one_agency_credential_open_one_account(store
         }
     }
     assert_eq!(opened, 1);
-    assert_eq!(accounts.accounts_of(pi.id).await.unwrap().len(), 1);
+    assert_eq!(
+        accounts.accounts_of(pi.id, None, 100).await.unwrap().len(),
+        1
+    );
 }
 
 async fn used_agency_credentials_are_forgotten_only_well_past_their_expiry(store: &TestStore) {
@@ -936,20 +939,42 @@ async fn accounts_of_lists_every_account_a_researcher_is_a_member_of(store: &Tes
         .unwrap();
 
     let of_pi: Vec<_> = accounts
-        .accounts_of(pi.id)
+        .accounts_of(pi.id, None, 100)
         .await
         .unwrap()
         .into_iter()
         .map(|a| a.id)
         .collect();
     assert_eq!(of_pi, vec![second.id, first.id], "newest first");
-    let of_member = accounts.accounts_of(member.id).await.unwrap();
+    let of_member = accounts.accounts_of(member.id, None, 100).await.unwrap();
     assert_eq!(of_member.len(), 1);
     assert_eq!(of_member[0].id, first.id);
     assert_eq!(of_member[0].members.len(), 2);
     assert!(
         accounts
-            .accounts_of(Uuid::new_v4())
+            .accounts_of(Uuid::new_v4(), None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Pages of one, by the (opened_at, id) cursor of the last account seen.
+    let page_one = accounts.accounts_of(pi.id, None, 1).await.unwrap();
+    assert_eq!(page_one.len(), 1);
+    assert_eq!(page_one[0].id, second.id);
+    assert_eq!(page_one[0].members.len(), 1);
+    let cursor = Some((page_one[0].opened_at, page_one[0].id));
+    let page_two = accounts.accounts_of(pi.id, cursor, 1).await.unwrap();
+    assert_eq!(page_two.len(), 1);
+    assert_eq!(page_two[0].id, first.id);
+    assert_eq!(
+        page_two[0].members.len(),
+        2,
+        "members of every account on the page"
+    );
+    let cursor = Some((page_two[0].opened_at, page_two[0].id));
+    assert!(
+        accounts
+            .accounts_of(pi.id, cursor, 1)
             .await
             .unwrap()
             .is_empty()

@@ -9,7 +9,7 @@
 //! row version, and `CHECK (balance >= 0)` stands behind it. When nothing was
 //! debited, the same statement's reads say why.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
 use grantmesh_store::tokio_postgres::{self, Row};
@@ -249,22 +249,45 @@ pub(super) async fn account(pool: &Pool, id: Uuid, caller: Option<Uuid>) -> Resu
 }
 
 /// Every account `caller` is a member of.
-pub(super) async fn accounts_of(pool: &Pool, caller: Uuid) -> Result<Vec<AccountRow>> {
+pub(super) async fn accounts_of(
+    pool: &Pool,
+    caller: Uuid,
+    after: Option<(SystemTime, Uuid)>,
+    limit: i64,
+) -> Result<Vec<AccountRow>> {
     let client = pool.get().await?;
+    let (after_at, after_id) = after.unzip();
     let rows = client
         .query(
             &format!(
                 "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN members m ON m.account_id = a.id
-                 WHERE m.researcher_id = $1 ORDER BY a.opened_at DESC"
+                 WHERE m.researcher_id = $1
+                   AND ($2::timestamptz IS NULL OR (a.opened_at, a.id) < ($2, $3::uuid))
+                 ORDER BY a.opened_at DESC, a.id DESC LIMIT $4"
             ),
-            &[&caller],
+            &[&caller, &after_at, &after_id, &limit],
         )
         .await?;
-    let mut accounts = Vec::with_capacity(rows.len());
-    for row in rows {
-        let mut account = account_from_row(&row);
-        account.members = members(&client, account.id).await?;
-        accounts.push(account);
+    let mut accounts: Vec<AccountRow> = rows.iter().map(account_from_row).collect();
+    let ids: Vec<Uuid> = accounts.iter().map(|a| a.id).collect();
+    let members = client
+        .query(
+            "SELECT m.account_id, r.id, r.name, r.email, m.role FROM members m
+             JOIN researchers r ON r.id = m.researcher_id
+             WHERE m.account_id = ANY($1) ORDER BY m.role DESC, m.added_at, r.email",
+            &[&ids],
+        )
+        .await?;
+    for row in &members {
+        let account: Uuid = row.get(0);
+        if let Some(target) = accounts.iter_mut().find(|a| a.id == account) {
+            target.members.push(MemberRow {
+                researcher_id: row.get(1),
+                name: row.get(2),
+                email: row.get(3),
+                principal_investigator: row.get::<_, &str>(4) == "principal_investigator",
+            });
+        }
     }
     Ok(accounts)
 }

@@ -13,7 +13,7 @@
 //! instances in this process (and only those: see [`grantmesh_store::sqlite`]).
 //! Every call runs on tokio's blocking pool through the pool's `interact`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use grantmesh_store::Notifications;
 use grantmesh_store::sqlite::{
@@ -239,7 +239,13 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn accounts_of(&self, caller: Uuid) -> Result<Vec<AccountRow>> {
+    pub(super) async fn accounts_of(
+        &self,
+        caller: Uuid,
+        after: Option<(SystemTime, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<AccountRow>> {
+        let (after_at, after_id) = after.map(|(at, id)| (millis(at), id)).unzip();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
             let mut accounts = tx
@@ -247,9 +253,11 @@ impl Accounts {
                     "SELECT ",
                     account_columns!(),
                     " FROM accounts a JOIN members m ON m.account_id = a.id
-                     WHERE m.researcher_id = ?1 ORDER BY a.opened_at DESC"
+                     WHERE m.researcher_id = ?1
+                       AND (?2 IS NULL OR a.opened_at < ?2 OR (a.opened_at = ?2 AND a.id < ?3))
+                     ORDER BY a.opened_at DESC, a.id DESC LIMIT ?4"
                 ))?
-                .query_map(params![caller], account_from_row)?
+                .query_map(params![caller, after_at, after_id, limit], account_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             for account in &mut accounts {
                 account.members = members(&tx, account.id)?;

@@ -120,7 +120,7 @@ async fn the_whole_flow_runs_from_registration_to_withdrawals_across_two_college
         .await
         .unwrap();
     let students = college_a
-        .list_accounts(authed(ListAccountsRequest {}, &student_token))
+        .list_accounts(authed(ListAccountsRequest::default(), &student_token))
         .await
         .unwrap()
         .into_inner();
