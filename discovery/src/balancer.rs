@@ -400,6 +400,10 @@ fn broke_connection(status: &Status) -> bool {
     false
 }
 
+/// Rounds of failing replicas between two warnings that a service cannot be
+/// followed (a round takes about a second once the backoff is at its cap).
+const UNFOLLOWED_WARN_EVERY: usize = 30;
+
 /// Follows the registry's Watch stream for one service, replica after replica.
 async fn follow(registries: Vec<String>, shared: Arc<Shared>, stop: CancellationToken) {
     if registries.is_empty() {
@@ -407,6 +411,9 @@ async fn follow(registries: Vec<String>, shared: Arc<Shared>, stop: Cancellation
         return;
     }
     let mut backoff = Duration::from_millis(50);
+    // Failures in a row: once every replica has failed, the client cannot
+    // follow the service, which an operator needs to see (not at debug).
+    let mut failures = 0usize;
     for url in registries.iter().cycle() {
         let watched = tokio::select! {
             () = stop.cancelled() => return,
@@ -414,9 +421,18 @@ async fn follow(registries: Vec<String>, shared: Arc<Shared>, stop: Cancellation
         };
         shared.set_connected(false);
         match watched {
-            Ok(()) => backoff = Duration::from_millis(50),
+            Ok(()) => {
+                backoff = Duration::from_millis(50);
+                failures = 0;
+            }
             Err(err) => {
-                tracing::debug!(registry = %url, service = %shared.service, error = %err, "registry watch failed; keeping the last known instances");
+                failures += 1;
+                // Once when every replica has failed, then about every half minute.
+                if failures % (registries.len() * UNFOLLOWED_WARN_EVERY) == registries.len() {
+                    tracing::warn!(service = %shared.service, registries = ?registries, error = %err, "cannot follow the service through any registry; keeping the last known instances");
+                } else {
+                    tracing::debug!(registry = %url, service = %shared.service, error = %err, "registry watch failed; keeping the last known instances");
+                }
             }
         }
         tokio::select! {
