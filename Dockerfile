@@ -19,7 +19,13 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /src
-COPY . .
+# Only what cargo reads, so that editing the compose file, scripts or docs
+# does not throw away the (long) cached compile.
+COPY Cargo.toml Cargo.lock ./
+COPY proto proto
+COPY discovery discovery
+COPY services services
+COPY clients clients
 # `target/` is removed in the same layer so that the builder image keeps only
 # the binary, not gigabytes of intermediate artefacts.
 RUN cargo build --release --locked -p grantmesh \
