@@ -36,8 +36,8 @@ FROM ${RUNTIME_IMAGE} AS runtime
 # A fixed uid/gid, so that files the roles write into named volumes (the mesh
 # CA and certificates) keep one owner across images and rebuilds.
 ARG GRANTMESH_UID=10001
-RUN groupadd --system --gid "${GRANTMESH_UID}" grantmesh \
-    && useradd --system --uid "${GRANTMESH_UID}" --gid grantmesh \
+RUN groupadd --gid "${GRANTMESH_UID}" grantmesh \
+    && useradd --no-create-home --uid "${GRANTMESH_UID}" --gid grantmesh \
         --home-dir /var/lib/grantmesh --shell /usr/sbin/nologin grantmesh \
     && mkdir -p /var/lib/grantmesh/tls /var/lib/grantmesh/ca \
     && chown -R grantmesh:grantmesh /var/lib/grantmesh \
