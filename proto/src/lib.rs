@@ -66,3 +66,54 @@ pub mod errors {
         }
     }
 }
+
+/// Page tokens of the listing calls: `<micros since the epoch>.<id>` of the
+/// last entry of a page, the cursor of a `(time, id)` ordering.
+pub mod paging {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// The token for a page whose last entry is `(at, id)`.
+    pub fn token(at: SystemTime, id: &str) -> String {
+        let micros = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        format!("{micros}.{id}")
+    }
+
+    /// The cursor in `token` (`None` for the first page, an empty token).
+    pub fn parse<Id: std::str::FromStr>(
+        token: &str,
+    ) -> Result<Option<(SystemTime, Id)>, tonic::Status> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            tonic::Status::invalid_argument(format!(
+                "page_token {} did not come from a previous page",
+                crate::errors::quote(token)
+            ))
+        };
+        let (micros, id) = token.split_once('.').ok_or_else(bad)?;
+        let micros: u64 = micros.parse().map_err(|_| bad())?;
+        Ok(Some((
+            UNIX_EPOCH + Duration::from_micros(micros),
+            id.parse().map_err(|_| bad())?,
+        )))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_token_gives_back_its_cursor_and_junk_is_refused() {
+            let at = UNIX_EPOCH + Duration::from_micros(1_796_000_000_123_456);
+            let cursor = parse::<String>(&token(at, "abc")).unwrap();
+            assert_eq!(cursor, Some((at, "abc".to_owned())));
+            assert_eq!(parse::<String>("").unwrap(), None);
+            let bad = parse::<u32>("12.x").unwrap_err();
+            assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        }
+    }
+}

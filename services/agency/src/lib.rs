@@ -12,7 +12,7 @@
 pub mod store;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use grantmesh_auth::Keys;
 use grantmesh_discovery::Balancer;
@@ -217,32 +217,13 @@ fn text(field: &str, value: &str, min: usize, max: usize) -> Result<String, Stat
     Ok(value.to_owned())
 }
 
-/// Page tokens are `<submitted_at micros>.<proposal id>` of the last entry.
+/// Page tokens are the `(submitted_at, id)` cursor of the last entry.
 fn page_token(proposal: &ProposalRow) -> String {
-    let micros = proposal
-        .submitted_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    format!("{micros}.{}", proposal.id)
+    grantmesh_proto::paging::token(proposal.submitted_at, &proposal.id.to_string())
 }
 
 fn parse_page_token(token: &str) -> Result<Option<(SystemTime, Uuid)>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || {
-        Status::invalid_argument(format!(
-            "page_token {} did not come from a previous page",
-            grantmesh_proto::errors::quote(token)
-        ))
-    };
-    let (micros, id) = token.split_once('.').ok_or_else(bad)?;
-    let micros: u64 = micros.parse().map_err(|_| bad())?;
-    Ok(Some((
-        UNIX_EPOCH + Duration::from_micros(micros),
-        id.parse().map_err(|_| bad())?,
-    )))
+    grantmesh_proto::paging::parse(token)
 }
 
 #[tonic::async_trait]

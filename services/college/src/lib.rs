@@ -420,32 +420,13 @@ impl College for CollegeService {
 const DEFAULT_ACCOUNTS_PAGE: u32 = 50;
 const MAX_ACCOUNTS_PAGE: u32 = 100;
 
-/// Page tokens are `<opened_at micros>.<account id>` of the page's last account.
+/// Page tokens are the `(opened_at, id)` cursor of the page's last account.
 fn accounts_token(last: &AccountRow) -> String {
-    let micros = last
-        .opened_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    format!("{micros}.{}", last.id)
+    grantmesh_proto::paging::token(last.opened_at, &last.id.to_string())
 }
 
 fn parse_accounts_token(token: &str) -> Result<Option<(SystemTime, uuid::Uuid)>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || {
-        Status::invalid_argument(format!(
-            "page_token {} did not come from a previous page",
-            grantmesh_proto::errors::quote(token)
-        ))
-    };
-    let (micros, id) = token.split_once('.').ok_or_else(bad)?;
-    let micros: u64 = micros.parse().map_err(|_| bad())?;
-    Ok(Some((
-        std::time::UNIX_EPOCH + Duration::from_micros(micros),
-        id.parse().map_err(|_| bad())?,
-    )))
+    grantmesh_proto::paging::parse(token)
 }
 
 fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
