@@ -204,7 +204,8 @@ impl RegistryState {
     /// Removes every instance whose lease ran out; returns what was removed.
     ///
     /// Self-preservation: when every instance of a service (two or more)
-    /// has run out at once, the likelier story is that the registry lost
+    /// has gone silent at once (each for over half its TTL) and some have
+    /// run out, the likelier story is that the registry lost
     /// touch with them — a partition, or this registry paused — not that
     /// they all died together (a dead process is removed at once when its
     /// KeepAlive stream breaks). They are then kept, and logged, for up to
@@ -223,7 +224,16 @@ impl RegistryState {
                 .filter(|(_, lease)| now.duration_since(lease.last_beat) > lease.ttl)
                 .map(|(id, _)| id)
                 .collect();
-            let all_at_once = late.len() >= 2 && late.len() == entry.instances.len();
+            // "At once": every instance has been silent for over half its
+            // TTL. Healthy instances beat every heartbeat interval, so their
+            // deadlines are spread over one interval; a cut-off set passes its
+            // deadlines one by one, but all of them have gone quiet together.
+            let silent = entry
+                .instances
+                .values()
+                .filter(|lease| now.duration_since(lease.last_beat) > lease.ttl / 2)
+                .count();
+            let all_at_once = entry.instances.len() >= 2 && silent == entry.instances.len();
             let mut preserved = 0;
             for id in late {
                 let lease = &entry.instances[id];
@@ -426,12 +436,27 @@ mod tests {
         state.register(instance("agency", "a1"), TTL).unwrap();
         state.register(instance("college", "c1"), TTL).unwrap();
         state.register(instance("college", "c2"), TTL).unwrap();
-        tokio::time::advance(TTL / 2).await;
-        state.heartbeat("college", "c1").unwrap();
-        tokio::time::advance(TTL / 2 + Duration::from_millis(100)).await;
+        // c1 beats every second; c2 and a1 fall silent.
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            state.heartbeat("college", "c1").unwrap();
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
         let mut removed: Vec<String> = state.expire().into_iter().map(|i| i.id).collect();
         removed.sort();
         assert_eq!(removed, ["a1", "c2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_set_cut_off_together_is_kept_although_its_deadlines_are_spread() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL).unwrap();
+        tokio::time::advance(Duration::from_millis(800)).await;
+        state.register(instance("college", "c2"), TTL).unwrap();
+        // Both are cut off now; c1's deadline passes first, c2 is 0.8 s behind.
+        tokio::time::advance(TTL - Duration::from_millis(700)).await;
+        assert!(state.expire().is_empty(), "c1 is late, c2 silent too: kept");
+        assert_eq!(state.list("college").0.len(), 2);
     }
 
     #[test]
