@@ -387,18 +387,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .map(|session| session.researcher_id.clone())
                 .ok_or(CliError::NotLoggedIn)?;
-            let message = RemoveMemberRequest {
-                account_id,
-                researcher_id,
-            };
-            let a = mesh
-                .college(
-                    message,
-                    true,
-                    |mut c, r| async move { c.remove_member(r).await },
-                )
-                .await?;
-            output::emit(format, &a, output::account)?;
+            remove_member(&mesh, account_id, researcher_id, format).await?;
         }
         Verb::RemoveMember {
             account_id,
@@ -406,18 +395,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             target,
         } => {
             let mesh = Mesh::new(&store, target, format)?;
-            let message = RemoveMemberRequest {
-                account_id,
-                researcher_id,
-            };
-            let a = mesh
-                .college(
-                    message,
-                    true,
-                    |mut c, r| async move { c.remove_member(r).await },
-                )
-                .await?;
-            output::emit(format, &a, output::account)?;
+            remove_member(&mesh, account_id, researcher_id, format).await?;
         }
         Verb::Withdraw {
             account_id,
@@ -513,6 +491,27 @@ impl PasswordArgs {
         }
         Ok(password)
     }
+}
+
+/// Removes a member (or, with the caller's own id, leaves) and shows the account.
+async fn remove_member(
+    mesh: &Mesh,
+    account_id: String,
+    researcher_id: String,
+    format: Format,
+) -> anyhow::Result<()> {
+    let message = RemoveMemberRequest {
+        account_id,
+        researcher_id,
+    };
+    let account = mesh
+        .college(
+            message,
+            true,
+            |mut c, r| async move { c.remove_member(r).await },
+        )
+        .await?;
+    output::emit(format, &account, output::account)
 }
 
 /// The mesh as one command sees it: the registry list, the token, the format.
