@@ -489,3 +489,50 @@ async fn instances_watch_prints_instances_as_they_come_and_go() {
     assert_eq!(delete["kind"], "KIND_DELETE");
     assert_eq!(delete["instances"][0]["address"], college.url());
 }
+
+#[tokio::test]
+async fn a_member_leaves_an_account_and_the_principal_investigator_cannot() {
+    let (registry, _college, _agency) = mesh().await;
+    let url = registry.url();
+    let (pi_dir, student_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    sign_up_and_log_in(pi_dir.path(), &url, "Ada").await;
+    let student = sign_up_and_log_in(student_dir.path(), &url, "Grace").await;
+    let proposed = run(
+        pi_dir.path(),
+        Some(&url),
+        &[
+            "propose", "--title", "Leaving", "--amount", "400000", "--days", "30", "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok("propose")
+    .json();
+    let account = proposed["accountId"].as_str().unwrap().to_owned();
+    run(
+        pi_dir.path(),
+        Some(&url),
+        &["add-member", &account, &student],
+    )
+    .await
+    .ok("add-member");
+
+    let left = run(
+        student_dir.path(),
+        Some(&url),
+        &["leave", &account, "--output", "json"],
+    )
+    .await
+    .ok("leave")
+    .json();
+    assert_eq!(left["members"].as_array().unwrap().len(), 1, "{left}");
+    let gone = run(student_dir.path(), Some(&url), &["account", &account]).await;
+    assert_eq!(gone.code, REFUSED, "no longer a member: {}", gone.stderr);
+    let pi_leaving = run(pi_dir.path(), Some(&url), &["leave", &account]).await;
+    assert_eq!(pi_leaving.code, REFUSED, "{}", pi_leaving.stderr);
+    assert!(
+        pi_leaving.stderr.contains("FAILED_PRECONDITION"),
+        "{}",
+        pi_leaving.stderr
+    );
+}
