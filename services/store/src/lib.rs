@@ -194,6 +194,15 @@ pub fn status(err: &(dyn std::error::Error + 'static)) -> tonic::Status {
             "the central store is busy; retry shortly (with the same idempotency key)",
         );
     }
+    if let Some(PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) =
+        err.downcast_ref::<PoolError>()
+    {
+        // The database is fine; this instance's connections are all busy.
+        tracing::warn!("every store connection of this instance is busy");
+        return tonic::Status::resource_exhausted(
+            "this instance's store connections are all busy; retry shortly, or on another instance",
+        );
+    }
     if is_unavailable(err) {
         tracing::warn!(error = %err, "database unavailable");
         tonic::Status::unavailable("the central store is unavailable; retry shortly")
@@ -434,5 +443,18 @@ mod tests {
             let err = Database::parse(url).unwrap_err();
             assert!(matches!(err, StoreError::UnsupportedUrl(_)), "{url}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_with_every_connection_busy_is_resource_exhausted_not_unavailable() {
+        let busy = PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+        assert_eq!(status(&busy).code(), tonic::Code::ResourceExhausted);
+        let unreachable = PoolError::Timeout(deadpool_postgres::TimeoutType::Create);
+        assert_eq!(status(&unreachable).code(), tonic::Code::Unavailable);
     }
 }
