@@ -16,6 +16,7 @@
 //! Dependencies point one way: `grantmesh-proto` ← this crate ← services, clients.
 
 mod balancer;
+pub mod incoming;
 mod registrar;
 pub mod tls;
 

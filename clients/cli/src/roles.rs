@@ -33,6 +33,13 @@ pub struct ServerArgs {
     /// How long in-flight calls get to finish on shutdown.
     #[arg(long, env = "GRANTMESH_GRACE_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]
     grace_period: Duration,
+    /// Calls handled at once; beyond it new calls are refused with
+    /// RESOURCE_EXHAUSTED instead of queueing.
+    #[arg(long, env = "GRANTMESH_MAX_CALLS", default_value_t = grantmesh_server::Limits::default().concurrent_calls)]
+    max_calls: usize,
+    /// Calls one connection may have handled at once.
+    #[arg(long, env = "GRANTMESH_MAX_CALLS_PER_CONNECTION", default_value_t = grantmesh_server::Limits::default().calls_per_connection)]
+    max_calls_per_connection: usize,
     /// Directory with the mesh CA (ca.pem) and this role's certificate and key
     /// (SERVICE.pem, SERVICE.key), as `grantmesh ca init` / `ca issue` write them.
     #[arg(long, env = "GRANTMESH_TLS_DIR", conflicts_with = "insecure")]
@@ -222,6 +229,10 @@ impl ServerArgs {
             instance_id: self.instance_id.clone(),
             grace_period: self.grace_period,
             tls,
+            limits: grantmesh_server::Limits {
+                concurrent_calls: self.max_calls,
+                calls_per_connection: self.max_calls_per_connection,
+            },
         })
     }
 

@@ -19,7 +19,6 @@
 
 pub mod ca;
 mod connect;
-mod incoming;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -30,8 +29,6 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-
-pub use incoming::{Limited, MAX_PENDING_HANDSHAKES, incoming, max_connections};
 
 /// The URI prefix of every grantmesh identity.
 pub const SPIFFE_PREFIX: &str = "spiffe://grantmesh/";

@@ -126,6 +126,8 @@ pub struct ServerSettings {
     /// This server's TLS files (the CA, its certificate and key); `None`
     /// serves plaintext, which the binary allows only with `--insecure`.
     pub tls: Option<TlsPaths>,
+    /// How many calls it handles at once before refusing more.
+    pub limits: grantmesh_server::Limits,
 }
 
 /// Longest instance id accepted, so ids stay readable in listings.
@@ -133,6 +135,11 @@ const MAX_INSTANCE_ID: usize = 128;
 
 impl ServerSettings {
     fn validate(&self) -> Result<()> {
+        if self.limits.concurrent_calls == 0 || self.limits.calls_per_connection == 0 {
+            return Err(ConfigError::new(
+                "--max-calls and --max-calls-per-connection must be at least 1",
+            ));
+        }
         if let Some(tls) = &self.tls
             && tls.identity.is_none()
         {
@@ -164,6 +171,7 @@ impl Default for ServerSettings {
             instance_id: None,
             grace_period: Duration::from_secs(10),
             tls: None,
+            limits: grantmesh_server::Limits::default(),
         }
     }
 }

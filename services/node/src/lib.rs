@@ -111,6 +111,7 @@ fn start_registry(
     let instance_id = settings.server.instance_id(grantmesh_registry::SERVICE);
     let mut options = ServeOptions::new(service_names::REGISTRY);
     options.grace_period = settings.server.grace_period;
+    options.limits = settings.server.limits;
     options.transport = transport.clone();
     let registry = grantmesh_registry::RegistryService::new(
         grantmesh_registry::RegistryConfig {
@@ -257,6 +258,7 @@ fn join_mesh(
         grace_period: server.grace_period,
         streams_closing: CancellationToken::new(),
         transport: transport.clone(),
+        limits: server.limits,
     };
     Ok((instance, options))
 }

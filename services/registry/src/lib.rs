@@ -40,8 +40,11 @@ const MAX_LABEL_VALUE_BYTES: usize = 128;
 
 /// Shortest and longest TTL an instance may ask for.
 pub const TTL_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
-/// How often leases are checked for expiry.
+/// How often due leases are looked at.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
+/// A gap this long between two sweeps means the registry itself was not
+/// running (SIGSTOP, a starved host): see [`RegistryState::resumed_after_pause`].
+const PAUSE_THRESHOLD: Duration = Duration::from_secs(1);
 
 /// Settings of one registry replica.
 #[derive(Clone, Debug)]
@@ -93,10 +96,19 @@ impl RegistryService {
 async fn sweep(state: Arc<RegistryState>, closing: CancellationToken) {
     let mut ticker = tokio::time::interval(SWEEP_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = closing.cancelled() => return,
-            _ = ticker.tick() => { state.expire(); }
+            _ = ticker.tick() => {
+                let now = tokio::time::Instant::now();
+                let gap = now.duration_since(last);
+                last = now;
+                if gap > PAUSE_THRESHOLD {
+                    state.resumed_after_pause(gap);
+                }
+                state.expire();
+            }
         }
     }
 }

@@ -2,14 +2,26 @@
 //! the watchers of each service.
 //!
 //! Everything here is synchronous and uses tokio's clock, so leases and
-//! expiry are unit-tested with paused time. Each service has its own
+//! expiry are unit-tested with paused time.
+//!
+//! Leases expire from a timer queue (a min-heap of deadlines), not a scan:
+//! a sweep pops only the leases that are due and looks at each once. A
+//! heartbeat touches only its lease's time; a popped lease that was renewed
+//! goes back in the queue at its new deadline, so each live lease costs one
+//! pop per TTL however often it beats.
+//!
+//! Reads of a whole service (`ListInstances`, a Watch snapshot) take the
+//! lock only to clone a cached, reference-counted copy of the service's
+//! instances (rebuilt once per change of that service) and their beat
+//! times; the reply is built and encoded after the lock is released. Each service has its own
 //! broadcast channel, so watchers of one service are not woken by changes to
 //! another. A watcher subscribes and takes its snapshot under the same lock
 //! that changes take, so it sees every change after its snapshot and none
 //! before it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grantmesh_proto::v1::{Instance, WatchEvent, watch_event::Kind};
@@ -79,7 +91,24 @@ struct Inner {
     revision: u64,
     /// Next lease token to hand out.
     next_lease: u64,
+    /// Next lease generation: a lease registered anew, or with a new TTL,
+    /// gets a new one, so queue entries of its former self are ignored.
+    next_generation: u64,
     services: HashMap<String, ServiceEntry>,
+    /// When each lease is next due to be looked at (at or after its deadline).
+    deadlines: BinaryHeap<Reverse<Due>>,
+    /// When this registry resumed after a pause of its own: no lease runs
+    /// out before one TTL after that moment.
+    resumed_at: Option<Instant>,
+}
+
+/// An entry of the timer queue.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Instant,
+    generation: u64,
+    service: String,
+    id: String,
 }
 
 struct ServiceEntry {
@@ -87,6 +116,8 @@ struct ServiceEntry {
     changes: broadcast::Sender<WatchEvent>,
     /// Whether its instances are being kept past their TTL (logged once per episode).
     preserving: bool,
+    /// The instances as registered, in id order; rebuilt after a change.
+    cached: Option<Arc<[Instance]>>,
 }
 
 struct Lease {
@@ -96,6 +127,30 @@ struct Lease {
     last_beat: Instant,
     /// The KeepAlive stream that renews it, if any.
     holder: Option<LeaseToken>,
+    generation: u64,
+}
+
+/// A copy of one service's instances taken under the lock, made into a
+/// reply after it is released.
+pub struct Listing {
+    instances: Arc<[Instance]>,
+    beats: Vec<(Instant, bool)>,
+}
+
+impl Listing {
+    /// The instances with the time since each last beat, as of `now`.
+    fn read(self, now: Instant) -> impl Iterator<Item = Instance> {
+        self.instances
+            .iter()
+            .zip(self.beats)
+            .map(move |(instance, (last_beat, kept_alive))| {
+                let mut instance = instance.clone();
+                instance.since_last_beat =
+                    prost_types::Duration::try_from(now.duration_since(last_beat)).ok();
+                instance.keep_alive_stream = kept_alive;
+                instance
+            })
+    }
 }
 
 impl Default for RegistryState {
@@ -124,19 +179,25 @@ impl RegistryState {
         let mut inner = self.lock();
         let now = Instant::now();
         inner.make_room(&instance.service)?;
+        let generation = inner.next_generation + 1;
         let entry = inner.service_mut(&instance.service);
         if !entry.instances.contains_key(&instance.id)
             && entry.instances.len() >= MAX_INSTANCES_PER_SERVICE
         {
             return Err(Full::Instances(instance.service.clone()));
         }
-        let changed = match entry.instances.get_mut(&instance.id) {
+        let (changed, queue) = match entry.instances.get_mut(&instance.id) {
             Some(lease) => {
                 let changed = lease.instance != instance;
+                // A new TTL may make the deadline earlier than the queued one.
+                let queue = lease.ttl != ttl;
+                if queue {
+                    lease.generation = generation;
+                }
                 lease.instance = instance.clone();
                 lease.ttl = ttl;
                 lease.last_beat = now;
-                changed
+                (changed, queue)
             }
             None => {
                 entry.instances.insert(
@@ -146,11 +207,21 @@ impl RegistryState {
                         ttl,
                         last_beat: now,
                         holder: None,
+                        generation,
                     },
                 );
-                true
+                (true, true)
             }
         };
+        if queue {
+            inner.next_generation = generation;
+            inner.deadlines.push(Reverse(Due {
+                at: now + ttl,
+                generation,
+                service: instance.service.clone(),
+                id: instance.id.clone(),
+            }));
+        }
         if changed {
             let service = instance.service.clone();
             inner.publish(&service, Kind::Put, vec![instance], "");
@@ -166,20 +237,13 @@ impl RegistryState {
 
     /// Renews a lease; returns its TTL, or `None` when the instance is unknown.
     pub fn heartbeat(&self, service: &str, id: &str) -> Option<Duration> {
-        let mut inner = self.lock();
-        let lease = inner.services.get_mut(service)?.instances.get_mut(id)?;
-        lease.last_beat = Instant::now();
-        Some(lease.ttl)
+        self.lock().renew(service, id, None)
     }
 
     /// Renews a lease on behalf of a KeepAlive stream and makes that stream
     /// its holder. Returns the TTL, or `None` when the instance is unknown.
     pub fn keep_alive(&self, service: &str, id: &str, token: LeaseToken) -> Option<Duration> {
-        let mut inner = self.lock();
-        let lease = inner.services.get_mut(service)?.instances.get_mut(id)?;
-        lease.last_beat = Instant::now();
-        lease.holder = Some(token);
-        Some(lease.ttl)
+        self.lock().renew(service, id, Some(token))
     }
 
     /// A token for a new KeepAlive stream.
@@ -201,7 +265,22 @@ impl RegistryState {
         holds && inner.remove(service, id, RemovalReason::KeepAliveClosed)
     }
 
+    /// The registry itself was not running for `gap` (stopped, starved):
+    /// every lease gets one TTL from now before it can run out, since no
+    /// instance could have reached it meanwhile.
+    pub fn resumed_after_pause(&self, gap: Duration) {
+        let mut inner = self.lock();
+        inner.resumed_at = Some(Instant::now());
+        let leases: usize = inner.services.values().map(|e| e.instances.len()).sum();
+        tracing::warn!(
+            ?gap,
+            leases,
+            "the registry was paused: giving every lease one TTL to beat again before any expires"
+        );
+    }
+
     /// Removes every instance whose lease ran out; returns what was removed.
+    /// Only the leases that are due are looked at (see the module docs).
     ///
     /// Self-preservation: when every instance of a service (two or more)
     /// has gone silent at once (each for over half its TTL) and some have
@@ -216,75 +295,60 @@ impl RegistryState {
     pub fn expire(&self) -> Vec<Instance> {
         let mut inner = self.lock();
         let now = Instant::now();
-        let mut expired: Vec<(String, String)> = Vec::new();
-        for (service, entry) in inner.services.iter_mut() {
-            let late: Vec<&String> = entry
-                .instances
-                .iter()
-                .filter(|(_, lease)| now.duration_since(lease.last_beat) > lease.ttl)
-                .map(|(id, _)| id)
-                .collect();
-            // "At once": every instance has been silent for over half its
-            // TTL. Healthy instances beat every heartbeat interval, so their
-            // deadlines are spread over one interval; a cut-off set passes its
-            // deadlines one by one, but all of them have gone quiet together.
-            let silent = entry
-                .instances
-                .values()
-                .filter(|lease| now.duration_since(lease.last_beat) > lease.ttl / 2)
-                .count();
-            let all_at_once = entry.instances.len() >= 2 && silent == entry.instances.len();
-            let mut preserved = 0;
-            for id in late {
-                let lease = &entry.instances[id];
-                let overdue = now.duration_since(lease.last_beat);
-                if all_at_once && overdue <= lease.ttl * SELF_PRESERVATION_HOLD {
-                    preserved += 1;
-                } else {
-                    expired.push((service.clone(), id.clone()));
-                }
+        let mut removed = Vec::new();
+        while inner
+            .deadlines
+            .peek()
+            .is_some_and(|Reverse(due)| due.at <= now)
+        {
+            let Reverse(due) = inner.deadlines.pop().expect("peeked");
+            if let Some(next) = inner.look_at(&due, now) {
+                inner.deadlines.push(Reverse(Due { at: next, ..due }));
+            } else if let Some(lease) = inner
+                .services
+                .get(&due.service)
+                .and_then(|entry| entry.instances.get(&due.id))
+                .filter(|lease| lease.generation == due.generation)
+            {
+                removed.push(lease.instance.clone());
+                inner.remove(&due.service, &due.id, RemovalReason::TtlExpired);
             }
-            if preserved > 0 && !entry.preserving {
-                tracing::warn!(
-                    service,
-                    instances = preserved,
-                    "every instance of the service missed its lease at once: keeping them (self-preservation) \
-                     until they beat again or {SELF_PRESERVATION_HOLD} TTLs pass"
-                );
-            }
-            entry.preserving = preserved > 0;
+        }
+        if inner
+            .resumed_at
+            .is_some_and(|at| now.duration_since(at) > crate::TTL_RANGE.1)
+        {
+            inner.resumed_at = None;
         }
         // Services nobody registers in or watches any more are forgotten.
         inner
             .services
             .retain(|_, entry| !entry.instances.is_empty() || entry.changes.receiver_count() > 0);
-        let mut removed = Vec::new();
-        for (service, id) in expired {
-            if let Some(lease) = inner
-                .services
-                .get(&service)
-                .and_then(|e| e.instances.get(&id))
-            {
-                removed.push(lease.instance.clone());
-            }
-            inner.remove(&service, &id, RemovalReason::TtlExpired);
-        }
         removed
     }
 
     /// The live instances of `service` (of every service when empty), with
     /// the time since each last beat.
     pub fn list(&self, service: &str) -> (Vec<Instance>, u64) {
-        let inner = self.lock();
+        let (listings, revision) = {
+            let mut inner = self.lock();
+            let names: Vec<String> = if service.is_empty() {
+                inner.services.keys().cloned().collect()
+            } else {
+                vec![service.to_owned()]
+            };
+            let listings: Vec<Listing> = names
+                .iter()
+                .filter_map(|name| inner.services.get_mut(name).map(ServiceEntry::listing))
+                .collect();
+            (listings, inner.revision)
+        };
         let now = Instant::now();
-        let instances = inner
-            .services
-            .iter()
-            .filter(|(name, _)| service.is_empty() || name.as_str() == service)
-            .flat_map(|(_, entry)| entry.instances.values())
-            .map(|lease| lease.read(now))
+        let instances = listings
+            .into_iter()
+            .flat_map(|listing| listing.read(now))
             .collect();
-        (instances, inner.revision)
+        (instances, revision)
     }
 
     /// A snapshot of `service` and a subscription to every change after it.
@@ -292,37 +356,95 @@ impl RegistryState {
         &self,
         service: &str,
     ) -> Result<(WatchEvent, broadcast::Receiver<WatchEvent>), Full> {
-        let mut inner = self.lock();
-        inner.make_room(service)?;
-        let revision = inner.revision;
-        let now = Instant::now();
-        let entry = inner.service_mut(service);
+        let (listing, revision, changes) = {
+            let mut inner = self.lock();
+            inner.make_room(service)?;
+            let revision = inner.revision;
+            let entry = inner.service_mut(service);
+            (entry.listing(), revision, entry.changes.subscribe())
+        };
         let snapshot = WatchEvent {
             kind: Kind::Snapshot as i32,
             revision,
-            instances: entry
-                .instances
-                .values()
-                .map(|lease| lease.read(now))
-                .collect(),
+            instances: listing.read(Instant::now()).collect(),
             reason: String::new(),
         };
-        Ok((snapshot, entry.changes.subscribe()))
+        Ok((snapshot, changes))
     }
 
-    /// The earliest moment at which some lease could run out.
-    pub fn next_expiry(&self) -> Option<Instant> {
-        let inner = self.lock();
-        inner
-            .services
-            .values()
-            .flat_map(|entry| entry.instances.values())
-            .map(|lease| lease.last_beat + lease.ttl)
-            .min()
+    /// How many entries the timer queue holds (one per lease, plus those of
+    /// leases removed since their last turn).
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.lock().deadlines.len()
     }
 }
 
 impl Inner {
+    /// Decides about a lease whose queue entry came due: `Some(when)` to
+    /// look again then, `None` to remove it (or drop the entry, if the
+    /// lease is gone or was registered anew).
+    fn look_at(&mut self, due: &Due, now: Instant) -> Option<Instant> {
+        let resumed_at = self.resumed_at;
+        let entry = self.services.get_mut(&due.service)?;
+        let lease = entry.instances.get(&due.id)?;
+        if lease.generation != due.generation {
+            return None;
+        }
+        let deadline = lease.last_beat + lease.ttl;
+        if deadline > now {
+            return Some(deadline); // renewed since it was queued
+        }
+        if let Some(resumed) = resumed_at
+            && resumed + lease.ttl > now
+        {
+            return Some(resumed + lease.ttl);
+        }
+        // "At once": every instance has been silent for over half its
+        // TTL. Healthy instances beat every heartbeat interval, so their
+        // deadlines are spread over one interval; a cut-off set passes its
+        // deadlines one by one, but all of them have gone quiet together.
+        let all_at_once = entry.instances.len() >= 2
+            && entry
+                .instances
+                .values()
+                .all(|lease| now.duration_since(lease.last_beat) > lease.ttl / 2);
+        let hold_ends = lease.last_beat + lease.ttl * SELF_PRESERVATION_HOLD;
+        if all_at_once && now <= hold_ends {
+            if !entry.preserving {
+                entry.preserving = true;
+                tracing::warn!(
+                    service = due.service,
+                    instances = entry.instances.len(),
+                    "every instance of the service missed its lease at once: keeping them (self-preservation) \
+                     until they beat again or {SELF_PRESERVATION_HOLD} TTLs pass"
+                );
+            }
+            // Looked at again soon: it goes once another instance beats.
+            return Some((now + lease.ttl / 4).min(hold_ends + Duration::from_millis(1)));
+        }
+        None
+    }
+
+    fn renew(&mut self, service: &str, id: &str, holder: Option<LeaseToken>) -> Option<Duration> {
+        let entry = self.services.get_mut(service)?;
+        let lease = entry.instances.get_mut(id)?;
+        lease.last_beat = Instant::now();
+        if holder.is_some() {
+            lease.holder = holder;
+        }
+        let ttl = lease.ttl;
+        if entry.preserving {
+            entry.preserving = false;
+            tracing::warn!(
+                service,
+                instance = id,
+                "renewals are back: normal expiry resumes (self-preservation over)"
+            );
+        }
+        Some(ttl)
+    }
+
     /// Whether `service` exists or there is room for it.
     fn make_room(&mut self, service: &str) -> Result<(), Full> {
         if self.services.contains_key(service) || self.services.len() < MAX_SERVICES {
@@ -345,6 +467,7 @@ impl Inner {
                 instances: BTreeMap::new(),
                 changes: broadcast::channel(WATCH_BACKLOG).0,
                 preserving: false,
+                cached: None,
             })
     }
 
@@ -374,18 +497,31 @@ impl Inner {
             instances,
             reason: reason.to_owned(),
         };
+        let entry = self.service_mut(service);
+        entry.cached = None;
         // No receivers is fine: nobody is watching this service.
-        let _ = self.service_mut(service).changes.send(event);
+        let _ = entry.changes.send(event);
     }
 }
 
-impl Lease {
-    fn read(&self, now: Instant) -> Instance {
-        let mut instance = self.instance.clone();
-        instance.since_last_beat =
-            prost_types::Duration::try_from(now.duration_since(self.last_beat)).ok();
-        instance.keep_alive_stream = self.holder.is_some();
-        instance
+impl ServiceEntry {
+    /// The cached instances (rebuilt if a change invalidated them) and their beat times.
+    fn listing(&mut self) -> Listing {
+        let instances = self
+            .cached
+            .get_or_insert_with(|| {
+                self.instances
+                    .values()
+                    .map(|lease| lease.instance.clone())
+                    .collect()
+            })
+            .clone();
+        let beats = self
+            .instances
+            .values()
+            .map(|lease| (lease.last_beat, lease.holder.is_some()))
+            .collect();
+        Listing { instances, beats }
     }
 }
 
@@ -582,5 +718,73 @@ mod tests {
         assert_eq!(state.list("college").0.len(), 1);
         assert!(state.keep_alive_closed("college", "c1", new));
         assert!(state.list("college").0.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_beating_lease_keeps_one_queue_entry_however_often_it_beats() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL).unwrap();
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            state.heartbeat("college", "c1").unwrap();
+            assert!(state.expire().is_empty());
+        }
+        assert_eq!(state.queued(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_registered_again_with_a_shorter_ttl_runs_out_on_the_shorter_one() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL * 10).unwrap();
+        state.register(instance("college", "c1"), TTL).unwrap();
+        tokio::time::advance(TTL + Duration::from_millis(100)).await;
+        assert_eq!(state.expire().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_removed_and_registered_again_is_expired_once_on_its_new_lease() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL).unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        state.remove("college", "c1", RemovalReason::Deregistered);
+        state.register(instance("college", "c1"), TTL).unwrap();
+        // The first lease's queue entry comes due: it is not the lease now.
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert!(state.expire().is_empty());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(state.expire().len(), 1);
+        assert_eq!(state.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_pause_of_its_own_every_lease_gets_one_ttl_to_beat_again() {
+        let state = RegistryState::new();
+        state.register(instance("agency", "a1"), TTL).unwrap();
+        // The registry is stopped for 10 s: nobody could renew meanwhile.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        state.resumed_after_pause(Duration::from_secs(10));
+        assert!(state.expire().is_empty(), "not expired on resuming");
+        tokio::time::advance(TTL - Duration::from_millis(100)).await;
+        assert!(state.expire().is_empty(), "still within its grace");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(state.expire().len(), 1, "gone one TTL after resuming");
+    }
+
+    #[tokio::test]
+    async fn listings_show_each_change_to_a_service() {
+        let state = RegistryState::new();
+        state.register(instance("college", "c1"), TTL).unwrap();
+        assert_eq!(state.list("college").0.len(), 1);
+        state.register(instance("college", "c2"), TTL).unwrap();
+        let mut relabelled = instance("college", "c1");
+        relabelled.labels.insert("zone".into(), "b".into());
+        state.register(relabelled, TTL).unwrap();
+        let (listed, _) = state.list("college");
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].labels.get("zone").map(String::as_str), Some("b"));
+        let (snapshot, _) = state.watch("college").unwrap();
+        assert_eq!(snapshot.instances, listed);
+        state.remove("college", "c2", RemovalReason::Deregistered);
+        assert_eq!(state.list("").0.len(), 1);
     }
 }

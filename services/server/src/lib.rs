@@ -17,7 +17,12 @@
 //! A server never binds its own port: it takes a bound [`TcpListener`], so
 //! tests bind `127.0.0.1:0` and binaries bind what their flags say.
 
+pub mod admission;
+pub mod metrics;
 pub mod telemetry;
+
+pub use admission::Limits;
+pub use metrics::Metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,7 +35,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 /// Calls one connection may have open at once (HTTP/2
@@ -60,6 +64,10 @@ pub struct ServeOptions {
     pub streams_closing: CancellationToken,
     /// TLS with this server's certificate, or plaintext by explicit choice.
     pub transport: Transport,
+    /// How many calls it handles at once.
+    pub limits: Limits,
+    /// Where its calls are counted.
+    pub metrics: Metrics,
 }
 
 impl ServeOptions {
@@ -72,6 +80,8 @@ impl ServeOptions {
             grace_period: Duration::from_secs(10),
             streams_closing: CancellationToken::new(),
             transport: Transport::Insecure,
+            limits: Limits::default(),
+            metrics: Metrics::new(),
         }
     }
 }
@@ -102,7 +112,10 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .concurrency_limit_per_connection(options.limits.calls_per_connection)
+        .load_shed(true)
+        .layer(options.metrics.layer())
+        .layer(admission::AdmissionLayer::new(options.limits))
         .add_routes(routes);
     let server: std::pin::Pin<
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
@@ -112,7 +125,7 @@ pub async fn serve(
                 .server_config()
                 .context("this server has no usable certificate")?;
             Box::pin(builder.serve_with_incoming_shutdown(
-                grantmesh_discovery::tls::incoming(listener, material.clone()),
+                grantmesh_discovery::incoming::tls(listener, material.clone()),
                 stop_accepting.clone().cancelled_owned(),
             ))
         }
@@ -123,7 +136,7 @@ pub async fn serve(
                 "PLAINTEXT: serving without TLS (--insecure); anyone on the network can read and forge calls"
             );
             Box::pin(builder.serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                grantmesh_discovery::incoming::plaintext(listener),
                 stop_accepting.clone().cancelled_owned(),
             ))
         }

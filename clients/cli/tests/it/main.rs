@@ -11,6 +11,7 @@ mod dev;
 mod grants;
 mod mesh;
 mod outside_clients;
+mod overload;
 mod readme;
 mod security;
 mod simulate;

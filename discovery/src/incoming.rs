@@ -1,18 +1,23 @@
-//! The server side: TLS handshakes off the accept loop, and a bound on
-//! connections.
+//! The server side of a connection: accepted off the accept loop, bounded
+//! in number, and dropped when it never speaks.
 //!
-//! [`incoming`] accepts TCP connections and runs each handshake in a task of
-//! its own with a deadline, so a client that connects and never speaks
-//! holds neither the accept loop nor a slot for longer than
-//! [`HANDSHAKE_TIMEOUT`]; finished handshakes are handed to tonic as a
-//! stream. The TLS configuration is taken per connection from
+//! [`tls`] and [`plaintext`] accept TCP connections and run each one's
+//! opening in a task of its own with a deadline: the TLS handshake, or for
+//! plaintext the client's first bytes (its HTTP/2 preface). A client that
+//! connects and never speaks holds neither the accept loop nor a slot for
+//! longer than [`HANDSHAKE_TIMEOUT`]; opened connections are handed to tonic
+//! as a stream. The TLS configuration is taken per connection from
 //! [`TlsMaterial`], so rotated certificates apply to new connections.
 //!
 //! At most [`max_connections`] connections are held at once; beyond that a
 //! new connection is closed at once (its client sees UNAVAILABLE and can
 //! try another instance) instead of taking the process's last file
 //! descriptors, which would also starve health checks and registration.
+//! When `accept` itself fails (out of file descriptors), the loop backs off
+//! instead of spinning.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,13 +31,18 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::TlsMaterial;
+use crate::tls::TlsMaterial;
 
-/// How long a client may take to complete its handshake.
+/// How long a client may take to open its connection: finish the TLS
+/// handshake, or send its first bytes on plaintext.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; beyond this new connections wait in the
+/// Openings in progress at once; beyond this new connections wait in the
 /// kernel's backlog instead of each holding a task and a buffer here.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Idle time before TCP keepalive probes start on a server connection.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long the accept loop pauses after `accept` fails (EMFILE and the like).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Most connections one server holds: 4096, or three quarters of the
 /// process's file-descriptor limit when that is lower (it is 1024 on many
@@ -48,20 +58,20 @@ pub fn max_connections() -> usize {
 }
 
 /// A server connection that gives its place back when it closes.
-pub struct Limited {
-    stream: TlsStream<TcpStream>,
+pub struct Limited<S> {
+    stream: S,
     _permit: OwnedSemaphorePermit,
 }
 
-impl tonic::transport::server::Connected for Limited {
-    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Limited<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
     }
 }
 
-impl AsyncRead for Limited {
+impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -71,7 +81,7 @@ impl AsyncRead for Limited {
     }
 }
 
-impl AsyncWrite for Limited {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -101,21 +111,56 @@ impl AsyncWrite for Limited {
     }
 }
 
-/// Finished TLS connections from `listener`, until the stream is dropped.
-pub fn incoming(
+/// Connections that finished their TLS handshake, until the stream is dropped.
+pub fn tls(
     listener: TcpListener,
     material: Arc<TlsMaterial>,
-) -> impl Stream<Item = Result<Limited, std::io::Error>> {
+) -> impl Stream<Item = Result<Limited<TlsStream<TcpStream>>, std::io::Error>> {
+    spawn_accept_loop(listener, move |tcp| {
+        let config = material.server_config().inspect_err(|err| {
+            tracing::error!(error = %err, "no usable server certificate; closing the connection");
+        });
+        async move {
+            let config = config.map_err(std::io::Error::other)?;
+            TlsAcceptor::from(config).accept(tcp).await
+        }
+    })
+}
+
+/// Plaintext connections whose client has sent something, until the stream
+/// is dropped.
+pub fn plaintext(
+    listener: TcpListener,
+) -> impl Stream<Item = Result<Limited<TcpStream>, std::io::Error>> {
+    spawn_accept_loop(listener, |tcp: TcpStream| async move {
+        tcp.readable().await?;
+        Ok(tcp)
+    })
+}
+
+fn spawn_accept_loop<S, F, Fut>(
+    listener: TcpListener,
+    open: F,
+) -> impl Stream<Item = Result<Limited<S>, std::io::Error>>
+where
+    S: Send + 'static,
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = std::io::Result<S>> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(MAX_PENDING_HANDSHAKES);
-    tokio::spawn(accept_loop(listener, material, tx));
+    tokio::spawn(accept_loop(listener, open, tx));
     ReceiverStream::new(rx)
 }
 
-async fn accept_loop(
+async fn accept_loop<S, F, Fut>(
     listener: TcpListener,
-    material: Arc<TlsMaterial>,
-    tx: mpsc::Sender<Result<Limited, std::io::Error>>,
-) {
+    open: F,
+    tx: mpsc::Sender<Result<Limited<S>, std::io::Error>>,
+) where
+    S: Send + 'static,
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = std::io::Result<S>> + Send + 'static,
+{
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     let connections = Arc::new(Semaphore::new(max_connections()));
     let mut refused = 0u64;
@@ -129,9 +174,8 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tracing::warn!(error = %err, "accept failed; backing off");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
@@ -146,19 +190,14 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let config = match material.server_config() {
-            Ok(config) => config,
-            Err(err) => {
-                tracing::error!(error = %err, "no usable server certificate");
-                continue;
-            }
-        };
+        // Finds peers that vanished without a FIN (power loss, a cut cable).
+        let _ = socket2::SockRef::from(&tcp)
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
+        let opening = open(tcp);
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
-                .await
-            {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, opening).await {
                 Ok(Ok(stream)) => {
                     let _ = tx
                         .send(Ok(Limited {
@@ -167,9 +206,13 @@ async fn accept_loop(
                         }))
                         .await;
                 }
-                Ok(Err(err)) => tracing::debug!(%peer, error = %err, "tls handshake failed"),
-                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                Ok(Err(err)) => log_failed(peer, &err),
+                Err(_) => tracing::debug!(%peer, "connection closed: nothing received within {HANDSHAKE_TIMEOUT:?}"),
             }
         });
     }
+}
+
+fn log_failed(peer: SocketAddr, err: &std::io::Error) {
+    tracing::debug!(%peer, error = %err, "connection failed while opening");
 }

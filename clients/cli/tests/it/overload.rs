@@ -1,0 +1,108 @@
+//! Overload, tried against the real binary: a server that is handling all
+//! the calls it takes refuses the next one at once with RESOURCE_EXHAUSTED
+//! (it never queues it), one connection cannot take every slot, and a
+//! client that connects and never speaks is closed.
+
+use std::time::Duration;
+
+use grantmesh_proto::RegistryClient;
+use grantmesh_proto::v1::{ListInstancesRequest, PingRequest};
+use tokio::io::AsyncReadExt as _;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::support::*;
+
+/// A fresh connection to `proc`.
+async fn connect(proc: &Proc) -> RegistryClient<Channel> {
+    RegistryClient::new(Channel::from_shared(proc.url()).unwrap().connect().await.unwrap())
+}
+
+/// Starts `count` pings that each hold a slot for `hold`, and waits until the server has them.
+async fn hold_calls(client: &RegistryClient<Channel>, count: usize, hold: Duration) {
+    for _ in 0..count {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let _ = client
+                .ping(PingRequest {
+                    message: "hold".into(),
+                    delay_ms: hold.as_millis() as u32,
+                })
+                .await;
+        });
+    }
+    // The pings are in flight once the server has read them; give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_server_handling_its_most_calls_refuses_the_next_at_once_and_recovers() {
+    let registry = Proc::registry(&["--max-calls", "4"]).await;
+    let holder = connect(&registry).await;
+    hold_calls(&holder, 4, Duration::from_secs(3)).await;
+
+    let mut other = connect(&registry).await;
+    let started = std::time::Instant::now();
+    let refused = other
+        .list_instances(ListInstancesRequest::default())
+        .await
+        .expect_err("the server is full");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("4 calls"),
+        "the message says why: {refused:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once, not queued behind the held calls ({:?})",
+        started.elapsed()
+    );
+    assert_eventually(
+        Duration::from_secs(5),
+        "calls are taken again once the held ones end",
+        || {
+            let mut other = other.clone();
+            async move {
+                other
+                    .list_instances(ListInstancesRequest::default())
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn one_connection_cannot_take_every_call_a_server_handles() {
+    let registry = Proc::registry(&["--max-calls-per-connection", "2"]).await;
+    let greedy = connect(&registry).await;
+    hold_calls(&greedy, 2, Duration::from_secs(3)).await;
+
+    let refused = greedy
+        .clone()
+        .list_instances(ListInstancesRequest::default())
+        .await
+        .expect_err("the greedy connection is at its limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // Another client, on its own connection, is served.
+    connect(&registry)
+        .await
+        .list_instances(ListInstancesRequest::default())
+        .await
+        .expect("another connection still has room");
+}
+
+#[tokio::test]
+async fn a_plaintext_client_that_connects_and_never_speaks_is_closed() {
+    let registry = Proc::registry(&[]).await;
+    let mut silent = tokio::net::TcpStream::connect(registry.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(15), silent.read(&mut byte))
+        .await
+        .expect("the server closes a silent connection within its handshake timeout");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed without a word: {read:?}"
+    );
+}

@@ -1,0 +1,254 @@
+//! Prometheus metrics: every server counts its calls, and exposes them with
+//! what its service adds on an HTTP admin port (`GET /metrics`, the text
+//! format). docs/metrics.md lists every metric.
+//!
+//! Each server has its own [`Metrics`] (its own `prometheus::Registry`), so
+//! several servers in one process (`grantmesh dev`, the tests) report
+//! separately. A service registers its own collectors in
+//! [`Metrics::registry`].
+//!
+//! Labels are bounded whatever clients send: a call to a method or service
+//! the server does not have is answered UNIMPLEMENTED and counted under
+//! `service="unknown", method="unknown"`, so made-up paths cannot grow the
+//! set of series.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The metrics of one server.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "grpc_server_requests_total",
+                "gRPC calls handled, by service, method and status code",
+            ),
+            &["service", "method", "code"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_server_request_duration_seconds",
+                "Time from a call's arrival to its response headers (the whole call for unary calls)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["service", "method"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new(
+            "grpc_server_calls_in_flight",
+            "Calls being handled now (a stream counts until its handler returns it)",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(in_flight.clone()),
+        ] {
+            registry.register(collector).expect("registered once");
+        }
+        Self {
+            registry,
+            requests,
+            duration,
+            in_flight,
+        }
+    }
+
+    /// Where a service registers its own collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Everything, in Prometheus's text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    /// The tower layer that counts every call.
+    pub fn layer(&self) -> MetricsLayer {
+        MetricsLayer {
+            metrics: self.clone(),
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+pub fn spawn_endpoint(
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let addr = listener
+        .local_addr()
+        .context("failed to read the metrics listener's address")?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(err) = served {
+            tracing::warn!(%addr, error = %err, "the metrics endpoint stopped");
+        }
+    });
+    tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    Ok(addr)
+}
+
+/// Counts calls for [`Metrics`].
+#[derive(Clone, Debug)]
+pub struct MetricsLayer {
+    metrics: Metrics,
+}
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Counted {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// A service whose calls are counted.
+#[derive(Clone, Debug)]
+pub struct Counted<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for Counted<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (service, method) = split_path(request.uri().path());
+        let metrics = self.metrics.clone();
+        metrics.in_flight.inc();
+        let started = Instant::now();
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await;
+            metrics.in_flight.dec();
+            let code = match &response {
+                Ok(response) => grpc_code(response.headers()),
+                Err(_) => tonic::Code::Internal,
+            };
+            let (service, method) = if code == tonic::Code::Unimplemented {
+                ("unknown".to_owned(), "unknown".to_owned())
+            } else {
+                (service, method)
+            };
+            metrics
+                .duration
+                .with_label_values(&[&service, &method])
+                .observe(started.elapsed().as_secs_f64());
+            metrics
+                .requests
+                .with_label_values(&[&service, &method, &format!("{code:?}")])
+                .inc();
+            response
+        })
+    }
+}
+
+/// `/grantmesh.v1.College/Withdraw` → (`grantmesh.v1.College`, `Withdraw`).
+fn split_path(path: &str) -> (String, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default();
+    let method = parts.next().unwrap_or_default();
+    (service.to_owned(), method.to_owned())
+}
+
+/// The status of a call whose handler has answered: a refusal travels in
+/// the response headers (trailers-only); a call that succeeded has none
+/// there, and its OK comes in the trailers.
+fn grpc_code(headers: &http::HeaderMap) -> tonic::Code {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_splits_into_service_and_method() {
+        assert_eq!(
+            split_path("/grantmesh.v1.College/Withdraw"),
+            ("grantmesh.v1.College".into(), "Withdraw".into())
+        );
+        assert_eq!(split_path("/"), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn a_refusal_in_the_headers_is_its_code_and_none_is_ok() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_code(&headers), tonic::Code::Ok);
+        headers.insert("grpc-status", "3".parse().unwrap());
+        assert_eq!(grpc_code(&headers), tonic::Code::InvalidArgument);
+    }
+}
