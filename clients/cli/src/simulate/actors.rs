@@ -27,8 +27,9 @@ use super::audit::{Ack, Acknowledged};
 use super::plan::{self, Action, PROFESSOR};
 use super::summary::{Refusal, Tally};
 
-/// The password of every simulated researcher (they are throwaway accounts).
-const PASSWORD: &str = "simulated-researcher";
+/// The password of every simulated researcher (they are throwaway
+/// accounts); strong enough for the College's sign-up check.
+const PASSWORD: &str = "orbital kettle lantern";
 
 /// The longest one call may take before it counts as failed (its outcome
 /// then unknown). Generous next to a normal call of a few milliseconds, and
@@ -163,11 +164,31 @@ impl World {
                 account_id: account_id.clone(),
                 email: student.email.clone(),
             };
-            self.college(Some(&professor.token), message, |mut c, r| async move {
-                c.add_member(r).await
-            })
+            // Adding is an invitation, which the student accepts.
+            let invited = self
+                .college(Some(&professor.token), message, |mut c, r| async move {
+                    c.add_member(r).await
+                })
+                .await
+                .map_err(|s| ("invite a student", s))?;
+            let invitation_id = invited
+                .invitations
+                .iter()
+                .find(|i| i.email.eq_ignore_ascii_case(&student.email))
+                .map(|i| i.invitation_id.clone())
+                .ok_or_else(|| {
+                    (
+                        "invite a student",
+                        Status::internal("the reply lists no invitation for the student"),
+                    )
+                })?;
+            self.college(
+                Some(&student.token),
+                AcceptInvitationRequest { invitation_id },
+                |mut c, r| async move { c.accept_invitation(r).await },
+            )
             .await
-            .map_err(|s| ("add a student", s))?;
+            .map_err(|s| ("accept the invitation", s))?;
             members.push((
                 member,
                 student.token,
