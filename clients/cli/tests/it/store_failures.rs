@@ -47,7 +47,7 @@ async fn researcher(college: &mut CollegeClient<tonic::transport::Channel>) -> (
         .register_researcher(RegisterResearcherRequest {
             name: "Ada".into(),
             email: email.clone(),
-            password: "long enough".into(),
+            password: "orbital kettle lantern".into(),
         })
         .await
         .unwrap()
@@ -56,7 +56,7 @@ async fn researcher(college: &mut CollegeClient<tonic::transport::Channel>) -> (
     let token = college
         .login(LoginRequest {
             email,
-            password: "long enough".into(),
+            password: "orbital kettle lantern".into(),
         })
         .await
         .unwrap()

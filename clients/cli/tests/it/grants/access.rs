@@ -17,17 +17,14 @@ async fn authentication_and_permissions_are_enforced() {
     let (member, member_token) = mesh.researcher("grace").await;
     let account = mesh.open(&pi, 100_000, 30).await.account_id;
     let mut college = mesh.college(0).await;
-    let member_email = student_email_of(&mesh, &member).await;
-    college
-        .add_member(authed(
-            AddMemberRequest {
-                account_id: account.clone(),
-                email: member_email,
-            },
-            &pi_token,
-        ))
-        .await
-        .unwrap();
+    join(
+        &mesh,
+        &mut college,
+        &account,
+        &pi_token,
+        (&member, &member_token),
+    )
+    .await;
 
     // No token, a forged token.
     let bare = tonic::Request::new(GetAccountRequest {
@@ -81,7 +78,7 @@ async fn authentication_and_permissions_are_enforced() {
         college
             .login(LoginRequest {
                 email: "nobody@university.edu".into(),
-                password: "whatever1".into(),
+                password: "orbital kettle lantern".into(),
             })
             .await,
         Code::Unauthenticated,
