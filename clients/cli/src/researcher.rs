@@ -474,17 +474,23 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                     |mut c, r| async move { c.get_account(r).await },
                 )
                 .await?;
+            // An email is looked up among the members; anything else is
+            // taken as a researcher id and judged by the college.
             let wanted = member.trim().to_lowercase();
-            let researcher_id = account
+            let researcher_id = match account
                 .members
                 .iter()
                 .find(|m| m.researcher_id == wanted || m.email.to_lowercase() == wanted)
-                .map(|m| m.researcher_id.clone())
-                .ok_or_else(|| {
-                    CliError::Usage(format!(
+            {
+                Some(m) => m.researcher_id.clone(),
+                None if wanted.contains('@') => {
+                    return Err(Status::failed_precondition(format!(
                         "{member} is not a member of account {account_id}; invite them (grantmesh add-member) and let them accept first"
                     ))
-                })?;
+                    .into());
+                }
+                None => wanted,
+            };
             let a = mesh
                 .college(
                     TransferPrincipalRequest {

@@ -234,8 +234,11 @@ impl AgencyService {
                 let authorized = grantmesh_auth::authorize(&mut request, token);
                 async move {
                     authorized?;
-                    match tokio::time::timeout(timeout, CollegeClient::new(channel).who_am_i(request))
-                        .await
+                    match tokio::time::timeout(
+                        timeout,
+                        CollegeClient::new(channel).who_am_i(request),
+                    )
+                    .await
                     {
                         Ok(result) => result,
                         Err(_) => Err(Status::unavailable("the college did not answer in time")),

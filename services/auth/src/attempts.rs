@@ -143,9 +143,7 @@ mod tests {
         }
         let same_prefix = "2001:db8:1:2:ffff::1".parse().ok();
         assert!(attempts.check_peer(same_prefix).is_err());
-        attempts
-            .check_peer("2001:db8:1:3::1".parse().ok())
-            .unwrap();
+        attempts.check_peer("2001:db8:1:3::1".parse().ok()).unwrap();
     }
 
     #[test]

@@ -338,7 +338,10 @@ impl College for CollegeService {
         Ok(Response::new(reply))
     }
 
-    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<Researcher>, Status> {
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<Researcher>, Status> {
         let caller = self.keys().researcher(&request)?;
         let researcher = self.inner.store.researcher(caller).await?.ok_or_else(|| {
             Status::not_found(format!(
@@ -370,7 +373,11 @@ impl College for CollegeService {
     ) -> Result<Response<Account>, Status> {
         let caller = self.keys().researcher(&request)?;
         let invitation = validate::id("invitation_id", &request.get_ref().invitation_id)?;
-        let account = self.inner.store.accept_invitation(caller, invitation).await?;
+        let account = self
+            .inner
+            .store
+            .accept_invitation(caller, invitation)
+            .await?;
         tracing::info!(account = %account.id, researcher = %caller, "invitation accepted");
         Ok(Response::new(account_message(account)))
     }
@@ -382,7 +389,10 @@ impl College for CollegeService {
     ) -> Result<Response<DeclineInvitationReply>, Status> {
         let caller = self.keys().researcher(&request)?;
         let invitation = validate::id("invitation_id", &request.get_ref().invitation_id)?;
-        self.inner.store.decline_invitation(caller, invitation).await?;
+        self.inner
+            .store
+            .decline_invitation(caller, invitation)
+            .await?;
         Ok(Response::new(DeclineInvitationReply {}))
     }
 

@@ -59,7 +59,9 @@ impl AccountStore {
     /// The account's pending invitations, newest first.
     pub async fn account_invitations(&self, account: Uuid) -> Result<Vec<InvitationRow>> {
         match &self.backend {
-            Backend::Postgres(pool) => postgres::membership::account_invitations(pool, account).await,
+            Backend::Postgres(pool) => {
+                postgres::membership::account_invitations(pool, account).await
+            }
             Backend::Sqlite(db) => db.account_invitations(account).await,
         }
     }

@@ -98,7 +98,11 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
     );
     assert_status(
         college
-            .register_researcher(register(&"n".repeat(201), "a@b.edu", "orbital kettle lantern"))
+            .register_researcher(register(
+                &"n".repeat(201),
+                "a@b.edu",
+                "orbital kettle lantern",
+            ))
             .await,
         Code::InvalidArgument,
         "name",

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::super::membership::{
     InvitationRow, InviteCheck, MAX_PENDING_INVITATIONS, no_invitation, not_a_member_to_promote,
 };
-use super::{Result, ResearcherRow, lock_as_principal_investigator, notify_membership};
+use super::{ResearcherRow, Result, lock_as_principal_investigator, notify_membership};
 use crate::store::AccountRow;
 
 const INVITATION_COLUMNS: &str = "SELECT i.id, i.account_id, a.title, i.email, r.name AS by_name, r.email AS by_email, i.invited_at

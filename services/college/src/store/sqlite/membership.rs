@@ -11,7 +11,7 @@ use super::super::membership::{
     InvitationRow, InviteCheck, MAX_PENDING_INVITATIONS, no_invitation, not_a_member_to_promote,
 };
 use super::{
-    Accounts, Result, ResearcherRow, check_principal_investigator, membership_payload, not_found,
+    Accounts, ResearcherRow, Result, check_principal_investigator, membership_payload, not_found,
     read_account,
 };
 use crate::store::AccountRow;
@@ -72,7 +72,10 @@ impl Accounts {
         self.call(move |conn| Ok(of_account(conn, account)?)).await
     }
 
-    pub(in crate::store) async fn invitations_for(&self, caller: Uuid) -> Result<Vec<InvitationRow>> {
+    pub(in crate::store) async fn invitations_for(
+        &self,
+        caller: Uuid,
+    ) -> Result<Vec<InvitationRow>> {
         self.call(move |conn| {
             Ok(conn
                 .prepare(&format!(
