@@ -44,6 +44,32 @@ const PROPOSAL_ATTEMPTS: u32 = 5;
 /// Pause between proposal attempts: about the agency's reconcile interval.
 const PROPOSAL_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
+/// Attempts at a sign-up or login that a College holds back with
+/// RESOURCE_EXHAUSTED (every simulated researcher signs up from this one
+/// address, past the College's per-address burst in a large run), one
+/// [`SIGN_UP_PAUSE`] apart: as a real client retrying when told to.
+const SIGN_UP_ATTEMPTS: u32 = 60;
+const SIGN_UP_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs `call` again while the College answers RESOURCE_EXHAUSTED.
+async fn patiently<T, Fut>(call: impl Fn() -> Fut) -> Result<T, Status>
+where
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(status)
+                if status.code() == Code::ResourceExhausted && attempt < SIGN_UP_ATTEMPTS =>
+            {
+                attempt += 1;
+                tokio::time::sleep(SIGN_UP_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Consecutive failed calls after which an actor gives up: the mesh is
 /// unreachable, and hammering it further measures nothing.
 const MAX_CONSECUTIVE_ERRORS: u32 = 20;
@@ -245,18 +271,25 @@ impl World {
             email: email.clone(),
             password: PASSWORD.to_owned(),
         };
-        self.college(None, register, |mut c, r| async move {
-            c.register_researcher(r).await
+        patiently(|| {
+            self.college(None, register.clone(), |mut c, r| async move {
+                c.register_researcher(r).await
+            })
         })
         .await?;
         let login = LoginRequest {
             email: email.clone(),
             password: PASSWORD.to_owned(),
         };
-        let token = self
-            .college(None, login, |mut c, r| async move { c.login(r).await })
-            .await?
-            .token;
+        let token = patiently(|| {
+            self.college(
+                None,
+                login.clone(),
+                |mut c, r| async move { c.login(r).await },
+            )
+        })
+        .await?
+        .token;
         Ok(Researcher { email, token })
     }
 
