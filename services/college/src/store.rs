@@ -336,7 +336,9 @@ impl AccountStore {
         }
     }
 
-    /// Adds the researcher with `email`; only the principal investigator may.
+    /// Adds the researcher with `email` at once; only the principal
+    /// investigator may. `AddMember` does not use this (it invites:
+    /// [`Self::invite`]); tools and tests that set up accounts do.
     pub async fn add_member(&self, account: Uuid, caller: Uuid, email: &str) -> Result<AccountRow> {
         match &self.backend {
             Backend::Postgres(pool) => postgres::add_member(pool, account, caller, email).await,
