@@ -631,3 +631,47 @@ async fn a_member_joins_by_invitation_and_leaves_and_the_principal_investigator_
     assert_eq!(now["members"][0]["email"], student.as_str());
     assert_eq!(now["members"][0]["role"], "ROLE_PRINCIPAL_INVESTIGATOR");
 }
+
+#[tokio::test]
+async fn proposals_show_why_an_accepted_proposal_never_got_its_account() {
+    let (registry, _college, _agency) = mesh().await;
+    let url = registry.url();
+    // An accepted proposal without an account, for a researcher no college
+    // knows, as one accepted before agencies asked first.
+    let stranger = uuid::Uuid::new_v4();
+    let (client, connection) =
+        tokio_postgres::connect(&shared_database().await, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO proposals (id, agency, principal_investigator, idempotency_key, title, description,
+                                    requested_amount, duration_days, decision, reason, submitted_at)
+             VALUES ($1, 'nsf', $2, 'orphan', 'Orphan', '', 400000, 30, 'accepted', '', now() - interval '1 minute')",
+            &[&uuid::Uuid::new_v4(), &stranger],
+        )
+        .await
+        .unwrap();
+    let (token, _) = keys().researcher_token(stranger).unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let args = ["proposals", "--token", token.as_str()];
+    let proposals = || run(config.path(), Some(&url), &args);
+    assert_eventually(
+        Duration::from_secs(20),
+        "the agency gives up and says why",
+        || async {
+            proposals()
+                .await
+                .ok("proposals")
+                .stdout
+                .contains("account_failed")
+        },
+    )
+    .await;
+    let shown = proposals().await.ok("proposals").stdout;
+    assert!(
+        shown.contains("not a registered researcher"),
+        "the college's reason: {shown}"
+    );
+}
