@@ -388,7 +388,8 @@ def run_flow(
     email = f"pi-{tag}@flow.grantmesh.test"
     password = f"pw-{uuid.uuid4().hex}"
 
-    researcher = college_stub.RegisterResearcher(
+    # Sign-up names no id (it would tell whether the email was taken); login does.
+    college_stub.RegisterResearcher(
         college_pb2.RegisterResearcherRequest(name=f"Flow PI {tag}", email=email, password=password),
         timeout=timeout,
     )
@@ -449,7 +450,7 @@ def run_flow(
     ]
     return {
         "ok": all(c["ok"] for c in checks),
-        "researcher_id": researcher.researcher_id,
+        "researcher_id": login.researcher.researcher_id,
         "email": email,
         "proposal_id": proposal.proposal_id,
         "agency": proposal.agency,

@@ -52,6 +52,8 @@ replies!(
     ListInstancesReply,
     WatchEvent,
     PingReply,
+    ListInvitationsReply,
+    DeclineInvitationReply,
 );
 
 fn pool() -> anyhow::Result<&'static DescriptorPool> {
@@ -146,7 +148,7 @@ pub fn account(a: &v1::Account) -> Table {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    record(&[
+    let mut rows = vec![
         ("account", a.account_id.clone()),
         ("title", a.title.clone()),
         ("agency", a.agency.clone()),
@@ -157,7 +159,33 @@ pub fn account(a: &v1::Account) -> Table {
         ("opened", time(a.opened_at.as_ref())),
         ("expires", time(a.expires_at.as_ref())),
         ("members", members),
-    ])
+    ];
+    // Only the principal investigator is shown who is invited.
+    if !a.invitations.is_empty() {
+        let invited = a
+            .invitations
+            .iter()
+            .map(|i| format!("{} (invitation {}, pending)", i.email, i.invitation_id))
+            .collect::<Vec<_>>()
+            .join("\n");
+        rows.push(("invited", invited));
+    }
+    record(&rows)
+}
+
+/// The caller's pending invitations.
+pub fn invitations(invitations: &[v1::Invitation]) -> Table {
+    let mut table = table(["INVITATION", "ACCOUNT", "TITLE", "INVITED BY", "WHEN"]);
+    for i in invitations {
+        table.add_row([
+            i.invitation_id.clone(),
+            i.account_id.clone(),
+            i.account_title.clone(),
+            format!("{} <{}>", i.invited_by_name, i.invited_by_email),
+            time(i.invited_at.as_ref()),
+        ]);
+    }
+    table
 }
 
 fn member_role(m: &v1::Member) -> String {
@@ -195,8 +223,16 @@ pub fn proposals(proposals: &[v1::Proposal]) -> Table {
             p.requested_amount_minor.to_string(),
             p.duration_days.to_string(),
             enum_word(p.decision().as_str_name(), "DECISION_"),
-            p.account_id.clone(),
-            p.reason.clone(),
+            if p.account_failure.is_empty() {
+                p.account_id.clone()
+            } else {
+                "account_failed".to_owned()
+            },
+            if p.account_failure.is_empty() {
+                p.reason.clone()
+            } else {
+                p.account_failure.clone()
+            },
         ]);
     }
     table

@@ -131,7 +131,8 @@ pub enum Verb {
         #[command(flatten)]
         target: Target,
     },
-    /// Add a researcher (by email) to an account you lead.
+    /// Invite a researcher (by email) to an account you lead; they become a
+    /// member once they accept (`grantmesh accept`).
     AddMember {
         account_id: String,
         email: String,
@@ -145,9 +146,36 @@ pub enum Verb {
         #[command(flatten)]
         target: Target,
     },
-    /// Leave an account you are a member of (a principal investigator cannot).
+    /// Leave an account you are a member of (a principal investigator
+    /// hands the role over first: `grantmesh hand-over`).
     Leave {
         account_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Your pending invitations to accounts.
+    Invitations {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Accept an invitation: you become a member of its account.
+    Accept {
+        invitation_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Decline an invitation to you, or withdraw one on an account you lead.
+    Decline {
+        invitation_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Hand the principal investigator's role on an account you lead to
+    /// another member (by email or researcher id); you stay a member.
+    HandOver {
+        account_id: String,
+        /// The member who takes over: their email or researcher id.
+        member: String,
         #[command(flatten)]
         target: Target,
     },
@@ -202,11 +230,16 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                     c.register_researcher(r).await
                 })
                 .await?;
+            // The reply is the same whether the email was new or already
+            // registered (whose account is left as it was): the college
+            // does not say which emails exist. Login tells the id.
             output::emit(format, &r, |r| {
                 output::record(&[
                     ("signed up", format!("{} <{}>", r.name, r.email)),
-                    ("researcher", r.researcher_id.clone()),
-                    ("next", "grantmesh login".to_owned()),
+                    (
+                        "next",
+                        format!("grantmesh login --email {} (with your password)", r.email),
+                    ),
                 ])
             })?;
         }
@@ -376,6 +409,96 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                     message,
                     true,
                     |mut c, r| async move { c.add_member(r).await },
+                )
+                .await?;
+            output::emit(format, &a, output::account)?;
+            if format == Format::Table {
+                eprintln!(
+                    "invited: they become a member once they accept (grantmesh invitations, grantmesh accept ID)"
+                );
+            }
+        }
+        Verb::Invitations { target } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let reply = mesh
+                .college(ListInvitationsRequest {}, true, |mut c, r| async move {
+                    c.list_invitations(r).await
+                })
+                .await?;
+            output::emit(format, &reply, |r| output::invitations(&r.invitations))?;
+        }
+        Verb::Accept {
+            invitation_id,
+            target,
+        } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let a = mesh
+                .college(
+                    AcceptInvitationRequest { invitation_id },
+                    true,
+                    |mut c, r| async move { c.accept_invitation(r).await },
+                )
+                .await?;
+            output::emit(format, &a, output::account)?;
+        }
+        Verb::Decline {
+            invitation_id,
+            target,
+        } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let reply = mesh
+                .college(
+                    DeclineInvitationRequest {
+                        invitation_id: invitation_id.clone(),
+                    },
+                    true,
+                    |mut c, r| async move { c.decline_invitation(r).await },
+                )
+                .await?;
+            output::emit(format, &reply, |_| {
+                output::record(&[("declined", invitation_id.clone())])
+            })?;
+        }
+        Verb::HandOver {
+            account_id,
+            member,
+            target,
+        } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let account = mesh
+                .college(
+                    GetAccountRequest {
+                        account_id: account_id.clone(),
+                    },
+                    true,
+                    |mut c, r| async move { c.get_account(r).await },
+                )
+                .await?;
+            // An email is looked up among the members; anything else is
+            // taken as a researcher id and judged by the college.
+            let wanted = member.trim().to_lowercase();
+            let researcher_id = match account
+                .members
+                .iter()
+                .find(|m| m.researcher_id == wanted || m.email.to_lowercase() == wanted)
+            {
+                Some(m) => m.researcher_id.clone(),
+                None if wanted.contains('@') => {
+                    return Err(Status::failed_precondition(format!(
+                        "{member} is not a member of account {account_id}; invite them (grantmesh add-member) and let them accept first"
+                    ))
+                    .into());
+                }
+                None => wanted,
+            };
+            let a = mesh
+                .college(
+                    TransferPrincipalRequest {
+                        account_id,
+                        researcher_id,
+                    },
+                    true,
+                    |mut c, r| async move { c.transfer_principal(r).await },
                 )
                 .await?;
             output::emit(format, &a, output::account)?;

@@ -8,6 +8,15 @@
 //! agency that died — can never open a second account; and the reconciler
 //! keeps retrying accepted proposals that still have no account, so none is
 //! left without one.
+//!
+//! Except when it never can be: before accepting, the agency asks a College
+//! who the caller is (`WhoAmI`, with the caller's own token), and a
+//! researcher the College does not know is refused with nothing recorded.
+//! Should a College still refuse an account for good (NOT_FOUND,
+//! INVALID_ARGUMENT, FAILED_PRECONDITION: retrying cannot change the
+//! answer), the proposal is marked with the College's reason
+//! (`account_failure`), the reconciler stops retrying it, and the
+//! researcher sees why.
 
 pub mod store;
 
@@ -85,8 +94,9 @@ impl AgencyService {
         &self.inner.config
     }
 
-    /// Has a College open the account for an accepted proposal and records it.
-    async fn open_account(&self, proposal: &ProposalRow) -> Result<String, Status> {
+    /// Has a College open the account for an accepted proposal and records
+    /// it; a refusal for good is recorded as the proposal's account failure.
+    async fn open_account(&self, proposal: &ProposalRow) -> Result<String, OpenFailure> {
         let open = OpenAccountRequest {
             proposal_id: proposal.id.to_string(),
             agency: self.config().name.clone(),
@@ -122,12 +132,26 @@ impl AgencyService {
                     }
                 }
             })
-            .await?
-            .into_inner();
+            .await;
+        let account = match account {
+            Ok(account) => account.into_inner(),
+            Err(status) if is_permanent(&status) => {
+                let reason = status.message().to_owned();
+                self.inner
+                    .store
+                    .set_account_failure(proposal.id, &reason)
+                    .await
+                    .map_err(OpenFailure::Transient)?;
+                tracing::warn!(proposal = %proposal.id, %reason, "the college refused the account for good; giving up on it");
+                return Err(OpenFailure::Permanent(reason));
+            }
+            Err(status) => return Err(OpenFailure::Transient(status)),
+        };
         self.inner
             .store
             .set_account(proposal.id, &account.account_id)
-            .await?;
+            .await
+            .map_err(OpenFailure::Transient)?;
         tracing::info!(proposal = %proposal.id, account = %account.account_id, "account opened");
         Ok(account.account_id)
     }
@@ -162,7 +186,9 @@ impl AgencyService {
                     Ok(account) => {
                         tracing::info!(proposal = %proposal.id, %account, "reconciler opened a missing account")
                     }
-                    Err(status) => {
+                    // Already logged and recorded; never retried again.
+                    Err(OpenFailure::Permanent(_)) => {}
+                    Err(OpenFailure::Transient(status)) => {
                         tracing::warn!(proposal = %proposal.id, error = %status.message(), "reconciler could not open the account yet")
                     }
                 }
@@ -187,8 +213,81 @@ impl AgencyService {
             reason: proposal.reason,
             account_id: proposal.account_id.unwrap_or_default(),
             submitted_at: Some(proposal.submitted_at.into()),
+            account_failure: proposal.account_failure.unwrap_or_default(),
         }
     }
+
+    /// Refuses a caller the Colleges do not know, before anything is
+    /// recorded: a validly signed token for a researcher never registered
+    /// would otherwise leave an accepted proposal that no College can open
+    /// an account for. Asked with the caller's own token. Only a College's
+    /// NOT_FOUND refuses; when no College answers, the proposal goes ahead
+    /// and opening its account settles it (or the reconciler does).
+    async fn check_investigator(&self, investigator: Uuid, token: &str) -> Result<(), Status> {
+        let timeout = self.config().open_timeout;
+        let answer = self
+            .inner
+            .colleges
+            .call(|channel| {
+                let mut request = Request::new(WhoAmIRequest {});
+                request.set_timeout(timeout);
+                let authorized = grantmesh_auth::authorize(&mut request, token);
+                async move {
+                    authorized?;
+                    match tokio::time::timeout(
+                        timeout,
+                        CollegeClient::new(channel).who_am_i(request),
+                    )
+                    .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => Err(Status::unavailable("the college did not answer in time")),
+                    }
+                }
+            })
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                Err(Status::failed_precondition(format!(
+                    "researcher {investigator} is not registered at any college, so no account could be opened \
+                     for this proposal; sign up at the college first (the token is validly signed, but names no one the college knows)"
+                )))
+            }
+            Err(status) => {
+                tracing::debug!(error = %status.message(), "could not ask a college about the investigator; going ahead");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why a College did not open an account.
+enum OpenFailure {
+    /// Refused for good, with the College's reason; recorded on the proposal.
+    Permanent(String),
+    /// Might succeed later (no College answered, a timeout, a store hiccup).
+    Transient(Status),
+}
+
+/// Whether a College's refusal to open an account can never change on a
+/// retry: the request itself is wrong for it (an unknown principal
+/// investigator is NOT_FOUND). PERMISSION_DENIED and UNAUTHENTICATED are
+/// left to retry: they come from configuration (bands, keys) that an
+/// operator may fix.
+fn is_permanent(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+    )
+}
+
+/// The refusal a researcher gets for an accepted proposal whose account
+/// will never be opened.
+fn account_failed(proposal: Uuid, reason: &str) -> Status {
+    Status::failed_precondition(format!(
+        "proposal {proposal} was accepted, but no account can be opened for it: {reason}"
+    ))
 }
 
 fn text(field: &str, value: &str, min: usize, max: usize) -> Result<String, Status> {
@@ -234,6 +333,7 @@ impl Agency for AgencyService {
         request: Request<SubmitProposalRequest>,
     ) -> Result<Response<Proposal>, Status> {
         let investigator = self.config().keys.researcher(&request)?;
+        let token = grantmesh_auth::bearer(&request)?.to_owned();
         let request = request.into_inner();
         let title = text("title", &request.title, 1, 200)?;
         let description = text("description", &request.description, 0, 10_000)?;
@@ -257,6 +357,9 @@ impl Agency for AgencyService {
         } else {
             String::new()
         };
+        if reason.is_empty() {
+            self.check_investigator(investigator, &token).await?;
+        }
         let (proposal, new) = self
             .inner
             .store
@@ -291,13 +394,17 @@ impl Agency for AgencyService {
             )));
         }
         let mut proposal = proposal;
+        if let Some(reason) = &proposal.account_failure {
+            return Err(account_failed(proposal.id, reason));
+        }
         if proposal.accepted && proposal.account_id.is_none() {
-            let account = self.open_account(&proposal).await.map_err(|status| {
-                Status::unavailable(format!(
+            let account = self.open_account(&proposal).await.map_err(|failure| match failure {
+                OpenFailure::Permanent(reason) => account_failed(proposal.id, &reason),
+                OpenFailure::Transient(status) => Status::unavailable(format!(
                     "proposal {} was accepted but its account is not open yet ({}); retry with the same idempotency key",
                     proposal.id,
                     status.message()
-                ))
+                )),
             })?;
             proposal.account_id = Some(account);
         }

@@ -29,6 +29,9 @@ pub struct ProposalRow {
     pub reason: String,
     pub account_id: Option<String>,
     pub submitted_at: SystemTime,
+    /// Why no account can ever be opened for this accepted proposal (a
+    /// College refused it for good); the reconciler no longer retries it.
+    pub account_failure: Option<String>,
 }
 
 pub struct NewProposal<'a> {
@@ -104,6 +107,15 @@ impl ProposalStore {
         }
     }
 
+    /// Records why no account can ever be opened for an accepted proposal
+    /// that has none; the first reason stays.
+    pub async fn set_account_failure(&self, proposal: Uuid, reason: &str) -> Result<(), Status> {
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::set_account_failure(pool, proposal, reason).await,
+            Backend::Sqlite(db) => db.set_account_failure(proposal, reason).await,
+        }
+    }
+
     pub async fn get(&self, agency: &str, id: Uuid) -> Result<Option<ProposalRow>, Status> {
         match &self.backend {
             Backend::Postgres(pool) => postgres::get(pool, agency, id).await,
@@ -127,7 +139,8 @@ impl ProposalStore {
         }
     }
 
-    /// Accepted proposals still waiting for their account, oldest first.
+    /// Accepted proposals still waiting for their account (and not given up
+    /// on), oldest first.
     pub async fn awaiting_account(
         &self,
         agency: &str,

@@ -15,7 +15,14 @@
 //!
 //! Passwords are hashed with Argon2id (the `argon2` crate's defaults); hashing
 //! is deliberately slow, so callers run it on the blocking pool
-//! ([`hash_password`], [`verify_password`]).
+//! ([`hash_password`], [`verify_password`]). New passwords must pass
+//! [`strength`]; guessing is slowed by [`attempts`].
+
+pub mod attempts;
+pub mod strength;
+
+pub use attempts::Attempts;
+pub use strength::check_new_password;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -64,21 +64,15 @@ struct Inner {
     closing: CancellationToken,
     /// Open `WatchAccount` streams, bounded.
     watchers: Arc<watch::Watchers>,
-    /// Login attempts per email, known or not.
-    login_attempts: LoginLimiter,
+    /// Login and sign-up attempts, per email and per peer address.
+    attempts: grantmesh_auth::Attempts,
 }
 
-/// Login attempts one email gets per minute on one College instance, right
-/// or wrong: a person who mistypes a few times is not slowed, a guesser is
-/// held to this rate (it was ~25 a second against one account).
-pub const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
-
-type LoginLimiter = governor::DefaultKeyedRateLimiter<String>;
-
-fn login_limiter() -> LoginLimiter {
-    let per_minute = std::num::NonZeroU32::new(LOGIN_ATTEMPTS_PER_MINUTE).expect("not zero");
-    governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute))
-}
+/// Login attempts one email gets per minute on one College instance; see
+/// [`grantmesh_auth::attempts`] for this and the per-peer limit.
+pub use grantmesh_auth::attempts::{
+    LOGIN_ATTEMPTS_PER_MINUTE, PEER_ATTEMPT_BURST, PEER_ATTEMPTS_PER_MINUTE,
+};
 
 impl CollegeService {
     /// Connects to the store `database_url` names (`postgres://…` or
@@ -103,11 +97,11 @@ impl CollegeService {
                 notifications,
                 closing: closing.clone(),
                 watchers: Arc::default(),
-                login_attempts: login_limiter(),
+                attempts: grantmesh_auth::Attempts::new(),
             }),
         };
-        // Forget emails whose attempts have aged out, so made-up emails do
-        // not grow the limiter without end.
+        // Forget emails and peers whose attempts have aged out, so made-up
+        // ones do not grow the limiters without end.
         let inner = Arc::downgrade(&service.inner);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
@@ -117,8 +111,7 @@ impl CollegeService {
                     _ = every.tick() => {}
                 }
                 let Some(inner) = inner.upgrade() else { return };
-                inner.login_attempts.retain_recent();
-                inner.login_attempts.shrink_to_fit();
+                inner.attempts.forget_idle();
             }
         });
         Ok(service)
@@ -157,38 +150,56 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl College for CollegeService {
+    /// Signs a researcher up without telling whether the email was taken:
+    /// a new email and one already registered get the same reply (the name
+    /// and email sent, no id) after the same work (the password is checked
+    /// and hashed either way, then one insert), and the existing account is
+    /// left exactly as it was. Without an email channel to warn the owner,
+    /// this is the least a sign-up can say: "registered; log in with your
+    /// password", which is true for the email's owner either way.
     #[tracing::instrument(skip_all)]
     async fn register_researcher(
         &self,
         request: Request<RegisterResearcherRequest>,
     ) -> Result<Response<Researcher>, Status> {
+        self.inner.attempts.check_peer(peer(&request))?;
         let request = request.into_inner();
         let name = validate::text("name", &request.name, 200)?;
         let email = validate::email("email", &request.email)?;
-        validate::password("password", &request.password)?;
-        let hash = grantmesh_auth::hash_password(request.password).await?;
-        let researcher = self
+        // zxcvbn takes up to a few milliseconds: off the async threads.
+        let (password, inputs) = (request.password, [name.clone(), email.clone()]);
+        let password = tokio::task::spawn_blocking(move || {
+            let inputs = inputs.each_ref().map(String::as_str);
+            grantmesh_auth::check_new_password("password", &password, &inputs).map(|()| password)
+        })
+        .await
+        .map_err(|_| Status::internal("the password check was interrupted"))??;
+        let hash = grantmesh_auth::hash_password(password).await?;
+        match self
             .inner
             .store
             .register_researcher(&name, &email, &hash)
-            .await?;
-        tracing::info!(researcher = %researcher.id, "researcher registered");
+            .await
+        {
+            Ok(researcher) => tracing::info!(researcher = %researcher.id, "researcher registered"),
+            Err(store::StoreError::AlreadyExists(_)) => {
+                tracing::info!("sign-up for an email already registered; the account is unchanged")
+            }
+            Err(err) => return Err(err.into()),
+        }
         Ok(Response::new(Researcher {
-            researcher_id: researcher.id.to_string(),
-            name: researcher.name,
-            email: researcher.email,
+            researcher_id: String::new(),
+            name,
+            email,
         }))
     }
 
     #[tracing::instrument(skip_all)]
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        self.inner.attempts.check_peer(peer(&request))?;
         let request = request.into_inner();
         let email = validate::email("email", &request.email)?;
-        if self.inner.login_attempts.check_key(&email).is_err() {
-            return Err(Status::resource_exhausted(format!(
-                "too many login attempts for this email; wait a minute (at most {LOGIN_ATTEMPTS_PER_MINUTE} a minute)"
-            )));
-        }
+        self.inner.attempts.check_email(&email)?;
         let refused = || Status::unauthenticated("the email or password is wrong");
         let researcher = self.inner.store.researcher_by_email(&email).await?;
         // An unknown email is checked against a decoy hash: it takes as long
@@ -269,7 +280,15 @@ impl College for CollegeService {
         let caller = self.keys().researcher(&request)?;
         let id = validate::id("account_id", &request.get_ref().account_id)?;
         let account = self.inner.store.account(id, Some(caller)).await?;
-        Ok(Response::new(account_message(account)))
+        // The principal investigator also sees who is invited.
+        let invitations = if account.principal_investigator == caller {
+            self.inner.store.account_invitations(id).await?
+        } else {
+            Vec::new()
+        };
+        let mut reply = account_message(account);
+        reply.invitations = invitations.into_iter().map(invitation_message).collect();
+        Ok(Response::new(reply))
     }
 
     async fn list_accounts(
@@ -303,6 +322,8 @@ impl College for CollegeService {
         }))
     }
 
+    /// Invites by email (the store's membership module). The same reply, after
+    /// the same work, whether or not the email belongs to a researcher.
     #[tracing::instrument(skip_all, fields(account = %request.get_ref().account_id))]
     async fn add_member(
         &self,
@@ -311,7 +332,84 @@ impl College for CollegeService {
         let caller = self.keys().researcher(&request)?;
         let account = validate::id("account_id", &request.get_ref().account_id)?;
         let email = validate::email("email", &request.get_ref().email)?;
-        let account = self.inner.store.add_member(account, caller, &email).await?;
+        let (account, invitations) = self.inner.store.invite(account, caller, &email).await?;
+        let mut reply = account_message(account);
+        reply.invitations = invitations.into_iter().map(invitation_message).collect();
+        Ok(Response::new(reply))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<Researcher>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let researcher = self.inner.store.researcher(caller).await?.ok_or_else(|| {
+            Status::not_found(format!(
+                "researcher {caller} is not registered at this college: the token names no one it knows"
+            ))
+        })?;
+        Ok(Response::new(Researcher {
+            researcher_id: researcher.id.to_string(),
+            name: researcher.name,
+            email: researcher.email,
+        }))
+    }
+
+    async fn list_invitations(
+        &self,
+        request: Request<ListInvitationsRequest>,
+    ) -> Result<Response<ListInvitationsReply>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let invitations = self.inner.store.invitations_for(caller).await?;
+        Ok(Response::new(ListInvitationsReply {
+            invitations: invitations.into_iter().map(invitation_message).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(invitation = %request.get_ref().invitation_id))]
+    async fn accept_invitation(
+        &self,
+        request: Request<AcceptInvitationRequest>,
+    ) -> Result<Response<Account>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let invitation = validate::id("invitation_id", &request.get_ref().invitation_id)?;
+        let account = self
+            .inner
+            .store
+            .accept_invitation(caller, invitation)
+            .await?;
+        tracing::info!(account = %account.id, researcher = %caller, "invitation accepted");
+        Ok(Response::new(account_message(account)))
+    }
+
+    #[tracing::instrument(skip_all, fields(invitation = %request.get_ref().invitation_id))]
+    async fn decline_invitation(
+        &self,
+        request: Request<DeclineInvitationRequest>,
+    ) -> Result<Response<DeclineInvitationReply>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let invitation = validate::id("invitation_id", &request.get_ref().invitation_id)?;
+        self.inner
+            .store
+            .decline_invitation(caller, invitation)
+            .await?;
+        Ok(Response::new(DeclineInvitationReply {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(account = %request.get_ref().account_id))]
+    async fn transfer_principal(
+        &self,
+        request: Request<TransferPrincipalRequest>,
+    ) -> Result<Response<Account>, Status> {
+        let caller = self.keys().researcher(&request)?;
+        let account = validate::id("account_id", &request.get_ref().account_id)?;
+        let researcher = validate::id("researcher_id", &request.get_ref().researcher_id)?;
+        let account = self
+            .inner
+            .store
+            .transfer_principal(account, caller, researcher)
+            .await?;
+        tracing::info!(account = %account.id, principal_investigator = %researcher, "principal investigator handed over");
         Ok(Response::new(account_message(account)))
     }
 
@@ -415,6 +513,11 @@ impl College for CollegeService {
     }
 }
 
+/// The caller's address, for the per-peer limits (none when not over TCP).
+fn peer<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
+    request.remote_addr().map(|addr| addr.ip())
+}
+
 /// Accounts on one `ListAccounts` page by default, and at most: a page is
 /// one query for the accounts and one for their members.
 const DEFAULT_ACCOUNTS_PAGE: u32 = 50;
@@ -463,6 +566,19 @@ pub(crate) fn account_message(account: AccountRow) -> Account {
                 } as i32,
             })
             .collect(),
+        invitations: Vec::new(),
+    }
+}
+
+fn invitation_message(row: store::InvitationRow) -> Invitation {
+    Invitation {
+        invitation_id: row.id.to_string(),
+        account_id: row.account_id.to_string(),
+        account_title: row.account_title,
+        email: row.email,
+        invited_by_name: row.invited_by_name,
+        invited_by_email: row.invited_by_email,
+        invited_at: timestamp(row.invited_at),
     }
 }
 

@@ -12,8 +12,11 @@
 //! an agency credential that is recorded in the same transaction, so each
 //! credential opens at most once, across all College instances.
 
+mod membership;
 mod postgres;
 mod sqlite;
+
+pub use membership::{InvitationRow, MAX_PENDING_INVITATIONS};
 
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +41,9 @@ pub enum StoreError {
     FailedPrecondition(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// A bound on what one account or researcher may hold was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Lost too many races with concurrent calls; safe to retry.
     #[error("{0}")]
     Contended(String),
@@ -74,6 +80,7 @@ impl StoreError {
             Self::PermissionDenied(msg) => Status::permission_denied(msg),
             Self::FailedPrecondition(msg) => Status::failed_precondition(msg),
             Self::AlreadyExists(msg) => Status::already_exists(msg),
+            Self::ResourceExhausted(msg) => Status::resource_exhausted(msg),
             Self::Contended(msg) => Status::unavailable(msg),
             Self::Database(err) => grantmesh_store::status(&err),
             Self::Pool(err) => grantmesh_store::status(&err),
@@ -329,7 +336,9 @@ impl AccountStore {
         }
     }
 
-    /// Adds the researcher with `email`; only the principal investigator may.
+    /// Adds the researcher with `email` at once; only the principal
+    /// investigator may. `AddMember` does not use this (it invites:
+    /// [`Self::invite`]); tools and tests that set up accounts do.
     pub async fn add_member(&self, account: Uuid, caller: Uuid, email: &str) -> Result<AccountRow> {
         match &self.backend {
             Backend::Postgres(pool) => postgres::add_member(pool, account, caller, email).await,
@@ -415,7 +424,9 @@ fn not_principal_investigator(account: Uuid) -> StoreError {
 
 fn principal_investigator_not_removable() -> StoreError {
     StoreError::FailedPrecondition(
-        "the principal investigator cannot be removed from their own account".into(),
+        "the principal investigator cannot be removed from their own account; \
+         hand the role to another member first (TransferPrincipal)"
+            .into(),
     )
 }
 

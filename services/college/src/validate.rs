@@ -57,16 +57,6 @@ pub fn email(field: &str, value: &str) -> Result<String, Status> {
     Ok(email)
 }
 
-pub fn password(field: &str, value: &str) -> Result<(), Status> {
-    let chars = value.chars().count();
-    if !(8..=256).contains(&chars) {
-        return Err(Status::invalid_argument(format!(
-            "{field} must be 8 to 256 characters long"
-        )));
-    }
-    Ok(())
-}
-
 pub fn id(field: &str, value: &str) -> Result<Uuid, Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));

@@ -1382,3 +1382,324 @@ async fn college_and_agency_instances_starting_together_on_one_sqlite_file_all_m
         100
     );
 }
+
+// ---------------------------------------------------------------------------
+// Invitations and handing over the principal investigator's role, on both
+// stores (their own module, so the list above stays as it is).
+
+mod invitations {
+    use super::*;
+    use grantmesh_college::store::MAX_PENDING_INVITATIONS;
+
+    conformance!(
+        an_invitation_makes_a_member_only_when_the_invited_researcher_accepts,
+        an_invitation_is_declined_by_the_invited_or_withdrawn_by_the_principal_investigator,
+        inviting_an_unregistered_email_waits_for_it_to_sign_up,
+        pending_invitations_are_bounded_per_account_and_per_email,
+        the_principal_investigator_hands_the_role_to_a_member_and_may_then_leave,
+    );
+
+    async fn an_invitation_makes_a_member_only_when_the_invited_researcher_accepts(
+        store: &TestStore,
+    ) {
+        let (accounts, _) = college(store, REAL_DAY).await;
+        let pi = researcher(&accounts, "ada").await;
+        let grace = researcher(&accounts, "grace").await;
+        let mallory = researcher(&accounts, "mallory").await;
+        let account = open(&accounts, pi.id, 1_000, 30).await;
+
+        let refused = accounts
+            .invite(account.id, grace.id, &mallory.email)
+            .await
+            .unwrap_err();
+        assert_eq!(code(refused), tonic::Code::PermissionDenied);
+        let (row, pending) = accounts
+            .invite(account.id, pi.id, &grace.email)
+            .await
+            .unwrap();
+        assert_eq!(row.members.len(), 1, "not a member yet");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            (
+                pending[0].email.as_str(),
+                pending[0].invited_by_email.as_str()
+            ),
+            (grace.email.as_str(), pi.email.as_str())
+        );
+        let (_, again) = accounts
+            .invite(account.id, pi.id, &grace.email)
+            .await
+            .unwrap();
+        assert_eq!(again.len(), 1, "inviting twice changes nothing");
+        assert!(
+            accounts.account(account.id, Some(grace.id)).await.is_err(),
+            "not a member before accepting"
+        );
+
+        let hers = accounts.invitations_for(grace.id).await.unwrap();
+        assert_eq!(hers.len(), 1);
+        assert_eq!(hers[0].account_title, "Conformance");
+        assert!(
+            accounts
+                .invitations_for(mallory.id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let stolen = accounts
+            .accept_invitation(mallory.id, hers[0].id)
+            .await
+            .unwrap_err();
+        assert_eq!(code(stolen), tonic::Code::NotFound);
+
+        let joined = accounts
+            .accept_invitation(grace.id, hers[0].id)
+            .await
+            .unwrap();
+        assert_eq!(joined.members.len(), 2);
+        assert!(accounts.invitations_for(grace.id).await.unwrap().is_empty());
+        let twice = accounts
+            .accept_invitation(grace.id, hers[0].id)
+            .await
+            .unwrap_err();
+        assert_eq!(code(twice), tonic::Code::NotFound);
+        // Inviting a member changes nothing.
+        let (_, none) = accounts
+            .invite(account.id, pi.id, &grace.email)
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
+
+    async fn an_invitation_is_declined_by_the_invited_or_withdrawn_by_the_principal_investigator(
+        store: &TestStore,
+    ) {
+        let (accounts, _) = college(store, REAL_DAY).await;
+        let pi = researcher(&accounts, "ada").await;
+        let grace = researcher(&accounts, "grace").await;
+        let mallory = researcher(&accounts, "mallory").await;
+        let account = open(&accounts, pi.id, 1_000, 30).await;
+
+        let (_, pending) = accounts
+            .invite(account.id, pi.id, &grace.email)
+            .await
+            .unwrap();
+        let id = pending[0].id;
+        let refused = accounts
+            .decline_invitation(mallory.id, id)
+            .await
+            .unwrap_err();
+        assert_eq!(code(refused), tonic::Code::NotFound);
+        accounts.decline_invitation(grace.id, id).await.unwrap();
+        assert!(
+            accounts
+                .account_invitations(account.id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let gone = accounts.accept_invitation(grace.id, id).await.unwrap_err();
+        assert_eq!(code(gone), tonic::Code::NotFound);
+
+        let (_, pending) = accounts
+            .invite(account.id, pi.id, &grace.email)
+            .await
+            .unwrap();
+        accounts
+            .decline_invitation(pi.id, pending[0].id)
+            .await
+            .unwrap();
+        assert!(accounts.invitations_for(grace.id).await.unwrap().is_empty());
+        let row = accounts.account(account.id, None).await.unwrap();
+        assert_eq!(row.members.len(), 1, "declining adds no one");
+    }
+
+    async fn inviting_an_unregistered_email_waits_for_it_to_sign_up(store: &TestStore) {
+        let (accounts, _) = college(store, REAL_DAY).await;
+        let pi = researcher(&accounts, "ada").await;
+        let account = open(&accounts, pi.id, 1_000, 30).await;
+        let email = format!("later-{}@example.org", Uuid::new_v4().simple());
+        let (_, pending) = accounts.invite(account.id, pi.id, &email).await.unwrap();
+        assert_eq!(pending[0].email, email);
+
+        let later = accounts
+            .register_researcher("Later", &email, "not-a-real-hash")
+            .await
+            .unwrap();
+        let theirs = accounts.invitations_for(later.id).await.unwrap();
+        assert_eq!(theirs.len(), 1);
+        let joined = accounts
+            .accept_invitation(later.id, theirs[0].id)
+            .await
+            .unwrap();
+        assert!(joined.members.iter().any(|m| m.researcher_id == later.id));
+    }
+
+    async fn pending_invitations_are_bounded_per_account_and_per_email(store: &TestStore) {
+        let (accounts, _) = college(store, REAL_DAY).await;
+        let pi = researcher(&accounts, "ada").await;
+        let account = open(&accounts, pi.id, 1_000, 30).await;
+        for n in 0..MAX_PENDING_INVITATIONS {
+            accounts
+                .invite(account.id, pi.id, &format!("invitee-{n}@example.org"))
+                .await
+                .unwrap();
+        }
+        let full = accounts
+            .invite(account.id, pi.id, "one-more@example.org")
+            .await
+            .unwrap_err();
+        assert_eq!(code(full), tonic::Code::ResourceExhausted);
+
+        // One email invited by as many accounts as it may hold.
+        let target = "popular@example.org";
+        for _ in 0..MAX_PENDING_INVITATIONS {
+            let other = open(&accounts, pi.id, 1_000, 30).await;
+            accounts.invite(other.id, pi.id, target).await.unwrap();
+        }
+        let other = open(&accounts, pi.id, 1_000, 30).await;
+        let full = accounts.invite(other.id, pi.id, target).await.unwrap_err();
+        assert!(
+            matches!(full, StoreError::ResourceExhausted(ref msg) if msg.contains("this email")),
+            "{full:?}"
+        );
+        assert!(
+            accounts
+                .account_invitations(other.id)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    async fn the_principal_investigator_hands_the_role_to_a_member_and_may_then_leave(
+        store: &TestStore,
+    ) {
+        let (accounts, _) = college(store, REAL_DAY).await;
+        let pi = researcher(&accounts, "ada").await;
+        let grace = researcher(&accounts, "grace").await;
+        let outsider = researcher(&accounts, "mallory").await;
+        let account = open(&accounts, pi.id, 1_000, 30).await;
+        accounts
+            .add_member(account.id, pi.id, &grace.email)
+            .await
+            .unwrap();
+
+        let refused = accounts
+            .transfer_principal(account.id, pi.id, outsider.id)
+            .await
+            .unwrap_err();
+        assert_eq!(code(refused), tonic::Code::FailedPrecondition);
+        let refused = accounts
+            .transfer_principal(account.id, grace.id, grace.id)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code(refused),
+            tonic::Code::PermissionDenied,
+            "only the PI hands over"
+        );
+        let stays = accounts
+            .transfer_principal(account.id, pi.id, pi.id)
+            .await
+            .unwrap();
+        assert_eq!(stays.principal_investigator, pi.id);
+
+        let handed = accounts
+            .transfer_principal(account.id, pi.id, grace.id)
+            .await
+            .unwrap();
+        assert_eq!(handed.principal_investigator, grace.id);
+        let role = |row: &AccountRow, id: Uuid| {
+            row.members
+                .iter()
+                .find(|m| m.researcher_id == id)
+                .map(|m| m.principal_investigator)
+        };
+        assert_eq!(role(&handed, grace.id), Some(true));
+        assert_eq!(role(&handed, pi.id), Some(false));
+        // The old PI now manages nothing and may leave; the new one may not.
+        let refused = accounts
+            .invite(account.id, pi.id, &outsider.email)
+            .await
+            .unwrap_err();
+        assert_eq!(code(refused), tonic::Code::PermissionDenied);
+        let refused = accounts
+            .remove_member(account.id, grace.id, grace.id)
+            .await
+            .unwrap_err();
+        assert_eq!(code(refused), tonic::Code::FailedPrecondition);
+        let left = accounts
+            .remove_member(account.id, pi.id, pi.id)
+            .await
+            .unwrap();
+        assert_eq!(left.members.len(), 1);
+        assert_eq!(left.members[0].researcher_id, grace.id);
+        assert!(left.members[0].principal_investigator);
+    }
+}
+
+mod proposals_given_up {
+    use super::*;
+
+    conformance!(an_accepted_proposal_given_up_on_keeps_its_reason_and_is_no_longer_awaited);
+
+    async fn an_accepted_proposal_given_up_on_keeps_its_reason_and_is_no_longer_awaited(
+        store: &TestStore,
+    ) {
+        let proposals = ProposalStore::start(&store.url, POOL_SIZE)
+            .await
+            .expect("the agency's store starts");
+        let new = NewProposal {
+            agency: "nsf",
+            principal_investigator: Uuid::new_v4(),
+            idempotency_key: "p1",
+            title: "Orphan",
+            description: "",
+            requested_amount: 5_000,
+            duration_days: 30,
+            accepted: true,
+            reason: "",
+        };
+        let (orphan, _) = proposals.insert(&new).await.unwrap();
+        assert_eq!(orphan.account_failure, None);
+        let (other, _) = proposals
+            .insert(&NewProposal {
+                idempotency_key: "p2",
+                ..new
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        proposals
+            .set_account_failure(orphan.id, "unknown investigator")
+            .await
+            .unwrap();
+        proposals
+            .set_account_failure(orphan.id, "a later reason")
+            .await
+            .unwrap();
+        let got = proposals.get("nsf", orphan.id).await.unwrap().unwrap();
+        assert_eq!(
+            got.account_failure.as_deref(),
+            Some("unknown investigator"),
+            "the first stays"
+        );
+        let waiting: Vec<_> = proposals
+            .awaiting_account("nsf", 0.0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(waiting, vec![other.id]);
+        // A proposal with its account is never marked.
+        proposals.set_account(other.id, "account-1").await.unwrap();
+        proposals
+            .set_account_failure(other.id, "late")
+            .await
+            .unwrap();
+        let got = proposals.get("nsf", other.id).await.unwrap().unwrap();
+        assert_eq!(got.account_failure, None);
+    }
+}

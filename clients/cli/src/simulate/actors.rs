@@ -27,8 +27,9 @@ use super::audit::{Ack, Acknowledged};
 use super::plan::{self, Action, PROFESSOR};
 use super::summary::{Refusal, Tally};
 
-/// The password of every simulated researcher (they are throwaway accounts).
-const PASSWORD: &str = "simulated-researcher";
+/// The password of every simulated researcher (they are throwaway
+/// accounts); strong enough for the College's sign-up check.
+const PASSWORD: &str = "orbital kettle lantern";
 
 /// The longest one call may take before it counts as failed (its outcome
 /// then unknown). Generous next to a normal call of a few milliseconds, and
@@ -42,6 +43,32 @@ const PROPOSAL_ATTEMPTS: u32 = 5;
 
 /// Pause between proposal attempts: about the agency's reconcile interval.
 const PROPOSAL_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Attempts at a sign-up or login that a College holds back with
+/// RESOURCE_EXHAUSTED (every simulated researcher signs up from this one
+/// address, past the College's per-address burst in a large run), one
+/// [`SIGN_UP_PAUSE`] apart: as a real client retrying when told to.
+const SIGN_UP_ATTEMPTS: u32 = 60;
+const SIGN_UP_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs `call` again while the College answers RESOURCE_EXHAUSTED.
+async fn patiently<T, Fut>(call: impl Fn() -> Fut) -> Result<T, Status>
+where
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(status)
+                if status.code() == Code::ResourceExhausted && attempt < SIGN_UP_ATTEMPTS =>
+            {
+                attempt += 1;
+                tokio::time::sleep(SIGN_UP_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Consecutive failed calls after which an actor gives up: the mesh is
 /// unreachable, and hammering it further measures nothing.
@@ -163,11 +190,31 @@ impl World {
                 account_id: account_id.clone(),
                 email: student.email.clone(),
             };
-            self.college(Some(&professor.token), message, |mut c, r| async move {
-                c.add_member(r).await
-            })
+            // Adding is an invitation, which the student accepts.
+            let invited = self
+                .college(Some(&professor.token), message, |mut c, r| async move {
+                    c.add_member(r).await
+                })
+                .await
+                .map_err(|s| ("invite a student", s))?;
+            let invitation_id = invited
+                .invitations
+                .iter()
+                .find(|i| i.email.eq_ignore_ascii_case(&student.email))
+                .map(|i| i.invitation_id.clone())
+                .ok_or_else(|| {
+                    (
+                        "invite a student",
+                        Status::internal("the reply lists no invitation for the student"),
+                    )
+                })?;
+            self.college(
+                Some(&student.token),
+                AcceptInvitationRequest { invitation_id },
+                |mut c, r| async move { c.accept_invitation(r).await },
+            )
             .await
-            .map_err(|s| ("add a student", s))?;
+            .map_err(|s| ("accept the invitation", s))?;
             members.push((
                 member,
                 student.token,
@@ -224,18 +271,25 @@ impl World {
             email: email.clone(),
             password: PASSWORD.to_owned(),
         };
-        self.college(None, register, |mut c, r| async move {
-            c.register_researcher(r).await
+        patiently(|| {
+            self.college(None, register.clone(), |mut c, r| async move {
+                c.register_researcher(r).await
+            })
         })
         .await?;
         let login = LoginRequest {
             email: email.clone(),
             password: PASSWORD.to_owned(),
         };
-        let token = self
-            .college(None, login, |mut c, r| async move { c.login(r).await })
-            .await?
-            .token;
+        let token = patiently(|| {
+            self.college(
+                None,
+                login.clone(),
+                |mut c, r| async move { c.login(r).await },
+            )
+        })
+        .await?
+        .token;
         Ok(Researcher { email, token })
     }
 

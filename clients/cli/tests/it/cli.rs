@@ -115,13 +115,17 @@ async fn sign_up_and_log_in(config: &Path, registry: &str, name: &str) -> String
             "--password-stdin",
         ],
     );
-    run_with(signup, Some("correct horse\n")).await.ok("signup");
+    run_with(signup, Some("orbital kettle lantern\n"))
+        .await
+        .ok("signup");
     let login = cli(
         config,
         Some(registry),
         &["login", "--email", &email, "--password-stdin"],
     );
-    run_with(login, Some("correct horse\n")).await.ok("login");
+    run_with(login, Some("orbital kettle lantern\n"))
+        .await
+        .ok("login");
     email
 }
 
@@ -186,7 +190,7 @@ async fn a_researcher_runs_a_grant_from_the_command_line() {
         Some(&r),
         &["signup", "--name", "Bob", "--email", &bob],
     );
-    signup.env("GRANTMESH_PASSWORD", "battery staple");
+    signup.env("GRANTMESH_PASSWORD", "quartz heron battery staple");
     run_with(signup, None)
         .await
         .ok("signup with GRANTMESH_PASSWORD");
@@ -194,6 +198,11 @@ async fn a_researcher_runs_a_grant_from_the_command_line() {
         .await
         .ok("add-member");
     assert!(added.stdout.contains(&bob), "{}", added.stdout);
+    assert!(added.stdout.contains("pending"), "{}", added.stdout);
+    let mut login = cli(bob_config.path(), Some(&r), &["login", "--email", &bob]);
+    login.env("GRANTMESH_PASSWORD", "quartz heron battery staple");
+    run_with(login, None).await.ok("bob logs in");
+    accept_the_invitation(bob_config.path(), &r, &account).await;
 
     let withdraw = [
         "withdraw", &account, "2500", "--memo", "reagents", "--key", "w1",
@@ -490,8 +499,31 @@ async fn instances_watch_prints_instances_as_they_come_and_go() {
     assert_eq!(delete["instances"][0]["address"], college.url());
 }
 
+/// Accepts the one pending invitation to `account` in the session at `config`.
+async fn accept_the_invitation(config: &Path, registry: &str, account: &str) {
+    let listed = run(config, Some(registry), &["invitations"])
+        .await
+        .ok("invitations");
+    assert!(listed.stdout.contains(account), "{}", listed.stdout);
+    let listed = run(config, Some(registry), &["invitations", "--output", "json"])
+        .await
+        .ok("invitations --output json")
+        .json();
+    let invitation = listed["invitations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["accountId"] == account)
+        .unwrap_or_else(|| panic!("no invitation to {account}: {listed}"));
+    let id = invitation["invitationId"].as_str().unwrap();
+    let accepted = run(config, Some(registry), &["accept", id])
+        .await
+        .ok("accept");
+    assert!(accepted.stdout.contains(account), "{}", accepted.stdout);
+}
+
 #[tokio::test]
-async fn a_member_leaves_an_account_and_the_principal_investigator_cannot() {
+async fn a_member_joins_by_invitation_and_leaves_and_the_principal_investigator_hands_over_first() {
     let (registry, _college, _agency) = mesh().await;
     let url = registry.url();
     let (pi_dir, student_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -509,30 +541,137 @@ async fn a_member_leaves_an_account_and_the_principal_investigator_cannot() {
     .ok("propose")
     .json();
     let account = proposed["accountId"].as_str().unwrap().to_owned();
-    run(
-        pi_dir.path(),
-        Some(&url),
-        &["add-member", &account, &student],
-    )
-    .await
-    .ok("add-member");
+    let (pi, grace) = (pi_dir.path(), student_dir.path());
 
-    let left = run(
-        student_dir.path(),
+    // Invited is not a member yet; accepting makes one.
+    run(pi, Some(&url), &["add-member", &account, &student])
+        .await
+        .ok("add-member");
+    let not_yet = run(grace, Some(&url), &["account", &account]).await;
+    assert_eq!(not_yet.code, REFUSED, "{}", not_yet.stderr);
+    accept_the_invitation(grace, &url, &account).await;
+
+    // An email that is no one's is invited all the same, then withdrawn.
+    let nobody = fresh_email("nobody");
+    let invited = run(
+        pi,
         Some(&url),
-        &["leave", &account, "--output", "json"],
+        &["add-member", &account, &nobody, "--output", "json"],
     )
     .await
-    .ok("leave")
+    .ok("add-member of an unregistered email")
     .json();
+    let pending = invited["invitations"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{invited}");
+    assert_eq!(pending[0]["email"], nobody.as_str());
+    let id = pending[0]["invitationId"].as_str().unwrap();
+    run(pi, Some(&url), &["decline", id])
+        .await
+        .ok("the PI withdraws it");
+    let shown = run(pi, Some(&url), &["account", &account])
+        .await
+        .ok("account");
+    assert!(!shown.stdout.contains(&nobody), "{}", shown.stdout);
+
+    let left = run(grace, Some(&url), &["leave", &account, "--output", "json"])
+        .await
+        .ok("leave")
+        .json();
     assert_eq!(left["members"].as_array().unwrap().len(), 1, "{left}");
-    let gone = run(student_dir.path(), Some(&url), &["account", &account]).await;
+    let gone = run(grace, Some(&url), &["account", &account]).await;
     assert_eq!(gone.code, REFUSED, "no longer a member: {}", gone.stderr);
-    let pi_leaving = run(pi_dir.path(), Some(&url), &["leave", &account]).await;
+    let pi_leaving = run(pi, Some(&url), &["leave", &account]).await;
     assert_eq!(pi_leaving.code, REFUSED, "{}", pi_leaving.stderr);
     assert!(
-        pi_leaving.stderr.contains("FAILED_PRECONDITION"),
+        pi_leaving.stderr.contains("FAILED_PRECONDITION")
+            && pi_leaving.stderr.contains("hand the role"),
         "{}",
         pi_leaving.stderr
+    );
+    let not_member = run(pi, Some(&url), &["hand-over", &account, &student]).await;
+    assert_eq!(not_member.code, REFUSED, "{}", not_member.stderr);
+
+    // Back in, handed the role; then the old principal investigator may leave.
+    run(pi, Some(&url), &["add-member", &account, &student])
+        .await
+        .ok("add-member again");
+    accept_the_invitation(grace, &url, &account).await;
+    let handed = run(
+        pi,
+        Some(&url),
+        &["hand-over", &account, &student, "--output", "json"],
+    )
+    .await
+    .ok("hand-over")
+    .json();
+    let members = handed["members"].as_array().unwrap();
+    let role_of = |email: &str| {
+        members
+            .iter()
+            .find(|m| m["email"] == email)
+            .map(|m| m["role"].clone())
+    };
+    assert_eq!(
+        role_of(&student),
+        Some("ROLE_PRINCIPAL_INVESTIGATOR".into()),
+        "{handed}"
+    );
+    run(pi, Some(&url), &["leave", &account])
+        .await
+        .ok("the old PI leaves");
+    let now = run(
+        grace,
+        Some(&url),
+        &["account", &account, "--output", "json"],
+    )
+    .await
+    .ok("account")
+    .json();
+    assert_eq!(now["members"].as_array().unwrap().len(), 1, "{now}");
+    assert_eq!(now["members"][0]["email"], student.as_str());
+    assert_eq!(now["members"][0]["role"], "ROLE_PRINCIPAL_INVESTIGATOR");
+}
+
+#[tokio::test]
+async fn proposals_show_why_an_accepted_proposal_never_got_its_account() {
+    let (registry, _college, _agency) = mesh().await;
+    let url = registry.url();
+    // An accepted proposal without an account, for a researcher no college
+    // knows, as one accepted before agencies asked first.
+    let stranger = uuid::Uuid::new_v4();
+    let (client, connection) =
+        tokio_postgres::connect(&shared_database().await, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO proposals (id, agency, principal_investigator, idempotency_key, title, description,
+                                    requested_amount, duration_days, decision, reason, submitted_at)
+             VALUES ($1, 'nsf', $2, 'orphan', 'Orphan', '', 400000, 30, 'accepted', '', now() - interval '1 minute')",
+            &[&uuid::Uuid::new_v4(), &stranger],
+        )
+        .await
+        .unwrap();
+    let (token, _) = keys().researcher_token(stranger).unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let args = ["proposals", "--token", token.as_str()];
+    let proposals = || run(config.path(), Some(&url), &args);
+    assert_eventually(
+        Duration::from_secs(20),
+        "the agency gives up and says why",
+        || async {
+            proposals()
+                .await
+                .ok("proposals")
+                .stdout
+                .contains("account_failed")
+        },
+    )
+    .await;
+    let shown = proposals().await.ok("proposals").stdout;
+    assert!(
+        shown.contains("not a registered researcher"),
+        "the college's reason: {shown}"
     );
 }

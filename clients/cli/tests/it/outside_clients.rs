@@ -415,7 +415,8 @@ async fn grpcurl_drives_the_college_with_a_bearer_token() {
     let college = tls_member("college", &registry, &[]).await;
     let target = college.addr.to_string();
     let email = format!("g-{}@university.edu", uuid::Uuid::new_v4().simple());
-    let register = format!(r#"{{"name":"Grace","email":"{email}","password":"long enough"}}"#);
+    let register =
+        format!(r#"{{"name":"Grace","email":"{email}","password":"orbital kettle lantern"}}"#);
     run(
         &grpcurl,
         &[
@@ -428,7 +429,7 @@ async fn grpcurl_drives_the_college_with_a_bearer_token() {
         ],
     )
     .await;
-    let login = format!(r#"{{"email":"{email}","password":"long enough"}}"#);
+    let login = format!(r#"{{"email":"{email}","password":"orbital kettle lantern"}}"#);
     let reply: serde_json::Value = serde_json::from_str(
         &run(
             &grpcurl,

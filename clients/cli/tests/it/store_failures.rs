@@ -43,26 +43,24 @@ async fn own_postgres(action: &str) -> String {
 
 async fn researcher(college: &mut CollegeClient<tonic::transport::Channel>) -> (String, String) {
     let email = format!("r-{}@university.edu", Uuid::new_v4().simple());
-    let id = college
+    college
         .register_researcher(RegisterResearcherRequest {
             name: "Ada".into(),
             email: email.clone(),
-            password: "long enough".into(),
+            password: "orbital kettle lantern".into(),
         })
         .await
-        .unwrap()
-        .into_inner()
-        .researcher_id;
-    let token = college
+        .unwrap();
+    // Sign-up names no id; login does.
+    let login = college
         .login(LoginRequest {
             email,
-            password: "long enough".into(),
+            password: "orbital kettle lantern".into(),
         })
         .await
         .unwrap()
-        .into_inner()
-        .token;
-    (id, token)
+        .into_inner();
+    (login.researcher.unwrap().researcher_id, login.token)
 }
 
 #[tokio::test]

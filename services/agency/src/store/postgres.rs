@@ -20,7 +20,7 @@ pub(super) fn migrations() -> refinery::Runner {
 }
 
 const COLUMNS: &str = "id, agency, principal_investigator, idempotency_key, title, description, requested_amount, \
-                       duration_days, decision, reason, account_id, submitted_at";
+                       duration_days, decision, reason, account_id, submitted_at, account_failure";
 
 /// Records a decided proposal, or returns the one recorded earlier under
 /// the same idempotency key (`false` in the second place).
@@ -80,6 +80,25 @@ pub(super) async fn set_account(pool: &Pool, proposal: Uuid, account: &str) -> R
     Ok(())
 }
 
+/// Records why no account can be opened for an accepted proposal (once,
+/// and only while it has no account).
+pub(super) async fn set_account_failure(
+    pool: &Pool,
+    proposal: Uuid,
+    reason: &str,
+) -> Result<(), Status> {
+    let client = pool.get().await.map_err(db)?;
+    client
+        .execute(
+            "UPDATE proposals SET account_failure = $2
+             WHERE id = $1 AND account_id IS NULL AND account_failure IS NULL",
+            &[&proposal, &reason],
+        )
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
 pub(super) async fn get(
     pool: &Pool,
     agency: &str,
@@ -133,7 +152,7 @@ pub(super) async fn awaiting_account(
         .query(
             &format!(
                 "SELECT {COLUMNS} FROM proposals
-                 WHERE agency = $1 AND decision = 'accepted' AND account_id IS NULL
+                 WHERE agency = $1 AND decision = 'accepted' AND account_id IS NULL AND account_failure IS NULL
                    AND submitted_at < now() - $2::float8 * interval '1 second'
                  ORDER BY submitted_at LIMIT $3"
             ),
@@ -158,5 +177,6 @@ fn proposal(row: &Row) -> ProposalRow {
         reason: row.get("reason"),
         account_id: row.get("account_id"),
         submitted_at: row.get("submitted_at"),
+        account_failure: row.get("account_failure"),
     }
 }

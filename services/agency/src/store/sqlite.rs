@@ -22,7 +22,7 @@ pub(super) fn migrations() -> refinery::Runner {
 }
 
 const COLUMNS: &str = "id, agency, principal_investigator, idempotency_key, title, description, requested_amount, \
-                       duration_days, decision, reason, account_id, submitted_at";
+                       duration_days, decision, reason, account_id, submitted_at, account_failure";
 
 /// The Agency's proposals in one SQLite file.
 #[derive(Clone)]
@@ -118,6 +118,23 @@ impl Proposals {
         .await
     }
 
+    pub(super) async fn set_account_failure(
+        &self,
+        proposal: Uuid,
+        reason: &str,
+    ) -> Result<(), Status> {
+        let reason = reason.to_owned();
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE proposals SET account_failure = ?2
+                 WHERE id = ?1 AND account_id IS NULL AND account_failure IS NULL",
+                params![proposal, reason],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     pub(super) async fn get(&self, agency: &str, id: Uuid) -> Result<Option<ProposalRow>, Status> {
         let agency = agency.to_owned();
         self.call(move |conn| {
@@ -163,7 +180,7 @@ impl Proposals {
         self.call(move |conn| {
             conn.prepare(&format!(
                 "SELECT {COLUMNS} FROM proposals
-                 WHERE agency = ?1 AND decision = 'accepted' AND account_id IS NULL
+                 WHERE agency = ?1 AND decision = 'accepted' AND account_id IS NULL AND account_failure IS NULL
                    AND submitted_at < {} - CAST(?2 * 1000 AS INTEGER)
                  ORDER BY submitted_at LIMIT ?3",
                 grantmesh_store::sqlite_now_ms!()
@@ -189,5 +206,6 @@ fn proposal(row: &Row<'_>) -> rusqlite::Result<ProposalRow> {
         reason: row.get("reason")?,
         account_id: row.get("account_id")?,
         submitted_at: time(row.get("submitted_at")?),
+        account_failure: row.get("account_failure")?,
     })
 }

@@ -9,6 +9,8 @@
 //! row version, and `CHECK (balance >= 0)` stands behind it. When nothing was
 //! debited, the same statement's reads say why.
 
+pub(super) mod membership;
+
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;

@@ -13,6 +13,8 @@
 //! instances in this process (and only those: see [`grantmesh_store::sqlite`]).
 //! Every call runs on tokio's blocking pool through the pool's `interact`.
 
+mod membership;
+
 use std::time::{Duration, SystemTime};
 
 use grantmesh_store::Notifications;

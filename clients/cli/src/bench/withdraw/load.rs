@@ -41,7 +41,7 @@ pub(super) fn college_agencies() -> String {
 /// Registers the bench researcher and logs in: (researcher id, bearer token).
 pub(super) async fn researcher(balancer: &Balancer) -> anyhow::Result<(String, String)> {
     const EMAIL: &str = "bench@example.org";
-    const PASSWORD: &str = "bench-password-1";
+    const PASSWORD: &str = "orbital kettle lantern";
     balancer
         .call(|channel| async move {
             CollegeClient::new(channel)

@@ -17,17 +17,14 @@ async fn authentication_and_permissions_are_enforced() {
     let (member, member_token) = mesh.researcher("grace").await;
     let account = mesh.open(&pi, 100_000, 30).await.account_id;
     let mut college = mesh.college(0).await;
-    let member_email = student_email_of(&mesh, &member).await;
-    college
-        .add_member(authed(
-            AddMemberRequest {
-                account_id: account.clone(),
-                email: member_email,
-            },
-            &pi_token,
-        ))
-        .await
-        .unwrap();
+    join(
+        &mesh,
+        &mut college,
+        &account,
+        &pi_token,
+        (&member, &member_token),
+    )
+    .await;
 
     // No token, a forged token.
     let bare = tonic::Request::new(GetAccountRequest {
@@ -81,7 +78,7 @@ async fn authentication_and_permissions_are_enforced() {
         college
             .login(LoginRequest {
                 email: "nobody@university.edu".into(),
-                password: "whatever1".into(),
+                password: "orbital kettle lantern".into(),
             })
             .await,
         Code::Unauthenticated,
@@ -218,4 +215,336 @@ async fn password_guessing_against_one_email_is_held_to_a_rate() {
     // Another email is not held back.
     let other = college.login(guess("someone@uni.edu")).await.unwrap_err();
     assert_eq!(other.code(), Code::Unauthenticated, "{other:?}");
+}
+
+/// The median of some durations.
+fn median(mut samples: Vec<std::time::Duration>) -> std::time::Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+#[tokio::test]
+async fn signing_up_with_a_taken_email_looks_like_a_new_sign_up_and_changes_nothing() {
+    let mesh = Mesh::start(DAY).await;
+    let (ada, _) = mesh.researcher("ada").await;
+    let taken = student_email_of(&mesh, &ada).await;
+    let mut college = mesh.college(0).await;
+    let sign_up = |email: &str| RegisterResearcherRequest {
+        name: "Mallory".into(),
+        email: email.into(),
+        password: "quartz heron battery staple".into(),
+    };
+
+    // The same answer, in the same shape.
+    let fresh = format!("fresh-{}@university.edu", uuid::Uuid::new_v4().simple());
+    let new = college.register_researcher(sign_up(&fresh)).await.unwrap();
+    let again = college.register_researcher(sign_up(&taken)).await.unwrap();
+    let (new, again) = (new.into_inner(), again.into_inner());
+    assert_eq!(
+        (new.researcher_id.as_str(), new.name.as_str()),
+        ("", "Mallory")
+    );
+    assert_eq!(
+        (
+            again.researcher_id.as_str(),
+            again.name.as_str(),
+            again.email.as_str()
+        ),
+        ("", "Mallory", taken.as_str())
+    );
+
+    // The same work: medians of a few calls each, within a loose bound
+    // (both hash the password; before, a taken email answered without it).
+    let mut fresh_times = Vec::new();
+    let mut taken_times = Vec::new();
+    for _ in 0..5 {
+        let email = format!("fresh-{}@university.edu", uuid::Uuid::new_v4().simple());
+        let started = std::time::Instant::now();
+        college.register_researcher(sign_up(&email)).await.unwrap();
+        fresh_times.push(started.elapsed());
+        let started = std::time::Instant::now();
+        college.register_researcher(sign_up(&taken)).await.unwrap();
+        taken_times.push(started.elapsed());
+    }
+    let (fresh_median, taken_median) = (median(fresh_times), median(taken_times));
+    eprintln!("sign-up medians: new email {fresh_median:?}, taken email {taken_median:?}");
+    let (low, high) = if fresh_median < taken_median {
+        (fresh_median, taken_median)
+    } else {
+        (taken_median, fresh_median)
+    };
+    assert!(
+        high < low * 3,
+        "a taken email answers in {taken_median:?}, a new one in {fresh_median:?}"
+    );
+
+    // Ada's account is as it was: her name, her password, not Mallory's.
+    let row = mesh
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT name, (SELECT count(*) FROM researchers WHERE email = $1) FROM researchers WHERE email = $1",
+            &[&taken],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        ("ada".into(), 1)
+    );
+    let login = |password: &str| LoginRequest {
+        email: taken.clone(),
+        password: password.into(),
+    };
+    college
+        .login(login("correct horse battery"))
+        .await
+        .expect("her own password still logs in");
+    assert_status(
+        college.login(login("quartz heron battery staple")).await,
+        Code::Unauthenticated,
+        "wrong",
+    );
+}
+
+#[tokio::test]
+async fn a_peer_past_its_burst_of_logins_and_sign_ups_is_told_when_to_retry() {
+    let mesh = Mesh::start(DAY).await;
+    let mut college = mesh.college(0).await;
+    // Cheap attempts count too (the bound is checked before anything else):
+    // a malformed email costs no password hash.
+    for _ in 0..grantmesh_college::PEER_ATTEMPT_BURST {
+        let refused = college
+            .login(LoginRequest {
+                email: "not-an-email".into(),
+                password: "whatever".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
+    let held = college
+        .register_researcher(RegisterResearcherRequest {
+            name: "Late".into(),
+            email: "late@university.edu".into(),
+            password: "quartz heron battery staple".into(),
+        })
+        .await;
+    assert_status(held, Code::ResourceExhausted, "from your address");
+    let held = college
+        .login(LoginRequest {
+            email: "late@university.edu".into(),
+            password: "quartz heron battery staple".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(held.code(), Code::ResourceExhausted, "{held:?}");
+    assert!(held.message().contains("retry in"), "{held:?}");
+    // The other college instance keeps its own count.
+    mesh.college(1)
+        .await
+        .register_researcher(RegisterResearcherRequest {
+            name: "Late".into(),
+            email: "late@university.edu".into(),
+            password: "quartz heron battery staple".into(),
+        })
+        .await
+        .expect("another instance is not held back");
+}
+
+#[tokio::test]
+async fn an_invitation_tells_nothing_of_the_email_and_makes_a_member_only_once_accepted() {
+    let mesh = Mesh::start(DAY).await;
+    let (pi, pi_token) = mesh.researcher("ada").await;
+    let (grace, grace_token) = mesh.researcher("grace").await;
+    let (_, mallory_token) = mesh.researcher("mallory").await;
+    let account = mesh.open(&pi, 100_000, 30).await.account_id;
+    let grace_email = student_email_of(&mesh, &grace).await;
+    let mut college = mesh.college(0).await;
+    let invite = |email: &str| {
+        authed(
+            AddMemberRequest {
+                account_id: account.clone(),
+                email: email.into(),
+            },
+            &pi_token,
+        )
+    };
+
+    // A registered email and an unregistered one: the same kind of answer.
+    let nobody = format!("nobody-{}@university.edu", uuid::Uuid::new_v4().simple());
+    let first = college
+        .add_member(invite(&grace_email))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = college
+        .add_member(invite(&nobody))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.members.len(), 1, "invited is not a member");
+    assert_eq!(second.members.len(), 1);
+    let emails: Vec<_> = second
+        .invitations
+        .iter()
+        .map(|i| i.email.as_str())
+        .collect();
+    assert!(emails.contains(&grace_email.as_str()) && emails.contains(&nobody.as_str()));
+    let again = college
+        .add_member(invite(&grace_email))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.invitations.len(), 2, "inviting twice changes nothing");
+
+    // Not a member until she accepts; only she can accept.
+    assert_status(
+        college
+            .get_account(authed(
+                GetAccountRequest {
+                    account_id: account.clone(),
+                },
+                &grace_token,
+            ))
+            .await,
+        Code::PermissionDenied,
+        "not a member",
+    );
+    let hers = college
+        .list_invitations(authed(ListInvitationsRequest {}, &grace_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .invitations;
+    assert_eq!(hers.len(), 1);
+    assert_eq!(
+        (hers[0].account_id.as_str(), hers[0].account_title.as_str()),
+        (account.as_str(), "Test account")
+    );
+    let id = hers[0].invitation_id.clone();
+    let accept = |token: &str| {
+        authed(
+            AcceptInvitationRequest {
+                invitation_id: id.clone(),
+            },
+            token,
+        )
+    };
+    assert_status(
+        college.accept_invitation(accept(&mallory_token)).await,
+        Code::NotFound,
+        "not yours",
+    );
+    assert!(
+        college
+            .list_invitations(authed(ListInvitationsRequest {}, &mallory_token))
+            .await
+            .unwrap()
+            .into_inner()
+            .invitations
+            .is_empty()
+    );
+    let joined = college
+        .accept_invitation(accept(&grace_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.members.len(), 2);
+    assert_status(
+        college.accept_invitation(accept(&grace_token)).await,
+        Code::NotFound,
+        "does not exist",
+    );
+    // The PI sees only the invitation still pending.
+    let seen = college
+        .get_account(authed(
+            GetAccountRequest {
+                account_id: account.clone(),
+            },
+            &pi_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        seen.invitations
+            .iter()
+            .map(|i| i.email.as_str())
+            .collect::<Vec<_>>(),
+        vec![nobody.as_str()]
+    );
+    // Members do not see who is invited.
+    let as_member = college
+        .get_account(authed(
+            GetAccountRequest {
+                account_id: account.clone(),
+            },
+            &grace_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(as_member.invitations.is_empty());
+
+    // A declined invitation is gone; a stranger cannot decline it.
+    let pending = seen.invitations[0].invitation_id.clone();
+    let decline = |token: &str| {
+        authed(
+            DeclineInvitationRequest {
+                invitation_id: pending.clone(),
+            },
+            token,
+        )
+    };
+    assert_status(
+        college.decline_invitation(decline(&mallory_token)).await,
+        Code::NotFound,
+        "not yours",
+    );
+    college
+        .decline_invitation(decline(&pi_token))
+        .await
+        .unwrap();
+    assert_status(
+        college.decline_invitation(decline(&pi_token)).await,
+        Code::NotFound,
+        "does not exist",
+    );
+}
+
+#[tokio::test]
+async fn pending_invitations_are_bounded_per_account() {
+    let mesh = Mesh::start(DAY).await;
+    let (pi, pi_token) = mesh.researcher("ada").await;
+    let account = mesh.open(&pi, 100_000, 30).await.account_id;
+    let mut college = mesh.college(0).await;
+    let invite = |n: i64| {
+        authed(
+            AddMemberRequest {
+                account_id: account.clone(),
+                email: format!("invitee-{n}@university.edu"),
+            },
+            &pi_token,
+        )
+    };
+    let limit = grantmesh_college::store::MAX_PENDING_INVITATIONS;
+    for n in 0..limit {
+        college.add_member(invite(n)).await.unwrap();
+    }
+    assert_status(
+        college.add_member(invite(limit)).await,
+        Code::ResourceExhausted,
+        "pending invitations",
+    );
+    let count: i64 = mesh
+        .db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM invitations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, limit, "the refused one was not recorded");
 }

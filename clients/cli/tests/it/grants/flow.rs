@@ -125,17 +125,14 @@ async fn the_whole_flow_runs_from_registration_to_withdrawals_across_two_college
         .unwrap()
         .into_inner();
     assert!(students.accounts.is_empty());
-    let added = college_b
-        .add_member(authed(
-            AddMemberRequest {
-                account_id: account_id.clone(),
-                email: student_email_of(&mesh, &student).await,
-            },
-            &pi_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let added = join(
+        &mesh,
+        &mut college_b,
+        &account_id,
+        &pi_token,
+        (&student, &student_token),
+    )
+    .await;
     assert_eq!(added.members.len(), 2);
     assert_eq!(added.members[0].role(), member::Role::PrincipalInvestigator);
 

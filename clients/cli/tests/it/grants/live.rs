@@ -102,25 +102,9 @@ async fn watchers_see_changes_made_on_another_college_instance() {
     assert_eq!(event.account.unwrap().balance_minor, 96_000);
     assert_eq!(event.transaction.unwrap().amount_minor, 4_000);
 
-    let (_, _) = mesh.researcher("grace").await;
-    let email: String = mesh
-        .db
-        .client()
-        .await
-        .query_one("SELECT email FROM researchers WHERE name = 'grace'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    other
-        .add_member(authed(
-            AddMemberRequest {
-                account_id: account.clone(),
-                email,
-            },
-            &token,
-        ))
-        .await
-        .unwrap();
+    // Invited, then accepted: the acceptance is the membership change.
+    let (grace, grace_token) = mesh.researcher("grace").await;
+    join(&mesh, &mut other, &account, &token, (&grace, &grace_token)).await;
     let event = tokio::time::timeout(Duration::from_secs(5), events.message())
         .await
         .unwrap()

@@ -59,3 +59,44 @@ pub(super) async fn student_email_of(mesh: &Mesh, researcher: &str) -> String {
         .unwrap()
         .get(0)
 }
+
+/// Makes `member` a member of `account` the way the service allows it: the
+/// principal investigator invites their email (through `college`), and they
+/// accept. Returns the account as the acceptance left it.
+pub(super) async fn join(
+    mesh: &Mesh,
+    college: &mut grantmesh_proto::CollegeClient<tonic::transport::Channel>,
+    account: &str,
+    pi_token: &str,
+    (member, member_token): (&str, &str),
+) -> Account {
+    let email = student_email_of(mesh, member).await;
+    let invited = college
+        .add_member(authed(
+            AddMemberRequest {
+                account_id: account.into(),
+                email: email.clone(),
+            },
+            pi_token,
+        ))
+        .await
+        .expect("the principal investigator invites")
+        .into_inner();
+    let invitation = invited
+        .invitations
+        .iter()
+        .find(|i| i.email == email)
+        .expect("the reply lists the invitation")
+        .invitation_id
+        .clone();
+    college
+        .accept_invitation(authed(
+            AcceptInvitationRequest {
+                invitation_id: invitation,
+            },
+            member_token,
+        ))
+        .await
+        .expect("the invited researcher accepts")
+        .into_inner()
+}
