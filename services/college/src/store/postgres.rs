@@ -39,8 +39,7 @@ const EXPIRED_AT_DEBIT: &str = "GMEXP";
 /// (migration V4, which describes it): one round trip, one transaction, one
 /// commit, at most one notification, and a row per withdrawal saying what
 /// became of it.
-const WITHDRAW_BATCH: &str = "SELECT r_outcome, r_id, r_researcher, r_amount, r_memo, r_at, r_balance_after, r_balance \
-     FROM withdraw_batch($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[])";
+const WITHDRAW_BATCH: &str = "SELECT r_outcome, r_id, r_researcher, r_amount, r_memo, r_at, r_balance_after, r_balance FROM withdraw_batch($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[])";
 
 /// How many times a batch is tried again when it failed on a race that a
 /// second try resolves (see [`withdraw_batch`]) before its callers are told
