@@ -224,10 +224,7 @@ enum Backend {
 impl Backend {
     /// Applies a batch of withdrawals in one transaction: an answer for
     /// each, in order, or an error for the whole batch (nothing applied).
-    async fn withdraw_batch(
-        &self,
-        batch: &[batcher::Request],
-    ) -> Result<Vec<Result<Withdrawal>>> {
+    async fn withdraw_batch(&self, batch: &[batcher::Request]) -> Result<Vec<Result<Withdrawal>>> {
         match self {
             Self::Postgres(pg) => postgres::withdraw_batch(pg, batch).await,
             Self::Sqlite(db) => db.withdraw_batch(batch).await,
@@ -299,7 +296,9 @@ impl AccountStore {
         day_length: Duration,
     ) -> std::result::Result<Self, grantmesh_store::StoreError> {
         let backend = match Database::parse(database_url)? {
-            Database::Postgres(url) => Backend::Postgres(postgres::Pg::connect(&url, pool_size).await?),
+            Database::Postgres(url) => {
+                Backend::Postgres(postgres::Pg::connect(&url, pool_size).await?)
+            }
             Database::Sqlite(path) => Backend::Sqlite(sqlite::Accounts::new(
                 grantmesh_store::sqlite::connect(&path, pool_size).await?,
             )),
@@ -428,14 +427,21 @@ impl AccountStore {
         limit: i64,
     ) -> Result<Vec<TransactionRow>> {
         match &self.backend {
-            Backend::Postgres(pg) => postgres::transactions(pg, account, caller, before, limit).await,
+            Backend::Postgres(pg) => {
+                postgres::transactions(pg, account, caller, before, limit).await
+            }
             Backend::Sqlite(db) => db.transactions(account, caller, before, limit).await,
         }
     }
 
     /// The account's journal entries with ids in `first..=last`, oldest
     /// first: what one notified batch of withdrawals added to it.
-    pub async fn entries(&self, account: Uuid, first: i64, last: i64) -> Result<Vec<TransactionRow>> {
+    pub async fn entries(
+        &self,
+        account: Uuid,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<TransactionRow>> {
         match &self.backend {
             Backend::Postgres(pg) => postgres::entries(pg, account, first, last).await,
             Backend::Sqlite(db) => db.entries(account, first, last).await,

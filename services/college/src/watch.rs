@@ -201,7 +201,11 @@ async fn run_feed(
             Ok(changes) => changes,
             Err(err) => {
                 let _ = sender.send(Update::Failed(err.into_status()));
-                watchers.feeds.lock().expect("watchers poisoned").remove(&account);
+                watchers
+                    .feeds
+                    .lock()
+                    .expect("watchers poisoned")
+                    .remove(&account);
                 return;
             }
         };
@@ -352,7 +356,10 @@ fn event(
 /// What a notification announced about one account.
 enum What {
     /// A batch of withdrawals; the account's entries among `first..=last`.
-    Withdrawals { first: i64, last: i64 },
+    Withdrawals {
+        first: i64,
+        last: i64,
+    },
     Membership,
     /// The expiry timer fired.
     Expired,

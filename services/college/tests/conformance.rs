@@ -326,7 +326,10 @@ impl WriteLock {
 async fn settled(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + SETTLE;
     while !done() {
-        assert!(Instant::now() < deadline, "{what} did not happen in {SETTLE:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen in {SETTLE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -356,7 +359,12 @@ async fn in_one_batch(
     let mut blockers = Vec::new();
     while accounts.withdrawals_queued() == 0 {
         let started = accounts.batch_sizes().batches();
-        blockers.push(submit((blocker.0, blocker.1, 1, format!("blocker-{}", Uuid::new_v4()))));
+        blockers.push(submit((
+            blocker.0,
+            blocker.1,
+            1,
+            format!("blocker-{}", Uuid::new_v4()),
+        )));
         settled("a blocker started a batch or queued", || {
             accounts.batch_sizes().batches() > started || accounts.withdrawals_queued() > 0
         })
@@ -365,7 +373,10 @@ async fn in_one_batch(
     let mut tasks = Vec::new();
     for (n, &(account, caller, amount, key)) in asks.iter().enumerate() {
         tasks.push(submit((account, caller, amount, key.to_owned())));
-        settled("the withdrawal queued", || accounts.withdrawals_queued() == n + 2).await;
+        settled("the withdrawal queued", || {
+            accounts.withdrawals_queued() == n + 2
+        })
+        .await;
     }
     let largest = accounts.batch_sizes().largest();
     assert_eq!(largest, 1, "only blockers ran so far");
@@ -375,7 +386,10 @@ async fn in_one_batch(
         answers.push(task.await.unwrap());
     }
     for blocker in blockers {
-        blocker.await.unwrap().expect("a blocker applies once released");
+        blocker
+            .await
+            .unwrap()
+            .expect("a blocker applies once released");
     }
     assert_eq!(
         accounts.batch_sizes().largest(),
@@ -1179,15 +1193,15 @@ async fn withdrawals_in_one_batch_each_get_their_own_answer_and_refusals_fail_no
         &accounts,
         (blocker.id, pi.id),
         &[
-            (a, pi.id, 600, "first"),         // applied: 400 left
-            (a, pi.id, 500, "too-much"),      // insufficient funds
-            (a, outsider.id, 1, "outsider"),  // not a member
-            (short.id, pi.id, 1, "late"),     // expired
-            (missing, pi.id, 1, "nowhere"),   // no such account
-            (a, pi.id, 400, "rest"),          // applied: 0 left
-            (a, pi.id, 1, "first"),           // key reused with another amount
-            (a, pi.id, 600, "first"),         // replayed
-            (a, pi.id, 1, "empty"),           // insufficient funds
+            (a, pi.id, 600, "first"),        // applied: 400 left
+            (a, pi.id, 500, "too-much"),     // insufficient funds
+            (a, outsider.id, 1, "outsider"), // not a member
+            (short.id, pi.id, 1, "late"),    // expired
+            (missing, pi.id, 1, "nowhere"),  // no such account
+            (a, pi.id, 400, "rest"),         // applied: 0 left
+            (a, pi.id, 1, "first"),          // key reused with another amount
+            (a, pi.id, 600, "first"),        // replayed
+            (a, pi.id, 1, "empty"),          // insufficient funds
         ],
     )
     .await;
@@ -1312,7 +1326,10 @@ async fn a_batch_whose_database_call_fails_applies_nothing_and_every_caller_gets
         answers.push(task.await.unwrap());
     }
     lock.release().await;
-    assert!(accounts.batch_sizes().largest() > 1, "the failures were batches");
+    assert!(
+        accounts.batch_sizes().largest() > 1,
+        "the failures were batches"
+    );
     for answer in answers {
         let status = answer.unwrap_err().into_status();
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
@@ -1728,7 +1745,10 @@ async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance
     let deadline = Instant::now() + SETTLE;
     let mut last = vec![100_000; streams.len()];
     for warm in 0.. {
-        assert!(Instant::now() < deadline, "no withdrawal event in {SETTLE:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no withdrawal event in {SETTLE:?}"
+        );
         let balance = accounts
             .withdraw(account.id, pi.id, 1, &format!("warm-{warm}"), "")
             .await
@@ -1803,8 +1823,11 @@ async fn a_read_whose_caller_gave_up_is_cancelled_and_its_connection_not_handed_
         .await
         .unwrap();
     // The client gives up on a read stuck behind the lock.
-    let gave_up =
-        tokio::time::timeout(Duration::from_millis(300), accounts.account(account.id, None)).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        accounts.account(account.id, None),
+    )
+    .await;
     assert!(gave_up.is_err(), "the read waited on the lock");
     // Its statement is cancelled on the server, well before the lock timeout.
     let deadline = Instant::now() + Duration::from_secs(1);

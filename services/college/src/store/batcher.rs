@@ -150,7 +150,9 @@ impl Batcher {
                 Err(err) => {
                     let err = Arc::new(err);
                     for pending in batch.drain(..) {
-                        let _ = pending.reply.send(Err(StoreError::Shared(Arc::clone(&err))));
+                        let _ = pending
+                            .reply
+                            .send(Err(StoreError::Shared(Arc::clone(&err))));
                     }
                 }
             }
@@ -234,7 +236,10 @@ mod tests {
         assert_eq!(buckets[3], (8, 1));
         assert_eq!(buckets[BUCKETS - 1], (MAX_BATCH, 2));
         assert_eq!(sizes.batches(), 7);
-        assert_eq!(sizes.withdrawals(), 1 + 2 + 3 + 4 + 5 + 200 + MAX_BATCH as u64);
+        assert_eq!(
+            sizes.withdrawals(),
+            1 + 2 + 3 + 4 + 5 + 200 + MAX_BATCH as u64
+        );
         assert_eq!(sizes.largest(), MAX_BATCH);
     }
 }

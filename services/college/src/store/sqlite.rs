@@ -451,11 +451,7 @@ impl Accounts {
 /// One withdrawal of a batch, inside its transaction at the store's time
 /// `now`: the outer error fails the whole batch, the inner one is this
 /// withdrawal's own answer (refusals change nothing).
-fn apply(
-    tx: &Connection,
-    now: i64,
-    request: &batcher::Request,
-) -> Result<Result<Withdrawal>> {
+fn apply(tx: &Connection, now: i64, request: &batcher::Request) -> Result<Result<Withdrawal>> {
     let batcher::Request {
         account,
         caller,
@@ -503,7 +499,9 @@ fn apply(
         return Ok(Err(insufficient_funds(account, balance, amount)));
     }
     let balance_after: i64 = tx
-        .prepare_cached("UPDATE accounts SET balance = balance - ?2 WHERE id = ?1 RETURNING balance")?
+        .prepare_cached(
+            "UPDATE accounts SET balance = balance - ?2 WHERE id = ?1 RETURNING balance",
+        )?
         .query_row(params![account, amount], |row| row.get(0))?;
     let id: i64 = tx
         .prepare_cached(

@@ -260,7 +260,9 @@ pub(super) fn print_transport_table(rows: &[Row]) {
 pub(super) fn print_batch_sizes(rows: &[Row]) {
     println!("Batch sizes the College used (withdrawals per commit, from the journal's xmin):");
     println!();
-    println!("| scenario | clients | batches | mean | p50 | p90 | p99 | max | withdrawals in batches of 2+ |");
+    println!(
+        "| scenario | clients | batches | mean | p50 | p90 | p99 | max | withdrawals in batches of 2+ |"
+    );
     println!("| --- | --: | --: | --: | --: | --: | --: | --: | --: |");
     for row in rows {
         let s = &row.sizes;

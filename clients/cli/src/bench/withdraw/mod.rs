@@ -381,12 +381,7 @@ async fn bench(
                             // keep the same number of withdrawals in flight.
                             let (batch, batch_clients) = sizes.pgbench_shape(clients);
                             let (n, measured) = ctx
-                                .pgbench_cell(
-                                    Script::Batched { batch },
-                                    batch_clients,
-                                    args,
-                                    &vars,
-                                )
+                                .pgbench_cell(Script::Batched { batch }, batch_clients, args, &vars)
                                 .await?;
                             pgbench_total += n;
                             batched_runs.push(measured);
@@ -432,7 +427,12 @@ async fn bench(
     measure::print_batch_sizes(&rows);
     if let Some(dir) = &args.plots {
         plot::write_plots(&rows, dir)?;
-        println!("plots: {}", plot::FILES.map(|f| dir.join(f).display().to_string()).join(", "));
+        println!(
+            "plots: {}",
+            plot::FILES
+                .map(|f| dir.join(f).display().to_string())
+                .join(", ")
+        );
     }
     measure::print_transport_table(&rows);
     for (kind, floor) in &floors {

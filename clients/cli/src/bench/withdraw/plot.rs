@@ -27,15 +27,23 @@ const SIZE: (u32, u32) = (1400, 560);
 /// The three columns, with their colours.
 const SERIES: [(&str, RGBColor); 3] = [
     ("mesh (College batching)", RGBColor(0x1f, 0x77, 0xb4)),
-    ("pgbench, one statement per withdrawal", RGBColor(0xd6, 0x27, 0x28)),
-    ("pgbench, College's batched statement", RGBColor(0x2c, 0xa0, 0x2c)),
+    (
+        "pgbench, one statement per withdrawal",
+        RGBColor(0xd6, 0x27, 0x28),
+    ),
+    (
+        "pgbench, College's batched statement",
+        RGBColor(0x2c, 0xa0, 0x2c),
+    ),
 ];
 
 /// Writes both plots of `rows` into `dir`.
 pub(super) fn write_plots(rows: &[Row], dir: &Path) -> anyhow::Result<()> {
     register_font()?;
     std::fs::create_dir_all(dir)?;
-    plot(rows, &dir.join(FILES[0]), "withdrawals/s", false, |m| m.rate)?;
+    plot(rows, &dir.join(FILES[0]), "withdrawals/s", false, |m| {
+        m.rate
+    })?;
     plot(rows, &dir.join(FILES[1]), "p99 latency (ms)", true, |m| {
         m.latency.value_at_quantile(0.99) as f64 / 1000.0
     })?;
@@ -122,16 +130,16 @@ fn plot(
                     .draw()?;
                 for (points, (name, colour)) in series.iter().zip(SERIES) {
                     chart
-                        .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(3)))?
+                        .draw_series(LineSeries::new(
+                            points.iter().copied(),
+                            colour.stroke_width(3),
+                        ))?
                         .label(name)
                         .legend(move |(x, y)| {
                             PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
                         });
-                    chart.draw_series(
-                        points
-                            .iter()
-                            .map(|&p| Circle::new(p, 5, colour.filled())),
-                    )?;
+                    chart
+                        .draw_series(points.iter().map(|&p| Circle::new(p, 5, colour.filled())))?;
                 }
                 chart
                     .configure_series_labels()

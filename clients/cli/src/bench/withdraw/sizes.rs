@@ -17,7 +17,11 @@ pub(super) struct BatchSizes {
 
 impl BatchSizes {
     /// Adds the batches of the mesh run whose idempotency keys start `mesh-{tag}-`.
-    pub(super) async fn add(&mut self, db: &tokio_postgres::Client, tag: &str) -> anyhow::Result<()> {
+    pub(super) async fn add(
+        &mut self,
+        db: &tokio_postgres::Client,
+        tag: &str,
+    ) -> anyhow::Result<()> {
         let rows = db
             .query(
                 "SELECT count(*) FROM withdrawals WHERE idempotency_key LIKE $1 GROUP BY xmin::text",

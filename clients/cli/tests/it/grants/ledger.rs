@@ -323,7 +323,10 @@ async fn a_hot_account_under_sixty_four_callers_is_debited_in_batches_and_adds_u
                     }
                     Err(status) => {
                         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-                        assert!(status.message().contains("insufficient funds"), "{status:?}");
+                        assert!(
+                            status.message().contains("insufficient funds"),
+                            "{status:?}"
+                        );
                         return applied;
                     }
                 }
