@@ -1,5 +1,7 @@
 //! `bench withdraw`: College/Withdraw through the mesh, next to `pgbench`
-//! running the same SQL on the same database in the same run.
+//! running the withdrawal SQL on the same database in the same run: the
+//! one-statement withdrawal from before batching (the baseline), and the
+//! College's batched statement with the College's batch sizes.
 //!
 //! 1. Makes a fresh database (`gm_bench_…`) on the server `--database-url`
 //!    names, and starts a registry and `--colleges` College instances on it as
@@ -11,16 +13,21 @@
 //! 3. For each scenario (spread over every account; one hot account) and each
 //!    `--concurrency` c: c tasks call College/Withdraw in a loop through a
 //!    client [`Balancer`] (amount 1, a fresh idempotency key per call) for a
-//!    warm-up and then `--duration`, recording each call's latency. Next to
-//!    it, pgbench runs `clients/cli/bench/pgbench/withdraw.sql` — the
-//!    College's WITHDRAW statement, checked against
-//!    `services/college/src/store/postgres.rs` — with c clients for a warm-up and then
-//!    `--duration`, logging every transaction's latency. Before each side the
-//!    tables are vacuumed and a checkpoint is taken; with `--rounds` each cell
-//!    is repeated, alternating which side goes first.
-//! 4. Prints withdrawals/s, p50 and p99 of both, where the CPU went (from
-//!    `/proc`, see [`super::cpu`]), and a floor: the same call refused by
-//!    validation before it reaches the database.
+//!    warm-up and then `--duration`, recording each call's latency; the
+//!    journal then gives the size of every batch the College committed
+//!    ([`sizes`]). Next to it, pgbench runs
+//!    `clients/cli/bench/pgbench/withdraw.sql` — the one-statement
+//!    withdrawal the College ran before batching — with c clients, and
+//!    `withdraw_batch.sql` — the College's WITHDRAW_BATCH statement, checked
+//!    against `services/college/src/store/postgres.rs` — in transactions of
+//!    the College's mean batch size from c / size clients, each for a warm-up
+//!    and then `--duration`, logging every transaction's latency. Before each
+//!    side the tables are vacuumed and a checkpoint is taken; with `--rounds`
+//!    each cell is repeated, alternating which side goes first.
+//! 4. Prints withdrawals/s, p50 and p99 of the three, the batch sizes,
+//!    where the CPU went (from `/proc`, see [`super::cpu`]), and a floor: the
+//!    same call refused by validation before it reaches the database. With
+//!    `--plots DIR`, PNG plots of throughput and p99 ([`plot`]).
 //! 5. Checks the books: every account's balance is its award less its
 //!    journal, and the journal holds exactly the withdrawals both sides
 //!    reported. Then stops the children and drops the database.
