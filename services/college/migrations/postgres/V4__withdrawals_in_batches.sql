@@ -41,7 +41,11 @@ CREATE FUNCTION withdraw_batch(
     r_balance_after bigint,
     r_balance       bigint
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- The batch's arrays would otherwise be folded into a fresh custom plan of
+-- every statement on every call; generic plans are planned once per session.
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     n           int := coalesce(cardinality(accounts_in), 0);
