@@ -7,20 +7,24 @@
 //! its backend. The two keep the same rules, which
 //! `tests/conformance.rs` checks against both: a withdrawal checks
 //! membership, expiry (by the store's clock), the idempotency key and the
-//! balance, then debits and journals, all or nothing; the journal is
+//! balance, then debits and journals, all or nothing. Withdrawals are
+//! applied in batches ([`batcher`]): concurrent ones share one transaction
+//! and one commit, each applied in arrival order and answered on its own,
+//! and a refused one changes nothing and fails no other; the journal is
 //! append-only; a balance never goes below zero. An account is opened with
 //! an agency credential that is recorded in the same transaction, so each
 //! credential opens at most once, across all College instances.
 
+mod batcher;
 mod membership;
 mod postgres;
 mod sqlite;
 
 pub use membership::{InvitationRow, MAX_PENDING_INVITATIONS};
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::Pool;
 use grantmesh_store::tokio_postgres;
 use grantmesh_store::{Database, Notifications};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +63,13 @@ pub enum StoreError {
     /// The blocking task running a SQLite call panicked or was cancelled.
     #[error("the sqlite call did not finish: {0}")]
     SqliteCall(String),
+    /// Too much work is already waiting (a queue at its bound); retry shortly.
+    #[error("{0}")]
+    Overloaded(String),
+    /// One failure answered to several callers: a withdrawal batch that
+    /// failed as a whole fails each of its withdrawals with it.
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -75,6 +86,10 @@ impl From<rusqlite::Error> for StoreError {
 
 impl StoreError {
     pub fn into_status(self) -> Status {
+        self.status()
+    }
+
+    fn status(&self) -> Status {
         match self {
             Self::NotFound(msg) => Status::not_found(msg),
             Self::PermissionDenied(msg) => Status::permission_denied(msg),
@@ -82,14 +97,16 @@ impl StoreError {
             Self::AlreadyExists(msg) => Status::already_exists(msg),
             Self::ResourceExhausted(msg) => Status::resource_exhausted(msg),
             Self::Contended(msg) => Status::unavailable(msg),
-            Self::Database(err) => grantmesh_store::status(&err),
-            Self::Pool(err) => grantmesh_store::status(&err),
-            Self::Sqlite(err) => grantmesh_store::status(&err),
-            Self::SqlitePool(err) => grantmesh_store::status(&err),
+            Self::Overloaded(msg) => Status::resource_exhausted(msg),
+            Self::Database(err) => grantmesh_store::status(err),
+            Self::Pool(err) => grantmesh_store::status(err),
+            Self::Sqlite(err) => grantmesh_store::status(err),
+            Self::SqlitePool(err) => grantmesh_store::status(err),
             Self::SqliteCall(msg) => {
                 tracing::error!(error = %msg, "sqlite call failed");
                 Status::internal("the central store failed to complete the call")
             }
+            Self::Shared(err) => err.status(),
         }
     }
 }
@@ -192,10 +209,14 @@ pub struct Credential {
 /// for as long as any College with a plausibly skewed clock still accepts it.
 pub const USED_CREDENTIAL_MARGIN: Duration = Duration::from_secs(60);
 
+pub use batcher::{BatchSizes, MAX_BATCH, MAX_BATCHES_IN_FLIGHT};
+
 /// The College's view of the central store.
 #[derive(Clone)]
 pub struct AccountStore {
     backend: Backend,
+    /// Every withdrawal goes through it ([`batcher`]).
+    batcher: Arc<batcher::Batcher>,
     /// How long one "day" of an account's duration lasts.
     day_length: Duration,
 }
@@ -203,19 +224,46 @@ pub struct AccountStore {
 /// The store behind an [`AccountStore`].
 #[derive(Clone)]
 enum Backend {
-    Postgres(Pool),
+    Postgres(postgres::Pg),
     Sqlite(sqlite::Accounts),
+}
+
+impl Backend {
+    /// Applies a batch of withdrawals in one transaction: an answer for
+    /// each, in order, or an error for the whole batch (nothing applied).
+    async fn withdraw_batch(&self, batch: &[batcher::Request]) -> Result<Vec<Result<Withdrawal>>> {
+        match self {
+            Self::Postgres(pg) => postgres::withdraw_batch(pg, batch).await,
+            Self::Sqlite(db) => db.withdraw_batch(batch).await,
+        }
+    }
 }
 
 /// The history table of the College's migrations, on either backend.
 const HISTORY_TABLE: &str = "college_schema_history";
 
 impl AccountStore {
-    pub fn new(pool: Pool, day_length: Duration) -> Self {
+    fn with_backend(backend: Backend, pool_size: usize, day_length: Duration) -> Self {
+        // SQLite has one writer: a second batch would only wait for the first.
+        let in_flight = match backend {
+            Backend::Postgres(_) => MAX_BATCHES_IN_FLIGHT.min(pool_size / 2),
+            Backend::Sqlite(_) => 1,
+        };
         Self {
-            backend: Backend::Postgres(pool),
+            batcher: batcher::Batcher::new(backend.clone(), in_flight),
+            backend,
             day_length,
         }
+    }
+
+    /// The sizes of the withdrawal batches this store applied so far.
+    pub fn batch_sizes(&self) -> &Arc<BatchSizes> {
+        self.batcher.sizes()
+    }
+
+    /// Withdrawals waiting for a batch right now (not those in flight).
+    pub fn withdrawals_queued(&self) -> usize {
+        self.batcher.queued()
     }
 
     /// Migrates the store at `database_url`, connects to it and subscribes to
@@ -229,7 +277,7 @@ impl AccountStore {
         let backend = match Database::parse(database_url)? {
             Database::Postgres(url) => {
                 grantmesh_store::migrate(&url, postgres::migrations(), HISTORY_TABLE).await?;
-                Backend::Postgres(grantmesh_store::connect(&url, pool_size).await?)
+                Backend::Postgres(postgres::Pg::connect(&url, pool_size).await?)
             }
             Database::Sqlite(path) => {
                 let db = grantmesh_store::sqlite::connect(&path, pool_size).await?;
@@ -242,10 +290,7 @@ impl AccountStore {
             Backend::Sqlite(accounts) => accounts.notifications().clone(),
         };
         Ok((
-            Self {
-                backend,
-                day_length,
-            },
+            Self::with_backend(backend, pool_size, day_length),
             notifications,
         ))
     }
@@ -259,16 +304,13 @@ impl AccountStore {
     ) -> std::result::Result<Self, grantmesh_store::StoreError> {
         let backend = match Database::parse(database_url)? {
             Database::Postgres(url) => {
-                Backend::Postgres(grantmesh_store::connect(&url, pool_size).await?)
+                Backend::Postgres(postgres::Pg::connect(&url, pool_size).await?)
             }
             Database::Sqlite(path) => Backend::Sqlite(sqlite::Accounts::new(
                 grantmesh_store::sqlite::connect(&path, pool_size).await?,
             )),
         };
-        Ok(Self {
-            backend,
-            day_length,
-        })
+        Ok(Self::with_backend(backend, pool_size, day_length))
     }
 
     /// The account and its whole journal, read in one snapshot so that the
@@ -296,7 +338,7 @@ impl AccountStore {
 
     pub async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
         match &self.backend {
-            Backend::Postgres(pool) => postgres::researcher_by_email(pool, email).await,
+            Backend::Postgres(pg) => postgres::researcher_by_email(pg, email).await,
             Backend::Sqlite(db) => db.researcher_by_email(email).await,
         }
     }
@@ -316,7 +358,7 @@ impl AccountStore {
     /// The account, if `caller` is one of its members (any caller when `None`).
     pub async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
         match &self.backend {
-            Backend::Postgres(pool) => postgres::account(pool, id, caller).await,
+            Backend::Postgres(pg) => postgres::read_account(pg, id, caller).await,
             Backend::Sqlite(db) => db.account(id, caller).await,
         }
     }
@@ -331,7 +373,7 @@ impl AccountStore {
         limit: i64,
     ) -> Result<Vec<AccountRow>> {
         match &self.backend {
-            Backend::Postgres(pool) => postgres::accounts_of(pool, caller, after, limit).await,
+            Backend::Postgres(pg) => postgres::accounts_of(pg, caller, after, limit).await,
             Backend::Sqlite(db) => db.accounts_of(caller, after, limit).await,
         }
     }
@@ -363,7 +405,9 @@ impl AccountStore {
 
     /// Applies a withdrawal once per idempotency key: the same key and amount
     /// again is replayed with the original transaction, the same key with
-    /// another amount is refused; see the module docs.
+    /// another amount is refused; see the module docs. Concurrent
+    /// withdrawals are applied together in batches ([`batcher`]); each gets
+    /// its own answer.
     pub async fn withdraw(
         &self,
         account: Uuid,
@@ -372,12 +416,15 @@ impl AccountStore {
         key: &str,
         memo: &str,
     ) -> Result<Withdrawal> {
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                postgres::withdraw(pool, account, caller, amount, key, memo).await
-            }
-            Backend::Sqlite(db) => db.withdraw(account, caller, amount, key, memo).await,
-        }
+        self.batcher
+            .submit(batcher::Request {
+                account,
+                caller,
+                amount,
+                key: key.to_owned(),
+                memo: memo.to_owned(),
+            })
+            .await
     }
 
     /// The journal, newest first, `limit` entries before `before` (an entry id).
@@ -389,16 +436,30 @@ impl AccountStore {
         limit: i64,
     ) -> Result<Vec<TransactionRow>> {
         match &self.backend {
-            Backend::Postgres(pool) => {
-                postgres::transactions(pool, account, caller, before, limit).await
+            Backend::Postgres(pg) => {
+                postgres::transactions(pg, account, caller, before, limit).await
             }
             Backend::Sqlite(db) => db.transactions(account, caller, before, limit).await,
         }
     }
 
+    /// The account's journal entries with ids in `first..=last`, oldest
+    /// first: what one notified batch of withdrawals added to it.
+    pub async fn entries(
+        &self,
+        account: Uuid,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<TransactionRow>> {
+        match &self.backend {
+            Backend::Postgres(pg) => postgres::entries(pg, account, first, last).await,
+            Backend::Sqlite(db) => db.entries(account, first, last).await,
+        }
+    }
+
     pub async fn transaction(&self, account: Uuid, id: i64) -> Result<Option<TransactionRow>> {
         match &self.backend {
-            Backend::Postgres(pool) => postgres::transaction(pool, account, id).await,
+            Backend::Postgres(pg) => postgres::transaction(pg, account, id).await,
             Backend::Sqlite(db) => db.transaction(account, id).await,
         }
     }
@@ -412,7 +473,7 @@ fn credential_used() -> StoreError {
     StoreError::PermissionDenied("this agency credential was already used".into())
 }
 
-fn not_member(account: Uuid) -> StoreError {
+pub(crate) fn not_member(account: Uuid) -> StoreError {
     StoreError::PermissionDenied(format!("you are not a member of account {account}"))
 }
 
@@ -476,16 +537,15 @@ fn insufficient_funds(account: Uuid, balance: i64, amount: i64) -> StoreError {
     ))
 }
 
-fn contended(account: Uuid) -> StoreError {
-    StoreError::Contended(format!(
-        "account {account} is too busy right now; retry the withdrawal with the same key"
-    ))
-}
-
-/// The payload announcing a journal entry: `withdrawal:<account>:<entry id>`
-/// (the PostgreSQL statement builds the same one in SQL).
-fn withdrawal_payload(account: Uuid, entry: i64) -> String {
-    format!("withdrawal:{account}:{entry}")
+/// The payload announcing one batch of withdrawals:
+/// `withdrawals:<first entry id>:<last entry id>:<account>,<account>,…` (the
+/// accounts the batch debited, or `*` for any). PostgreSQL's
+/// `withdraw_batch` builds the same one in SQL.
+fn withdrawals_payload(first: i64, last: i64, accounts: &[Uuid]) -> String {
+    let mut touched: Vec<String> = accounts.iter().map(Uuid::to_string).collect();
+    touched.sort();
+    touched.dedup();
+    format!("withdrawals:{first}:{last}:{}", touched.join(","))
 }
 
 /// The payload announcing a membership change: `membership:<account>`.

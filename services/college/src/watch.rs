@@ -2,15 +2,19 @@
 //! instance the change was made.
 //!
 //! Changes arrive as PostgreSQL notifications (see [`crate::store::CHANNEL`]),
-//! or on SQLite from the in-process fan-out that carries the same payloads;
-//! each one makes the stream re-read what changed. If the listening
-//! connection was lost, or this watcher fell behind, it is sent a fresh
-//! snapshot instead, so it never silently misses a change. Expiry is a
-//! timer on the account's `expires_at`.
+//! or on SQLite from the in-process fan-out that carries the same payloads:
+//! one per batch of withdrawals (the range of its journal entries and the
+//! accounts they debited) or per membership change. Each watched account has
+//! one feed on this instance, which re-reads what changed once and fans it
+//! out to every watcher of the account, whatever their number: a batch
+//! becomes one event per withdrawal, in journal order. If the listening
+//! connection was lost, or a watcher fell behind, it is sent a fresh snapshot
+//! instead, so it never silently misses a change. Expiry is a timer on the
+//! account's `expires_at`, in the feed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use grantmesh_proto::v1::{AccountEvent, account_event::Kind};
 use grantmesh_store::Notice;
@@ -20,22 +24,24 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::store::AccountStore;
+use crate::store::{AccountRow, AccountStore, TransactionRow};
 use crate::{EventStream, account_message, transaction_message};
 
-/// `WatchAccount` streams one College instance serves at once. Each change
-/// to an account makes each of its watchers re-read it from the store, so
-/// without a bound a crowd of watchers starves everyone else's calls of
-/// pooled connections.
+/// `WatchAccount` streams one College instance serves at once. A change is
+/// re-read once per watched account, not per watcher, but each watcher
+/// still holds a task and a buffer, and reads its own snapshot.
 pub const MAX_WATCHERS: usize = 1024;
 /// Streams one researcher may hold open on one instance (a few browser
 /// tabs and terminals; not thousands).
 pub const MAX_WATCHERS_PER_RESEARCHER: usize = 16;
 
-/// Counts open `WatchAccount` streams, in total and per researcher.
+/// Counts open `WatchAccount` streams, in total and per researcher, and
+/// holds the feed of each watched account.
 #[derive(Default)]
 pub(crate) struct Watchers {
     open: std::sync::Mutex<(usize, HashMap<Uuid, usize>)>,
+    /// The feed of every watched account ([`run_feed`]).
+    feeds: std::sync::Mutex<HashMap<Uuid, broadcast::Sender<Update>>>,
 }
 
 /// One admitted stream; gives its place back when dropped (the stream ended).
@@ -82,74 +88,254 @@ impl Drop for WatchPermit {
     }
 }
 
+/// Changes that one account feed broadcasts to the watchers of its account.
+#[derive(Clone)]
+enum Update {
+    /// What changed, re-read once for every watcher of the account, in
+    /// order. Each watcher checks its own membership in the account.
+    Events(Arc<Vec<Change>>),
+    /// The re-read failed (the store is unreachable): every watch ends with it.
+    Failed(Status),
+}
+
+/// One change as the feed read it.
+struct Change {
+    kind: Kind,
+    account: AccountRow,
+    transaction: Option<TransactionRow>,
+}
+
+/// Changes one account feed may hold for a watcher that has not taken
+/// them yet; a watcher further behind gets a fresh snapshot of its own.
+const FEED_CAPACITY: usize = 256;
+
+/// How often an account feed with no change to report checks whether its
+/// account still has watchers, and stops if not.
+const FEED_IDLE_CHECK: Duration = Duration::from_secs(10);
+
+impl Watchers {
+    /// The changes to `account`, from its feed: one task per watched
+    /// account, which re-reads each change once for all its watchers
+    /// (started here if the account has none yet).
+    fn feed(
+        self: &Arc<Self>,
+        store: &AccountStore,
+        notices: &broadcast::Receiver<Notice>,
+        account: Uuid,
+        closing: &CancellationToken,
+    ) -> broadcast::Receiver<Update> {
+        let mut feeds = self.feeds.lock().expect("watchers poisoned");
+        if let Some(sender) = feeds.get(&account) {
+            return sender.subscribe();
+        }
+        let (sender, receiver) = broadcast::channel(FEED_CAPACITY);
+        feeds.insert(account, sender.clone());
+        tokio::spawn(run_feed(
+            Arc::clone(self),
+            store.clone(),
+            // Subscribed now, before any watcher of this feed reads its snapshot.
+            notices.resubscribe(),
+            account,
+            sender,
+            closing.clone(),
+        ));
+        receiver
+    }
+
+    /// Whether the feed of `account` may stop: it has no watchers left (and
+    /// then it is forgotten, under the same lock a new watcher takes).
+    fn feed_unwatched(&self, account: Uuid, sender: &broadcast::Sender<Update>) -> bool {
+        let mut feeds = self.feeds.lock().expect("watchers poisoned");
+        if sender.receiver_count() > 0 {
+            return false;
+        }
+        feeds.remove(&account);
+        true
+    }
+}
+
+/// The feed of one account: hears every notification, re-reads what changed
+/// in the account once, and broadcasts it to the account's watchers, until
+/// none is left. Expiry is a timer on the account's `expires_at`.
+async fn run_feed(
+    watchers: Arc<Watchers>,
+    store: AccountStore,
+    mut notices: broadcast::Receiver<Notice>,
+    account: Uuid,
+    sender: broadcast::Sender<Update>,
+    closing: CancellationToken,
+) {
+    let account_key = account.to_string();
+    let (mut expired, mut expires_at) = match store.account(account, None).await {
+        Ok(now) => (now.expired, now.expires_at),
+        // The watchers read their own snapshots and hear of it there.
+        Err(_) => (true, SystemTime::now()),
+    };
+    loop {
+        let until_expiry = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let notice = tokio::select! {
+            () = closing.cancelled() => return,
+            () = tokio::time::sleep(FEED_IDLE_CHECK) => {
+                if watchers.feed_unwatched(account, &sender) {
+                    return;
+                }
+                continue;
+            }
+            () = tokio::time::sleep(until_expiry), if !expired => None,
+            notice = notices.recv() => Some(notice),
+        };
+        let what = match notice {
+            None => What::Expired,
+            Some(Ok(Notice::Payload(payload))) => match parse(&payload, &account_key) {
+                Some(what) => what,
+                None => continue,
+            },
+            Some(Ok(Notice::Reconnected)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => {
+                What::Snapshot
+            }
+            Some(Err(broadcast::error::RecvError::Closed)) => return,
+        };
+        let changes = match read_changes(&store, account, &what).await {
+            Ok(changes) => changes,
+            Err(err) => {
+                let _ = sender.send(Update::Failed(err.into_status()));
+                watchers
+                    .feeds
+                    .lock()
+                    .expect("watchers poisoned")
+                    .remove(&account);
+                return;
+            }
+        };
+        let Some(last) = changes.last() else {
+            // Woke a moment early for the expiry by this clock; the database decides.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        expired = last.account.expired;
+        expires_at = last.account.expires_at;
+        if sender.send(Update::Events(Arc::new(changes))).is_err()
+            && watchers.feed_unwatched(account, &sender)
+        {
+            return;
+        }
+    }
+}
+
+/// The account's changes that `what` announced, read once: one event per
+/// journal entry of a batch (the account as of that entry), or one event
+/// with the account as it is now. None when an expiry timer fired early.
+async fn read_changes(
+    store: &AccountStore,
+    account: Uuid,
+    what: &What,
+) -> Result<Vec<Change>, crate::store::StoreError> {
+    let now = store.account(account, None).await?;
+    Ok(match *what {
+        What::Withdrawals { first, last } => store
+            .entries(account, first, last)
+            .await?
+            .into_iter()
+            .map(|entry| {
+                let mut account = now.clone();
+                account.balance = entry.balance_after;
+                Change {
+                    kind: Kind::Withdrawal,
+                    account,
+                    transaction: Some(entry),
+                }
+            })
+            .collect(),
+        What::Expired if !now.expired => Vec::new(),
+        What::Expired | What::Membership | What::Snapshot => {
+            let kind = match what {
+                What::Expired => Kind::Expired,
+                What::Membership => Kind::Membership,
+                _ => Kind::Snapshot,
+            };
+            vec![Change {
+                kind,
+                account: now,
+                transaction: None,
+            }]
+        }
+    })
+}
+
 pub(crate) async fn watch(
     permit: WatchPermit,
     store: AccountStore,
-    mut notices: broadcast::Receiver<Notice>,
+    notices: broadcast::Receiver<Notice>,
     account: Uuid,
     caller: Uuid,
     closing: CancellationToken,
 ) -> Result<EventStream<AccountEvent>, Status> {
     // Subscribed before the snapshot is read, so nothing falls in between.
+    let mut updates = permit.watchers.feed(&store, &notices, account, &closing);
+    drop(notices);
     let snapshot = store.account(account, Some(caller)).await?;
     let (events, stream) = mpsc::channel(64);
-    let account_key = account.to_string();
     tokio::spawn(async move {
         let _permit = permit;
-        let mut expired = snapshot.expired;
-        let mut expires_at = snapshot.expires_at;
-        let mut pending = Some(event(Kind::Snapshot, snapshot, None));
+        if events
+            .send(event(Kind::Snapshot, snapshot, None))
+            .await
+            .is_err()
+        {
+            return;
+        }
         loop {
-            if let Some(event) = pending.take()
-                && events.send(event).await.is_err()
-            {
-                return;
-            }
-            let until_expiry = expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-            let notice = tokio::select! {
+            let update = tokio::select! {
                 () = closing.cancelled() => return,
                 () = events.closed() => return,
-                () = tokio::time::sleep(until_expiry), if !expired => None,
-                notice = notices.recv() => Some(notice),
+                update = updates.recv() => update,
             };
-            let (kind, transaction) = match notice {
-                None => (Kind::Expired, None),
-                Some(Ok(Notice::Payload(payload))) => match parse(&payload, &account_key) {
-                    Some(Change::Withdrawal(id)) => (Kind::Withdrawal, Some(id)),
-                    Some(Change::Membership) => (Kind::Membership, None),
-                    None => continue,
-                },
-                Some(Ok(Notice::Reconnected))
-                | Some(Err(broadcast::error::RecvError::Lagged(_))) => (Kind::Snapshot, None),
-                Some(Err(broadcast::error::RecvError::Closed)) => return,
-            };
-            let now = match store.account(account, Some(caller)).await {
-                Ok(now) => now,
-                Err(err) => {
-                    // Removed from the account, or the store is unreachable.
-                    let _ = events.send(Err(err.into_status())).await;
+            let changes = match update {
+                Ok(Update::Events(changes)) => changes,
+                Ok(Update::Failed(status)) => {
+                    let _ = events.send(Err(status)).await;
                     return;
                 }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind the feed: a fresh snapshot of its own.
+                    match store.account(account, Some(caller)).await {
+                        Ok(now) => Arc::new(vec![Change {
+                            kind: Kind::Snapshot,
+                            account: now,
+                            transaction: None,
+                        }]),
+                        Err(err) => {
+                            let _ = events.send(Err(err.into_status())).await;
+                            return;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
             };
-            if kind == Kind::Expired && !now.expired {
-                // Woke a moment early by this clock; the database decides.
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
-            }
-            expired = now.expired;
-            expires_at = now.expires_at;
-            let transaction = match transaction {
-                Some(id) => store
-                    .transaction(account, id)
+            for change in changes.iter() {
+                if !change
+                    .account
+                    .members
+                    .iter()
+                    .any(|m| m.researcher_id == caller)
+                {
+                    // Removed from the account: the watch ends, as a read would.
+                    let _ = events
+                        .send(Err(crate::store::not_member(account).into_status()))
+                        .await;
+                    return;
+                }
+                let transaction = change.transaction.clone().map(transaction_message);
+                if events
+                    .send(event(change.kind, change.account.clone(), transaction))
                     .await
-                    .ok()
-                    .flatten()
-                    .map(transaction_message),
-                None => None,
-            };
-            pending = Some(event(kind, now, transaction));
+                    .is_err()
+                {
+                    return;
+                }
+            }
         }
     });
     Ok(Box::pin(ReceiverStream::new(stream)))
@@ -157,7 +343,7 @@ pub(crate) async fn watch(
 
 fn event(
     kind: Kind,
-    account: crate::store::AccountRow,
+    account: AccountRow,
     transaction: Option<grantmesh_proto::v1::Transaction>,
 ) -> Result<AccountEvent, Status> {
     Ok(AccountEvent {
@@ -167,21 +353,33 @@ fn event(
     })
 }
 
-enum Change {
-    Withdrawal(i64),
+/// What a notification announced about one account.
+enum What {
+    /// A batch of withdrawals; the account's entries among `first..=last`.
+    Withdrawals {
+        first: i64,
+        last: i64,
+    },
     Membership,
+    /// The expiry timer fired.
+    Expired,
+    /// Notifications may have been missed: the account as it is now.
+    Snapshot,
 }
 
-/// `withdrawal:<account>:<entry id>` or `membership:<account>`, for this account only.
-fn parse(payload: &str, account: &str) -> Option<Change> {
-    let mut parts = payload.split(':');
-    let kind = parts.next()?;
-    if parts.next()? != account {
-        return None;
-    }
-    match kind {
-        "withdrawal" => parts.next()?.parse().ok().map(Change::Withdrawal),
-        "membership" => Some(Change::Membership),
+/// `withdrawals:<first>:<last>:<account>,…` (or `*` for any account) or
+/// `membership:<account>`, for this account only.
+fn parse(payload: &str, account: &str) -> Option<What> {
+    let mut parts = payload.splitn(4, ':');
+    match parts.next()? {
+        "withdrawals" => {
+            let first = parts.next()?.parse().ok()?;
+            let last = parts.next()?.parse().ok()?;
+            let accounts = parts.next()?;
+            (accounts == "*" || accounts.split(',').any(|a| a == account))
+                .then_some(What::Withdrawals { first, last })
+        }
+        "membership" => (parts.next()? == account).then_some(What::Membership),
         _ => None,
     }
 }

@@ -192,6 +192,10 @@ conformance!(
     an_agency_credential_opens_one_account_once_across_instances,
     sixteen_concurrent_uses_of_one_agency_credential_open_one_account,
     used_agency_credentials_are_forgotten_only_well_past_their_expiry,
+    withdrawals_in_one_batch_each_get_their_own_answer_and_refusals_fail_no_other,
+    one_key_submitted_twice_in_one_batch_applies_once,
+    a_batch_whose_database_call_fails_applies_nothing_and_every_caller_gets_unavailable,
+    a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance,
 );
 
 // ---------------------------------------------------------------------------
@@ -259,6 +263,140 @@ async fn withdraw_retrying(
 
 fn code(err: StoreError) -> tonic::Code {
     err.into_status().code()
+}
+
+/// Holds the write lock that withdrawals on `account` need, from outside the
+/// services: the account's row on PostgreSQL, the file's write lock on
+/// SQLite (which blocks every writer).
+enum WriteLock {
+    Postgres(tokio_postgres::Client),
+    Sqlite(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
+}
+
+impl TestStore {
+    async fn lock_writes(&self, account: Uuid) -> WriteLock {
+        match &self.kind {
+            Kind::Postgres { .. } => {
+                let (client, connection) =
+                    tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                        .await
+                        .expect("connect to the test database");
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!(
+                        "BEGIN; SELECT 1 FROM accounts WHERE id = '{account}' FOR UPDATE"
+                    ))
+                    .await
+                    .expect("lock the account row");
+                WriteLock::Postgres(client)
+            }
+            Kind::Sqlite { path, .. } => {
+                let path = path.clone();
+                let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+                let (unlock_tx, unlock_rx) = std::sync::mpsc::channel::<()>();
+                let holder = std::thread::spawn(move || {
+                    let mut conn = rusqlite::Connection::open(path).unwrap();
+                    let tx = conn
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .unwrap();
+                    locked_tx.send(()).unwrap();
+                    let _ = unlock_rx.recv();
+                    drop(tx);
+                });
+                locked_rx.recv().unwrap();
+                WriteLock::Sqlite(unlock_tx, holder)
+            }
+        }
+    }
+}
+
+impl WriteLock {
+    async fn release(self) {
+        match self {
+            Self::Postgres(client) => client.batch_execute("COMMIT").await.unwrap(),
+            Self::Sqlite(unlock, holder) => {
+                unlock.send(()).unwrap();
+                holder.join().unwrap();
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until `done` holds.
+async fn settled(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen in {SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+type Answer = Result<grantmesh_college::store::Withdrawal, StoreError>;
+
+/// One withdrawal to submit: (account, caller, amount, key).
+type Ask = (Uuid, Uuid, i64, &'static str);
+
+/// Applies `asks` as one batch, in this order, and returns their answers.
+/// Every batch the store may run at once is first kept busy by a withdrawal
+/// of 1 from `blocker`, whose writes are held up from outside; the asks queue
+/// behind them meanwhile, one after the other, and go together when the
+/// writes are released. (One more blocker withdrawal rides in the batch, first.)
+async fn in_one_batch(
+    store: &TestStore,
+    accounts: &AccountStore,
+    blocker: (Uuid, Uuid),
+    asks: &[Ask],
+) -> Vec<Answer> {
+    let lock = store.lock_writes(blocker.0).await;
+    let submit = |(account, caller, amount, key): (Uuid, Uuid, i64, String)| {
+        let accounts = accounts.clone();
+        tokio::spawn(async move { accounts.withdraw(account, caller, amount, &key, "").await })
+    };
+    // Blockers until one has to queue: every batch slot is then in flight.
+    let mut blockers = Vec::new();
+    while accounts.withdrawals_queued() == 0 {
+        let started = accounts.batch_sizes().batches();
+        blockers.push(submit((
+            blocker.0,
+            blocker.1,
+            1,
+            format!("blocker-{}", Uuid::new_v4()),
+        )));
+        settled("a blocker started a batch or queued", || {
+            accounts.batch_sizes().batches() > started || accounts.withdrawals_queued() > 0
+        })
+        .await;
+    }
+    let mut tasks = Vec::new();
+    for (n, &(account, caller, amount, key)) in asks.iter().enumerate() {
+        tasks.push(submit((account, caller, amount, key.to_owned())));
+        settled("the withdrawal queued", || {
+            accounts.withdrawals_queued() == n + 2
+        })
+        .await;
+    }
+    let largest = accounts.batch_sizes().largest();
+    assert_eq!(largest, 1, "only blockers ran so far");
+    lock.release().await;
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    for blocker in blockers {
+        blocker
+            .await
+            .unwrap()
+            .expect("a blocker applies once released");
+    }
+    assert_eq!(
+        accounts.batch_sizes().largest(),
+        asks.len() + 1,
+        "the asks and the last blocker went in one batch"
+    );
+    answers
 }
 
 // ---------------------------------------------------------------------------
@@ -1007,11 +1145,13 @@ async fn a_subscriber_hears_of_a_withdrawal_and_a_membership_change(store: &Test
         made.insert(withdrawal.transaction.id);
         let wait = Instant::now() + Duration::from_millis(500);
         while let Some(payload) = next_payload(&mut notices, wait).await {
-            if let Some(id) = payload
-                .strip_prefix(&format!("withdrawal:{}:", account.id))
-                .and_then(|id| id.parse::<i64>().ok())
+            // `withdrawals:<first>:<last>:<accounts>`
+            let parts: Vec<&str> = payload.splitn(4, ':').collect();
+            if let ["withdrawals", first, last, accounts] = parts[..]
+                && accounts.split(',').any(|a| a == account.id.to_string())
             {
-                break 'heard id;
+                assert_eq!(first, last, "one withdrawal, one entry");
+                break 'heard first.parse::<i64>().unwrap();
             }
         }
     };
@@ -1033,6 +1173,178 @@ async fn a_subscriber_hears_of_a_withdrawal_and_a_membership_change(store: &Test
 }
 
 /// The next notification payload before `deadline`, if any.
+async fn withdrawals_in_one_batch_each_get_their_own_answer_and_refusals_fail_no_other(
+    store: &TestStore,
+) {
+    let (accounts, _) = college(store, Duration::from_secs(1)).await;
+    let pi = researcher(&accounts, "pi").await;
+    let outsider = researcher(&accounts, "outsider").await;
+    let account = open(&accounts, pi.id, 1_000, 10_000).await;
+    let blocker = open(&accounts, pi.id, 1_000, 10_000).await;
+    let short = open(&accounts, pi.id, 1_000, 1).await;
+    settled("the short account expired", || {
+        SystemTime::now() > short.expires_at + Duration::from_millis(100)
+    })
+    .await;
+    let missing = Uuid::new_v4();
+    let a = account.id;
+    let answers = in_one_batch(
+        store,
+        &accounts,
+        (blocker.id, pi.id),
+        &[
+            (a, pi.id, 600, "first"),        // applied: 400 left
+            (a, pi.id, 500, "too-much"),     // insufficient funds
+            (a, outsider.id, 1, "outsider"), // not a member
+            (short.id, pi.id, 1, "late"),    // expired
+            (missing, pi.id, 1, "nowhere"),  // no such account
+            (a, pi.id, 400, "rest"),         // applied: 0 left
+            (a, pi.id, 1, "first"),          // key reused with another amount
+            (a, pi.id, 600, "first"),        // replayed
+            (a, pi.id, 1, "empty"),          // insufficient funds
+        ],
+    )
+    .await;
+    let mut answers = answers.into_iter();
+    let mut next = || answers.next().unwrap();
+    let first = next().unwrap();
+    assert!(!first.replayed);
+    assert_eq!((first.balance, first.transaction.balance_after), (400, 400));
+    let too_much = next().unwrap_err();
+    assert!(
+        matches!(too_much, StoreError::FailedPrecondition(ref msg) if msg.contains("insufficient funds") && msg.contains("holds 400")),
+        "{too_much:?}"
+    );
+    assert_eq!(code(next().unwrap_err()), tonic::Code::PermissionDenied);
+    let late = next().unwrap_err();
+    assert!(
+        matches!(late, StoreError::FailedPrecondition(ref msg) if msg.contains("expired")),
+        "{late:?}"
+    );
+    assert_eq!(code(next().unwrap_err()), tonic::Code::NotFound);
+    let rest = next().unwrap();
+    assert_eq!(rest.balance, 0);
+    assert!(rest.transaction.id > first.transaction.id, "arrival order");
+    let reused = next().unwrap_err();
+    assert!(
+        matches!(reused, StoreError::FailedPrecondition(ref msg) if msg.contains("first") && msg.contains("600")),
+        "{reused:?}"
+    );
+    let replayed = next().unwrap();
+    assert!(replayed.replayed);
+    assert_eq!(replayed.transaction.id, first.transaction.id);
+    let empty = next().unwrap_err();
+    assert!(
+        matches!(empty, StoreError::FailedPrecondition(ref msg) if msg.contains("insufficient funds")),
+        "{empty:?}"
+    );
+
+    let audit = accounts.audit(a).await.unwrap();
+    let amounts: Vec<i64> = audit.journal.iter().map(|t| t.amount).collect();
+    assert_eq!(amounts, [600, 400]);
+    assert_eq!(audit.account.balance, 0);
+    assert_eq!(audit.journal[1].balance_after, 0);
+    assert!(accounts.audit(short.id).await.unwrap().journal.is_empty());
+}
+
+async fn one_key_submitted_twice_in_one_batch_applies_once(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+    let other = open(&accounts, pi.id, 1_000, 30).await;
+    let blocker = open(&accounts, pi.id, 1_000, 30).await;
+    let answers = in_one_batch(
+        store,
+        &accounts,
+        (blocker.id, pi.id),
+        &[
+            (account.id, pi.id, 100, "twice"),
+            (account.id, pi.id, 100, "twice"),
+            (other.id, pi.id, 100, "twice"), // another account: another withdrawal
+            (account.id, pi.id, 50, "twice"),
+        ],
+    )
+    .await;
+    let (first, second) = (answers[0].as_ref().unwrap(), answers[1].as_ref().unwrap());
+    assert!(!first.replayed && second.replayed);
+    assert_eq!(first.transaction.id, second.transaction.id);
+    assert_eq!(second.balance, 900);
+    let elsewhere = answers[2].as_ref().unwrap();
+    assert!(!elsewhere.replayed);
+    assert!(
+        matches!(&answers[3], Err(StoreError::FailedPrecondition(msg)) if msg.contains("twice")),
+        "{:?}",
+        answers[3]
+    );
+    let audit = accounts.audit(account.id).await.unwrap();
+    assert_eq!(audit.journal.len(), 1);
+    assert_eq!(audit.account.balance, 900);
+}
+
+async fn a_batch_whose_database_call_fails_applies_nothing_and_every_caller_gets_unavailable(
+    store: &TestStore,
+) {
+    const CALLERS: usize = 24;
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+    let lock = store.lock_writes(account.id).await;
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let accounts = accounts.clone();
+            tokio::spawn(async move {
+                accounts
+                    .withdraw(account.id, pi.id, 1, &format!("k{i}"), "")
+                    .await
+            })
+        })
+        .collect();
+    settled("every withdrawal is in a batch or queued", || {
+        accounts.batch_sizes().withdrawals() as usize + accounts.withdrawals_queued() == CALLERS
+    })
+    .await;
+    // The batches' database calls fail: on PostgreSQL their backends are
+    // terminated while they wait for the row lock; on SQLite the write lock
+    // outlasts the busy timeout.
+    if let Kind::Postgres { .. } = store.kind {
+        let deadline = Instant::now() + SETTLE;
+        while !tasks.iter().all(|t| t.is_finished()) {
+            assert!(Instant::now() < deadline, "the batches never failed");
+            store
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                       AND query LIKE '%withdraw_batch(%'",
+                )
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    lock.release().await;
+    assert!(
+        accounts.batch_sizes().largest() > 1,
+        "the failures were batches"
+    );
+    for answer in answers {
+        let status = answer.unwrap_err().into_status();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    let audit = accounts.audit(account.id).await.unwrap();
+    assert!(audit.journal.is_empty());
+    assert_eq!(audit.account.balance, 1_000);
+    // The store is fine afterwards, and a retry with a key applies.
+    let retried = accounts
+        .withdraw(account.id, pi.id, 1, "k0", "")
+        .await
+        .unwrap();
+    assert!(!retried.replayed);
+}
+
 async fn next_payload(
     notices: &mut broadcast::Receiver<Notice>,
     deadline: Instant,
@@ -1702,4 +2014,174 @@ mod proposals_given_up {
         let got = proposals.get("nsf", other.id).await.unwrap().unwrap();
         assert_eq!(got.account_failure, None);
     }
+}
+
+async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance(
+    store: &TestStore,
+) {
+    use futures::StreamExt as _;
+    use grantmesh_college::{CollegeConfig, CollegeService};
+    use grantmesh_proto::College as _;
+    use grantmesh_proto::v1::{WatchAccountRequest, account_event};
+
+    let keys = grantmesh_auth::Keys::new(
+        b"conformance-token-key-0123456789abcdef01",
+        b"conformance-service-key-0123456789abcdef",
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let config = |instance: &str| CollegeConfig {
+        instance_id: instance.into(),
+        day_length: REAL_DAY,
+        keys: keys.clone(),
+        pool_size: 8,
+        agencies: [("nsf".to_owned(), (1, 1_000_000))].into(),
+    };
+    let closing = CancellationToken::new();
+    let writer = CollegeService::start(config("college-a"), &store.url, closing.clone())
+        .await
+        .unwrap();
+    let watcher = CollegeService::start(config("college-b"), &store.url, closing.clone())
+        .await
+        .unwrap();
+    let accounts = writer.store();
+    let pi = researcher(accounts, "pi").await;
+    let account = open(accounts, pi.id, 100_000, 30).await;
+    let blocker = open(accounts, pi.id, 1_000, 30).await;
+    let (token, _) = keys.researcher_token(pi.id).unwrap();
+    // Two watchers of the account on the other instance: both see it all.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut request = tonic::Request::new(WatchAccountRequest {
+            account_id: account.id.to_string(),
+        });
+        grantmesh_auth::authorize(&mut request, &token).unwrap();
+        let mut events = watcher.watch_account(request).await.unwrap().into_inner();
+        let first = events.next().await.unwrap().unwrap();
+        assert_eq!(first.kind(), account_event::Kind::Snapshot);
+        streams.push(events);
+    }
+    // PostgreSQL's listener connects in the background: withdraw until both
+    // watches have caught up with the last one.
+    let deadline = Instant::now() + SETTLE;
+    let mut last = vec![100_000; streams.len()];
+    for warm in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "no withdrawal event in {SETTLE:?}"
+        );
+        let balance = accounts
+            .withdraw(account.id, pi.id, 1, &format!("warm-{warm}"), "")
+            .await
+            .unwrap()
+            .balance;
+        for (events, last) in streams.iter_mut().zip(&mut last) {
+            while *last != balance {
+                match tokio::time::timeout(Duration::from_millis(300), events.next()).await {
+                    Ok(Some(Ok(event))) => *last = event.account.unwrap().balance_minor,
+                    _ => break,
+                }
+            }
+        }
+        if last.iter().all(|&b| b == balance) {
+            break;
+        }
+    }
+
+    let asks: Vec<Ask> = [
+        "b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9", "b10", "b11",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, key)| (account.id, pi.id, i as i64 + 1, *key))
+    .collect();
+    let answers = in_one_batch(store, accounts, (blocker.id, pi.id), &asks).await;
+    let made: Vec<(String, i64)> = answers
+        .iter()
+        .map(|a| {
+            let w = a.as_ref().unwrap();
+            (w.transaction.id.to_string(), w.transaction.balance_after)
+        })
+        .collect();
+    for events in &mut streams {
+        let mut seen = Vec::new();
+        while seen.len() < made.len() {
+            let event = tokio::time::timeout(SETTLE, events.next())
+                .await
+                .expect("every withdrawal of the batch is reported")
+                .unwrap()
+                .unwrap();
+            assert_eq!(event.kind(), account_event::Kind::Withdrawal);
+            let transaction = event.transaction.unwrap();
+            assert_eq!(
+                event.account.unwrap().balance_minor,
+                transaction.balance_after_minor,
+                "the account as of that withdrawal"
+            );
+            seen.push((transaction.transaction_id, transaction.balance_after_minor));
+        }
+        assert_eq!(seen, made, "every withdrawal, in order");
+    }
+    closing.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_whose_caller_gave_up_is_cancelled_and_its_connection_not_handed_out() {
+    let store = TestStore::postgres().await;
+    // One connection: were it handed out again mid-statement, the next call
+    // would wait behind the abandoned one.
+    let (accounts, _) = AccountStore::start(&store.url, 1, REAL_DAY, CancellationToken::new())
+        .await
+        .unwrap();
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+    let (holder, connection) = tokio_postgres::connect(&store.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // The client gives up on a read stuck behind the lock.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        accounts.account(account.id, None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the read waited on the lock");
+    // Its statement is cancelled on the server, well before the lock timeout.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let left = store
+            .execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
+                 AND state = 'active' AND query LIKE '%FROM accounts a WHERE a.id%'
+                 AND pid <> pg_backend_pid()",
+            )
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned statement still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An unrelated call gets a clean connection at once, the lock still held.
+    let found = tokio::time::timeout(
+        Duration::from_secs(2),
+        accounts.researcher_by_email(&pi.email),
+    )
+    .await
+    .expect("an unrelated call does not wait behind the abandoned one")
+    .unwrap();
+    assert_eq!(found.unwrap().id, pi.id);
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        accounts.account(account.id, None).await.unwrap().balance,
+        1_000
+    );
 }

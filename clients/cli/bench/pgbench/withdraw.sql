@@ -1,13 +1,14 @@
--- pgbench custom script for `grantmesh bench withdraw`: the College's WITHDRAW
--- statement (services/college/src/store/postgres.rs), verbatim but for its parameters:
+-- pgbench custom script for `grantmesh bench withdraw`, the baseline: the
+-- one-statement withdrawal the College ran before it batched withdrawals
+-- (the WITHDRAW statement of services/college/src/store/postgres.rs until
+-- issue 11; the function withdraw_batch replaced it), kept verbatim but for
+-- its parameters:
 --   $1 account          -> the :n-th row of bench_accounts (made by the bench)
 --   $2 researcher       -> :researcher (-D)
 --   $3 amount           -> :amount (-D, 1)
 --   $4 idempotency key  -> 'pgb-' || :run || '-' || :client_id || '-' || :seq,
 --                          unique per transaction (:seq counts per client)
 --   $5 memo             -> :memo (-D)
--- `grantmesh bench withdraw` refuses to run when this file has drifted from
--- the statement in store.rs.
 --
 -- By hand, against a database the bench left behind (-D naccounts=1: the hot account):
 --   pgbench -n -M prepared -f withdraw.sql -c 16 -j 2 -T 5 -D naccounts=64 \

@@ -135,6 +135,18 @@ impl BenchTransport {
         let mut all = vec![role.to_owned()];
         all.extend(self.role_flags());
         all.extend(args.iter().map(|&arg| arg.to_owned()));
+        // A profiler around one role, e.g. GRANTMESH_BENCH_WRAP_COLLEGE="valgrind
+        // --tool=callgrind --callgrind-out-file=/tmp/college.%p.cg".
+        let wrap = format!("GRANTMESH_BENCH_WRAP_{}", role.to_uppercase());
+        if let Ok(wrapper) = std::env::var(&wrap)
+            && let Some((program, flags)) =
+                wrapper.split_whitespace().collect::<Vec<_>>().split_first()
+        {
+            let mut wrapped: Vec<String> = flags.iter().map(|&f| f.to_owned()).collect();
+            wrapped.push(exe.display().to_string());
+            wrapped.extend(all);
+            return ChildNode::spawn(Path::new(program), name, &wrapped, adjust).await;
+        }
         ChildNode::spawn(&exe, name, &all, adjust).await
     }
 }

@@ -1,20 +1,22 @@
 //! The College's SQL on PostgreSQL, the central store shared by every
 //! College instance.
 //!
-//! A withdrawal is one statement, one round trip: it checks membership,
-//! expiry (by the database's clock), the idempotency key and the balance,
-//! debits the account, appends to the journal and queues a notification for
-//! live watchers, all or nothing. Concurrency is left to PostgreSQL's row lock
-//! on the account: a concurrent debit re-checks the balance on the latest
-//! row version, and `CHECK (balance >= 0)` stands behind it. When nothing was
-//! debited, the same statement's reads say why.
+//! Withdrawals come in batches from the batcher, and each batch is one
+//! call of the `withdraw_batch` function (migration V4): one round trip,
+//! one transaction, one commit, one row lock per account, at most one
+//! notification, an answer per withdrawal. `CHECK (balance >= 0)` and the
+//! journal's triggers stand behind it. Calls that a client may abandon
+//! mid-statement run on a [`Conn`], which cancels the statement and keeps
+//! the connection out of the pool.
 
 pub(super) mod membership;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
 use grantmesh_store::tokio_postgres::{self, Row};
+use grantmesh_store::tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 use super::*;
@@ -32,54 +34,111 @@ const ACCOUNT_COLUMNS: &str = "a.id, a.proposal_id, a.agency, a.title, a.princip
      a.opened_at, a.expires_at, a.expires_at <= now() AS expired";
 
 /// The SQLSTATE of the journal's trigger refusing an entry stamped at or
-/// after the account's expiry (migration V3).
+/// after the account's expiry (migrations V3, V4).
 const EXPIRED_AT_DEBIT: &str = "GMEXP";
 
-/// The withdrawal, one statement. Expiry is judged by `clock_timestamp()`,
-/// the database's clock at the moment the debit holds the account's row
-/// lock, and the journal entry is stamped with that same moment: a
-/// statement that waited on the lock across the expiry debits nothing, so
-/// a key's answer never turns from "expired" into "applied" (`now()` would
-/// be the statement's start, from before the wait). PostgreSQL does not
-/// re-check a waiting UPDATE's conditions when the lock holder let go
-/// without changing the row, so the journal's trigger (V3) makes the final
-/// check on the stamped moment and fails the whole statement.
-const WITHDRAW: &str = "
-WITH target AS (
-    SELECT a.id, a.balance, a.expires_at <= clock_timestamp() AS expired,
-           EXISTS (SELECT 1 FROM members m WHERE m.account_id = a.id AND m.researcher_id = $2) AS is_member
-    FROM accounts a WHERE a.id = $1
-),
-previous AS (
-    SELECT w.id, w.researcher_id, w.amount, w.memo, w.balance_after, w.created_at
-    FROM withdrawals w WHERE w.account_id = $1 AND w.idempotency_key = $4
-),
-debit AS (
-    UPDATE accounts a SET balance = a.balance - $3
-    WHERE a.id = $1
-      AND a.balance >= $3
-      AND a.expires_at > clock_timestamp()
-      AND EXISTS (SELECT 1 FROM members m WHERE m.account_id = $1 AND m.researcher_id = $2)
-      AND NOT EXISTS (SELECT 1 FROM previous)
-    RETURNING a.balance, clock_timestamp() AS at
-),
-journal AS (
-    INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after, created_at)
-    SELECT $1, $2, $3, $4, $5, balance, at FROM debit
-    RETURNING id, created_at, balance_after
-),
-notified AS (
-    SELECT pg_notify('grantmesh_accounts', 'withdrawal:' || $1::text || ':' || j.id::text) FROM journal j
-)
-SELECT (SELECT count(*) FROM notified) AS notified,
-       j.id AS new_id, j.created_at AS new_at, j.balance_after AS new_balance,
-       t.id IS NOT NULL AS account_exists, t.is_member, t.expired, t.balance,
-       p.id AS prev_id, p.researcher_id AS prev_researcher, p.amount AS prev_amount, p.memo AS prev_memo,
-       p.balance_after AS prev_balance_after, p.created_at AS prev_at
-FROM (SELECT 1) AS one
-LEFT JOIN journal j ON true
-LEFT JOIN target t ON true
-LEFT JOIN previous p ON true";
+/// A batch of withdrawals, one call of the `withdraw_batch` function
+/// (migration V4, which describes it): one round trip, one transaction, one
+/// commit, at most one notification, and a row per withdrawal saying what
+/// became of it.
+const WITHDRAW_BATCH: &str = "SELECT r_outcome, r_id, r_researcher, r_amount, r_memo, r_at, r_balance_after, r_balance FROM withdraw_batch($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[])";
+
+/// How many times a batch is tried again when it failed on a race that a
+/// second try resolves (see [`withdraw_batch`]) before its callers are told
+/// to retry.
+const BATCH_TRIES: usize = 5;
+
+/// The College's PostgreSQL pool, and what it needs to cancel a statement
+/// whose caller went away ([`Conn`]).
+#[derive(Clone)]
+pub(super) struct Pg {
+    pool: Pool,
+    /// The TLS connector of the URL, for cancel requests.
+    tls: MakeRustlsConnect,
+}
+
+impl std::ops::Deref for Pg {
+    type Target = Pool;
+
+    fn deref(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl Pg {
+    pub(super) async fn connect(
+        url: &str,
+        pool_size: usize,
+    ) -> std::result::Result<Self, grantmesh_store::StoreError> {
+        let tls = grantmesh_store::PgConnect::parse(url)?.tls;
+        let pool = grantmesh_store::connect(url, pool_size).await?;
+        Ok(Self { pool, tls })
+    }
+
+    /// A pooled connection whose statement is cancelled if the call is
+    /// dropped while it runs ([`Conn`]).
+    async fn conn(&self) -> Result<Conn> {
+        Ok(Conn {
+            object: Some(self.pool.get().await?),
+            tls: self.tls.clone(),
+            busy: AtomicBool::new(false),
+        })
+    }
+}
+
+/// A pooled connection for a call that may be dropped mid-statement (its
+/// client gave up). Its statements run inside [`Conn::guard`]; if the call
+/// is dropped there, the connection is taken out of the pool (never handed
+/// to another call mid-statement), the statement is cancelled on the
+/// server, and the connection is closed. A statement waiting on a row lock
+/// held elsewhere then holds neither a pooled connection nor a backend, and
+/// the next call gets a clean connection at once.
+struct Conn {
+    object: Option<deadpool_postgres::Object>,
+    tls: MakeRustlsConnect,
+    /// Inside [`Conn::guard`]: a statement may be running.
+    busy: AtomicBool,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = deadpool_postgres::Object;
+
+    fn deref(&self) -> &deadpool_postgres::Object {
+        self.object.as_ref().expect("present until dropped")
+    }
+}
+
+impl Conn {
+    /// Runs `statements` (on this connection), marked busy meanwhile.
+    async fn guard<T>(&self, statements: impl std::future::Future<Output = T>) -> T {
+        self.busy.store(true, Ordering::Relaxed);
+        let out = statements.await;
+        self.busy.store(false, Ordering::Relaxed);
+        out
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let Some(object) = self.object.take() else {
+            return;
+        };
+        if !self.busy.load(Ordering::Relaxed) {
+            return; // back to the pool
+        }
+        let client = deadpool_postgres::Object::take(object);
+        let token = client.cancel_token();
+        let tls = self.tls.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = token.cancel_query(tls).await {
+                    tracing::debug!(error = %err, "failed to cancel an abandoned statement");
+                }
+                drop(client);
+            });
+        }
+    }
+}
 
 /// The account and its whole journal, read in one snapshot so that the
 /// balance and the journal agree with each other.
@@ -143,13 +202,13 @@ pub(super) async fn register_researcher(
     }
 }
 
-pub(super) async fn researcher_by_email(pool: &Pool, email: &str) -> Result<Option<ResearcherRow>> {
-    let client = pool.get().await?;
+pub(super) async fn researcher_by_email(pg: &Pg, email: &str) -> Result<Option<ResearcherRow>> {
+    let client = pg.conn().await?;
     let row = client
-        .query_opt(
+        .guard(client.query_opt(
             "SELECT id, name, email, password_hash FROM researchers WHERE email = $1",
             &[&email],
-        )
+        ))
         .await?;
     Ok(row.map(|row| ResearcherRow {
         id: row.get("id"),
@@ -232,7 +291,20 @@ pub(super) async fn open_account(
 
 /// The account, if `caller` is one of its members (any caller when `None`).
 pub(super) async fn account(pool: &Pool, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
-    let client = pool.get().await?;
+    account_on(&pool.get().await?, id, caller).await
+}
+
+/// [`account`] for a call that may be dropped mid-statement ([`Conn`]).
+pub(super) async fn read_account(pg: &Pg, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
+    let client = pg.conn().await?;
+    client.guard(account_on(&client, id, caller)).await
+}
+
+async fn account_on(
+    client: &deadpool_postgres::Object,
+    id: Uuid,
+    caller: Option<Uuid>,
+) -> Result<AccountRow> {
     let row = client
         .query_opt(
             &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = $1"),
@@ -241,7 +313,7 @@ pub(super) async fn account(pool: &Pool, id: Uuid, caller: Option<Uuid>) -> Resu
         .await?
         .ok_or_else(|| not_found(id))?;
     let mut account = account_from_row(&row);
-    account.members = members(&client, id).await?;
+    account.members = members(client, id).await?;
     if let Some(caller) = caller
         && !account.members.iter().any(|m| m.researcher_id == caller)
     {
@@ -252,12 +324,23 @@ pub(super) async fn account(pool: &Pool, id: Uuid, caller: Option<Uuid>) -> Resu
 
 /// Every account `caller` is a member of.
 pub(super) async fn accounts_of(
-    pool: &Pool,
+    pg: &Pg,
     caller: Uuid,
     after: Option<(SystemTime, Uuid)>,
     limit: i64,
 ) -> Result<Vec<AccountRow>> {
-    let client = pool.get().await?;
+    let client = pg.conn().await?;
+    client
+        .guard(accounts_on(&client, caller, after, limit))
+        .await
+}
+
+async fn accounts_on(
+    client: &deadpool_postgres::Object,
+    caller: Uuid,
+    after: Option<(SystemTime, Uuid)>,
+    limit: i64,
+) -> Result<Vec<AccountRow>> {
     let (after_at, after_id) = after.unzip();
     let rows = client
         .query(
@@ -357,123 +440,143 @@ pub(super) async fn remove_member(
     self::account(pool, account, None).await
 }
 
-/// Applies a withdrawal once per idempotency key; see the module docs.
-pub(super) async fn withdraw(
-    pool: &Pool,
-    account: Uuid,
-    caller: Uuid,
-    amount: i64,
-    key: &str,
-    memo: &str,
-) -> Result<Withdrawal> {
-    let client = pool.get().await?;
-    let statement = client.prepare_cached(WITHDRAW).await?;
-    // A second pass is needed only when a concurrent call changed the
-    // account between this statement's snapshot and its debit.
-    for _ in 0..5 {
-        let row = match client
-            .query_one(&statement, &[&account, &caller, &amount, &key, &memo])
+/// Applies a batch of withdrawals with one call of `withdraw_batch`: an
+/// answer per withdrawal, in order, or one error for the whole batch, which
+/// then applied nothing. The batch runs on the batcher's own task, never
+/// dropped mid-statement, so it needs no [`Conn`].
+pub(super) async fn withdraw_batch(
+    pg: &Pg,
+    batch: &[batcher::Request],
+) -> Result<Vec<Result<Withdrawal>>> {
+    let accounts: Vec<Uuid> = batch.iter().map(|w| w.account).collect();
+    let callers: Vec<Uuid> = batch.iter().map(|w| w.caller).collect();
+    let amounts: Vec<i64> = batch.iter().map(|w| w.amount).collect();
+    let keys: Vec<&str> = batch.iter().map(|w| w.key.as_str()).collect();
+    let memos: Vec<&str> = batch.iter().map(|w| w.memo.as_str()).collect();
+    let client = pg.pool.get().await?;
+    let statement = client.prepare_cached(WITHDRAW_BATCH).await?;
+    // Neither race below happens while every withdrawal goes through
+    // `withdraw_batch`, which takes the account's row lock before it reads:
+    // they are backstops for a write made some other way. A second try of
+    // the whole batch reads what the other writer did.
+    for _ in 0..BATCH_TRIES {
+        let rows = match client
+            .query(&statement, &[&accounts, &callers, &amounts, &keys, &memos])
             .await
         {
-            Ok(row) => row,
-            // The same key applied concurrently by another call: the
-            // next pass finds it as `previous`.
+            Ok(rows) => rows,
+            // The same key applied concurrently by another writer.
             Err(err) if grantmesh_store::is_unique_violation(&err) => continue,
-            // The debit would have landed at or after the expiry (it waited
-            // on the row lock across it): nothing was applied, and the next
-            // pass reads the account as expired.
+            // An entry would have been stamped at or after the expiry.
             Err(err) if err.code().map(|c| c.code()) == Some(EXPIRED_AT_DEBIT) => continue,
             Err(err) => return Err(err.into()),
         };
-        if let Some(id) = row.get::<_, Option<i64>>("new_id") {
-            let balance: i64 = row.get("new_balance");
-            return Ok(Withdrawal {
-                transaction: TransactionRow {
-                    id,
-                    account_id: account,
-                    researcher_id: caller,
-                    amount,
-                    memo: memo.to_owned(),
-                    idempotency_key: key.to_owned(),
-                    created_at: row.get("new_at"),
-                    balance_after: balance,
-                },
-                balance,
-                replayed: false,
-            });
+        if rows.len() != batch.len() {
+            return Err(StoreError::SqliteCall(format!(
+                "withdraw_batch answered {} rows for {} withdrawals",
+                rows.len(),
+                batch.len()
+            )));
         }
-        if !row.get::<_, bool>("account_exists") {
-            return Err(not_found(account));
-        }
-        if !row.get::<_, bool>("is_member") {
-            return Err(not_member(account));
-        }
-        let balance: i64 = row.get("balance");
-        if let Some(previous) = row.get::<_, Option<i64>>("prev_id") {
-            let previous_amount: i64 = row.get("prev_amount");
-            if previous_amount != amount {
-                return Err(key_reused(key, previous_amount, amount));
-            }
-            return Ok(Withdrawal {
-                transaction: TransactionRow {
-                    id: previous,
-                    account_id: account,
-                    researcher_id: row.get("prev_researcher"),
-                    amount: previous_amount,
-                    memo: row.get("prev_memo"),
-                    idempotency_key: key.to_owned(),
-                    created_at: row.get("prev_at"),
-                    balance_after: row.get("prev_balance_after"),
-                },
-                balance,
-                replayed: true,
-            });
-        }
-        if row.get::<_, bool>("expired") {
-            return Err(expired(account));
-        }
-        if balance < amount {
-            return Err(insufficient_funds(account, balance, amount));
-        }
+        return Ok(batch
+            .iter()
+            .zip(&rows)
+            .map(|(w, row)| answer(w, row))
+            .collect());
     }
-    Err(contended(account))
+    Err(StoreError::Contended(
+        "the central store is too busy right now; retry the withdrawal with the same key".into(),
+    ))
+}
+
+/// One withdrawal's answer from its row of `withdraw_batch`.
+fn answer(w: &batcher::Request, row: &Row) -> Result<Withdrawal> {
+    let outcome: &str = row.get("r_outcome");
+    let entry = || TransactionRow {
+        id: row.get("r_id"),
+        account_id: w.account,
+        researcher_id: row.get("r_researcher"),
+        amount: row.get("r_amount"),
+        memo: row.get("r_memo"),
+        idempotency_key: w.key.clone(),
+        created_at: row.get("r_at"),
+        balance_after: row.get("r_balance_after"),
+    };
+    match outcome {
+        "applied" | "replayed" => Ok(Withdrawal {
+            transaction: entry(),
+            balance: row.get("r_balance"),
+            replayed: outcome == "replayed",
+        }),
+        "key_reused" => Err(key_reused(&w.key, row.get("r_amount"), w.amount)),
+        "missing" => Err(not_found(w.account)),
+        "not_member" => Err(not_member(w.account)),
+        "expired" => Err(expired(w.account)),
+        "insufficient" => Err(insufficient_funds(
+            w.account,
+            row.get("r_balance"),
+            w.amount,
+        )),
+        other => Err(StoreError::SqliteCall(format!(
+            "withdraw_batch answered an unknown outcome {other:?}"
+        ))),
+    }
 }
 
 /// The journal, newest first, `limit` entries before `before` (an entry id).
 pub(super) async fn transactions(
-    pool: &Pool,
+    pg: &Pg,
     account: Uuid,
     caller: Uuid,
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<TransactionRow>> {
-    self::account(pool, account, Some(caller)).await?;
-    let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after
-             FROM withdrawals WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2)
-             ORDER BY id DESC LIMIT $3",
-            &[&account, &before, &limit],
-        )
-        .await?;
-    Ok(rows.iter().map(transaction_from_row).collect())
+    let client = pg.conn().await?;
+    client
+        .guard(async {
+            account_on(&client, account, Some(caller)).await?;
+            let rows = client
+                .query(
+                    "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after
+                     FROM withdrawals WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2)
+                     ORDER BY id DESC LIMIT $3",
+                    &[&account, &before, &limit],
+                )
+                .await?;
+            Ok(rows.iter().map(transaction_from_row).collect())
+        })
+        .await
 }
 
-pub(super) async fn transaction(
-    pool: &Pool,
-    account: Uuid,
-    id: i64,
-) -> Result<Option<TransactionRow>> {
-    let client = pool.get().await?;
+pub(super) async fn transaction(pg: &Pg, account: Uuid, id: i64) -> Result<Option<TransactionRow>> {
+    let client = pg.conn().await?;
     let row = client
-        .query_opt(
+        .guard(client.query_opt(
             "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after
              FROM withdrawals WHERE account_id = $1 AND id = $2",
             &[&account, &id],
-        )
+        ))
         .await?;
     Ok(row.as_ref().map(transaction_from_row))
+}
+
+/// The account's journal entries with ids in `first..=last`, oldest first:
+/// what one notified batch added to it.
+pub(super) async fn entries(
+    pg: &Pg,
+    account: Uuid,
+    first: i64,
+    last: i64,
+) -> Result<Vec<TransactionRow>> {
+    let client = pg.conn().await?;
+    let rows = client
+        .guard(client.query(
+            "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after
+             FROM withdrawals WHERE account_id = $1 AND id BETWEEN $2 AND $3 ORDER BY id",
+            &[&account, &first, &last],
+        ))
+        .await?;
+    Ok(rows.iter().map(transaction_from_row).collect())
 }
 
 /// Locks the account's row and returns its principal investigator, who

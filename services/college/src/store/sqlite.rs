@@ -338,101 +338,69 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn withdraw(
+    /// Applies a batch of withdrawals in one `BEGIN IMMEDIATE` transaction,
+    /// one after the other, each seeing the ones before it: an answer per
+    /// withdrawal, or one error for the whole batch (nothing applied).
+    pub(super) async fn withdraw_batch(
         &self,
-        account: Uuid,
-        caller: Uuid,
-        amount: i64,
-        key: &str,
-        memo: &str,
-    ) -> Result<Withdrawal> {
-        let key = key.to_owned();
-        let memo = memo.to_owned();
+        batch: &[batcher::Request],
+    ) -> Result<Vec<Result<Withdrawal>>> {
+        let batch = batch.to_vec();
         let notifications = self.notifications.clone();
-        let withdrawal = self
+        let (answers, payload) = self
             .call(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let (balance, expired, now): (i64, bool, i64) = tx
-                    .query_row(
-                        concat!(
-                            "SELECT balance, expires_at <= ",
-                            grantmesh_store::sqlite_now_ms!(),
-                            ", ",
-                            grantmesh_store::sqlite_now_ms!(),
-                            " FROM accounts WHERE id = ?1"
-                        ),
-                        params![account],
-                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                    )
-                    .optional()?
-                    .ok_or_else(|| not_found(account))?;
-                let is_member: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM members WHERE account_id = ?1 AND researcher_id = ?2)",
-                    params![account, caller],
+                // The store's clock once the write lock is held, for every
+                // withdrawal of the batch: its expiry check and its stamp.
+                let now: i64 = tx.query_row(
+                    concat!("SELECT ", grantmesh_store::sqlite_now_ms!()),
+                    [],
                     |row| row.get(0),
                 )?;
-                if !is_member {
-                    return Err(not_member(account));
+                let mut answers = Vec::with_capacity(batch.len());
+                for request in &batch {
+                    answers.push(apply(&tx, now, request)?);
                 }
-                let previous = tx
-                    .query_row(
-                        &format!(
-                            "SELECT {TRANSACTION_COLUMNS} FROM withdrawals
-                             WHERE account_id = ?1 AND idempotency_key = ?2"
-                        ),
-                        params![account, key],
-                        transaction_from_row,
-                    )
-                    .optional()?;
-                if let Some(previous) = previous {
-                    if previous.amount != amount {
-                        return Err(key_reused(&key, previous.amount, amount));
-                    }
-                    return Ok(Withdrawal {
-                        transaction: previous,
-                        balance,
-                        replayed: true,
-                    });
-                }
-                if expired {
-                    return Err(super::expired(account));
-                }
-                if balance < amount {
-                    return Err(insufficient_funds(account, balance, amount));
-                }
-                let balance_after: i64 = tx.query_row(
-                    "UPDATE accounts SET balance = balance - ?2 WHERE id = ?1 RETURNING balance",
-                    params![account, amount],
-                    |row| row.get(0),
-                )?;
-                let id: i64 = tx.query_row(
-                    "INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo,
-                                              balance_after, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
-                    params![account, caller, amount, key, memo, balance_after, now],
-                    |row| row.get(0),
-                )?;
                 tx.commit()?;
-                Ok(Withdrawal {
-                    transaction: TransactionRow {
-                        id,
-                        account_id: account,
-                        researcher_id: caller,
-                        amount,
-                        memo,
-                        idempotency_key: key,
-                        created_at: time(now),
-                        balance_after,
-                    },
-                    balance: balance_after,
-                    replayed: false,
-                })
+                let applied: Vec<&TransactionRow> = answers
+                    .iter()
+                    .filter_map(|a| a.as_ref().ok())
+                    .filter(|w| !w.replayed)
+                    .map(|w| &w.transaction)
+                    .collect();
+                let payload = match (applied.first(), applied.last()) {
+                    (Some(first), Some(last)) => Some(withdrawals_payload(
+                        first.id,
+                        last.id,
+                        &applied.iter().map(|t| t.account_id).collect::<Vec<_>>(),
+                    )),
+                    _ => None,
+                };
+                Ok((answers, payload))
             })
             .await?;
-        if !withdrawal.replayed {
-            notifications.publish(withdrawal_payload(account, withdrawal.transaction.id));
+        if let Some(payload) = payload {
+            notifications.publish(payload);
         }
-        Ok(withdrawal)
+        Ok(answers)
+    }
+
+    pub(super) async fn entries(
+        &self,
+        account: Uuid,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<TransactionRow>> {
+        self.call(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {TRANSACTION_COLUMNS} FROM withdrawals
+                     WHERE account_id = ?1 AND id BETWEEN ?2 AND ?3 ORDER BY id"
+                ))?
+                .query_map(params![account, first, last], transaction_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
     }
 
     pub(super) async fn transactions(
@@ -480,6 +448,87 @@ impl Accounts {
         })
         .await
     }
+}
+
+/// One withdrawal of a batch, inside its transaction at the store's time
+/// `now`: the outer error fails the whole batch, the inner one is this
+/// withdrawal's own answer (refusals change nothing).
+fn apply(tx: &Connection, now: i64, request: &batcher::Request) -> Result<Result<Withdrawal>> {
+    let batcher::Request {
+        account,
+        caller,
+        amount,
+        ref key,
+        ref memo,
+    } = *request;
+    let Some((balance, expires_at)) = tx
+        .prepare_cached("SELECT balance, expires_at FROM accounts WHERE id = ?1")?
+        .query_row(params![account], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
+        .optional()?
+    else {
+        return Ok(Err(not_found(account)));
+    };
+    let is_member: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM members WHERE account_id = ?1 AND researcher_id = ?2)",
+        )?
+        .query_row(params![account, caller], |row| row.get(0))?;
+    if !is_member {
+        return Ok(Err(not_member(account)));
+    }
+    let previous = tx
+        .prepare_cached(&format!(
+            "SELECT {TRANSACTION_COLUMNS} FROM withdrawals WHERE account_id = ?1 AND idempotency_key = ?2"
+        ))?
+        .query_row(params![account, key], transaction_from_row)
+        .optional()?;
+    if let Some(previous) = previous {
+        if previous.amount != amount {
+            return Ok(Err(key_reused(key, previous.amount, amount)));
+        }
+        return Ok(Ok(Withdrawal {
+            transaction: previous,
+            balance,
+            replayed: true,
+        }));
+    }
+    if expires_at <= now {
+        return Ok(Err(expired(account)));
+    }
+    if balance < amount {
+        return Ok(Err(insufficient_funds(account, balance, amount)));
+    }
+    let balance_after: i64 = tx
+        .prepare_cached(
+            "UPDATE accounts SET balance = balance - ?2 WHERE id = ?1 RETURNING balance",
+        )?
+        .query_row(params![account, amount], |row| row.get(0))?;
+    let id: i64 = tx
+        .prepare_cached(
+            "INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo,
+                                      balance_after, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+        )?
+        .query_row(
+            params![account, caller, amount, key, memo, balance_after, now],
+            |row| row.get(0),
+        )?;
+    Ok(Ok(Withdrawal {
+        transaction: TransactionRow {
+            id,
+            account_id: account,
+            researcher_id: caller,
+            amount,
+            memo: memo.clone(),
+            idempotency_key: key.clone(),
+            created_at: time(now),
+            balance_after,
+        },
+        balance: balance_after,
+        replayed: false,
+    }))
 }
 
 /// Whether a failure is a primary-key violation, which SQLite reports apart

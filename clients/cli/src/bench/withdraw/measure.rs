@@ -52,8 +52,14 @@ pub(super) struct Row {
     pub(super) clients: usize,
     /// The mesh side on each transport (TLS first), over every round.
     pub(super) meshes: Vec<(Kind, Measured)>,
-    /// The pgbench side, over every round.
+    /// pgbench running the one-statement withdrawal (the baseline), over every round.
     pub(super) pgbench: Measured,
+    /// pgbench running the College's batched statement, over every round.
+    pub(super) batched: Measured,
+    /// (withdrawals per transaction, clients) of the batched pgbench runs.
+    pub(super) batched_shape: (usize, usize),
+    /// The batch sizes the College used in this cell.
+    pub(super) sizes: super::BatchSizes,
     /// First mesh/pgbench of each round.
     pub(super) ratios: Vec<f64>,
     /// TLS/plaintext of each round; empty unless both ran.
@@ -176,15 +182,20 @@ impl Row {
             );
         }
         line + &format!(
-            " pgbench {:.0}/s p50 {} p99 {}",
+            " pgbench {:.0}/s p50 {} p99 {}; batched pgbench ({}×{}) {:.0}/s p99 {}; College batches mean {:.1}",
             self.pgbench.rate,
             ms(self.pgbench.latency.value_at_quantile(0.5)),
             ms(self.pgbench.latency.value_at_quantile(0.99)),
+            self.batched_shape.1,
+            self.batched_shape.0,
+            self.batched.rate,
+            ms(self.batched.latency.value_at_quantile(0.99)),
+            self.sizes.mean(),
         )
     }
 
     /// The mesh side that the main table compares with pgbench: the first transport.
-    fn mesh(&self) -> &Measured {
+    pub(super) fn mesh(&self) -> &Measured {
         &self.meshes[0].1
     }
 }
@@ -245,6 +256,32 @@ pub(super) fn print_transport_table(rows: &[Row]) {
     println!();
 }
 
+/// The batch sizes the College used in every cell, read from the journal.
+pub(super) fn print_batch_sizes(rows: &[Row]) {
+    println!("Batch sizes the College used (withdrawals per commit, from the journal's xmin):");
+    println!();
+    println!(
+        "| scenario | clients | batches | mean | p50 | p90 | p99 | max | withdrawals in batches of 2+ |"
+    );
+    println!("| --- | --: | --: | --: | --: | --: | --: | --: | --: |");
+    for row in rows {
+        let s = &row.sizes;
+        println!(
+            "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {:.0}% |",
+            row.scenario,
+            row.clients,
+            s.batches(),
+            s.mean(),
+            s.quantile(0.5),
+            s.quantile(0.9),
+            s.quantile(0.99),
+            s.quantile(1.0),
+            s.batched_share() * 100.0,
+        );
+    }
+    println!();
+}
+
 /// `min–max` of per-round ratios.
 pub(in crate::bench) fn min_max(ratios: &[f64]) -> String {
     let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
@@ -262,10 +299,11 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
     };
     let label = rows.first().map_or("", |row| row.meshes[0].0.label());
     println!(
-        "| scenario | clients | mesh ({label}) withdrawals/s | mesh p50 | mesh p99 | pgbench tps | pgbench p50 | pgbench p99 | mesh/pgbench{range} |"
+        "| scenario | clients | mesh ({label}) withdrawals/s | mesh p50 | mesh p99 | pgbench one-statement tps | pgbench p50 | pgbench p99 \
+         | pgbench batched withdrawals/s (clients × batch) | batched p50 | batched p99 | mesh/pgbench{range} | mesh/batched |"
     );
     println!(
-        "| --- | --: | --: | --: | --: | --: | --: | --: | --:{} |",
+        "| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --:{} | --: |",
         if rounds > 1 { " | --:" } else { "" }
     );
     for row in rows {
@@ -276,7 +314,7 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
             String::new()
         };
         println!(
-            "| {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2}{range} |",
+            "| {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {:.0} ({} × {}) | {} | {} | {:.2}{range} | {:.2} |",
             row.scenario,
             row.clients,
             mesh,
@@ -285,7 +323,13 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
             pg,
             ms(row.pgbench.latency.value_at_quantile(0.5)),
             ms(row.pgbench.latency.value_at_quantile(0.99)),
+            row.batched.rate,
+            row.batched_shape.1,
+            row.batched_shape.0,
+            ms(row.batched.latency.value_at_quantile(0.5)),
+            ms(row.batched.latency.value_at_quantile(0.99)),
             ratio(mesh, pg),
+            ratio(mesh, row.batched.rate),
         );
     }
     println!();
@@ -310,7 +354,10 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
             .meshes
             .iter()
             .map(|(kind, m)| (format!("mesh ({})", kind.label()), m))
-            .chain([("pgbench".to_owned(), &row.pgbench)]);
+            .chain([
+                ("pgbench".to_owned(), &row.pgbench),
+                ("pgbench batched".to_owned(), &row.batched),
+            ]);
         for (run, m) in runs {
             let wall = m.cpu_wall.as_secs_f64();
             let share = |ticks: u64| ticks as f64 * tick / wall * 100.0;

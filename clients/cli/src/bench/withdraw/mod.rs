@@ -1,5 +1,7 @@
 //! `bench withdraw`: College/Withdraw through the mesh, next to `pgbench`
-//! running the same SQL on the same database in the same run.
+//! running the withdrawal SQL on the same database in the same run: the
+//! one-statement withdrawal from before batching (the baseline), and the
+//! College's batched statement with the College's batch sizes.
 //!
 //! 1. Makes a fresh database (`gm_bench_…`) on the server `--database-url`
 //!    names, and starts a registry and `--colleges` College instances on it as
@@ -11,16 +13,21 @@
 //! 3. For each scenario (spread over every account; one hot account) and each
 //!    `--concurrency` c: c tasks call College/Withdraw in a loop through a
 //!    client [`Balancer`] (amount 1, a fresh idempotency key per call) for a
-//!    warm-up and then `--duration`, recording each call's latency. Next to
-//!    it, pgbench runs `clients/cli/bench/pgbench/withdraw.sql` — the
-//!    College's WITHDRAW statement, checked against
-//!    `services/college/src/store/postgres.rs` — with c clients for a warm-up and then
-//!    `--duration`, logging every transaction's latency. Before each side the
-//!    tables are vacuumed and a checkpoint is taken; with `--rounds` each cell
-//!    is repeated, alternating which side goes first.
-//! 4. Prints withdrawals/s, p50 and p99 of both, where the CPU went (from
-//!    `/proc`, see [`super::cpu`]), and a floor: the same call refused by
-//!    validation before it reaches the database.
+//!    warm-up and then `--duration`, recording each call's latency; the
+//!    journal then gives the size of every batch the College committed
+//!    ([`sizes`]). Next to it, pgbench runs
+//!    `clients/cli/bench/pgbench/withdraw.sql` — the one-statement
+//!    withdrawal the College ran before batching — with c clients, and
+//!    `withdraw_batch.sql` — the College's WITHDRAW_BATCH statement, checked
+//!    against `services/college/src/store/postgres.rs` — in transactions of
+//!    the College's mean batch size from c / size clients, each for a warm-up
+//!    and then `--duration`, logging every transaction's latency. Before each
+//!    side the tables are vacuumed and a checkpoint is taken; with `--rounds`
+//!    each cell is repeated, alternating which side goes first.
+//! 4. Prints withdrawals/s, p50 and p99 of the three, the batch sizes,
+//!    where the CPU went (from `/proc`, see [`super::cpu`]), and a floor: the
+//!    same call refused by validation before it reaches the database. With
+//!    `--plots DIR`, PNG plots of throughput and p99 ([`plot`]).
 //! 5. Checks the books: every account's balance is its award less its
 //!    journal, and the journal holds exactly the withdrawals both sides
 //!    reported. Then stops the children and drops the database.
@@ -59,12 +66,15 @@ use tokio_postgres::NoTls;
 use super::cpu;
 use super::transport::{BenchTransport, Kind, TransportChoice};
 use measure::{Measured, Row, Sampler};
-use pgbench::{Pgbench, PgbenchVars};
+use pgbench::{Pgbench, PgbenchVars, Script};
+use sizes::BatchSizes;
 
 mod books;
 pub(super) mod load;
 pub(super) mod measure;
 mod pgbench;
+mod plot;
+mod sizes;
 
 /// Bench-only signing keys, the same in the children and here.
 const TOKEN_KEY: &str = "grantmesh-bench-token-key-not-a-secret-0001";
@@ -115,6 +125,21 @@ pub struct WithdrawArgs {
     /// What the mesh runs on: TLS with a throwaway CA, plaintext, or both side by side.
     #[arg(long, value_enum, default_value_t = TransportChoice::Tls)]
     transport: TransportChoice,
+    /// Write PNG plots (throughput and p99 against clients, every column and
+    /// scenario) into this directory, e.g. `docs`.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+}
+
+/// One side of a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// A mesh, by index (TLS first).
+    Mesh(usize),
+    /// pgbench, the one-statement withdrawal (the baseline).
+    OneStatement,
+    /// pgbench, the College's batched statement with the College's batch sizes.
+    Batched,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,7 +197,7 @@ async fn on_fresh_database(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
     if args.accounts == 0 || args.colleges == 0 || args.rounds == 0 {
         bail!("--accounts, --colleges and --rounds must be above zero");
     }
-    let script = pgbench::pgbench_script()?;
+    let scripts = pgbench::pgbench_scripts()?;
     let pgbench = pgbench::find_pgbench(args.pgbench.as_deref())?;
 
     let database = format!(
@@ -193,7 +218,7 @@ async fn on_fresh_database(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
     let work = std::env::temp_dir().join(&database);
     std::fs::create_dir_all(&work)?;
     let mut children = Vec::new();
-    let outcome = bench(&args, &bench_url, &pgbench, script, &work, &mut children).await;
+    let outcome = bench(&args, &bench_url, &pgbench, &scripts, &work, &mut children).await;
 
     // Stop the mesh gracefully, then drop what the bench made.
     for child in &children {
@@ -223,7 +248,7 @@ async fn bench(
     args: &WithdrawArgs,
     url: &str,
     pgbench: &Path,
-    script: &str,
+    scripts: &pgbench::Scripts,
     work: &Path,
     children: &mut Vec<ChildNode>,
 ) -> anyhow::Result<ExitCode> {
@@ -276,7 +301,7 @@ async fn bench(
             children: meshes[0].pids.clone(),
             postmaster,
         },
-        pgbench: Pgbench::new(pgbench, script, url, work)?,
+        pgbench: Pgbench::new(pgbench, scripts, url, work)?,
     };
 
     // The floor: the same call through each mesh, refused by the College's
@@ -295,8 +320,11 @@ async fn bench(
     let token: Arc<str> = token.into();
     let mut rows = Vec::new();
     let (mut mesh_total, mut pgbench_total) = (0u64, 0u64);
-    // The sides of a cell: each mesh (by index), then pgbench (`None`).
-    let sides: Vec<Option<usize>> = (0..meshes.len()).map(Some).chain([None]).collect();
+    // The sides of a cell: each mesh (by index), then pgbench's two scripts.
+    let sides: Vec<Side> = (0..meshes.len())
+        .map(Side::Mesh)
+        .chain([Side::OneStatement, Side::Batched])
+        .collect();
     for scenario in [Scenario::Spread, Scenario::Hot] {
         let in_play = match scenario {
             Scenario::Spread => args.accounts,
@@ -306,6 +334,9 @@ async fn bench(
         for &clients in &args.concurrency {
             let mut mesh_runs: Vec<Vec<Measured>> = meshes.iter().map(|_| Vec::new()).collect();
             let mut pgbench_runs = Vec::new();
+            let mut batched_runs = Vec::new();
+            // The batch sizes the College used in this cell (first mesh).
+            let mut sizes = BatchSizes::default();
             for round in 0..args.rounds {
                 let tag = format!(
                     "{}{clients}r{round}",
@@ -318,41 +349,50 @@ async fn bench(
                 // Reverse the order on odd rounds, so no side always follows another.
                 for side in super::transport::round_order(&sides, round) {
                     ctx.settle().await;
-                    if let Some(m) = side {
-                        let mesh = load::withdraw_load(
-                            &meshes[m].balancer,
-                            &token,
-                            Arc::clone(&accounts),
-                            clients,
-                            args,
-                            &format!("{tag}m{m}"),
-                            &samplers[m],
-                        )
-                        .await;
-                        mesh_total += mesh.completed;
-                        for (error, n) in mesh.errors {
-                            *errors.entry(error).or_default() += n;
+                    let vars = PgbenchVars {
+                        naccounts: in_play,
+                        researcher: &researcher,
+                        tag: &tag,
+                    };
+                    match side {
+                        Side::Mesh(m) => {
+                            let mesh_tag = format!("{tag}m{m}");
+                            let mesh = load::withdraw_load(
+                                &meshes[m].balancer,
+                                &token,
+                                Arc::clone(&accounts),
+                                clients,
+                                args,
+                                &mesh_tag,
+                                &samplers[m],
+                            )
+                            .await;
+                            mesh_total += mesh.completed;
+                            for (error, n) in mesh.errors {
+                                *errors.entry(error).or_default() += n;
+                            }
+                            mesh_runs[m].push(mesh.measured);
+                            if m == 0 {
+                                sizes.add(&ctx.db, &mesh_tag).await?;
+                            }
                         }
-                        mesh_runs[m].push(mesh.measured);
-                    } else {
-                        let vars = PgbenchVars {
-                            naccounts: in_play,
-                            researcher: &researcher,
-                            tag: &tag,
-                        };
-                        if !args.warmup.is_zero() {
-                            pgbench_total += ctx
-                                .pgbench
-                                .run(&ctx.sampler, clients, args.warmup, &vars, "w")
-                                .await?
-                                .0;
+                        Side::OneStatement => {
+                            let (n, measured) = ctx
+                                .pgbench_cell(Script::OneStatement, clients, args, &vars)
+                                .await?;
+                            pgbench_total += n;
+                            pgbench_runs.push(measured);
                         }
-                        let (n, measured) = ctx
-                            .pgbench
-                            .run(&ctx.sampler, clients, args.duration, &vars, "m")
-                            .await?;
-                        pgbench_total += n;
-                        pgbench_runs.push(measured);
+                        Side::Batched => {
+                            // The College's mean batch, by as many clients as
+                            // keep the same number of withdrawals in flight.
+                            let (batch, batch_clients) = sizes.pgbench_shape(clients);
+                            let (n, measured) = ctx
+                                .pgbench_cell(Script::Batched { batch }, batch_clients, args, &vars)
+                                .await?;
+                            pgbench_total += n;
+                            batched_runs.push(measured);
+                        }
                     }
                 }
             }
@@ -379,6 +419,9 @@ async fn bench(
                     .zip(mesh_runs.into_iter().map(Measured::combine))
                     .collect(),
                 pgbench: Measured::combine(pgbench_runs),
+                batched: Measured::combine(batched_runs),
+                batched_shape: sizes.pgbench_shape(clients),
+                sizes,
                 ratios,
                 transport_ratios,
             };
@@ -388,6 +431,16 @@ async fn bench(
     }
 
     measure::print_tables(&rows, args.colleges);
+    measure::print_batch_sizes(&rows);
+    if let Some(dir) = &args.plots {
+        plot::write_plots(&rows, dir)?;
+        println!(
+            "plots: {}",
+            plot::FILES
+                .map(|f| dir.join(f).display().to_string())
+                .join(", ")
+        );
+    }
     measure::print_transport_table(&rows);
     for (kind, floor) in &floors {
         measure::print_floor(*kind, floor);
@@ -526,6 +579,30 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// One pgbench cell: the warm-up (counted in the books only), then the
+    /// measured run.
+    async fn pgbench_cell(
+        &self,
+        script: Script,
+        clients: usize,
+        args: &WithdrawArgs,
+        vars: &PgbenchVars<'_>,
+    ) -> anyhow::Result<(u64, Measured)> {
+        let mut made = 0;
+        if !args.warmup.is_zero() {
+            made += self
+                .pgbench
+                .run(&self.sampler, script, clients, args.warmup, vars, "w")
+                .await?
+                .0;
+        }
+        let (n, measured) = self
+            .pgbench
+            .run(&self.sampler, script, clients, args.duration, vars, "m")
+            .await?;
+        Ok((made + n, measured))
+    }
+
     /// Puts the database in the same state before each run: pgbench's
     /// connections gone (and reaped, for the CPU count), the tables vacuumed
     /// and analyzed, a fresh checkpoint (so neither side meets one, or the

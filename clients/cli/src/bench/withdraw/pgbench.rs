@@ -1,9 +1,12 @@
-//! pgbench's side of the bench: the same WITHDRAW statement the College
-//! runs, straight against the same database.
+//! pgbench's side of the bench, two columns, straight against the same
+//! database: the one-statement withdrawal the College ran before batching
+//! (`clients/cli/bench/pgbench/withdraw.sql`, the baseline), and the
+//! College's batched statement (`withdraw_batch.sql`) with the batch sizes
+//! the College used.
 //!
-//! The script `clients/cli/bench/pgbench/withdraw.sql` is checked against the
-//! College's store source ([`pgbench_script`]) so the two cannot drift apart.
-//! [`Pgbench::run`] runs it for one cell and reads pgbench's summary (rate,
+//! The batched script is checked against the College's store source
+//! ([`pgbench_scripts`]) so the two cannot drift apart. [`Pgbench::run`]
+//! runs a script for one cell and reads pgbench's summary (rate,
 //! transactions, failures) and its per-transaction log (every latency).
 
 use std::path::{Path, PathBuf};
@@ -17,10 +20,21 @@ use tokio::time::Instant;
 use super::MEMO;
 use super::measure::{Measured, Sampler, histogram};
 
-/// The pgbench script, as it lives in the repository.
-const PGBENCH_SCRIPT: &str = include_str!("../../../bench/pgbench/withdraw.sql");
-/// The College's store, whose WITHDRAW statement the script must repeat.
+/// The baseline script, as it lives in the repository.
+const ONE_STATEMENT_SCRIPT: &str = include_str!("../../../bench/pgbench/withdraw.sql");
+/// The batched script, as it lives in the repository.
+const BATCHED_SCRIPT: &str = include_str!("../../../bench/pgbench/withdraw_batch.sql");
+/// The College's store, whose WITHDRAW_BATCH statement the batched script must repeat.
 const STORE_SOURCE: &str = include_str!("../../../../../services/college/src/store/postgres.rs");
+
+/// Which of the two scripts a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Script {
+    /// One withdrawal per transaction, the statement from before batching.
+    OneStatement,
+    /// `batch` withdrawals per transaction, through `withdraw_batch`.
+    Batched { batch: usize },
+}
 
 /// pgbench's variables for one cell.
 pub(super) struct PgbenchVars<'a> {
@@ -32,12 +46,19 @@ pub(super) struct PgbenchVars<'a> {
     pub(super) tag: &'a str,
 }
 
+/// The two checked scripts, as written into the work directory.
+pub(super) struct Scripts {
+    pub(super) one_statement: &'static str,
+    pub(super) batched: &'static str,
+}
+
 /// pgbench, ready to run the checked script against the bench database.
 pub(super) struct Pgbench {
     /// The pgbench binary.
     binary: PathBuf,
-    /// The checked script, written into `work`.
-    script: PathBuf,
+    /// The checked scripts, written into `work`.
+    one_statement: PathBuf,
+    batched: PathBuf,
     /// The bench database.
     url: String,
     /// The run's scratch directory: the script and pgbench's transaction logs.
@@ -45,29 +66,45 @@ pub(super) struct Pgbench {
 }
 
 impl Pgbench {
-    /// Writes `script` into `work`, for `binary` to run against `url`.
-    pub(super) fn new(binary: &Path, script: &str, url: &str, work: &Path) -> anyhow::Result<Self> {
-        let script_path = work.join("withdraw.sql");
-        std::fs::write(&script_path, script)?;
+    /// Writes `scripts` into `work`, for `binary` to run against `url`.
+    pub(super) fn new(
+        binary: &Path,
+        scripts: &Scripts,
+        url: &str,
+        work: &Path,
+    ) -> anyhow::Result<Self> {
+        let one_statement = work.join("withdraw.sql");
+        std::fs::write(&one_statement, scripts.one_statement)?;
+        let batched = work.join("withdraw_batch.sql");
+        std::fs::write(&batched, scripts.batched)?;
         Ok(Self {
             binary: binary.to_owned(),
-            script: script_path,
+            one_statement,
+            batched,
             url: url.to_owned(),
             work: work.to_owned(),
         })
     }
 
-    /// One pgbench run: (transactions processed, what was measured).
+    /// One pgbench run: (withdrawals made, what was measured). A batched
+    /// transaction counts as its `batch` withdrawals, each with the
+    /// transaction's latency.
     pub(super) async fn run(
         &self,
         sampler: &Sampler,
+        script: Script,
         clients: usize,
         duration: Duration,
         vars: &PgbenchVars<'_>,
         phase: &str,
     ) -> anyhow::Result<(u64, Measured)> {
-        let (pgbench, script, url, work) = (&self.binary, &self.script, &self.url, &self.work);
-        let run = format!("{}{phase}", vars.tag);
+        let (pgbench, url, work) = (&self.binary, &self.url, &self.work);
+        let (script_path, batch, kind) = match script {
+            Script::OneStatement => (&self.one_statement, 1, "o"),
+            Script::Batched { batch } => (&self.batched, batch.max(1), "b"),
+        };
+        let script = script_path;
+        let run = format!("{}{kind}{phase}", vars.tag);
         let log_prefix = work.join(format!("log-{run}"));
         let mut command = tokio::process::Command::new(pgbench);
         command
@@ -91,6 +128,8 @@ impl Pgbench {
                 &format!("run={run}"),
                 "-D",
                 "seq=0",
+                "-D",
+                &format!("batch={batch}"),
             ])
             .arg("-l")
             .arg(format!("--log-prefix={}", log_prefix.display()))
@@ -121,14 +160,27 @@ impl Pgbench {
         }
         // The rate is pgbench's own (without connection set-up); the CPU is
         // pgbench's whole life, in which it processed every transaction.
+        let withdrawals = processed * batch as u64;
+        let latency = if batch > 1 {
+            let mut each = histogram();
+            for value in latency.iter_recorded() {
+                each.saturating_record_n(
+                    value.value_iterated_to(),
+                    value.count_at_value() * batch as u64,
+                );
+            }
+            each
+        } else {
+            latency
+        };
         Ok((
-            processed,
+            withdrawals,
             Measured {
-                rate: tps,
+                rate: tps * batch as f64,
                 latency,
                 cpu,
                 cpu_wall: window,
-                cpu_count: processed,
+                cpu_count: withdrawals,
             },
         ))
     }
@@ -188,35 +240,46 @@ fn read_logs(work: &Path, log_prefix: &Path) -> anyhow::Result<Histogram<u64>> {
     Ok(latency)
 }
 
-/// The pgbench script, after checking that it repeats the College's WITHDRAW
-/// statement with only its parameters replaced.
-pub(super) fn pgbench_script() -> anyhow::Result<&'static str> {
+/// The two scripts, after checking that the batched one repeats the
+/// College's WITHDRAW_BATCH statement with only its parameters replaced.
+pub(super) fn pgbench_scripts() -> anyhow::Result<Scripts> {
+    const START: &str = "const WITHDRAW_BATCH: &str = \"";
     let start = STORE_SOURCE
-        .find("const WITHDRAW: &str = \"")
-        .context("no WITHDRAW statement in store.rs")?;
-    let body = &STORE_SOURCE[start + "const WITHDRAW: &str = \"".len()..];
+        .find(START)
+        .context("no WITHDRAW_BATCH statement in postgres.rs")?;
+    let body = &STORE_SOURCE[start + START.len()..];
     let statement = &body[..body
         .find("\";")
-        .context("unterminated WITHDRAW statement")?];
+        .context("unterminated WITHDRAW_BATCH statement")?];
     let expected = statement
-        .trim_matches('\n')
-        .replace("$1", "(SELECT id FROM bench_accounts WHERE n = :n)")
-        .replace("$2", ":researcher")
-        .replace("$3", ":amount")
-        .replace("$4", "('pgb-' || :run || '-' || :client_id || '-' || :seq)")
-        .replace("$5", ":memo");
-    let sql: String = PGBENCH_SCRIPT
+        .replace(
+            "$1",
+            "(SELECT array_agg(b.id ORDER BY g.i) FROM generate_series(1, :batch::int) AS g(i) \
+             JOIN bench_accounts b ON b.n = 1 + ((:r::bigint + g.i * 7919) % :naccounts::int))",
+        )
+        .replace("$2", "array_fill(:researcher::uuid, ARRAY[:batch::int])")
+        .replace("$3", "array_fill(:amount::bigint, ARRAY[:batch::int])")
+        .replace(
+            "$4",
+            "(SELECT array_agg('pgb-' || :run || '-' || :client_id || '-' || :seq || '-' || g.i ORDER BY g.i) \
+             FROM generate_series(1, :batch::int) AS g(i))",
+        )
+        .replace("$5", "array_fill(:memo::text, ARRAY[:batch::int])");
+    let sql: String = BATCHED_SCRIPT
         .lines()
         .filter(|line| !line.starts_with("--") && !line.starts_with('\\'))
         .collect::<Vec<_>>()
         .join("\n");
-    if sql.trim_end().trim_end_matches(';') != expected {
+    if sql.trim().trim_end_matches(';') != expected {
         bail!(
-            "clients/cli/bench/pgbench/withdraw.sql no longer repeats the WITHDRAW statement of \
+            "clients/cli/bench/pgbench/withdraw_batch.sql no longer repeats the WITHDRAW_BATCH statement of \
              services/college/src/store/postgres.rs; update it (the statement with $1…$5 replaced as its header says)"
         );
     }
-    Ok(PGBENCH_SCRIPT)
+    Ok(Scripts {
+        one_statement: ONE_STATEMENT_SCRIPT,
+        batched: BATCHED_SCRIPT,
+    })
 }
 
 /// The pgbench to run: `given`, else `pgbench` on PATH, else the newest
@@ -268,8 +331,8 @@ tps = 1594.123456 (without initial connection time)
 ";
 
     #[test]
-    fn the_pgbench_script_repeats_the_withdraw_statement() {
-        pgbench_script().unwrap();
+    fn the_batched_pgbench_script_repeats_the_colleges_statement() {
+        pgbench_scripts().unwrap();
     }
 
     #[test]

@@ -295,3 +295,79 @@ async fn a_row_lock_held_elsewhere_fails_a_withdrawal_quickly_and_spares_other_c
         (99_000, 1_000, 1)
     );
 }
+
+#[tokio::test]
+async fn a_hot_account_under_sixty_four_callers_is_debited_in_batches_and_adds_up() {
+    let mesh = Mesh::start(DAY).await;
+    let (pi, token) = mesh.researcher("ada").await;
+    let account = mesh.open(&pi, 100_000, 30).await.account_id;
+    let college = mesh.college(0).await;
+    let start = Arc::new(tokio::sync::Barrier::new(64));
+
+    // 64 callers on one College take 70 at a time until refused: 1,428 can succeed.
+    let tasks = (0..64).map(|n| {
+        let mut college = college.clone();
+        let (account, token, start) = (account.clone(), token.clone(), start.clone());
+        tokio::spawn(async move {
+            start.wait().await;
+            let mut applied = 0;
+            for attempt in 0.. {
+                match college
+                    .withdraw(withdraw(&account, 70, &format!("h-{n}-{attempt}"), &token))
+                    .await
+                {
+                    Ok(reply) => {
+                        assert!(reply.get_ref().balance_minor >= 0);
+                        assert!(!reply.get_ref().replayed);
+                        applied += 1;
+                    }
+                    Err(status) => {
+                        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                        assert!(
+                            status.message().contains("insufficient funds"),
+                            "{status:?}"
+                        );
+                        return applied;
+                    }
+                }
+            }
+            unreachable!()
+        })
+    });
+    let applied: i64 = join_all(tasks).await.into_iter().map(Result::unwrap).sum();
+    assert_eq!(applied, 100_000 / 70);
+    assert_eq!(
+        mesh.check_invariants(&account).await,
+        (100_000 % 70, 100_000 - 100_000 % 70, 1_428)
+    );
+    // The withdrawals of one batch share one transaction: several did.
+    let id: Uuid = account.parse().unwrap();
+    let largest: i64 = mesh
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM withdrawals WHERE account_id = $1
+             GROUP BY xmin::text) batches",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(largest > 1, "no two withdrawals shared a commit");
+    // The journal's balances follow its order: each entry one debit below the last.
+    let balances: Vec<i64> = mesh
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT balance_after FROM withdrawals WHERE account_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(balances.windows(2).all(|w| w[0] - w[1] == 70));
+}
