@@ -137,6 +137,8 @@ function renderMesh(root, mesh) {
       el("h2", {}, service.name + " ", el("small", {}, service.instances.length + " live")), table);
   });
   if (sections.length === 0) sections.push(el("p", { class: "empty" }, "No live instances."));
+  sections.unshift(el("p", { class: "muted", id: "registries" }, "Registry replicas followed: ",
+    ...mesh.registries.map((r) => el("code", {}, r + " ")), mesh.connected ? "(answering)" : "(none answering)"));
   root.replaceChildren(...sections);
   const removals = document.getElementById("removals");
   removals.replaceChildren(...mesh.removals.map((r) =>
