@@ -237,8 +237,9 @@ impl DevMesh {
         };
         dev.wait_until_listed().await?;
         if !args.no_web && !args.simulate {
-            dev.web =
-                Some(DevWeb::start(port(WEB_PORT_OFFSET)?, &dev.registry.url, dev.ca.as_deref()).await?);
+            dev.web = Some(
+                DevWeb::start(port(WEB_PORT_OFFSET)?, &dev.registry.url, dev.ca.as_deref()).await?,
+            );
         }
         Ok(dev)
     }

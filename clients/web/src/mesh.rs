@@ -182,7 +182,9 @@ fn bearer(token: Option<&str>) -> Result<Option<MetadataValue<Ascii>>, Status> {
 fn request<T>(message: T, bearer: &Option<MetadataValue<Ascii>>) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(value) = bearer {
-        request.metadata_mut().insert("authorization", value.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
     }
     request
 }

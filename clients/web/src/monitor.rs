@@ -548,18 +548,34 @@ mod tests {
     }
 
     fn ids(state: &State) -> Vec<String> {
-        state.view().services.iter().flat_map(|s| s.instances.iter().map(|i| i.id.clone())).collect()
+        state
+            .view()
+            .services
+            .iter()
+            .flat_map(|s| s.instances.iter().map(|i| i.id.clone()))
+            .collect()
     }
 
     #[tokio::test]
     async fn a_deleted_instance_leaves_the_view_and_its_reason_is_shown() {
         let mut s = state();
-        s.apply(event(Kind::Snapshot, vec![instance("c1"), instance("c2")], ""));
+        s.apply(event(
+            Kind::Snapshot,
+            vec![instance("c1"), instance("c2")],
+            "",
+        ));
         assert_eq!(ids(&s), ["c1", "c2"]);
-        s.apply(event(Kind::Delete, vec![instance("c1")], "keepalive stream closed"));
+        s.apply(event(
+            Kind::Delete,
+            vec![instance("c1")],
+            "keepalive stream closed",
+        ));
         assert_eq!(ids(&s), ["c2"]);
         let removal = &s.view().removals[0];
-        assert_eq!((removal.id.as_str(), removal.reason.as_str()), ("c1", "keepalive stream closed"));
+        assert_eq!(
+            (removal.id.as_str(), removal.reason.as_str()),
+            ("c1", "keepalive stream closed")
+        );
         assert_eq!(removal.address, "https://c1:7200");
     }
 

@@ -164,7 +164,10 @@ grpc_server_latency_seconds_bucket{le="0.1"} 7
         let start = tokio::time::Instant::now();
         let mut rate = Rate::default();
         assert_eq!(rate.record(start, 10.0), None);
-        assert_eq!(rate.record(start + Duration::from_secs(2), 30.0), Some(10.0));
+        assert_eq!(
+            rate.record(start + Duration::from_secs(2), 30.0),
+            Some(10.0)
+        );
         assert_eq!(rate.record(start + Duration::from_secs(3), 5.0), None);
         assert_eq!(rate.record(start + Duration::from_secs(4), 6.0), Some(1.0));
     }

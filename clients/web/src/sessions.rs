@@ -69,12 +69,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(
-        token: String,
-        researcher_id: String,
-        name: String,
-        expires_at: SystemTime,
-    ) -> Self {
+    pub fn new(token: String, researcher_id: String, name: String, expires_at: SystemTime) -> Self {
         Self {
             token,
             researcher_id,
@@ -326,7 +321,10 @@ mod tests {
         assert!(!sessions.csrf_ok(&b, &token));
         assert!(!sessions.csrf_ok(&a, ""));
         assert!(!sessions.csrf_ok(&a, "not base64 !"));
-        assert!(!Sessions::new(false).csrf_ok(&a, &token), "another server's key");
+        assert!(
+            !Sessions::new(false).csrf_ok(&a, &token),
+            "another server's key"
+        );
     }
 
     #[test]
@@ -348,7 +346,13 @@ mod tests {
         for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
             assert!(text.contains(flag), "{text}");
         }
-        assert!(!Sessions::new(false).cookie("abc").to_str().unwrap().contains("Secure"));
+        assert!(
+            !Sessions::new(false)
+                .cookie("abc")
+                .to_str()
+                .unwrap()
+                .contains("Secure")
+        );
     }
 
     #[test]

@@ -114,8 +114,13 @@ mod tests {
 
     #[test]
     fn an_unreachable_mesh_is_said_plainly() {
-        let p = explain(&Status::unavailable("no live instance of service \"college\""));
+        let p = explain(&Status::unavailable(
+            "no live instance of service \"college\"",
+        ));
         assert_eq!(p.http, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(p.sentence.starts_with("The grant service cannot be reached"));
+        assert!(
+            p.sentence
+                .starts_with("The grant service cannot be reached")
+        );
     }
 }

@@ -16,3 +16,4 @@ mod security;
 mod simulate;
 mod store_failures;
 mod support;
+mod web;

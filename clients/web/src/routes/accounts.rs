@@ -53,7 +53,12 @@ pub async fn list(State(app): State<Arc<App>>, researcher: Researcher) -> Respon
                 page_token = page.next_page_token;
             }
             Err(status) => {
-                return researcher_problem(&app, &researcher, "My accounts", words::explain(&status));
+                return researcher_problem(
+                    &app,
+                    &researcher,
+                    "My accounts",
+                    words::explain(&status),
+                );
             }
         }
     }
@@ -224,7 +229,13 @@ pub async fn add_member(
             |mut c, r| async move { c.add_member(r).await },
         )
         .await;
-    finish(&app, &researcher, &id, added.map(|_| format!("Added {email} to the account.")), "Adding a member")
+    finish(
+        &app,
+        &researcher,
+        &id,
+        added.map(|_| format!("Added {email} to the account.")),
+        "Adding a member",
+    )
 }
 
 #[derive(Deserialize)]
@@ -253,7 +264,13 @@ pub async fn remove_member(
             |mut c, r| async move { c.remove_member(r).await },
         )
         .await;
-    finish(&app, &researcher, &id, removed.map(|_| "Removed the member from the account.".to_owned()), "Removing a member")
+    finish(
+        &app,
+        &researcher,
+        &id,
+        removed.map(|_| "Removed the member from the account.".to_owned()),
+        "Removing a member",
+    )
 }
 
 /// Back to the account page with the outcome as its message.

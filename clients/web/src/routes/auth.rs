@@ -110,7 +110,12 @@ pub async fn signup(
         return again(problem.http, sentence);
     }
     match log_in(&app, &form.email, &form.password).await {
-        Ok(sid) => signed_in(&app, &sid, "/accounts", "Welcome to grantmesh! You are signed up and logged in."),
+        Ok(sid) => signed_in(
+            &app,
+            &sid,
+            "/accounts",
+            "Welcome to grantmesh! You are signed up and logged in.",
+        ),
         Err(status) => again(
             words::explain(&status).http,
             format!(
@@ -243,9 +248,5 @@ fn signed_in(app: &App, sid: &str, next: &str, message: &str) -> Response {
     {
         session.flash(message);
     }
-    (
-        [(SET_COOKIE, app.sessions.cookie(sid))],
-        Redirect::to(next),
-    )
-        .into_response()
+    ([(SET_COOKIE, app.sessions.cookie(sid))], Redirect::to(next)).into_response()
 }

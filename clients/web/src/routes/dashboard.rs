@@ -50,7 +50,11 @@ pub async fn events(State(app): State<Arc<App>>, visitor: Visitor) -> Response {
             .into_response();
     };
     let Ok(global) = Arc::clone(&app.live_streams).try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many live pages are open").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live pages are open",
+        )
+            .into_response();
     };
     let views = WatchStream::new(app.monitor.subscribe()).filter_map(|view| async move {
         serde_json::to_string(view.as_ref())

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::{self, HeaderValue};
 use axum::http::StatusCode;
+use axum::http::header::{self, HeaderValue};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -72,7 +72,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/static/app.js", get(assets::script))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
-        .layer(from_fn_with_state(Arc::clone(&app), crate::sessions::visitor))
+        .layer(from_fn_with_state(
+            Arc::clone(&app),
+            crate::sessions::visitor,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
@@ -97,7 +100,12 @@ async fn home(State(app): State<Arc<App>>, visitor: Visitor) -> Response {
     if visitor.session.is_some() {
         return Redirect::to("/accounts").into_response();
     }
-    views::render(StatusCode::OK, &Home { nav: nav(&app, &visitor) })
+    views::render(
+        StatusCode::OK,
+        &Home {
+            nav: nav(&app, &visitor),
+        },
+    )
 }
 
 async fn not_found(State(app): State<Arc<App>>, visitor: Visitor) -> Response {
@@ -132,7 +140,12 @@ pub(crate) fn researcher_nav(app: &App, researcher: &Researcher) -> Nav {
 }
 
 /// A page that says what went wrong. A refused token ends the session.
-pub(crate) fn problem_page(app: &App, visitor: &Visitor, title: &str, problem: Problem) -> Response {
+pub(crate) fn problem_page(
+    app: &App,
+    visitor: &Visitor,
+    title: &str,
+    problem: Problem,
+) -> Response {
     let visitor = if problem.log_in_again {
         app.sessions.end(&visitor.sid);
         Visitor {
@@ -211,7 +224,5 @@ pub(crate) fn fresh_key() -> String {
 
 /// Whether a form's idempotency key looks like one we made.
 pub(crate) fn key_ok(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 64
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    !key.is_empty() && key.len() <= 64 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }

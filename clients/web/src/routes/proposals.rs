@@ -179,7 +179,15 @@ pub async fn submit(
         let app = &app;
         let researcher = &researcher;
         async move {
-            form_page(app, researcher, StatusCode::BAD_REQUEST, Some(error), form, key).await
+            form_page(
+                app,
+                researcher,
+                StatusCode::BAD_REQUEST,
+                Some(error),
+                form,
+                key,
+            )
+            .await
         }
     };
     let amount = match money::parse(&form.amount) {
@@ -189,10 +197,8 @@ pub async fn submit(
     let days = match form.days.trim().parse::<u32>() {
         Ok(days) if days > 0 => days,
         _ => {
-            return invalid(
-                "The duration: enter a whole number of days, such as 365.".to_owned(),
-            )
-            .await;
+            return invalid("The duration: enter a whole number of days, such as 365.".to_owned())
+                .await;
         }
     };
     let submitted = app
