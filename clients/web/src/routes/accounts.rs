@@ -150,7 +150,7 @@ pub async fn withdraw(
     Path(id): Path<String>,
     Form(form): Form<WithdrawForm>,
 ) -> Response {
-    if let Err(refused) = check_researcher_csrf(&app, &researcher, &form.csrf) {
+    if let Some(refused) = check_researcher_csrf(&app, &researcher, &form.csrf) {
         return refused;
     }
     let back = Redirect::to(&format!("/accounts/{id}"));
@@ -214,7 +214,7 @@ pub async fn add_member(
     Path(id): Path<String>,
     Form(form): Form<AddMemberForm>,
 ) -> Response {
-    if let Err(refused) = check_researcher_csrf(&app, &researcher, &form.csrf) {
+    if let Some(refused) = check_researcher_csrf(&app, &researcher, &form.csrf) {
         return refused;
     }
     let email = form.email.trim().to_owned();
@@ -250,7 +250,7 @@ pub async fn remove_member(
     Path((id, member)): Path<(String, String)>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(refused) = check_researcher_csrf(&app, &researcher, &form.csrf) {
+    if let Some(refused) = check_researcher_csrf(&app, &researcher, &form.csrf) {
         return refused;
     }
     let removed = app

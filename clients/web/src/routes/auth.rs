@@ -71,7 +71,7 @@ pub async fn signup(
     visitor: Visitor,
     Form(form): Form<SignupForm>,
 ) -> Response {
-    if let Err(refused) = check_csrf(&app, &visitor, &form.csrf) {
+    if let Some(refused) = check_csrf(&app, &visitor, &form.csrf) {
         return refused;
     }
     let again = |status: StatusCode, error: String| {
@@ -150,7 +150,7 @@ pub async fn login(
     visitor: Visitor,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if let Err(refused) = check_csrf(&app, &visitor, &form.csrf) {
+    if let Some(refused) = check_csrf(&app, &visitor, &form.csrf) {
         return refused;
     }
     match log_in(&app, &form.email, &form.password).await {
@@ -200,7 +200,7 @@ pub async fn logout(
     visitor: Visitor,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(refused) = check_csrf(&app, &visitor, &form.csrf) {
+    if let Some(refused) = check_csrf(&app, &visitor, &form.csrf) {
         return refused;
     }
     app.sessions.end(&visitor.sid);

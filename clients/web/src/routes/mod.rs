@@ -184,13 +184,14 @@ pub(crate) fn researcher_problem(
     )
 }
 
-/// `Err(403 page)` unless `token` is the CSRF token of session `sid`.
-pub(crate) fn check_csrf(app: &App, visitor: &Visitor, token: &str) -> Result<(), Response> {
+/// The 403 page for a form whose `token` is not the CSRF token of the
+/// visitor's session; `None` when it is.
+pub(crate) fn check_csrf(app: &App, visitor: &Visitor, token: &str) -> Option<Response> {
     if app.sessions.csrf_ok(&visitor.sid, token) {
-        return Ok(());
+        return None;
     }
     tracing::info!("form refused: missing or wrong CSRF token");
-    Err(problem_page(
+    Some(problem_page(
         app,
         visitor,
         "Form refused",
@@ -206,7 +207,7 @@ pub(crate) fn check_researcher_csrf(
     app: &App,
     researcher: &Researcher,
     token: &str,
-) -> Result<(), Response> {
+) -> Option<Response> {
     check_csrf(
         app,
         &Visitor {

@@ -81,7 +81,7 @@ pub async fn list(State(app): State<Arc<App>>, researcher: Researcher) -> Respon
             Err(_) => unreachable.push(name.clone()),
         }
     }
-    proposals.sort_by(|a, b| b.submitted_at.cmp(&a.submitted_at));
+    proposals.sort_by_key(|p| std::cmp::Reverse(p.submitted_at));
     let note = (!unreachable.is_empty()).then(|| {
         format!(
             "Agency {} could not be reached just now; its proposals are not shown.",
@@ -163,7 +163,7 @@ pub async fn submit(
     researcher: Researcher,
     Form(form): Form<ProposalForm>,
 ) -> Response {
-    if let Err(refused) = check_researcher_csrf(&app, &researcher, &form.csrf) {
+    if let Some(refused) = check_researcher_csrf(&app, &researcher, &form.csrf) {
         return refused;
     }
     // A key we did not make is replaced: the form is then simply not
