@@ -19,7 +19,7 @@ use crate::support::tls;
 
 /// A portal in front of a sandbox mesh.
 struct Portal {
-    _mesh: Mesh,
+    mesh: Mesh,
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
     _stop: oneshot::Sender<()>,
@@ -45,7 +45,7 @@ impl Portal {
             let _ = stopped.await;
         }));
         Portal {
-            _mesh: mesh,
+            mesh: mesh,
             base,
             client: Client::builder(TokioExecutor::new()).build_http(),
             _stop: stop,
@@ -322,4 +322,82 @@ async fn another_researcher_is_refused_the_account_page_and_its_live_stream() {
     // Its stream closed, the session may open another.
     let again = portal.send(Some(&ada), "GET", &events, "").await;
     assert_eq!(again.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_request_rates_from_an_instances_metrics_label() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use grantmesh_proto::RegistryClient;
+    use grantmesh_proto::v1::{Instance, RegisterRequest};
+
+    let portal = Portal::start().await;
+    // A metrics page whose request counter grows by 10 per scrape.
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&calls);
+    let page = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let n = counter.fetch_add(10, Ordering::SeqCst) + 10;
+            async move {
+                format!(
+                    "# TYPE grpc_server_requests_total counter\n\
+                     grpc_server_requests_total{{service=\"grantmesh.v1.Agency\",method=\"Ping\",code=\"OK\"}} {n}\n"
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = format!("http://{}/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, page).await });
+    // An agency instance (it only has to be listed) advertising that page.
+    let registry = &portal.mesh.registry.url;
+    let channel = tls::transport_as(registry, Some("agency"))
+        .channel(registry, None)
+        .await
+        .unwrap();
+    RegistryClient::new(channel)
+        .register(RegisterRequest {
+            instance: Some(Instance {
+                id: "agency-metered".into(),
+                service: "agency".into(),
+                address: "https://127.0.0.1:9".into(),
+                labels: [
+                    ("agency".to_owned(), "metered".to_owned()),
+                    ("metrics".to_owned(), metrics),
+                ]
+                .into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let rate = |json: &serde_json::Value, id: &str| {
+        json["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+            .find(|i| i["id"] == id)
+            .map(|i| i["requests_per_second"].clone())
+    };
+    crate::support::assert_eventually(
+        Duration::from_secs(15),
+        "the metered agency shows a request rate; the others none",
+        || async {
+            let (_, _, body) = portal.fetch(None, "GET", "/mesh.json", "").await;
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            rate(&json, "agency-metered")
+                .and_then(|r| r.as_f64())
+                .is_some_and(|r| r > 0.0)
+                && rate(&json, "agency-nsf") == Some(serde_json::Value::Null)
+        },
+    )
+    .await;
+    assert!(calls.load(Ordering::SeqCst) >= 20, "scraped at least twice");
 }
