@@ -45,7 +45,7 @@ impl Portal {
             let _ = stopped.await;
         }));
         Portal {
-            mesh: mesh,
+            mesh,
             base,
             client: Client::builder(TokioExecutor::new()).build_http(),
             _stop: stop,
