@@ -28,6 +28,9 @@ from selenium.webdriver.chrome.service import Service
 REPO = pathlib.Path(__file__).resolve().parents[3]
 # Bounds on waits: far above what a healthy mesh needs on a busy 2-core machine.
 START_TIMEOUT = 30.0
+# A simulated day, so an account of a few days expires while a test watches
+# (365 days last six minutes, longer than the whole run).
+DAY_LENGTH = "1s"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
@@ -81,7 +84,7 @@ class Mesh:
         for n in (1, 2):
             self.spawn(f"college-{n}", "college", "--listen", f"127.0.0.1:{free_port()}",
                        "--instance-id", f"college-{n}", "--registry", self.registry,
-                       "--agencies", bands)
+                       "--agencies", bands, "--day-length", DAY_LENGTH)
         for name, lo, hi in (("nsf", 300000, 500000), ("erc", 100000, 250000)):
             self.spawn(f"agency-{name}", "agency", "--listen", f"127.0.0.1:{free_port()}",
                        "--instance-id", f"agency-{name}", "--registry", self.registry,

@@ -173,6 +173,22 @@ def test_a_double_submitted_withdraw_form_withdraws_once(mesh, browsers):
     assert len(memos) == 1, memos
 
 
+def test_an_account_page_shows_its_expiry_live(mesh, browsers, shots):
+    b = browsers()
+    log_in(b, mesh.web, Ctx.ada_email)
+    # Days last a second in this mesh: a 3-day account expires as we watch.
+    propose(b, mesh.web, "nsf", "Short project", "3,500.00", days="3")
+    b.find_element(By.ID, "account-link").click()
+    wait(b).until(EC.text_to_be_present_in_element((By.ID, "live"), "live"))
+    page = b.current_url
+    wait(b).until(EC.text_to_be_present_in_element((By.ID, "state"), "expired"))
+    assert b.find_element(By.ID, "withdraw").get_attribute("disabled") is not None
+    assert b.current_url == page, "no reload"
+    b.get(mesh.web + "/accounts")
+    assert len(b.find_elements(By.CSS_SELECTOR, "#accounts tbody tr")) == 2
+    shots(b, "accounts")
+
+
 def test_another_researcher_can_neither_open_nor_follow_the_account(mesh, browsers, shots):
     assert Ctx.account_id
     bob = browsers()
@@ -196,6 +212,34 @@ def test_another_researcher_can_neither_open_nor_follow_the_account(mesh, browse
           body: "amount=1&key=abc&csrf=forged"}).then(r => done(r.status), e => done(String(e)));
     """, Ctx.account_id)
     assert refused == 403
+    # Ada adds Bob; from then on his page shows the account.
+    ada = browsers()
+    log_in(ada, mesh.web, Ctx.ada_email)
+    ada.get(f"{mesh.web}/accounts/{Ctx.account_id}")
+    form = fill(ada, "#add-member-form", email=Ctx.bob_email)
+    submit(ada, form)
+    wait(ada).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Added"))
+    bob.get(f"{mesh.web}/accounts/{Ctx.account_id}")
+    wait(bob).until(EC.presence_of_element_located((By.ID, "balance")))
+
+
+def test_a_member_removed_by_the_principal_investigator_disappears_live_and_loses_access(
+        mesh, browsers, shots):
+    assert Ctx.account_id
+    page = f"{mesh.web}/accounts/{Ctx.account_id}"
+    ada, watcher, bob = browsers(), browsers(), browsers()
+    for b, email in ((ada, Ctx.ada_email), (watcher, Ctx.ada_email), (bob, Ctx.bob_email)):
+        log_in(b, mesh.web, email)
+        b.get(page)
+    assert bob.find_elements(By.ID, "add-member-form") == [], "only the principal investigator manages members"
+    wait(watcher).until(EC.text_to_be_present_in_element((By.ID, "live"), "live"))
+    assert "Bob Builder" in text(watcher, "#members")
+    shots(ada, "account-members")
+    ada.find_element(By.CSS_SELECTOR, '#members form[action$="/remove"] button').click()
+    wait(ada).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Removed"))
+    wait(watcher).until(lambda d: "Bob Builder" not in text(d, "#members"))
+    bob.get(page)
+    assert wait(bob).until(EC.presence_of_element_located((By.ID, "error"))).text
 
 
 def test_the_dashboard_shows_a_killed_college_disappear(mesh, browsers, shots):
