@@ -83,6 +83,19 @@ pub const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
 /// the server stops anyway. Live streams are ended at once.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Connections served at once. Each costs a task and a socket; live
+/// streams need one each, so this is above [`MAX_LIVE_STREAMS`] with room
+/// for ordinary pages. Further connections wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// How long a client may take to send a request's headers: a browser sends
+/// them at once; a connection trickling them is holding a slot.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after a failed accept (out of file descriptors, say), so the loop
+/// does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// Live streams (account pages and dashboards) the server holds at once,
 /// across every browser: each holds a task and, for accounts, a gRPC stream
 /// to a College.
@@ -154,29 +167,57 @@ impl Web {
 
     /// Serves on `listener` until `shutdown` completes, then ends live
     /// streams and gives open requests [`SHUTDOWN_GRACE`] to finish.
+    ///
+    /// Connections are HTTP/1.1, at most [`MAX_CONNECTIONS`] at once, and a
+    /// client gets [`HEADER_READ_TIMEOUT`] to send a request's headers, so
+    /// idle or trickling connections cannot pile up.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::server::graceful::GracefulShutdown;
+        use hyper_util::service::TowerToHyperService;
+
         let router = self.router();
-        let closing = self.app.closing.clone();
-        let stopping = closing.clone();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.cancel();
-        });
-        let mut served = tokio::spawn(async move { server.await });
-        tokio::select! {
-            result = &mut served => return result.map_err(std::io::Error::other)?,
-            () = closing.cancelled() => {}
+        let graceful = GracefulShutdown::new();
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&connections).acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = &mut shutdown => break,
+            };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        // Out of file descriptors, say: wait a moment rather than spin.
+                        tracing::warn!(error = %err, "web portal failed to accept a connection");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let service = TowerToHyperService::new(router.clone());
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                let _ = connection.await;
+                drop(permit);
+            });
         }
-        match tokio::time::timeout(SHUTDOWN_GRACE, served).await {
-            Ok(result) => result.map_err(std::io::Error::other)?,
-            Err(_) => {
+        self.app.closing.cancel();
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(SHUTDOWN_GRACE) => {
                 tracing::warn!(grace = ?SHUTDOWN_GRACE, "web requests still open after the grace period; stopping anyway");
-                Ok(())
             }
         }
+        Ok(())
     }
 }

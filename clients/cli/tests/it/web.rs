@@ -401,3 +401,28 @@ async fn the_dashboard_shows_request_rates_from_an_instances_metrics_label() {
     .await;
     assert!(calls.load(Ordering::SeqCst) >= 20, "scraped at least twice");
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_no_request_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncReadExt as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    let portal = Portal::start().await;
+    let addr = portal.base.trim_start_matches("http://");
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Half a request line, then nothing: a slow-loris client.
+    idle.write_all(b"GET / HT").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        grantmesh_web::HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        idle.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the portal still holds a connection that sent no headers"
+    );
+    // Meanwhile and after, ordinary requests are served.
+    let (status, _, _) = portal.fetch(None, "GET", "/healthz", "").await;
+    assert_eq!(status, StatusCode::OK);
+}
