@@ -426,3 +426,41 @@ async fn a_connection_that_sends_no_request_is_closed_after_the_header_timeout()
     let (status, _, _) = portal.fetch(None, "GET", "/healthz", "").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn transactions_are_shown_ten_to_a_page_newest_first() {
+    let portal = Portal::start().await;
+    let ada = portal.signed_up("ada").await;
+    let account = portal.funded_account(&ada).await;
+    let page = format!("/accounts/{account}");
+    let token = portal.csrf_of(&ada, &page).await;
+    for n in 1..=12 {
+        let form = format!(
+            "csrf={token}&key=k-{}&amount={n}&memo=item-{n}-",
+            uuid::Uuid::new_v4()
+        );
+        let (status, _, _) = portal
+            .fetch(Some(&ada), "POST", &format!("{page}/withdraw"), &form)
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+    }
+    let rows = |body: &str| body.matches("<td>item-").count();
+    let (_, _, first) = portal.fetch(Some(&ada), "GET", &page, "").await;
+    assert_eq!(rows(&first), 10);
+    assert!(
+        first.find("item-12-").unwrap() < first.find("item-3-").unwrap(),
+        "newest first"
+    );
+    assert!(!first.contains("item-2-"));
+    let start = first.find("?after=").expect("a link to older transactions");
+    let older = first[start..].split('"').next().unwrap();
+    let (_, _, second) = portal
+        .fetch(Some(&ada), "GET", &format!("{page}{older}"), "")
+        .await;
+    assert_eq!(rows(&second), 2, "{second}");
+    assert!(second.contains("item-2-") && second.contains("item-1-"));
+    assert!(
+        !second.contains("?after="),
+        "the last page links no further"
+    );
+}
