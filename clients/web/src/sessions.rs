@@ -31,6 +31,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore as _;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::App;
 
@@ -63,6 +64,8 @@ pub struct Session {
     pub expires_at: SystemTime,
     /// This session's share of live streams ([`MAX_STREAMS_PER_SESSION`]).
     pub streams: Arc<Semaphore>,
+    /// Cancelled when the session ends (log-out): its live streams stop.
+    pub ended: CancellationToken,
     /// A message for the next page shown (after a redirect), and whether it
     /// reports a failure.
     flash: Mutex<Option<(String, bool)>>,
@@ -76,6 +79,7 @@ impl Session {
             name,
             expires_at,
             streams: Arc::new(Semaphore::new(MAX_STREAMS_PER_SESSION)),
+            ended: CancellationToken::new(),
             flash: Mutex::new(None),
         }
     }
@@ -151,7 +155,9 @@ impl Sessions {
         let mut map = self.map.lock().expect("poisoned");
         let session = map.get(sid)?;
         if session.expires_at <= SystemTime::now() {
-            map.remove(sid);
+            if let Some(session) = map.remove(sid) {
+                session.ended.cancel();
+            }
             return None;
         }
         Some(Arc::clone(session))
@@ -172,9 +178,11 @@ impl Sessions {
         Ok(sid)
     }
 
-    /// Forgets session `sid`.
+    /// Forgets session `sid`, and ends its live streams.
     pub fn end(&self, sid: &str) {
-        self.map.lock().expect("poisoned").remove(sid);
+        if let Some(session) = self.map.lock().expect("poisoned").remove(sid) {
+            session.ended.cancel();
+        }
     }
 
     /// How many sessions are held (for tests and, later, metrics).
@@ -334,8 +342,10 @@ mod tests {
         let dead = sessions.start(session(Duration::ZERO)).unwrap();
         assert!(sessions.get(&live).is_some());
         assert!(sessions.get(&dead).is_none());
+        let ended = sessions.get(&live).unwrap().ended.clone();
         sessions.end(&live);
         assert!(sessions.get(&live).is_none());
+        assert!(ended.is_cancelled(), "its live streams are told");
     }
 
     #[test]

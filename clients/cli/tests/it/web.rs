@@ -322,6 +322,15 @@ async fn another_researcher_is_refused_the_account_page_and_its_live_stream() {
     // Its stream closed, the session may open another.
     let again = portal.send(Some(&ada), "GET", &events, "").await;
     assert_eq!(again.status(), StatusCode::OK);
+
+    // Logging out ends the session's live streams at once.
+    let token = portal.csrf_of(&ada, "/accounts").await;
+    let (status, _, _) = portal
+        .fetch(Some(&ada), "POST", "/logout", &format!("csrf={token}"))
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let ended = tokio::time::timeout(Duration::from_secs(5), again.into_body().collect()).await;
+    assert!(ended.is_ok(), "the stream outlived the session");
 }
 
 #[tokio::test]

@@ -61,5 +61,6 @@ pub async fn events(State(app): State<Arc<App>>, visitor: Visitor) -> Response {
             .ok()
             .map(|json| Event::default().event("mesh").data(json))
     });
-    super::live::relay(views, app.closing.clone(), (own, global))
+    let ended = visitor.session.as_ref().map(|s| s.ended.clone());
+    super::live::relay(views, app.closing.clone(), ended, (own, global))
 }

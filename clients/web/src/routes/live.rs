@@ -11,7 +11,8 @@
 //! What a browser can make the server hold is bounded: a few streams per
 //! session ([`crate::sessions::MAX_STREAMS_PER_SESSION`]), a global cap
 //! ([`crate::MAX_LIVE_STREAMS`]) and a lifetime ([`STREAM_LIFETIME`]), after
-//! which the browser reconnects, and is checked again. When the College
+//! which the browser reconnects, and is checked again; logging out ends the
+//! session's streams at once. When the College
 //! serving a stream goes away, the stream ends and the browser reconnects
 //! (after [`RECONNECT_AFTER`]) to another one.
 
@@ -27,6 +28,7 @@ use futures::{Stream, StreamExt as _};
 use grantmesh_proto::v1::{AccountEvent, WatchAccountRequest, account_event};
 use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 
 use crate::App;
 use crate::sessions::Visitor;
@@ -133,16 +135,24 @@ pub async fn account_events(
         .chain(rest)
         .filter_map(|event| async move { to_json(event) })
         .map(|json| Event::default().event("account").data(json));
-    relay(stream, app.closing.clone(), (own, global))
+    relay(
+        stream,
+        app.closing.clone(),
+        Some(session.ended.clone()),
+        (own, global),
+    )
 }
 
-/// Sends `events` as SSE until they end, the lifetime passes or the server
-/// stops; holds `permits` for as long as the stream is open.
+/// Sends `events` as SSE until they end, the lifetime passes, the server
+/// stops or the session (when there is one) ends; holds `permits` for as
+/// long as the stream is open.
 pub(crate) fn relay(
     events: impl Stream<Item = Event> + Send + 'static,
-    closing: tokio_util::sync::CancellationToken,
+    closing: CancellationToken,
+    session_ended: Option<CancellationToken>,
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) -> Response {
+    let session_ended = session_ended.unwrap_or_default();
     let retry = futures::stream::once(async { Event::default().retry(RECONNECT_AFTER) });
     let deadline = tokio::time::sleep(STREAM_LIFETIME);
     let stream = retry
@@ -151,6 +161,7 @@ pub(crate) fn relay(
             tokio::select! {
                 () = deadline => {}
                 () = closing.cancelled() => {}
+                () = session_ended.cancelled() => {}
             }
         })
         .map(move |event| {
