@@ -6,11 +6,10 @@ live, Bob is refused it, and last a College is killed under the dashboard.
 Screenshots of the key pages go to docs/screenshots/.
 """
 
-import json
 import secrets
 import time
 
-import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -30,7 +29,10 @@ class Ctx:
 
 
 def wait(driver, timeout=WAIT):
-    return WebDriverWait(driver, timeout, poll_frequency=0.05)
+    # Live pages re-render parts of themselves (the dashboard every second):
+    # an element read mid-update is stale, and the next poll reads it again.
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,))
 
 
 def text(driver, css):
