@@ -67,12 +67,17 @@ pub struct DevArgs {
     /// certificates in the data directory).
     #[arg(long)]
     insecure: bool,
+    /// Do not start the web portal (it listens on the base port + 80 otherwise).
+    #[arg(long)]
+    no_web: bool,
 }
 
 /// A simulated day: accounts of a few days expire within seconds.
 const SIMULATED_DAY: Duration = Duration::from_secs(1);
 const DEFAULT_DAY: Duration = Duration::from_secs(24 * 60 * 60);
 const DEFAULT_BASE_PORT: u16 = 7000;
+/// The web portal listens on the base port + this (7080 by default).
+const WEB_PORT_OFFSET: u16 = 80;
 
 /// The two agencies of the dev mesh: different names, different bands.
 const AGENCIES: [(&str, i64, i64); 2] = [("nsf", 300_000, 500_000), ("erc", 100_000, 250_000)];
@@ -92,6 +97,43 @@ pub struct DevMesh {
     pub colleges: Vec<Node>,
     /// The store every node uses (a `sqlite:` path or a PostgreSQL URL).
     pub database_url: String,
+    /// The researcher portal and mesh dashboard (`None` with --no-web or --simulate).
+    pub web: Option<DevWeb>,
+}
+
+/// The web portal of a dev mesh.
+pub struct DevWeb {
+    /// `http://HOST:PORT`.
+    pub url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl DevWeb {
+    async fn start(addr: SocketAddr, registry: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!("failed to listen on {addr} for the web portal (another grantmesh dev running? try --base-port or --no-web)")
+        })?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let transport = crate::transport::for_urls([registry], ca)?;
+        let web = grantmesh_web::Web::new(grantmesh_web::WebSettings::new(
+            vec![registry.to_owned()],
+            transport,
+        ));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(web.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { url, stop, served })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.served
+            .await
+            .context("the web portal panicked")?
+            .context("the web portal failed")
+    }
 }
 
 impl DevMesh {
@@ -185,14 +227,20 @@ impl DevMesh {
             let node = start(Role::Agency(settings), port(100 + n as u16)?).await?;
             agencies.push((name.to_owned(), band, node));
         }
-        let dev = DevMesh {
+        let mut dev = DevMesh {
             ca,
             registry,
             agencies,
             colleges,
             database_url,
+            web: None,
         };
         dev.wait_until_listed().await?;
+        if !args.no_web && !args.simulate {
+            dev.web = Some(
+                DevWeb::start(port(WEB_PORT_OFFSET)?, &dev.registry.url, dev.ca.as_deref()).await?,
+            );
+        }
         Ok(dev)
     }
 
@@ -223,8 +271,12 @@ impl DevMesh {
         bail!("the dev nodes did not all register within 5 s")
     }
 
-    /// Stops the agencies and colleges (each deregisters and drains), then the registry.
+    /// Stops the web portal, the agencies and colleges (each deregisters
+    /// and drains), then the registry.
     pub async fn stop(self) -> anyhow::Result<()> {
+        if let Some(web) = self.web {
+            web.stop().await?;
+        }
         let members = self
             .agencies
             .into_iter()
@@ -256,6 +308,12 @@ impl DevMesh {
         }
         for node in &self.colleges {
             out += &format!("  college    {}   {}\n", node.url, node.instance_id);
+        }
+        if let Some(web) = &self.web {
+            out += &format!(
+                "  web        {}   researcher portal; mesh dashboard at {}/mesh\n",
+                web.url, web.url
+            );
         }
         let (nsf_name, nsf, _) = &self.agencies[0];
         let flag = if self.registry.url == crate::transport::DEFAULT_REGISTRY {

@@ -9,6 +9,7 @@
 //! grantmesh login --email ada@uni.edu            # asks for the password, keeps the token
 //! grantmesh withdraw ACCOUNT 2500 --memo reagents
 //! grantmesh instances
+//! grantmesh web --listen 127.0.0.1:7080      # the researcher portal and mesh dashboard
 //! ```
 //!
 //! This file only parses and dispatches: each command lives in its module,
@@ -25,6 +26,7 @@ mod roles;
 mod session;
 mod simulate;
 mod transport;
+mod web;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 
@@ -58,6 +60,8 @@ enum Command {
     /// The mesh's certificate authority: make one, issue a service's certificate.
     #[command(subcommand)]
     Ca(ca::Ca),
+    /// Serve the researcher portal and the mesh dashboard over HTTP.
+    Web(web::WebArgs),
     /// Run the whole mesh in this process: a registry, two agencies, two colleges.
     Dev(dev::DevArgs),
     /// Measure a mesh running on this machine.
@@ -78,7 +82,9 @@ impl Command {
     /// shows the banner) only warnings, so logs do not bury their output.
     fn default_log(&self) -> &'static str {
         match self {
-            Command::Registry(_) | Command::Agency(_) | Command::College(_) => "info",
+            Command::Registry(_) | Command::Agency(_) | Command::College(_) | Command::Web(_) => {
+                "info"
+            }
             _ => "warn",
         }
     }
@@ -110,6 +116,7 @@ fn main() -> std::process::ExitCode {
             Command::Registry(args) => roles::run_registry(args).await,
             Command::Agency(args) => roles::run_agency(args).await,
             Command::College(args) => roles::run_college(args).await,
+            Command::Web(args) => web::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Ca(command) => ca::run(command),
             Command::Bench(bench) => bench::run(bench).await,

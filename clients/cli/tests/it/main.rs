@@ -17,3 +17,4 @@ mod security;
 mod simulate;
 mod store_failures;
 mod support;
+mod web;

@@ -1,0 +1,193 @@
+"""Fixtures of the real-browser tests: a grantmesh mesh of separate
+processes (registry, two agencies, two colleges, the web portal) on a fresh
+PostgreSQL database, and headless Chromium browsers driven by Debian's
+chromedriver through Selenium.
+
+Environment (scripts/test-browser sets them):
+  GRANTMESH_BIN                  the grantmesh binary
+  GRANTMESH_TEST_DATABASE_URL    a PostgreSQL server URL (a database is made per run)
+  GRANTMESH_SCREENSHOTS          where screenshots go (default docs/screenshots)
+"""
+
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+# Bounds on waits: far above what a healthy mesh needs on a busy 2-core machine.
+START_TIMEOUT = 30.0
+# A simulated day, so an account of a few days expires while a test watches
+# (365 days last six minutes, longer than the whole run).
+DAY_LENGTH = "1s"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def psql(url, sql):
+    """Runs one statement with Debian's psql (installed with the server)."""
+    candidates = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/psql"))
+    binary = shutil.which("psql") or (str(candidates[-1]) if candidates else "psql")
+    subprocess.run([binary, url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+class Mesh:
+    """The mesh's processes; each can be killed alone (the dashboard test does)."""
+
+    def __init__(self, binary, database_url, workdir):
+        self.binary = binary
+        self.database_url = database_url
+        self.workdir = workdir
+        self.procs = {}
+        self.registry_port = free_port()
+        self.registry = f"http://127.0.0.1:{self.registry_port}"
+        self.web_port = free_port()
+        self.web = f"http://127.0.0.1:{self.web_port}"
+        self.env = dict(
+            os.environ,
+            GRANTMESH_INSECURE="true",
+            GRANTMESH_LOG="warn",
+            DATABASE_URL=database_url,
+            GRANTMESH_TOKEN_KEY=secrets.token_hex(32),
+            GRANTMESH_SERVICE_KEY=secrets.token_hex(32),
+        )
+        self.env.pop("GRANTMESH_REGISTRY", None)
+
+    def spawn(self, name, *args):
+        log = open(self.workdir / f"{name}.log", "w")
+        self.procs[name] = subprocess.Popen(
+            [self.binary, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+
+    def start(self):
+        self.spawn("registry", "registry", "--listen", f"127.0.0.1:{self.registry_port}",
+                   "--warmup", "0s")
+        bands = "nsf=300000..500000,erc=100000..250000"
+        for n in (1, 2):
+            self.spawn(f"college-{n}", "college", "--listen", f"127.0.0.1:{free_port()}",
+                       "--instance-id", f"college-{n}", "--registry", self.registry,
+                       "--agencies", bands, "--day-length", DAY_LENGTH)
+        for name, lo, hi in (("nsf", 300000, 500000), ("erc", 100000, 250000)):
+            self.spawn(f"agency-{name}", "agency", "--listen", f"127.0.0.1:{free_port()}",
+                       "--instance-id", f"agency-{name}", "--registry", self.registry,
+                       "--name", name, "--min-award", str(lo), "--max-award", str(hi))
+        self.spawn("web", "web", "--listen", f"127.0.0.1:{self.web_port}",
+                   "--registry", self.registry)
+        self.await_mesh(colleges=2, agencies=2)
+
+    def await_mesh(self, colleges, agencies):
+        """Waits until the portal's dashboard lists the mesh (bounded)."""
+        import json
+        deadline = time.monotonic() + START_TIMEOUT
+        last = None
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited early:\n" + self.log(name))
+            try:
+                with urllib.request.urlopen(self.web + "/mesh.json", timeout=2) as r:
+                    view = json.load(r)
+                counts = {s["name"]: len(s["instances"]) for s in view["services"]}
+                last = counts
+                if counts.get("college") == colleges and counts.get("agency") == agencies:
+                    return
+            except OSError as err:
+                last = err
+            time.sleep(0.2)
+        raise RuntimeError(f"the mesh did not come up within {START_TIMEOUT}s (last: {last})")
+
+    def log(self, name):
+        return (self.workdir / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def kill(self, name):
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mesh():
+    binary = os.environ.get("GRANTMESH_BIN") or str(REPO / "target/debug/grantmesh")
+    base = os.environ.get("GRANTMESH_TEST_DATABASE_URL")
+    if not base:
+        pytest.fail("GRANTMESH_TEST_DATABASE_URL is not set (scripts/test-browser sets it)")
+    name = f"browser_{os.getpid()}_{secrets.token_hex(3)}"
+    psql(base, f"CREATE DATABASE {name}")
+    parts = urllib.parse.urlsplit(base)
+    url = urllib.parse.urlunsplit(parts._replace(path="/" + name))
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="grantmesh-browser-"))
+    m = Mesh(binary, url, workdir)
+    try:
+        m.start()
+        yield m
+    finally:
+        m.stop()
+        psql(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def new_browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,960", "--disable-extensions", "--no-first-run",
+                "--disable-background-networking", "--lang=en-GB"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    return driver
+
+
+@pytest.fixture
+def browsers():
+    """Makes browsers on demand (each its own profile, so its own cookies); quits them all."""
+    made = []
+
+    def make():
+        driver = new_browser()
+        made.append(driver)
+        return driver
+
+    yield make
+    for driver in made:
+        driver.quit()
+
+
+@pytest.fixture(scope="session")
+def shots():
+    out = pathlib.Path(os.environ.get("GRANTMESH_SCREENSHOTS") or REPO / "docs/screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(driver, name):
+        driver.save_screenshot(str(out / f"{name}.png"))
+
+    return save

@@ -1,0 +1,261 @@
+"""The researcher portal and the mesh dashboard, driven in headless Chromium.
+
+The tests run in file order against one mesh (see conftest.py) and build on
+each other: Ada signs up and gets an account, a second browser follows it
+live, Bob is refused it, and last a College is killed under the dashboard.
+Screenshots of the key pages go to docs/screenshots/.
+"""
+
+import secrets
+import time
+
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+# Generous bounds for page loads and mesh changes on a busy machine.
+WAIT = 15.0
+# The issue's bar: a withdrawal in one browser shows in another within a second.
+LIVE_WITHIN = 1.0
+PASSWORD = "correct horse battery"
+
+
+class Ctx:
+    """What earlier tests made, for later ones."""
+    ada_email = f"ada-{secrets.token_hex(4)}@uni.edu"
+    bob_email = f"bob-{secrets.token_hex(4)}@uni.edu"
+    account_id = None
+
+
+def wait(driver, timeout=WAIT):
+    # Live pages re-render parts of themselves (the dashboard every second):
+    # an element read mid-update is stale, and the next poll reads it again.
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,))
+
+
+def text(driver, css):
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def fill(driver, form_css, **fields):
+    form = driver.find_element(By.CSS_SELECTOR, form_css)
+    for name, value in fields.items():
+        box = form.find_element(By.NAME, name)
+        if box.tag_name == "select":
+            Select(box).select_by_value(value)
+        else:
+            box.clear()
+            box.send_keys(value)
+    return form
+
+
+def submit(driver, form):
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def sign_up(driver, web, name, email):
+    driver.get(web + "/signup")
+    form = fill(driver, "#signup-form", name=name, email=email, password=PASSWORD)
+    submit(driver, form)
+    wait(driver).until(EC.url_to_be(web + "/accounts"))
+
+
+def log_in(driver, web, email):
+    driver.get(web + "/login")
+    form = fill(driver, "#login-form", email=email, password=PASSWORD)
+    submit(driver, form)
+    wait(driver).until(EC.url_to_be(web + "/accounts"))
+
+
+def propose(driver, web, agency, title, amount, days="30"):
+    driver.get(web + "/proposals/new")
+    form = fill(driver, "#proposal-form", agency=agency, title=title, amount=amount, days=days)
+    submit(driver, form)
+    wait(driver).until(EC.presence_of_element_located((By.ID, "decision")))
+
+
+def test_a_researcher_signs_up_logs_out_and_logs_in_again(mesh, browsers, shots):
+    b = browsers()
+    b.get(mesh.web + "/")
+    shots(b, "home")
+    sign_up(b, mesh.web, "Ada Lovelace", Ctx.ada_email)
+    assert text(b, "#who") == "Ada Lovelace"
+    assert "signed up" in text(b, "#flash")
+    cookie = b.get_cookie("grantmesh_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    b.find_element(By.ID, "logout").click()
+    wait(b).until(EC.presence_of_element_located((By.LINK_TEXT, "Log in")))
+    b.get(mesh.web + "/login")
+    form = fill(b, "#login-form", email=Ctx.ada_email, password="wrong password!")
+    submit(b, form)
+    assert "do not match" in wait(b).until(EC.presence_of_element_located((By.ID, "error"))).text
+    shots(b, "login-refused")
+    log_in(b, mesh.web, Ctx.ada_email)
+    assert text(b, "#who") == "Ada Lovelace"
+
+
+def test_a_proposal_outside_the_agencys_band_is_rejected_with_its_reason(mesh, browsers, shots):
+    b = browsers()
+    log_in(b, mesh.web, Ctx.ada_email)
+    # erc awards 1,000.00–2,500.00; ask for far more.
+    propose(b, mesh.web, "erc", "Telescope time", "90,000.00")
+    decision = text(b, "#decision")
+    assert "Rejected" in decision
+    assert text(b, "#reason"), "a rejection says why"
+    assert b.find_elements(By.ID, "account-link") == []
+    shots(b, "proposal-rejected")
+
+
+def test_an_accepted_proposal_opens_an_account_shown_at_once(mesh, browsers, shots):
+    b = browsers()
+    log_in(b, mesh.web, Ctx.ada_email)
+    b.get(mesh.web + "/proposals/new")
+    shots(b, "proposal-form")
+    propose(b, mesh.web, "nsf", "Protein folding", "4,000.00", days="365")
+    assert "Accepted" in text(b, "#decision")
+    shots(b, "proposal-accepted")
+    b.find_element(By.ID, "account-link").click()
+    wait(b).until(EC.presence_of_element_located((By.ID, "account")))
+    Ctx.account_id = b.find_element(By.ID, "account").get_attribute("data-account")
+    assert text(b, "#balance") == "4,000.00"
+    assert text(b, "#state") == "open"
+    wait(b).until(EC.text_to_be_present_in_element((By.ID, "countdown"), "left"))
+    b.get(mesh.web + "/proposals")
+    rows = b.find_elements(By.CSS_SELECTOR, "#proposals tbody tr")
+    assert len(rows) == 2, "the accepted and the rejected proposal"
+    shots(b, "proposals")
+
+
+def test_a_withdrawal_in_one_browser_shows_in_another_within_a_second(mesh, browsers, shots):
+    assert Ctx.account_id, "needs the account of the previous test"
+    page = f"{mesh.web}/accounts/{Ctx.account_id}"
+    a, watcher = browsers(), browsers()
+    for b in (a, watcher):
+        log_in(b, mesh.web, Ctx.ada_email)
+        b.get(page)
+    wait(watcher).until(EC.text_to_be_present_in_element((By.ID, "live"), "live"))
+    before = text(watcher, "#balance")
+    url_before = watcher.current_url
+
+    form = fill(a, "#withdraw-form", amount="25.50", memo="reagents")
+    submit(a, form)
+    wait(a).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Withdrew 25.50"))
+    applied = time.monotonic()
+    wait(watcher, LIVE_WITHIN).until(
+        EC.text_to_be_present_in_element((By.ID, "balance"), "3,974.50"))
+    seen = time.monotonic() - applied
+    print(f"the second browser saw the withdrawal {seen * 1000:.0f} ms after the first one's page")
+    assert before == "4,000.00"
+    assert watcher.current_url == url_before, "no reload"
+    assert "reagents" in text(watcher, "#transactions-body")
+    shots(watcher, "account-live")
+
+
+def test_a_double_submitted_withdraw_form_withdraws_once(mesh, browsers):
+    assert Ctx.account_id
+    b = browsers()
+    log_in(b, mesh.web, Ctx.ada_email)
+    b.get(f"{mesh.web}/accounts/{Ctx.account_id}")
+    balance = text(b, "#balance")
+    # The same rendered form (same idempotency key) posted twice, as a double click would.
+    statuses = b.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const form = document.getElementById("withdraw-form");
+        form.amount.value = "10.00"; form.memo.value = "twice";
+        const send = () => fetch(form.action, {method: "POST", body: new URLSearchParams(new FormData(form))}).then(r => r.status);
+        Promise.all([send(), send()]).then(done, (e) => done(String(e)));
+    """)
+    assert statuses == [200, 200], statuses
+    b.get(f"{mesh.web}/accounts/{Ctx.account_id}")
+    assert balance == "3,974.50"
+    assert text(b, "#balance") == "3,964.50"
+    memos = [r.text for r in b.find_elements(By.CSS_SELECTOR, "#transactions-body tr") if "twice" in r.text]
+    assert len(memos) == 1, memos
+
+
+def test_an_account_page_shows_its_expiry_live(mesh, browsers, shots):
+    b = browsers()
+    log_in(b, mesh.web, Ctx.ada_email)
+    # Days last a second in this mesh: a 3-day account expires as we watch.
+    propose(b, mesh.web, "nsf", "Short project", "3,500.00", days="3")
+    b.find_element(By.ID, "account-link").click()
+    wait(b).until(EC.text_to_be_present_in_element((By.ID, "live"), "live"))
+    page = b.current_url
+    wait(b).until(EC.text_to_be_present_in_element((By.ID, "state"), "expired"))
+    assert b.find_element(By.ID, "withdraw").get_attribute("disabled") is not None
+    assert b.current_url == page, "no reload"
+    b.get(mesh.web + "/accounts")
+    assert len(b.find_elements(By.CSS_SELECTOR, "#accounts tbody tr")) == 2
+    shots(b, "accounts")
+
+
+def test_another_researcher_can_neither_open_nor_follow_the_account(mesh, browsers, shots):
+    assert Ctx.account_id
+    bob = browsers()
+    sign_up(bob, mesh.web, "Bob Builder", Ctx.bob_email)
+    bob.get(f"{mesh.web}/accounts/{Ctx.account_id}")
+    error = wait(bob).until(EC.presence_of_element_located((By.ID, "error"))).text
+    assert "not allowed" in error or "could not find" in error, error
+    assert bob.find_elements(By.ID, "balance") == []
+    shots(bob, "account-refused")
+    status = bob.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch("/accounts/" + arguments[0] + "/events").then(async r => done([r.status, r.headers.get("content-type"), await r.text()]), e => done(String(e)));
+    """, Ctx.account_id)
+    assert status[0] in (403, 404), status
+    assert "event-stream" not in (status[1] or "")
+    # A form posted without the session's CSRF token is refused.
+    refused = bob.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch("/accounts/" + arguments[0] + "/withdraw", {method: "POST",
+          headers: {"content-type": "application/x-www-form-urlencoded"},
+          body: "amount=1&key=abc&csrf=forged"}).then(r => done(r.status), e => done(String(e)));
+    """, Ctx.account_id)
+    assert refused == 403
+    # Ada adds Bob; from then on his page shows the account.
+    ada = browsers()
+    log_in(ada, mesh.web, Ctx.ada_email)
+    ada.get(f"{mesh.web}/accounts/{Ctx.account_id}")
+    form = fill(ada, "#add-member-form", email=Ctx.bob_email)
+    submit(ada, form)
+    wait(ada).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Added"))
+    bob.get(f"{mesh.web}/accounts/{Ctx.account_id}")
+    wait(bob).until(EC.presence_of_element_located((By.ID, "balance")))
+
+
+def test_a_member_removed_by_the_principal_investigator_disappears_live_and_loses_access(
+        mesh, browsers, shots):
+    assert Ctx.account_id
+    page = f"{mesh.web}/accounts/{Ctx.account_id}"
+    ada, watcher, bob = browsers(), browsers(), browsers()
+    for b, email in ((ada, Ctx.ada_email), (watcher, Ctx.ada_email), (bob, Ctx.bob_email)):
+        log_in(b, mesh.web, email)
+        b.get(page)
+    assert bob.find_elements(By.ID, "add-member-form") == [], "only the principal investigator manages members"
+    wait(watcher).until(EC.text_to_be_present_in_element((By.ID, "live"), "live"))
+    assert "Bob Builder" in text(watcher, "#members")
+    shots(ada, "account-members")
+    ada.find_element(By.CSS_SELECTOR, '#members form[action$="/remove"] button').click()
+    wait(ada).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Removed"))
+    wait(watcher).until(lambda d: "Bob Builder" not in text(d, "#members"))
+    bob.get(page)
+    assert wait(bob).until(EC.presence_of_element_located((By.ID, "error"))).text
+
+
+def test_the_dashboard_shows_a_killed_college_disappear(mesh, browsers, shots):
+    b = browsers()
+    b.get(mesh.web + "/mesh")
+    college = '[data-service="college"] tr.instance'
+    wait(b).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, college)) == 2)
+    wait(b).until(lambda d: all(
+        "serving" == e.text for e in d.find_elements(By.CSS_SELECTOR, college + " .badge")))
+    shots(b, "mesh")
+    mesh.kill("college-2")
+    wait(b).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, college)) == 1)
+    assert b.find_elements(By.CSS_SELECTOR, '[data-instance="college-2"]') == []
+    removal = wait(b).until(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, '#removals [data-removed="college-2"]'))).text
+    assert "removed:" in removal, removal
+    shots(b, "mesh-college-killed")

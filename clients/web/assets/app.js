@@ -1,0 +1,156 @@
+// grantmesh portal: the little JavaScript the pages use. No framework, no
+// build step. Pages work without it; it adds live updates and countdowns.
+"use strict";
+
+// --- expiry countdowns: any element with data-countdown="<epoch ms>" -----
+function countdownText(ms) {
+  const left = ms - Date.now();
+  if (left <= 0) return "expired";
+  const s = Math.floor(left / 1000);
+  const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600),
+        m = Math.floor(s % 3600 / 60), sec = s % 60;
+  const pad = (n) => String(n).padStart(2, "0");
+  return (d > 0 ? d + "d " : "") + pad(h) + ":" + pad(m) + ":" + pad(sec) + " left";
+}
+function tickCountdowns() {
+  document.querySelectorAll("[data-countdown]").forEach((el) => {
+    const ms = Number(el.dataset.countdown);
+    if (ms > 0) el.textContent = countdownText(ms);
+  });
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+function flashed(node) {
+  node.classList.remove("flashed");
+  void node.offsetWidth; // restart the animation
+  node.classList.add("flashed");
+}
+function setLive(on, text) {
+  const live = document.getElementById("live");
+  if (!live) return;
+  live.className = "live " + (on ? "on" : "off");
+  live.textContent = text;
+}
+
+// --- the account page: follows /accounts/ID/events (Server-Sent Events) ---
+function followAccount(root) {
+  const id = root.dataset.account;
+  const manage = root.dataset.manage === "1";
+  const csrf = root.dataset.csrf;
+  const firstPage = root.dataset.firstPage === "1";
+  const source = new EventSource("/accounts/" + encodeURIComponent(id) + "/events");
+  source.addEventListener("open", () => setLive(true, "live"));
+  source.addEventListener("error", () => {
+    // The browser reconnects by itself after a network error; after a
+    // refusal (HTTP 4xx) it gives up and readyState is CLOSED.
+    if (source.readyState === EventSource.CLOSED) setLive(false, "live updates unavailable");
+    else setLive(false, "reconnecting…");
+  });
+  source.addEventListener("account", (message) => {
+    const event = JSON.parse(message.data);
+    const a = event.account;
+    const balance = document.getElementById("balance");
+    if (balance.textContent !== a.balance) { balance.textContent = a.balance; flashed(balance); }
+    document.getElementById("award").textContent = a.award;
+    const state = document.getElementById("state");
+    if (state.textContent !== a.state) { state.textContent = a.state; state.className = "badge " + a.state; flashed(state); }
+    const countdown = document.getElementById("countdown");
+    countdown.dataset.countdown = String(a.expires_ms);
+    document.getElementById("expires").textContent = a.expires;
+    document.getElementById("withdraw").disabled = a.state !== "open";
+    renderMembers(a, manage, csrf);
+    if (event.transaction && firstPage) addTransaction(event.transaction);
+    tickCountdowns();
+  });
+}
+function renderMembers(a, manage, csrf) {
+  const list = document.getElementById("members");
+  const before = Array.from(list.children).map((li) => li.dataset.id).join(",");
+  const after = a.members.map((m) => m.id).join(",");
+  if (before === after) return;
+  list.replaceChildren(...a.members.map((m) => {
+    const li = el("li", { "data-id": m.id }, el("span", { class: "name" }, m.name), " ",
+      el("small", {}, m.email), " ", el("span", { class: "badge role" }, m.role));
+    if (manage && !m.is_pi) {
+      const form = el("form", { method: "post", class: "inline",
+        action: "/accounts/" + encodeURIComponent(a.id) + "/members/" + encodeURIComponent(m.id) + "/remove" },
+        el("input", { type: "hidden", name: "csrf", value: csrf }),
+        el("button", { class: "link danger" }, "remove"));
+      li.append(" ", form);
+    }
+    return li;
+  }));
+  flashed(list);
+}
+function addTransaction(t) {
+  const body = document.getElementById("transactions-body");
+  if (document.getElementById("tx-" + t.id)) return;
+  const row = el("tr", { id: "tx-" + t.id }, el("td", {}, t.when), el("td", {}, t.who),
+    el("td", { class: "num" }, t.amount), el("td", {}, t.memo), el("td", { class: "num" }, t.balance_after));
+  body.prepend(row);
+  flashed(row);
+  const none = document.getElementById("no-transactions");
+  if (none) none.remove();
+}
+
+// --- the mesh dashboard: follows /mesh/events ------------------------------
+function ago(ms) {
+  if (ms < 1000) return ms + " ms";
+  return (ms / 1000).toFixed(1) + " s";
+}
+function followMesh(root) {
+  const source = new EventSource("/mesh/events");
+  source.addEventListener("open", () => setLive(true, "live"));
+  source.addEventListener("error", () => setLive(false, source.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting…"));
+  source.addEventListener("mesh", (message) => renderMesh(root, JSON.parse(message.data)));
+}
+function renderMesh(root, mesh) {
+  if (!mesh.connected) setLive(false, "no registry answering (" + mesh.registries.join(", ") + ")");
+  else setLive(true, "live");
+  const sections = mesh.services.map((service) => {
+    const rows = service.instances.map((i) => {
+      let rate = "—";
+      if (i.requests_per_second !== null && i.requests_per_second !== undefined) rate = i.requests_per_second.toFixed(1) + " req/s";
+      else if (i.metrics_note) rate = "metrics: " + i.metrics_note;
+      return el("tr", { "data-instance": i.id, class: "instance" },
+        el("td", {}, el("code", {}, i.id)),
+        el("td", {}, i.address),
+        el("td", { class: "labels" }, ...i.labels.map((l) => el("code", {}, l))),
+        el("td", { class: "num" }, ago(i.ttl_ms)),
+        el("td", { class: "num" }, ago(i.since_last_beat_ms)),
+        el("td", {}, i.keep_alive_stream ? "stream" : "beats"),
+        el("td", {}, el("span", { class: "badge " + i.health.replace(/ /g, "-") }, i.health)),
+        el("td", { class: "num" }, rate));
+    });
+    const table = el("table", { class: "list" },
+      el("thead", {}, el("tr", {}, ...["Instance", "Address", "Labels", "TTL", "Last beat", "Lease", "Health", "Requests"]
+        .map((h, n) => el("th", n >= 3 && n <= 4 || n === 7 ? { class: "num" } : {}, h)))),
+      el("tbody", {}, ...rows));
+    return el("section", { class: "service", "data-service": service.name },
+      el("h2", {}, service.name + " ", el("small", {}, service.instances.length + " live")), table);
+  });
+  if (sections.length === 0) sections.push(el("p", { class: "empty" }, "No live instances."));
+  sections.unshift(el("p", { class: "muted", id: "registries" }, "Registry replicas followed: ",
+    ...mesh.registries.map((r) => el("code", {}, r + " ")), mesh.connected ? "(answering)" : "(none answering)"));
+  root.replaceChildren(...sections);
+  const removals = document.getElementById("removals");
+  removals.replaceChildren(...mesh.removals.map((r) =>
+    el("li", { "data-removed": r.id }, new Date(r.at_ms).toLocaleTimeString() + " — ",
+      el("strong", {}, r.service + " " + r.id), " at " + r.address + " removed: " + r.reason)));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  tickCountdowns();
+  setInterval(tickCountdowns, 1000);
+  const account = document.getElementById("account");
+  if (account) followAccount(account);
+  const mesh = document.getElementById("mesh");
+  if (mesh) followMesh(mesh);
+});

@@ -1,0 +1,301 @@
+//! The pages' templates (askama, compiled in) and the rows they show,
+//! made from the services' messages with amounts and times already in words.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use askama::Template;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use grantmesh_proto::v1::{Account, Member, Proposal, Transaction, account, member, proposal};
+use serde::Serialize;
+
+use crate::money;
+
+/// What every page's header needs.
+pub struct Nav {
+    /// The signed-in researcher's name.
+    pub user: Option<String>,
+    /// The session's CSRF token, for the log-out form and the page's forms.
+    pub csrf: String,
+    /// A message left by the previous action.
+    pub flash: Option<String>,
+    /// Whether that message reports a failure.
+    pub flash_error: bool,
+}
+
+/// Renders `page` with `status`.
+pub fn render(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "a page failed to render");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render",
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+pub struct Home {
+    pub nav: Nav,
+}
+
+#[derive(Template)]
+#[template(path = "signup.html")]
+pub struct Signup {
+    pub nav: Nav,
+    pub error: Option<String>,
+    pub name: String,
+    pub email: String,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct Login {
+    pub nav: Nav,
+    pub error: Option<String>,
+    pub email: String,
+    pub next: String,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub nav: Nav,
+    pub title: String,
+    pub sentence: String,
+    pub log_in_again: bool,
+}
+
+#[derive(Template)]
+#[template(path = "proposals.html")]
+pub struct Proposals {
+    pub nav: Nav,
+    pub proposals: Vec<ProposalRow>,
+    /// Agencies that could not be asked, in words.
+    pub note: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "proposal.html")]
+pub struct ProposalPage {
+    pub nav: Nav,
+    pub p: ProposalRow,
+}
+
+/// An agency on the proposal form.
+pub struct AgencyChoice {
+    pub name: String,
+    /// `3,000.00–5,000.00`, or empty when the agency did not say.
+    pub band: String,
+}
+
+/// What the researcher typed into the proposal form (kept on errors).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct ProposalForm {
+    #[serde(default)]
+    pub csrf: String,
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub agency: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub amount: String,
+    #[serde(default)]
+    pub days: String,
+}
+
+#[derive(Template)]
+#[template(path = "proposal_new.html")]
+pub struct NewProposal {
+    pub nav: Nav,
+    pub error: Option<String>,
+    pub agencies: Vec<AgencyChoice>,
+    pub form: ProposalForm,
+    /// The idempotency key of this form: a double submit makes one proposal.
+    pub key: String,
+}
+
+#[derive(Template)]
+#[template(path = "accounts.html")]
+pub struct Accounts {
+    pub nav: Nav,
+    pub accounts: Vec<AccountView>,
+}
+
+#[derive(Template)]
+#[template(path = "account.html")]
+pub struct AccountPage {
+    pub nav: Nav,
+    pub a: AccountView,
+    /// The signed-in researcher's id.
+    pub me: String,
+    /// Whether the signed-in researcher is the principal investigator.
+    pub is_pi: bool,
+    /// The withdraw form's idempotency key, new on every render.
+    pub key: String,
+    pub transactions: Vec<TransactionRow>,
+    pub first_page: bool,
+    pub next_page: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "mesh.html")]
+pub struct MeshPage {
+    pub nav: Nav,
+}
+
+pub struct ProposalRow {
+    pub id: String,
+    pub agency: String,
+    pub title: String,
+    pub amount: String,
+    pub days: u32,
+    /// "accepted", "rejected" or "pending".
+    pub decision: &'static str,
+    pub reason: String,
+    pub account_id: String,
+    pub submitted: String,
+    pub submitted_at: SystemTime,
+}
+
+impl From<Proposal> for ProposalRow {
+    fn from(p: Proposal) -> Self {
+        let submitted_at = time(p.submitted_at.as_ref());
+        Self {
+            decision: match p.decision() {
+                proposal::Decision::Accepted => "accepted",
+                proposal::Decision::Rejected => "rejected",
+                proposal::Decision::Unspecified => "pending",
+            },
+            id: p.proposal_id,
+            agency: p.agency,
+            title: p.title,
+            amount: money::format(p.requested_amount_minor),
+            days: p.duration_days,
+            reason: p.reason,
+            account_id: p.account_id,
+            submitted: when(submitted_at),
+            submitted_at,
+        }
+    }
+}
+
+/// An account as pages and live updates show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AccountView {
+    pub id: String,
+    pub title: String,
+    pub agency: String,
+    pub balance: String,
+    pub balance_minor: i64,
+    pub award: String,
+    /// "open" or "expired".
+    pub state: &'static str,
+    pub expires: String,
+    pub expires_ms: u64,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberView {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub role: &'static str,
+    pub is_pi: bool,
+}
+
+impl From<Account> for AccountView {
+    fn from(a: Account) -> Self {
+        let expires_at = time(a.expires_at.as_ref());
+        Self {
+            state: match a.state() {
+                account::State::Expired => "expired",
+                _ => "open",
+            },
+            id: a.account_id,
+            title: a.title,
+            agency: a.agency,
+            balance: money::format(a.balance_minor),
+            balance_minor: a.balance_minor,
+            award: money::format(a.award_minor),
+            expires: when(expires_at),
+            expires_ms: expires_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            members: a.members.into_iter().map(MemberView::from).collect(),
+        }
+    }
+}
+
+impl From<Member> for MemberView {
+    fn from(m: Member) -> Self {
+        let is_pi = m.role() == member::Role::PrincipalInvestigator;
+        Self {
+            id: m.researcher_id,
+            name: m.name,
+            email: m.email,
+            role: if is_pi {
+                "principal investigator"
+            } else {
+                "member"
+            },
+            is_pi,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TransactionRow {
+    pub id: String,
+    pub when: String,
+    /// The member's name when the account lists them, else their id.
+    pub who: String,
+    pub amount: String,
+    pub memo: String,
+    pub balance_after: String,
+}
+
+impl TransactionRow {
+    pub fn new(t: Transaction, members: &[MemberView]) -> Self {
+        let who = members
+            .iter()
+            .find(|m| m.id == t.researcher_id)
+            .map(|m| m.name.clone())
+            .unwrap_or(t.researcher_id);
+        Self {
+            id: t.transaction_id,
+            when: when(time(t.created_at.as_ref())),
+            who,
+            amount: money::format(t.amount_minor),
+            memo: t.memo,
+            balance_after: money::format(t.balance_after_minor),
+        }
+    }
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// `2026-12-01 08:33:54 UTC`.
+pub fn when(at: SystemTime) -> String {
+    if at == UNIX_EPOCH {
+        return "—".to_owned();
+    }
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
