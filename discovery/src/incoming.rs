@@ -207,7 +207,9 @@ async fn accept_loop<S, F, Fut>(
                         .await;
                 }
                 Ok(Err(err)) => log_failed(peer, &err),
-                Err(_) => tracing::debug!(%peer, "connection closed: nothing received within {HANDSHAKE_TIMEOUT:?}"),
+                Err(_) => {
+                    tracing::debug!(%peer, "connection closed: nothing received within {HANDSHAKE_TIMEOUT:?}")
+                }
             }
         });
     }

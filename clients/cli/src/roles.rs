@@ -40,6 +40,10 @@ pub struct ServerArgs {
     /// Calls one connection may have handled at once.
     #[arg(long, env = "GRANTMESH_MAX_CALLS_PER_CONNECTION", default_value_t = grantmesh_server::Limits::default().calls_per_connection)]
     max_calls_per_connection: usize,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics
+    /// (port 0 picks a free one); registered as the instance's `metrics` label.
+    #[arg(long, env = "GRANTMESH_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Directory with the mesh CA (ca.pem) and this role's certificate and key
     /// (SERVICE.pem, SERVICE.key), as `grantmesh ca init` / `ca issue` write them.
     #[arg(long, env = "GRANTMESH_TLS_DIR", conflicts_with = "insecure")]
@@ -233,6 +237,7 @@ impl ServerArgs {
                 concurrent_calls: self.max_calls,
                 calls_per_connection: self.max_calls_per_connection,
             },
+            metrics_listen: self.metrics_listen,
         })
     }
 

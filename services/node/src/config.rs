@@ -128,6 +128,9 @@ pub struct ServerSettings {
     pub tls: Option<TlsPaths>,
     /// How many calls it handles at once before refusing more.
     pub limits: grantmesh_server::Limits,
+    /// Where to serve Prometheus metrics over plain HTTP (`GET /metrics`);
+    /// `None` serves none.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Longest instance id accepted, so ids stay readable in listings.
@@ -172,6 +175,7 @@ impl Default for ServerSettings {
             grace_period: Duration::from_secs(10),
             tls: None,
             limits: grantmesh_server::Limits::default(),
+            metrics_listen: None,
         }
     }
 }

@@ -113,6 +113,7 @@ fn start_registry(
     options.grace_period = settings.server.grace_period;
     options.limits = settings.server.limits;
     options.transport = transport.clone();
+    (options.metrics, _) = metrics_endpoint(&settings.server, &addr.ip().to_string())?;
     let registry = grantmesh_registry::RegistryService::new(
         grantmesh_registry::RegistryConfig {
             instance_id: instance_id.clone(),
@@ -218,6 +219,35 @@ async fn start_college(
     })
 }
 
+/// This server's metrics, and the URL of their endpoint when it serves one
+/// (`http://HOST:PORT/metrics`, HOST being where other instances reach it).
+fn metrics_endpoint(
+    server: &config::ServerSettings,
+    host: &str,
+) -> anyhow::Result<(grantmesh_server::Metrics, Option<String>)> {
+    let metrics = grantmesh_server::Metrics::new();
+    let Some(listen) = server.metrics_listen else {
+        return Ok((metrics, None));
+    };
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("failed to listen for metrics on {listen}"))?;
+    listener.set_nonblocking(true)?;
+    let addr = grantmesh_server::metrics::spawn_endpoint(
+        TcpListener::from_std(listener)?,
+        metrics.clone(),
+        CancellationToken::new(),
+    )?;
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    Ok((
+        metrics,
+        Some(format!("http://{host}:{}/metrics", addr.port())),
+    ))
+}
+
 /// Works out what to advertise and builds the registration.
 fn join_mesh(
     mesh: &MeshSettings,
@@ -237,6 +267,16 @@ fn join_mesh(
         ),
         None => transport.url(bound),
     };
+    let host = address
+        .parse::<tonic::codegen::http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_owned))
+        .unwrap_or_else(|| bound.ip().to_string());
+    let (metrics, metrics_url) = metrics_endpoint(server, &host)?;
+    let mut labels = labels;
+    if let Some(url) = metrics_url {
+        labels.insert("metrics".to_owned(), url);
+    }
     let instance = Instance {
         id: server.instance_id(service),
         service: service.to_owned(),
@@ -259,6 +299,7 @@ fn join_mesh(
         streams_closing: CancellationToken::new(),
         transport: transport.clone(),
         limits: server.limits,
+        metrics,
     };
     Ok((instance, options))
 }

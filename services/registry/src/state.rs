@@ -139,17 +139,18 @@ pub struct Listing {
 
 impl Listing {
     /// The instances with the time since each last beat, as of `now`.
-    fn read(self, now: Instant) -> impl Iterator<Item = Instance> {
+    fn read(self, now: Instant) -> Vec<Instance> {
         self.instances
             .iter()
             .zip(self.beats)
-            .map(move |(instance, (last_beat, kept_alive))| {
+            .map(|(instance, (last_beat, kept_alive))| {
                 let mut instance = instance.clone();
                 instance.since_last_beat =
                     prost_types::Duration::try_from(now.duration_since(last_beat)).ok();
                 instance.keep_alive_stream = kept_alive;
                 instance
             })
+            .collect()
     }
 }
 
@@ -366,7 +367,7 @@ impl RegistryState {
         let snapshot = WatchEvent {
             kind: Kind::Snapshot as i32,
             revision,
-            instances: listing.read(Instant::now()).collect(),
+            instances: listing.read(Instant::now()),
             reason: String::new(),
         };
         Ok((snapshot, changes))

@@ -18,7 +18,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -15,7 +15,13 @@ use crate::support::*;
 
 /// A fresh connection to `proc`.
 async fn connect(proc: &Proc) -> RegistryClient<Channel> {
-    RegistryClient::new(Channel::from_shared(proc.url()).unwrap().connect().await.unwrap())
+    RegistryClient::new(
+        Channel::from_shared(proc.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
 }
 
 /// Starts `count` pings that each hold a slot for `hold`, and waits until the server has them.
