@@ -133,7 +133,9 @@ pub fn plaintext(
     listener: TcpListener,
 ) -> impl Stream<Item = Result<Limited<TcpStream>, std::io::Error>> {
     spawn_accept_loop(listener, |tcp: TcpStream| async move {
-        tcp.readable().await?;
+        // Waits for the first byte without taking it (readiness alone may
+        // be reported before any data arrives).
+        tcp.peek(&mut [0u8; 1]).await?;
         Ok(tcp)
     })
 }

@@ -112,3 +112,89 @@ async fn a_plaintext_client_that_connects_and_never_speaks_is_closed() {
         "closed without a word: {read:?}"
     );
 }
+
+/// `GET url` over plain HTTP/1.0; the body.
+async fn http_get(url: &str) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    tcp.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).await.unwrap();
+    reply
+        .split_once("\r\n\r\n")
+        .expect("headers end")
+        .1
+        .to_owned()
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, summed over
+/// the series whose labels include every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(name) && labels.iter().all(|l| series.contains(l))
+        })
+        .map(|(_, value)| value.parse::<f64>().expect("a number"))
+        .sum()
+}
+
+#[tokio::test]
+async fn each_server_counts_its_calls_on_the_metrics_endpoint_its_registration_names() {
+    let registry = Proc::registry(&[]).await;
+    let agency = Proc::member(
+        "agency",
+        &registry.url(),
+        &["--metrics-listen", "127.0.0.1:0", "--name", "nsf"],
+    )
+    .await;
+    let mut listed = list(&registry.url(), "agency").await;
+    for _ in 0..50 {
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        listed = list(&registry.url(), "agency").await;
+    }
+    let url = listed[0]
+        .labels
+        .get("metrics")
+        .expect("the agency registers its metrics URL")
+        .clone();
+    let pings = |text: &str| {
+        sample(
+            text,
+            "grpc_server_requests_total",
+            &[
+                "service=\"grantmesh.v1.Agency\"",
+                "method=\"Ping\"",
+                "code=\"Ok\"",
+            ],
+        )
+    };
+    let before = pings(&http_get(&url).await);
+    let mut client = grantmesh_proto::AgencyClient::new(
+        Channel::from_shared(agency.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    for _ in 0..3 {
+        client.ping(PingRequest::default()).await.unwrap();
+    }
+    let after = http_get(&url).await;
+    assert_eq!(pings(&after) - before, 3.0, "{after}");
+    assert!(
+        sample(
+            &after,
+            "grpc_server_request_duration_seconds_count",
+            &["method=\"Ping\""]
+        ) >= 3.0
+    );
+}
