@@ -102,6 +102,16 @@ struct Inner {
     resumed_at: Option<Instant>,
 }
 
+/// What to do with a lease whose queue entry came due.
+enum Verdict {
+    /// Look at it again then.
+    Later(Instant),
+    /// Its lease ran out: remove it.
+    Expire(Instance),
+    /// The entry is of a lease since removed or registered anew: drop it.
+    Stale,
+}
+
 /// An entry of the timer queue.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
@@ -303,16 +313,13 @@ impl RegistryState {
             .is_some_and(|Reverse(due)| due.at <= now)
         {
             let Reverse(due) = inner.deadlines.pop().expect("peeked");
-            if let Some(next) = inner.look_at(&due, now) {
-                inner.deadlines.push(Reverse(Due { at: next, ..due }));
-            } else if let Some(lease) = inner
-                .services
-                .get(&due.service)
-                .and_then(|entry| entry.instances.get(&due.id))
-                .filter(|lease| lease.generation == due.generation)
-            {
-                removed.push(lease.instance.clone());
-                inner.remove(&due.service, &due.id, RemovalReason::TtlExpired);
+            match inner.look_at(&due, now) {
+                Verdict::Later(at) => inner.deadlines.push(Reverse(Due { at, ..due })),
+                Verdict::Expire(instance) => {
+                    removed.push(instance);
+                    inner.remove(&due.service, &due.id, RemovalReason::TtlExpired);
+                }
+                Verdict::Stale => {}
             }
         }
         if inner
@@ -382,24 +389,26 @@ impl RegistryState {
 }
 
 impl Inner {
-    /// Decides about a lease whose queue entry came due: `Some(when)` to
-    /// look again then, `None` to remove it (or drop the entry, if the
-    /// lease is gone or was registered anew).
-    fn look_at(&mut self, due: &Due, now: Instant) -> Option<Instant> {
+    /// Decides about a lease whose queue entry came due.
+    fn look_at(&mut self, due: &Due, now: Instant) -> Verdict {
         let resumed_at = self.resumed_at;
-        let entry = self.services.get_mut(&due.service)?;
-        let lease = entry.instances.get(&due.id)?;
+        let Some(entry) = self.services.get_mut(&due.service) else {
+            return Verdict::Stale;
+        };
+        let Some(lease) = entry.instances.get(&due.id) else {
+            return Verdict::Stale;
+        };
         if lease.generation != due.generation {
-            return None;
+            return Verdict::Stale;
         }
         let deadline = lease.last_beat + lease.ttl;
         if deadline > now {
-            return Some(deadline); // renewed since it was queued
+            return Verdict::Later(deadline); // renewed since it was queued
         }
         if let Some(resumed) = resumed_at
             && resumed + lease.ttl > now
         {
-            return Some(resumed + lease.ttl);
+            return Verdict::Later(resumed + lease.ttl);
         }
         // "At once": every instance has been silent for over half its
         // TTL. Healthy instances beat every heartbeat interval, so their
@@ -422,9 +431,9 @@ impl Inner {
                 );
             }
             // Looked at again soon: it goes once another instance beats.
-            return Some((now + lease.ttl / 4).min(hold_ends + Duration::from_millis(1)));
+            return Verdict::Later((now + lease.ttl / 4).min(hold_ends + Duration::from_millis(1)));
         }
-        None
+        Verdict::Expire(lease.instance.clone())
     }
 
     fn renew(&mut self, service: &str, id: &str, holder: Option<LeaseToken>) -> Option<Duration> {
