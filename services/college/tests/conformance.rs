@@ -2185,3 +2185,76 @@ async fn a_read_whose_caller_gave_up_is_cancelled_and_its_connection_not_handed_
         1_000
     );
 }
+
+/// A lone withdrawal is one plain statement whose reads see the snapshot
+/// from before it waited for the account's lock. Here another debit holds
+/// the lock and empties most of the account while the lone withdrawal
+/// waits: its snapshot still shows the old balance, so it must not answer
+/// from it, but from what the account holds once the lock is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_withdrawal_that_waited_on_another_debit_is_answered_from_after_the_wait() {
+    let store = TestStore::postgres().await;
+    let (accounts, _) = college(&store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 10_000, 30).await;
+
+    let (holder, connection) = tokio_postgres::connect(&store.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT * FROM withdraw_batch(ARRAY['{}']::uuid[], ARRAY['{}']::uuid[], \
+             ARRAY[9000]::bigint[], ARRAY['holder']::text[], ARRAY['']::text[])",
+            account.id, pi.id
+        ))
+        .await
+        .unwrap();
+
+    let lone = {
+        let accounts = accounts.clone();
+        tokio::spawn(async move {
+            accounts
+                .withdraw(account.id, pi.id, 5_000, "lone", "")
+                .await
+        })
+    };
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let waiting = holder
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lone withdrawal never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    let refused = lone.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::FailedPrecondition(msg)
+            if msg.contains("insufficient funds") && msg.contains("holds 1000")),
+        "answered from the account as it is after the other debit: {refused:?}"
+    );
+    let audit = accounts.audit(account.id).await.unwrap();
+    assert_eq!(
+        audit.journal.len(),
+        1,
+        "only the other debit is in the journal"
+    );
+    assert_eq!(
+        accounts.account(account.id, None).await.unwrap().balance,
+        1_000
+    );
+}
