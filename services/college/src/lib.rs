@@ -496,10 +496,16 @@ impl College for CollegeService {
         let caller = self.keys().researcher(&request)?;
         let account = validate::id("account_id", &request.get_ref().account_id)?;
         let permit = self.inner.watchers.admit(caller)?;
+        let notices = self
+            .inner
+            .notifications
+            .subscribe()
+            .await
+            .map_err(|err| Status::unavailable(err.to_string()))?;
         let stream = watch::watch(
             permit,
             self.inner.store.clone(),
-            self.inner.notifications.subscribe(),
+            notices,
             account,
             caller,
             self.inner.closing.clone(),

@@ -1124,7 +1124,7 @@ async fn a_subscriber_hears_of_a_withdrawal_and_a_membership_change(store: &Test
     // heard on the other.
     let (writer, _) = college(store, REAL_DAY).await;
     let (_, notifications) = college(store, REAL_DAY).await;
-    let mut notices = notifications.subscribe();
+    let mut notices = notifications.subscribe().await.unwrap();
     let pi = researcher(&writer, "pi").await;
     let member = researcher(&writer, "member").await;
     let account = open(&writer, pi.id, 1_000, 30).await;
@@ -2256,5 +2256,55 @@ async fn a_lone_withdrawal_that_waited_on_another_debit_is_answered_from_after_t
     assert_eq!(
         accounts.account(account.id, None).await.unwrap().balance,
         1_000
+    );
+}
+
+/// A College instance that nobody watches through holds no `LISTEN`
+/// connection (every `NOTIFY` in the database would wake it and its
+/// backend); the first subscriber makes one and hears every change after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_listens_for_changes_only_while_someone_subscribes() {
+    let store = TestStore::postgres().await;
+    let (accounts, notifications) = college(&store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+    accounts
+        .withdraw(account.id, pi.id, 1, "before", "")
+        .await
+        .unwrap();
+    let listeners = || async {
+        let (client, connection) = tokio_postgres::connect(&store.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query LIKE 'LISTEN %'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(listeners().await, 0, "nobody subscribed, so nothing listens");
+
+    let mut notices = notifications.subscribe().await.unwrap();
+    assert_eq!(listeners().await, 1, "the first subscriber made one connection");
+    let second = notifications.subscribe().await.unwrap();
+    assert_eq!(listeners().await, 1, "and every other subscriber shares it");
+    drop(second);
+
+    accounts
+        .withdraw(account.id, pi.id, 1, "after", "")
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(SETTLE, notices.recv())
+        .await
+        .expect("the withdrawal is heard")
+        .unwrap();
+    assert!(
+        matches!(&notice, Notice::Payload(p) if p.contains(&account.id.to_string())),
+        "{notice:?}"
     );
 }

@@ -11,8 +11,8 @@
 //! - [`migrate`]: a service's versioned `refinery` migrations, run at
 //!   start-up under an advisory lock so instances starting together do not
 //!   race, each service with its own history table;
-//! - [`Notifications`]: one `LISTEN` connection per instance, reconnecting by
-//!   itself, fanned out to every local subscriber;
+//! - [`Notifications`]: one `LISTEN` connection per instance while anyone
+//!   subscribes, reconnecting by itself, fanned out to every local subscriber;
 //! - [`status`]: the one mapping from database failures to gRPC statuses —
 //!   a database that went away is `UNAVAILABLE` (retryable), never a panic.
 //!
@@ -32,6 +32,7 @@ pub mod sqlite;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -289,23 +290,67 @@ pub enum Notice {
 /// Changes on a channel, fanned out to every subscriber in this process:
 /// from one `LISTEN` connection on PostgreSQL, or from the instances in this
 /// process that share a SQLite file (which [`publish`](Self::publish)).
+///
+/// On PostgreSQL the `LISTEN` connection is held only while someone
+/// subscribes: a listening backend is woken, and this process too, for every
+/// `NOTIFY` in the database (one per batch of withdrawals), which is wasted
+/// work on an instance nobody watches through. It is made on the first
+/// [`subscribe`](Self::subscribe) and closed once no subscriber has been
+/// left for [`LISTEN_IDLE`].
 #[derive(Clone)]
 pub struct Notifications {
     sender: broadcast::Sender<Notice>,
+    /// On PostgreSQL: the wish for a `LISTEN` connection and whether it is up.
+    listener: Option<Arc<Listener>>,
 }
+
+/// Between [`Notifications::subscribe`] and the task holding the `LISTEN`
+/// connection ([`listen`]).
+struct Listener {
+    /// Wakes the task when a subscriber arrives.
+    wanted: tokio::sync::Notify,
+    /// Whether `LISTEN` is in effect: a subscriber that saw `true` after it
+    /// subscribed hears every notification committed from then on.
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+/// How long the `LISTEN` connection is kept with no subscriber.
+pub const LISTEN_IDLE: Duration = Duration::from_secs(30);
+
+/// How long [`Notifications::subscribe`] waits for the `LISTEN` connection.
+pub const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
+/// The `LISTEN` connection could not be made in [`LISTEN_WAIT`].
+#[derive(Debug, thiserror::Error)]
+#[error("the central store's change notifications are not available right now; retry shortly")]
+pub struct NotListening;
 
 impl Notifications {
     /// Notifications on `channel` of the store at `url`. On PostgreSQL this
-    /// listens until `stop` is cancelled, reconnecting as needed; on SQLite
-    /// it joins the file's in-process fan-out ([`Self::in_process`]).
+    /// listens while anyone subscribes, until `stop` is cancelled,
+    /// reconnecting as needed; on SQLite it joins the file's in-process
+    /// fan-out ([`Self::in_process`]).
     pub fn start(url: &str, channel: &'static str, stop: CancellationToken) -> Result<Self> {
         match Database::parse(url)? {
             Database::Postgres(url) => {
                 // Parsed here, so a bad URL or root file fails the start-up.
                 let target = PgConnect::parse(&url)?;
                 let (sender, _) = broadcast::channel(4096);
-                tokio::spawn(listen(target, channel, sender.clone(), stop));
-                Ok(Self { sender })
+                let listener = Arc::new(Listener {
+                    wanted: tokio::sync::Notify::new(),
+                    up: tokio::sync::watch::Sender::new(false),
+                });
+                tokio::spawn(listen(
+                    target,
+                    channel,
+                    sender.clone(),
+                    Arc::clone(&listener),
+                    stop,
+                ));
+                Ok(Self {
+                    sender,
+                    listener: Some(listener),
+                })
             }
             Database::Sqlite(path) => {
                 let path = path.canonicalize().unwrap_or(path);
@@ -320,6 +365,7 @@ impl Notifications {
     pub fn in_process(path: &Path, channel: &str) -> Self {
         Self {
             sender: sqlite::fan_out(path, channel),
+            listener: None,
         }
     }
 
@@ -330,57 +376,60 @@ impl Notifications {
         let _ = self.sender.send(Notice::Payload(payload));
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.sender.subscribe()
+    /// A subscription that hears every change committed after this returns.
+    /// On PostgreSQL it waits (at most [`LISTEN_WAIT`]) until the `LISTEN`
+    /// connection is up.
+    pub async fn subscribe(&self) -> std::result::Result<broadcast::Receiver<Notice>, NotListening> {
+        let receiver = self.sender.subscribe();
+        let Some(listener) = &self.listener else {
+            return Ok(receiver);
+        };
+        listener.wanted.notify_one();
+        let mut up = listener.up.subscribe();
+        match tokio::time::timeout(LISTEN_WAIT, up.wait_for(|up| *up)).await {
+            Ok(Ok(_)) => Ok(receiver),
+            _ => Err(NotListening),
+        }
     }
 }
 
+/// Holds the `LISTEN` connection of a [`Notifications`] while it has
+/// subscribers, reconnecting when it is lost (and then telling subscribers
+/// they may have missed something).
 async fn listen(
     target: PgConnect,
     channel: &'static str,
     sender: broadcast::Sender<Notice>,
+    listener: Arc<Listener>,
     stop: CancellationToken,
 ) {
-    let mut first = true;
+    // Whether the last session ended for want of subscribers (nothing was
+    // missed by anyone) rather than by a lost connection.
+    let mut idle = true;
     loop {
-        let session = async {
-            let (client, mut connection) = target.connect().await?;
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            let statement = format!("LISTEN {channel}");
-            {
-                let listen = client.batch_execute(&statement);
-                let mut listen = std::pin::pin!(listen);
-                // Drive the connection while LISTEN runs.
-                loop {
-                    tokio::select! {
-                        result = &mut listen => { result?; break; }
-                        message = messages.next() => match message {
-                            Some(Ok(_)) => {}
-                            Some(Err(err)) => return Err(err.into()),
-                            None => return Ok(()),
-                        },
-                    }
-                }
+        while sender.receiver_count() == 0 {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = listener.wanted.notified() => {}
+                // A subscriber's wish may come before this task waits.
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            if !first {
-                let _ = sender.send(Notice::Reconnected);
-            }
-            first = false;
-            tracing::debug!(channel, "listening for notifications");
-            while let Some(message) = messages.next().await {
-                if let AsyncMessage::Notification(note) = message? {
-                    let _ = sender.send(Notice::Payload(note.payload().to_owned()));
-                }
-            }
-            drop(client);
-            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-        };
-        tokio::select! {
+        }
+        let session = listen_session(&target, channel, &sender, &listener, idle);
+        let ended = tokio::select! {
             () = stop.cancelled() => return,
-            result = session => {
-                if let Err(err) = result {
-                    tracing::warn!(channel, error = %err, "notification connection lost; reconnecting");
-                }
+            ended = session => ended,
+        };
+        listener.up.send_replace(false);
+        match ended {
+            Ok(true) => {
+                idle = true;
+                continue;
+            }
+            Ok(false) => idle = false,
+            Err(err) => {
+                idle = false;
+                tracing::warn!(channel, error = %err, "notification connection lost; reconnecting");
             }
         }
         tokio::select! {
@@ -388,6 +437,69 @@ async fn listen(
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One `LISTEN` connection, until it is lost (`Ok(false)` or an error) or
+/// has had no subscriber for [`LISTEN_IDLE`] (`Ok(true)`). `idle`: the
+/// previous one ended for want of subscribers, so nobody missed anything.
+async fn listen_session(
+    target: &PgConnect,
+    channel: &'static str,
+    sender: &broadcast::Sender<Notice>,
+    listener: &Listener,
+    idle: bool,
+) -> std::result::Result<bool, BoxError> {
+        let (client, mut connection) = target.connect().await?;
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let statement = format!("LISTEN {channel}");
+        {
+            let listen = client.batch_execute(&statement);
+            let mut listen = std::pin::pin!(listen);
+            // Drive the connection while LISTEN runs.
+            loop {
+                tokio::select! {
+                    result = &mut listen => { result?; break; }
+                    message = messages.next() => match message {
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => return Err(err.into()),
+                        None => return Ok(false),
+                    },
+                }
+            }
+        }
+        listener.up.send_replace(true);
+        if !idle {
+            let _ = sender.send(Notice::Reconnected);
+        }
+        tracing::debug!(channel, "listening for notifications");
+        let mut check = tokio::time::interval(LISTEN_IDLE);
+        check.reset();
+        let mut unwatched = false;
+        loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => {
+                        if let AsyncMessage::Notification(note) = message? {
+                            let _ = sender.send(Notice::Payload(note.payload().to_owned()));
+                        }
+                    }
+                    None => return Ok(false),
+                },
+                _ = check.tick() => {
+                    // Down first, then counted: a subscriber that comes
+                    // after the count waits for the next connection.
+                    listener.up.send_replace(false);
+                    if sender.receiver_count() == 0 && unwatched {
+                        tracing::debug!(channel, "no subscriber left; closing the listening connection");
+                        return Ok(true);
+                    }
+                    unwatched = sender.receiver_count() == 0;
+                    listener.up.send_replace(true);
+                }
+            }
+        }
 }
 
 #[cfg(test)]

@@ -447,7 +447,7 @@ async fn notifications_arrive_over_a_verified_tls_connection() {
     );
     let stop = CancellationToken::new();
     let notifications = Notifications::start(&url, "tls_test", stop.clone()).unwrap();
-    let mut received = notifications.subscribe();
+    let mut received = notifications.subscribe().await.unwrap();
     let pool = grantmesh_store::connect(&url, 1).await.unwrap();
     let client = pool.get().await.unwrap();
     // The LISTEN connection is made in the background: notify until it hears.
