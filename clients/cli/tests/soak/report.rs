@@ -1,0 +1,3 @@
+//! The abuse figures of issue 10 (`--report`).
+
+pub async fn run() {}
