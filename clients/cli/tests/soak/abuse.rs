@@ -35,6 +35,9 @@ impl Tally {
     fn outcome<T>(&self, abuser: &str, result: &Result<T, tonic::Status>) {
         match result {
             Ok(_) => self.count(format!("{abuser}: OK")),
+            Err(status) if status.code() == tonic::Code::Unknown => {
+                self.count(format!("{abuser}: Unknown ({})", status.message()))
+            }
             Err(status) => self.count(format!("{abuser}: {:?}", status.code())),
         }
     }
@@ -42,6 +45,28 @@ impl Tally {
     pub fn rows(&self) -> Vec<(String, u64)> {
         self.0.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
+}
+
+/// A connection to `url` (presenting `identity`'s certificate when given),
+/// retried until made: while the idle connections fill a server's backlog,
+/// new connections wait behind them, and an abuser waits as anyone would.
+pub async fn connect(
+    url: &str,
+    identity: Option<&str>,
+    tally: &Tally,
+    stop: &CancellationToken,
+) -> Option<Channel> {
+    let transport = tls::transport_as(url, identity);
+    while !stop.is_cancelled() {
+        match transport.channel(url, None).await {
+            Ok(channel) => return Some(channel),
+            Err(_) => {
+                tally.count("any abuser: a new connection failed (retried)");
+                tokio::time::sleep(AFTER_REFUSAL).await;
+            }
+        }
+    }
+    None
 }
 
 /// How long an abuser pauses after a refusal.
@@ -174,7 +199,9 @@ pub async fn stream_flood(
 ) {
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let channel = tls::channel(&registry).await;
+        let Some(channel) = connect(&registry, None, &tally, &stop).await else {
+            return;
+        };
         for _ in 0..streams {
             let (channel, tally, stop) = (channel.clone(), tally.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
@@ -216,7 +243,9 @@ pub async fn call_flood(
 ) {
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let channel = tls::channel(&college).await;
+        let Some(channel) = connect(&college, None, &tally, &stop).await else {
+            return;
+        };
         for _ in 0..callers {
             let (channel, tally, stop) = (channel.clone(), tally.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
@@ -248,7 +277,9 @@ pub async fn login_flood(
     tally: Arc<Tally>,
     stop: CancellationToken,
 ) {
-    let channel = tls::channel(&college).await;
+    let Some(channel) = connect(&college, None, &tally, &stop).await else {
+        return;
+    };
     let mut tasks = Vec::new();
     for n in 0..callers {
         let (channel, tally, stop, victim) = (channel.clone(), tally.clone(), stop.clone(), victim.clone());
@@ -282,7 +313,10 @@ pub async fn login_flood(
 /// per-service limit, then churns: deregisters and registers again, so
 /// watchers of the service get a steady stream of changes.
 pub async fn max_label_registrations(registry: String, tally: Arc<Tally>, stop: CancellationToken) {
-    let mut client = RegistryClient::new(tls::channel_as(&registry, ABUSE_SERVICE).await);
+    let Some(channel) = connect(&registry, Some(ABUSE_SERVICE), &tally, &stop).await else {
+        return;
+    };
+    let mut client = RegistryClient::new(channel);
     // Past the limit of 1,000 per service: the rest must be refused.
     for n in 0..1100 {
         if stop.is_cancelled() {
@@ -318,8 +352,10 @@ pub async fn max_label_registrations(registry: String, tally: Arc<Tally>, stop: 
 /// `ListInstances` in a loop, of the abuse service (1,000 instances at
 /// their limits, ~3.5 MB) or of every service (`""`).
 pub async fn list_loop(registry: String, service: &'static str, tally: Arc<Tally>, stop: CancellationToken) {
-    let mut client = RegistryClient::new(tls::channel(&registry).await)
-        .max_decoding_message_size(16 << 20);
+    let Some(channel) = connect(&registry, None, &tally, &stop).await else {
+        return;
+    };
+    let mut client = RegistryClient::new(channel).max_decoding_message_size(16 << 20);
     while !stop.is_cancelled() {
         let listed = client
             .list_instances(ListInstancesRequest {
@@ -352,7 +388,9 @@ pub async fn unread_watchers(
 ) {
     let mut held = Vec::new();
     for _ in 0..connections {
-        let channel: Channel = tls::channel(&registry).await;
+        let Some(channel) = connect(&registry, None, &tally, &stop).await else {
+            return;
+        };
         for _ in 0..per_connection {
             let watch = RegistryClient::new(channel.clone())
                 .watch(WatchRequest {

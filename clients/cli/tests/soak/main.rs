@@ -61,6 +61,9 @@ const RSS_GROWTH_FLOOR_KIB: u64 = 64 * 1024;
 /// 1 MiB per unread watcher with everything else on top. An unbounded
 /// per-watcher buffer (a 3.5 MB snapshot each) goes well past it.
 const REGISTRY_ABUSE_BOUND_KIB: u64 = 256 * 1024;
+/// How long after the other abusers the idle connections and slow TLS
+/// handshakes start, so that the others have their connections first.
+const IDLE_AFTER: Duration = Duration::from_secs(15);
 /// Researchers running the well-behaved loop at once.
 const RESEARCHERS: usize = 4;
 
@@ -164,11 +167,6 @@ async fn soak() -> Vec<String> {
         let t = &tally;
         let s = &stop_abuse;
         let registry = mesh.registry.url();
-        for (addr, held) in servers.iter().zip(&idle_held) {
-            abuse_tasks.push(tokio::spawn(abuse::idle_connections(*addr, idle_per_server, held.clone(), t.clone(), s.clone())));
-        }
-        abuse_tasks.push(tokio::spawn(abuse::slow_loris_tls(mesh.registry.addr, 32, t.clone(), s.clone())));
-        abuse_tasks.push(tokio::spawn(abuse::slow_loris_tls(mesh.colleges[0].addr, 32, t.clone(), s.clone())));
         abuse_tasks.push(tokio::spawn(abuse::stream_flood(registry.clone(), 8, 500, t.clone(), s.clone())));
         abuse_tasks.push(tokio::spawn(abuse::call_flood(college_urls[1].clone(), 2, 256, t.clone(), s.clone())));
         abuse_tasks.push(tokio::spawn(abuse::login_flood(college_urls[1].clone(), victim.clone(), 128, t.clone(), s.clone())));
@@ -176,6 +174,22 @@ async fn soak() -> Vec<String> {
         abuse_tasks.push(tokio::spawn(abuse::list_loop(registry.clone(), mesh::ABUSE_SERVICE, t.clone(), s.clone())));
         abuse_tasks.push(tokio::spawn(abuse::list_loop(registry.clone(), "", t.clone(), s.clone())));
         abuse_tasks.push(tokio::spawn(abuse::unread_watchers(registry.clone(), mesh::ABUSE_SERVICE, 64, 4, t.clone(), s.clone())));
+        // The connections that never speak come last: while they fill a
+        // server's backlog, new connections (the other abusers') wait
+        // behind them.
+        let (addrs, held, t, s) = (servers, idle_held.clone(), t.clone(), s.clone());
+        let registry_addr = mesh.registry.addr;
+        let college_addr = mesh.colleges[0].addr;
+        abuse_tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(IDLE_AFTER).await;
+            let mut tasks = Vec::new();
+            for (addr, held) in addrs.iter().zip(held) {
+                tasks.push(tokio::spawn(abuse::idle_connections(*addr, idle_per_server, held, t.clone(), s.clone())));
+            }
+            tasks.push(tokio::spawn(abuse::slow_loris_tls(registry_addr, 32, t.clone(), s.clone())));
+            tasks.push(tokio::spawn(abuse::slow_loris_tls(college_addr, 32, t.clone(), s.clone())));
+            futures::future::join_all(tasks).await;
+        }));
     }
     let mut next_progress = Duration::from_secs(30);
     let abuse_started = tokio::time::Instant::now();
@@ -204,7 +218,10 @@ async fn soak() -> Vec<String> {
         let _ = tokio::time::timeout(load::CALL_TIMEOUT + load::RETRY_BUDGET, worker).await;
     }
     let watched = watcher.await.expect("the watcher task");
-    abusers.shutdown_timeout(Duration::from_secs(5));
+    // A runtime is dropped outside async code.
+    std::thread::spawn(move || abusers.shutdown_timeout(Duration::from_secs(5)))
+        .join()
+        .expect("the abusers' runtime shuts down");
     stop_all.cancel();
 
     // The checks.
