@@ -202,10 +202,12 @@ async fn made_up_watches() {
     drop(held);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let after = rss_kib(pid).unwrap_or(0);
+    // Are the made-up names forgotten once nobody watches them?
+    let (_, _, fresh) = snapshot(&registry, "a-name-after-the-flood").await;
     row(
         "20,000 Watch calls on made-up service names",
         format!(
-            "{ok} answered with a snapshot, {refused} RESOURCE_EXHAUSTED, {other} other; RSS {} → {} while held, {} 10 s after they close",
+            "{ok} answered with a snapshot, {refused} RESOURCE_EXHAUSTED, {other} other; RSS {} → {} while held, {} 10 s after they close; a new name's Watch then: {fresh}",
             mib(before),
             mib(holding),
             mib(after)
