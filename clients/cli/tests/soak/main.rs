@@ -199,8 +199,13 @@ async fn soak() -> Vec<String> {
             next_progress += Duration::from_secs(30);
             let held: Vec<_> = idle_held.iter().map(|h| h.load(std::sync::atomic::Ordering::Relaxed)).collect();
             let rss_now: Vec<_> = mesh.processes().iter().map(|(_, pid)| mib(mesh::rss_kib(*pid).unwrap_or(0))).collect();
+            let unread = tally
+                .rows()
+                .into_iter()
+                .find(|(what, _)| what.starts_with("unread Watch") && what.ends_with("OK"))
+                .map_or(0, |(_, n)| n);
             println!(
-                "  {:>4}s: idle connections held {held:?}, RSS {rss_now:?}, well-behaved failures {}",
+                "  {:>4}s: idle connections held {held:?}, unread watchers {unread}, RSS {rss_now:?}, well-behaved failures {}",
                 abuse_started.elapsed().as_secs(),
                 stats.failures().len()
             );

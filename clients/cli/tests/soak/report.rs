@@ -106,6 +106,7 @@ pub async fn run() {
     println!("| scenario | after |");
     println!("| --- | --- |");
     snapshots().await;
+    unread_watchers().await;
     registrations().await;
     made_up_watches().await;
     idle_connections().await;
@@ -514,4 +515,44 @@ async fn list_cpu() {
             ),
         );
     }
+}
+
+/// Watchers that never read, of a service at its limits: what each costs the registry.
+async fn unread_watchers() {
+    let (registry, pid) = registry().await;
+    let client = abuser(&registry).await;
+    register_many(&client, 1000, false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(pid).unwrap_or(0);
+    let mut held = Vec::new();
+    let (connections, per_connection) = (64, 4);
+    for _ in 0..connections {
+        let channel = tls::channel(&registry.url()).await;
+        for _ in 0..per_connection {
+            if let Ok(watch) = RegistryClient::new(channel.clone())
+                .watch(WatchRequest {
+                    service: ABUSE_SERVICE.into(),
+                })
+                .await
+            {
+                held.push(watch.into_inner());
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let holding = rss_kib(pid).unwrap_or(0);
+    let watchers = held.len();
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = rss_kib(pid).unwrap_or(0);
+    row(
+        &format!("{watchers} Watch streams that never read, of a 1,000-instance service at its limits ({connections} connections)"),
+        format!(
+            "RSS {} → {} while held ({:.1} MiB per watcher), {} 5 s after they close",
+            mib(before),
+            mib(holding),
+            (holding.saturating_sub(before)) as f64 / 1024.0 / watchers.max(1) as f64,
+            mib(after)
+        ),
+    );
 }
