@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use grantmesh_proto::CollegeClient;
 use grantmesh_proto::RegistryClient;
 use grantmesh_proto::v1::*;
-use grantmesh_proto::{CollegeClient};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -43,7 +43,12 @@ impl Tally {
     }
 
     pub fn rows(&self) -> Vec<(String, u64)> {
-        self.0.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 }
 
@@ -145,7 +150,12 @@ pub async fn idle_connections(
 
 /// A TLS handshake sent one byte a second: a ClientHello record header, then
 /// a trickle that never completes it.
-pub async fn slow_loris_tls(addr: SocketAddr, count: usize, tally: Arc<Tally>, stop: CancellationToken) {
+pub async fn slow_loris_tls(
+    addr: SocketAddr,
+    count: usize,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
     let mut tasks = Vec::new();
     for _ in 0..count {
         let (tally, stop) = (tally.clone(), stop.clone());
@@ -282,13 +292,14 @@ pub async fn login_flood(
     };
     let mut tasks = Vec::new();
     for n in 0..callers {
-        let (channel, tally, stop, victim) = (channel.clone(), tally.clone(), stop.clone(), victim.clone());
+        let (channel, tally, stop, victim) =
+            (channel.clone(), tally.clone(), stop.clone(), victim.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = CollegeClient::new(channel);
             let mut attempt = 0u64;
             while !stop.is_cancelled() {
                 attempt += 1;
-                let email = if (n as u64 + attempt) % 2 == 0 {
+                let email = if (n as u64 + attempt).is_multiple_of(2) {
                     victim.clone()
                 } else {
                     format!("nobody-{n}-{attempt}@example.org")
@@ -351,7 +362,12 @@ pub async fn max_label_registrations(registry: String, tally: Arc<Tally>, stop: 
 
 /// `ListInstances` in a loop, of the abuse service (1,000 instances at
 /// their limits, ~3.5 MB) or of every service (`""`).
-pub async fn list_loop(registry: String, service: &'static str, tally: Arc<Tally>, stop: CancellationToken) {
+pub async fn list_loop(
+    registry: String,
+    service: &'static str,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
     let Some(channel) = connect(&registry, None, &tally, &stop).await else {
         return;
     };

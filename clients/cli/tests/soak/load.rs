@@ -75,8 +75,7 @@ impl Stats {
 
     pub fn ok(&self, kind: &'static str, took: Duration, retried: &[Code]) {
         self.with(kind, |s| {
-            s.latency
-                .saturating_record(took.as_micros().max(1) as u64);
+            s.latency.saturating_record(took.as_micros().max(1) as u64);
             for code in retried {
                 *s.retried.entry(format!("{code:?}")).or_default() += 1;
             }
@@ -98,9 +97,9 @@ impl Stats {
         calls
             .iter()
             .flat_map(|(kind, s)| {
-                s.failed
-                    .iter()
-                    .map(move |(reason, n)| format!("{kind}: {reason} ×{n} (e.g. {:?})", s.examples))
+                s.failed.iter().map(move |(reason, n)| {
+                    format!("{kind}: {reason} ×{n} (e.g. {:?})", s.examples)
+                })
             })
             .collect()
     }
@@ -199,7 +198,12 @@ impl Targets {
 
 /// One researcher's loop until `stop`: propose, wait for the account, then
 /// three withdrawals and a read, alternating colleges.
-pub async fn researcher_loop(targets: Targets, token: String, stats: &Stats, stop: CancellationToken) {
+pub async fn researcher_loop(
+    targets: Targets,
+    token: String,
+    stats: &Stats,
+    stop: CancellationToken,
+) {
     let mut round = 0usize;
     while !stop.is_cancelled() {
         let request = SubmitProposalRequest {

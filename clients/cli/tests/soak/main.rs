@@ -167,13 +167,52 @@ async fn soak() -> Vec<String> {
         let t = &tally;
         let s = &stop_abuse;
         let registry = mesh.registry.url();
-        abuse_tasks.push(tokio::spawn(abuse::stream_flood(registry.clone(), 8, 500, t.clone(), s.clone())));
-        abuse_tasks.push(tokio::spawn(abuse::call_flood(college_urls[1].clone(), 2, 256, t.clone(), s.clone())));
-        abuse_tasks.push(tokio::spawn(abuse::login_flood(college_urls[1].clone(), victim.clone(), 128, t.clone(), s.clone())));
-        abuse_tasks.push(tokio::spawn(abuse::max_label_registrations(registry.clone(), t.clone(), s.clone())));
-        abuse_tasks.push(tokio::spawn(abuse::list_loop(registry.clone(), mesh::ABUSE_SERVICE, t.clone(), s.clone())));
-        abuse_tasks.push(tokio::spawn(abuse::list_loop(registry.clone(), "", t.clone(), s.clone())));
-        abuse_tasks.push(tokio::spawn(abuse::unread_watchers(registry.clone(), mesh::ABUSE_SERVICE, 64, 4, t.clone(), s.clone())));
+        abuse_tasks.push(tokio::spawn(abuse::stream_flood(
+            registry.clone(),
+            8,
+            500,
+            t.clone(),
+            s.clone(),
+        )));
+        abuse_tasks.push(tokio::spawn(abuse::call_flood(
+            college_urls[1].clone(),
+            2,
+            256,
+            t.clone(),
+            s.clone(),
+        )));
+        abuse_tasks.push(tokio::spawn(abuse::login_flood(
+            college_urls[1].clone(),
+            victim.clone(),
+            128,
+            t.clone(),
+            s.clone(),
+        )));
+        abuse_tasks.push(tokio::spawn(abuse::max_label_registrations(
+            registry.clone(),
+            t.clone(),
+            s.clone(),
+        )));
+        abuse_tasks.push(tokio::spawn(abuse::list_loop(
+            registry.clone(),
+            mesh::ABUSE_SERVICE,
+            t.clone(),
+            s.clone(),
+        )));
+        abuse_tasks.push(tokio::spawn(abuse::list_loop(
+            registry.clone(),
+            "",
+            t.clone(),
+            s.clone(),
+        )));
+        abuse_tasks.push(tokio::spawn(abuse::unread_watchers(
+            registry.clone(),
+            mesh::ABUSE_SERVICE,
+            64,
+            4,
+            t.clone(),
+            s.clone(),
+        )));
         // The connections that never speak come last: while they fill a
         // server's backlog, new connections (the other abusers') wait
         // behind them.
@@ -184,10 +223,26 @@ async fn soak() -> Vec<String> {
             tokio::time::sleep(IDLE_AFTER).await;
             let mut tasks = Vec::new();
             for (addr, held) in addrs.iter().zip(held) {
-                tasks.push(tokio::spawn(abuse::idle_connections(*addr, idle_per_server, held, t.clone(), s.clone())));
+                tasks.push(tokio::spawn(abuse::idle_connections(
+                    *addr,
+                    idle_per_server,
+                    held,
+                    t.clone(),
+                    s.clone(),
+                )));
             }
-            tasks.push(tokio::spawn(abuse::slow_loris_tls(registry_addr, 32, t.clone(), s.clone())));
-            tasks.push(tokio::spawn(abuse::slow_loris_tls(college_addr, 32, t.clone(), s.clone())));
+            tasks.push(tokio::spawn(abuse::slow_loris_tls(
+                registry_addr,
+                32,
+                t.clone(),
+                s.clone(),
+            )));
+            tasks.push(tokio::spawn(abuse::slow_loris_tls(
+                college_addr,
+                32,
+                t.clone(),
+                s.clone(),
+            )));
             futures::future::join_all(tasks).await;
         }));
     }
@@ -197,8 +252,15 @@ async fn soak() -> Vec<String> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if abuse_started.elapsed() >= next_progress {
             next_progress += Duration::from_secs(30);
-            let held: Vec<_> = idle_held.iter().map(|h| h.load(std::sync::atomic::Ordering::Relaxed)).collect();
-            let rss_now: Vec<_> = mesh.processes().iter().map(|(_, pid)| mib(mesh::rss_kib(*pid).unwrap_or(0))).collect();
+            let held: Vec<_> = idle_held
+                .iter()
+                .map(|h| h.load(std::sync::atomic::Ordering::Relaxed))
+                .collect();
+            let rss_now: Vec<_> = mesh
+                .processes()
+                .iter()
+                .map(|(_, pid)| mib(mesh::rss_kib(*pid).unwrap_or(0)))
+                .collect();
             let unread = tally
                 .rows()
                 .into_iter()
@@ -232,7 +294,15 @@ async fn soak() -> Vec<String> {
     // The checks.
     let p99_bound = P99_BOUND.as_micros() as u64;
     let mut calls = Table::new();
-    calls.set_header(["well-behaved call", "calls", "p50", "p99", "max", "retried (then OK)", "failed"]);
+    calls.set_header([
+        "well-behaved call",
+        "calls",
+        "p50",
+        "p99",
+        "max",
+        "retried (then OK)",
+        "failed",
+    ]);
     for (kind, s) in stats.calls.lock().unwrap().iter() {
         let ms = |q: f64| format!("{:.1} ms", s.latency.value_at_quantile(q) as f64 / 1000.0);
         calls.add_row([
@@ -273,14 +343,22 @@ async fn soak() -> Vec<String> {
         .map(|n| started + n as f64 * 30.0)
         .collect();
     header.extend(marks.iter().map(|m| format!("+{:.0}s", m - started)));
-    header.extend(["first-window max".into(), "last-window max".into(), "allowed".into()]);
+    header.extend([
+        "first-window max".into(),
+        "last-window max".into(),
+        "allowed".into(),
+    ]);
     memory.set_header(header);
     for (i, name) in rss.names.iter().enumerate() {
         let first = rss.max_between(i, started, started + window);
         let last = rss.max_between(i, ended - window, ended + 0.1);
         let allowed = first + (first * RSS_GROWTH_PERCENT / 100).max(RSS_GROWTH_FLOOR_KIB);
         let mut row = vec![name.clone(), mib(baseline[i])];
-        row.extend(marks.iter().map(|m| mib(rss.max_between(i, m - 2.5, m + 2.5))));
+        row.extend(
+            marks
+                .iter()
+                .map(|m| mib(rss.max_between(i, m - 2.5, m + 2.5))),
+        );
         row.extend([mib(first), mib(last), mib(allowed)]);
         memory.add_row(row);
         if last > allowed {
@@ -301,7 +379,10 @@ async fn soak() -> Vec<String> {
             mib(baseline[0])
         ));
     }
-    println!("\nRSS (max within ±2.5 s of each mark, sampled every {:?})\n{memory}", RssLog::EVERY);
+    println!(
+        "\nRSS (max within ±2.5 s of each mark, sampled every {:?})\n{memory}",
+        RssLog::EVERY
+    );
 
     // The watcher followed `college` throughout.
     println!("\nlong-lived watcher of college: {watched:?}");
@@ -309,13 +390,18 @@ async fn soak() -> Vec<String> {
         failures.push(format!("the long-lived watcher's stream broke: {broken}"));
     }
     if watched.colleges != 2 {
-        failures.push(format!("the long-lived watcher knew {} colleges at the end, not 2", watched.colleges));
+        failures.push(format!(
+            "the long-lived watcher knew {} colleges at the end, not 2",
+            watched.colleges
+        ));
     }
 
     // The books.
     let (accounts, journal) = books(&mesh, &mut failures).await;
     let acknowledged = stats.withdrawals.load(std::sync::atomic::Ordering::Relaxed);
-    println!("books: {accounts} accounts, {journal} journal entries, {acknowledged} withdrawals acknowledged");
+    println!(
+        "books: {accounts} accounts, {journal} journal entries, {acknowledged} withdrawals acknowledged"
+    );
     if journal != acknowledged {
         failures.push(format!(
             "the journal holds {journal} withdrawals, the researchers were told of {acknowledged}"
@@ -323,7 +409,9 @@ async fn soak() -> Vec<String> {
     }
     failures.extend(mesh.exited());
     if failures.is_empty() {
-        println!("\nSOAK PASSED: {secs} s of abuse; p99 within {P99_BOUND:?}, no failed calls, RSS flat, books balanced");
+        println!(
+            "\nSOAK PASSED: {secs} s of abuse; p99 within {P99_BOUND:?}, no failed calls, RSS flat, books balanced"
+        );
     }
     failures
 }
@@ -345,8 +433,15 @@ async fn books(mesh: &SoakMesh, failures: &mut Vec<String>) -> (u64, u64) {
         .expect("the books query");
     let mut journal = 0;
     for row in &rows {
-        let (id, award, balance, sum, count, keys, lowest): (String, i64, i64, i64, i64, i64, i64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5), row.get(6));
+        let (id, award, balance, sum, count, keys, lowest): (String, i64, i64, i64, i64, i64, i64) = (
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+            row.get(6),
+        );
         journal += count as u64;
         if balance != award - sum || balance < 0 || lowest < 0 || keys != count {
             failures.push(format!(

@@ -48,7 +48,14 @@ impl SoakMesh {
                 Proc::member(
                     "college",
                     &registry.url(),
-                    &["--tls-dir", &dir, "--database-url", &db.url, "--instance-id", &id],
+                    &[
+                        "--tls-dir",
+                        &dir,
+                        "--database-url",
+                        &db.url,
+                        "--instance-id",
+                        &id,
+                    ],
                 )
                 .await,
             );

@@ -77,8 +77,8 @@ async fn register_many(client: &RegistryClient<Channel>, count: usize, plain: bo
 
 /// Time to a fresh watcher's first message, and its size.
 async fn snapshot(registry: &Proc, service: &str) -> (Duration, usize, String) {
-    let mut client =
-        RegistryClient::new(tls::channel(&registry.url()).await).max_decoding_message_size(64 << 20);
+    let mut client = RegistryClient::new(tls::channel(&registry.url()).await)
+        .max_decoding_message_size(64 << 20);
     let started = Instant::now();
     let first = async {
         client
@@ -122,13 +122,22 @@ async fn snapshots() {
     let (took, size, what) = snapshot(&registry, ABUSE_SERVICE).await;
     row(
         "500 max-label registrations, then a new watcher's snapshot",
-        format!("{admitted} admitted; snapshot {:.2} MB ({what}) in {}", size as f64 / 1e6, ms(took)),
+        format!(
+            "{admitted} admitted; snapshot {:.2} MB ({what}) in {}",
+            size as f64 / 1e6,
+            ms(took)
+        ),
     );
     let admitted = register_many(&client, 1100, false).await;
     let (took, size, what) = snapshot(&registry, ABUSE_SERVICE).await;
     row(
         "1,100 max-label registrations (limit 1,000 per service), then a new watcher's snapshot",
-        format!("{} more admitted; snapshot {:.2} MB ({what}) in {}", admitted - 500.min(admitted), size as f64 / 1e6, ms(took)),
+        format!(
+            "{} more admitted; snapshot {:.2} MB ({what}) in {}",
+            admitted - 500.min(admitted),
+            size as f64 / 1e6,
+            ms(took)
+        ),
     );
 }
 
@@ -152,7 +161,11 @@ async fn registrations() {
                 .map(|r| r.into_inner().encoded_len())
         }));
     }
-    let sizes: Vec<_> = join_all(lists).await.into_iter().map(|r| r.unwrap()).collect();
+    let sizes: Vec<_> = join_all(lists)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
     let after_lists = rss_kib(pid).unwrap_or(0);
     row(
         "20,000 max-label registrations attempted (one certificate, one service)",
@@ -161,7 +174,10 @@ async fn registrations() {
             took.as_secs_f64(),
             mib(before),
             mib(after),
-            sizes.first().and_then(|s| s.as_ref().ok()).map_or(0.0, |s| *s as f64 / 1e6),
+            sizes
+                .first()
+                .and_then(|s| s.as_ref().ok())
+                .map_or(0.0, |s| *s as f64 / 1e6),
             mib(after_lists)
         ),
     );
@@ -263,12 +279,17 @@ async fn idle_connections() {
                 Err(s) => format!("Register on a new connection failed: {:?}", s.code()),
             }
         }
-        Err(err) => format!("a new connection failed after {}: {err}", ms(started.elapsed())),
+        Err(err) => format!(
+            "a new connection failed after {}: {err}",
+            ms(started.elapsed())
+        ),
     };
     let cpu = cpu_ticks(pid) - cpu_before;
     let spent = started.elapsed();
     row(
-        &format!("{want} idle connections that never send (fd limit here 20k; server cap 4,096, 256 openings at once)"),
+        &format!(
+            "{want} idle connections that never send (fd limit here 20k; server cap 4,096, 256 openings at once)"
+        ),
         format!(
             "{} connected; health check on an existing connection {:?} quiet, {:?} under the flood; {new_connection}; registry CPU meanwhile {:.0} %",
             opened.len(),
@@ -281,7 +302,10 @@ async fn idle_connections() {
 }
 
 /// Event latency of a normal watcher: 20 register/deregister pairs, each timed to its event.
-async fn watcher_latency(registry: &Proc, writer: &mut RegistryClient<Channel>) -> (Duration, Duration) {
+async fn watcher_latency(
+    registry: &Proc,
+    writer: &mut RegistryClient<Channel>,
+) -> (Duration, Duration) {
     let mut watch = RegistryClient::new(tls::channel(&registry.url()).await)
         .watch(WatchRequest {
             service: ABUSE_SERVICE.into(),
@@ -506,7 +530,11 @@ async fn list_cpu() {
         row(
             &format!(
                 "ListInstances of a {admitted}-instance service ({})",
-                if plain { "no labels" } else { "labels at their limits" }
+                if plain {
+                    "no labels"
+                } else {
+                    "labels at their limits"
+                }
             ),
             format!(
                 "{:.2} ms of registry CPU per call ({calls} calls), reply {:.2} MB",
@@ -546,7 +574,9 @@ async fn unread_watchers() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = rss_kib(pid).unwrap_or(0);
     row(
-        &format!("{watchers} Watch streams that never read, of a 1,000-instance service at its limits ({connections} connections)"),
+        &format!(
+            "{watchers} Watch streams that never read, of a 1,000-instance service at its limits ({connections} connections)"
+        ),
         format!(
             "RSS {} → {} while held ({:.1} MiB per watcher), {} 5 s after they close",
             mib(before),
