@@ -1,0 +1,424 @@
+//! The abusive clients of issue 10, each a loop until its stop token: what
+//! they try, and what the servers answered them, counted by outcome.
+//!
+//! Every abuser keeps going whatever it is answered (a refusal is the
+//! point), pausing briefly after a refusal so that the flood costs the
+//! servers, not this process's own CPU on a 2-core machine.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use grantmesh_proto::CollegeClient;
+use grantmesh_proto::RegistryClient;
+use grantmesh_proto::v1::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::mesh::ABUSE_SERVICE;
+use crate::support::tls;
+
+/// Outcomes per abuser ("idle tcp → closed by server" …).
+#[derive(Default)]
+pub struct Tally(Mutex<BTreeMap<String, u64>>);
+
+impl Tally {
+    pub fn count(&self, what: impl Into<String>) {
+        *self.0.lock().unwrap().entry(what.into()).or_default() += 1;
+    }
+
+    fn outcome<T>(&self, abuser: &str, result: &Result<T, tonic::Status>) {
+        match result {
+            Ok(_) => self.count(format!("{abuser}: OK")),
+            Err(status) if status.code() == tonic::Code::Unknown => {
+                self.count(format!("{abuser}: Unknown ({})", status.message()))
+            }
+            Err(status) => self.count(format!("{abuser}: {:?}", status.code())),
+        }
+    }
+
+    pub fn rows(&self) -> Vec<(String, u64)> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
+/// A connection to `url` (presenting `identity`'s certificate when given),
+/// retried until made: while the idle connections fill a server's backlog,
+/// new connections wait behind them, and an abuser waits as anyone would.
+pub async fn connect(
+    url: &str,
+    identity: Option<&str>,
+    tally: &Tally,
+    stop: &CancellationToken,
+) -> Option<Channel> {
+    let transport = tls::transport_as(url, identity);
+    while !stop.is_cancelled() {
+        match transport.channel(url, None).await {
+            Ok(channel) => return Some(channel),
+            Err(_) => {
+                tally.count("any abuser: a new connection failed (retried)");
+                tokio::time::sleep(AFTER_REFUSAL).await;
+            }
+        }
+    }
+    None
+}
+
+/// How long an abuser pauses after a refusal.
+const AFTER_REFUSAL: Duration = Duration::from_millis(100);
+
+/// Registry labels at their limits: 16 labels, 64-byte keys, 128-byte values.
+pub fn max_labels() -> std::collections::HashMap<String, String> {
+    (0..16)
+        .map(|n| (format!("{n:0>64}"), "v".repeat(128)))
+        .collect()
+}
+
+/// An instance of the abuse service at the registry's size limits.
+pub fn max_instance(n: usize) -> Instance {
+    let host = "a".repeat(256 - "https://:9".len());
+    Instance {
+        id: format!("abuse-{n}"),
+        service: ABUSE_SERVICE.into(),
+        address: format!("https://{host}:9"),
+        labels: max_labels(),
+        // The longest TTL there is: they stay without a single renewal.
+        ttl: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Keeps `count` TCP connections open to `addr` that never send a byte;
+/// when the server closes one, another takes its place. `held` says how
+/// many are open right now.
+pub async fn idle_connections(
+    addr: SocketAddr,
+    count: usize,
+    held: Arc<AtomicUsize>,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    // Connects in flight at once: the kernel's accept queue fills up
+    // anyway, this only keeps the opening pace civil.
+    let connecting = Arc::new(tokio::sync::Semaphore::new(64));
+    while !stop.is_cancelled() {
+        if held.load(Ordering::Relaxed) >= count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let permit = connecting.clone().acquire_owned().await.unwrap();
+        held.fetch_add(1, Ordering::Relaxed);
+        let (held, tally, stop) = (held.clone(), tally.clone(), stop.clone());
+        tokio::spawn(async move {
+            let connected =
+                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
+            drop(permit);
+            match connected {
+                Ok(Ok(mut tcp)) => {
+                    let opened = Instant::now();
+                    let mut byte = [0u8; 1];
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        _ = tcp.read(&mut byte) => {
+                            tally.count("idle tcp: closed by the server");
+                            if opened.elapsed() > Duration::from_secs(30) {
+                                tally.count("idle tcp: held open over 30 s");
+                            }
+                        }
+                    }
+                }
+                Ok(Err(_)) => tally.count("idle tcp: connect refused"),
+                Err(_) => tally.count("idle tcp: connect timed out (backlog full)"),
+            }
+            held.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// A TLS handshake sent one byte a second: a ClientHello record header, then
+/// a trickle that never completes it.
+pub async fn slow_loris_tls(
+    addr: SocketAddr,
+    count: usize,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let (tally, stop) = (tally.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let Ok(Ok(mut tcp)) =
+                    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
+                else {
+                    tally.count("slow-loris tls: connect failed");
+                    tokio::time::sleep(AFTER_REFUSAL).await;
+                    continue;
+                };
+                let opened = Instant::now();
+                // Handshake record, TLS 1.0 framing, 512 bytes announced.
+                let mut trickle = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]
+                    .into_iter()
+                    .chain(std::iter::repeat(0u8));
+                let mut reply = [0u8; 64];
+                let closed = loop {
+                    let byte = trickle.next().unwrap();
+                    if tcp.write_all(&[byte]).await.is_err() {
+                        break true;
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => break false,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        read = tcp.read(&mut reply) => if matches!(read, Ok(0) | Err(_)) { break true; },
+                    }
+                };
+                if closed {
+                    let after = opened.elapsed().as_secs();
+                    tally.count(format!(
+                        "slow-loris tls: closed by the server after {}",
+                        if after <= 12 { "≤12 s" } else { "more than 12 s" }
+                    ));
+                }
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+}
+
+/// `streams` Watch calls of `college` on each of `connections` connections,
+/// each read to the end (a flood of streams, not of unread data).
+pub async fn stream_flood(
+    registry: String,
+    connections: usize,
+    streams: usize,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let Some(channel) = connect(&registry, None, &tally, &stop).await else {
+            return;
+        };
+        for _ in 0..streams {
+            let (channel, tally, stop) = (channel.clone(), tally.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut client = RegistryClient::new(channel);
+                while !stop.is_cancelled() {
+                    let watch = client
+                        .watch(WatchRequest {
+                            service: "college".into(),
+                        })
+                        .await;
+                    tally.outcome("stream flood: Watch", &watch);
+                    let Ok(watch) = watch else {
+                        tokio::time::sleep(AFTER_REFUSAL).await;
+                        continue;
+                    };
+                    let mut stream = watch.into_inner();
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            message = stream.message() => if !matches!(message, Ok(Some(_))) { break; },
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    futures::future::join_all(tasks).await;
+}
+
+/// `callers` concurrent Pings that each hold a call for 100 ms, on each of
+/// `connections` connections to a college: more than one connection may
+/// have in flight, so the excess is shed.
+pub async fn call_flood(
+    college: String,
+    connections: usize,
+    callers: usize,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let Some(channel) = connect(&college, None, &tally, &stop).await else {
+            return;
+        };
+        for _ in 0..callers {
+            let (channel, tally, stop) = (channel.clone(), tally.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut client = CollegeClient::new(channel);
+                while !stop.is_cancelled() {
+                    let pinged = client
+                        .ping(PingRequest {
+                            message: "flood".into(),
+                            delay_ms: 100,
+                        })
+                        .await;
+                    tally.outcome("call flood: Ping", &pinged);
+                    if pinged.is_err() {
+                        tokio::time::sleep(AFTER_REFUSAL).await;
+                    }
+                }
+            }));
+        }
+    }
+    futures::future::join_all(tasks).await;
+}
+
+/// `callers` concurrent wrong-password logins at a college, against
+/// `victim` and against made-up emails in turn.
+pub async fn login_flood(
+    college: String,
+    victim: String,
+    callers: usize,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let Some(channel) = connect(&college, None, &tally, &stop).await else {
+        return;
+    };
+    let mut tasks = Vec::new();
+    for n in 0..callers {
+        let (channel, tally, stop, victim) =
+            (channel.clone(), tally.clone(), stop.clone(), victim.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = CollegeClient::new(channel);
+            let mut attempt = 0u64;
+            while !stop.is_cancelled() {
+                attempt += 1;
+                let email = if (n as u64 + attempt).is_multiple_of(2) {
+                    victim.clone()
+                } else {
+                    format!("nobody-{n}-{attempt}@example.org")
+                };
+                let login = client
+                    .login(LoginRequest {
+                        email,
+                        password: format!("wrong guess number {attempt}"),
+                    })
+                    .await;
+                tally.outcome("login flood: Login", &login);
+                if login.is_err() {
+                    tokio::time::sleep(AFTER_REFUSAL).await;
+                }
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+}
+
+/// Registers instances of the abuse service at every size limit, past the
+/// per-service limit, then churns: deregisters and registers again, so
+/// watchers of the service get a steady stream of changes.
+pub async fn max_label_registrations(registry: String, tally: Arc<Tally>, stop: CancellationToken) {
+    let Some(channel) = connect(&registry, Some(ABUSE_SERVICE), &tally, &stop).await else {
+        return;
+    };
+    let mut client = RegistryClient::new(channel);
+    // Past the limit of 1,000 per service: the rest must be refused.
+    for n in 0..1100 {
+        if stop.is_cancelled() {
+            return;
+        }
+        let registered = client
+            .register(RegisterRequest {
+                instance: Some(max_instance(n)),
+            })
+            .await;
+        tally.outcome("max-label Register (first 1,100)", &registered);
+    }
+    let mut n = 0usize;
+    while !stop.is_cancelled() {
+        n = (n + 7) % 1000;
+        let removed = client
+            .deregister(DeregisterRequest {
+                service: ABUSE_SERVICE.into(),
+                instance_id: format!("abuse-{n}"),
+            })
+            .await;
+        tally.outcome("max-label churn: Deregister", &removed);
+        let registered = client
+            .register(RegisterRequest {
+                instance: Some(max_instance(n)),
+            })
+            .await;
+        tally.outcome("max-label churn: Register", &registered);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `ListInstances` in a loop, of the abuse service (1,000 instances at
+/// their limits, ~3.5 MB) or of every service (`""`).
+pub async fn list_loop(
+    registry: String,
+    service: &'static str,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let Some(channel) = connect(&registry, None, &tally, &stop).await else {
+        return;
+    };
+    let mut client = RegistryClient::new(channel).max_decoding_message_size(16 << 20);
+    while !stop.is_cancelled() {
+        let listed = client
+            .list_instances(ListInstancesRequest {
+                service: service.into(),
+            })
+            .await;
+        tally.outcome(
+            if service.is_empty() {
+                "ListInstances loop (every service)"
+            } else {
+                "ListInstances loop (abuse)"
+            },
+            &listed,
+        );
+        if listed.is_err() {
+            tokio::time::sleep(AFTER_REFUSAL).await;
+        }
+    }
+}
+
+/// `per_connection` Watch streams of `service` on each of `connections`
+/// connections, opened and never read; held until `stop`.
+pub async fn unread_watchers(
+    registry: String,
+    service: &'static str,
+    connections: usize,
+    per_connection: usize,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        let Some(channel) = connect(&registry, None, &tally, &stop).await else {
+            return;
+        };
+        for _ in 0..per_connection {
+            let watch = RegistryClient::new(channel.clone())
+                .watch(WatchRequest {
+                    service: service.into(),
+                })
+                .await;
+            tally.outcome("unread Watch (abuse service)", &watch);
+            if let Ok(watch) = watch {
+                held.push(watch.into_inner());
+            }
+        }
+    }
+    stop.cancelled().await;
+    drop(held);
+}

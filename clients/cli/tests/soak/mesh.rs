@@ -1,0 +1,198 @@
+//! The soak's mesh: a registry, two colleges and the agency `nsf`, each a
+//! child process of the real `grantmesh` binary on TLS (the test CA of
+//! `support::tls`), the colleges and the agency on one fresh database; and
+//! the resident memory of those processes, sampled from `/proc`.
+
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use grantmesh_discovery::tls::ca::{self, LeafRequest};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::db::TestDb;
+use crate::support::{Proc, assert_eventually, ids, tls};
+
+/// The service the abusive registrations are made under; the test CA signs
+/// a certificate naming it, as a mesh member gone rogue would hold.
+pub const ABUSE_SERVICE: &str = "abuse";
+
+/// The test CA's directory, with a certificate for [`ABUSE_SERVICE`] too.
+pub fn tls_dir() -> &'static Path {
+    static DONE: OnceLock<()> = OnceLock::new();
+    let dir = tls::dir();
+    DONE.get_or_init(|| {
+        ca::issue(dir, &LeafRequest::loopback(ABUSE_SERVICE), dir).expect("an abuse certificate");
+    });
+    dir
+}
+
+/// The mesh under soak.
+pub struct SoakMesh {
+    pub db: TestDb,
+    pub registry: Proc,
+    pub colleges: Vec<Proc>,
+    pub agency: Proc,
+}
+
+impl SoakMesh {
+    pub async fn start() -> SoakMesh {
+        let dir = tls_dir().to_str().expect("a UTF-8 path").to_owned();
+        let db = TestDb::create().await;
+        let registry = Proc::registry(&["--tls-dir", &dir]).await;
+        let mut colleges = Vec::new();
+        for n in 0..2 {
+            let id = format!("college-{n}");
+            colleges.push(
+                Proc::member(
+                    "college",
+                    &registry.url(),
+                    &[
+                        "--tls-dir",
+                        &dir,
+                        "--database-url",
+                        &db.url,
+                        "--instance-id",
+                        &id,
+                    ],
+                )
+                .await,
+            );
+        }
+        let agency = Proc::member(
+            "agency",
+            &registry.url(),
+            &[
+                "--tls-dir",
+                &dir,
+                "--database-url",
+                &db.url,
+                "--name",
+                "nsf",
+                "--instance-id",
+                "agency-nsf",
+            ],
+        )
+        .await;
+        let url = registry.url();
+        assert_eventually(
+            Duration::from_secs(20),
+            "both colleges and the agency registered",
+            || {
+                let url = url.clone();
+                async move {
+                    ids(&url, "college").await.len() == 2 && ids(&url, "agency").await.len() == 1
+                }
+            },
+        )
+        .await;
+        SoakMesh {
+            db,
+            registry,
+            colleges,
+            agency,
+        }
+    }
+
+    /// Every server process: (name, pid).
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let mut all = vec![&self.registry];
+        all.extend(self.colleges.iter());
+        all.push(&self.agency);
+        all.into_iter()
+            .map(|p| (p.name.clone(), p.child.id().expect("running")))
+            .collect()
+    }
+
+    /// The servers that have exited, with their status.
+    pub fn exited(&mut self) -> Vec<String> {
+        let mut all = vec![&mut self.registry];
+        all.extend(self.colleges.iter_mut());
+        all.push(&mut self.agency);
+        all.into_iter()
+            .filter_map(|p| match p.child.try_wait() {
+                Ok(Some(status)) => Some(format!("{} exited: {status}", p.name)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Resident memory of `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+/// User + system CPU time of `pid` in clock ticks (`/proc/PID/stat`).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0;
+    };
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+}
+
+/// RSS samples of a set of processes, taken every [`RssLog::EVERY`].
+pub struct RssLog {
+    pub names: Vec<String>,
+    /// (seconds since the log started, RSS in KiB of each process in `names` order).
+    pub samples: Mutex<Vec<(f64, Vec<u64>)>>,
+}
+
+impl RssLog {
+    /// Often enough to catch a minute's peak, rarely enough to cost nothing.
+    pub const EVERY: Duration = Duration::from_secs(2);
+
+    /// Samples `processes` until `stop` is cancelled.
+    pub fn spawn(processes: Vec<(String, u32)>, stop: CancellationToken) -> std::sync::Arc<RssLog> {
+        let log = std::sync::Arc::new(RssLog {
+            names: processes.iter().map(|(n, _)| n.clone()).collect(),
+            samples: Mutex::new(Vec::new()),
+        });
+        let writer = std::sync::Arc::clone(&log);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut ticker = tokio::time::interval(RssLog::EVERY);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                let sample = processes
+                    .iter()
+                    .map(|(_, pid)| rss_kib(*pid).unwrap_or(0))
+                    .collect();
+                writer
+                    .samples
+                    .lock()
+                    .unwrap()
+                    .push((started.elapsed().as_secs_f64(), sample));
+            }
+        });
+        log
+    }
+
+    /// The highest RSS (KiB) of process `index` over samples in `from..to` seconds.
+    pub fn max_between(&self, index: usize, from: f64, to: f64) -> u64 {
+        self.samples
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| (from..to).contains(at))
+            .map(|(_, rss)| rss[index])
+            .max()
+            .unwrap_or(0)
+    }
+}
