@@ -6,7 +6,13 @@
 //! plaintext the client's first bytes (its HTTP/2 preface). A client that
 //! connects and never speaks holds neither the accept loop nor a slot for
 //! longer than [`HANDSHAKE_TIMEOUT`]; opened connections are handed to tonic
-//! as a stream. The TLS configuration is taken per connection from
+//! as a stream. The loop never waits for an opening to finish before it
+//! accepts the next connection: when [`MAX_PENDING_HANDSHAKES`] openings are
+//! in progress, the oldest is dropped for the newcomer. A real client opens
+//! in milliseconds, so a flood of clients that connect and say nothing
+//! evicts its own kind and never locks real clients out (which a fixed set
+//! of opening slots, each held for the whole timeout, would: a few dozen
+//! silent connections a second kept a server closed to new clients). The TLS configuration is taken per connection from
 //! [`TlsMaterial`], so rotated certificates apply to new connections.
 //!
 //! At most [`max_connections`] connections are held at once; beyond that a
@@ -16,6 +22,7 @@
 //! When `accept` itself fails (out of file descriptors), the loop backs off
 //! instead of spinning.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,7 +33,7 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,8 +43,8 @@ use crate::tls::TlsMaterial;
 /// How long a client may take to open its connection: finish the TLS
 /// handshake, or send its first bytes on plaintext.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Openings in progress at once; beyond this new connections wait in the
-/// kernel's backlog instead of each holding a task and a buffer here.
+/// Openings in progress at once, each holding a task and a buffer; beyond
+/// this the oldest is dropped for the newest.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
 /// Idle time before TCP keepalive probes start on a server connection.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -163,14 +170,10 @@ async fn accept_loop<S, F, Fut>(
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = std::io::Result<S>> + Send + 'static,
 {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let openings = Arc::new(Openings::default());
     let connections = Arc::new(Semaphore::new(max_connections()));
     let mut refused = 0u64;
     loop {
-        let permit = tokio::select! {
-            () = tx.closed() => return,
-            permit = pending.clone().acquire_owned() => permit.expect("never closed"),
-        };
         let (tcp, peer) = tokio::select! {
             () = tx.closed() => return,
             accepted = listener.accept() => match accepted {
@@ -196,11 +199,17 @@ async fn accept_loop<S, F, Fut>(
         let _ = socket2::SockRef::from(&tcp)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
         let opening = open(tcp);
+        let (id, evicted) = openings.start();
+        let openings = Arc::clone(&openings);
         let tx = tx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, opening).await {
-                Ok(Ok(stream)) => {
+            let outcome = tokio::select! {
+                opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, opening) => Some(opened),
+                _ = evicted => None,
+            };
+            openings.finish(id);
+            match outcome {
+                Some(Ok(Ok(stream))) => {
                     let _ = tx
                         .send(Ok(Limited {
                             stream,
@@ -208,12 +217,47 @@ async fn accept_loop<S, F, Fut>(
                         }))
                         .await;
                 }
-                Ok(Err(err)) => log_failed(peer, &err),
-                Err(_) => {
+                Some(Ok(Err(err))) => log_failed(peer, &err),
+                Some(Err(_)) => {
                     tracing::debug!(%peer, "connection closed: nothing received within {HANDSHAKE_TIMEOUT:?}")
+                }
+                None => {
+                    tracing::debug!(%peer, "connection closed: still opening while {MAX_PENDING_HANDSHAKES} newer ones were")
                 }
             }
         });
+    }
+}
+
+/// The openings in progress, oldest first, each with the sender whose drop
+/// tells it to give up.
+#[derive(Default)]
+struct Openings {
+    queue: std::sync::Mutex<(u64, VecDeque<(u64, oneshot::Sender<()>)>)>,
+}
+
+impl Openings {
+    /// Registers a new opening (evicting the oldest when full): its id, and
+    /// what resolves when it is evicted.
+    fn start(&self) -> (u64, oneshot::Receiver<()>) {
+        let (evict, evicted) = oneshot::channel();
+        let mut queue = self.queue.lock().expect("openings poisoned");
+        let (next, pending) = &mut *queue;
+        let id = *next;
+        *next += 1;
+        if pending.len() >= MAX_PENDING_HANDSHAKES {
+            // Dropping its sender resolves its receiver.
+            pending.pop_front();
+        }
+        pending.push_back((id, evict));
+        (id, evicted)
+    }
+
+    fn finish(&self, id: u64) {
+        let mut queue = self.queue.lock().expect("openings poisoned");
+        if let Some(at) = queue.1.iter().position(|(pending, _)| *pending == id) {
+            queue.1.remove(at);
+        }
     }
 }
 

@@ -351,7 +351,7 @@ pub fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), 
 }
 
 /// Argon2 hashes running at once: each holds 19 MiB (the crate's default
-/// memory cost) and a blocking thread for ~50 ms, so an unbounded number of
+/// memory cost) and a thread for ~50 ms, so an unbounded number of
 /// concurrent logins would take memory and threads without limit.
 pub const MAX_CONCURRENT_HASHES: usize = 4;
 /// Hashes that may wait for a slot; more are refused with
@@ -360,12 +360,23 @@ pub const MAX_CONCURRENT_HASHES: usize = 4;
 /// at most ~3 s of queue.
 pub const MAX_WAITING_HASHES: usize = 256;
 
-/// Bounds the password hashing a process does at once.
+/// Bounds the password hashing a process does at once, and runs it on
+/// threads of its own, one per slot.
+///
+/// Not on tokio's blocking pool: each of its (many, short-lived) threads
+/// gets its own allocator arena, and an arena keeps the 19 MiB a hash
+/// freed for its next use, so a burst of logins left hundreds of MiB held
+/// long after (128 concurrent wrong passwords: ~700 MiB). A fixed set of
+/// threads reuses the same few blocks.
 pub struct HashLimiter {
     slots: tokio::sync::Semaphore,
     waiting: std::sync::atomic::AtomicUsize,
     max_waiting: usize,
+    threads: usize,
+    workers: std::sync::OnceLock<std::sync::mpsc::SyncSender<Job>>,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
 
 impl HashLimiter {
     pub const fn new(concurrent: usize, max_waiting: usize) -> Self {
@@ -373,10 +384,38 @@ impl HashLimiter {
             slots: tokio::sync::Semaphore::const_new(concurrent),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             max_waiting,
+            threads: concurrent,
+            workers: std::sync::OnceLock::new(),
         }
     }
 
-    /// Runs `work` on the blocking pool once a slot is free.
+    /// The hashing threads' queue, started on first use: one thread per
+    /// slot, so a job never waits there (the slots are taken first).
+    fn workers(&self) -> &std::sync::mpsc::SyncSender<Job> {
+        self.workers.get_or_init(|| {
+            let threads = self.threads.max(1);
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(threads);
+            let receiver = std::sync::Arc::new(std::sync::Mutex::new(receiver));
+            for n in 0..threads {
+                let receiver = std::sync::Arc::clone(&receiver);
+                std::thread::Builder::new()
+                    .name(format!("password-{n}"))
+                    .spawn(move || {
+                        loop {
+                            let job = receiver.lock().map(|jobs| jobs.recv());
+                            match job {
+                                Ok(Ok(job)) => job(),
+                                _ => return,
+                            }
+                        }
+                    })
+                    .expect("failed to start a password hashing thread");
+            }
+            sender
+        })
+    }
+
+    /// Runs `work` on a hashing thread once a slot is free.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
@@ -392,7 +431,13 @@ impl HashLimiter {
         let permit = self.slots.acquire().await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         let _permit = permit.map_err(|_| Status::unavailable("shutting down"))?;
-        tokio::task::spawn_blocking(work)
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.workers()
+            .send(Box::new(move || {
+                let _ = done.send(work());
+            }))
+            .map_err(|_| Status::internal("password hashing has stopped"))?;
+        result
             .await
             .map_err(|_| Status::internal("password hashing was interrupted"))
     }
@@ -453,6 +498,25 @@ pub async fn verify_password(password: String, hash: Option<String>) -> Result<b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn password_work_runs_on_as_many_threads_as_slots_however_many_ask() {
+        let limiter: &'static HashLimiter = Box::leak(Box::new(HashLimiter::new(2, 64)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..48 {
+            tasks.spawn(limiter.run(|| {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                std::thread::current().id()
+            }));
+        }
+        let distinct: std::collections::HashSet<_> = tasks
+            .join_all()
+            .await
+            .into_iter()
+            .map(|id| id.unwrap())
+            .collect();
+        assert_eq!(distinct.len(), 2, "{distinct:?}");
+    }
 
     #[tokio::test]
     async fn an_unknown_email_is_checked_against_a_decoy_and_never_passes() {

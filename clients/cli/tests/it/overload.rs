@@ -1,7 +1,8 @@
 //! Overload, tried against the real binary: a server that is handling all
 //! the calls it takes refuses the next one at once with RESOURCE_EXHAUSTED
 //! (it never queues it), one connection cannot take every slot, and a
-//! client that connects and never speaks is closed.
+//! client that connects and never speaks is closed without locking real
+//! clients out.
 
 use std::time::Duration;
 
@@ -111,6 +112,41 @@ async fn a_plaintext_client_that_connects_and_never_speaks_is_closed() {
         matches!(read, Ok(0) | Err(_)),
         "closed without a word: {read:?}"
     );
+}
+
+/// Clients that connect and say nothing, far more of them than the server
+/// opens at once, arriving faster than its opening deadline lets them go:
+/// the oldest silent opening makes room for each newcomer, so a real
+/// client connects and is answered at once instead of waiting behind them.
+#[tokio::test]
+async fn a_flood_of_silent_connections_does_not_lock_real_clients_out() {
+    let registry = Proc::registry(&[]).await;
+    let addr = registry.addr;
+    let silent = futures::future::join_all(
+        (0..3 * grantmesh_discovery::incoming::MAX_PENDING_HANDSHAKES).map(|_| async move {
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }),
+    )
+    .await;
+    let held = silent.iter().flatten().count();
+    assert!(
+        held > grantmesh_discovery::incoming::MAX_PENDING_HANDSHAKES,
+        "only {held} silent connections were made"
+    );
+
+    let answered = tokio::time::timeout(Duration::from_secs(3), async {
+        connect(&registry)
+            .await
+            .list_instances(ListInstancesRequest::default())
+            .await
+    })
+    .await
+    .expect("a real client is answered while silent connections wait");
+    answered.unwrap();
+    drop(silent);
 }
 
 /// `GET url` over plain HTTP/1.0; the body.
