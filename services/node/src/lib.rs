@@ -123,6 +123,9 @@ fn start_registry(
         },
         options.streams_closing.clone(),
     );
+    registry
+        .register_metrics(options.metrics.registry())
+        .context("failed to register the registry's metrics")?;
     let server = grantmesh_server::spawn(listener, Routes::new(registry.into_server()), options)?;
     Ok(Node {
         service: grantmesh_registry::SERVICE,
@@ -173,6 +176,9 @@ async fn start_agency(
     )
     .await
     .context("failed to start the agency")?;
+    service
+        .register_metrics(options.metrics.registry())
+        .context("failed to register the agency's metrics")?;
     let server = grantmesh_server::spawn(listener, Routes::new(service.into_server()), options)?;
     Ok(Node {
         service: grantmesh_agency::SERVICE,
@@ -210,6 +216,9 @@ async fn start_college(
     )
     .await
     .context("failed to start the college")?;
+    service
+        .register_metrics(options.metrics.registry())
+        .context("failed to register the college's metrics")?;
     let server = grantmesh_server::spawn(listener, Routes::new(service.into_server()), options)?;
     Ok(Node {
         service: grantmesh_college::SERVICE,
