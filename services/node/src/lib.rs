@@ -38,6 +38,9 @@ pub struct Node {
     pub instance_id: String,
     /// The URL other instances and clients dial.
     pub url: String,
+    /// Where its Prometheus metrics are scraped (`http://HOST:PORT/metrics`),
+    /// when it serves them (`ServerSettings::metrics_listen`).
+    pub metrics_url: Option<String>,
     server: RunningServer,
 }
 
@@ -113,7 +116,8 @@ fn start_registry(
     options.grace_period = settings.server.grace_period;
     options.limits = settings.server.limits;
     options.transport = transport.clone();
-    (options.metrics, _) = metrics_endpoint(&settings.server, &addr.ip().to_string())?;
+    let metrics_url;
+    (options.metrics, metrics_url) = metrics_endpoint(&settings.server, &addr.ip().to_string())?;
     let registry = grantmesh_registry::RegistryService::new(
         grantmesh_registry::RegistryConfig {
             instance_id: instance_id.clone(),
@@ -131,6 +135,7 @@ fn start_registry(
         service: grantmesh_registry::SERVICE,
         instance_id,
         url: transport.url(addr),
+        metrics_url,
         server,
     })
 }
@@ -182,6 +187,7 @@ async fn start_agency(
     let server = grantmesh_server::spawn(listener, Routes::new(service.into_server()), options)?;
     Ok(Node {
         service: grantmesh_agency::SERVICE,
+        metrics_url: instance.labels.get("metrics").cloned(),
         instance_id: instance.id,
         url: instance.address,
         server,
@@ -222,6 +228,7 @@ async fn start_college(
     let server = grantmesh_server::spawn(listener, Routes::new(service.into_server()), options)?;
     Ok(Node {
         service: grantmesh_college::SERVICE,
+        metrics_url: instance.labels.get("metrics").cloned(),
         instance_id: instance.id,
         url: instance.address,
         server,
