@@ -70,6 +70,10 @@ pub struct DevArgs {
     /// Do not start the web portal (it listens on the base port + 80 otherwise).
     #[arg(long)]
     no_web: bool,
+    /// Do not serve Prometheus metrics (each node serves them over plain
+    /// HTTP on the base port + 90 and up otherwise).
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 /// A simulated day: accounts of a few days expire within seconds.
@@ -78,6 +82,10 @@ const DEFAULT_DAY: Duration = Duration::from_secs(24 * 60 * 60);
 const DEFAULT_BASE_PORT: u16 = 7000;
 /// The web portal listens on the base port + this (7080 by default).
 const WEB_PORT_OFFSET: u16 = 80;
+/// Nodes serve their metrics on the base port + this and up (7090 for the
+/// registry, 7091–7092 for the agencies, 7093–7094 for the colleges): one
+/// port each, as each node has its own metrics. Plain HTTP, on dev's host.
+const METRICS_PORT_OFFSET: u16 = 90;
 
 /// The two agencies of the dev mesh: different names, different bands.
 const AGENCIES: [(&str, i64, i64); 2] = [("nsf", 300_000, 500_000), ("erc", 100_000, 250_000)];
@@ -158,26 +166,9 @@ impl DevMesh {
         } else {
             Some(dev_certificates(&tls_dir)?)
         };
-        let server = |service: &str, id: Option<String>| ServerSettings {
-            instance_id: id,
-            tls: ca
-                .as_ref()
-                .map(|_| TlsPaths::in_dir(&tls_dir, Some(service))),
-            ..ServerSettings::default()
-        };
-        let store = StoreSettings {
-            database_url: database_url.clone(),
-            pool_size: StoreSettings::DEFAULT_POOL_SIZE,
-            keys: dev_keys(&data_dir)?,
-        };
         let base_port = args
             .base_port
             .unwrap_or(if args.simulate { 0 } else { DEFAULT_BASE_PORT });
-        let day_length = args.day_length.unwrap_or(if args.simulate {
-            SIMULATED_DAY
-        } else {
-            DEFAULT_DAY
-        });
         let port = |offset: u16| {
             let port = if base_port == 0 {
                 0
@@ -188,10 +179,36 @@ impl DevMesh {
             };
             anyhow::Ok(SocketAddr::new(args.host, port))
         };
+        // `metrics`: the node's metrics port, after METRICS_PORT_OFFSET.
+        let server = |service: &str, id: Option<String>, metrics: u16| {
+            let metrics_listen = if args.no_metrics {
+                None
+            } else {
+                Some(port(METRICS_PORT_OFFSET + metrics)?)
+            };
+            anyhow::Ok(ServerSettings {
+                instance_id: id,
+                tls: ca
+                    .as_ref()
+                    .map(|_| TlsPaths::in_dir(&tls_dir, Some(service))),
+                metrics_listen,
+                ..ServerSettings::default()
+            })
+        };
+        let store = StoreSettings {
+            database_url: database_url.clone(),
+            pool_size: StoreSettings::DEFAULT_POOL_SIZE,
+            keys: dev_keys(&data_dir)?,
+        };
+        let day_length = args.day_length.unwrap_or(if args.simulate {
+            SIMULATED_DAY
+        } else {
+            DEFAULT_DAY
+        });
 
         let registry = start(
             Role::Registry(RegistrySettings {
-                server: server("registry", None),
+                server: server("registry", None, 0)?,
                 // Nothing was registered before this process: no warm-up to wait out.
                 warmup: Duration::ZERO,
                 ..RegistrySettings::default()
@@ -211,7 +228,7 @@ impl DevMesh {
         let mut colleges = Vec::new();
         for n in 0..COLLEGES {
             let settings = CollegeSettings {
-                server: server("college", Some(format!("college-{}", n + 1))),
+                server: server("college", Some(format!("college-{}", n + 1)), 3 + n as u16)?,
                 day_length,
                 agencies: known.clone(),
                 ..CollegeSettings::new(mesh.clone(), store.clone())
@@ -222,7 +239,7 @@ impl DevMesh {
         for (n, (name, min, max)) in AGENCIES.into_iter().enumerate() {
             let band = Band::new(min, max)?;
             let mut settings = AgencySettings::new(name, mesh.clone(), store.clone());
-            settings.server = server("agency", Some(format!("agency-{name}")));
+            settings.server = server("agency", Some(format!("agency-{name}")), 1 + n as u16)?;
             settings.band = band;
             let node = start(Role::Agency(settings), port(100 + n as u16)?).await?;
             agencies.push((name.to_owned(), band, node));
@@ -308,6 +325,22 @@ impl DevMesh {
         }
         for node in &self.colleges {
             out += &format!("  college    {}   {}\n", node.url, node.instance_id);
+        }
+        let scraped: Vec<&Node> = std::iter::once(&self.registry)
+            .chain(self.agencies.iter().map(|(_, _, node)| node))
+            .chain(&self.colleges)
+            .filter(|node| node.metrics_url.is_some())
+            .collect();
+        if !scraped.is_empty() {
+            out +=
+                "  metrics    Prometheus text format, plain HTTP (--no-metrics turns them off):\n";
+            for node in scraped {
+                out += &format!(
+                    "             {}   {}\n",
+                    node.metrics_url.as_deref().unwrap_or_default(),
+                    node.instance_id
+                );
+            }
         }
         if let Some(web) = &self.web {
             out += &format!(

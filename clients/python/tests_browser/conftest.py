@@ -59,6 +59,10 @@ class Mesh:
         self.procs = {}
         self.registry_port = free_port()
         self.registry = f"http://127.0.0.1:{self.registry_port}"
+        # Every role serves Prometheus metrics; agencies and colleges on a
+        # free port they advertise in their `metrics` label, the registry
+        # (which registers nowhere) on one chosen here.
+        self.registry_metrics = f"http://127.0.0.1:{free_port()}/metrics"
         self.web_port = free_port()
         self.web = f"http://127.0.0.1:{self.web_port}"
         self.env = dict(
@@ -78,20 +82,25 @@ class Mesh:
             stdin=subprocess.DEVNULL)
 
     def start(self):
+        metrics_port = urllib.parse.urlsplit(self.registry_metrics).port
         self.spawn("registry", "registry", "--listen", f"127.0.0.1:{self.registry_port}",
-                   "--warmup", "0s")
-        bands = "nsf=300000..500000,erc=100000..250000"
+                   "--warmup", "0s", "--metrics-listen", f"127.0.0.1:{metrics_port}")
         for n in (1, 2):
-            self.spawn(f"college-{n}", "college", "--listen", f"127.0.0.1:{free_port()}",
-                       "--instance-id", f"college-{n}", "--registry", self.registry,
-                       "--agencies", bands, "--day-length", DAY_LENGTH)
+            self.spawn_college(f"college-{n}")
         for name, lo, hi in (("nsf", 300000, 500000), ("erc", 100000, 250000)):
             self.spawn(f"agency-{name}", "agency", "--listen", f"127.0.0.1:{free_port()}",
                        "--instance-id", f"agency-{name}", "--registry", self.registry,
-                       "--name", name, "--min-award", str(lo), "--max-award", str(hi))
+                       "--name", name, "--min-award", str(lo), "--max-award", str(hi),
+                       "--metrics-listen", "127.0.0.1:0")
         self.spawn("web", "web", "--listen", f"127.0.0.1:{self.web_port}",
                    "--registry", self.registry)
         self.await_mesh(colleges=2, agencies=2)
+
+    def spawn_college(self, name):
+        self.spawn(name, "college", "--listen", f"127.0.0.1:{free_port()}",
+                   "--instance-id", name, "--registry", self.registry,
+                   "--agencies", "nsf=300000..500000,erc=100000..250000",
+                   "--day-length", DAY_LENGTH, "--metrics-listen", "127.0.0.1:0")
 
     def await_mesh(self, colleges, agencies):
         """Waits until the portal's dashboard lists the mesh (bounded)."""
@@ -121,6 +130,12 @@ class Mesh:
         proc = self.procs[name]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+    def terminate(self, name):
+        """Stops one process along its graceful path (it deregisters)."""
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
 
     def stop(self):
         for proc in self.procs.values():

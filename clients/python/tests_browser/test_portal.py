@@ -62,30 +62,6 @@ def sign_up(driver, web, name, email):
     wait(driver).until(EC.url_to_be(web + "/accounts"))
 
 
-def accept_invitation(mesh, email):
-    """The invited researcher accepts over gRPC: the portal has no page for
-    invitations yet, and adding a member is an invitation."""
-    import pathlib
-    import sys
-
-    import grpc
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    import grantmesh_client as gc
-    from grantmesh.v1 import college_pb2, college_pb2_grpc
-
-    registry = grpc.insecure_channel(mesh.registry.removeprefix("http://"))
-    address = gc.list_instances(registry, "college")[0]["address"]
-    college = college_pb2_grpc.CollegeStub(grpc.insecure_channel(address.removeprefix("http://")))
-    token = college.Login(college_pb2.LoginRequest(email=email, password=PASSWORD), timeout=10).token
-    auth = gc.bearer(token)
-    invitations = college.ListInvitations(college_pb2.ListInvitationsRequest(), metadata=auth, timeout=10)
-    for invitation in invitations.invitations:
-        college.AcceptInvitation(
-            college_pb2.AcceptInvitationRequest(invitation_id=invitation.invitation_id),
-            metadata=auth, timeout=10)
-
-
 def log_in(driver, web, email):
     driver.get(web + "/login")
     form = fill(driver, "#login-form", email=email, password=PASSWORD)
@@ -238,16 +214,37 @@ def test_another_researcher_can_neither_open_nor_follow_the_account(mesh, browse
           body: "amount=1&key=abc&csrf=forged"}).then(r => done(r.status), e => done(String(e)));
     """, Ctx.account_id)
     assert refused == 403
-    # Ada adds Bob; from then on his page shows the account.
+    # Ada invites Bob (adding a member is an invitation): until he accepts,
+    # the account stays closed to him.
     ada = browsers()
     log_in(ada, mesh.web, Ctx.ada_email)
     ada.get(f"{mesh.web}/accounts/{Ctx.account_id}")
     form = fill(ada, "#add-member-form", email=Ctx.bob_email)
     submit(ada, form)
-    wait(ada).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Added"))
-    accept_invitation(mesh, Ctx.bob_email)
+    wait(ada).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Sent an invitation"))
+    assert Ctx.bob_email in text(ada, "#invited"), "the principal investigator sees it pending"
     bob.get(f"{mesh.web}/accounts/{Ctx.account_id}")
+    assert wait(bob).until(EC.presence_of_element_located((By.ID, "error"))).text
+    # Bob accepts in his browser, on his invitations page.
+    bob.find_element(By.ID, "invitations-link").click()
+    row = wait(bob).until(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, "#invitations tbody tr")))
+    assert "Protein folding" in row.text and "Ada Lovelace" in row.text, row.text
+    shots(bob, "invitations")
+    # A forged answer (no CSRF token) is refused like any other form.
+    forged = bob.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch("/invitations/" + arguments[0] + "/accept", {method: "POST",
+          headers: {"content-type": "application/x-www-form-urlencoded"},
+          body: "csrf=forged"}).then(r => done(r.status), e => done(String(e)));
+    """, row.get_attribute("data-invitation"))
+    assert forged == 403
+    row.find_element(By.CSS_SELECTOR, "button.accept").click()
+    wait(bob).until(EC.url_to_be(f"{mesh.web}/accounts/{Ctx.account_id}"))
+    assert "You joined" in text(bob, "#flash")
     wait(bob).until(EC.presence_of_element_located((By.ID, "balance")))
+    bob.get(mesh.web + "/invitations")
+    assert bob.find_elements(By.ID, "no-invitations"), "the answered invitation is gone"
 
 
 def test_a_member_removed_by_the_principal_investigator_disappears_live_and_loses_access(

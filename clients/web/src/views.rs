@@ -6,7 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use askama::Template;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use grantmesh_proto::v1::{Account, Member, Proposal, Transaction, account, member, proposal};
+use grantmesh_proto::v1::{
+    Account, Invitation, Member, Proposal, Transaction, account, member, proposal,
+};
 use serde::Serialize;
 
 use crate::money;
@@ -148,6 +150,34 @@ pub struct AccountPage {
 }
 
 #[derive(Template)]
+#[template(path = "invitations.html")]
+pub struct Invitations {
+    pub nav: Nav,
+    pub invitations: Vec<InvitationRow>,
+}
+
+/// An invitation as its invited researcher sees it.
+pub struct InvitationRow {
+    pub id: String,
+    pub account_title: String,
+    pub invited_by_name: String,
+    pub invited_by_email: String,
+    pub invited_at: String,
+}
+
+impl From<Invitation> for InvitationRow {
+    fn from(i: Invitation) -> Self {
+        Self {
+            invited_at: when(time(i.invited_at.as_ref())),
+            id: i.invitation_id,
+            account_title: i.account_title,
+            invited_by_name: i.invited_by_name,
+            invited_by_email: i.invited_by_email,
+        }
+    }
+}
+
+#[derive(Template)]
 #[template(path = "mesh.html")]
 pub struct MeshPage {
     pub nav: Nav,
@@ -203,6 +233,9 @@ pub struct AccountView {
     pub expires: String,
     pub expires_ms: u64,
     pub members: Vec<MemberView>,
+    /// Emails invited and not yet answered (the College tells only the
+    /// principal investigator; empty for others and in live updates).
+    pub invited: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -234,6 +267,7 @@ impl From<Account> for AccountView {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             members: a.members.into_iter().map(MemberView::from).collect(),
+            invited: a.invitations.into_iter().map(|i| i.email).collect(),
         }
     }
 }

@@ -27,6 +27,7 @@ use grantmesh_auth::Keys;
 use grantmesh_discovery::Balancer;
 use grantmesh_proto::v1::*;
 use grantmesh_proto::{Agency, AgencyServer, CollegeClient};
+use grantmesh_server::metrics::prometheus::{self, IntCounterVec, Opts};
 use store::{NewProposal, ProposalRow, ProposalStore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -63,6 +64,12 @@ struct Inner {
     config: AgencyConfig,
     store: ProposalStore,
     colleges: Balancer,
+    /// `grantmesh_agency_proposals_total{decision}`: proposals decided
+    /// (`accepted`, `rejected`) and submissions refused before any decision
+    /// was recorded (`refused`: invalid, unauthenticated, an unknown
+    /// researcher, a reused key). A replay of a decided proposal is not
+    /// counted again.
+    proposals: IntCounterVec,
 }
 
 impl AgencyService {
@@ -75,15 +82,32 @@ impl AgencyService {
         closing: CancellationToken,
     ) -> Result<Self, grantmesh_store::StoreError> {
         let store = ProposalStore::start(database_url, config.pool_size).await?;
+        let proposals = IntCounterVec::new(
+            Opts::new(
+                "grantmesh_agency_proposals_total",
+                "Proposals decided (accepted, rejected) and submissions refused before a decision (refused)",
+            ),
+            &["decision"],
+        )
+        .expect("valid metric");
+        for decision in ["accepted", "rejected", "refused"] {
+            proposals.with_label_values(&[decision]);
+        }
         let service = Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 colleges,
+                proposals,
             }),
         };
         tokio::spawn(service.clone().reconcile(closing));
         Ok(service)
+    }
+
+    /// Registers the Agency's own metrics (docs/metrics.md) in `registry`.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.inner.proposals.clone()))
     }
 
     pub fn into_server(self) -> AgencyServer<Self> {
@@ -325,12 +349,13 @@ fn parse_page_token(token: &str) -> Result<Option<(SystemTime, Uuid)>, Status> {
     grantmesh_proto::paging::parse(token)
 }
 
-#[tonic::async_trait]
-impl Agency for AgencyService {
-    #[tracing::instrument(skip_all, fields(agency = %self.config().name))]
-    async fn submit_proposal(
+impl AgencyService {
+    /// `SubmitProposal`; sets `decided` once the decision is recorded, so
+    /// the caller counts a refusal only when nothing was.
+    async fn submit(
         &self,
         request: Request<SubmitProposalRequest>,
+        decided: &mut bool,
     ) -> Result<Response<Proposal>, Status> {
         let investigator = self.config().keys.researcher(&request)?;
         let token = grantmesh_auth::bearer(&request)?.to_owned();
@@ -375,14 +400,22 @@ impl Agency for AgencyService {
                 reason: &reason,
             })
             .await?;
+        *decided = true;
         if new {
             tracing::info!(proposal = %proposal.id, accepted = proposal.accepted, amount, "proposal decided");
+            let decision = if proposal.accepted {
+                "accepted"
+            } else {
+                "rejected"
+            };
+            self.inner.proposals.with_label_values(&[decision]).inc();
         } else if proposal.requested_amount != amount
             || proposal.title != title
             || proposal.duration_days != request.duration_days as i32
         {
             // As Withdraw does: one key, one request; a different request
             // under a used key is a mistake to report, not to paper over.
+            *decided = false;
             return Err(Status::failed_precondition(format!(
                 "idempotency_key {} was already used for proposal {} ({:?}, {} minor units, {} days); \
                  use a new key for a new proposal",
@@ -409,6 +442,22 @@ impl Agency for AgencyService {
             proposal.account_id = Some(account);
         }
         Ok(Response::new(self.message(proposal)))
+    }
+}
+
+#[tonic::async_trait]
+impl Agency for AgencyService {
+    #[tracing::instrument(skip_all, fields(agency = %self.config().name))]
+    async fn submit_proposal(
+        &self,
+        request: Request<SubmitProposalRequest>,
+    ) -> Result<Response<Proposal>, Status> {
+        let mut decided = false;
+        let answer = self.submit(request, &mut decided).await;
+        if answer.is_err() && !decided {
+            self.inner.proposals.with_label_values(&["refused"]).inc();
+        }
+        answer
     }
 
     async fn get_proposal(

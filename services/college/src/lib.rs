@@ -12,6 +12,7 @@
 //! through PostgreSQL `NOTIFY`, or, on SQLite, an in-process fan-out that
 //! reaches only the instances in the same process.
 
+mod metrics;
 pub mod store;
 pub mod validate;
 mod watch;
@@ -66,6 +67,8 @@ struct Inner {
     watchers: Arc<watch::Watchers>,
     /// Login and sign-up attempts, per email and per peer address.
     attempts: grantmesh_auth::Attempts,
+    /// Withdrawals by outcome and database errors, for `/metrics`.
+    metrics: metrics::CollegeMetrics,
 }
 
 /// Login attempts one email gets per minute on one College instance; see
@@ -98,6 +101,7 @@ impl CollegeService {
                 closing: closing.clone(),
                 watchers: Arc::default(),
                 attempts: grantmesh_auth::Attempts::new(),
+                metrics: metrics::CollegeMetrics::new(),
             }),
         };
         // Forget emails and peers whose attempts have aged out, so made-up
@@ -123,6 +127,21 @@ impl CollegeService {
 
     pub fn store(&self) -> &AccountStore {
         &self.inner.store
+    }
+
+    /// Registers the College's own metrics (docs/metrics.md) in `registry`.
+    pub fn register_metrics(
+        &self,
+        registry: &grantmesh_server::metrics::prometheus::Registry,
+    ) -> grantmesh_server::metrics::prometheus::Result<()> {
+        self.inner
+            .metrics
+            .register(registry, self.inner.store.clone())
+    }
+
+    /// Counts a store error that was the database's fault.
+    fn count(&self, err: &store::StoreError) {
+        self.inner.metrics.store_error(err);
     }
 
     fn keys(&self) -> &Keys {
@@ -185,7 +204,10 @@ impl College for CollegeService {
             Err(store::StoreError::AlreadyExists(_)) => {
                 tracing::info!("sign-up for an email already registered; the account is unchanged")
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => {
+                self.count(&err);
+                return Err(err.into());
+            }
         }
         Ok(Response::new(Researcher {
             researcher_id: String::new(),
@@ -201,7 +223,12 @@ impl College for CollegeService {
         let email = validate::email("email", &request.email)?;
         self.inner.attempts.check_email(&email)?;
         let refused = || Status::unauthenticated("the email or password is wrong");
-        let researcher = self.inner.store.researcher_by_email(&email).await?;
+        let researcher = self
+            .inner
+            .store
+            .researcher_by_email(&email)
+            .await
+            .inspect_err(|err| self.count(err))?;
         // An unknown email is checked against a decoy hash: it takes as long
         // as a wrong password, so timing does not tell which emails exist.
         let hash = researcher.as_ref().map(|r| r.password_hash.clone());
@@ -266,7 +293,8 @@ impl College for CollegeService {
                     expires_at: call.expires_at,
                 },
             })
-            .await?;
+            .await
+            .inspect_err(|err| self.count(err))?;
         if created {
             tracing::info!(account = %account.id, %agency, award, "account opened");
         }
@@ -279,10 +307,19 @@ impl College for CollegeService {
     ) -> Result<Response<Account>, Status> {
         let caller = self.keys().researcher(&request)?;
         let id = validate::id("account_id", &request.get_ref().account_id)?;
-        let account = self.inner.store.account(id, Some(caller)).await?;
+        let account = self
+            .inner
+            .store
+            .account(id, Some(caller))
+            .await
+            .inspect_err(|err| self.count(err))?;
         // The principal investigator also sees who is invited.
         let invitations = if account.principal_investigator == caller {
-            self.inner.store.account_invitations(id).await?
+            self.inner
+                .store
+                .account_invitations(id)
+                .await
+                .inspect_err(|err| self.count(err))?
         } else {
             Vec::new()
         };
@@ -311,7 +348,8 @@ impl College for CollegeService {
             .inner
             .store
             .accounts_of(caller, after, i64::from(limit))
-            .await?;
+            .await
+            .inspect_err(|err| self.count(err))?;
         let next_page_token = match accounts.last() {
             Some(last) if accounts.len() == limit as usize => accounts_token(last),
             _ => String::new(),
@@ -332,7 +370,12 @@ impl College for CollegeService {
         let caller = self.keys().researcher(&request)?;
         let account = validate::id("account_id", &request.get_ref().account_id)?;
         let email = validate::email("email", &request.get_ref().email)?;
-        let (account, invitations) = self.inner.store.invite(account, caller, &email).await?;
+        let (account, invitations) = self
+            .inner
+            .store
+            .invite(account, caller, &email)
+            .await
+            .inspect_err(|err| self.count(err))?;
         let mut reply = account_message(account);
         reply.invitations = invitations.into_iter().map(invitation_message).collect();
         Ok(Response::new(reply))
@@ -343,7 +386,7 @@ impl College for CollegeService {
         request: Request<WhoAmIRequest>,
     ) -> Result<Response<Researcher>, Status> {
         let caller = self.keys().researcher(&request)?;
-        let researcher = self.inner.store.researcher(caller).await?.ok_or_else(|| {
+        let researcher = self.inner.store.researcher(caller).await.inspect_err(|err| self.count(err))?.ok_or_else(|| {
             Status::not_found(format!(
                 "researcher {caller} is not registered at this college: the token names no one it knows"
             ))
@@ -360,7 +403,12 @@ impl College for CollegeService {
         request: Request<ListInvitationsRequest>,
     ) -> Result<Response<ListInvitationsReply>, Status> {
         let caller = self.keys().researcher(&request)?;
-        let invitations = self.inner.store.invitations_for(caller).await?;
+        let invitations = self
+            .inner
+            .store
+            .invitations_for(caller)
+            .await
+            .inspect_err(|err| self.count(err))?;
         Ok(Response::new(ListInvitationsReply {
             invitations: invitations.into_iter().map(invitation_message).collect(),
         }))
@@ -377,7 +425,8 @@ impl College for CollegeService {
             .inner
             .store
             .accept_invitation(caller, invitation)
-            .await?;
+            .await
+            .inspect_err(|err| self.count(err))?;
         tracing::info!(account = %account.id, researcher = %caller, "invitation accepted");
         Ok(Response::new(account_message(account)))
     }
@@ -392,7 +441,8 @@ impl College for CollegeService {
         self.inner
             .store
             .decline_invitation(caller, invitation)
-            .await?;
+            .await
+            .inspect_err(|err| self.count(err))?;
         Ok(Response::new(DeclineInvitationReply {}))
     }
 
@@ -408,7 +458,8 @@ impl College for CollegeService {
             .inner
             .store
             .transfer_principal(account, caller, researcher)
-            .await?;
+            .await
+            .inspect_err(|err| self.count(err))?;
         tracing::info!(account = %account.id, principal_investigator = %researcher, "principal investigator handed over");
         Ok(Response::new(account_message(account)))
     }
@@ -425,25 +476,41 @@ impl College for CollegeService {
             .inner
             .store
             .remove_member(account, caller, researcher)
-            .await?;
+            .await
+            .inspect_err(|err| self.count(err))?;
         Ok(Response::new(account_message(account)))
     }
 
+    /// Counted by outcome (`grantmesh_college_withdrawals_total`) whether
+    /// it is applied, replayed or refused, and wherever it was refused.
     async fn withdraw(
         &self,
         request: Request<WithdrawRequest>,
     ) -> Result<Response<WithdrawReply>, Status> {
-        let caller = self.keys().researcher(&request)?;
-        let request = request.into_inner();
-        let account = validate::id("account_id", &request.account_id)?;
-        let amount = validate::amount("amount_minor", request.amount_minor)?;
-        let key = validate::idempotency_key("idempotency_key", &request.idempotency_key)?;
-        let memo = validate::optional_text("memo", &request.memo, 200)?;
+        let metrics = &self.inner.metrics;
+        let checked = (|| {
+            let caller = self.keys().researcher(&request)?;
+            let request = request.get_ref();
+            Ok::<_, Status>((
+                caller,
+                validate::id("account_id", &request.account_id)?,
+                validate::amount("amount_minor", request.amount_minor)?,
+                validate::idempotency_key("idempotency_key", &request.idempotency_key)?,
+                validate::optional_text("memo", &request.memo, 200)?,
+            ))
+        })();
+        let (caller, account, amount, key, memo) = checked
+            .inspect_err(|status| metrics.withdrawal_refused(metrics::refusal_of(status)))?;
         let withdrawal = self
             .inner
             .store
             .withdraw(account, caller, amount, &key, &memo)
-            .await?;
+            .await
+            .inspect(|withdrawal| metrics.withdrawal(withdrawal))
+            .inspect_err(|err| {
+                self.count(err);
+                metrics.withdrawal_refused(err.refusal());
+            })?;
         Ok(Response::new(WithdrawReply {
             transaction: Some(transaction_message(withdrawal.transaction)),
             balance_minor: withdrawal.balance,
@@ -472,7 +539,8 @@ impl College for CollegeService {
             .inner
             .store
             .transactions(account, caller, before, limit + 1)
-            .await?;
+            .await
+            .inspect_err(|err| self.count(err))?;
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
             rows.last()

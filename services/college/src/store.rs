@@ -111,6 +111,69 @@ impl StoreError {
     }
 }
 
+/// What the metrics say about a failed call (docs/metrics.md).
+impl StoreError {
+    /// Why a call was refused, in a word: `insufficient_funds`, `expired`,
+    /// `key_reused`, `not_member` (or not allowed), `not_found`,
+    /// `overloaded`, `unavailable` (contention or the database), or the
+    /// status code's name for anything else.
+    pub fn refusal(&self) -> &'static str {
+        match self {
+            Self::FailedPrecondition(msg) if msg.starts_with(INSUFFICIENT_FUNDS) => {
+                "insufficient_funds"
+            }
+            Self::FailedPrecondition(msg) if msg.contains(EXPIRED) => "expired",
+            Self::FailedPrecondition(msg) if msg.contains(KEY_REUSED) => "key_reused",
+            Self::FailedPrecondition(_) => "failed_precondition",
+            Self::PermissionDenied(_) => "not_member",
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::ResourceExhausted(_) => "resource_exhausted",
+            Self::Overloaded(_) => "overloaded",
+            Self::Shared(err) => err.refusal(),
+            Self::Contended(_)
+            | Self::Database(_)
+            | Self::Pool(_)
+            | Self::Sqlite(_)
+            | Self::SqlitePool(_)
+            | Self::SqliteCall(_) => "unavailable",
+        }
+    }
+
+    /// The kind of a failure of the database itself, or `None` for a
+    /// refusal by the rules (which the database answered correctly):
+    /// `connect`, `pool_timeout`, `pool_closed`, `connection_closed`,
+    /// `query` (an error the server reported), `contended` (serialization
+    /// failures, deadlocks, a busy SQLite file: retried or retryable),
+    /// `sqlite`, or `other`.
+    pub fn database_error_kind(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Database(err) if err.is_closed() => "connection_closed",
+            Self::Database(err) if err.code().is_some() => "query",
+            Self::Database(_) => "connection_closed",
+            Self::Pool(err) => match err {
+                deadpool_postgres::PoolError::Timeout(_) => "pool_timeout",
+                deadpool_postgres::PoolError::Closed => "pool_closed",
+                _ => "connect",
+            },
+            Self::SqlitePool(err) => match err {
+                deadpool_sqlite::PoolError::Timeout(_) => "pool_timeout",
+                deadpool_sqlite::PoolError::Closed => "pool_closed",
+                _ => "connect",
+            },
+            Self::Contended(_) => "contended",
+            Self::Sqlite(_) | Self::SqliteCall(_) => "sqlite",
+            Self::Shared(err) => return err.database_error_kind(),
+            Self::NotFound(_)
+            | Self::PermissionDenied(_)
+            | Self::FailedPrecondition(_)
+            | Self::AlreadyExists(_)
+            | Self::ResourceExhausted(_)
+            | Self::Overloaded(_) => return None,
+        })
+    }
+}
+
 impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
         err.into_status()
@@ -259,6 +322,15 @@ impl AccountStore {
     /// The sizes of the withdrawal batches this store applied so far.
     pub fn batch_sizes(&self) -> &Arc<BatchSizes> {
         self.batcher.sizes()
+    }
+
+    /// The connection pool's size, idle connections, waiters and bound, as
+    /// of now (for the metrics, read at each scrape).
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.status(),
+            Backend::Sqlite(db) => db.pool_status(),
+        }
     }
 
     /// Withdrawals waiting for a batch right now (not those in flight).
@@ -517,23 +589,27 @@ fn unknown_principal_investigator(researcher: Uuid) -> StoreError {
     ))
 }
 
+/// The words that tell the withdrawal refusals apart, shared by the
+/// messages below and [`StoreError::refusal`], so the two cannot drift.
+const KEY_REUSED: &str = "was already used on this account for a withdrawal of";
+const EXPIRED: &str = "has expired; no more withdrawals can be made";
+const INSUFFICIENT_FUNDS: &str = "insufficient funds:";
+
 fn key_reused(key: &str, previous_amount: i64, amount: i64) -> StoreError {
     StoreError::FailedPrecondition(format!(
-        "idempotency_key {} was already used on this account for a withdrawal of {previous_amount}, \
+        "idempotency_key {} {KEY_REUSED} {previous_amount}, \
          not {amount}; use a new key for a new withdrawal",
         grantmesh_proto::errors::quote(key)
     ))
 }
 
 fn expired(account: Uuid) -> StoreError {
-    StoreError::FailedPrecondition(format!(
-        "account {account} has expired; no more withdrawals can be made"
-    ))
+    StoreError::FailedPrecondition(format!("account {account} {EXPIRED}"))
 }
 
 fn insufficient_funds(account: Uuid, balance: i64, amount: i64) -> StoreError {
     StoreError::FailedPrecondition(format!(
-        "insufficient funds: account {account} holds {balance}, the withdrawal asks for {amount}"
+        "{INSUFFICIENT_FUNDS} account {account} holds {balance}, the withdrawal asks for {amount}"
     ))
 }
 
@@ -551,4 +627,29 @@ fn withdrawals_payload(first: i64, last: i64, accounts: &[Uuid]) -> String {
 /// The payload announcing a membership change: `membership:<account>`.
 fn membership_payload(account: Uuid) -> String {
     format!("membership:{account}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_withdrawal_refusal_is_told_apart_by_its_metric_label() {
+        let account = Uuid::nil();
+        assert_eq!(
+            insufficient_funds(account, 1, 2).refusal(),
+            "insufficient_funds"
+        );
+        assert_eq!(expired(account).refusal(), "expired");
+        assert_eq!(key_reused("k", 1, 2).refusal(), "key_reused");
+        assert_eq!(not_member(account).refusal(), "not_member");
+        assert_eq!(not_found(account).refusal(), "not_found");
+        let shared = StoreError::Shared(Arc::new(expired(account)));
+        assert_eq!(shared.refusal(), "expired");
+        assert_eq!(expired(account).database_error_kind(), None);
+        assert_eq!(
+            StoreError::Contended("busy".into()).database_error_kind(),
+            Some("contended")
+        );
+    }
 }

@@ -38,6 +38,9 @@ pub struct Node {
     pub instance_id: String,
     /// The URL other instances and clients dial.
     pub url: String,
+    /// Where its Prometheus metrics are scraped (`http://HOST:PORT/metrics`),
+    /// when it serves them (`ServerSettings::metrics_listen`).
+    pub metrics_url: Option<String>,
     server: RunningServer,
 }
 
@@ -113,7 +116,8 @@ fn start_registry(
     options.grace_period = settings.server.grace_period;
     options.limits = settings.server.limits;
     options.transport = transport.clone();
-    (options.metrics, _) = metrics_endpoint(&settings.server, &addr.ip().to_string())?;
+    let metrics_url;
+    (options.metrics, metrics_url) = metrics_endpoint(&settings.server, &addr.ip().to_string())?;
     let registry = grantmesh_registry::RegistryService::new(
         grantmesh_registry::RegistryConfig {
             instance_id: instance_id.clone(),
@@ -123,11 +127,15 @@ fn start_registry(
         },
         options.streams_closing.clone(),
     );
+    registry
+        .register_metrics(options.metrics.registry())
+        .context("failed to register the registry's metrics")?;
     let server = grantmesh_server::spawn(listener, Routes::new(registry.into_server()), options)?;
     Ok(Node {
         service: grantmesh_registry::SERVICE,
         instance_id,
         url: transport.url(addr),
+        metrics_url,
         server,
     })
 }
@@ -173,9 +181,13 @@ async fn start_agency(
     )
     .await
     .context("failed to start the agency")?;
+    service
+        .register_metrics(options.metrics.registry())
+        .context("failed to register the agency's metrics")?;
     let server = grantmesh_server::spawn(listener, Routes::new(service.into_server()), options)?;
     Ok(Node {
         service: grantmesh_agency::SERVICE,
+        metrics_url: instance.labels.get("metrics").cloned(),
         instance_id: instance.id,
         url: instance.address,
         server,
@@ -210,9 +222,13 @@ async fn start_college(
     )
     .await
     .context("failed to start the college")?;
+    service
+        .register_metrics(options.metrics.registry())
+        .context("failed to register the college's metrics")?;
     let server = grantmesh_server::spawn(listener, Routes::new(service.into_server()), options)?;
     Ok(Node {
         service: grantmesh_college::SERVICE,
+        metrics_url: instance.labels.get("metrics").cloned(),
         instance_id: instance.id,
         url: instance.address,
         server,

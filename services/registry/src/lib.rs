@@ -9,6 +9,7 @@
 //!
 //! The state is soft and in memory only; see [`state`].
 
+pub mod metrics;
 pub mod state;
 
 use std::pin::Pin;
@@ -87,6 +88,16 @@ impl RegistryService {
         }
     }
 
+    /// Registers the registry's own metrics (docs/metrics.md) in `registry`.
+    pub fn register_metrics(
+        &self,
+        registry: &grantmesh_server::metrics::prometheus::Registry,
+    ) -> grantmesh_server::metrics::prometheus::Result<()> {
+        self.state
+            .metrics()
+            .register(registry, Arc::clone(&self.state))
+    }
+
     /// The tonic server for this service.
     pub fn into_server(self) -> RegistryServer<Self> {
         RegistryServer::new(self)
@@ -137,7 +148,7 @@ impl Registry for RegistryService {
         let revision = self
             .state
             .register(instance, ttl)
-            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
+            .map_err(|full| self.refused(&full))?;
         Ok(Response::new(RegisterReply {
             ttl: proto_duration(ttl),
             revision,
@@ -270,6 +281,7 @@ impl Registry for RegistryService {
             let (mut snapshot, mut changes) = match state.watch(&service) {
                 Ok(watch) => watch,
                 Err(full) => {
+                    state.metrics().refused(&full);
                     let _ = events
                         .send(Err(Status::resource_exhausted(full.to_string())))
                         .await;
@@ -301,6 +313,7 @@ impl Registry for RegistryService {
                 (snapshot, changes) = match state.watch(&service) {
                     Ok(watch) => watch,
                     Err(full) => {
+                        state.metrics().refused(&full);
                         let _ = events
                             .send(Err(Status::resource_exhausted(full.to_string())))
                             .await;
@@ -318,6 +331,12 @@ impl Registry for RegistryService {
 }
 
 impl RegistryService {
+    /// Counts a refusal for lack of room and says why.
+    fn refused(&self, full: &state::Full) -> Status {
+        self.state.metrics().refused(full);
+        Status::resource_exhausted(full.to_string())
+    }
+
     /// Writes for `service` come only from a mesh member whose certificate
     /// names it. Reads (`ListInstances`, `Watch`) stay open to any TLS
     /// client: researchers' tools must find agencies and colleges without a

@@ -28,6 +28,8 @@ use grantmesh_proto::v1::{Instance, WatchEvent, watch_event::Kind};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::metrics::RegistryMetrics;
+
 /// How many changes a slow watcher may fall behind before it is sent a fresh snapshot.
 const WATCH_BACKLOG: usize = 256;
 
@@ -45,6 +47,15 @@ impl RemovalReason {
             Self::Deregistered => "deregistered",
             Self::TtlExpired => "ttl expired",
             Self::KeepAliveClosed => "keepalive stream closed",
+        }
+    }
+
+    /// The reason as a metric label (`grantmesh_registry_removals_total`).
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Self::Deregistered => "deregistered",
+            Self::TtlExpired => "ttl_expired",
+            Self::KeepAliveClosed => "keepalive_closed",
         }
     }
 }
@@ -83,6 +94,8 @@ pub enum Full {
 /// The registry's state. Shared by every RPC handler and the expiry sweeper.
 pub struct RegistryState {
     inner: Mutex<Inner>,
+    /// Counts removals; registered on the server's metrics by the service.
+    metrics: RegistryMetrics,
 }
 
 #[derive(Default)]
@@ -174,7 +187,38 @@ impl RegistryState {
     pub fn new() -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
+            metrics: RegistryMetrics::new(),
         }
+    }
+
+    /// The counters this state updates.
+    pub fn metrics(&self) -> &RegistryMetrics {
+        &self.metrics
+    }
+
+    /// How many live instances each service has, for services with any.
+    pub fn instance_counts(&self) -> Vec<(String, usize)> {
+        self.lock()
+            .services
+            .iter()
+            .filter(|(_, entry)| !entry.instances.is_empty())
+            .map(|(name, entry)| (name.clone(), entry.instances.len()))
+            .collect()
+    }
+
+    /// Removes an instance under the lock and counts the removal.
+    fn remove_locked(
+        &self,
+        inner: &mut Inner,
+        service: &str,
+        id: &str,
+        reason: RemovalReason,
+    ) -> bool {
+        let removed = inner.remove(service, id, reason);
+        if removed {
+            self.metrics.removed(reason);
+        }
+        removed
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -243,7 +287,7 @@ impl RegistryState {
     /// Removes an instance; returns whether it was there.
     pub fn remove(&self, service: &str, id: &str, reason: RemovalReason) -> bool {
         let mut inner = self.lock();
-        inner.remove(service, id, reason)
+        self.remove_locked(&mut inner, service, id, reason)
     }
 
     /// Renews a lease; returns its TTL, or `None` when the instance is unknown.
@@ -273,7 +317,7 @@ impl RegistryState {
             .get(service)
             .and_then(|entry| entry.instances.get(id))
             .is_some_and(|lease| lease.holder == Some(token));
-        holds && inner.remove(service, id, RemovalReason::KeepAliveClosed)
+        holds && self.remove_locked(&mut inner, service, id, RemovalReason::KeepAliveClosed)
     }
 
     /// The registry itself was not running for `gap` (stopped, starved):
@@ -317,7 +361,12 @@ impl RegistryState {
                 Verdict::Later(at) => inner.deadlines.push(Reverse(Due { at, ..due })),
                 Verdict::Expire(instance) => {
                     removed.push(instance);
-                    inner.remove(&due.service, &due.id, RemovalReason::TtlExpired);
+                    self.remove_locked(
+                        &mut inner,
+                        &due.service,
+                        &due.id,
+                        RemovalReason::TtlExpired,
+                    );
                 }
                 Verdict::Stale => {}
             }

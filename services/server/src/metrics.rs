@@ -18,6 +18,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use anyhow::Context as _;
+/// The metrics crate, for services that register collectors of their own
+/// (one version of it across the workspace, whatever each crate names).
+pub use prometheus;
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
 };

@@ -1,5 +1,7 @@
 //! Research accounts: the list of mine, one account with its journal, and
-//! the forms that change one (withdraw, add and remove members).
+//! the forms that change one (withdraw, invite and remove members). Adding
+//! a member sends an invitation, which the invited researcher answers on
+//! their invitations page ([`super::invitations`]).
 //!
 //! Every call is made with the researcher's token, so the College decides
 //! who may see or change what; the pages only hide buttons that would be
@@ -233,15 +235,20 @@ pub async fn add_member(
         &app,
         &researcher,
         &id,
-        added.map(|_| format!("Added {email} to the account.")),
+        added.map(|_| {
+            format!(
+                "Sent an invitation to {email}. They become a member once they accept it (under Invitations, when logged in)."
+            )
+        }),
         "Adding a member",
     )
 }
 
+/// A form that carries nothing but the session's CSRF token.
 #[derive(Deserialize)]
 pub struct CsrfOnly {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
 }
 
 pub async fn remove_member(

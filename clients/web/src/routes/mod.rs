@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod dashboard;
+pub mod invitations;
 pub mod live;
 pub mod proposals;
 
@@ -50,6 +51,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             "/accounts/{id}/members/{researcher}/remove",
             post(accounts::remove_member),
         )
+        .route("/invitations", get(invitations::list))
+        .route("/invitations/{id}/accept", post(invitations::accept))
+        .route("/invitations/{id}/decline", post(invitations::decline))
         .route("/mesh", get(dashboard::page))
         .route("/mesh.json", get(dashboard::json))
         .layer(TimeoutLayer::with_status_code(

@@ -67,6 +67,11 @@ impl Accounts {
         &self.notifications
     }
 
+    /// The pool's size, idle connections, waiters and bound, for the metrics.
+    pub(super) fn pool_status(&self) -> deadpool_sqlite::Status {
+        self.db.pool.status()
+    }
+
     /// Runs `call` on a pooled connection, on tokio's blocking pool.
     async fn call<T: Send + 'static>(
         &self,
