@@ -233,8 +233,12 @@ async fn accept_loop<S, F, Fut>(
 /// tells it to give up.
 #[derive(Default)]
 struct Openings {
-    queue: std::sync::Mutex<(u64, VecDeque<(u64, oneshot::Sender<()>)>)>,
+    /// The next id, and the openings in progress.
+    queue: std::sync::Mutex<(u64, VecDeque<Opening>)>,
 }
+
+/// An opening in progress: its id, and the sender whose drop evicts it.
+type Opening = (u64, oneshot::Sender<()>);
 
 impl Openings {
     /// Registers a new opening (evicting the oldest when full): its id, and
