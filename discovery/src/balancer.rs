@@ -571,12 +571,19 @@ mod tests {
     #[test]
     fn snapshot_parts_come_out_as_one_snapshot_once_the_last_arrives() {
         let mut parts = SnapshotParts::default();
-        assert!(parts.push(event(Kind::Snapshot, 7, &["a", "b"], true)).is_none());
+        assert!(
+            parts
+                .push(event(Kind::Snapshot, 7, &["a", "b"], true))
+                .is_none()
+        );
         assert!(parts.push(event(Kind::Snapshot, 7, &["c"], true)).is_none());
         assert!(parts.is_pending());
         let whole = parts.push(event(Kind::Snapshot, 7, &["d"], false)).unwrap();
         assert_eq!(ids(&whole), ["a", "b", "c", "d"]);
-        assert_eq!((whole.kind(), whole.revision, whole.more), (Kind::Snapshot, 7, false));
+        assert_eq!(
+            (whole.kind(), whole.revision, whole.more),
+            (Kind::Snapshot, 7, false)
+        );
         assert!(!parts.is_pending());
         // Changes and single-part snapshots pass through as they are.
         let put = parts.push(event(Kind::Put, 8, &["e"], false)).unwrap();
@@ -588,7 +595,11 @@ mod tests {
     #[test]
     fn a_snapshot_cut_short_is_dropped_not_mixed_into_the_next() {
         let mut parts = SnapshotParts::default();
-        assert!(parts.push(event(Kind::Snapshot, 3, &["old"], true)).is_none());
+        assert!(
+            parts
+                .push(event(Kind::Snapshot, 3, &["old"], true))
+                .is_none()
+        );
         assert!(parts.push(event(Kind::Snapshot, 5, &["a"], true)).is_none());
         let whole = parts.push(event(Kind::Snapshot, 5, &["b"], false)).unwrap();
         assert_eq!(ids(&whole), ["a", "b"]);

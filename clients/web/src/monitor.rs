@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
-use grantmesh_discovery::{REGISTRY_SERVICE, SnapshotParts};
 use grantmesh_discovery::tls::Transport;
+use grantmesh_discovery::{REGISTRY_SERVICE, SnapshotParts};
 use grantmesh_proto::RegistryClient;
 use grantmesh_proto::v1::{Instance, ListInstancesRequest, WatchRequest, watch_event::Kind};
 use serde::Serialize;

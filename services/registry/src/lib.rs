@@ -478,6 +478,44 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_watch_after_the_most_streams_is_refused_until_one_closes() {
+        let closing = CancellationToken::new();
+        let registry = RegistryService::new(
+            RegistryConfig {
+                instance_id: "registry-1".into(),
+                default_ttl: Duration::from_secs(3),
+                warmup: Duration::ZERO,
+                require_identity: false,
+            },
+            closing.clone(),
+        );
+        let watch = || {
+            registry.watch(Request::new(WatchRequest {
+                service: "college".into(),
+            }))
+        };
+        let mut open = Vec::new();
+        for _ in 0..MAX_WATCHERS {
+            open.push(watch().await.expect("a watch within the limit"));
+        }
+        let refused = watch().await.err().expect("one past the limit");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("4096"), "{refused:?}");
+        // A closed stream gives its place back once its task has seen it.
+        drop(open.pop());
+        let mut reopened = None;
+        for _ in 0..100 {
+            if let Ok(stream) = watch().await {
+                reopened = Some(stream);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(reopened.is_some(), "a place came free");
+        closing.cancel();
+    }
+
     #[test]
     fn absurd_ttls_are_refused_not_panicked_on() {
         for (seconds, nanos) in [

@@ -665,7 +665,10 @@ mod tests {
         assert_eq!(whole_len, MAX_INSTANCES_PER_SERVICE);
         assert!(parts.len() > 100, "{} parts", parts.len());
         let (last, rest) = parts.split_last().unwrap();
-        assert!(rest.iter().all(|p| p.more), "every part but the last has more");
+        assert!(
+            rest.iter().all(|p| p.more),
+            "every part but the last has more"
+        );
         assert!(!last.more, "the last part ends the snapshot");
         for part in &parts {
             assert_eq!(part.kind(), Kind::Snapshot);
@@ -714,7 +717,8 @@ mod tests {
         // state does not): a part still makes progress, one instance at least.
         let state = RegistryState::new();
         let mut big = instance("college", "b");
-        big.labels.insert("big".into(), "x".repeat(2 * SNAPSHOT_PART_BYTES));
+        big.labels
+            .insert("big".into(), "x".repeat(2 * SNAPSHOT_PART_BYTES));
         state.register(instance("college", "a"), TTL).unwrap();
         state.register(big, TTL).unwrap();
         state.register(instance("college", "c"), TTL).unwrap();

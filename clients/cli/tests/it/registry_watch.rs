@@ -58,7 +58,8 @@ async fn register_many(client: &RegistryClient<Channel>, count: usize) {
 
 #[tokio::test]
 async fn a_big_snapshot_arrives_in_parts_and_a_balancer_sees_it_whole() {
-    let registry = sandbox::registry("registry-parts", Duration::from_secs(60), Duration::ZERO).await;
+    let registry =
+        sandbox::registry("registry-parts", Duration::from_secs(60), Duration::ZERO).await;
     let count = 300;
     let writer = RegistryClient::new(tls::channel_as(&registry.url, "college").await);
     register_many(&writer, count).await;
@@ -88,7 +89,11 @@ async fn a_big_snapshot_arrives_in_parts_and_a_balancer_sees_it_whole() {
     for part in &parts {
         assert_eq!(part.kind(), Kind::Snapshot);
         assert_eq!(part.revision, revision, "one snapshot, one revision");
-        assert!(part.encoded_len() <= 17 * 1024, "{} bytes", part.encoded_len());
+        assert!(
+            part.encoded_len() <= 17 * 1024,
+            "{} bytes",
+            part.encoded_len()
+        );
     }
     let mut ids: Vec<String> = parts
         .iter()
@@ -120,7 +125,10 @@ async fn a_big_snapshot_arrives_in_parts_and_a_balancer_sees_it_whole() {
         }
     })
     .await;
-    assert!(whole.is_ok(), "the balancer never saw all {count}: {seen:?}");
+    assert!(
+        whole.is_ok(),
+        "the balancer never saw all {count}: {seen:?}"
+    );
     assert!(
         seen.iter().all(|&size| size == 0 || size == count),
         "views of a partial set were published: {seen:?}"
