@@ -13,8 +13,9 @@
 //! the stream's queue ([`WATCH_QUEUE`] events) has room for it. An unread
 //! watcher thus costs its queued parts, the part being encoded and what the
 //! HTTP/2 layer buffers for a stream that its peer does not drain (hyper's
-//! send buffer, at most 400 KiB), plus its share of the instance list: not
-//! its own copy of the service (up to 3.5 MB). At most [`MAX_WATCHERS`]
+//! send buffer, at most 400 KiB), plus its share of the instance list (the
+//! instances that changed since its snapshot, see [`state`]): not its own
+//! copy of the service (up to 3.5 MB). At most [`MAX_WATCHERS`]
 //! streams are open at once, so the bound holds for the registry as a whole.
 //!
 //! The state is soft and in memory only; see [`state`].

@@ -20,10 +20,14 @@
 //! before it.
 //!
 //! A Watch snapshot is a [`Snapshot`]: the shared copy plus the beat times
-//! (a few dozen bytes an instance), cut into parts of at most [`SNAPSHOT_PART_BYTES`]
-//! encoded only as they are asked for. Watchers of the same revision share
-//! one copy of the instances, so a watcher that never reads costs its
-//! stream's few queued parts, not a copy of the service (up to 3.5 MB).
+//! (a few dozen bytes an instance), cut into parts of at most
+//! [`SNAPSHOT_PART_BYTES`] built only as they are asked for. The copy is a
+//! list of reference-counted instances, and each instance is shared by
+//! every copy taken while it did not change. So a watcher stuck on its
+//! snapshot holds 8 bytes of list and ~24 bytes of beat time per instance,
+//! plus the instances that changed or left since it was taken (the whole
+//! service, ~3.5 MB at most, only if every instance was replaced meanwhile):
+//! not a copy of the service of its own.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -137,12 +141,13 @@ struct ServiceEntry {
     /// Whether its instances are being kept past their TTL (logged once per episode).
     preserving: bool,
     /// The instances as registered, in id order; rebuilt after a change.
-    cached: Option<Arc<[Instance]>>,
+    cached: Option<Arc<[Arc<Instance>]>>,
 }
 
 struct Lease {
-    /// As registered, without the read-time fields.
-    instance: Instance,
+    /// As registered, without the read-time fields; shared with every
+    /// listing taken since it last changed.
+    instance: Arc<Instance>,
     ttl: Duration,
     last_beat: Instant,
     /// The KeepAlive stream that renews it, if any.
@@ -154,7 +159,7 @@ struct Lease {
 /// reply after it is released.
 #[derive(Debug)]
 pub struct Listing {
-    instances: Arc<[Instance]>,
+    instances: Arc<[Arc<Instance>]>,
     beats: Vec<(Instant, bool)>,
 }
 
@@ -169,7 +174,7 @@ impl Listing {
     /// The instance at `at` with the time since its last beat, as of `now`.
     fn instance(&self, at: usize, now: Instant) -> Instance {
         let (last_beat, kept_alive) = self.beats[at];
-        let mut instance = self.instances[at].clone();
+        let mut instance = Instance::clone(&self.instances[at]);
         instance.since_last_beat =
             prost_types::Duration::try_from(now.duration_since(last_beat)).ok();
         instance.keep_alive_stream = kept_alive;
@@ -269,13 +274,15 @@ impl RegistryState {
         }
         let (changed, queue) = match entry.instances.get_mut(&instance.id) {
             Some(lease) => {
-                let changed = lease.instance != instance;
+                let changed = *lease.instance != instance;
                 // A new TTL may make the deadline earlier than the queued one.
                 let queue = lease.ttl != ttl;
                 if queue {
                     lease.generation = generation;
                 }
-                lease.instance = instance.clone();
+                if changed {
+                    lease.instance = Arc::new(instance.clone());
+                }
                 lease.ttl = ttl;
                 lease.last_beat = now;
                 (changed, queue)
@@ -284,7 +291,7 @@ impl RegistryState {
                 entry.instances.insert(
                     instance.id.clone(),
                     Lease {
-                        instance: instance.clone(),
+                        instance: Arc::new(instance.clone()),
                         ttl,
                         last_beat: now,
                         holder: None,
@@ -504,7 +511,7 @@ impl Inner {
             // Looked at again soon: it goes once another instance beats.
             return Verdict::Later((now + lease.ttl / 4).min(hold_ends + Duration::from_millis(1)));
         }
-        Verdict::Expire(lease.instance.clone())
+        Verdict::Expire(Instance::clone(&lease.instance))
     }
 
     fn renew(&mut self, service: &str, id: &str, holder: Option<LeaseToken>) -> Option<Duration> {
@@ -566,7 +573,12 @@ impl Inner {
             reason = reason.as_str(),
             "instance removed"
         );
-        self.publish(service, Kind::Delete, vec![lease.instance], reason.as_str());
+        self.publish(
+            service,
+            Kind::Delete,
+            vec![Arc::unwrap_or_clone(lease.instance)],
+            reason.as_str(),
+        );
         true
     }
 
@@ -594,7 +606,7 @@ impl ServiceEntry {
             .get_or_insert_with(|| {
                 self.instances
                     .values()
-                    .map(|lease| lease.instance.clone())
+                    .map(|lease| Arc::clone(&lease.instance))
                     .collect()
             })
             .clone();
@@ -709,6 +721,23 @@ mod tests {
         // What each holds of its own: a beat time per instance.
         let own = std::mem::size_of_val(watchers[0].0.listing.beats.as_slice());
         assert!(own < 32 * 1024, "{own} bytes per watcher");
+        // After a change, a new snapshot shares every unchanged instance
+        // with the old ones: a watcher stuck on an old revision holds what
+        // changed since, not a copy of the service.
+        let mut changed = max_instance(0);
+        changed.labels.insert("zone".into(), "b".into());
+        state.register(changed, TTL).unwrap();
+        let (newer, _) = state.watch("college").unwrap();
+        let (old, new) = (shared, &newer.listing.instances);
+        assert!(!Arc::ptr_eq(old, new));
+        assert!(!Arc::ptr_eq(&old[0], &new[0]), "the changed one is new");
+        assert!(
+            old[1..]
+                .iter()
+                .zip(&new[1..])
+                .all(|(o, n)| Arc::ptr_eq(o, n)),
+            "the others are shared"
+        );
     }
 
     #[test]

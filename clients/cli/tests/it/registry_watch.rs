@@ -1,6 +1,7 @@
 //! The registry's Watch snapshots of big services: they come in parts that a
 //! balancer applies whole, and watchers that never read cannot make the
-//! registry (the real binary) hold a copy of the service each.
+//! registry (the real binary) hold a copy of the service each, even when
+//! each watches a revision of its own.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -194,6 +195,21 @@ async fn watchers_that_never_read_a_full_service_cost_the_registry_far_less_than
     for _ in 0..connections {
         let client = connect().await;
         for _ in 0..per_connection {
+            // The service changes before each watcher opens, so each
+            // snapshot is of a revision of its own (as under churn).
+            let n = held.len();
+            let mut changed = max_instance(n);
+            changed.ttl = Some(prost_types::Duration {
+                seconds: 3000 + n as i64,
+                nanos: 0,
+            });
+            writer
+                .clone()
+                .register(RegisterRequest {
+                    instance: Some(changed),
+                })
+                .await
+                .unwrap();
             let stream = client
                 .clone()
                 .watch(WatchRequest {
