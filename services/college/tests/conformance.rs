@@ -2287,18 +2287,10 @@ async fn an_instance_listens_for_changes_only_while_someone_subscribes() {
             .unwrap()
             .get::<_, i64>(0)
     };
-    assert_eq!(
-        listeners().await,
-        0,
-        "nobody subscribed, so nothing listens"
-    );
+    assert_eq!(listeners().await, 0, "nobody subscribed, so nothing listens");
 
     let mut notices = notifications.subscribe().await.unwrap();
-    assert_eq!(
-        listeners().await,
-        1,
-        "the first subscriber made one connection"
-    );
+    assert_eq!(listeners().await, 1, "the first subscriber made one connection");
     let second = notifications.subscribe().await.unwrap();
     assert_eq!(listeners().await, 1, "and every other subscriber shares it");
     drop(second);

@@ -379,9 +379,7 @@ impl Notifications {
     /// A subscription that hears every change committed after this returns.
     /// On PostgreSQL it waits (at most [`LISTEN_WAIT`]) until the `LISTEN`
     /// connection is up.
-    pub async fn subscribe(
-        &self,
-    ) -> std::result::Result<broadcast::Receiver<Notice>, NotListening> {
+    pub async fn subscribe(&self) -> std::result::Result<broadcast::Receiver<Notice>, NotListening> {
         let receiver = self.sender.subscribe();
         let Some(listener) = &self.listener else {
             return Ok(receiver);
@@ -453,55 +451,55 @@ async fn listen_session(
     listener: &Listener,
     idle: bool,
 ) -> std::result::Result<bool, BoxError> {
-    let (client, mut connection) = target.connect().await?;
-    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let statement = format!("LISTEN {channel}");
-    {
-        let listen = client.batch_execute(&statement);
-        let mut listen = std::pin::pin!(listen);
-        // Drive the connection while LISTEN runs.
+        let (client, mut connection) = target.connect().await?;
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let statement = format!("LISTEN {channel}");
+        {
+            let listen = client.batch_execute(&statement);
+            let mut listen = std::pin::pin!(listen);
+            // Drive the connection while LISTEN runs.
+            loop {
+                tokio::select! {
+                    result = &mut listen => { result?; break; }
+                    message = messages.next() => match message {
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => return Err(err.into()),
+                        None => return Ok(false),
+                    },
+                }
+            }
+        }
+        listener.up.send_replace(true);
+        if !idle {
+            let _ = sender.send(Notice::Reconnected);
+        }
+        tracing::debug!(channel, "listening for notifications");
+        let mut check = tokio::time::interval(LISTEN_IDLE);
+        check.reset();
+        let mut unwatched = false;
         loop {
             tokio::select! {
-                result = &mut listen => { result?; break; }
                 message = messages.next() => match message {
-                    Some(Ok(_)) => {}
-                    Some(Err(err)) => return Err(err.into()),
+                    Some(message) => {
+                        if let AsyncMessage::Notification(note) = message? {
+                            let _ = sender.send(Notice::Payload(note.payload().to_owned()));
+                        }
+                    }
                     None => return Ok(false),
                 },
-            }
-        }
-    }
-    listener.up.send_replace(true);
-    if !idle {
-        let _ = sender.send(Notice::Reconnected);
-    }
-    tracing::debug!(channel, "listening for notifications");
-    let mut check = tokio::time::interval(LISTEN_IDLE);
-    check.reset();
-    let mut unwatched = false;
-    loop {
-        tokio::select! {
-            message = messages.next() => match message {
-                Some(message) => {
-                    if let AsyncMessage::Notification(note) = message? {
-                        let _ = sender.send(Notice::Payload(note.payload().to_owned()));
+                _ = check.tick() => {
+                    // Down first, then counted: a subscriber that comes
+                    // after the count waits for the next connection.
+                    listener.up.send_replace(false);
+                    if sender.receiver_count() == 0 && unwatched {
+                        tracing::debug!(channel, "no subscriber left; closing the listening connection");
+                        return Ok(true);
                     }
+                    unwatched = sender.receiver_count() == 0;
+                    listener.up.send_replace(true);
                 }
-                None => return Ok(false),
-            },
-            _ = check.tick() => {
-                // Down first, then counted: a subscriber that comes
-                // after the count waits for the next connection.
-                listener.up.send_replace(false);
-                if sender.receiver_count() == 0 && unwatched {
-                    tracing::debug!(channel, "no subscriber left; closing the listening connection");
-                    return Ok(true);
-                }
-                unwatched = sender.receiver_count() == 0;
-                listener.up.send_replace(true);
             }
         }
-    }
 }
 
 #[cfg(test)]
