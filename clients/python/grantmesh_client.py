@@ -49,7 +49,7 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 # The generated modules import each other as ``grantmesh.v1.*``: make the
 # directory holding the ``grantmesh`` package importable wherever we run from.
@@ -332,19 +332,44 @@ def health(channel: grpc.Channel, service: str = "", timeout: float = DEFAULT_TI
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def watch(channel: grpc.Channel, service: str, events: int, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-    """Yields the first ``events`` messages of ``Registry/Watch`` for ``service``.
+def join_snapshot_parts(
+    events: Iterable[registry_pb2.WatchEvent],
+) -> Iterator[registry_pb2.WatchEvent]:
+    """Yields the events of a Watch stream with each snapshot whole.
 
-    The first is the SNAPSHOT. The stream is cancelled once enough have been
-    read (or when the caller stops iterating). ``timeout`` bounds the whole
-    stream; ``None`` waits indefinitely. Raises ``EOFError`` if the server
-    ends the stream early.
+    The registry sends a snapshot in parts of the same revision, all but the
+    last with ``more`` set; the live set is their union. Parts are held here
+    until the last one, then yielded as one SNAPSHOT; changes pass through.
+    """
+    pending: registry_pb2.WatchEvent | None = None
+    for ev in events:
+        if ev.kind != registry_pb2.WatchEvent.KIND_SNAPSHOT:
+            pending = None  # the registry sends no change amid a snapshot's parts
+            yield ev
+            continue
+        if pending is not None and pending.revision == ev.revision:
+            pending.instances.extend(ev.instances)
+            pending.more = ev.more
+        else:
+            pending = ev
+        if not pending.more:
+            yield pending
+            pending = None
+
+
+def watch(channel: grpc.Channel, service: str, events: int, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+    """Yields the first ``events`` events of ``Registry/Watch`` for ``service``.
+
+    The first is the SNAPSHOT, whole (its parts joined). The stream is
+    cancelled once enough have been read (or when the caller stops
+    iterating). ``timeout`` bounds the whole stream; ``None`` waits
+    indefinitely. Raises ``EOFError`` if the server ends the stream early.
     """
     stub = registry_pb2_grpc.RegistryStub(channel)
     call = stub.Watch(registry_pb2.WatchRequest(service=service), timeout=timeout)
     seen = 0
     try:
-        for ev in call:
+        for ev in join_snapshot_parts(call):
             seen += 1
             yield watch_event_to_dict(ev)
             if seen >= events:

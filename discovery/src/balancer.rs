@@ -14,6 +14,10 @@
 //! same, but it cannot be told "not that one again" for a retry, nor to set an
 //! instance aside when its connection has just failed; both matter for the
 //! window between an instance dying and the registry saying so.
+//!
+//! The registry sends a snapshot in parts (`WatchEvent.more`); a
+//! [`SnapshotParts`] joins them, so a balancer swaps in the whole live set
+//! at once and never picks from, or publishes, a part of it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -443,6 +447,51 @@ async fn follow(registries: Vec<String>, shared: Arc<Shared>, stop: Cancellation
     }
 }
 
+/// Joins the parts of a Watch snapshot, for any reader of a Watch stream.
+///
+/// The registry sends a snapshot in parts of the same revision, all but the
+/// last with `more` set (so that a slow reader makes it hold a few parts, not
+/// the whole set). Use one per stream: a stream that breaks amid a snapshot
+/// leaves its parts unapplied.
+#[derive(Debug, Default)]
+pub struct SnapshotParts {
+    pending: Option<WatchEvent>,
+}
+
+impl SnapshotParts {
+    /// Takes the next event of the stream. A change comes back as it is; a
+    /// part of a snapshot is held (`None`) until the last one, which comes
+    /// back holding every instance of the parts, without `more`.
+    pub fn push(&mut self, event: WatchEvent) -> Option<WatchEvent> {
+        if event.kind() != Kind::Snapshot {
+            // The registry sends no change amid a snapshot's parts; should
+            // one come, the parts so far are no live set to keep.
+            self.pending = None;
+            return Some(event);
+        }
+        let whole = match self.pending.take() {
+            Some(mut pending) if pending.revision == event.revision => {
+                pending.instances.extend(event.instances);
+                pending.more = event.more;
+                pending
+            }
+            // A first part, or a new snapshot where the last was cut short.
+            _ => event,
+        };
+        if whole.more {
+            self.pending = Some(whole);
+            None
+        } else {
+            Some(whole)
+        }
+    }
+
+    /// Whether parts of a snapshot are held, waiting for the last one.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
 async fn watch_once(
     url: &str,
     shared: &Shared,
@@ -459,8 +508,11 @@ async fn watch_once(
         .await?
         .into_inner();
     shared.registry_answered.store(true, Ordering::Relaxed);
+    let mut parts = SnapshotParts::default();
     while let Some(event) = events.message().await? {
-        shared.apply(&event);
+        if let Some(event) = parts.push(event) {
+            shared.apply(&event);
+        }
     }
     Ok(())
 }
@@ -495,6 +547,67 @@ impl tower::Service<http::Request<tonic::body::Body>> for Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(kind: Kind, revision: u64, ids: &[&str], more: bool) -> WatchEvent {
+        WatchEvent {
+            kind: kind as i32,
+            revision,
+            instances: ids
+                .iter()
+                .map(|id| Instance {
+                    id: (*id).into(),
+                    ..Instance::default()
+                })
+                .collect(),
+            reason: String::new(),
+            more,
+        }
+    }
+
+    fn ids(event: &WatchEvent) -> Vec<&str> {
+        event.instances.iter().map(|i| i.id.as_str()).collect()
+    }
+
+    #[test]
+    fn snapshot_parts_come_out_as_one_snapshot_once_the_last_arrives() {
+        let mut parts = SnapshotParts::default();
+        assert!(
+            parts
+                .push(event(Kind::Snapshot, 7, &["a", "b"], true))
+                .is_none()
+        );
+        assert!(parts.push(event(Kind::Snapshot, 7, &["c"], true)).is_none());
+        assert!(parts.is_pending());
+        let whole = parts.push(event(Kind::Snapshot, 7, &["d"], false)).unwrap();
+        assert_eq!(ids(&whole), ["a", "b", "c", "d"]);
+        assert_eq!(
+            (whole.kind(), whole.revision, whole.more),
+            (Kind::Snapshot, 7, false)
+        );
+        assert!(!parts.is_pending());
+        // Changes and single-part snapshots pass through as they are.
+        let put = parts.push(event(Kind::Put, 8, &["e"], false)).unwrap();
+        assert_eq!((put.kind(), ids(&put)), (Kind::Put, vec!["e"]));
+        let single = parts.push(event(Kind::Snapshot, 9, &[], false)).unwrap();
+        assert!(single.instances.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_cut_short_is_dropped_not_mixed_into_the_next() {
+        let mut parts = SnapshotParts::default();
+        assert!(
+            parts
+                .push(event(Kind::Snapshot, 3, &["old"], true))
+                .is_none()
+        );
+        assert!(parts.push(event(Kind::Snapshot, 5, &["a"], true)).is_none());
+        let whole = parts.push(event(Kind::Snapshot, 5, &["b"], false)).unwrap();
+        assert_eq!(ids(&whole), ["a", "b"]);
+        assert!(parts.push(event(Kind::Snapshot, 6, &["x"], true)).is_none());
+        let delete = parts.push(event(Kind::Delete, 7, &["x"], false)).unwrap();
+        assert_eq!(delete.kind(), Kind::Delete);
+        assert!(!parts.is_pending(), "the cut-short parts are gone");
+    }
 
     #[tokio::test]
     async fn a_call_names_every_registry_when_none_answers() {

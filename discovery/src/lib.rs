@@ -20,7 +20,7 @@ pub mod incoming;
 mod registrar;
 pub mod tls;
 
-pub use balancer::{Balancer, BalancerOptions, MeshView};
+pub use balancer::{Balancer, BalancerOptions, MeshView, SnapshotParts};
 pub use registrar::{Registrar, RegistrarOptions};
 
 use std::time::Duration;

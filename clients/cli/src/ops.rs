@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use grantmesh_discovery::{Balancer, BalancerOptions, parse_registry_list};
+use grantmesh_discovery::{Balancer, BalancerOptions, SnapshotParts, parse_registry_list};
 
 use crate::transport::with_scheme;
 use grantmesh_proto::RegistryClient;
@@ -251,11 +251,16 @@ async fn follow_one(url: &str, service: &str, format: Format) -> Result<(), Foll
     if format == Format::Table {
         eprintln!("following {service} at {url} (Ctrl-C to stop)");
     }
+    // A snapshot comes in parts: it is printed once whole.
+    let mut parts = SnapshotParts::default();
     loop {
         let event = match events.message().await {
             Ok(Some(event)) => event,
             Ok(None) => return Ok(()),
             Err(status) => return Err(FollowError::Broke(status)),
+        };
+        let Some(event) = parts.push(event) else {
+            continue;
         };
         if format == Format::Json {
             println!("{}", output::to_json(&event).map_err(FollowError::Print)?);

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
-use grantmesh_discovery::REGISTRY_SERVICE;
 use grantmesh_discovery::tls::Transport;
+use grantmesh_discovery::{REGISTRY_SERVICE, SnapshotParts};
 use grantmesh_proto::RegistryClient;
 use grantmesh_proto::v1::{Instance, ListInstancesRequest, WatchRequest, watch_event::Kind};
 use serde::Serialize;
@@ -251,7 +251,12 @@ fn spawn_watch(
                 .await;
             if let Ok(stream) = opened {
                 let mut stream = stream.into_inner();
+                // A snapshot comes in parts: the view shows it once whole.
+                let mut parts = SnapshotParts::default();
                 while let Some(Ok(event)) = stream.next().await {
+                    let Some(event) = parts.push(event) else {
+                        continue;
+                    };
                     if updates
                         .send(Update::Watched(service.clone(), event))
                         .await
@@ -534,6 +539,7 @@ mod tests {
                 revision: 1,
                 instances,
                 reason: reason.into(),
+                more: false,
             },
         )
     }

@@ -7,6 +7,17 @@
 //! beats stop (it hangs, or the network cut it off). `Watch` streams a
 //! snapshot and then every change, per service.
 //!
+//! What a watcher that never reads can make the registry hold is bounded:
+//! its snapshot goes out in parts of at most [`state::SNAPSHOT_PART_BYTES`]
+//! (16 KiB), each built from the service's shared instance list only once
+//! the stream's queue ([`WATCH_QUEUE`] events) has room for it. An unread
+//! watcher thus costs its queued parts, the part being encoded and what the
+//! HTTP/2 layer buffers for a stream that its peer does not drain (hyper's
+//! send buffer, at most 400 KiB), plus its share of the instance list (the
+//! instances that changed since its snapshot, see [`state`]): not its own
+//! copy of the service (up to 3.5 MB). At most [`MAX_WATCHERS`]
+//! streams are open at once, so the bound holds for the registry as a whole.
+//!
 //! The state is soft and in memory only; see [`state`].
 
 pub mod metrics;
@@ -24,7 +35,7 @@ use grantmesh_proto::v1::{
 };
 use grantmesh_proto::{Registry, RegistryServer};
 use state::{RegistryState, RemovalReason};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -32,8 +43,8 @@ use tonic::{Request, Response, Status, Streaming};
 /// The service name the registry answers to in `Ping`.
 pub const SERVICE: &str = "registry";
 /// How big one registration may be: with [`state::MAX_INSTANCES_PER_SERVICE`]
-/// instances of at most ~3.6 KB each, a whole service's Watch snapshot stays
-/// under gRPC's default 4 MB message limit.
+/// instances of at most ~3.6 KB each, a whole service's `ListInstances`
+/// reply stays under gRPC's default 4 MB message limit.
 const MAX_ADDRESS_BYTES: usize = 256;
 const MAX_LABELS: usize = 16;
 const MAX_LABEL_KEY_BYTES: usize = 64;
@@ -41,6 +52,15 @@ const MAX_LABEL_VALUE_BYTES: usize = 128;
 
 /// Shortest and longest TTL an instance may ask for.
 pub const TTL_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
+/// Most `Watch` streams one registry serves at once; the next is refused
+/// with RESOURCE_EXHAUSTED. Each costs a task and at most a few hundred KiB
+/// when its client stops reading (see the module docs).
+pub const MAX_WATCHERS: usize = 4096;
+/// How many events (snapshot parts or changes) a Watch stream queues ahead
+/// of its client. Changes a watcher falls behind on wait in the service's
+/// shared backlog instead, and past it the watcher gets a fresh snapshot.
+const WATCH_QUEUE: usize = 2;
+
 /// How often due leases are looked at.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
 /// A gap this long between two sweeps means the registry itself was not
@@ -72,6 +92,8 @@ pub struct RegistryService {
     closing: CancellationToken,
     /// When the warm-up ends.
     ready_at: tokio::time::Instant,
+    /// One permit per open `Watch` stream, [`MAX_WATCHERS`] in all.
+    watchers: Arc<Semaphore>,
 }
 
 impl RegistryService {
@@ -85,6 +107,7 @@ impl RegistryService {
             config,
             closing,
             ready_at,
+            watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
         }
     }
 
@@ -268,29 +291,41 @@ impl Registry for RegistryService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
         validate_name("service", &service)?;
-        let (events, event_stream) = mpsc::channel(16);
+        let permit = Arc::clone(&self.watchers)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "the registry serves at most {MAX_WATCHERS} Watch streams at once; try again later"
+                ))
+            })?;
+        let (events, event_stream) = mpsc::channel(WATCH_QUEUE);
         let state = Arc::clone(&self.state);
         let closing = self.closing.clone();
         let ready_at = self.ready_at;
         tokio::spawn(async move {
+            let _permit = permit;
             tokio::select! {
                 () = closing.cancelled() => return,
                 () = events.closed() => return,
                 () = tokio::time::sleep_until(ready_at) => {}
             }
-            let (mut snapshot, mut changes) = match state.watch(&service) {
-                Ok(watch) => watch,
-                Err(full) => {
-                    state.metrics().refused(&full);
-                    let _ = events
-                        .send(Err(Status::resource_exhausted(full.to_string())))
-                        .await;
-                    return;
-                }
-            };
             loop {
-                if events.send(Ok(snapshot)).await.is_err() {
-                    return;
+                let (snapshot, mut changes) = match state.watch(&service) {
+                    Ok(watch) => watch,
+                    Err(full) => {
+                        state.metrics().refused(&full);
+                        let _ = events
+                            .send(Err(Status::resource_exhausted(full.to_string())))
+                            .await;
+                        return;
+                    }
+                };
+                // Each part is built only once the queue has room for it.
+                for part in snapshot {
+                    let Some(room) = reserve(&events, &closing).await else {
+                        return;
+                    };
+                    room.send(Ok(part));
                 }
                 // Forward changes until the watcher falls too far behind,
                 // then start over from a fresh snapshot.
@@ -302,24 +337,15 @@ impl Registry for RegistryService {
                     };
                     match change {
                         Ok(event) => {
-                            if events.send(Ok(event)).await.is_err() {
+                            let Some(room) = reserve(&events, &closing).await else {
                                 return;
-                            }
+                            };
+                            room.send(Ok(event));
                         }
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return,
                     }
                 }
-                (snapshot, changes) = match state.watch(&service) {
-                    Ok(watch) => watch,
-                    Err(full) => {
-                        state.metrics().refused(&full);
-                        let _ = events
-                            .send(Err(Status::resource_exhausted(full.to_string())))
-                            .await;
-                        return;
-                    }
-                };
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(event_stream))))
@@ -355,6 +381,18 @@ impl RegistryService {
                 "registering, renewing or removing an instance of {service:?} needs a mesh certificate naming {service:?} (a client certificate from the mesh CA)"
             ))),
         }
+    }
+}
+
+/// Room for one event on a Watch stream's queue; `None` once the stream or
+/// the registry is closing.
+async fn reserve<'a, T>(
+    events: &'a mpsc::Sender<T>,
+    closing: &CancellationToken,
+) -> Option<mpsc::Permit<'a, T>> {
+    tokio::select! {
+        () = closing.cancelled() => None,
+        room = events.reserve() => room.ok(),
     }
 }
 
@@ -457,6 +495,44 @@ mod tests {
             ttl: Some(ttl),
             ..Instance::default()
         }
+    }
+
+    #[tokio::test]
+    async fn the_watch_after_the_most_streams_is_refused_until_one_closes() {
+        let closing = CancellationToken::new();
+        let registry = RegistryService::new(
+            RegistryConfig {
+                instance_id: "registry-1".into(),
+                default_ttl: Duration::from_secs(3),
+                warmup: Duration::ZERO,
+                require_identity: false,
+            },
+            closing.clone(),
+        );
+        let watch = || {
+            registry.watch(Request::new(WatchRequest {
+                service: "college".into(),
+            }))
+        };
+        let mut open = Vec::new();
+        for _ in 0..MAX_WATCHERS {
+            open.push(watch().await.expect("a watch within the limit"));
+        }
+        let refused = watch().await.err().expect("one past the limit");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("4096"), "{refused:?}");
+        // A closed stream gives its place back once its task has seen it.
+        drop(open.pop());
+        let mut reopened = None;
+        for _ in 0..100 {
+            if let Ok(stream) = watch().await {
+                reopened = Some(stream);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(reopened.is_some(), "a place came free");
+        closing.cancel();
     }
 
     #[test]

@@ -18,6 +18,16 @@
 //! another. A watcher subscribes and takes its snapshot under the same lock
 //! that changes take, so it sees every change after its snapshot and none
 //! before it.
+//!
+//! A Watch snapshot is a [`Snapshot`]: the shared copy plus the beat times
+//! (a few dozen bytes an instance), cut into parts of at most
+//! [`SNAPSHOT_PART_BYTES`] built only as they are asked for. The copy is a
+//! list of reference-counted instances, and each instance is shared by
+//! every copy taken while it did not change. So a watcher stuck on its
+//! snapshot holds 8 bytes of list and ~24 bytes of beat time per instance,
+//! plus the instances that changed or left since it was taken (the whole
+//! service, ~3.5 MB at most, only if every instance was replaced meanwhile):
+//! not a copy of the service of its own.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -32,6 +42,10 @@ use crate::metrics::RegistryMetrics;
 
 /// How many changes a slow watcher may fall behind before it is sent a fresh snapshot.
 const WATCH_BACKLOG: usize = 256;
+/// Most encoded bytes of instances in one part of a Watch snapshot; a part
+/// holds at least one instance, so one at the size limits (~3.6 KB) fits
+/// several times over.
+pub const SNAPSHOT_PART_BYTES: usize = 16 * 1024;
 
 /// Why an instance left the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,9 +83,9 @@ pub struct LeaseToken(u64);
 /// a broadcast channel; made-up names must not grow the registry without end.
 pub const MAX_SERVICES: usize = 1024;
 /// Most instances of one service. With the registry's limits on one
-/// instance's size (about 3.6 KB at most), a full service's Watch snapshot
-/// stays under gRPC's default 4 MB message limit, so every client can still
-/// read it.
+/// instance's size (about 3.6 KB at most), a full service's `ListInstances`
+/// reply stays under gRPC's default 4 MB message limit, so every client can
+/// still read it (a Watch snapshot comes in parts anyway).
 pub const MAX_INSTANCES_PER_SERVICE: usize = 1000;
 
 /// How many TTLs a service's instances that all missed their lease at once
@@ -140,12 +154,13 @@ struct ServiceEntry {
     /// Whether its instances are being kept past their TTL (logged once per episode).
     preserving: bool,
     /// The instances as registered, in id order; rebuilt after a change.
-    cached: Option<Arc<[Instance]>>,
+    cached: Option<Arc<[Arc<Instance>]>>,
 }
 
 struct Lease {
-    /// As registered, without the read-time fields.
-    instance: Instance,
+    /// As registered, without the read-time fields; shared with every
+    /// listing taken since it last changed.
+    instance: Arc<Instance>,
     ttl: Duration,
     last_beat: Instant,
     /// The KeepAlive stream that renews it, if any.
@@ -155,25 +170,85 @@ struct Lease {
 
 /// A copy of one service's instances taken under the lock, made into a
 /// reply after it is released.
+#[derive(Debug)]
 pub struct Listing {
-    instances: Arc<[Instance]>,
+    instances: Arc<[Arc<Instance>]>,
     beats: Vec<(Instant, bool)>,
 }
 
 impl Listing {
     /// The instances with the time since each last beat, as of `now`.
     fn read(self, now: Instant) -> Vec<Instance> {
-        self.instances
-            .iter()
-            .zip(self.beats)
-            .map(|(instance, (last_beat, kept_alive))| {
-                let mut instance = instance.clone();
-                instance.since_last_beat =
-                    prost_types::Duration::try_from(now.duration_since(last_beat)).ok();
-                instance.keep_alive_stream = kept_alive;
-                instance
-            })
+        (0..self.instances.len())
+            .map(|at| self.instance(at, now))
             .collect()
+    }
+
+    /// The instance at `at` with the time since its last beat, as of `now`.
+    fn instance(&self, at: usize, now: Instant) -> Instance {
+        let (last_beat, kept_alive) = self.beats[at];
+        let mut instance = Instance::clone(&self.instances[at]);
+        instance.since_last_beat =
+            prost_types::Duration::try_from(now.duration_since(last_beat)).ok();
+        instance.keep_alive_stream = kept_alive;
+        instance
+    }
+}
+
+/// A Watch snapshot of one service, handed out part by part: each part is
+/// built (and its instances copied) only when it is asked for, so a watcher
+/// holds the shared instances and their beat times, not a copy of them.
+///
+/// Parts hold at most [`SNAPSHOT_PART_BYTES`] of encoded instances (at least
+/// one); all but the last have `more` set. An empty service is one part.
+#[derive(Debug)]
+pub struct Snapshot {
+    listing: Listing,
+    revision: u64,
+    /// When the snapshot was taken: every part reports beats as of then.
+    taken_at: Instant,
+    /// The first instance of the next part.
+    next: usize,
+    /// Whether the last part was handed out.
+    done: bool,
+}
+
+impl Snapshot {
+    /// The revision every part carries.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+impl Iterator for Snapshot {
+    type Item = WatchEvent;
+
+    fn next(&mut self) -> Option<WatchEvent> {
+        if self.done {
+            return None;
+        }
+        let total = self.listing.instances.len();
+        let mut instances = Vec::new();
+        let mut bytes = 0;
+        while self.next < total {
+            let instance = self.listing.instance(self.next, self.taken_at);
+            // As a field of the part: its tag and length prefix included.
+            let len = prost::encoding::message::encoded_len(3, &instance);
+            if !instances.is_empty() && bytes + len > SNAPSHOT_PART_BYTES {
+                break;
+            }
+            bytes += len;
+            instances.push(instance);
+            self.next += 1;
+        }
+        self.done = self.next == total;
+        Some(WatchEvent {
+            kind: Kind::Snapshot as i32,
+            revision: self.revision,
+            instances,
+            reason: String::new(),
+            more: !self.done,
+        })
     }
 }
 
@@ -243,13 +318,15 @@ impl RegistryState {
         }
         let (changed, queue) = match entry.instances.get_mut(&instance.id) {
             Some(lease) => {
-                let changed = lease.instance != instance;
+                let changed = *lease.instance != instance;
                 // A new TTL may make the deadline earlier than the queued one.
                 let queue = lease.ttl != ttl;
                 if queue {
                     lease.generation = generation;
                 }
-                lease.instance = instance.clone();
+                if changed {
+                    lease.instance = Arc::new(instance.clone());
+                }
                 lease.ttl = ttl;
                 lease.last_beat = now;
                 (changed, queue)
@@ -258,7 +335,7 @@ impl RegistryState {
                 entry.instances.insert(
                     instance.id.clone(),
                     Lease {
-                        instance: instance.clone(),
+                        instance: Arc::new(instance.clone()),
                         ttl,
                         last_beat: now,
                         holder: None,
@@ -408,11 +485,11 @@ impl RegistryState {
         (instances, revision)
     }
 
-    /// A snapshot of `service` and a subscription to every change after it.
+    /// A snapshot of `service` (in parts) and a subscription to every change after it.
     pub fn watch(
         &self,
         service: &str,
-    ) -> Result<(WatchEvent, broadcast::Receiver<WatchEvent>), Full> {
+    ) -> Result<(Snapshot, broadcast::Receiver<WatchEvent>), Full> {
         let (listing, revision, changes) = {
             let mut inner = self.lock();
             inner.make_room(service)?;
@@ -420,11 +497,12 @@ impl RegistryState {
             let entry = inner.service_mut(service);
             (entry.listing(), revision, entry.changes.subscribe())
         };
-        let snapshot = WatchEvent {
-            kind: Kind::Snapshot as i32,
+        let snapshot = Snapshot {
+            listing,
             revision,
-            instances: listing.read(Instant::now()),
-            reason: String::new(),
+            taken_at: Instant::now(),
+            next: 0,
+            done: false,
         };
         Ok((snapshot, changes))
     }
@@ -482,7 +560,7 @@ impl Inner {
             // Looked at again soon: it goes once another instance beats.
             return Verdict::Later((now + lease.ttl / 4).min(hold_ends + Duration::from_millis(1)));
         }
-        Verdict::Expire(lease.instance.clone())
+        Verdict::Expire(Instance::clone(&lease.instance))
     }
 
     fn renew(&mut self, service: &str, id: &str, holder: Option<LeaseToken>) -> Option<Duration> {
@@ -544,7 +622,12 @@ impl Inner {
             reason = reason.as_str(),
             "instance removed"
         );
-        self.publish(service, Kind::Delete, vec![lease.instance], reason.as_str());
+        self.publish(
+            service,
+            Kind::Delete,
+            vec![Arc::unwrap_or_clone(lease.instance)],
+            reason.as_str(),
+        );
         true
     }
 
@@ -555,6 +638,7 @@ impl Inner {
             revision: self.revision,
             instances,
             reason: reason.to_owned(),
+            more: false,
         };
         let entry = self.service_mut(service);
         entry.cached = None;
@@ -571,7 +655,7 @@ impl ServiceEntry {
             .get_or_insert_with(|| {
                 self.instances
                     .values()
-                    .map(|lease| lease.instance.clone())
+                    .map(|lease| Arc::clone(&lease.instance))
                     .collect()
             })
             .clone();
@@ -587,6 +671,7 @@ impl ServiceEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     fn instance(service: &str, id: &str) -> Instance {
         Instance {
@@ -598,6 +683,141 @@ mod tests {
     }
 
     const TTL: Duration = Duration::from_secs(3);
+
+    /// A snapshot's parts joined, as a client applies them.
+    fn whole(snapshot: Snapshot) -> WatchEvent {
+        let revision = snapshot.revision();
+        let mut instances = Vec::new();
+        for part in snapshot {
+            assert_eq!(part.revision, revision);
+            instances.extend(part.instances);
+        }
+        WatchEvent {
+            kind: Kind::Snapshot as i32,
+            revision,
+            instances,
+            ..WatchEvent::default()
+        }
+    }
+
+    /// An instance at the registry's size limits (as the soak's abusers register).
+    fn max_instance(n: usize) -> Instance {
+        Instance {
+            id: format!("college-{n:0>120}"),
+            service: "college".into(),
+            address: format!("https://{}:9", "a".repeat(256 - "https://:9".len())),
+            labels: (0..16)
+                .map(|n| (format!("{n:0>64}"), "v".repeat(128)))
+                .collect(),
+            ..Instance::default()
+        }
+    }
+
+    #[test]
+    fn a_full_service_is_snapshotted_in_bounded_parts_with_more_on_all_but_the_last() {
+        let state = RegistryState::new();
+        for n in 0..MAX_INSTANCES_PER_SERVICE {
+            state.register(max_instance(n), TTL).unwrap();
+        }
+        let (snapshot, _changes) = state.watch("college").unwrap();
+        let revision = snapshot.revision();
+        let parts: Vec<WatchEvent> = snapshot.collect();
+        let whole_len: usize = parts.iter().map(|p| p.instances.len()).sum();
+        assert_eq!(whole_len, MAX_INSTANCES_PER_SERVICE);
+        assert!(parts.len() > 100, "{} parts", parts.len());
+        let (last, rest) = parts.split_last().unwrap();
+        assert!(
+            rest.iter().all(|p| p.more),
+            "every part but the last has more"
+        );
+        assert!(!last.more, "the last part ends the snapshot");
+        for part in &parts {
+            assert_eq!(part.kind(), Kind::Snapshot);
+            assert_eq!(part.revision, revision);
+            assert!(
+                part.encoded_len() <= SNAPSHOT_PART_BYTES + 64,
+                "a part of {} bytes",
+                part.encoded_len()
+            );
+        }
+        // Joined, the parts are the listing, in order.
+        let ids = |instances: &[Instance]| -> Vec<String> {
+            instances.iter().map(|i| i.id.clone()).collect()
+        };
+        let joined: Vec<Instance> = parts.into_iter().flat_map(|p| p.instances).collect();
+        assert_eq!(ids(&joined), ids(&state.list("college").0));
+        // The whole would have been one message this big.
+        let whole = WatchEvent {
+            instances: joined,
+            ..WatchEvent::default()
+        };
+        assert!(whole.encoded_len() > 3_000_000);
+    }
+
+    #[test]
+    fn an_unread_snapshot_shares_the_instances_instead_of_copying_them() {
+        let state = RegistryState::new();
+        for n in 0..MAX_INSTANCES_PER_SERVICE {
+            state.register(max_instance(n), TTL).unwrap();
+        }
+        let watchers: Vec<_> = (0..64).map(|_| state.watch("college").unwrap()).collect();
+        let shared = &watchers[0].0.listing.instances;
+        for (snapshot, _) in &watchers {
+            assert!(Arc::ptr_eq(shared, &snapshot.listing.instances));
+        }
+        // The registry's own copy plus the 64 watchers' handles.
+        assert_eq!(Arc::strong_count(shared), 64 + 1);
+        // What each holds of its own: a beat time per instance.
+        let own = std::mem::size_of_val(watchers[0].0.listing.beats.as_slice());
+        assert!(own < 32 * 1024, "{own} bytes per watcher");
+        // After a change, a new snapshot shares every unchanged instance
+        // with the old ones: a watcher stuck on an old revision holds what
+        // changed since, not a copy of the service.
+        let mut changed = max_instance(0);
+        changed.labels.insert("zone".into(), "b".into());
+        state.register(changed, TTL).unwrap();
+        let (newer, _) = state.watch("college").unwrap();
+        let (old, new) = (shared, &newer.listing.instances);
+        assert!(!Arc::ptr_eq(old, new));
+        assert!(!Arc::ptr_eq(&old[0], &new[0]), "the changed one is new");
+        assert!(
+            old[1..]
+                .iter()
+                .zip(&new[1..])
+                .all(|(o, n)| Arc::ptr_eq(o, n)),
+            "the others are shared"
+        );
+    }
+
+    #[test]
+    fn an_instance_bigger_than_a_part_is_sent_alone() {
+        // Bigger than the registry admits (its handlers check sizes, the
+        // state does not): a part still makes progress, one instance at least.
+        let state = RegistryState::new();
+        let mut big = instance("college", "b");
+        big.labels
+            .insert("big".into(), "x".repeat(2 * SNAPSHOT_PART_BYTES));
+        state.register(instance("college", "a"), TTL).unwrap();
+        state.register(big, TTL).unwrap();
+        state.register(instance("college", "c"), TTL).unwrap();
+        let parts: Vec<Vec<String>> = state
+            .watch("college")
+            .unwrap()
+            .0
+            .map(|p| p.instances.into_iter().map(|i| i.id).collect())
+            .collect();
+        assert_eq!(parts, [vec!["a"], vec!["b"], vec!["c"]]);
+    }
+
+    #[test]
+    fn an_empty_service_is_one_part_without_instances() {
+        let state = RegistryState::new();
+        let parts: Vec<WatchEvent> = state.watch("college").unwrap().0.collect();
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].instances.is_empty());
+        assert!(!parts[0].more);
+        assert_eq!(parts[0].kind(), Kind::Snapshot);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn instances_that_all_miss_their_lease_at_once_are_kept_for_a_while() {
@@ -734,7 +954,7 @@ mod tests {
     async fn watchers_of_one_service_are_not_woken_by_another() {
         let state = RegistryState::new();
         let (snapshot, mut college) = state.watch("college").unwrap();
-        assert!(snapshot.instances.is_empty());
+        assert!(whole(snapshot).instances.is_empty());
         state.register(instance("agency", "a1"), TTL).unwrap();
         assert!(college.try_recv().is_err());
         state.register(instance("college", "c1"), TTL).unwrap();
@@ -748,6 +968,7 @@ mod tests {
         let state = RegistryState::new();
         state.register(instance("college", "c1"), TTL).unwrap();
         let (snapshot, mut changes) = state.watch("college").unwrap();
+        let snapshot = whole(snapshot);
         assert_eq!(snapshot.instances.len(), 1);
         state.register(instance("college", "c2"), TTL).unwrap();
         state.remove("college", "c1", RemovalReason::Deregistered);
@@ -843,7 +1064,7 @@ mod tests {
         let (listed, _) = state.list("college");
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].labels.get("zone").map(String::as_str), Some("b"));
-        let (snapshot, _) = state.watch("college").unwrap();
+        let snapshot = whole(state.watch("college").unwrap().0);
         let labels = |instances: &[Instance]| -> Vec<_> {
             instances
                 .iter()

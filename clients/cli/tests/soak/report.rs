@@ -75,27 +75,35 @@ async fn register_many(client: &RegistryClient<Channel>, count: usize, plain: bo
     join_all(tasks).await.into_iter().sum()
 }
 
-/// Time to a fresh watcher's first message, and its size.
+/// Time to a fresh watcher's whole snapshot (the last of its parts), and its size.
 async fn snapshot(registry: &Proc, service: &str) -> (Duration, usize, String) {
     let mut client = RegistryClient::new(tls::channel(&registry.url()).await)
         .max_decoding_message_size(64 << 20);
     let started = Instant::now();
-    let first = async {
-        client
+    let whole = async {
+        let mut stream = client
             .watch(WatchRequest {
                 service: service.into(),
             })
             .await?
-            .into_inner()
-            .message()
-            .await
+            .into_inner();
+        let (mut bytes, mut instances, mut parts) = (0, 0, 0);
+        while let Some(part) = stream.message().await? {
+            bytes += part.encoded_len();
+            instances += part.instances.len();
+            parts += 1;
+            if !part.more {
+                return Ok(Some((bytes, instances, parts)));
+            }
+        }
+        Ok::<_, tonic::Status>(None)
     }
     .await;
-    match first {
-        Ok(Some(event)) => (
+    match whole {
+        Ok(Some((bytes, instances, parts))) => (
             started.elapsed(),
-            event.encoded_len(),
-            format!("{} instances", event.instances.len()),
+            bytes,
+            format!("{instances} instances in {parts} parts"),
         ),
         other => (started.elapsed(), 0, format!("{other:?}")),
     }
