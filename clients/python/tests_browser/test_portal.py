@@ -277,7 +277,10 @@ def test_the_dashboard_shows_a_killed_college_disappear(mesh, browsers, shots):
     mesh.kill("college-2")
     wait(b).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, college)) == 1)
     assert b.find_elements(By.CSS_SELECTOR, '[data-instance="college-2"]') == []
-    removal = wait(b).until(EC.presence_of_element_located(
-        (By.CSS_SELECTOR, '#removals [data-removed="college-2"]'))).text
+    # Read inside the wait: the list re-renders, so a found element may be
+    # stale by the time its text is asked for.
+    removal = wait(b).until(lambda d: next(
+        (e.text for e in d.find_elements(By.CSS_SELECTOR, '#removals [data-removed="college-2"]')),
+        False))
     assert "removed:" in removal, removal
     shots(b, "mesh-college-killed")
