@@ -21,10 +21,12 @@
 mod argon;
 pub mod attempts;
 pub mod strength;
+mod verified;
 
 pub use attempts::Attempts;
 pub use strength::check_new_password;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -130,6 +132,8 @@ pub struct Keys {
     validation: Validation,
     /// Agency credentials: also audience `college` and a `jti`.
     agency_validation: Validation,
+    /// Researcher tokens verified with these keys, shared by every clone.
+    verified: Arc<verified::Verified>,
 }
 
 impl Keys {
@@ -172,6 +176,7 @@ impl Keys {
             token_ttl,
             validation,
             agency_validation,
+            verified: Arc::new(verified::Verified::new()),
         })
     }
 
@@ -214,8 +219,12 @@ impl Keys {
     }
 
     /// The researcher calling, from `authorization: Bearer …`.
+    /// A token seen before is not verified again ([`verified`]) until it expires.
     pub fn researcher<T>(&self, request: &tonic::Request<T>) -> Result<Uuid, Status> {
         let token = bearer(request)?;
+        if let Some(researcher) = self.verified.researcher(token) {
+            return Ok(researcher);
+        }
         let claims = self.decode(token, &self.token.1).ok_or_else(|| {
             Status::unauthenticated("the bearer token is invalid or has expired; log in again")
         })?;
@@ -224,10 +233,13 @@ impl Keys {
                 "the bearer token is not a researcher token",
             ));
         }
-        claims
+        let researcher = claims
             .sub
             .parse()
-            .map_err(|_| Status::unauthenticated("the bearer token names no researcher"))
+            .map_err(|_| Status::unauthenticated("the bearer token names no researcher"))?;
+        self.verified
+            .remember(token, researcher, claims.exp.saturating_add(LEEWAY_SECS));
+        Ok(researcher)
     }
 
     /// The agency calling and its credential's id, from a credential that
@@ -625,6 +637,50 @@ mod tests {
         );
         assert_eq!(
             keys.researcher(&with_token(&ancient)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_token_verified_once_is_refused_when_it_expires_later() {
+        let keys = keys();
+        let researcher = Uuid::new_v4();
+        let now = unix_secs(SystemTime::now());
+        // Valid for about one more second, leeway included.
+        let claims = Claims {
+            sub: researcher.to_string(),
+            kind: RESEARCHER.into(),
+            iat: now,
+            exp: now + 1 - LEEWAY_SECS,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.token.0).unwrap();
+        assert_eq!(keys.researcher(&with_token(&token)).unwrap(), researcher);
+        assert_eq!(
+            keys.researcher(&with_token(&token)).unwrap(),
+            researcher,
+            "the second call is answered from the verified tokens"
+        );
+        while unix_secs(SystemTime::now()) <= now + 1 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            keys.researcher(&with_token(&token)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_verified_token_altered_by_one_character_is_refused() {
+        let keys = keys();
+        let (token, _) = keys.researcher_token(Uuid::new_v4()).unwrap();
+        keys.researcher(&with_token(&token)).unwrap();
+        let (payload_end, _) = token.rsplit_once('.').unwrap();
+        let signature = &token[payload_end.len() + 1..];
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        let altered = format!("{payload_end}.{flipped}{}", &signature[1..]);
+        assert_eq!(
+            keys.researcher(&with_token(&altered)).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
     }

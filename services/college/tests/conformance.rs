@@ -2259,6 +2259,90 @@ async fn a_lone_withdrawal_that_waited_on_another_debit_is_answered_from_after_t
     );
 }
 
+/// A withdrawal that finds the batcher idle runs on its caller's task. A
+/// caller that gives up mid-statement (its client went away) abandons the
+/// statement, which is cancelled on the server, applied or not as a whole;
+/// its slot comes back, and a withdrawal that queued behind it meanwhile is
+/// handed on and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_withdrawal_whose_caller_gave_up_frees_its_slot_for_the_queue_behind_it() {
+    let store = TestStore::postgres().await;
+    // Four connections: two batches in flight at most.
+    let (accounts, _) = AccountStore::start(&store.url, 4, REAL_DAY, CancellationToken::new())
+        .await
+        .unwrap();
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 10_000, 30).await;
+    let lock = store.lock_writes(account.id).await;
+    let withdraw = |key: &'static str| {
+        let accounts = accounts.clone();
+        tokio::spawn(async move { accounts.withdraw(account.id, pi.id, 100, key, "").await })
+    };
+    let waiting_on_the_lock = || async {
+        store
+            .execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+            )
+            .await
+            .unwrap()
+    };
+    let given_up = [withdraw("given-up-1"), withdraw("given-up-2")];
+    let deadline = Instant::now() + SETTLE;
+    while waiting_on_the_lock().await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the lone withdrawals never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let queued = withdraw("queued");
+    settled("the third withdrawal queued", || {
+        accounts.withdrawals_queued() == 1
+    })
+    .await;
+
+    for call in &given_up {
+        call.abort();
+    }
+    // Both abandoned statements are cancelled; the queued withdrawal now
+    // runs in a batch of its own and is the one waiting.
+    let deadline = Instant::now() + SETTLE;
+    while accounts.withdrawals_queued() > 0 || waiting_on_the_lock().await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned withdrawals did not make way for the queued one"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lock.release().await;
+    let applied = tokio::time::timeout(SETTLE, queued)
+        .await
+        .expect("the queued withdrawal is answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(applied.balance, 9_900);
+    // Both slots are free again: two more lone withdrawals go at once.
+    for key in ["after-1", "after-2"] {
+        tokio::time::timeout(SETTLE, accounts.withdraw(account.id, pi.id, 100, key, ""))
+            .await
+            .expect("a slot is free")
+            .unwrap();
+    }
+    let audit = accounts.audit(account.id).await.unwrap();
+    let keys: Vec<&str> = audit
+        .journal
+        .iter()
+        .map(|t| t.idempotency_key.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["queued", "after-1", "after-2"],
+        "the given-up ones applied nothing"
+    );
+    assert_eq!(audit.account.balance, 10_000 - 300);
+}
+
 /// A College instance that nobody watches through holds no `LISTEN`
 /// connection (every `NOTIFY` in the database would wake it and its
 /// backend); the first subscriber makes one and hears every change after.

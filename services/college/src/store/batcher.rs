@@ -9,11 +9,21 @@
 //! latency, and under load a batch is whatever queued while the one before
 //! was in flight, which grows and shrinks with the load.
 //!
-//! A batch runs on a task of its own, so a caller that goes away (its client
-//! gave up) only drops its answer: the batch, and its database statement,
-//! always run to completion, and a connection is never returned to the pool
-//! mid-statement. Each caller gets its own answer; a batch that fails as a
-//! whole fails each of its callers with the same error and applies nothing.
+//! A call that finds nothing queued and a free slot applies its withdrawal
+//! itself, on its own task, as a batch of one: at one client every call
+//! does, and it costs no hand-off to another task and back (two wake-ups,
+//! often across threads, which at one client are most of what the College
+//! adds per call). Anything that queues meanwhile is handed to a batch task
+//! when that call finishes, or when it is dropped mid-statement (its client
+//! gave up): the backend's statement is then abandoned as any dropped call's
+//! is (see `postgres::withdraw_batch`), applied or not as a whole, and the
+//! slot is released.
+//!
+//! A batch of queued calls runs on a task of its own, so a caller that goes
+//! away only drops its answer: the batch, and its database statement,
+//! always run to completion. Each caller gets its own answer; a batch that
+//! fails as a whole fails each of its callers with the same error and
+//! applies nothing.
 //!
 //! The batch sizes seen are counted in a [`BatchSizes`] histogram.
 
@@ -96,8 +106,12 @@ impl Batcher {
         self.state.lock().expect("batcher poisoned").queue.len()
     }
 
-    /// Queues `request` and waits for its answer.
+    /// Applies `request` at once if nothing is queued and a slot is free;
+    /// otherwise queues it. Either way, waits for its answer.
     pub(super) async fn submit(self: &Arc<Self>, request: Request) -> Result<Withdrawal> {
+        if self.take_idle_slot() {
+            return self.apply_alone(request).await;
+        }
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut state = self.state.lock().expect("batcher poisoned");
@@ -125,21 +139,74 @@ impl Batcher {
         })
     }
 
+    /// Takes a slot if one is free and nothing is queued (which would go first).
+    fn take_idle_slot(&self) -> bool {
+        let mut state = self.state.lock().expect("batcher poisoned");
+        let idle = state.queue.is_empty() && state.in_flight < self.limit;
+        if idle {
+            state.in_flight += 1;
+        }
+        idle
+    }
+
+    /// Applies `request` as a batch of one on the caller's task, holding
+    /// the slot taken for it until done (or dropped).
+    async fn apply_alone(self: &Arc<Self>, request: Request) -> Result<Withdrawal> {
+        let slot = Slot(Arc::clone(self));
+        self.sizes.record(1);
+        let outcome = self.apply(std::slice::from_ref(&request)).await;
+        drop(slot);
+        outcome.and_then(|answers| {
+            answers.into_iter().next().unwrap_or_else(|| {
+                Err(StoreError::SqliteCall(
+                    "the withdrawal batch gave no answer".into(),
+                ))
+            })
+        })
+    }
+
+    /// One batch through the backend; a panic fails the batch, not the batcher.
+    async fn apply(&self, requests: &[Request]) -> Result<Vec<Result<Withdrawal>>> {
+        std::panic::AssertUnwindSafe(self.backend.withdraw_batch(requests))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::SqliteCall(
+                    "the withdrawal batch panicked".into(),
+                ))
+            })
+    }
+
+    /// Gives up a slot: hands whatever queued meanwhile to a batch task, or
+    /// frees the slot if nothing did.
+    fn release(self: &Arc<Self>) {
+        let mut state = self.state.lock().expect("batcher poisoned");
+        if state.queue.is_empty() {
+            state.in_flight -= 1;
+            return;
+        }
+        let batch = take_batch(&mut state.queue);
+        drop(state);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(Arc::clone(self).run(batch));
+            }
+            // The runtime is shutting down: the queued callers go with it,
+            // each told its batch stopped (their replies are dropped here).
+            Err(_) => {
+                let mut state = self.state.lock().expect("batcher poisoned");
+                state.queue.clear();
+                state.in_flight -= 1;
+            }
+        }
+    }
+
     /// Applies `batch`, then whatever queued meanwhile, until the queue is empty.
     async fn run(self: Arc<Self>, mut batch: Vec<Pending>) {
         loop {
             self.sizes.record(batch.len());
             let requests: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
-            // A panic in a batch fails its callers, not the batcher.
-            let outcome = std::panic::AssertUnwindSafe(self.backend.withdraw_batch(&requests))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StoreError::SqliteCall(
-                        "the withdrawal batch panicked".into(),
-                    ))
-                });
-            match outcome {
+            match self.apply(&requests).await {
                 Ok(answers) => {
                     debug_assert_eq!(answers.len(), batch.len());
                     for (pending, answer) in batch.drain(..).zip(answers) {
@@ -163,6 +230,16 @@ impl Batcher {
             }
             batch = take_batch(&mut state.queue);
         }
+    }
+}
+
+/// A slot held by a call applying its own withdrawal: released when the
+/// call finishes or is dropped ([`Batcher::release`]).
+struct Slot(Arc<Batcher>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 

@@ -503,8 +503,9 @@ pub(super) async fn remove_member(
 
 /// Applies a batch of withdrawals with one call of `withdraw_batch`: an
 /// answer per withdrawal, in order, or one error for the whole batch, which
-/// then applied nothing. The batch runs on the batcher's own task, never
-/// dropped mid-statement, so it needs no [`Conn`].
+/// then applied nothing. A batch of one may run on its caller's task (see
+/// the batcher), so it is dropped when its client gives up: it runs on a
+/// [`Conn`], and its statement is cancelled, applied or not as a whole.
 pub(super) async fn withdraw_batch(
     pg: &Pg,
     batch: &[batcher::Request],
@@ -514,7 +515,7 @@ pub(super) async fn withdraw_batch(
     let amounts: Vec<i64> = batch.iter().map(|w| w.amount).collect();
     let keys: Vec<&str> = batch.iter().map(|w| w.key.as_str()).collect();
     let memos: Vec<&str> = batch.iter().map(|w| w.memo.as_str()).collect();
-    let client = pg.pool.get().await?;
+    let client = pg.conn().await?;
     let mut one = batch.len() == 1;
     // Neither race below happens while every withdrawal goes through
     // `withdraw_batch`, which takes the account's row lock before it reads:
@@ -522,21 +523,25 @@ pub(super) async fn withdraw_batch(
     // [`WITHDRAW_ONE`], which reads before the lock). A second try of the
     // whole batch reads what the other writer did.
     for _ in 0..BATCH_TRIES {
-        let answered = if one {
-            let w = &batch[0];
-            let statement = client.prepare_cached(WITHDRAW_ONE).await?;
-            client
-                .query(
-                    &statement,
-                    &[&w.account, &w.caller, &w.amount, &w.key, &w.memo],
-                )
-                .await
-        } else {
-            let statement = client.prepare_cached(WITHDRAW_BATCH).await?;
-            client
-                .query(&statement, &[&accounts, &callers, &amounts, &keys, &memos])
-                .await
-        };
+        let answered = client
+            .guard(async {
+                if one {
+                    let w = &batch[0];
+                    let statement = client.prepare_cached(WITHDRAW_ONE).await?;
+                    client
+                        .query(
+                            &statement,
+                            &[&w.account, &w.caller, &w.amount, &w.key, &w.memo],
+                        )
+                        .await
+                } else {
+                    let statement = client.prepare_cached(WITHDRAW_BATCH).await?;
+                    client
+                        .query(&statement, &[&accounts, &callers, &amounts, &keys, &memos])
+                        .await
+                }
+            })
+            .await;
         let rows = match answered {
             Ok(rows) => rows,
             // The same key applied concurrently by another writer.

@@ -352,42 +352,38 @@ impl Accounts {
     ) -> Result<Vec<Result<Withdrawal>>> {
         let batch = batch.to_vec();
         let notifications = self.notifications.clone();
-        let (answers, payload) = self
-            .call(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                // The store's clock once the write lock is held, for every
-                // withdrawal of the batch: its expiry check and its stamp.
-                let now: i64 = tx.query_row(
-                    concat!("SELECT ", grantmesh_store::sqlite_now_ms!()),
-                    [],
-                    |row| row.get(0),
-                )?;
-                let mut answers = Vec::with_capacity(batch.len());
-                for request in &batch {
-                    answers.push(apply(&tx, now, request)?);
-                }
-                tx.commit()?;
-                let applied: Vec<&TransactionRow> = answers
-                    .iter()
-                    .filter_map(|a| a.as_ref().ok())
-                    .filter(|w| !w.replayed)
-                    .map(|w| &w.transaction)
-                    .collect();
-                let payload = match (applied.first(), applied.last()) {
-                    (Some(first), Some(last)) => Some(withdrawals_payload(
-                        first.id,
-                        last.id,
-                        &applied.iter().map(|t| t.account_id).collect::<Vec<_>>(),
-                    )),
-                    _ => None,
-                };
-                Ok((answers, payload))
-            })
-            .await?;
-        if let Some(payload) = payload {
-            notifications.publish(payload);
-        }
-        Ok(answers)
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // The store's clock once the write lock is held, for every
+            // withdrawal of the batch: its expiry check and its stamp.
+            let now: i64 = tx.query_row(
+                concat!("SELECT ", grantmesh_store::sqlite_now_ms!()),
+                [],
+                |row| row.get(0),
+            )?;
+            let mut answers = Vec::with_capacity(batch.len());
+            for request in &batch {
+                answers.push(apply(&tx, now, request)?);
+            }
+            tx.commit()?;
+            let applied: Vec<&TransactionRow> = answers
+                .iter()
+                .filter_map(|a| a.as_ref().ok())
+                .filter(|w| !w.replayed)
+                .map(|w| &w.transaction)
+                .collect();
+            // Announced here, not by the caller once this returns: the
+            // caller may be gone by then (see the batcher), the commit not.
+            if let (Some(first), Some(last)) = (applied.first(), applied.last()) {
+                notifications.publish(withdrawals_payload(
+                    first.id,
+                    last.id,
+                    &applied.iter().map(|t| t.account_id).collect::<Vec<_>>(),
+                ));
+            }
+            Ok(answers)
+        })
+        .await
     }
 
     pub(super) async fn entries(
