@@ -7,6 +7,11 @@
 //! TTL, ends the session and a new one starts after a short pause, so a
 //! restarted registry relearns the instance well within one heartbeat
 //! interval of coming back.
+//!
+//! Leaving ([`Registrar::deregister`]) sends `Deregister` on each live
+//! session's own connection *before* its KeepAlive stream closes, so each
+//! registry records a clean departure, not a lost stream; a registry that
+//! had no live session is sent one on a connection of its own.
 
 use std::time::Duration;
 
@@ -39,22 +44,36 @@ pub struct RegistrarOptions {
 /// A running registration; [`Registrar::deregister`] ends it.
 pub struct Registrar {
     options: RegistrarOptions,
+    /// Ends every session at once, the stream with it.
     stop: CancellationToken,
-    sessions: JoinSet<()>,
+    /// Asks every live session to deregister, then end.
+    leave: CancellationToken,
+    /// One per registry: its URL, and whether its session deregistered.
+    sessions: JoinSet<(String, bool)>,
 }
+
+/// How long one registry is given to confirm a `Deregister`.
+const DEREGISTER_WAIT: Duration = Duration::from_secs(1);
 
 impl Registrar {
     /// Starts registering with every registry. Returns at once; registration
     /// happens in the background and is retried for as long as the registrar lives.
     pub fn start(options: RegistrarOptions) -> Self {
         let stop = CancellationToken::new();
+        let leave = CancellationToken::new();
         let mut sessions = JoinSet::new();
         for url in &options.registries {
-            sessions.spawn(keep_registered(url.clone(), options.clone(), stop.clone()));
+            sessions.spawn(keep_registered(
+                url.clone(),
+                options.clone(),
+                stop.clone(),
+                leave.clone(),
+            ));
         }
         Self {
             options,
             stop,
+            leave,
             sessions,
         }
     }
@@ -64,37 +83,49 @@ impl Registrar {
         &self.options.instance
     }
 
-    /// Stops renewing and removes the instance from every registry (each
-    /// given one second at most).
+    /// Stops renewing and removes the instance from every registry: a live
+    /// session deregisters on its own connection and then closes its stream;
+    /// a registry without one is sent `Deregister` on a new connection. Each
+    /// registry is given about a second.
     pub async fn deregister(mut self) {
-        self.stop.cancel();
-        while self.sessions.join_next().await.is_some() {}
-        let request = DeregisterRequest {
-            service: self.options.instance.service.clone(),
-            instance_id: self.options.instance.id.clone(),
-        };
-        let transport = &self.options.transport;
-        let calls = self.options.registries.iter().map(|url| {
-            let request = request.clone();
-            async move {
-                let call = async {
-                    let channel = transport
-                        .channel(url, Some(crate::REGISTRY_SERVICE))
-                        .await?;
-                    RegistryClient::new(channel).deregister(request).await?;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-                };
-                match tokio::time::timeout(Duration::from_secs(1), call).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => {
-                        tracing::warn!(registry = %url, error = %err, "failed to deregister")
-                    }
-                    Err(_) => tracing::warn!(registry = %url, "deregistering timed out"),
+        self.leave.cancel();
+        let mut left = Vec::new();
+        let _ = tokio::time::timeout(DEREGISTER_WAIT + Duration::from_millis(200), async {
+            while let Some(Ok((url, deregistered))) = self.sessions.join_next().await {
+                if deregistered {
+                    left.push(url);
                 }
             }
-        });
+        })
+        .await;
+        self.stop.cancel();
+        while self.sessions.join_next().await.is_some() {}
+        let request = self.deregister_request();
+        let transport = &self.options.transport;
+        let calls = self
+            .options
+            .registries
+            .iter()
+            .filter(|url| !left.contains(url))
+            .map(|url| {
+                let request = request.clone();
+                async move {
+                    let call = async {
+                        let channel = transport
+                            .channel(url, Some(crate::REGISTRY_SERVICE))
+                            .await?;
+                        RegistryClient::new(channel).deregister(request).await?;
+                        Ok::<_, SessionError>(())
+                    };
+                    report_deregistered(url, tokio::time::timeout(DEREGISTER_WAIT, call).await);
+                }
+            });
         futures::future::join_all(calls).await;
         tracing::info!(instance = %self.options.instance.id, "left the mesh");
+    }
+
+    fn deregister_request(&self) -> DeregisterRequest {
+        deregister_request(&self.options)
     }
 }
 
@@ -104,25 +135,56 @@ impl Drop for Registrar {
     }
 }
 
-async fn keep_registered(url: String, options: RegistrarOptions, stop: CancellationToken) {
+fn deregister_request(options: &RegistrarOptions) -> DeregisterRequest {
+    DeregisterRequest {
+        service: options.instance.service.clone(),
+        instance_id: options.instance.id.clone(),
+    }
+}
+
+/// Logs how a `Deregister` to `url` went; true when it was answered.
+fn report_deregistered<T>(
+    url: &str,
+    outcome: Result<Result<T, SessionError>, tokio::time::error::Elapsed>,
+) -> bool {
+    match outcome {
+        Ok(Ok(_)) => return true,
+        Ok(Err(err)) => tracing::warn!(registry = %url, error = %err, "failed to deregister"),
+        Err(_) => tracing::warn!(registry = %url, "deregistering timed out"),
+    }
+    false
+}
+
+/// Keeps the instance registered with `url` until `stop`, or until `leave`
+/// once the live session (if any) deregistered. Returns the URL and whether
+/// this session deregistered.
+async fn keep_registered(
+    url: String,
+    options: RegistrarOptions,
+    stop: CancellationToken,
+    leave: CancellationToken,
+) -> (String, bool) {
     let retry_pause = (options.heartbeat_interval / 5)
         .clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut was_registered = false;
     loop {
         let outcome = tokio::select! {
-            () = stop.cancelled() => return,
-            outcome = session(&url, &options, &mut was_registered) => outcome,
+            () = stop.cancelled() => return (url, false),
+            outcome = session(&url, &options, &mut was_registered, &leave) => outcome,
         };
-        if let Err(err) = outcome {
-            if was_registered {
-                tracing::warn!(registry = %url, error = %err, "lost the registry; registering again");
-            } else {
-                tracing::debug!(registry = %url, error = %err, "registry not reachable yet");
+        match outcome {
+            Ok(deregistered) => return (url, deregistered),
+            Err(err) if was_registered => {
+                tracing::warn!(registry = %url, error = %err, "lost the registry; registering again")
+            }
+            Err(err) => {
+                tracing::debug!(registry = %url, error = %err, "registry not reachable yet")
             }
         }
         was_registered = false;
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return (url, false),
+            () = leave.cancelled() => return (url, false),
             () = tokio::time::sleep(retry_pause) => {}
         }
     }
@@ -130,12 +192,17 @@ async fn keep_registered(url: String, options: RegistrarOptions, stop: Cancellat
 
 type SessionError = Box<dyn std::error::Error + Send + Sync>;
 
-/// One connection's worth of registration; returns when it breaks.
+/// One connection's worth of registration; returns an error when it
+/// breaks, or, once `leave` is cancelled, whether it deregistered.
 async fn session(
     url: &str,
     options: &RegistrarOptions,
     registered: &mut bool,
-) -> Result<(), SessionError> {
+    leave: &CancellationToken,
+) -> Result<bool, SessionError> {
+    if leave.is_cancelled() {
+        return Ok(false);
+    }
     let channel = options
         .transport
         .channel(url, Some(crate::REGISTRY_SERVICE))
@@ -166,6 +233,17 @@ async fn session(
     let mut last_reply = Instant::now();
     loop {
         tokio::select! {
+            biased;
+            () = leave.cancelled() => {
+                // Deregister while the stream is still open: the registry
+                // removes the instance as deregistered, and the stream's
+                // close that follows finds nothing left to remove.
+                let call = client.deregister(deregister_request(options));
+                let outcome =
+                    tokio::time::timeout(DEREGISTER_WAIT, async { Ok::<_, SessionError>(call.await?) })
+                        .await;
+                return Ok(report_deregistered(url, outcome));
+            }
             _ = ticker.tick() => {
                 if last_reply.elapsed() > options.ttl {
                     return Err("no keep-alive reply within the TTL".into());

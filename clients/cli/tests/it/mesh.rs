@@ -112,6 +112,38 @@ async fn a_killed_instance_is_removed_at_once_not_after_its_ttl() {
     assert_eq!(event.reason, "keepalive stream closed");
 }
 
+/// A clean stop deregisters before the instance's keep-alive stream
+/// closes, so the registry (its watchers, its removal metrics) sees a
+/// departure, not a lost stream.
+#[tokio::test]
+async fn an_instance_stopped_with_sigterm_is_removed_as_deregistered() {
+    let registry = Proc::registry(&[]).await;
+    let college = Proc::member("college", &registry.url(), &["--instance-id", "college-s"]).await;
+    assert_eventually(
+        Duration::from_secs(5),
+        "college registered with a keep-alive stream",
+        || async {
+            list(&registry.url(), "college")
+                .await
+                .iter()
+                .any(|i| i.id == "college-s" && i.keep_alive_stream)
+        },
+    )
+    .await;
+    let mut events = watch(&registry.url(), "college").await;
+
+    college.signal(Signal::SIGTERM);
+    let (_, event) = next_event(
+        &mut events,
+        Duration::from_secs(10),
+        is_delete_of("college-s"),
+    )
+    .await
+    .expect("the stopped college is removed");
+    assert_eq!(event.reason, "deregistered");
+    assert_eq!(college.wait(Duration::from_secs(15)).await, Some(0));
+}
+
 #[tokio::test]
 async fn a_stopped_instance_is_removed_after_its_ttl_and_returns_when_continued() {
     let registry = Proc::registry(&[]).await;
