@@ -82,18 +82,7 @@ async fn a_killed_instance_is_removed_at_once_not_after_its_ttl() {
         &["--instance-id", "college-k", "--ttl", "10s"],
     )
     .await;
-    assert_eventually(
-        Duration::from_secs(5),
-        "college registered with a keep-alive stream",
-        || async {
-            list(&registry.url(), "college")
-                .await
-                .iter()
-                .any(|i| i.id == "college-k" && i.keep_alive_stream)
-        },
-    )
-    .await;
-    let mut events = watch(&registry.url(), "college").await;
+    let mut events = watch_once_streaming(&registry, "college-k").await;
 
     let killed_at = Instant::now();
     college.signal(Signal::SIGKILL);
@@ -119,18 +108,7 @@ async fn a_killed_instance_is_removed_at_once_not_after_its_ttl() {
 async fn an_instance_stopped_with_sigterm_is_removed_as_deregistered() {
     let registry = Proc::registry(&[]).await;
     let college = Proc::member("college", &registry.url(), &["--instance-id", "college-s"]).await;
-    assert_eventually(
-        Duration::from_secs(5),
-        "college registered with a keep-alive stream",
-        || async {
-            list(&registry.url(), "college")
-                .await
-                .iter()
-                .any(|i| i.id == "college-s" && i.keep_alive_stream)
-        },
-    )
-    .await;
-    let mut events = watch(&registry.url(), "college").await;
+    let mut events = watch_once_streaming(&registry, "college-s").await;
 
     college.signal(Signal::SIGTERM);
     let (_, event) = next_event(
@@ -463,4 +441,24 @@ async fn two_colleges(first: &str, second: &str) -> (Proc, Proc, Proc, Balancer)
     )
     .await;
     (registry, a, b, balancer)
+}
+
+/// Waits until college `id` holds a keep-alive stream on `registry`, then
+/// watches the registry's colleges.
+async fn watch_once_streaming(
+    registry: &Proc,
+    id: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, grantmesh_proto::v1::WatchEvent)> {
+    assert_eventually(
+        Duration::from_secs(5),
+        "college registered with a keep-alive stream",
+        || async {
+            list(&registry.url(), "college")
+                .await
+                .iter()
+                .any(|i| i.id == id && i.keep_alive_stream)
+        },
+    )
+    .await;
+    watch(&registry.url(), "college").await
 }
