@@ -100,7 +100,7 @@ impl Registrar {
         .await;
         self.stop.cancel();
         while self.sessions.join_next().await.is_some() {}
-        let request = self.deregister_request();
+        let request = deregister_request(&self.options);
         let transport = &self.options.transport;
         let calls = self
             .options
@@ -123,10 +123,6 @@ impl Registrar {
         futures::future::join_all(calls).await;
         tracing::info!(instance = %self.options.instance.id, "left the mesh");
     }
-
-    fn deregister_request(&self) -> DeregisterRequest {
-        deregister_request(&self.options)
-    }
 }
 
 impl Drop for Registrar {
@@ -143,9 +139,9 @@ fn deregister_request(options: &RegistrarOptions) -> DeregisterRequest {
 }
 
 /// Logs how a `Deregister` to `url` went; true when it was answered.
-fn report_deregistered<T>(
+fn report_deregistered<T, E: std::fmt::Display>(
     url: &str,
-    outcome: Result<Result<T, SessionError>, tokio::time::error::Elapsed>,
+    outcome: Result<Result<T, E>, tokio::time::error::Elapsed>,
 ) -> bool {
     match outcome {
         Ok(Ok(_)) => return true,
@@ -239,9 +235,7 @@ async fn session(
                 // removes the instance as deregistered, and the stream's
                 // close that follows finds nothing left to remove.
                 let call = client.deregister(deregister_request(options));
-                let outcome =
-                    tokio::time::timeout(DEREGISTER_WAIT, async { Ok::<_, SessionError>(call.await?) })
-                        .await;
+                let outcome = tokio::time::timeout(DEREGISTER_WAIT, call).await;
                 return Ok(report_deregistered(url, outcome));
             }
             _ = ticker.tick() => {

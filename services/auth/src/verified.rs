@@ -10,7 +10,7 @@
 //! verified, and refused, every time), so nobody without the key can fill
 //! the cache, and it is bounded ([`CAPACITY`]) all the same.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use quick_cache::sync::Cache;
 use uuid::Uuid;
@@ -34,7 +34,7 @@ impl Verified {
     /// expired since.
     pub(crate) fn researcher(&self, token: &str) -> Option<Uuid> {
         let (researcher, valid_until) = self.tokens.get(token)?;
-        if unix_now() > valid_until {
+        if crate::unix_secs(SystemTime::now()) > valid_until {
             self.tokens.remove(token);
             return None;
         }
@@ -46,10 +46,4 @@ impl Verified {
     pub(crate) fn remember(&self, token: &str, researcher: Uuid, valid_until: u64) {
         self.tokens.insert(token.into(), (researcher, valid_until));
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

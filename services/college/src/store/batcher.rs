@@ -181,23 +181,18 @@ impl Batcher {
     /// frees the slot if nothing did.
     fn release(self: &Arc<Self>) {
         let mut state = self.state.lock().expect("batcher poisoned");
-        if state.queue.is_empty() {
+        let runtime = tokio::runtime::Handle::try_current();
+        if state.queue.is_empty() || runtime.is_err() {
+            // Without a runtime (it is shutting down) the queued callers go
+            // with it, each told its batch stopped (their replies dropped).
+            state.queue.clear();
             state.in_flight -= 1;
             return;
         }
         let batch = take_batch(&mut state.queue);
         drop(state);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(Arc::clone(self).run(batch));
-            }
-            // The runtime is shutting down: the queued callers go with it,
-            // each told its batch stopped (their replies are dropped here).
-            Err(_) => {
-                let mut state = self.state.lock().expect("batcher poisoned");
-                state.queue.clear();
-                state.in_flight -= 1;
-            }
+        if let Ok(runtime) = runtime {
+            runtime.spawn(Arc::clone(self).run(batch));
         }
     }
 
