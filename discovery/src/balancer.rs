@@ -99,6 +99,9 @@ struct Shared {
     /// Whether some registry has accepted the Watch call since start-up: it
     /// tells "the registry knows no instance" from "no registry answered".
     registry_answered: AtomicBool,
+    /// Why no registry answers, when a look at one found it speaking the
+    /// other protocol (TLS to an `http://` URL, or the reverse).
+    scheme_hint: Mutex<Option<String>>,
     options: BalancerOptions,
     endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
     view: watch::Sender<MeshView>,
@@ -123,6 +126,7 @@ impl Balancer {
             service: service.into(),
             registries: registries.clone(),
             registry_answered: AtomicBool::new(false),
+            scheme_hint: Mutex::new(None),
             options,
             endpoints: RwLock::new(HashMap::new()),
             view,
@@ -188,9 +192,11 @@ impl Balancer {
 
     fn no_instance(&self) -> Status {
         if !self.shared.registry_answered.load(Ordering::Relaxed) {
+            let hint = self.shared.scheme_hint.lock().expect("hint lock poisoned");
             return Status::unavailable(format!(
-                "no registry answered at {}",
-                self.shared.registries.join(", ")
+                "no registry answered at {}{}",
+                self.shared.registries.join(", "),
+                hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
             ));
         }
         Status::unavailable(format!(
@@ -431,6 +437,14 @@ async fn follow(registries: Vec<String>, shared: Arc<Shared>, stop: Cancellation
             }
             Err(err) => {
                 failures += 1;
+                // Never answered: once per replica, look whether it speaks
+                // the other protocol, so the error can say so.
+                if !shared.registry_answered.load(Ordering::Relaxed)
+                    && failures <= registries.len()
+                    && let Some(hint) = crate::tls::scheme_mismatch(url).await
+                {
+                    *shared.scheme_hint.lock().expect("hint lock poisoned") = Some(hint);
+                }
                 // Once when every replica has failed, then about every half minute.
                 if failures % (registries.len() * UNFOLLOWED_WARN_EVERY) == registries.len() {
                     tracing::warn!(service = %shared.service, registries = ?registries, error = %err, "cannot follow the service through any registry; keeping the last known instances");

@@ -365,13 +365,26 @@ impl DevMesh {
             }
             None => "grpcurl -plaintext".to_owned(),
         };
+        // Started with `cargo run`, the binary is not on PATH yet: say where it is.
+        let on_path = match std::env::current_exe() {
+            Ok(exe) if !on_path(&exe) => match exe.parent() {
+                Some(dir) => format!(
+                    "\nThis grantmesh is not on your PATH; in another shell first:\n\
+                     \x20 export PATH=\"{}:$PATH\"\n",
+                    dir.display()
+                ),
+                None => String::new(),
+            },
+            _ => String::new(),
+        };
+        out += &on_path;
         out += &format!(
             "\nTry, in another shell:\n\
-             \x20 grantmesh{flag} instances\n\
-             \x20 grantmesh{flag} signup --name Ada --email ada@uni.edu --password 'correct horse battery'\n\
-             \x20 grantmesh{flag} login --email ada@uni.edu\n\
-             \x20 grantmesh{flag} propose --title 'Protein folding' --amount {} --days 365 --agency {nsf_name}\n\
-             \x20 grantmesh{flag} accounts\n\
+             \x20 grantmesh instances{flag}\n\
+             \x20 grantmesh signup{flag} --name Ada --email ada@uni.edu --password 'correct horse battery'\n\
+             \x20 grantmesh login{flag} --email ada@uni.edu\n\
+             \x20 grantmesh propose --title 'Protein folding' --amount {} --days 365 --agency {nsf_name}\n\
+             \x20 grantmesh accounts\n\
              \x20 {grpcurl} {registry} list\n\
              \x20 {grpcurl} -d '{{\"service\":\"college\"}}' {registry} grantmesh.v1.Registry/ListInstances\n\
              \nCtrl-C drains and stops every node.\n",
@@ -409,6 +422,17 @@ fn dev_certificates(tls_dir: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(ca_cert)
+}
+
+/// Whether `exe` is the `grantmesh` a shell would find on PATH.
+fn on_path(exe: &Path) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    let exe = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_owned());
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::canonicalize(dir.join("grantmesh")).is_ok_and(|found| found == exe)
+    })
 }
 
 /// Dev certificates are issued again well before their 90 days run out.

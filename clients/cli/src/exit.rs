@@ -39,7 +39,8 @@ Exit codes:
   3  not found (NOT_FOUND)
   4  refused (PERMISSION_DENIED, FAILED_PRECONDITION, INVALID_ARGUMENT, ALREADY_EXISTS,
      OUT_OF_RANGE, RESOURCE_EXHAUSTED, or a rejected proposal)
-  5  unavailable (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, no registry answered, not SERVING)
+  5  unavailable (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, no registry answered, not SERVING;
+     simulate: projects failed to run to their end)
   6  authentication (not logged in, session expired, UNAUTHENTICATED)
   7  simulate: the audit of the store found a broken invariant
 
@@ -53,6 +54,10 @@ pub enum CliError {
     NotLoggedIn,
     #[error("your session expired; run grantmesh login")]
     SessionExpired,
+    /// The token names nobody the mesh knows (its store was reset) or is
+    /// refused: the session file outlived what it stood for.
+    #[error("your session is no longer valid ({0}); run grantmesh login")]
+    StaleSession(String),
     #[error("the agency rejected the proposal: {reason}")]
     Rejected { reason: String },
     #[error("{0}")]
@@ -64,7 +69,7 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            Self::NotLoggedIn | Self::SessionExpired => AUTH,
+            Self::NotLoggedIn | Self::SessionExpired | Self::StaleSession(_) => AUTH,
             Self::Rejected { .. } => REFUSED,
             Self::Usage(_) => USAGE,
             Self::Unavailable(_) => UNAVAILABLE,

@@ -41,6 +41,10 @@ struct Cli {
     /// How replies are printed: tables for people, or the protobuf JSON mapping (as grpcurl prints it).
     #[arg(long, global = true, value_enum, default_value_t = output::Format::Table)]
     output: output::Format,
+    /// Show the client's own log lines on stderr: -v warnings, -vv info, -vvv debug.
+    /// (Servers log at info whatever this says; GRANTMESH_LOG overrides both.)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,14 +82,22 @@ enum Command {
 
 impl Command {
     /// The log level when `GRANTMESH_LOG` says none: servers log what they
-    /// do; commands for a person at a terminal (and `dev`, whose terminal
-    /// shows the banner) only warnings, so logs do not bury their output.
-    fn default_log(&self) -> &'static str {
+    /// do; `dev`, which runs servers, their warnings; commands for a person
+    /// at a terminal nothing unless asked (`-v`), so log lines never
+    /// interleave with what they print (their failures are reported by
+    /// [`exit::report`] anyway).
+    fn default_log(&self, verbose: u8) -> &'static str {
         match self {
             Command::Registry(_) | Command::Agency(_) | Command::College(_) | Command::Web(_) => {
                 "info"
             }
-            _ => "warn",
+            Command::Dev(_) if verbose == 0 => "warn",
+            _ => match verbose {
+                0 => "off",
+                1 => "warn",
+                2 => "info",
+                _ => "debug",
+            },
         }
     }
 }
@@ -99,7 +111,7 @@ fn main() -> std::process::ExitCode {
         let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
         return std::process::ExitCode::SUCCESS;
     }
-    grantmesh_server::telemetry::init(cli.command.default_log());
+    grantmesh_server::telemetry::init(cli.command.default_log(cli.verbose));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -101,11 +101,25 @@ async fn health(args: HealthArgs) -> anyhow::Result<ExitCode> {
             .await?;
         anyhow::Ok(reply.into_inner().status())
     };
-    let status = tokio::time::timeout(args.timeout, check)
+    let checked = tokio::time::timeout(args.timeout, check)
         .await
         .map_err(|_| {
-            Status::deadline_exceeded(format!("no answer from {url} within {:?}", args.timeout))
-        })??;
+            anyhow::Error::new(Status::deadline_exceeded(format!(
+                "no answer from {url} within {:?}",
+                args.timeout
+            )))
+        })
+        .and_then(|checked| checked);
+    let status = match checked {
+        Ok(status) => status,
+        Err(err) => {
+            let hint = scheme_hints(std::slice::from_ref(&url)).await;
+            if hint.is_empty() {
+                return Err(err);
+            }
+            return Err(CliError::Unavailable(format!("{url} did not answer{hint}")).into());
+        }
+    };
     println!("{}", status.as_str_name());
     if status != ServingStatus::Serving {
         return Err(CliError::Unavailable(format!("{url} is {}", status.as_str_name())).into());
@@ -130,12 +144,29 @@ async fn first_registry(
         }
     }
     Err(Status::unavailable(format!(
-        "no registry answered at {}",
-        registries.join(", ")
+        "no registry answered at {}{}",
+        registries.join(", "),
+        scheme_hints(registries).await
     )))
 }
 
-async fn list_from_any(
+/// ` (127.0.0.1:7000 speaks TLS: use https://127.0.0.1:7000)` for each
+/// registry that speaks the other protocol than its URL says; empty when none does.
+pub async fn scheme_hints(urls: &[String]) -> String {
+    let mut hints = Vec::new();
+    for url in urls {
+        if let Some(hint) = grantmesh_discovery::tls::scheme_mismatch(url).await {
+            hints.push(hint);
+        }
+    }
+    if hints.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", hints.join("; "))
+    }
+}
+
+pub(crate) async fn list_from_any(
     registries: &[String],
     service: &str,
 ) -> Result<(String, ListInstancesReply), Status> {
@@ -152,6 +183,20 @@ async fn list_from_any(
             .await
         {
             Ok(reply) => return Ok((url, reply.into_inner())),
+            // A connection that broke under the call may be the wrong scheme
+            // (plaintext HTTP/2 to a TLS registry): say so when it is.
+            Err(status) if std::error::Error::source(&status).is_some() => {
+                let hint = scheme_hints(std::slice::from_ref(&url)).await;
+                if !hint.is_empty() {
+                    return Err(Status::unavailable(format!(
+                        "{url} did not answer{hint}"
+                    )));
+                }
+                if status.code() != tonic::Code::Unavailable {
+                    return Err(status);
+                }
+                last = Some(status);
+            }
             Err(status) if status.code() == tonic::Code::Unavailable => last = Some(status),
             Err(status) => return Err(status),
         }
@@ -312,6 +357,7 @@ async fn ping(args: PingArgs, format: Format) -> anyhow::Result<ExitCode> {
             message: format!("ping {n}"),
             delay_ms: 0,
         };
+        let started = std::time::Instant::now();
         let reply = balancer
             .call(|channel| {
                 let request = request.clone();
@@ -329,7 +375,14 @@ async fn ping(args: PingArgs, format: Format) -> anyhow::Result<ExitCode> {
             .into_inner();
         match format {
             Format::Json => println!("{}", output::to_json(&reply)?),
-            Format::Table => println!("{} {}", reply.instance_id, reply.message),
+            // The first ping also waits for the registry's snapshot and a
+            // connection; later ones are one round trip.
+            Format::Table => println!(
+                "{} {} time={:.2} ms",
+                reply.instance_id,
+                reply.message,
+                started.elapsed().as_secs_f64() * 1000.0
+            ),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -54,6 +54,7 @@ replies!(
     PingReply,
     ListInvitationsReply,
     DeclineInvitationReply,
+    AgencyInfo,
 );
 
 fn pool() -> anyhow::Result<&'static DescriptorPool> {
@@ -85,12 +86,14 @@ pub fn emit<M: Reply>(
 ) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", to_json(reply)?),
-        Format::Table => println!("{}", table(reply)),
+        Format::Table => println!("{}", table(reply).trim_fmt()),
     }
     Ok(())
 }
 
 /// A table with a header row and no borders, easy to read and to `grep`.
+/// Print it with `trim_fmt`, so no line ends in padding (a table piped to a
+/// file or `diff` has no trailing spaces).
 pub fn table<const N: usize>(header: [&str; N]) -> Table {
     let mut table = Table::new();
     table.load_preset(presets::NOTHING).set_header(header);
@@ -238,7 +241,31 @@ pub fn proposals(proposals: &[v1::Proposal]) -> Table {
     table
 }
 
-pub fn transactions(transactions: &[v1::Transaction]) -> Table {
+/// The funding agencies, each with its award band.
+pub fn agencies(agencies: &[v1::AgencyInfo]) -> Table {
+    let mut table = table(["AGENCY", "AWARDS FROM (minor units)", "TO (minor units)"]);
+    for a in agencies {
+        table.add_row([
+            a.name.clone(),
+            a.min_amount_minor.to_string(),
+            a.max_amount_minor.to_string(),
+        ]);
+    }
+    table
+}
+
+/// A researcher as a person reads them: the name (and email) when `members`
+/// knows the id, else the id itself (someone who has since left the account).
+pub fn researcher_name(members: &[v1::Member], researcher_id: &str) -> String {
+    members
+        .iter()
+        .find(|m| m.researcher_id == researcher_id)
+        .map(|m| format!("{} <{}>", m.name, m.email))
+        .unwrap_or_else(|| researcher_id.to_owned())
+}
+
+/// An account's journal; researchers are named from `members`.
+pub fn transactions(transactions: &[v1::Transaction], members: &[v1::Member]) -> Table {
     let mut table = table([
         "TRANSACTION",
         "WHEN",
@@ -251,7 +278,7 @@ pub fn transactions(transactions: &[v1::Transaction]) -> Table {
         table.add_row([
             t.transaction_id.clone(),
             time(t.created_at.as_ref()),
-            t.researcher_id.clone(),
+            researcher_name(members, &t.researcher_id),
             t.amount_minor.to_string(),
             t.balance_after_minor.to_string(),
             t.memo.clone(),

@@ -98,13 +98,13 @@ pub enum Verb {
         title: String,
         #[arg(long, default_value = "")]
         description: String,
-        /// Requested award in minor units (cents), an integer.
-        #[arg(long)]
+        /// Requested award in minor units (cents), an integer: 40000000 for 400,000.00.
+        #[arg(long, value_parser = minor_units)]
         amount: i64,
         /// Duration in days.
         #[arg(long)]
         days: u32,
-        /// Which agency (its --name); any when omitted.
+        /// Which agency (its name, as `grantmesh agencies` lists them); any when omitted.
         #[arg(long)]
         agency: Option<String>,
         /// Idempotency key; a fresh one by default. Reuse it to retry safely.
@@ -113,10 +113,17 @@ pub enum Verb {
         #[command(flatten)]
         target: Target,
     },
-    /// Your proposals at an agency.
+    /// Your proposals at every agency, newest first.
     Proposals {
+        /// Only those at this agency (its name, as `grantmesh agencies` lists them).
         #[arg(long)]
         agency: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The funding agencies in the mesh: each with its award band, like a
+    /// list of open funding calls.
+    Agencies {
         #[command(flatten)]
         target: Target,
     },
@@ -182,7 +189,8 @@ pub enum Verb {
     /// Withdraw from an account you are a member of.
     Withdraw {
         account_id: String,
-        /// Amount in minor units (cents), an integer.
+        /// Amount in minor units (cents), an integer: 1250 for 12.50.
+        #[arg(value_parser = minor_units)]
         amount: i64,
         #[arg(long, default_value = "")]
         memo: String,
@@ -291,6 +299,20 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             if session.is_expired(SystemTime::now()) {
                 return Err(CliError::SessionExpired.into());
             }
+            // The file alone cannot tell a session whose store was reset
+            // (`grantmesh dev --fresh`): ask a college whom the token names.
+            let target = Target {
+                registry: None,
+                token: None,
+            };
+            let mesh = Mesh::new(&store, target, format)?;
+            if let Err(err) = mesh.check_session().await {
+                if err.downcast_ref::<CliError>().is_some() {
+                    return Err(err);
+                }
+                let (message, _) = crate::exit::describe(&err);
+                eprintln!("(not checked with the mesh: {message})");
+            }
             match format {
                 Format::Json => println!(
                     "{}",
@@ -311,6 +333,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                         ("expires", session.expires_at.clone()),
                         ("registry", session.registry.clone()),
                     ])
+                    .trim_fmt()
                 ),
             }
         }
@@ -343,24 +366,60 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
         }
         Verb::Proposals { agency, target } => {
             let mesh = Mesh::new(&store, target, format)?;
+            // One agency when named, else every agency the registry lists:
+            // each keeps only its own proposals.
+            let names = match agency {
+                Some(name) => vec![name],
+                None => mesh.agency_names().await?,
+            };
             let mut all = ListProposalsReply::default();
-            loop {
-                let message = ListProposalsRequest {
-                    page_size: PROPOSALS_PAGE_SIZE,
-                    page_token: all.next_page_token.clone(),
-                };
-                let page = mesh
-                    .agency(&agency, message, |mut c, r| async move {
-                        c.list_proposals(r).await
-                    })
-                    .await?;
-                all.proposals.extend(page.proposals);
-                all.next_page_token = page.next_page_token;
-                if all.next_page_token.is_empty() {
-                    break;
+            for name in names {
+                let name = Some(name);
+                let mut page_token = String::new();
+                loop {
+                    let message = ListProposalsRequest {
+                        page_size: PROPOSALS_PAGE_SIZE,
+                        page_token,
+                    };
+                    let page = mesh
+                        .agency(&name, message, |mut c, r| async move {
+                            c.list_proposals(r).await
+                        })
+                        .await?;
+                    all.proposals.extend(page.proposals);
+                    page_token = page.next_page_token;
+                    if page_token.is_empty() {
+                        break;
+                    }
                 }
             }
+            all.proposals.sort_by(|a, b| {
+                let at = |p: &Proposal| p.submitted_at.map(|t| (t.seconds, t.nanos));
+                at(b).cmp(&at(a))
+            });
             output::emit(format, &all, |all| output::proposals(&all.proposals))?;
+        }
+        Verb::Agencies { target } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let mut agencies = Vec::new();
+            for name in mesh.agency_names().await? {
+                let info = mesh
+                    .agency_call(&Some(name), DescribeAgencyRequest {}, false, |mut c, r| {
+                        async move { c.describe_agency(r).await }
+                    })
+                    .await?;
+                agencies.push(info);
+            }
+            match format {
+                Format::Json => {
+                    let listed = agencies
+                        .iter()
+                        .map(|a| Ok(serde_json::from_str(&output::to_json(a)?)?))
+                        .collect::<anyhow::Result<Vec<serde_json::Value>>>()?;
+                    println!("{}", serde_json::json!({ "agencies": listed }));
+                }
+                Format::Table => println!("{}", output::agencies(&agencies).trim_fmt()),
+            }
         }
         Verb::Account { account_id, target } => {
             let mesh = Mesh::new(&store, target, format)?;
@@ -375,6 +434,9 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
         }
         Verb::Accounts { target } => {
             let mesh = Mesh::new(&store, target, format)?;
+            // An empty list from a store that was reset would look like
+            // "no accounts yet": make sure the session is still someone.
+            mesh.check_session().await?;
             // Every page, one after another, shown as one list.
             let mut reply = ListAccountsReply::default();
             let mut page_token = String::new();
@@ -565,7 +627,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
         } => {
             let mesh = Mesh::new(&store, target, format)?;
             let message = ListTransactionsRequest {
-                account_id,
+                account_id: account_id.clone(),
                 page_size: limit,
                 page_token: String::new(),
             };
@@ -574,7 +636,23 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                     c.list_transactions(r).await
                 })
                 .await?;
-            output::emit(format, &reply, |r| output::transactions(&r.transactions))?;
+            // The journal names researchers by id; the account's members
+            // give their names (JSON keeps the reply as the server sent it).
+            let members = match format {
+                Format::Json => Vec::new(),
+                Format::Table => {
+                    mesh.college(
+                        GetAccountRequest { account_id },
+                        true,
+                        |mut c, r| async move { c.get_account(r).await },
+                    )
+                    .await?
+                    .members
+                }
+            };
+            output::emit(format, &reply, |r| {
+                output::transactions(&r.transactions, &members)
+            })?;
         }
         Verb::Watch { account_id, target } => {
             let mesh = Mesh::new(&store, target, format)?;
@@ -663,6 +741,28 @@ impl Mesh {
         })
     }
 
+    /// Asks a college whom the token names. A token for a researcher it does
+    /// not know (the store was reset, e.g. `grantmesh dev --fresh`) or one it
+    /// refuses is a dead session: the user is told to log in again.
+    async fn check_session(&self) -> anyhow::Result<()> {
+        let answer = self
+            .college(WhoAmIRequest {}, true, |mut c, r| async move {
+                c.who_am_i(r).await
+            })
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(err) => match err.downcast_ref::<Status>().map(Status::code) {
+                Some(Code::NotFound | Code::Unauthenticated) => {
+                    let status = err.downcast_ref::<Status>().expect("a status");
+                    let reason = status.message().trim_end_matches("; run grantmesh login");
+                    Err(CliError::StaleSession(reason.to_owned()).into())
+                }
+                _ => Err(err),
+            },
+        }
+    }
+
     /// The `authorization` metadata: `--token`, else the saved session.
     fn credentials(&self) -> anyhow::Result<MetadataMap> {
         let token = match (&self.token, &self.session) {
@@ -732,7 +832,7 @@ impl Mesh {
         Ok(reply.into_inner())
     }
 
-    /// One Agency call, to the named agency or any.
+    /// One authenticated Agency call, to the named agency or any.
     async fn agency<Req, Rep, F, Fut>(
         &self,
         name: &Option<String>,
@@ -744,12 +844,47 @@ impl Mesh {
         F: Fn(AgencyClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Rep>, Status>>,
     {
+        self.agency_call(name, message, true, method).await
+    }
+
+    /// One Agency call, to the named agency or any. A name the registry does
+    /// not list is NOT_FOUND naming the agencies it does list, not an outage.
+    async fn agency_call<Req, Rep, F, Fut>(
+        &self,
+        name: &Option<String>,
+        message: Req,
+        authed: bool,
+        method: F,
+    ) -> anyhow::Result<Rep>
+    where
+        Req: Clone,
+        F: Fn(AgencyClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Rep>, Status>>,
+    {
+        let metadata = if authed {
+            Some(self.credentials()?)
+        } else {
+            None
+        };
+        if let Some(name) = name {
+            let known = self.agency_names().await?;
+            if !known.contains(name) {
+                return Err(Status::not_found(if known.is_empty() {
+                    format!("no agency named {name:?}: the mesh lists no agency at all")
+                } else {
+                    format!(
+                        "no agency named {name:?}; the agencies are: {}",
+                        known.join(", ")
+                    )
+                })
+                .into());
+            }
+        }
         let labels = name
             .iter()
             .map(|n| ("agency".to_owned(), n.clone()))
             .collect();
         let balancer = self.balancer("agency", labels);
-        let metadata = Some(self.credentials()?);
         let reply = balancer
             .call(|channel| {
                 method(
@@ -760,6 +895,19 @@ impl Mesh {
             .await
             .map_err(relogin_hint)?;
         Ok(reply.into_inner())
+    }
+
+    /// The names of the agencies the registry lists live (their `agency`
+    /// label), sorted.
+    async fn agency_names(&self) -> anyhow::Result<Vec<String>> {
+        let registries = parse_registry_list(&self.registry);
+        let (_, reply) = crate::ops::list_from_any(&registries, "agency").await?;
+        let names: std::collections::BTreeSet<String> = reply
+            .instances
+            .iter()
+            .filter_map(|i| i.labels.get("agency").cloned())
+            .collect();
+        Ok(names.into_iter().collect())
     }
 
     /// Follows an account, reopening the stream on another College when the
@@ -842,7 +990,9 @@ impl Mesh {
         if let Some(t) = &event.transaction {
             line.push_str(&format!(
                 "; withdrew {} by {} ({})",
-                t.amount_minor, t.researcher_id, t.memo
+                t.amount_minor,
+                output::researcher_name(&account.members, &t.researcher_id),
+                t.memo
             ));
         }
         println!("{line}");
@@ -884,6 +1034,49 @@ fn is_unavailable(err: &anyhow::Error) -> bool {
         .is_some_and(|s| s.code() == Code::Unavailable)
 }
 
+/// Parses an amount of money: a whole number of minor units (cents). An
+/// amount written in major units (`12.50`) is explained, not just refused.
+fn minor_units(text: &str) -> Result<i64, String> {
+    if let Ok(amount) = text.parse::<i64>() {
+        return Ok(amount);
+    }
+    let digits: String = text.chars().filter(|c| *c != ',' && *c != '_').collect();
+    if let Some((whole, cents)) = digits.split_once('.')
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && !whole.is_empty()
+        && cents.len() <= 2
+        && cents.bytes().all(|b| b.is_ascii_digit())
+    {
+        let minor = format!("{whole}{cents:0<2}").trim_start_matches('0').to_owned();
+        let minor = if minor.is_empty() { "0".to_owned() } else { minor };
+        return Err(format!(
+            "amounts are whole minor units (cents): {text} is written {minor}"
+        ));
+    }
+    Err(format!(
+        "{text:?} is not an amount: amounts are whole minor units (cents), e.g. 1250 for 12.50"
+    ))
+}
+
 fn fresh_key() -> String {
     grantmesh_discovery::new_instance_id("cli")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::minor_units;
+
+    #[test]
+    fn an_amount_in_major_units_is_explained_with_its_minor_units() {
+        assert_eq!(minor_units("1250"), Ok(1250));
+        assert_eq!(
+            minor_units("12.50"),
+            Err("amounts are whole minor units (cents): 12.50 is written 1250".to_owned())
+        );
+        assert_eq!(
+            minor_units("400,000.5"),
+            Err("amounts are whole minor units (cents): 400,000.5 is written 40000050".to_owned())
+        );
+        assert!(minor_units("twelve").unwrap_err().contains("e.g. 1250 for 12.50"));
+    }
 }

@@ -48,14 +48,16 @@ pub struct ServerArgs {
     /// (SERVICE.pem, SERVICE.key), as `grantmesh ca init` / `ca issue` write them.
     #[arg(long, env = "GRANTMESH_TLS_DIR", conflicts_with = "insecure")]
     tls_dir: Option<PathBuf>,
-    /// The mesh CA certificate (instead of --tls-dir).
-    #[arg(long, env = "GRANTMESH_CA", requires_all = ["cert", "key"], conflicts_with_all = ["tls_dir", "insecure"])]
+    /// The mesh CA certificate (with --cert and --key, instead of --tls-dir).
+    /// `GRANTMESH_CA` is also what client commands read; set beside
+    /// `GRANTMESH_TLS_DIR` it must name that directory's ca.pem.
+    #[arg(long, env = "GRANTMESH_CA")]
     ca: Option<PathBuf>,
-    /// This role's certificate (instead of --tls-dir).
-    #[arg(long, env = "GRANTMESH_CERT", requires = "ca")]
+    /// This role's certificate (with --ca and --key, instead of --tls-dir).
+    #[arg(long, env = "GRANTMESH_CERT")]
     cert: Option<PathBuf>,
-    /// This role's private key (instead of --tls-dir).
-    #[arg(long, env = "GRANTMESH_KEY", requires = "ca")]
+    /// This role's private key (with --ca and --cert, instead of --tls-dir).
+    #[arg(long, env = "GRANTMESH_KEY")]
     key: Option<PathBuf>,
     /// Serve and call in plaintext, without TLS: for loopback experiments
     /// only, as anyone on the network can then read and forge calls.
@@ -216,17 +218,56 @@ fn parse_agencies(list: &str) -> Result<AgencyBands, String> {
         .map(AgencyBands)
 }
 
+/// Whether two paths name one file (or, when either cannot be resolved, are written alike).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 impl ServerArgs {
     fn settings(&self, service: &str) -> anyhow::Result<ServerSettings> {
         let tls = match (&self.tls_dir, &self.ca, &self.cert, &self.key) {
-            (Some(dir), ..) => Some(TlsPaths::in_dir(dir, Some(service))),
+            _ if self.insecure => {
+                if self.ca.is_some() || self.cert.is_some() || self.key.is_some() {
+                    bail!(
+                        "--insecure runs this {service} without TLS, but --ca/--cert/--key \
+                         (or GRANTMESH_CA/GRANTMESH_CERT/GRANTMESH_KEY) are set: drop one or the other"
+                    );
+                }
+                None
+            }
+            (Some(dir), ca, None, None) => {
+                let paths = TlsPaths::in_dir(dir, Some(service));
+                // GRANTMESH_CA is what client commands read, so it is often set
+                // beside GRANTMESH_TLS_DIR: fine as long as both name one CA.
+                if let Some(ca) = ca
+                    && !same_file(ca, &paths.ca)
+                {
+                    bail!(
+                        "--tls-dir {} takes the CA from {}, but --ca (or GRANTMESH_CA) names {}: \
+                         a server has one CA. Unset GRANTMESH_CA (client commands also read the CA \
+                         from GRANTMESH_TLS_DIR), or use --ca, --cert and --key without --tls-dir",
+                        dir.display(),
+                        paths.ca.display(),
+                        ca.display()
+                    );
+                }
+                Some(paths)
+            }
+            (Some(_), _, _, _) => bail!(
+                "--cert/--key (or GRANTMESH_CERT/GRANTMESH_KEY) are set beside --tls-dir: \
+                 this {service} reads {service}.pem and {service}.key from the directory; drop one or the other"
+            ),
             (None, Some(ca), Some(cert), Some(key)) => Some(TlsPaths {
                 ca: ca.clone(),
                 identity: Some((cert.clone(), key.clone())),
             }),
-            _ if self.insecure => None,
             _ => bail!(
-                "say how this {service} proves who it is: --tls-dir DIR (made by `grantmesh ca init` and                  `grantmesh ca issue --service {service}`), or --ca, --cert and --key;                  or --insecure to run in plaintext"
+                "say how this {service} proves who it is: --tls-dir DIR (made by `grantmesh ca init` and \
+                 `grantmesh ca issue --service {service}`), or --ca, --cert and --key together; \
+                 or --insecure to run in plaintext"
             ),
         };
         Ok(ServerSettings {

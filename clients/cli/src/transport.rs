@@ -2,7 +2,8 @@
 //! instances, trusting the mesh CA; plaintext only to `http://` URLs, which
 //! a plaintext (`--insecure`) mesh advertises.
 //!
-//! The CA comes from `GRANTMESH_CA`, else the one `grantmesh dev` made in
+//! The CA comes from `GRANTMESH_CA`, else `GRANTMESH_TLS_DIR`'s `ca.pem`
+//! (the directory the server roles read), else the one `grantmesh dev` made in
 //! the data directory, so that commands against a local `grantmesh dev`
 //! need no setting at all. Client commands present no certificate: a
 //! researcher authenticates with a bearer token.
@@ -27,13 +28,18 @@ pub fn default_data_dir() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "grantmesh").map(|dirs| dirs.data_dir().to_owned())
 }
 
-/// The mesh CA a client trusts: `given`, else `GRANTMESH_CA`, else `grantmesh dev`'s.
+/// The mesh CA a client trusts: `given`, else `GRANTMESH_CA`, else
+/// `GRANTMESH_TLS_DIR/ca.pem`, else `grantmesh dev`'s.
 fn ca_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path.to_owned());
     }
     if let Some(path) = std::env::var_os("GRANTMESH_CA") {
         return Ok(PathBuf::from(path));
+    }
+    // The directory the server roles read (`GRANTMESH_TLS_DIR`) holds the CA too.
+    if let Some(dir) = std::env::var_os("GRANTMESH_TLS_DIR") {
+        return Ok(PathBuf::from(dir).join(grantmesh_discovery::tls::ca::CA_CERT));
     }
     let dev = default_data_dir().map(|dir| {
         dir.join(DEV_TLS_DIR)
@@ -43,7 +49,7 @@ fn ca_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         Some(path) if path.exists() => Ok(path),
         _ => bail!(
             "talking to an https:// mesh needs its CA certificate: set GRANTMESH_CA=PATH \
-             (`grantmesh ca init` writes DIR/ca.pem; `grantmesh dev` keeps one in its data directory), \
+             or GRANTMESH_TLS_DIR=DIR (`grantmesh ca init` writes DIR/ca.pem; `grantmesh dev` keeps one in its data directory), \
              or use http:// URLs for a mesh started with --insecure"
         ),
     }

@@ -30,7 +30,7 @@ pub struct WebArgs {
     #[arg(long, env = "GRANTMESH_REGISTRY", default_value = crate::transport::DEFAULT_REGISTRY)]
     registry: String,
     /// The mesh CA certificate, for https:// registries
-    /// [default: $GRANTMESH_CA, else the one `grantmesh dev` made].
+    /// [default: $GRANTMESH_CA, else $GRANTMESH_TLS_DIR/ca.pem, else the one `grantmesh dev` made].
     #[arg(long)]
     ca: Option<PathBuf>,
     /// Mark the session cookie `Secure` (sent over HTTPS only): set it when a

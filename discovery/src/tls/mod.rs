@@ -19,6 +19,9 @@
 
 pub mod ca;
 mod connect;
+mod probe;
+
+pub use probe::scheme_mismatch;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

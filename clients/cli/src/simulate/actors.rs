@@ -140,7 +140,13 @@ impl World {
         if let Err((step, status)) = self.run_project(project).await {
             let key = format!("{step}: {:?}", status.code());
             tracing::warn!(project, step, error = %status, "simulated project failed");
-            *self.tally().failed.entry(key).or_default() += 1;
+            let mut tally = self.tally();
+            *tally.failed.entry(key).or_default() += 1;
+            // One message in full, for the summary: the counts by code alone
+            // do not say why ("no registry answered at … speaks TLS: use https://").
+            tally
+                .first_failure
+                .get_or_insert_with(|| format!("{step}: {}", status.message()));
         }
     }
 
@@ -156,9 +162,11 @@ impl World {
             .await
             .map_err(|s| ("propose", s))?;
         if decision.decision() != proposal::Decision::Accepted {
+            // Grouped by reason, so the one amount that differs between
+            // proposals is left out of it ("the requested amount is outside …").
             let reason = decision
                 .reason
-                .replace(&proposed.amount.to_string(), "<amount>");
+                .replace(&format!(" {} ", proposed.amount), " ");
             *self.tally().rejected.entry(reason).or_default() += 1;
             return Ok(());
         }

@@ -13,7 +13,8 @@
 //! `--seed` repeats the same choices (amounts, pauses, looks, retries) for
 //! every actor; timing is not repeatable, so which withdrawals are refused
 //! and the totals differ from run to run. The run exits with
-//! [`EXIT_INVARIANT_BREACHED`] when the audit finds a breach.
+//! [`EXIT_INVARIANT_BREACHED`] when the audit finds a breach, and with 5
+//! (unavailable) when projects failed to run to their end.
 
 mod actors;
 pub mod audit;
@@ -265,8 +266,12 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         tally.accepted + tally.rejected.values().sum::<u64>()
     };
     if decided == 0 {
-        let failed = tally.lock().expect("tally lock").failed.clone();
-        bail!("no proposal got a decision from an agency: {failed:?}");
+        let tally = tally.lock().expect("tally lock");
+        bail!(
+            "no proposal got a decision from an agency: {:?}; the first failure: {}",
+            tally.failed,
+            tally.first_failure.as_deref().unwrap_or("none")
+        );
     }
 
     let ledgers: Vec<_> = world
@@ -324,12 +329,23 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             breach.account, breach.check, breach.detail
         );
     }
-    if summary.breaches().is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
+    if !summary.breaches().is_empty() {
         eprintln!("simulate: invariant breached");
-        Ok(ExitCode::from(EXIT_INVARIANT_BREACHED))
+        return Ok(ExitCode::from(EXIT_INVARIANT_BREACHED));
     }
+    // A run in which projects failed did not do what it was asked, even
+    // when the books of the rest balance.
+    if summary.failed_projects() > 0 {
+        eprintln!(
+            "simulate: {} of {} project(s) failed: {:?}; the first failure: {}",
+            summary.failed_projects(),
+            args.projects,
+            summary.proposals.failed_by_error,
+            summary.proposals.first_failure.as_deref().unwrap_or("none")
+        );
+        return Ok(ExitCode::from(crate::exit::UNAVAILABLE));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -29,10 +29,12 @@ pub enum Refusal {
 /// The counters every actor adds to, behind one lock.
 pub struct Tally {
     pub accepted: u64,
-    /// Rejected proposals by the agency's reason (amounts replaced by `<amount>`).
+    /// Rejected proposals by the agency's reason (without the requested amount).
     pub rejected: BTreeMap<String, u64>,
     /// Projects that never got a decision, by error.
     pub failed: BTreeMap<String, u64>,
+    /// The first project failure's step and whole message.
+    pub first_failure: Option<String>,
     pub applied: u64,
     pub replayed: u64,
     pub refused: BTreeMap<Refusal, u64>,
@@ -53,6 +55,7 @@ impl Default for Tally {
             accepted: 0,
             rejected: BTreeMap::new(),
             failed: BTreeMap::new(),
+            first_failure: None,
             applied: 0,
             replayed: 0,
             refused: BTreeMap::new(),
@@ -99,6 +102,9 @@ pub struct Proposals {
     pub rejected: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
     pub failed_by_error: BTreeMap<String, u64>,
+    /// The first failure's step and whole message, when a project failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_failure: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -156,6 +162,7 @@ impl Summary {
                 rejected: tally.rejected.values().sum(),
                 rejected_by_reason: tally.rejected.clone(),
                 failed_by_error: tally.failed.clone(),
+                first_failure: tally.first_failure.clone(),
             },
             withdrawals: Withdrawals {
                 applied: tally.applied,
@@ -185,11 +192,17 @@ impl Summary {
         }
     }
 
+    /// Projects that failed before their account's end (no decision, a
+    /// sign-up or set-up that kept failing), however many steps in.
+    pub fn failed_projects(&self) -> u64 {
+        self.proposals.failed_by_error.values().sum()
+    }
+
     /// The summary as a table for a terminal.
     pub fn table(&self) -> Table {
         let mut table = Table::new();
         table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-        table.set_header(["", "value"]);
+        table.set_header(["simulation", "result"]);
         let mut row = |name: &str, value: String| {
             table.add_row([name.to_owned(), value]);
         };
@@ -198,18 +211,18 @@ impl Summary {
             "projects × students",
             format!("{} × {}", self.projects, self.students),
         );
-        row("proposals accepted", self.proposals.accepted.to_string());
-        row("proposals rejected", self.proposals.rejected.to_string());
+        row("proposals accepted", thousands(self.proposals.accepted));
+        row("proposals rejected", thousands(self.proposals.rejected));
         for (reason, count) in &self.proposals.rejected_by_reason {
-            row("  rejected because", format!("{count} × {reason}"));
+            row("  rejected because", format!("{count} × {}", with_separators(reason)));
         }
         for (error, count) in &self.proposals.failed_by_error {
             row("  no decision", format!("{count} × {error}"));
         }
-        row("withdrawals applied", self.withdrawals.applied.to_string());
+        row("withdrawals applied", thousands(self.withdrawals.applied));
         row(
             "withdrawals replayed",
-            self.withdrawals.replayed.to_string(),
+            thousands(self.withdrawals.replayed),
         );
         for refusal in [Refusal::InsufficientFunds, Refusal::Expired, Refusal::Other] {
             let count = self.withdrawals.refused.get(&refusal).copied().unwrap_or(0);
@@ -218,14 +231,14 @@ impl Summary {
                 Refusal::Expired => "refused: expired",
                 Refusal::Other => "refused: other",
             };
-            row(name, count.to_string());
+            row(name, thousands(count));
         }
         for (error, count) in &self.withdrawals.other_errors {
             row("  other", format!("{count} × {error}"));
         }
         row(
             "money moved (minor units)",
-            self.money_moved_minor.to_string(),
+            thousands(self.money_moved_minor),
         );
         let stopped = if self.stopped_by_max_duration {
             " (stopped by --max-duration)"
@@ -248,7 +261,11 @@ impl Summary {
             ),
         );
         let audit = match &self.audit {
-            AuditOutcome::Passed { accounts } => format!("passed ({accounts} accounts)"),
+            AuditOutcome::Passed { accounts } => format!(
+                "passed: {} account(s) read back from the store:\n{}",
+                thousands(*accounts as u64),
+                AUDIT_CHECKS.map(|check| format!("✓ {check}")).join("\n")
+            ),
             AuditOutcome::Breached { accounts, breaches } => {
                 format!(
                     "BREACHED: {} breaches in {accounts} accounts",
@@ -258,6 +275,86 @@ impl Summary {
             AuditOutcome::Skipped => "skipped (--no-audit)".to_owned(),
         };
         row("audit", audit);
+        if self.failed_projects() > 0 {
+            row(
+                "FAILED",
+                format!(
+                    "{} of {} project(s) did not run to the end (see \"no decision\")",
+                    self.failed_projects(),
+                    self.projects
+                ),
+            );
+        }
         table
+    }
+}
+
+/// What the audit checks of every account, in words (the list the README promises).
+pub const AUDIT_CHECKS: [&str; 7] = [
+    "balance = award − journal",
+    "never negative",
+    "each entry's balance-after is right",
+    "nothing at or after expiry",
+    "every acknowledged withdrawal journaled exactly once",
+    "one entry per idempotency key",
+    "no entry nobody was told of",
+];
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: impl Into<i128>) -> String {
+    let n: i128 = n.into();
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// Every run of five or more digits in `text` with thousands separators
+/// (an agency's reason: "band of 300000 to 500000" → "300,000 to 500,000").
+fn with_separators(text: &str) -> String {
+    let mut out = String::new();
+    let mut digits = String::new();
+    let flush = |digits: &mut String, out: &mut String| {
+        if digits.len() >= 5
+            && let Ok(n) = digits.parse::<i64>()
+        {
+            out.push_str(&thousands(n));
+        } else {
+            out.push_str(digits);
+        }
+        digits.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            flush(&mut digits, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut digits, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_in_the_summary_have_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(-1234567), "-1,234,567");
+        assert_eq!(
+            with_separators("the requested amount is outside nsf's band of 300000 to 500000"),
+            "the requested amount is outside nsf's band of 300,000 to 500,000"
+        );
+        assert_eq!(with_separators("365 days"), "365 days");
     }
 }

@@ -13,6 +13,7 @@ mod mesh;
 mod outside_clients;
 mod overload;
 mod readme;
+mod scripts;
 mod registry_watch;
 mod security;
 mod simulate;

@@ -17,28 +17,58 @@ use tokio::time::Instant;
 use tonic::Code;
 use uuid::Uuid;
 
-/// A PostgreSQL server of this test's own, so restarting it disturbs no other test.
-async fn own_postgres(action: &str) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/postgres");
-    let output = Command::new(script)
-        .arg(action)
-        .env("GRANTMESH_PGDATA", "/tmp/grantmesh-pg-restart-test")
-        .env("GRANTMESH_PGPORT", "55433")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "scripts/postgres {action}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
+/// A PostgreSQL server of this test's own (a fresh directory, a free port),
+/// so restarting it disturbs no other test or checkout; stopped and removed
+/// when the value is dropped.
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnPostgres {
+    async fn start() -> (OwnPostgres, String) {
+        let server = OwnPostgres {
+            dir: tempfile::Builder::new()
+                .prefix("grantmesh-pg-restart-")
+                .tempdir()
+                .unwrap(),
+            port: free_port(),
+        };
+        let url = server.run("start").await;
+        (server, url)
+    }
+
+    fn command(&self, action: &str) -> std::process::Command {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/postgres");
+        let mut command = std::process::Command::new(script);
+        command
+            .arg(action)
+            .env("GRANTMESH_PGDATA", self.dir.path())
+            .env("GRANTMESH_PGPORT", self.port.to_string());
+        command
+    }
+
+    async fn run(&self, action: &str) -> String {
+        let output = Command::from(self.command(action)).output().await.unwrap();
+        assert!(
+            output.status.success(),
+            "scripts/postgres {action}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self.command("stop").output();
+    }
 }
 
 async fn researcher(college: &mut CollegeClient<tonic::transport::Channel>) -> (String, String) {
@@ -65,7 +95,7 @@ async fn researcher(college: &mut CollegeClient<tonic::transport::Channel>) -> (
 
 #[tokio::test]
 async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
-    let server = own_postgres("start").await;
+    let (postgres, server) = OwnPostgres::start().await;
     let database = format!(
         "{}/gm_restart_{}",
         server.rsplit_once('/').unwrap().0,
@@ -160,7 +190,7 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    own_postgres("restart").await;
+    postgres.run("restart").await;
     for writer in writers {
         writer.await.unwrap();
     }

@@ -73,6 +73,9 @@ mod books;
 pub(super) mod load;
 pub(super) mod measure;
 mod pgbench;
+// The charts' crates (plotters and its image and font stack) are built only
+// with the `charts` feature, so `cargo run -p grantmesh -- dev` never compiles them.
+#[cfg(feature = "charts")]
 mod plot;
 mod sizes;
 
@@ -126,7 +129,8 @@ pub struct WithdrawArgs {
     #[arg(long, value_enum, default_value_t = TransportChoice::Tls)]
     transport: TransportChoice,
     /// Write PNG plots (throughput and p99 against clients, every column and
-    /// scenario) into this directory, e.g. `docs`.
+    /// scenario) into this directory, e.g. `docs`. Needs a binary built with
+    /// `--features charts`.
     #[arg(long)]
     plots: Option<PathBuf>,
 }
@@ -158,6 +162,14 @@ impl Scenario {
 }
 
 pub async fn run(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
+    if args.plots.is_some() && !cfg!(feature = "charts") {
+        return Err(crate::exit::CliError::Usage(
+            "--plots needs a grantmesh built with the charts: \
+             cargo build --release -p grantmesh --features charts"
+                .to_owned(),
+        )
+        .into());
+    }
     // The load generator gets a runtime of its own, so that its size is a
     // flag of the benchmark rather than whatever the binary's default is.
     let threads = args.client_threads;
@@ -432,6 +444,7 @@ async fn bench(
 
     measure::print_tables(&rows, args.colleges);
     measure::print_batch_sizes(&rows);
+    #[cfg(feature = "charts")]
     if let Some(dir) = &args.plots {
         plot::write_plots(&rows, dir)?;
         println!(
