@@ -47,6 +47,12 @@ pub struct IssueArgs {
     /// How long the certificate is valid.
     #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
     valid_for: std::time::Duration,
+    /// Keep the certificate already in the output directory when it was
+    /// signed by this CA for exactly these names and is valid for longer
+    /// than this; issue it only when missing, different or about to expire.
+    /// Makes issuing safe to run again (e.g. every start of a cluster).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    renew_within: Option<std::time::Duration>,
 }
 
 pub fn run(command: Ca) -> anyhow::Result<ExitCode> {
@@ -67,6 +73,20 @@ pub fn run(command: Ca) -> anyhow::Result<ExitCode> {
             request.validity = time::Duration::try_from(args.valid_for)
                 .map_err(|_| anyhow::anyhow!("--valid-for is too long"))?;
             let out = args.out.unwrap_or_else(|| args.dir.clone());
+            if let Some(within) = args.renew_within {
+                let within = time::Duration::try_from(within)
+                    .map_err(|_| anyhow::anyhow!("--renew-within is too long"))?;
+                if let Some(until) = ca::reusable_leaf(&args.dir, &request, &out, within) {
+                    println!(
+                        "kept {} for spiffe://grantmesh/{} ({}): valid until {until}, not within {} of expiring",
+                        ca::leaf_files(&out, &args.service).0.display(),
+                        args.service,
+                        names(&request),
+                        humantime::format_duration(args.renew_within.unwrap_or_default())
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
             let (cert, key) = ca::issue(&args.dir, &request, &out)?;
             println!(
                 "issued {} for spiffe://grantmesh/{} ({}; key {})",

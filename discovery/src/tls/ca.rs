@@ -142,6 +142,86 @@ pub fn issue(
     Ok((cert_path, key_path))
 }
 
+/// The expiry of the leaf for `request` already in `out_dir` when it can be
+/// kept: signed by the CA in `ca_dir`, naming exactly the request's service,
+/// DNS names and addresses, with its key beside it, and valid for longer
+/// than `renew_within` from now. `None` when it must be issued (again).
+///
+/// This is what makes issuing idempotent (`grantmesh ca issue --renew-within`):
+/// a start-up step that runs again into a live cluster leaves its
+/// certificates alone instead of re-issuing them under every server.
+pub fn reusable_leaf(
+    ca_dir: &Path,
+    request: &LeafRequest,
+    out_dir: &Path,
+    renew_within: Duration,
+) -> Option<OffsetDateTime> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::client::danger::ServerCertVerifier as _;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+
+    let (cert_path, key_path) = leaf_files(out_dir, &request.service);
+    if !key_path.is_file() {
+        return None;
+    }
+    let leaf = CertificateDer::from_pem_file(&cert_path).ok()?;
+    let ca = CertificateDer::from_pem_file(ca_dir.join(CA_CERT)).ok()?;
+
+    // Signed by this CA and valid now: webpki's own check, as a peer makes it.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).ok()?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        super::provider(),
+    )
+    .build()
+    .ok()?;
+    let name = match (request.dns.first(), request.ips.first()) {
+        (Some(dns), _) => rustls::pki_types::ServerName::try_from(dns.clone()).ok()?,
+        (None, Some(ip)) => rustls::pki_types::ServerName::from(*ip),
+        (None, None) => return None,
+    };
+    verifier
+        .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+        .ok()?;
+
+    // Exactly the names asked for, and not about to expire.
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    let mut uris = Vec::new();
+    for name in &parsed.subject_alternative_name().ok()??.value.general_names {
+        match name {
+            x509_parser::extensions::GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => ips.push(match bytes.len() {
+                4 => IpAddr::from(<[u8; 4]>::try_from(*bytes).ok()?),
+                16 => IpAddr::from(<[u8; 16]>::try_from(*bytes).ok()?),
+                _ => return None,
+            }),
+            x509_parser::extensions::GeneralName::URI(u) => uris.push((*u).to_owned()),
+            _ => {}
+        }
+    }
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut wanted_ips = request.ips.clone();
+    wanted_ips.sort();
+    wanted_ips.dedup();
+    ips.sort();
+    ips.dedup();
+    if uris != [super::spiffe_id(&request.service)]
+        || sorted(dns) != sorted(request.dns.clone())
+        || ips != wanted_ips
+    {
+        return None;
+    }
+    let not_after = parsed.validity().not_after.to_datetime();
+    (not_after - OffsetDateTime::now_utc() > renew_within).then_some(not_after)
+}
+
 fn read(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|err| TlsError::io(path, err))
 }

@@ -6,6 +6,7 @@
 //! on a fresh database. [`support`] holds the one sandbox they all use.
 
 mod balancing;
+mod ca;
 mod cli;
 mod dev;
 mod grants;
