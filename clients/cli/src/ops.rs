@@ -41,6 +41,20 @@ pub enum Verb {
     Health(HealthArgs),
     /// Call a service's Ping through the mesh (discovery and balancing included).
     Ping(PingArgs),
+    /// Every registry replica at once: health, revision, instances per
+    /// service, self-preservation, uptime and latency (like `etcdctl endpoint
+    /// status`). Exits 5 when a replica does not answer SERVING.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Registry replicas, comma separated; each one is asked.
+    #[arg(long, env = "GRANTMESH_REGISTRY", default_value = crate::researcher::DEFAULT_REGISTRY)]
+    registry: String,
+    /// How long to wait for each replica.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +99,162 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
         Verb::Instances(args) => instances(args, format).await,
         Verb::Health(args) => health(args).await,
         Verb::Ping(args) => ping(args, format).await,
+        Verb::Status(args) => status(args, format).await,
+    }
+}
+
+/// What one registry replica answered `status`.
+struct ReplicaStatus {
+    url: String,
+    /// SERVING, NOT_SERVING, or why it could not be asked.
+    health: Result<String, String>,
+    status: Option<grantmesh_proto::v1::RegistryStatus>,
+    latency: Option<Duration>,
+}
+
+async fn status(args: StatusArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let registries = parse_registry_list(&args.registry);
+    if registries.is_empty() {
+        return Err(CliError::Usage("--registry names no registry".to_owned()).into());
+    }
+    let transport = crate::transport::for_urls(registries.iter().map(String::as_str), None)?;
+    // Every replica at once: one that hangs costs the timeout once, not per replica.
+    let asked = futures::future::join_all(registries.iter().map(|url| {
+        let transport = transport.clone();
+        async move {
+            let ask = async {
+                let channel = transport
+                    .channel(url, Some(grantmesh_discovery::REGISTRY_SERVICE))
+                    .await?;
+                let health = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest {
+                        service: "grantmesh.v1.Registry".to_owned(),
+                    })
+                    .await?
+                    .into_inner()
+                    .status()
+                    .as_str_name()
+                    .to_owned();
+                let started = std::time::Instant::now();
+                let described = RegistryClient::new(channel)
+                    .describe_registry(grantmesh_proto::v1::DescribeRegistryRequest {})
+                    .await?
+                    .into_inner();
+                anyhow::Ok((health, described, started.elapsed()))
+            };
+            match tokio::time::timeout(args.timeout, ask).await {
+                Ok(Ok((health, described, latency))) => ReplicaStatus {
+                    url: url.clone(),
+                    health: Ok(health),
+                    status: Some(described),
+                    latency: Some(latency),
+                },
+                Ok(Err(err)) => {
+                    // The innermost cause says it best ("Connection refused").
+                    let message = err
+                        .chain()
+                        .last()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    let hint = scheme_hints(std::slice::from_ref(url)).await;
+                    ReplicaStatus {
+                        url: url.clone(),
+                        health: Err(format!("{message}{hint}")),
+                        status: None,
+                        latency: None,
+                    }
+                }
+                Err(_) => ReplicaStatus {
+                    url: url.clone(),
+                    health: Err(format!("no answer within {:?}", args.timeout)),
+                    status: None,
+                    latency: None,
+                },
+            }
+        }
+    }))
+    .await;
+    match format {
+        Format::Json => {
+            let mut rows = Vec::new();
+            for replica in &asked {
+                let mut row = serde_json::json!({ "registry": replica.url });
+                match &replica.health {
+                    Ok(health) => row["health"] = health.clone().into(),
+                    Err(error) => row["error"] = error.clone().into(),
+                }
+                if let Some(status) = &replica.status {
+                    row["status"] = serde_json::from_str(&output::to_json(status)?)?;
+                }
+                if let Some(latency) = replica.latency {
+                    row["latencyMs"] = (latency.as_secs_f64() * 1000.0).into();
+                }
+                rows.push(row);
+            }
+            println!("{}", serde_json::json!({ "registries": rows }));
+        }
+        Format::Table => {
+            let mut table = output::table([
+                "REGISTRY",
+                "HEALTH",
+                "REVISION",
+                "INSTANCES",
+                "SELF-PRESERVATION",
+                "UPTIME",
+                "LATENCY",
+            ]);
+            for replica in &asked {
+                let status = replica.status.clone().unwrap_or_default();
+                let instances = status
+                    .services
+                    .iter()
+                    .map(|s| format!("{} {}", s.service, s.instances))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let preserving = status
+                    .services
+                    .iter()
+                    .filter(|s| s.self_preservation)
+                    .map(|s| s.service.clone())
+                    .collect::<Vec<_>>();
+                let answered = replica.status.is_some();
+                table.add_row([
+                    replica.url.clone(),
+                    match &replica.health {
+                        Ok(health) if status.warming_up => format!("{health} (warming up)"),
+                        Ok(health) => health.clone(),
+                        Err(error) => format!("unreachable: {error}"),
+                    },
+                    if answered { status.revision.to_string() } else { String::new() },
+                    if answered && instances.is_empty() { "none".to_owned() } else { instances },
+                    match (answered, preserving.is_empty()) {
+                        (false, _) => String::new(),
+                        (true, true) => "no".to_owned(),
+                        (true, false) => format!("yes: {}", preserving.join(", ")),
+                    },
+                    output::duration(status.uptime.as_ref())
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    replica
+                        .latency
+                        .map(|l| format!("{:.2} ms", l.as_secs_f64() * 1000.0))
+                        .unwrap_or_default(),
+                ]);
+            }
+            println!("{}", table.trim_fmt());
+        }
+    }
+    let serving = asked
+        .iter()
+        .filter(|r| r.health.as_deref() == Ok("SERVING"))
+        .count();
+    if serving == asked.len() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{serving} of {} registry replica(s) SERVING", asked.len());
+        Ok(ExitCode::from(crate::exit::UNAVAILABLE))
     }
 }
 

@@ -55,6 +55,7 @@ replies!(
     ListInvitationsReply,
     DeclineInvitationReply,
     AgencyInfo,
+    RegistryStatus,
 );
 
 fn pool() -> anyhow::Result<&'static DescriptorPool> {

@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use futures::Stream;
 use grantmesh_proto::v1::{
-    DeregisterReply, DeregisterRequest, HeartbeatReply, HeartbeatRequest, Instance, KeepAliveReply,
+    DeregisterReply, DeregisterRequest, DescribeRegistryRequest, HeartbeatReply, HeartbeatRequest,
+    Instance, KeepAliveReply, RegistryStatus, ServiceStatus,
     KeepAliveRequest, ListInstancesReply, ListInstancesRequest, PingReply, PingRequest,
     RegisterReply, RegisterRequest, WatchEvent, WatchRequest,
 };
@@ -349,6 +350,28 @@ impl Registry for RegistryService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(event_stream))))
+    }
+
+    async fn describe_registry(
+        &self,
+        _: Request<DescribeRegistryRequest>,
+    ) -> Result<Response<RegistryStatus>, Status> {
+        let (revision, services) = self.state.status();
+        let now = tokio::time::Instant::now();
+        let started = self.ready_at - self.config.warmup;
+        Ok(Response::new(RegistryStatus {
+            revision,
+            services: services
+                .into_iter()
+                .map(|(service, instances, self_preservation)| ServiceStatus {
+                    service,
+                    instances: u32::try_from(instances).unwrap_or(u32::MAX),
+                    self_preservation,
+                })
+                .collect(),
+            uptime: prost_types::Duration::try_from(now.duration_since(started)).ok(),
+            warming_up: now < self.ready_at,
+        }))
     }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {

@@ -271,6 +271,20 @@ impl RegistryState {
         &self.metrics
     }
 
+    /// The revision and, for every service with live instances, how many it
+    /// has and whether it is held in self-preservation; sorted by service.
+    pub fn status(&self) -> (u64, Vec<(String, usize, bool)>) {
+        let inner = self.lock();
+        let mut services: Vec<_> = inner
+            .services
+            .iter()
+            .filter(|(_, entry)| !entry.instances.is_empty())
+            .map(|(name, entry)| (name.clone(), entry.instances.len(), entry.preserving))
+            .collect();
+        services.sort();
+        (inner.revision, services)
+    }
+
     /// How many live instances each service has, for services with any.
     pub fn instance_counts(&self) -> Vec<(String, usize)> {
         self.lock()

@@ -12,31 +12,31 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 /// Exit codes documented in `grantmesh --help` and `docs/cli.md`.
-const REFUSED: i32 = 4;
-const UNAVAILABLE: i32 = 5;
-const AUTH: i32 = 6;
+pub(crate) const REFUSED: i32 = 4;
+pub(crate) const UNAVAILABLE: i32 = 5;
+pub(crate) const AUTH: i32 = 6;
 
 /// A CLI run: its exit code and what it printed.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    fn ok(self, what: &str) -> Self {
+    pub(crate) fn ok(self, what: &str) -> Self {
         assert_eq!(self.code, 0, "grantmesh {what} failed: {}", self.stderr);
         self
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(self.stdout.trim())
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
 /// The binary with a session directory and (unless `None`) a registry list.
-fn cli(config: &Path, registry: Option<&str>, args: &[&str]) -> tokio::process::Command {
+pub(crate) fn cli(config: &Path, registry: Option<&str>, args: &[&str]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_grantmesh"));
     command
         .args(args)
@@ -55,7 +55,7 @@ fn cli(config: &Path, registry: Option<&str>, args: &[&str]) -> tokio::process::
     command
 }
 
-async fn run_with(mut command: tokio::process::Command, stdin: Option<&str>) -> Run {
+pub(crate) async fn run_with(mut command: tokio::process::Command, stdin: Option<&str>) -> Run {
     let mut child = command.spawn().expect("the grantmesh binary starts");
     let mut pipe = child.stdin.take().expect("stdin is piped");
     if let Some(text) = stdin {
@@ -73,7 +73,7 @@ async fn run_with(mut command: tokio::process::Command, stdin: Option<&str>) -> 
     }
 }
 
-async fn run(config: &Path, registry: Option<&str>, args: &[&str]) -> Run {
+pub(crate) async fn run(config: &Path, registry: Option<&str>, args: &[&str]) -> Run {
     run_with(cli(config, registry, args), None).await
 }
 
@@ -92,7 +92,7 @@ async fn mesh() -> (Proc, Proc, Proc) {
     (registry, college, agency)
 }
 
-fn fresh_email(name: &str) -> String {
+pub(crate) fn fresh_email(name: &str) -> String {
     format!(
         "{}-{}@uni.edu",
         name.to_lowercase(),
@@ -101,7 +101,7 @@ fn fresh_email(name: &str) -> String {
 }
 
 /// Signs up and logs in a researcher, password through stdin both times.
-async fn sign_up_and_log_in(config: &Path, registry: &str, name: &str) -> String {
+pub(crate) async fn sign_up_and_log_in(config: &Path, registry: &str, name: &str) -> String {
     let email = fresh_email(name);
     let signup = cli(
         config,

@@ -11,6 +11,7 @@ mod cli;
 mod dev;
 mod grants;
 mod mesh;
+mod newcomer;
 mod outside_clients;
 mod overload;
 mod readme;
