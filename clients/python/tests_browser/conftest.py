@@ -6,7 +6,8 @@ chromedriver through Selenium.
 Environment (scripts/test-browser sets them):
   GRANTMESH_BIN                  the grantmesh binary
   GRANTMESH_TEST_DATABASE_URL    a PostgreSQL server URL (a database is made per run)
-  GRANTMESH_SCREENSHOTS          where screenshots go (default docs/screenshots)
+  GRANTMESH_SCREENSHOTS          where screenshots go (default .tmp/screenshots, which
+                                 git ignores; scripts/screenshots sets docs/screenshots)
 """
 
 import os
@@ -197,9 +198,20 @@ def browsers():
         driver.quit()
 
 
+# Where a test run's screenshots go unless asked otherwise: ignored by git
+# (`/.tmp/` in .gitignore), so a test run leaves the work tree clean. The
+# tracked pictures in docs/screenshots/ change only through scripts/screenshots.
+DEFAULT_SCREENSHOTS = REPO / ".tmp/screenshots"
+
+
+def screenshot_dir():
+    asked = os.environ.get("GRANTMESH_SCREENSHOTS")
+    return pathlib.Path(asked).resolve() if asked else DEFAULT_SCREENSHOTS
+
+
 @pytest.fixture(scope="session")
 def shots():
-    out = pathlib.Path(os.environ.get("GRANTMESH_SCREENSHOTS") or REPO / "docs/screenshots")
+    out = screenshot_dir()
     out.mkdir(parents=True, exist_ok=True)
 
     def save(driver, name):

@@ -3,9 +3,11 @@
 The tests run in file order against one mesh (see conftest.py) and build on
 each other: Ada signs up and gets an account, a second browser follows it
 live, Bob is refused it, and last a College is killed under the dashboard.
-Screenshots of the key pages go to docs/screenshots/.
+Screenshots of the key pages go to the screenshot directory (conftest.py):
+an ignored one unless scripts/screenshots asks for docs/screenshots/.
 """
 
+import re
 import secrets
 import time
 
