@@ -11,16 +11,15 @@ import re
 import secrets
 import time
 
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import Select, WebDriverWait
 
-# Generous bounds for page loads and mesh changes on a busy machine.
-WAIT = 15.0
+from pages import PASSWORD, WRAPPED_CELLS, fill, log_in, propose, sign_up, submit, text, wait
+
 # The bar: a withdrawal in one browser shows in another within a second.
 LIVE_WITHIN = 1.0
-PASSWORD = "correct horse battery"
+# A time as every page writes it.
+UTC_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC")
 
 
 class Ctx:
@@ -28,54 +27,6 @@ class Ctx:
     ada_email = f"ada-{secrets.token_hex(4)}@uni.edu"
     bob_email = f"bob-{secrets.token_hex(4)}@uni.edu"
     account_id = None
-
-
-def wait(driver, timeout=WAIT):
-    # Live pages re-render parts of themselves (the dashboard every second):
-    # an element read mid-update is stale, and the next poll reads it again.
-    return WebDriverWait(driver, timeout, poll_frequency=0.05,
-                         ignored_exceptions=(StaleElementReferenceException,))
-
-
-def text(driver, css):
-    return driver.find_element(By.CSS_SELECTOR, css).text
-
-
-def fill(driver, form_css, **fields):
-    form = driver.find_element(By.CSS_SELECTOR, form_css)
-    for name, value in fields.items():
-        box = form.find_element(By.NAME, name)
-        if box.tag_name == "select":
-            Select(box).select_by_value(value)
-        else:
-            box.clear()
-            box.send_keys(value)
-    return form
-
-
-def submit(driver, form):
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-
-
-def sign_up(driver, web, name, email):
-    driver.get(web + "/signup")
-    form = fill(driver, "#signup-form", name=name, email=email, password=PASSWORD)
-    submit(driver, form)
-    wait(driver).until(EC.url_to_be(web + "/accounts"))
-
-
-def log_in(driver, web, email):
-    driver.get(web + "/login")
-    form = fill(driver, "#login-form", email=email, password=PASSWORD)
-    submit(driver, form)
-    wait(driver).until(EC.url_to_be(web + "/accounts"))
-
-
-def propose(driver, web, agency, title, amount, days="30"):
-    driver.get(web + "/proposals/new")
-    form = fill(driver, "#proposal-form", agency=agency, title=title, amount=amount, days=days)
-    submit(driver, form)
-    wait(driver).until(EC.presence_of_element_located((By.ID, "decision")))
 
 
 def test_a_researcher_signs_up_logs_out_and_logs_in_again(mesh, browsers, shots):
@@ -105,7 +56,12 @@ def test_a_proposal_outside_the_agencys_band_is_rejected_with_its_reason(mesh, b
     propose(b, mesh.web, "erc", "Telescope time", "90,000.00")
     decision = text(b, "#decision")
     assert "Rejected" in decision
-    assert text(b, "#reason"), "a rejection says why"
+    # A refusal reads as one: not in the green banner of a success.
+    assert b.find_element(By.ID, "flash").get_attribute("class") == "error", text(b, "#flash")
+    # The reason in amounts as the researcher typed them, not minor units.
+    reason = text(b, "#reason")
+    assert "90,000.00" in reason and "1,000.00" in reason and "2,500.00" in reason, reason
+    assert "9000000" not in reason, reason
     assert b.find_elements(By.ID, "account-link") == []
     shots(b, "proposal-rejected")
 
@@ -175,6 +131,21 @@ def test_a_double_submitted_withdraw_form_withdraws_once(mesh, browsers):
     assert text(b, "#balance") == "3,964.50"
     memos = [r.text for r in b.find_elements(By.CSS_SELECTOR, "#transactions-body tr") if "twice" in r.text]
     assert len(memos) == 1, memos
+
+
+def test_refusals_are_said_in_a_researchers_words_without_internal_field_names(mesh, browsers):
+    assert Ctx.account_id
+    b = browsers()
+    log_in(b, mesh.web, Ctx.ada_email)
+    b.get(mesh.web + "/proposals/new")
+    submit(b, fill(b, "#proposal-form", agency="nsf", title="Nothing", amount="0", days="30"))
+    error = wait(b).until(EC.presence_of_element_located((By.ID, "error"))).text
+    assert "amount" in error.lower() and "_" not in error, error
+    b.get(f"{mesh.web}/accounts/{Ctx.account_id}")
+    submit(b, fill(b, "#withdraw-form", amount="0", memo="nothing"))
+    flash = wait(b).until(EC.presence_of_element_located((By.ID, "flash")))
+    assert flash.get_attribute("class") == "error", flash.text
+    assert "Nothing was withdrawn" in flash.text and "_" not in flash.text, flash.text
 
 
 def test_an_account_page_shows_its_expiry_live(mesh, browsers, shots):

@@ -11,7 +11,7 @@ use grantmesh_proto::v1::{
 };
 use serde::Serialize;
 
-use crate::money;
+use crate::{money, words};
 
 /// What every page's header needs.
 pub struct Nav {
@@ -211,7 +211,11 @@ impl From<Proposal> for ProposalRow {
             title: p.title,
             amount: money::format(p.requested_amount_minor),
             days: p.duration_days,
-            reason: p.reason,
+            reason: if p.reason.is_empty() {
+                String::new()
+            } else {
+                words::sentence(&words::in_words(&p.reason))
+            },
             account_id: p.account_id,
             submitted: when(submitted_at),
             submitted_at,

@@ -219,15 +219,19 @@ pub async fn submit(
     match submitted {
         Ok(proposal) => {
             let row = ProposalRow::from(proposal);
-            let message = match row.decision {
-                "accepted" => format!(
+            // A rejection is a refusal and reads as one (the error banner),
+            // not in the green of a success.
+            match row.decision {
+                "accepted" => researcher.session.flash(format!(
                     "{} accepted your proposal; its research account is open.",
                     row.agency
-                ),
-                "rejected" => format!("{} rejected your proposal.", row.agency),
-                _ => "Your proposal was submitted.".to_owned(),
-            };
-            researcher.session.flash(message);
+                )),
+                "rejected" => researcher.session.flash_error(format!(
+                    "{} turned your proposal down; no account was opened.",
+                    row.agency
+                )),
+                _ => researcher.session.flash("Your proposal was submitted."),
+            }
             Redirect::to(&format!("/proposals/{}/{}", row.agency, row.id)).into_response()
         }
         Err(status) => {
