@@ -49,6 +49,41 @@ def test_a_researcher_signs_up_logs_out_and_logs_in_again(mesh, browsers, shots)
     assert text(b, "#who") == "Ada Lovelace"
 
 
+def strength(driver):
+    return text(driver, "#password-strength")
+
+
+def test_the_sign_up_form_states_the_password_rule_and_shows_the_strength_as_one_types(
+        mesh, browsers, shots):
+    b = browsers()
+    b.get(mesh.web + "/signup")
+    form = b.find_element(By.ID, "signup-form")
+    # The College's rule (services/auth/src/strength.rs), not a made-up one.
+    assert "10 to 256 characters" in form.text and "3 of 4" in form.text, form.text
+    box = form.find_element(By.NAME, "password")
+    assert (box.get_attribute("minlength"), box.get_attribute("maxlength")) == ("10", "256")
+    fill(b, "#signup-form", name="Adalinda Lovelace", email=f"adalinda-{secrets.token_hex(3)}@uni.edu")
+    box.send_keys("short")
+    wait(b).until(lambda d: "10 to 256" in strength(d))
+    box.clear()
+    box.send_keys("password1234")
+    wait(b).until(lambda d: "too easy to guess" in strength(d))
+    assert re.search(r"strength [0-2] of 4", strength(b)), strength(b)
+    box.clear()
+    box.send_keys(PASSWORD)
+    wait(b).until(lambda d: "Strong enough" in strength(d))
+    shots(b, "signup-strength")
+    # The researcher's own name counts against a password, as at the
+    # College; and the hint and the College agree: what the hint calls too
+    # easy, the College refuses.
+    box.clear()
+    box.send_keys("adalinda2024")
+    wait(b).until(lambda d: "too easy to guess" in strength(d))
+    submit(b, form)
+    error = wait(b).until(EC.presence_of_element_located((By.ID, "error"))).text
+    assert "too easy to guess" in error, error
+
+
 def test_a_proposal_outside_the_agencys_band_is_rejected_with_its_reason(mesh, browsers, shots):
     b = browsers()
     log_in(b, mesh.web, Ctx.ada_email)

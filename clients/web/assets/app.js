@@ -100,6 +100,37 @@ function addTransaction(t) {
   if (none) none.remove();
 }
 
+// --- the sign-up form: the College's verdict on the password as one types --
+// The portal runs the College's own check (POST /signup/strength); the
+// College checks again on sign-up, so this is a hint, never the judge.
+const STRENGTH_PAUSE_MS = 250; // ask once typing pauses, not on every key
+function followStrength(form) {
+  const box = form.elements.password;
+  const shown = document.getElementById("strength");
+  const meter = document.getElementById("strength-meter");
+  const hint = document.getElementById("password-strength");
+  const minScore = Number(meter.getAttribute("low"));
+  let timer = null, asked = 0;
+  const ask = () => {
+    const mine = ++asked;
+    if (box.value === "") { shown.hidden = true; return; }
+    const body = new URLSearchParams({ csrf: form.dataset.csrf, password: box.value,
+      name: form.elements.name.value, email: form.elements.email.value });
+    fetch("/signup/strength", { method: "POST", body: body, credentials: "same-origin" })
+      .then((r) => r.ok ? r.json() : null)
+      .then((verdict) => {
+        if (!verdict || mine !== asked) return; // a later keystroke asked again
+        shown.hidden = false;
+        meter.value = verdict.ok ? Math.max(minScore, verdict.score ?? minScore) : (verdict.score ?? 0);
+        hint.textContent = verdict.message;
+        hint.className = verdict.ok ? "ok" : "weak";
+      }, () => {});
+  };
+  const later = () => { clearTimeout(timer); timer = setTimeout(ask, STRENGTH_PAUSE_MS); };
+  for (const name of ["password", "name", "email"]) form.elements[name].addEventListener("input", later);
+  if (box.value !== "") ask();
+}
+
 // --- the mesh dashboard: follows /mesh/events ------------------------------
 function ago(ms) {
   if (ms < 1000) return ms + " ms";
@@ -153,4 +184,6 @@ document.addEventListener("DOMContentLoaded", () => {
   if (account) followAccount(account);
   const mesh = document.getElementById("mesh");
   if (mesh) followMesh(mesh);
+  const signup = document.getElementById("signup-form");
+  if (signup) followStrength(signup);
 });

@@ -101,6 +101,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// to a College.
 pub const MAX_LIVE_STREAMS: usize = 512;
 
+/// Password strength checks (the sign-up form's hint) run at once, all
+/// browsers together: each takes a blocking thread for a few milliseconds,
+/// and a hint that is late is simply asked again on the next keystroke.
+pub const MAX_STRENGTH_CHECKS: usize = 4;
+
 /// The state every handler shares.
 pub(crate) struct App {
     pub mesh: mesh::MeshClient,
@@ -111,6 +116,8 @@ pub(crate) struct App {
     /// Permits for dashboards of browsers that are not signed in
     /// ([`routes::dashboard::MAX_ANONYMOUS_DASHBOARDS`]).
     pub anonymous_dashboards: Arc<Semaphore>,
+    /// Permits for the sign-up form's strength hint ([`MAX_STRENGTH_CHECKS`]).
+    pub strength_checks: Arc<Semaphore>,
     /// Cancelled on shutdown: live streams end so the server can stop.
     pub closing: CancellationToken,
 }
@@ -140,6 +147,7 @@ impl Web {
             anonymous_dashboards: Arc::new(Semaphore::new(
                 routes::dashboard::MAX_ANONYMOUS_DASHBOARDS,
             )),
+            strength_checks: Arc::new(Semaphore::new(MAX_STRENGTH_CHECKS)),
             closing,
         });
         Self {

@@ -53,6 +53,24 @@ pub struct Signup {
     pub error: Option<String>,
     pub name: String,
     pub email: String,
+    pub rule: PasswordRule,
+}
+
+/// The College's rule for a new password, as the sign-up form states it.
+pub struct PasswordRule {
+    pub min_chars: usize,
+    pub max_chars: usize,
+    /// The lowest zxcvbn score accepted, of 4.
+    pub min_score: u8,
+}
+
+impl PasswordRule {
+    /// The rule `grantmesh_auth::check_new_password` applies.
+    pub const COLLEGE: Self = Self {
+        min_chars: grantmesh_auth::strength::MIN_PASSWORD_CHARS,
+        max_chars: grantmesh_auth::strength::MAX_PASSWORD_CHARS,
+        min_score: grantmesh_auth::strength::MIN_PASSWORD_SCORE as u8,
+    };
 }
 
 #[derive(Template)]

@@ -1,25 +1,30 @@
-//! Sign up, log in, log out.
+//! Sign up, log in, log out, and the sign-up form's password strength hint.
 //!
 //! Logging in exchanges the email and password for the College's token and
 //! keeps it on the server under a new session id (so an id a browser held
 //! before is worth nothing after). Signing up logs the new researcher in.
+//!
+//! The strength hint ([`password_strength`]) runs the College's own check
+//! (`grantmesh_auth::check_new_password`, zxcvbn told the name and email)
+//! as the researcher types, so what the form says is what the College will
+//! decide; the College still checks again on sign-up.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::http::header::SET_COOKIE;
 use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Form, Json};
 use grantmesh_proto::v1::{LoginReply, LoginRequest, RegisterResearcherRequest};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tonic::Code;
 
 use super::{check_csrf, nav};
 use crate::App;
 use crate::sessions::{Session, Sessions, Visitor, safe_next};
-use crate::views::{self, Login, Signup};
+use crate::views::{self, Login, PasswordRule, Signup};
 use crate::words;
 
 /// How long a session lasts when the College does not say when its token expires.
@@ -62,6 +67,7 @@ pub async fn signup_form(State(app): State<Arc<App>>, visitor: Visitor) -> Respo
             error: None,
             name: String::new(),
             email: String::new(),
+            rule: PasswordRule::COLLEGE,
         },
     )
 }
@@ -82,6 +88,7 @@ pub async fn signup(
                 error: Some(error),
                 name: form.name.clone(),
                 email: form.email.clone(),
+                rule: PasswordRule::COLLEGE,
             },
         )
     };
@@ -123,6 +130,90 @@ pub async fn signup(
                 words::explain(&status).sentence
             ),
         ),
+    }
+}
+
+/// What the sign-up form's script sends as the researcher types.
+#[derive(Deserialize)]
+pub struct StrengthForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// The hint for one password, as the form's script reads it (JSON).
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct Strength {
+    /// Whether the College will accept the password.
+    pub ok: bool,
+    /// zxcvbn's score (0–4) of a password refused as too easy to guess.
+    pub score: Option<u8>,
+    /// What to tell the researcher, in a sentence.
+    pub message: String,
+}
+
+/// The College's check of `password` for a researcher with this name and
+/// email, as a hint. Called with the same inputs the College uses on
+/// sign-up (the name and email as typed, trimmed), so the two agree.
+pub fn strength(password: &str, name: &str, email: &str) -> Strength {
+    let inputs = [name.trim(), email.trim()];
+    match grantmesh_auth::check_new_password("this password", password, &inputs) {
+        Ok(()) => Strength {
+            ok: true,
+            score: None,
+            message: "Strong enough: the College will accept this password.".to_owned(),
+        },
+        Err(refused) => Strength {
+            ok: false,
+            score: refused_score(refused.message()),
+            message: words::sentence(refused.message()),
+        },
+    }
+}
+
+/// The score in a refusal's "(strength 2 of 4, …)", when it has one (a
+/// password of the wrong length is refused before it is scored).
+fn refused_score(message: &str) -> Option<u8> {
+    let (_, after) = message.split_once("(strength ")?;
+    let score = after.chars().next()?.to_digit(10)?;
+    u8::try_from(score).ok()
+}
+
+/// The strength hint: the College's verdict on a password being typed.
+/// A form of our own page (CSRF-checked, so no other site can use the
+/// portal as a password oracle), sent by POST so the password stays out of
+/// URLs and logs; at most [`crate::MAX_STRENGTH_CHECKS`] run at once.
+pub async fn password_strength(
+    State(app): State<Arc<App>>,
+    visitor: Visitor,
+    Form(form): Form<StrengthForm>,
+) -> Response {
+    if !app.sessions.csrf_ok(&visitor.sid, &form.csrf) {
+        return (StatusCode::FORBIDDEN, "reload the page to check a password").into_response();
+    }
+    let Ok(_permit) = Arc::clone(&app.strength_checks).try_acquire_owned() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy; the next keystroke asks again",
+        )
+            .into_response();
+    };
+    // zxcvbn takes up to a few milliseconds: off the async threads, as at the College.
+    let judged =
+        tokio::task::spawn_blocking(move || strength(&form.password, &form.name, &form.email))
+            .await;
+    match judged {
+        Ok(strength) => Json(strength).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the check was interrupted",
+        )
+            .into_response(),
     }
 }
 
@@ -249,4 +340,58 @@ fn signed_in(app: &App, sid: &str, next: &str, message: &str) -> Response {
         session.flash(message);
     }
     ([(SET_COOKIE, app.sessions.cookie(sid))], Redirect::to(next)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hint_refuses_what_the_college_refuses_and_says_why() {
+        let short = strength("Tr0ub4!", "Ada Lovelace", "ada@uni.edu");
+        assert!(!short.ok);
+        assert_eq!(short.score, None);
+        assert!(
+            short.message.contains("10 to 256 characters"),
+            "{}",
+            short.message
+        );
+
+        let common = strength("password1234", "Ada Lovelace", "ada@uni.edu");
+        assert!(!common.ok);
+        assert!(common.score.is_some_and(|s| s < 3), "{common:?}");
+        assert!(
+            common
+                .message
+                .starts_with("This password is too easy to guess"),
+            "{}",
+            common.message
+        );
+        assert!(!common.message.contains("password1234"));
+    }
+
+    #[test]
+    fn the_researchers_own_name_counts_against_a_password_as_at_the_college() {
+        let own = strength("adalinda2024", "Adalinda Lovelace", "adalinda@uni.edu");
+        assert!(!own.ok, "{own:?}");
+        for password in [
+            "adalinda2024",
+            "correct horse battery",
+            "zebra quantum marmalade",
+            "qwertyuiop12",
+        ] {
+            let inputs = ["Adalinda Lovelace", "adalinda@uni.edu"];
+            assert_eq!(
+                strength(password, inputs[0], inputs[1]).ok,
+                grantmesh_auth::check_new_password("password", password, &inputs).is_ok(),
+                "{password}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_passphrase_is_strong_enough() {
+        let good = strength("correct horse battery", "Ada Lovelace", "ada@uni.edu");
+        assert_eq!((good.ok, good.score), (true, None), "{good:?}");
+    }
 }

@@ -38,6 +38,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     let pages = Router::new()
         .route("/", get(home))
         .route("/signup", get(auth::signup_form).post(auth::signup))
+        .route("/signup/strength", post(auth::password_strength))
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/proposals", get(proposals::list).post(proposals::submit))
