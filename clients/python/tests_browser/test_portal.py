@@ -231,6 +231,7 @@ def test_another_researcher_can_neither_open_nor_follow_the_account(mesh, browse
     submit(ada, form)
     wait(ada).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Sent an invitation"))
     assert Ctx.bob_email in text(ada, "#invited"), "the principal investigator sees it pending"
+    ada.execute_script("window.notReloaded = true")
     bob.get(f"{mesh.web}/accounts/{Ctx.account_id}")
     assert wait(bob).until(EC.presence_of_element_located((By.ID, "error"))).text
     # Bob accepts in his browser, on his invitations page.
@@ -253,6 +254,11 @@ def test_another_researcher_can_neither_open_nor_follow_the_account(mesh, browse
     wait(bob).until(EC.presence_of_element_located((By.ID, "balance")))
     bob.get(mesh.web + "/invitations")
     assert bob.find_elements(By.ID, "no-invitations"), "the answered invitation is gone"
+    # Ada's page, left open, follows: Bob is a member and no longer invited.
+    wait(ada).until(lambda d: "Bob Builder" in text(d, "#members"))
+    wait(ada).until(lambda d: not d.find_elements(By.ID, "invited")
+                    or Ctx.bob_email not in d.find_element(By.ID, "invited").text)
+    assert ada.execute_script("return window.notReloaded") is True, "no reload"
 
 
 def test_a_member_removed_by_the_principal_investigator_disappears_live_and_loses_access(

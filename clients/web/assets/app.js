@@ -66,6 +66,7 @@ function followAccount(root) {
     document.getElementById("expires").textContent = a.expires;
     document.getElementById("withdraw").disabled = a.state !== "open";
     renderMembers(a, manage, csrf);
+    if (Array.isArray(event.invited)) renderInvited(event.invited);
     if (event.transaction && firstPage) addTransaction(event.transaction);
     tickCountdowns();
   });
@@ -88,6 +89,18 @@ function renderMembers(a, manage, csrf) {
     return li;
   }));
   flashed(list);
+}
+// The principal investigator's "Invited, not yet answered" line; the
+// portal sends the list when the members change (an invitation accepted).
+function renderInvited(emails) {
+  const line = document.getElementById("invited");
+  const list = document.getElementById("invited-emails");
+  if (!line || !list) return;
+  const text = emails.join(", ");
+  if (list.textContent === text) return;
+  list.textContent = text;
+  line.hidden = emails.length === 0;
+  if (!line.hidden) flashed(line);
 }
 function addTransaction(t) {
   const body = document.getElementById("transactions-body");

@@ -8,6 +8,13 @@
 //! now (balance, members, state, expiry) plus the withdrawal that changed
 //! it, as JSON, under the SSE event name `account`.
 //!
+//! The College's events do not carry the invitations not yet answered
+//! (only `GetAccount` does, and only for the principal investigator). So
+//! on the principal investigator's page, when the members change (an
+//! invitation accepted) or the stream starts, the portal reads the account
+//! once more with that browser's token and sends the pending invitations
+//! along, and the page's "Invited, not yet answered" line follows.
+//!
 //! What a browser can make the server hold is bounded: a few streams per
 //! session ([`crate::sessions::MAX_STREAMS_PER_SESSION`]), a global cap
 //! ([`crate::MAX_LIVE_STREAMS`]) and a lifetime ([`STREAM_LIFETIME`]), after
@@ -25,7 +32,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt as _};
-use grantmesh_proto::v1::{AccountEvent, WatchAccountRequest, account_event};
+use grantmesh_proto::v1::{AccountEvent, GetAccountRequest, WatchAccountRequest, account_event};
 use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -47,32 +54,66 @@ pub const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// One event as the page's script reads it.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 struct LiveEvent {
     /// "snapshot", "withdrawal", "membership" or "expired".
     kind: &'static str,
     account: AccountView,
     transaction: Option<TransactionRow>,
+    /// Emails invited and not yet answered, when they were read for this
+    /// event; `None` leaves the page's list as it is.
+    invited: Option<Vec<String>>,
 }
 
-fn to_json(event: AccountEvent) -> Option<String> {
-    let kind = match event.kind() {
-        account_event::Kind::Snapshot => "snapshot",
-        account_event::Kind::Withdrawal => "withdrawal",
-        account_event::Kind::Membership => "membership",
-        account_event::Kind::Expired => "expired",
-        account_event::Kind::Unspecified => return None,
-    };
-    let account = AccountView::from(event.account?);
-    let transaction = event
-        .transaction
-        .map(|t| TransactionRow::new(t, &account.members));
-    serde_json::to_string(&LiveEvent {
-        kind,
-        account,
-        transaction,
-    })
-    .ok()
+impl LiveEvent {
+    fn new(event: AccountEvent) -> Option<Self> {
+        let kind = match event.kind() {
+            account_event::Kind::Snapshot => "snapshot",
+            account_event::Kind::Withdrawal => "withdrawal",
+            account_event::Kind::Membership => "membership",
+            account_event::Kind::Expired => "expired",
+            account_event::Kind::Unspecified => return None,
+        };
+        let account = AccountView::from(event.account?);
+        let transaction = event
+            .transaction
+            .map(|t| TransactionRow::new(t, &account.members));
+        Some(Self {
+            kind,
+            account,
+            transaction,
+            invited: None,
+        })
+    }
+
+    /// Whether the page of researcher `me` shows invitations that this
+    /// event may have changed: the principal investigator's, when the
+    /// stream starts or the members change.
+    fn changes_invitations_of(&self, me: &str) -> bool {
+        matches!(self.kind, "snapshot" | "membership")
+            && self.account.members.iter().any(|m| m.is_pi && m.id == me)
+    }
+
+    fn to_json(&self) -> Option<String> {
+        serde_json::to_string(self).ok()
+    }
+}
+
+/// The invitations not yet answered, read with the browser's own token
+/// (`None` when the College does not answer: the page keeps its list).
+async fn pending_invitations(app: &App, token: &str, account: &str) -> Option<Vec<String>> {
+    let account = app
+        .mesh
+        .college(
+            Some(token),
+            GetAccountRequest {
+                account_id: account.to_owned(),
+            },
+            |mut c, r| async move { c.get_account(r).await },
+        )
+        .await
+        .ok()?;
+    Some(account.invitations.into_iter().map(|i| i.email).collect())
 }
 
 /// A refusal in plain text (the page's script shows its own words).
@@ -131,9 +172,20 @@ pub async fn account_events(
             _ => None,
         }
     });
+    let (me, token) = (session.researcher_id.clone(), session.token.clone());
+    let follower = Arc::clone(&app);
     let stream = futures::stream::once(async move { first })
         .chain(rest)
-        .filter_map(|event| async move { to_json(event) })
+        .filter_map(move |event| {
+            let (app, me, token) = (Arc::clone(&follower), me.clone(), token.clone());
+            async move {
+                let mut live = LiveEvent::new(event)?;
+                if live.changes_invitations_of(&me) {
+                    live.invited = pending_invitations(&app, &token, &live.account.id).await;
+                }
+                live.to_json()
+            }
+        })
         .map(|json| Event::default().event("account").data(json));
     relay(
         stream,
@@ -171,4 +223,57 @@ pub(crate) fn relay(
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grantmesh_proto::v1::{Account, Member, member};
+
+    fn event(kind: account_event::Kind) -> AccountEvent {
+        let member = |id: &str, role: member::Role| Member {
+            researcher_id: id.into(),
+            role: role as i32,
+            ..Member::default()
+        };
+        AccountEvent {
+            kind: kind as i32,
+            account: Some(Account {
+                account_id: "a1".into(),
+                members: vec![
+                    member("ada", member::Role::PrincipalInvestigator),
+                    member("bob", member::Role::Member),
+                ],
+                ..Account::default()
+            }),
+            ..AccountEvent::default()
+        }
+    }
+
+    #[test]
+    fn the_principal_investigators_page_rereads_invitations_when_the_members_change() {
+        let membership = LiveEvent::new(event(account_event::Kind::Membership)).unwrap();
+        assert!(membership.changes_invitations_of("ada"));
+        assert!(
+            !membership.changes_invitations_of("bob"),
+            "a member's page shows no invitations"
+        );
+        let snapshot = LiveEvent::new(event(account_event::Kind::Snapshot)).unwrap();
+        assert!(
+            snapshot.changes_invitations_of("ada"),
+            "a reconnect catches up"
+        );
+        let withdrawal = LiveEvent::new(event(account_event::Kind::Withdrawal)).unwrap();
+        assert!(!withdrawal.changes_invitations_of("ada"));
+    }
+
+    #[test]
+    fn an_event_without_invitations_read_leaves_the_pages_list_alone() {
+        let mut live = LiveEvent::new(event(account_event::Kind::Membership)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&live.to_json().unwrap()).unwrap();
+        assert_eq!(json["invited"], serde_json::Value::Null);
+        live.invited = Some(vec![]);
+        let json: serde_json::Value = serde_json::from_str(&live.to_json().unwrap()).unwrap();
+        assert_eq!(json["invited"], serde_json::json!([]));
+    }
 }
