@@ -97,6 +97,20 @@ class Mesh:
                    "--registry", self.registry)
         self.await_mesh(colleges=2, agencies=2)
 
+    def spawn_web(self, name):
+        """Starts another web role on a free port (returned) once it answers."""
+        port = free_port()
+        self.spawn(name, "web", "--listen", f"127.0.0.1:{port}", "--registry", self.registry)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    return port
+            except OSError:
+                if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not start:\n" + self.log(name))
+                time.sleep(0.1)
+
     def spawn_college(self, name):
         self.spawn(name, "college", "--listen", f"127.0.0.1:{free_port()}",
                    "--instance-id", name, "--registry", self.registry,

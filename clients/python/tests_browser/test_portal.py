@@ -280,6 +280,42 @@ def test_a_member_removed_by_the_principal_investigator_disappears_live_and_lose
     assert wait(bob).until(EC.presence_of_element_located((By.ID, "error"))).text
 
 
+def test_a_fresh_dashboard_says_there_are_no_removals_yet(mesh, browsers):
+    # A web role started now has seen no removal (the one that started
+    # with the mesh saw test_metrics stop a College).
+    port = mesh.spawn_web("web-fresh")
+    try:
+        b = browsers()
+        b.get(f"http://127.0.0.1:{port}/mesh")
+        wait(b).until(lambda d: d.find_elements(By.CSS_SELECTOR, '[data-service="college"] tr.instance'))
+        assert text(b, "#removals") == "None yet.", text(b, "#removals")
+    finally:
+        mesh.terminate("web-fresh")
+
+
+def test_the_dashboard_lists_registry_replicas_and_fits_its_columns(mesh, browsers, shots):
+    b = browsers()
+    # A laptop-sized window: the instance tables must fit it without
+    # breaking an id or a duration over two lines.
+    b.set_window_size(1024, 900)
+    b.get(mesh.web + "/mesh")
+    instances = "#mesh tr.instance"
+    wait(b).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, instances)) == 4)
+    replica = wait(b).until(lambda d: next(
+        (e for e in d.find_elements(By.CSS_SELECTOR, "#replicas tr[data-replica]")
+         if e.find_element(By.CSS_SELECTOR, ".badge").text == "serving"), False))
+    assert mesh.registry in replica.text, replica.text
+    assert len(b.find_elements(By.CSS_SELECTOR, "#replicas tr[data-replica]")) == 1
+    wrapped = b.execute_script(WRAPPED_CELLS, "#mesh td, #replicas td")
+    assert wrapped == [], wrapped
+    # Nothing calls the erc agency now but the dashboard's own health
+    # probes, and those are not requests.
+    erc = '[data-instance="agency-erc"] td:last-child'
+    wait(b).until(lambda d: text(d, erc) == "0.0 req/s")
+    time.sleep(2.5)
+    assert text(b, erc) == "0.0 req/s"
+
+
 def test_the_dashboard_shows_a_killed_college_disappear(mesh, browsers, shots):
     b = browsers()
     b.get(mesh.web + "/mesh")
@@ -297,4 +333,9 @@ def test_the_dashboard_shows_a_killed_college_disappear(mesh, browsers, shots):
         (e.text for e in d.find_elements(By.CSS_SELECTOR, '#removals [data-removed="college-2"]')),
         False))
     assert "removed:" in removal, removal
+    assert UTC_TIME.search(removal), f"the time in UTC like the rest: {removal}"
     shots(b, "mesh-college-killed")
+    # The removal is the web role's, not the page's: a reload keeps it.
+    b.refresh()
+    wait(b).until(lambda d: d.find_elements(By.CSS_SELECTOR, college))
+    wait(b).until(lambda d: d.find_elements(By.CSS_SELECTOR, '#removals [data-removed="college-2"]'))

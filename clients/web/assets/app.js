@@ -155,6 +155,36 @@ function followMesh(root) {
   source.addEventListener("error", () => setLive(false, source.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting…"));
   source.addEventListener("mesh", (message) => renderMesh(root, JSON.parse(message.data)));
 }
+// A table whose cells carry their column's name (data-label), so that on a
+// phone each row can show as a card of "label: value" lines.
+// columns: [heading, cell class] pairs.
+function table(id, columns, rows) {
+  return el("table", Object.assign({ class: "list" }, id ? { id: id } : {}),
+    el("thead", {}, el("tr", {}, ...columns.map(([h, c]) => el("th", c ? { class: c } : {}, h)))),
+    el("tbody", {}, ...rows.map((row) => {
+      row.cells.forEach((cell, n) => {
+        cell.setAttribute("data-label", columns[n][0]);
+        if (columns[n][1]) cell.className = columns[n][1];
+      });
+      return el("tr", row.attrs, ...row.cells);
+    })));
+}
+const INSTANCE_COLUMNS = [["Instance", "id"], ["Address", "id"], ["Labels", "labels wraps"],
+  ["TTL", "num"], ["Last beat", "num"], ["Lease", ""], ["Health", ""], ["Requests", "num"]];
+const REPLICA_COLUMNS = [["Replica", "id"], ["Health", ""], ["Latency", "num"]];
+// `metrics=http://host:port/metrics` may break after "=" and each "/", never
+// inside a host or a word.
+function labelCode(label) {
+  const code = el("code", {});
+  label.split(/(?<=[=\/])/).forEach((part, n) => {
+    if (n > 0 && !part.startsWith("/")) code.append(el("wbr", {}));
+    code.append(part);
+  });
+  return code;
+}
+function badge(health) {
+  return el("span", { class: "badge " + health.replace(/ /g, "-") }, health);
+}
 function renderMesh(root, mesh) {
   if (!mesh.connected) setLive(false, "no registry answering (" + mesh.registries.join(", ") + ")");
   else setLive(true, "live");
@@ -163,30 +193,36 @@ function renderMesh(root, mesh) {
       let rate = "—";
       if (i.requests_per_second !== null && i.requests_per_second !== undefined) rate = i.requests_per_second.toFixed(1) + " req/s";
       else if (i.metrics_note) rate = "metrics: " + i.metrics_note;
-      return el("tr", { "data-instance": i.id, class: "instance" },
+      return { attrs: { "data-instance": i.id, class: "instance" }, cells: [
         el("td", {}, el("code", {}, i.id)),
         el("td", {}, i.address),
-        el("td", { class: "labels" }, ...i.labels.map((l) => el("code", {}, l))),
-        el("td", { class: "num" }, ago(i.ttl_ms)),
-        el("td", { class: "num" }, ago(i.since_last_beat_ms)),
+        el("td", {}, ...i.labels.map(labelCode)),
+        el("td", {}, ago(i.ttl_ms)),
+        el("td", {}, ago(i.since_last_beat_ms)),
         el("td", {}, i.keep_alive_stream ? "stream" : "beats"),
-        el("td", {}, el("span", { class: "badge " + i.health.replace(/ /g, "-") }, i.health)),
-        el("td", { class: "num" }, rate));
+        el("td", {}, badge(i.health)),
+        el("td", {}, rate)] };
     });
-    const table = el("table", { class: "list" },
-      el("thead", {}, el("tr", {}, ...["Instance", "Address", "Labels", "TTL", "Last beat", "Lease", "Health", "Requests"]
-        .map((h, n) => el("th", n >= 3 && n <= 4 || n === 7 ? { class: "num" } : {}, h)))),
-      el("tbody", {}, ...rows));
     return el("section", { class: "service", "data-service": service.name },
-      el("h2", {}, service.name + " ", el("small", {}, service.instances.length + " live")), table);
+      el("h2", {}, service.name + " ", el("small", {}, service.instances.length + " live")),
+      table(null, INSTANCE_COLUMNS, rows));
   });
   if (sections.length === 0) sections.push(el("p", { class: "empty" }, "No live instances."));
-  sections.unshift(el("p", { class: "muted", id: "registries" }, "Registry replicas followed: ",
-    ...mesh.registries.map((r) => el("code", {}, r + " ")), mesh.connected ? "(answering)" : "(none answering)"));
+  const replicas = (mesh.replicas || []).map((r) => ({ attrs: { "data-replica": r.url }, cells: [
+    el("td", {}, el("code", {}, r.url)),
+    el("td", {}, badge(r.health)),
+    el("td", {}, r.latency_ms === null || r.latency_ms === undefined ? "—" : r.latency_ms + " ms")] }));
+  sections.unshift(el("section", { class: "service", id: "registry-replicas" },
+    el("h2", {}, "Registry replicas ", el("small", {}, mesh.connected ? "answering" : "none answering")),
+    table("replicas", REPLICA_COLUMNS, replicas)));
   root.replaceChildren(...sections);
   const removals = document.getElementById("removals");
+  if (mesh.removals.length === 0) {
+    removals.replaceChildren(el("li", { class: "none" }, "None yet."));
+    return;
+  }
   removals.replaceChildren(...mesh.removals.map((r) =>
-    el("li", { "data-removed": r.id }, new Date(r.at_ms).toLocaleTimeString() + " — ",
+    el("li", { "data-removed": r.id }, el("time", {}, r.at), " — ",
       el("strong", {}, r.service + " " + r.id), " at " + r.address + " removed: " + r.reason)));
 }
 

@@ -8,7 +8,13 @@
 //! instance's lease figures (TTL, time since its last beat); it never adds
 //! or removes one, so the page has one source of truth for who is live.
 //! Beside that, each instance's gRPC health is probed, and its request rate
-//! is read from its `metrics` label when it has one ([`crate::scrape`]).
+//! is read from its `metrics` label when it has one ([`crate::scrape`]);
+//! each registry replica followed is probed too, with its latency.
+//!
+//! Removals are the web role's own record, kept here (the last
+//! [`REMOVALS_SHOWN`]): a reloaded page gets them with the first view. One
+//! that happened while a watch was reconnecting shows up as an instance
+//! missing from the new snapshot, and is recorded so.
 //!
 //! Browsers subscribe to [`Monitor::subscribe`]: a new [`Dashboard`] is
 //! published on every change and every refresh.
@@ -59,6 +65,8 @@ const KNOWN_SERVICES: [&str; 3] = ["registry", "agency", "college"];
 pub struct Dashboard {
     /// The registry replicas followed.
     pub registries: Vec<String>,
+    /// The same replicas with their health, in the same order.
+    pub replicas: Vec<ReplicaView>,
     /// Whether the last call to a registry succeeded.
     pub connected: bool,
     /// Milliseconds since the epoch when this view was made.
@@ -66,6 +74,16 @@ pub struct Dashboard {
     pub services: Vec<ServiceView>,
     /// Recent removals, newest first (at most [`REMOVALS_SHOWN`]).
     pub removals: Vec<Removal>,
+}
+
+/// A registry replica as its health probe found it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaView {
+    pub url: String,
+    /// "serving", "not serving", "not answering" or "unknown" (not probed yet).
+    pub health: String,
+    /// How long its last health probe took, when it answered.
+    pub latency_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -100,7 +118,14 @@ pub struct Removal {
     pub address: String,
     pub reason: String,
     pub at_ms: u64,
+    /// `at_ms` in words, in UTC like every time the portal shows.
+    pub at: String,
 }
+
+/// Why an instance missing from a new snapshot is gone: the registry
+/// removed it while this watch was not listening.
+const MISSED_REMOVAL: &str =
+    "gone from the registry's snapshot (removed while the dashboard's watch reconnected)";
 
 /// Follows the mesh for the dashboard; stops when its token is cancelled.
 #[derive(Clone)]
@@ -142,6 +167,8 @@ enum Update {
     Listed(Option<Vec<Instance>>),
     Health(String, &'static str),
     Requests(String, Result<f64, String>),
+    /// The health probe of registry replica `0` (an index into the replicas).
+    Replica(usize, &'static str, Option<Duration>),
 }
 
 struct Entry {
@@ -169,6 +196,7 @@ impl Entry {
 
 struct State {
     registries: Vec<String>,
+    replicas: Vec<ReplicaView>,
     connected: bool,
     services: BTreeMap<String, BTreeMap<String, Entry>>,
     removals: Vec<Removal>,
@@ -180,20 +208,37 @@ async fn run(
     publish: watch::Sender<Arc<Dashboard>>,
     stop: CancellationToken,
 ) {
-    let clients: Arc<Vec<RegistryClient<Channel>>> = Arc::new(
-        registries
-            .iter()
-            .filter_map(|url| match transport.channel_lazy(url, Some(REGISTRY_SERVICE)) {
-                Ok(channel) => Some(RegistryClient::new(channel)),
+    // One channel per replica, in the order given (`None`: not dialable).
+    let replica_channels: Vec<Option<Channel>> = registries
+        .iter()
+        .map(
+            |url| match transport.channel_lazy(url, Some(REGISTRY_SERVICE)) {
+                Ok(channel) => Some(channel),
                 Err(err) => {
                     tracing::warn!(registry = %url, error = %err, "dashboard cannot dial registry");
                     None
                 }
-            })
+            },
+        )
+        .collect();
+    let clients: Arc<Vec<RegistryClient<Channel>>> = Arc::new(
+        replica_channels
+            .iter()
+            .flatten()
+            .cloned()
+            .map(RegistryClient::new)
             .collect(),
     );
     let (updates, mut incoming) = mpsc::channel::<Update>(256);
     let mut state = State {
+        replicas: registries
+            .iter()
+            .map(|url| ReplicaView {
+                url: url.clone(),
+                health: "unknown".to_owned(),
+                latency_ms: None,
+            })
+            .collect(),
         registries,
         connected: false,
         services: BTreeMap::new(),
@@ -212,6 +257,7 @@ async fn run(
         tokio::select! {
             _ = tick.tick() => {
                 spawn_list(&clients, &updates);
+                probe_replicas(&replica_channels, &updates);
                 refresh_instances(&state, &transport, &scraper, &mut health_channels, &updates);
             }
             Some(update) = incoming.recv() => {
@@ -293,6 +339,23 @@ fn spawn_list(clients: &Arc<Vec<RegistryClient<Channel>>>, updates: &mpsc::Sende
     });
 }
 
+/// Probes each registry replica's health, timing it, each in its own task.
+fn probe_replicas(channels: &[Option<Channel>], updates: &mpsc::Sender<Update>) {
+    use grantmesh_proto::service_names::REGISTRY;
+    for (n, channel) in channels.iter().enumerate() {
+        let (channel, updates) = (channel.clone(), updates.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let health = match channel {
+                None => "not answering",
+                Some(channel) => probe(channel, REGISTRY).await,
+            };
+            let latency = (health != "not answering").then(|| started.elapsed());
+            let _ = updates.send(Update::Replica(n, health, latency)).await;
+        });
+    }
+}
+
 /// Probes each instance's health and reads its metrics, each in its own task.
 fn refresh_instances(
     state: &State,
@@ -364,6 +427,21 @@ async fn probe(channel: Channel, service: &str) -> &'static str {
     }
 }
 
+impl Removal {
+    /// `instance` of `service`, removed now for `reason`.
+    fn new(service: &str, instance: Instance, reason: &str) -> Self {
+        let now = SystemTime::now();
+        Self {
+            service: service.to_owned(),
+            id: instance.id,
+            address: instance.address,
+            reason: reason.to_owned(),
+            at_ms: epoch_ms(now),
+            at: crate::views::when(now),
+        }
+    }
+}
+
 fn epoch_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -382,6 +460,11 @@ impl State {
     }
 
     fn apply(&mut self, update: Update) {
+        self.apply_one(update);
+        self.removals.truncate(REMOVALS_SHOWN);
+    }
+
+    fn apply_one(&mut self, update: Update) {
         match update {
             Update::Watched(service, event) => {
                 self.connected = true;
@@ -389,6 +472,19 @@ impl State {
                 match event.kind() {
                     Kind::Snapshot => {
                         let mut fresh = BTreeMap::new();
+                        let missing: Vec<String> = instances
+                            .keys()
+                            .filter(|id| !event.instances.iter().any(|i| &i.id == *id))
+                            .cloned()
+                            .collect();
+                        for id in missing {
+                            if let Some(gone) = instances.remove(&id) {
+                                self.removals.insert(
+                                    0,
+                                    Removal::new(&service, gone.instance, MISSED_REMOVAL),
+                                );
+                            }
+                        }
                         for instance in event.instances {
                             let entry = match instances.remove(&instance.id) {
                                 Some(mut entry) => {
@@ -416,29 +512,26 @@ impl State {
                         }
                     }
                     Kind::Delete => {
-                        for instance in event.instances {
-                            let address = instances
-                                .remove(&instance.id)
-                                .map(|e| e.instance.address)
-                                .unwrap_or(instance.address);
-                            self.removals.insert(
-                                0,
-                                Removal {
-                                    service: service.clone(),
-                                    id: instance.id,
-                                    address,
-                                    reason: if event.reason.is_empty() {
-                                        "removed".to_owned()
-                                    } else {
-                                        event.reason.clone()
-                                    },
-                                    at_ms: epoch_ms(SystemTime::now()),
-                                },
-                            );
+                        for mut instance in event.instances {
+                            if let Some(known) = instances.remove(&instance.id) {
+                                instance.address = known.instance.address;
+                            }
+                            let reason = if event.reason.is_empty() {
+                                "removed"
+                            } else {
+                                &event.reason
+                            };
+                            self.removals
+                                .insert(0, Removal::new(&service, instance, reason));
                         }
-                        self.removals.truncate(REMOVALS_SHOWN);
                     }
                     Kind::Unspecified => {}
+                }
+            }
+            Update::Replica(n, health, latency) => {
+                if let Some(replica) = self.replicas.get_mut(n) {
+                    replica.health = health.to_owned();
+                    replica.latency_ms = latency.map(|d| d.as_millis() as u64);
                 }
             }
             Update::Listed(None) => self.connected = false,
@@ -478,6 +571,7 @@ impl State {
     }
 
     fn view(&self) -> Dashboard {
+        debug_assert!(self.removals.len() <= REMOVALS_SHOWN);
         let services = self
             .services
             .iter()
@@ -509,6 +603,7 @@ impl State {
             .collect();
         Dashboard {
             registries: self.registries.clone(),
+            replicas: self.replicas.clone(),
             connected: self.connected,
             at_ms: epoch_ms(SystemTime::now()),
             services,
@@ -547,6 +642,7 @@ mod tests {
     fn state() -> State {
         State {
             registries: vec![],
+            replicas: vec![],
             connected: false,
             services: BTreeMap::new(),
             removals: vec![],
@@ -583,6 +679,71 @@ mod tests {
             ("c1", "keepalive stream closed")
         );
         assert_eq!(removal.address, "https://c1:7200");
+    }
+
+    #[tokio::test]
+    async fn removals_are_timed_in_utc_and_bounded() {
+        let mut s = state();
+        for n in 0..REMOVALS_SHOWN + 5 {
+            let id = format!("c{n}");
+            s.apply(event(Kind::Put, vec![instance(&id)], ""));
+            s.apply(event(Kind::Delete, vec![instance(&id)], "ttl expired"));
+        }
+        let removals = s.view().removals;
+        assert_eq!(removals.len(), REMOVALS_SHOWN);
+        assert_eq!(
+            removals[0].id,
+            format!("c{}", REMOVALS_SHOWN + 4),
+            "newest first"
+        );
+        assert!(removals[0].at.ends_with(" UTC"), "{}", removals[0].at);
+    }
+
+    #[tokio::test]
+    async fn an_instance_missing_from_a_new_snapshot_is_recorded_as_removed() {
+        let mut s = state();
+        s.apply(event(
+            Kind::Snapshot,
+            vec![instance("c1"), instance("c2")],
+            "",
+        ));
+        assert!(s.view().removals.is_empty());
+        // The watch reconnected; c2 went while it was away.
+        s.apply(event(Kind::Snapshot, vec![instance("c1")], ""));
+        assert_eq!(ids(&s), ["c1"]);
+        let removals = s.view().removals;
+        assert_eq!(removals.len(), 1);
+        assert_eq!(removals[0].id, "c2");
+        assert_eq!(removals[0].reason, MISSED_REMOVAL);
+    }
+
+    #[tokio::test]
+    async fn each_registry_replica_is_a_row_with_its_health() {
+        let mut s = state();
+        s.replicas = ["https://r1:7000", "https://r2:7000"]
+            .map(|url| ReplicaView {
+                url: url.to_owned(),
+                health: "unknown".to_owned(),
+                latency_ms: None,
+            })
+            .to_vec();
+        s.apply(Update::Replica(
+            0,
+            "serving",
+            Some(Duration::from_millis(3)),
+        ));
+        s.apply(Update::Replica(1, "not answering", None));
+        let replicas = s.view().replicas;
+        assert_eq!(
+            replicas
+                .iter()
+                .map(|r| (r.url.as_str(), r.health.as_str(), r.latency_ms))
+                .collect::<Vec<_>>(),
+            [
+                ("https://r1:7000", "serving", Some(3)),
+                ("https://r2:7000", "not answering", None)
+            ]
+        );
     }
 
     #[tokio::test]

@@ -4,6 +4,9 @@
 //! (`metrics=http://host:port/metrics`). The dashboard fetches that page now
 //! and then, adds up the samples of [`REQUESTS_COUNTER`] (over every
 //! service, method and code label), and turns two readings into a rate.
+//! Health checks are left out ([`PROBE_SERVICES`]): the dashboard itself
+//! probes every instance each second, and a rate of its own probes would
+//! show an idle instance as busy.
 //! Only the text exposition format is read, and only the lines that matter.
 
 use std::time::Duration;
@@ -16,6 +19,10 @@ use hyper_util::rt::TokioExecutor;
 
 /// The counter every grantmesh gRPC server increments once per call.
 pub const REQUESTS_COUNTER: &str = "grpc_server_requests_total";
+
+/// Samples of these gRPC services are probes, not requests: the
+/// dashboard's (and any orchestrator's) health checks.
+pub const PROBE_SERVICES: [&str; 1] = ["grpc.health.v1.Health"];
 
 /// The registry label that carries an instance's metrics URL.
 pub const METRICS_LABEL: &str = "metrics";
@@ -66,14 +73,15 @@ impl Scraper {
         let page = tokio::time::timeout(SCRAPE_TIMEOUT, fetch)
             .await
             .map_err(|_| format!("no answer within {SCRAPE_TIMEOUT:?}"))??;
-        sum_counter(&page, REQUESTS_COUNTER)
+        sum_counter(&page, REQUESTS_COUNTER, &PROBE_SERVICES)
             .ok_or_else(|| format!("the page has no {REQUESTS_COUNTER}"))
     }
 }
 
-/// The sum of every sample of `name` in a text-format page, or `None` when
-/// there is none.
-pub fn sum_counter(page: &str, name: &str) -> Option<f64> {
+/// The sum of every sample of `name` in a text-format page, leaving out
+/// those whose `service` label is one of `skip_services`, or `None` when
+/// there is no sample of `name` at all.
+pub fn sum_counter(page: &str, name: &str, skip_services: &[&str]) -> Option<f64> {
     let mut total = None;
     for line in page.lines() {
         let line = line.trim();
@@ -84,9 +92,15 @@ pub fn sum_counter(page: &str, name: &str) -> Option<f64> {
             continue;
         };
         // `name{labels} value [timestamp]` or `name value [timestamp]`.
+        let mut skipped = false;
         let after_labels = if let Some(labels) = rest.strip_prefix('{') {
             match end_of_labels(labels) {
-                Some(end) => &labels[end + 1..],
+                Some(end) => {
+                    skipped = skip_services
+                        .iter()
+                        .any(|s| has_label(&labels[..end], "service", s));
+                    &labels[end + 1..]
+                }
                 None => continue,
             }
         } else if rest.starts_with([' ', '\t']) {
@@ -98,10 +112,27 @@ pub fn sum_counter(page: &str, name: &str) -> Option<f64> {
             continue;
         };
         if let Ok(value) = value.parse::<f64>() {
-            *total.get_or_insert(0.0) += value;
+            let sum = total.get_or_insert(0.0);
+            if !skipped {
+                *sum += value;
+            }
         }
     }
     total
+}
+
+/// Whether a label set (`a="1",b="2"`, without its braces) has `key="value"`.
+/// Values of ours have no quotes or backslashes, so a plain match will do;
+/// a label of another name ending in `key` (`subservice=`) does not count.
+fn has_label(labels: &str, key: &str, value: &str) -> bool {
+    let wanted = format!("{key}=\"{value}\"");
+    labels.match_indices(&wanted).any(|(at, _)| {
+        labels[..at]
+            .trim_end()
+            .chars()
+            .last()
+            .is_none_or(|c| c == ',')
+    })
 }
 
 /// The index of the `}` that closes a label set (quotes and escapes respected).
@@ -155,8 +186,26 @@ grpc_server_latency_seconds_bucket{le="0.1"} 7
 
     #[test]
     fn every_sample_of_the_counter_is_added_up_and_other_metrics_are_not() {
-        assert_eq!(sum_counter(PAGE, REQUESTS_COUNTER), Some(45.0));
-        assert_eq!(sum_counter(PAGE, "absent_total"), None);
+        assert_eq!(sum_counter(PAGE, REQUESTS_COUNTER, &[]), Some(45.0));
+        assert_eq!(sum_counter(PAGE, "absent_total", &[]), None);
+    }
+
+    #[test]
+    fn health_probes_are_not_counted_as_requests() {
+        let page = format!(
+            "{PAGE}grpc_server_requests_total{{service=\"grpc.health.v1.Health\",method=\"Check\",code=\"OK\"}} 900\n\
+             grpc_server_requests_total{{subservice=\"grpc.health.v1.Health\"}} 1\n"
+        );
+        assert_eq!(
+            sum_counter(&page, REQUESTS_COUNTER, &PROBE_SERVICES),
+            Some(46.0)
+        );
+        // An instance answering only probes has a rate of zero, not none.
+        let idle = "grpc_server_requests_total{service=\"grpc.health.v1.Health\",method=\"Check\",code=\"OK\"} 12\n";
+        assert_eq!(
+            sum_counter(idle, REQUESTS_COUNTER, &PROBE_SERVICES),
+            Some(0.0)
+        );
     }
 
     #[test]
