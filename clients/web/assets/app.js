@@ -105,8 +105,10 @@ function renderInvited(emails) {
 function addTransaction(t) {
   const body = document.getElementById("transactions-body");
   if (document.getElementById("tx-" + t.id)) return;
-  const row = el("tr", { id: "tx-" + t.id }, el("td", {}, t.when), el("td", {}, t.who),
-    el("td", { class: "num" }, t.amount), el("td", {}, t.memo), el("td", { class: "num" }, t.balance_after));
+  const row = el("tr", { id: "tx-" + t.id },
+    el("td", { "data-label": "When", class: "when" }, t.when), el("td", { "data-label": "By" }, t.who),
+    el("td", { "data-label": "Amount", class: "num" }, t.amount), el("td", { "data-label": "Memo" }, t.memo),
+    el("td", { "data-label": "Balance after", class: "num" }, t.balance_after));
   body.prepend(row);
   flashed(row);
   const none = document.getElementById("no-transactions");
