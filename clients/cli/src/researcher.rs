@@ -90,8 +90,12 @@ pub enum Verb {
     },
     /// Forget the saved session.
     Logout,
-    /// Who is logged in, and until when.
-    Whoami,
+    /// Who is logged in, and until when (checked with a college: a session
+    /// whose store was reset is told to log in again).
+    Whoami {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Submit a grant proposal to an agency; you are its principal investigator.
     Propose {
         #[arg(long)]
@@ -294,17 +298,13 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                 eprintln!("not logged in");
             }
         }
-        Verb::Whoami => {
+        Verb::Whoami { target } => {
             let session = store.load()?.ok_or(CliError::NotLoggedIn)?;
             if session.is_expired(SystemTime::now()) {
                 return Err(CliError::SessionExpired.into());
             }
             // The file alone cannot tell a session whose store was reset
             // (`grantmesh dev --fresh`): ask a college whom the token names.
-            let target = Target {
-                registry: None,
-                token: None,
-            };
             let mesh = Mesh::new(&store, target, format)?;
             if let Err(err) = mesh.check_session().await {
                 if err.downcast_ref::<CliError>().is_some() {

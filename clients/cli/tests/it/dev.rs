@@ -151,9 +151,16 @@ async fn dev_serves_two_agencies_and_two_colleges_and_a_login_outlives_a_restart
         }
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let accounts = run(home.path(), &registry, &["accounts", "--output", "json"]).await;
-    assert!(accounts.status.success(), "{accounts:?}");
-    assert_eq!(String::from_utf8_lossy(&accounts.stdout).trim(), "{}");
+    // The saved session outlived what it stood for: the CLI says so rather
+    // than showing an empty list as if the researcher had no accounts.
+    for command in ["accounts", "whoami"] {
+        let stale = run(home.path(), &registry, &[command]).await;
+        assert_eq!(stale.status.code(), Some(6), "{command}: {stale:?}");
+        assert!(
+            String::from_utf8_lossy(&stale.stderr).contains("run grantmesh login"),
+            "{command}: {stale:?}"
+        );
+    }
     assert_eq!(stop(fresh).await, Some(0));
 }
 

@@ -453,7 +453,7 @@ async fn transactions_are_shown_ten_to_a_page_newest_first() {
             .await;
         assert_eq!(status, StatusCode::SEE_OTHER);
     }
-    let rows = |body: &str| body.matches("<td>item-").count();
+    let rows = |body: &str| body.matches("\">item-").count();
     let (_, _, first) = portal.fetch(Some(&ada), "GET", &page, "").await;
     assert_eq!(rows(&first), 10);
     assert!(
