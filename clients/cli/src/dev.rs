@@ -430,9 +430,8 @@ fn on_path(exe: &Path) -> bool {
         return false;
     };
     let exe = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_owned());
-    std::env::split_paths(&path).any(|dir| {
-        std::fs::canonicalize(dir.join("grantmesh")).is_ok_and(|found| found == exe)
-    })
+    std::env::split_paths(&path)
+        .any(|dir| std::fs::canonicalize(dir.join("grantmesh")).is_ok_and(|found| found == exe))
 }
 
 /// Dev certificates are issued again well before their 90 days run out.

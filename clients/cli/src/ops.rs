@@ -225,8 +225,16 @@ async fn status(args: StatusArgs, format: Format) -> anyhow::Result<ExitCode> {
                         Ok(health) => health.clone(),
                         Err(error) => format!("unreachable: {error}"),
                     },
-                    if answered { status.revision.to_string() } else { String::new() },
-                    if answered && instances.is_empty() { "none".to_owned() } else { instances },
+                    if answered {
+                        status.revision.to_string()
+                    } else {
+                        String::new()
+                    },
+                    if answered && instances.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        instances
+                    },
                     match (answered, preserving.is_empty()) {
                         (false, _) => String::new(),
                         (true, true) => "no".to_owned(),
@@ -358,9 +366,7 @@ pub(crate) async fn list_from_any(
             Err(status) if std::error::Error::source(&status).is_some() => {
                 let hint = scheme_hints(std::slice::from_ref(&url)).await;
                 if !hint.is_empty() {
-                    return Err(Status::unavailable(format!(
-                        "{url} did not answer{hint}"
-                    )));
+                    return Err(Status::unavailable(format!("{url} did not answer{hint}")));
                 }
                 if status.code() != tonic::Code::Unavailable {
                     return Err(status);

@@ -404,9 +404,12 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             let mut agencies = Vec::new();
             for name in mesh.agency_names().await? {
                 let info = mesh
-                    .agency_call(&Some(name), DescribeAgencyRequest {}, false, |mut c, r| {
-                        async move { c.describe_agency(r).await }
-                    })
+                    .agency_call(
+                        &Some(name),
+                        DescribeAgencyRequest {},
+                        false,
+                        |mut c, r| async move { c.describe_agency(r).await },
+                    )
                     .await?;
                 agencies.push(info);
             }
@@ -815,18 +818,32 @@ impl Mesh {
         F: Fn(CollegeClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Rep>, Status>>,
     {
+        self.call_on(balancer, CollegeClient::new, message, authed, method)
+            .await
+    }
+
+    /// One call through `balancer` on the client `client` makes of a
+    /// channel, with the token when `authed`.
+    async fn call_on<C, Req, Rep, F, Fut>(
+        &self,
+        balancer: &Balancer,
+        client: fn(Channel) -> C,
+        message: Req,
+        authed: bool,
+        method: F,
+    ) -> anyhow::Result<Rep>
+    where
+        Req: Clone,
+        F: Fn(C, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Rep>, Status>>,
+    {
         let metadata = if authed {
             Some(self.credentials()?)
         } else {
             None
         };
         let reply = balancer
-            .call(|channel| {
-                method(
-                    CollegeClient::new(channel),
-                    request(message.clone(), &metadata),
-                )
-            })
+            .call(|channel| method(client(channel), request(message.clone(), &metadata)))
             .await
             .map_err(|status| if authed { relogin_hint(status) } else { status })?;
         Ok(reply.into_inner())
@@ -861,11 +878,10 @@ impl Mesh {
         F: Fn(AgencyClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Rep>, Status>>,
     {
-        let metadata = if authed {
-            Some(self.credentials()?)
-        } else {
-            None
-        };
+        if authed {
+            // Not logged in is said before anything goes over the network.
+            self.credentials()?;
+        }
         if let Some(name) = name {
             let known = self.agency_names().await?;
             if !known.contains(name) {
@@ -885,16 +901,8 @@ impl Mesh {
             .map(|n| ("agency".to_owned(), n.clone()))
             .collect();
         let balancer = self.balancer("agency", labels);
-        let reply = balancer
-            .call(|channel| {
-                method(
-                    AgencyClient::new(channel),
-                    request(message.clone(), &metadata),
-                )
-            })
+        self.call_on(&balancer, AgencyClient::new, message, authed, method)
             .await
-            .map_err(relogin_hint)?;
-        Ok(reply.into_inner())
     }
 
     /// The names of the agencies the registry lists live (their `agency`
@@ -1047,8 +1055,14 @@ fn minor_units(text: &str) -> Result<i64, String> {
         && cents.len() <= 2
         && cents.bytes().all(|b| b.is_ascii_digit())
     {
-        let minor = format!("{whole}{cents:0<2}").trim_start_matches('0').to_owned();
-        let minor = if minor.is_empty() { "0".to_owned() } else { minor };
+        let minor = format!("{whole}{cents:0<2}")
+            .trim_start_matches('0')
+            .to_owned();
+        let minor = if minor.is_empty() {
+            "0".to_owned()
+        } else {
+            minor
+        };
         return Err(format!(
             "amounts are whole minor units (cents): {text} is written {minor}"
         ));
@@ -1077,6 +1091,10 @@ mod tests {
             minor_units("400,000.5"),
             Err("amounts are whole minor units (cents): 400,000.5 is written 40000050".to_owned())
         );
-        assert!(minor_units("twelve").unwrap_err().contains("e.g. 1250 for 12.50"));
+        assert!(
+            minor_units("twelve")
+                .unwrap_err()
+                .contains("e.g. 1250 for 12.50")
+        );
     }
 }

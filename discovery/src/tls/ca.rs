@@ -156,8 +156,8 @@ pub fn reusable_leaf(
     out_dir: &Path,
     renew_within: Duration,
 ) -> Option<OffsetDateTime> {
-    use rustls::pki_types::pem::PemObject as _;
     use rustls::client::danger::ServerCertVerifier as _;
+    use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, UnixTime};
 
     let (cert_path, key_path) = leaf_files(out_dir, &request.service);

@@ -30,9 +30,9 @@ use std::time::Duration;
 use futures::Stream;
 use grantmesh_proto::v1::{
     DeregisterReply, DeregisterRequest, DescribeRegistryRequest, HeartbeatReply, HeartbeatRequest,
-    Instance, KeepAliveReply, RegistryStatus, ServiceStatus,
-    KeepAliveRequest, ListInstancesReply, ListInstancesRequest, PingReply, PingRequest,
-    RegisterReply, RegisterRequest, WatchEvent, WatchRequest,
+    Instance, KeepAliveReply, KeepAliveRequest, ListInstancesReply, ListInstancesRequest,
+    PingReply, PingRequest, RegisterReply, RegisterRequest, RegistryStatus, ServiceStatus,
+    WatchEvent, WatchRequest,
 };
 use grantmesh_proto::{Registry, RegistryServer};
 use state::{RegistryState, RemovalReason};

@@ -214,16 +214,16 @@ impl Summary {
         row("proposals accepted", thousands(self.proposals.accepted));
         row("proposals rejected", thousands(self.proposals.rejected));
         for (reason, count) in &self.proposals.rejected_by_reason {
-            row("  rejected because", format!("{count} × {}", with_separators(reason)));
+            row(
+                "  rejected because",
+                format!("{count} × {}", with_separators(reason)),
+            );
         }
         for (error, count) in &self.proposals.failed_by_error {
             row("  no decision", format!("{count} × {error}"));
         }
         row("withdrawals applied", thousands(self.withdrawals.applied));
-        row(
-            "withdrawals replayed",
-            thousands(self.withdrawals.replayed),
-        );
+        row("withdrawals replayed", thousands(self.withdrawals.replayed));
         for refusal in [Refusal::InsufficientFunds, Refusal::Expired, Refusal::Other] {
             let count = self.withdrawals.refused.get(&refusal).copied().unwrap_or(0);
             let name = match refusal {
@@ -306,7 +306,7 @@ pub fn thousands(n: impl Into<i128>) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);

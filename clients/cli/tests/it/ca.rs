@@ -32,8 +32,19 @@ fn issuing_again_keeps_a_certificate_that_fits_and_replaces_one_that_does_not() 
     ca(&["init", "--dir", ca_dir_s]);
     let issue = |names: &str, within: &str| {
         ca(&[
-            "issue", "--dir", ca_dir_s, "--out", out_s, "--service", "registry", "--dns", names,
-            "--ip", "127.0.0.1", "--renew-within", within,
+            "issue",
+            "--dir",
+            ca_dir_s,
+            "--out",
+            out_s,
+            "--service",
+            "registry",
+            "--dns",
+            names,
+            "--ip",
+            "127.0.0.1",
+            "--renew-within",
+            within,
         ])
     };
     let cert = out.join("registry.pem");
@@ -63,8 +74,19 @@ fn issuing_again_keeps_a_certificate_that_fits_and_replaces_one_that_does_not() 
     let other = dir.path().join("other-ca");
     ca(&["init", "--dir", other.to_str().unwrap()]);
     let by_other = ca(&[
-        "issue", "--dir", other.to_str().unwrap(), "--out", out_s, "--service", "registry",
-        "--dns", "registry-1,registry-2,localhost", "--ip", "127.0.0.1", "--renew-within", "30d",
+        "issue",
+        "--dir",
+        other.to_str().unwrap(),
+        "--out",
+        out_s,
+        "--service",
+        "registry",
+        "--dns",
+        "registry-1,registry-2,localhost",
+        "--ip",
+        "127.0.0.1",
+        "--renew-within",
+        "30d",
     ]);
     assert!(by_other.starts_with("issued"), "{by_other}");
 }

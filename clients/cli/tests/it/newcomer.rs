@@ -26,7 +26,14 @@ async fn two_agency_mesh() -> (Proc, Vec<Proc>) {
     let erc = Proc::member(
         "agency",
         &r,
-        &["--name", "erc", "--min-award", "100000", "--max-award", "250000"],
+        &[
+            "--name",
+            "erc",
+            "--min-award",
+            "100000",
+            "--max-award",
+            "250000",
+        ],
     )
     .await;
     assert_eventually(Duration::from_secs(5), "everyone registered", || async {
@@ -89,10 +96,14 @@ async fn agencies_are_listed_with_their_bands_and_proposals_come_from_every_agen
             .collect();
         assert_eq!(titles, ["Second", "First"]);
     }
-    let only_nsf = run(cfg, None, &["proposals", "--agency", "nsf", "--output", "json"])
-        .await
-        .ok("proposals --agency nsf")
-        .json();
+    let only_nsf = run(
+        cfg,
+        None,
+        &["proposals", "--agency", "nsf", "--output", "json"],
+    )
+    .await
+    .ok("proposals --agency nsf")
+    .json();
     assert_eq!(only_nsf["proposals"].as_array().unwrap().len(), 1);
 }
 
@@ -126,13 +137,19 @@ async fn status_shows_every_registry_replica_and_exits_5_when_one_does_not_answe
     let second = Proc::registry(&[]).await;
     let both = format!("{},{}", registry.url(), second.url());
     let _college = Proc::member("college", &both, &[]).await;
-    assert_eventually(Duration::from_secs(5), "the college registered twice", || async {
-        list(&registry.url(), "college").await.len() == 1
-            && list(&second.url(), "college").await.len() == 1
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "the college registered twice",
+        || async {
+            list(&registry.url(), "college").await.len() == 1
+                && list(&second.url(), "college").await.len() == 1
+        },
+    )
     .await;
     let config = tempfile::tempdir().unwrap();
-    let status = run(config.path(), Some(&both), &["status"]).await.ok("status");
+    let status = run(config.path(), Some(&both), &["status"])
+        .await
+        .ok("status");
     let rows: Vec<&str> = status.stdout.lines().collect();
     assert_eq!(rows.len(), 3, "{}", status.stdout);
     for (row, url) in rows[1..].iter().zip([registry.url(), second.url()]) {
@@ -145,14 +162,25 @@ async fn status_shows_every_registry_replica_and_exits_5_when_one_does_not_answe
         .await
         .ok("status --output json")
         .json();
-    assert_eq!(json["registries"][0]["status"]["services"][0]["service"], "college");
+    assert_eq!(
+        json["registries"][0]["status"]["services"][0]["service"],
+        "college"
+    );
     assert_eq!(json["registries"][0]["health"], "SERVING");
 
     second.signal(nix::sys::signal::Signal::SIGKILL);
     let one_down = run(config.path(), Some(&both), &["status"]).await;
     assert_eq!(one_down.code, UNAVAILABLE, "{}", one_down.stdout);
-    assert!(one_down.stdout.contains("unreachable"), "{}", one_down.stdout);
-    assert!(one_down.stderr.contains("1 of 2 registry replica(s) SERVING"));
+    assert!(
+        one_down.stdout.contains("unreachable"),
+        "{}",
+        one_down.stdout
+    );
+    assert!(
+        one_down
+            .stderr
+            .contains("1 of 2 registry replica(s) SERVING")
+    );
 }
 
 #[tokio::test]
@@ -169,11 +197,15 @@ async fn a_session_from_a_store_that_was_reset_is_told_to_log_in_again() {
     let config = tempfile::tempdir().unwrap();
     let cfg = config.path();
     sign_up_and_log_in(cfg, &r, "Ada").await;
-    run(cfg, None, &["whoami"]).await.ok("whoami before the reset");
+    run(cfg, None, &["whoami"])
+        .await
+        .ok("whoami before the reset");
     drop(college);
-    assert_eventually(Duration::from_secs(10), "the old college is gone", || async {
-        list(&r, "college").await.is_empty()
-    })
+    assert_eventually(
+        Duration::from_secs(10),
+        "the old college is gone",
+        || async { list(&r, "college").await.is_empty() },
+    )
     .await;
 
     let after = crate::support::db::TestDb::create().await;
@@ -186,9 +218,7 @@ async fn a_session_from_a_store_that_was_reset_is_told_to_log_in_again() {
         let stale = run(cfg, None, &[command]).await;
         assert_eq!(stale.code, AUTH, "{command}: {}", stale.stdout);
         assert!(
-            stale
-                .stderr
-                .contains("your session is no longer valid")
+            stale.stderr.contains("your session is no longer valid")
                 && stale.stderr.contains("run grantmesh login"),
             "{command}: {}",
             stale.stderr
@@ -201,8 +231,15 @@ async fn an_http_url_to_a_tls_registry_is_told_to_use_https() {
     let registry = Proc::registry(&["--tls-dir", tls::dir().to_str().unwrap()]).await;
     let plain = format!("http://{}", registry.addr);
     let config = tempfile::tempdir().unwrap();
-    let expected = format!("{} speaks TLS: use https://{}", registry.addr, registry.addr);
-    for args in [&["instances"][..], &["status"][..], &["ping", "college"][..]] {
+    let expected = format!(
+        "{} speaks TLS: use https://{}",
+        registry.addr, registry.addr
+    );
+    for args in [
+        &["instances"][..],
+        &["status"][..],
+        &["ping", "college"][..],
+    ] {
         let wrong = run(config.path(), Some(&plain), args).await;
         assert_eq!(wrong.code, UNAVAILABLE, "{args:?}: {}", wrong.stderr);
         assert!(
@@ -241,17 +278,27 @@ async fn tables_have_no_trailing_spaces_pings_show_latency_and_the_journal_names
     .ok("propose")
     .json();
     let account = proposal["accountId"].as_str().unwrap().to_owned();
-    run(cfg, None, &["withdraw", &account, "1250", "--memo", "gloves"])
-        .await
-        .ok("withdraw");
+    run(
+        cfg,
+        None,
+        &["withdraw", &account, "1250", "--memo", "gloves"],
+    )
+    .await
+    .ok("withdraw");
 
-    let journal = run(cfg, None, &["transactions", &account]).await.ok("transactions");
+    let journal = run(cfg, None, &["transactions", &account])
+        .await
+        .ok("transactions");
     assert!(
         journal.stdout.contains(&format!("Ada <{email}>")),
         "the journal names the researcher: {}",
         journal.stdout
     );
-    for command in [&["whoami"][..], &["accounts"][..], &["transactions", &account][..]] {
+    for command in [
+        &["whoami"][..],
+        &["accounts"][..],
+        &["transactions", &account][..],
+    ] {
         let printed = run(cfg, None, command).await.ok("a table");
         for line in printed.stdout.lines() {
             assert_eq!(line, line.trim_end(), "{command:?} printed trailing spaces");
@@ -262,7 +309,9 @@ async fn tables_have_no_trailing_spaces_pings_show_latency_and_the_journal_names
         .ok("ping");
     assert_eq!(ping.stdout.lines().count(), 2, "{}", ping.stdout);
     assert!(
-        ping.stdout.lines().all(|l| l.contains("time=") && l.ends_with(" ms")),
+        ping.stdout
+            .lines()
+            .all(|l| l.contains("time=") && l.ends_with(" ms")),
         "{}",
         ping.stdout
     );
@@ -314,8 +363,12 @@ async fn a_tls_directory_serves_both_client_commands_and_servers_and_a_second_ca
 
     // GRANTMESH_TLS_DIR alone is enough for a client command.
     let mut listed = cli(config.path(), Some(&url), &["instances"]);
-    listed.env("GRANTMESH_TLS_DIR", &dir).env_remove("GRANTMESH_CA");
-    run_with(listed, None).await.ok("instances with GRANTMESH_TLS_DIR");
+    listed
+        .env("GRANTMESH_TLS_DIR", &dir)
+        .env_remove("GRANTMESH_CA");
+    run_with(listed, None)
+        .await
+        .ok("instances with GRANTMESH_TLS_DIR");
 
     // Both set, naming one CA: a server starts.
     let ca = format!("{dir}/ca.pem");
