@@ -329,13 +329,10 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             breach.account, breach.check, breach.detail
         );
     }
-    if !summary.breaches().is_empty() {
+    let code = summary.exit_code();
+    if code == EXIT_INVARIANT_BREACHED {
         eprintln!("simulate: invariant breached");
-        return Ok(ExitCode::from(EXIT_INVARIANT_BREACHED));
-    }
-    // A run in which projects failed did not do what it was asked, even
-    // when the books of the rest balance.
-    if summary.failed_projects() > 0 {
+    } else if code != 0 {
         eprintln!(
             "simulate: {} of {} project(s) failed: {:?}; the first failure: {}",
             summary.failed_projects(),
@@ -343,9 +340,8 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             summary.proposals.failed_by_error,
             summary.proposals.first_failure.as_deref().unwrap_or("none")
         );
-        return Ok(ExitCode::from(crate::exit::UNAVAILABLE));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(code))
 }
 
 #[cfg(test)]

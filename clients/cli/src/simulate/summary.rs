@@ -198,6 +198,19 @@ impl Summary {
         self.proposals.failed_by_error.values().sum()
     }
 
+    /// How the run exits: 7 when the audit found a breach; 5 when projects
+    /// failed (the run did not do what it was asked, even where the books
+    /// of the rest balance); else 0.
+    pub fn exit_code(&self) -> u8 {
+        if !self.breaches().is_empty() {
+            crate::exit::INVARIANT_BREACHED
+        } else if self.failed_projects() > 0 {
+            crate::exit::UNAVAILABLE
+        } else {
+            crate::exit::OK
+        }
+    }
+
     /// The summary as a table for a terminal.
     pub fn table(&self) -> Table {
         let mut table = Table::new();
@@ -344,6 +357,43 @@ fn with_separators(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn summary(tally: &Tally, audit: AuditOutcome) -> Summary {
+        Summary::new(1, 2, 1, tally, Duration::from_secs(1), false, audit)
+    }
+
+    #[test]
+    fn a_run_whose_projects_failed_does_not_exit_0_even_when_its_audit_passed() {
+        let passed = AuditOutcome::Passed { accounts: 1 };
+        let mut tally = Tally::default();
+        tally.accepted = 1;
+        assert_eq!(summary(&tally, passed.clone()).exit_code(), 0);
+        tally.failed.insert("sign up: Unavailable".to_owned(), 1);
+        let failed = summary(&tally, passed);
+        assert_eq!(failed.exit_code(), crate::exit::UNAVAILABLE);
+        assert!(failed.table().to_string().contains("FAILED"));
+        let breached = AuditOutcome::Breached {
+            accounts: 1,
+            breaches: Vec::new(),
+        };
+        // An empty breach list is no breach; one breach outranks failed projects.
+        assert_eq!(
+            summary(&tally, breached).exit_code(),
+            crate::exit::UNAVAILABLE
+        );
+        let breached = AuditOutcome::Breached {
+            accounts: 1,
+            breaches: vec![Breach {
+                account: uuid::Uuid::nil(),
+                check: super::super::audit::Check::NeverNegative,
+                detail: "balance is -1".to_owned(),
+            }],
+        };
+        assert_eq!(
+            summary(&tally, breached).exit_code(),
+            crate::exit::INVARIANT_BREACHED
+        );
+    }
 
     #[test]
     fn numbers_in_the_summary_have_thousands_separators() {

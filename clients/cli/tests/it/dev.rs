@@ -205,3 +205,42 @@ async fn dev_simulate_passes_its_audit_on_the_embedded_store() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_banner_says_how_to_put_a_grantmesh_that_is_not_on_path_there() {
+    let home = tempfile::tempdir().unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_grantmesh"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let banner = |path: &str| {
+        let mut command = grantmesh(home.path());
+        command
+            .args(["dev", "--base-port", "0"])
+            .env("PATH", path)
+            .stdout(Stdio::piped());
+        command
+    };
+    let read = |mut child: Child| async move {
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut text = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line == "mesh is up" {
+                break;
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        assert_eq!(stop(child).await, Some(0));
+        text
+    };
+    // As after `cargo run`: the binary's directory is not on PATH.
+    let off_path = read(banner("/usr/bin:/bin").spawn().unwrap()).await;
+    let export = format!("export PATH=\"{}:$PATH\"", bin_dir.display());
+    assert!(off_path.contains(&export), "{off_path}");
+    // On PATH: nothing to say.
+    let path = format!("{}:/usr/bin:/bin", bin_dir.display());
+    let on_path = read(banner(&path).spawn().unwrap()).await;
+    assert!(!on_path.contains("export PATH"), "{on_path}");
+}

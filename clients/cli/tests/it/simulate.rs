@@ -318,3 +318,52 @@ async fn a_withdrawal_nobody_made_fails_the_run_with_exit_code_7() {
     );
     assert!(stderr.contains("invariant breached"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_summary_table_names_its_columns_separates_thousands_and_lists_what_the_audit_checked()
+{
+    let mesh = Mesh::start().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_grantmesh"))
+        .args([
+            "simulate",
+            "--projects",
+            "6",
+            "--students",
+            "1",
+            "--seed",
+            "3",
+        ])
+        .args(["--max-duration", "60s", "--registry", &mesh.registry.url()])
+        .args(["--database-url", &mesh.database])
+        .env_remove("DATABASE_URL")
+        .env_remove("GRANTMESH_REGISTRY")
+        .env_remove("GRANTMESH_LOG")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(RUN_WITHIN, output)
+        .await
+        .expect("the simulation ends within its bound")
+        .expect("the binary runs");
+    let table = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{table}\n{stderr}");
+    // The first header cell names the table; no placeholder is left in a
+    // reason; amounts have thousands separators; the audit lists its checks.
+    let header = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        header.contains("simulation") && header.contains("result"),
+        "{table}"
+    );
+    assert!(!table.contains('<'), "{table}");
+    assert!(table.contains("300,000 to 500,000"), "{table}");
+    for check in [
+        "✓ balance = award − journal",
+        "✓ never negative",
+        "✓ nothing at or after expiry",
+        "✓ every acknowledged withdrawal journaled exactly once",
+    ] {
+        assert!(table.contains(check), "{check}: {table}");
+    }
+    // No log lines of the client's own amid the summary.
+    assert!(!stderr.contains(" WARN "), "{stderr}");
+}
