@@ -365,8 +365,10 @@ mod tests {
     #[test]
     fn a_run_whose_projects_failed_does_not_exit_0_even_when_its_audit_passed() {
         let passed = AuditOutcome::Passed { accounts: 1 };
-        let mut tally = Tally::default();
-        tally.accepted = 1;
+        let mut tally = Tally {
+            accepted: 1,
+            ..Tally::default()
+        };
         assert_eq!(summary(&tally, passed.clone()).exit_code(), 0);
         tally.failed.insert("sign up: Unavailable".to_owned(), 1);
         let failed = summary(&tally, passed);
