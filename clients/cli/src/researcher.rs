@@ -108,7 +108,7 @@ pub enum Verb {
         /// Duration in days.
         #[arg(long)]
         days: u32,
-        /// Which agency (its name, as `grantmesh agencies` lists them); any when omitted.
+        /// Which agency (its name, as `grantmesh agencies` lists them); one of them at random when omitted.
         #[arg(long)]
         agency: Option<String>,
         /// Idempotency key; a fresh one by default. Reuse it to retry safely.
@@ -347,6 +347,24 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             target,
         } => {
             let mesh = Mesh::new(&store, target, format)?;
+            // "Any agency" means one, chosen now: the balancer retries an
+            // unavailable call on another instance, and another agency's
+            // instance would decide the same proposal a second time.
+            let agency = match agency {
+                Some(name) => Some(name),
+                None => {
+                    use rand::seq::IndexedRandom as _;
+                    let names = mesh.agency_names().await?;
+                    let chosen = names.choose(&mut rand::rng()).cloned();
+                    if let Some(name) = &chosen {
+                        eprintln!(
+                            "proposing to {name}, one of: {} (--agency chooses)",
+                            names.join(", ")
+                        );
+                    }
+                    chosen
+                }
+            };
             let message = SubmitProposalRequest {
                 title,
                 description,

@@ -76,7 +76,10 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 20;
 
 /// What the actors share for one run.
 pub struct World {
-    pub agencies: Balancer,
+    /// One balancer per agency (by its `agency` label), never one over every
+    /// agency: a retried proposal must go back to the agency that has it, or
+    /// two agencies could each decide the same proposal.
+    pub agencies: Vec<Balancer>,
     pub colleges: Balancer,
     /// Unique per run; in emails and idempotency keys so runs never collide.
     pub run_id: String,
@@ -314,12 +317,14 @@ impl World {
             duration_days: proposed.days,
             idempotency_key: format!("{}-proposal-{project}", self.run_id),
         };
+        // Projects go to the agencies in turn; every attempt of one project
+        // goes to the same agency.
+        let agency = &self.agencies[project as usize % self.agencies.len()];
         let mut attempt = 1;
         loop {
             let message = message.clone();
             let token = professor.token.as_str();
-            let reply = self
-                .agencies
+            let reply = agency
                 .call(|channel| {
                     let request = authorized(message.clone(), Some(token));
                     async move {

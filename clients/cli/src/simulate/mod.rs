@@ -205,6 +205,53 @@ fn parse_days(text: &str) -> Result<RangeInclusive<u32>, String> {
     Ok(range)
 }
 
+/// One balancer per agency the registry lists, chosen by its `agency`
+/// label; one over every agency only when the registry cannot say which
+/// there are (the calls then fail as they would anyway).
+async fn agency_balancers(registries: &[String], options: &BalancerOptions) -> Vec<Balancer> {
+    let mut names = std::collections::BTreeSet::new();
+    for url in registries {
+        let listed = async {
+            let channel = options
+                .transport
+                .channel(url, Some(grantmesh_discovery::REGISTRY_SERVICE))
+                .await?;
+            let reply = grantmesh_proto::RegistryClient::new(channel)
+                .list_instances(grantmesh_proto::v1::ListInstancesRequest {
+                    service: grantmesh_agency::SERVICE.to_owned(),
+                })
+                .await?;
+            anyhow::Ok(reply.into_inner())
+        };
+        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(3), listed).await {
+            names.extend(
+                reply
+                    .instances
+                    .iter()
+                    .filter_map(|i| i.labels.get("agency").cloned()),
+            );
+            break;
+        }
+    }
+    if names.is_empty() {
+        return vec![Balancer::new(
+            registries.to_vec(),
+            grantmesh_agency::SERVICE,
+            options.clone(),
+        )];
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let options = BalancerOptions {
+                labels: vec![("agency".to_owned(), name)],
+                ..options.clone()
+            };
+            Balancer::new(registries.to_vec(), grantmesh_agency::SERVICE, options)
+        })
+        .collect()
+}
+
 /// Runs a simulation and its audit; [`EXIT_INVARIANT_BREACHED`] when the audit finds a breach.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
@@ -217,11 +264,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     };
     let tally = Arc::new(Mutex::new(Tally::default()));
     let world = Arc::new(actors::World {
-        agencies: Balancer::new(
-            registries.clone(),
-            grantmesh_agency::SERVICE,
-            options.clone(),
-        ),
+        agencies: agency_balancers(&registries, &options).await,
         colleges: Balancer::new(registries, grantmesh_college::SERVICE, options),
         run_id: grantmesh_discovery::new_instance_id("sim"),
         seed,

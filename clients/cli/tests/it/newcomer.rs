@@ -113,6 +113,24 @@ async fn a_mistyped_agency_is_not_found_and_the_answer_names_the_agencies_there_
     let config = tempfile::tempdir().unwrap();
     let cfg = config.path();
     sign_up_and_log_in(cfg, &registry.url(), "Ada").await;
+    // No --agency: one agency is chosen, said, and keeps the proposal.
+    let any = run(
+        cfg,
+        None,
+        &[
+            "propose", "--title", "y", "--amount", "400000", "--days", "30", "--output", "json",
+        ],
+    )
+    .await;
+    // The bands do not overlap: accepted by one, rejected (exit 4) by the other.
+    assert!(matches!(any.code, 0 | 4), "{}", any.stderr);
+    let chosen = any.json()["agency"].as_str().unwrap().to_owned();
+    assert!(
+        any.stderr
+            .contains(&format!("proposing to {chosen}, one of: erc, nsf")),
+        "{}",
+        any.stderr
+    );
     for args in [
         &[
             "propose", "--title", "x", "--amount", "400000", "--days", "30", "--agency", "nih",

@@ -367,3 +367,48 @@ async fn the_summary_table_names_its_columns_separates_thousands_and_lists_what_
     // No log lines of the client's own amid the summary.
     assert!(!stderr.contains(" WARN "), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_run_in_which_projects_failed_exits_5_and_each_proposal_stays_with_one_agency() {
+    // A second agency, `erc`, that the college does not know and that funds
+    // any amount: the projects sent to it end without an account, while
+    // `nsf`'s run to their end. Retries of an erc proposal must stay at erc:
+    // another agency deciding the same proposal would hide the failure.
+    let mesh = Mesh::start().await;
+    let _erc = Proc::member(
+        "agency",
+        &mesh.registry.url(),
+        &[
+            "--name",
+            "erc",
+            "--min-award",
+            "1",
+            "--max-award",
+            "1000000000",
+            "--database-url",
+            &mesh.database,
+        ],
+    )
+    .await;
+    assert_eventually(
+        Duration::from_secs(10),
+        "both agencies registered",
+        || async { list(&mesh.registry.url(), "agency").await.len() == 2 },
+    )
+    .await;
+    let (code, summary, stderr) = mesh
+        .simulate(&["--projects", "4", "--students", "1", "--seed", "5"])
+        .await;
+    assert_eq!(code, Some(5), "{summary:#}\n{stderr}");
+    assert_eq!(
+        summary["proposals"]["failed_by_error"]["propose: Unavailable"], 2,
+        "{summary:#}"
+    );
+    assert!(
+        summary["proposals"]["first_failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("unknown agency \"erc\"")),
+        "{summary:#}"
+    );
+    assert!(stderr.contains("2 of 4 project(s) failed"), "{stderr}");
+}
