@@ -350,8 +350,10 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             // "Any agency" means one, chosen now: the balancer retries an
             // unavailable call on another instance, and another agency's
             // instance would decide the same proposal a second time.
+            // Not logged in is said before anything goes over the network.
+            mesh.credentials()?;
             let agency = match agency {
-                Some(name) => Some(name),
+                Some(name) => Some(mesh.known_agency(name).await?),
                 None => {
                     use rand::seq::IndexedRandom as _;
                     let names = mesh.agency_names().await?;
@@ -386,8 +388,9 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             let mesh = Mesh::new(&store, target, format)?;
             // One agency when named, else every agency the registry lists:
             // each keeps only its own proposals.
+            mesh.credentials()?;
             let names = match agency {
-                Some(name) => vec![name],
+                Some(name) => vec![mesh.known_agency(name).await?],
                 None => mesh.agency_names().await?,
             };
             let mut all = ListProposalsReply::default();
@@ -882,8 +885,7 @@ impl Mesh {
         self.agency_call(name, message, true, method).await
     }
 
-    /// One Agency call, to the named agency or any. A name the registry does
-    /// not list is NOT_FOUND naming the agencies it does list, not an outage.
+    /// One Agency call, to the named agency or any.
     async fn agency_call<Req, Rep, F, Fut>(
         &self,
         name: &Option<String>,
@@ -896,24 +898,6 @@ impl Mesh {
         F: Fn(AgencyClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Rep>, Status>>,
     {
-        if authed {
-            // Not logged in is said before anything goes over the network.
-            self.credentials()?;
-        }
-        if let Some(name) = name {
-            let known = self.agency_names().await?;
-            if !known.contains(name) {
-                return Err(Status::not_found(if known.is_empty() {
-                    format!("no agency named {name:?}: the mesh lists no agency at all")
-                } else {
-                    format!(
-                        "no agency named {name:?}; the agencies are: {}",
-                        known.join(", ")
-                    )
-                })
-                .into());
-            }
-        }
         let labels = name
             .iter()
             .map(|n| ("agency".to_owned(), n.clone()))
@@ -921,6 +905,25 @@ impl Mesh {
         let balancer = self.balancer("agency", labels);
         self.call_on(&balancer, AgencyClient::new, message, authed, method)
             .await
+    }
+
+    /// `name` when the registry lists an agency of that name; else
+    /// NOT_FOUND naming the agencies it does list, not an outage. Asked once,
+    /// where a name typed by the user enters.
+    async fn known_agency(&self, name: String) -> anyhow::Result<String> {
+        let known = self.agency_names().await?;
+        if known.contains(&name) {
+            return Ok(name);
+        }
+        Err(Status::not_found(if known.is_empty() {
+            format!("no agency named {name:?}: the mesh lists no agency at all")
+        } else {
+            format!(
+                "no agency named {name:?}; the agencies are: {}",
+                known.join(", ")
+            )
+        })
+        .into())
     }
 
     /// The names of the agencies the registry lists live (their `agency`
