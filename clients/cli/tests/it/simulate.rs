@@ -65,8 +65,18 @@ impl Mesh {
 
     /// Runs `grantmesh simulate --json ARGS…`; returns the exit code, the summary and stderr.
     async fn simulate(&self, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+        let (code, stdout, stderr) = self.run_simulate(&[&["--json"], args].concat()).await;
+        let summary = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
+            panic!("stdout is not one JSON object ({err}): {stdout:?}\nstderr: {stderr}")
+        });
+        (code, summary, stderr)
+    }
+
+    /// Runs `grantmesh simulate ARGS…` as a user would (the client's log
+    /// level left to the binary); returns the exit code, stdout and stderr.
+    async fn run_simulate(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_grantmesh"));
-        command.args(["simulate", "--json"]);
+        command.arg("simulate");
         if !args.contains(&"--max-duration") {
             command.args(["--max-duration", "60s"]);
         }
@@ -76,19 +86,18 @@ impl Mesh {
             .args(args)
             .env_remove("DATABASE_URL")
             .env_remove("GRANTMESH_REGISTRY")
-            .env("GRANTMESH_LOG", "error")
+            .env_remove("GRANTMESH_LOG")
             .kill_on_drop(true)
             .output();
         let output = tokio::time::timeout(RUN_WITHIN, output)
             .await
             .expect("the simulation ends within its bound")
             .expect("the binary runs");
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        let stderr = String::from_utf8(output.stderr).unwrap();
-        let summary = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
-            panic!("stdout is not one JSON object ({err}): {stdout:?}\nstderr: {stderr}")
-        });
-        (output.status.code(), summary, stderr)
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
     }
 }
 
@@ -323,30 +332,10 @@ async fn a_withdrawal_nobody_made_fails_the_run_with_exit_code_7() {
 async fn the_summary_table_names_its_columns_separates_thousands_and_lists_what_the_audit_checked()
 {
     let mesh = Mesh::start().await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_grantmesh"))
-        .args([
-            "simulate",
-            "--projects",
-            "6",
-            "--students",
-            "1",
-            "--seed",
-            "3",
-        ])
-        .args(["--max-duration", "60s", "--registry", &mesh.registry.url()])
-        .args(["--database-url", &mesh.database])
-        .env_remove("DATABASE_URL")
-        .env_remove("GRANTMESH_REGISTRY")
-        .env_remove("GRANTMESH_LOG")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(RUN_WITHIN, output)
-        .await
-        .expect("the simulation ends within its bound")
-        .expect("the binary runs");
-    let table = String::from_utf8(output.stdout).unwrap();
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(output.status.code(), Some(0), "{table}\n{stderr}");
+    let (code, table, stderr) = mesh
+        .run_simulate(&["--projects", "6", "--students", "1", "--seed", "3"])
+        .await;
+    assert_eq!(code, Some(0), "{table}\n{stderr}");
     // The first header cell names the table; no placeholder is left in a
     // reason; amounts have thousands separators; the audit lists its checks.
     let header = table.lines().nth(1).unwrap_or_default();
