@@ -12,6 +12,7 @@
 //! through PostgreSQL `NOTIFY`, or, on SQLite, an in-process fan-out that
 //! reaches only the instances in the same process.
 
+pub mod ledger;
 mod metrics;
 pub mod store;
 pub mod validate;

@@ -2,183 +2,46 @@
 //! shared by every College instance, on PostgreSQL ([`postgres`]) or on an
 //! embedded SQLite file ([`sqlite`]); the database URL picks which.
 //!
-//! This module holds what both backends share: the row types, the one error
-//! type and its gRPC mapping, and [`AccountStore`], which hands each call to
-//! its backend. The two keep the same rules, which
-//! `tests/conformance.rs` checks against both: a withdrawal checks
-//! membership, expiry (by the store's clock), the idempotency key and the
-//! balance, then debits and journals, all or nothing. Withdrawals are
-//! applied in batches ([`batcher`]): concurrent ones share one transaction
-//! and one commit, each applied in arrival order and answered on its own,
-//! and a refused one changes nothing and fails no other; the journal is
-//! append-only; a balance never goes below zero. An account is opened with
-//! an agency credential that is recorded in the same transaction, so each
-//! credential opens at most once, across all College instances.
+//! Both backends implement one trait, [`Store`]; [`AccountStore`] holds
+//! one of them behind it and adds what both share: the withdrawal batcher
+//! ([`batcher`]) and the one path a batch takes ([`withdraw`]): the
+//! backend's [`Ledger::lock_and_load`] takes the row locks and reads, the
+//! ledger's pure rule ([`crate::ledger::decide`]) decides, and
+//! [`Ledger::write`] writes and commits. So the money rule exists once,
+//! and `tests/conformance.rs` checks that both backends keep it: a refused
+//! withdrawal changes nothing and fails no other; the journal is
+//! append-only; a balance never goes below zero; a key is applied once per
+//! (account, caller). An account is opened with an agency credential that
+//! is recorded in the same transaction, so each credential opens at most
+//! once, across all College instances. Changes are announced to every
+//! instance in one format ([`change`]).
 
 mod batcher;
+pub(crate) mod change;
+mod error;
 mod membership;
 mod postgres;
 mod sqlite;
+mod withdraw;
 
+pub use batcher::{BatchSizes, MAX_BATCH, MAX_BATCHES_IN_FLIGHT};
+pub use error::StoreError;
 pub use membership::{InvitationRow, MAX_PENDING_INVITATIONS};
+
+pub(crate) use error::not_member;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use grantmesh_store::tokio_postgres;
 use grantmesh_store::{Database, Notifications};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use uuid::Uuid;
+
+pub use crate::ledger::TransactionRow;
+use crate::ledger::{Decision, Locked, Request};
 
 /// The channel College instances notify and listen on.
 pub const CHANNEL: &str = "grantmesh_accounts";
-
-/// What the store reports, before it becomes a gRPC status in one place ([`StoreError::into_status`]).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// A bound on what one account or researcher may hold was reached.
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// Lost too many races with concurrent calls; safe to retry.
-    #[error("{0}")]
-    Contended(String),
-    #[error(transparent)]
-    Database(#[from] tokio_postgres::Error),
-    #[error(transparent)]
-    Pool(#[from] deadpool_postgres::PoolError),
-    /// A SQLite failure other than a busy store (which is [`Self::Contended`]).
-    #[error(transparent)]
-    Sqlite(rusqlite::Error),
-    #[error(transparent)]
-    SqlitePool(#[from] deadpool_sqlite::PoolError),
-    /// The blocking task running a SQLite call panicked or was cancelled.
-    #[error("the sqlite call did not finish: {0}")]
-    SqliteCall(String),
-    /// Too much work is already waiting (a queue at its bound); retry shortly.
-    #[error("{0}")]
-    Overloaded(String),
-    /// One failure answered to several callers: a withdrawal batch that
-    /// failed as a whole fails each of its withdrawals with it.
-    #[error(transparent)]
-    Shared(Arc<StoreError>),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    /// A store still locked by other writers after the busy timeout is
-    /// contention, safe to retry, as on PostgreSQL.
-    fn from(err: rusqlite::Error) -> Self {
-        if grantmesh_store::sqlite::is_busy(&err) {
-            Self::Contended("the central store is busy right now; retry with the same key".into())
-        } else {
-            Self::Sqlite(err)
-        }
-    }
-}
-
-impl StoreError {
-    pub fn into_status(self) -> Status {
-        self.status()
-    }
-
-    fn status(&self) -> Status {
-        match self {
-            Self::NotFound(msg) => Status::not_found(msg),
-            Self::PermissionDenied(msg) => Status::permission_denied(msg),
-            Self::FailedPrecondition(msg) => Status::failed_precondition(msg),
-            Self::AlreadyExists(msg) => Status::already_exists(msg),
-            Self::ResourceExhausted(msg) => Status::resource_exhausted(msg),
-            Self::Contended(msg) => Status::unavailable(msg),
-            Self::Overloaded(msg) => Status::resource_exhausted(msg),
-            Self::Database(err) => grantmesh_store::status(err),
-            Self::Pool(err) => grantmesh_store::status(err),
-            Self::Sqlite(err) => grantmesh_store::status(err),
-            Self::SqlitePool(err) => grantmesh_store::status(err),
-            Self::SqliteCall(msg) => {
-                tracing::error!(error = %msg, "sqlite call failed");
-                Status::internal("the central store failed to complete the call")
-            }
-            Self::Shared(err) => err.status(),
-        }
-    }
-}
-
-/// What the metrics say about a failed call (docs/metrics.md).
-impl StoreError {
-    /// Why a call was refused, in a word: `insufficient_funds`, `expired`,
-    /// `key_reused`, `not_member` (or not allowed), `not_found`,
-    /// `overloaded`, `unavailable` (contention or the database), or the
-    /// status code's name for anything else.
-    pub fn refusal(&self) -> &'static str {
-        match self {
-            Self::FailedPrecondition(msg) if msg.starts_with(INSUFFICIENT_FUNDS) => {
-                "insufficient_funds"
-            }
-            Self::FailedPrecondition(msg) if msg.contains(EXPIRED) => "expired",
-            Self::FailedPrecondition(msg) if msg.contains(KEY_REUSED) => "key_reused",
-            Self::FailedPrecondition(_) => "failed_precondition",
-            Self::PermissionDenied(_) => "not_member",
-            Self::NotFound(_) => "not_found",
-            Self::AlreadyExists(_) => "already_exists",
-            Self::ResourceExhausted(_) => "resource_exhausted",
-            Self::Overloaded(_) => "overloaded",
-            Self::Shared(err) => err.refusal(),
-            Self::Contended(_)
-            | Self::Database(_)
-            | Self::Pool(_)
-            | Self::Sqlite(_)
-            | Self::SqlitePool(_)
-            | Self::SqliteCall(_) => "unavailable",
-        }
-    }
-
-    /// The kind of a failure of the database itself, or `None` for a
-    /// refusal by the rules (which the database answered correctly):
-    /// `connect`, `pool_timeout`, `pool_closed`, `connection_closed`,
-    /// `query` (an error the server reported), `contended` (serialization
-    /// failures, deadlocks, a busy SQLite file: retried or retryable),
-    /// `sqlite`, or `other`.
-    pub fn database_error_kind(&self) -> Option<&'static str> {
-        Some(match self {
-            Self::Database(err) if err.is_closed() => "connection_closed",
-            Self::Database(err) if err.code().is_some() => "query",
-            Self::Database(_) => "connection_closed",
-            Self::Pool(err) => match err {
-                deadpool_postgres::PoolError::Timeout(_) => "pool_timeout",
-                deadpool_postgres::PoolError::Closed => "pool_closed",
-                _ => "connect",
-            },
-            Self::SqlitePool(err) => match err {
-                deadpool_sqlite::PoolError::Timeout(_) => "pool_timeout",
-                deadpool_sqlite::PoolError::Closed => "pool_closed",
-                _ => "connect",
-            },
-            Self::Contended(_) => "contended",
-            Self::Sqlite(_) | Self::SqliteCall(_) => "sqlite",
-            Self::Shared(err) => return err.database_error_kind(),
-            Self::NotFound(_)
-            | Self::PermissionDenied(_)
-            | Self::FailedPrecondition(_)
-            | Self::AlreadyExists(_)
-            | Self::ResourceExhausted(_)
-            | Self::Overloaded(_) => return None,
-        })
-    }
-}
-
-impl From<StoreError> for Status {
-    fn from(err: StoreError) -> Self {
-        err.into_status()
-    }
-}
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -211,18 +74,10 @@ pub struct AccountRow {
     pub expires_at: SystemTime,
     pub expired: bool,
     pub members: Vec<MemberRow>,
-}
-
-#[derive(Clone, Debug)]
-pub struct TransactionRow {
-    pub id: i64,
-    pub account_id: Uuid,
-    pub researcher_id: Uuid,
-    pub amount: i64,
-    pub memo: String,
-    pub idempotency_key: String,
-    pub created_at: SystemTime,
-    pub balance_after: i64,
+    /// The id of the account's newest journal entry (0 before the first),
+    /// read with the rest of the row: a watch drops every change this row
+    /// already shows.
+    pub journal_position: i64,
 }
 
 /// The outcome of a withdrawal that was applied, now or by an earlier call with the same key.
@@ -254,6 +109,18 @@ pub struct NewAccount<'a> {
     pub credential: Credential,
 }
 
+impl NewAccount<'_> {
+    /// What the account is opened with, to compare a second call with.
+    pub(crate) fn terms(&self) -> crate::ledger::opening::Terms {
+        crate::ledger::opening::Terms {
+            agency: self.agency.to_owned(),
+            awarded_to: self.principal_investigator,
+            award: self.award,
+            duration_days: self.duration_days,
+        }
+    }
+}
+
 /// An agency credential, as the store records it once used: every
 /// `OpenAccount` call spends one, whether it opens the account or finds it
 /// already open (an agency's retry comes with a new credential).
@@ -272,49 +139,110 @@ pub struct Credential {
 /// for as long as any College with a plausibly skewed clock still accepts it.
 pub const USED_CREDENTIAL_MARGIN: Duration = Duration::from_secs(60);
 
-pub use batcher::{BatchSizes, MAX_BATCH, MAX_BATCHES_IN_FLIGHT};
+/// A central store: everything the College reads and writes, on one
+/// backend. Every method is one transaction of its own.
+#[async_trait::async_trait]
+trait Store: Send + Sync + 'static {
+    /// A transaction for one batch of withdrawals ([`Ledger`]).
+    async fn ledger(&self) -> Result<Box<dyn Ledger>>;
+    /// Batches of withdrawals worth keeping in flight at once.
+    fn batches_in_flight(&self, pool_size: usize) -> usize;
+    /// The connection pool's size, idle connections, waiters and bound.
+    fn pool_status(&self) -> deadpool_postgres::Status;
+
+    async fn audit(&self, account: Uuid) -> Result<AccountAudit>;
+    async fn register_researcher(
+        &self,
+        name: &str,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<ResearcherRow>;
+    async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>>;
+    async fn researcher(&self, id: Uuid) -> Result<Option<ResearcherRow>>;
+    async fn open_account(
+        &self,
+        day_length: Duration,
+        new: &NewAccount<'_>,
+    ) -> Result<(AccountRow, bool)>;
+    async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow>;
+    async fn accounts_of(
+        &self,
+        caller: Uuid,
+        after: Option<(SystemTime, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<AccountRow>>;
+    async fn add_member(&self, account: Uuid, caller: Uuid, email: &str) -> Result<AccountRow>;
+    async fn remove_member(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        researcher: Uuid,
+    ) -> Result<AccountRow>;
+    async fn transactions(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<TransactionRow>>;
+    async fn entries(&self, account: Uuid, first: i64, last: i64) -> Result<Vec<TransactionRow>>;
+    async fn transaction(&self, account: Uuid, id: i64) -> Result<Option<TransactionRow>>;
+
+    async fn invite(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        email: &str,
+    ) -> Result<(AccountRow, Vec<InvitationRow>)>;
+    async fn account_invitations(&self, account: Uuid) -> Result<Vec<InvitationRow>>;
+    async fn invitations_for(&self, caller: Uuid) -> Result<Vec<InvitationRow>>;
+    async fn accept_invitation(&self, caller: Uuid, invitation: Uuid) -> Result<AccountRow>;
+    async fn decline_invitation(&self, caller: Uuid, invitation: Uuid) -> Result<()>;
+    async fn transfer_principal(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        researcher: Uuid,
+    ) -> Result<AccountRow>;
+}
+
+/// One batch of withdrawals' transaction on a backend: the only two things
+/// a store does for the money rule. Dropped without [`Ledger::write`], it
+/// rolls back (its connection is closed, never reused mid-transaction).
+#[async_trait::async_trait]
+trait Ledger: Send {
+    /// Begins the transaction, takes the row locks of the batch's accounts
+    /// (in id order), and only then reads what [`crate::ledger::decide`]
+    /// judges by, and the store's clock. A batch on several accounts skips
+    /// a lock another writer holds (that account is [`Locked::busy`]); a
+    /// batch on one account waits for it.
+    async fn lock_and_load(&mut self, batch: &[Request]) -> Result<Locked>;
+    /// Writes what `decision` says (its journal entries, the balances, the
+    /// change notification) and commits: the new entries' ids, in order.
+    /// [`StoreError::Contended`] when a backstop refused the write (a race
+    /// with a writer outside this code): nothing was written; try again.
+    async fn write(self: Box<Self>, decision: &Decision) -> Result<Vec<i64>>;
+}
 
 /// The College's view of the central store.
 #[derive(Clone)]
 pub struct AccountStore {
-    backend: Backend,
+    store: Arc<dyn Store>,
     /// Every withdrawal goes through it ([`batcher`]).
     batcher: Arc<batcher::Batcher>,
     /// How long one "day" of an account's duration lasts.
     day_length: Duration,
 }
 
-/// The store behind an [`AccountStore`].
-#[derive(Clone)]
-enum Backend {
-    Postgres(postgres::Pg),
-    Sqlite(sqlite::Accounts),
-}
-
-impl Backend {
-    /// Applies a batch of withdrawals in one transaction: an answer for
-    /// each, in order, or an error for the whole batch (nothing applied).
-    async fn withdraw_batch(&self, batch: &[batcher::Request]) -> Result<Vec<Result<Withdrawal>>> {
-        match self {
-            Self::Postgres(pg) => postgres::withdraw_batch(pg, batch).await,
-            Self::Sqlite(db) => db.withdraw_batch(batch).await,
-        }
-    }
-}
-
 /// The history table of the College's migrations, on either backend.
 const HISTORY_TABLE: &str = "college_schema_history";
 
 impl AccountStore {
-    fn with_backend(backend: Backend, pool_size: usize, day_length: Duration) -> Self {
-        // SQLite has one writer: a second batch would only wait for the first.
-        let in_flight = match backend {
-            Backend::Postgres(_) => MAX_BATCHES_IN_FLIGHT.min(pool_size / 2),
-            Backend::Sqlite(_) => 1,
-        };
+    fn with_store(store: Arc<dyn Store>, pool_size: usize, day_length: Duration) -> Self {
+        let in_flight = store.batches_in_flight(pool_size);
         Self {
-            batcher: batcher::Batcher::new(backend.clone(), in_flight),
-            backend,
+            batcher: batcher::Batcher::new(Arc::clone(&store), in_flight),
+            store,
             day_length,
         }
     }
@@ -327,10 +255,7 @@ impl AccountStore {
     /// The connection pool's size, idle connections, waiters and bound, as
     /// of now (for the metrics, read at each scrape).
     pub fn pool_status(&self) -> deadpool_postgres::Status {
-        match &self.backend {
-            Backend::Postgres(pg) => pg.status(),
-            Backend::Sqlite(db) => db.pool_status(),
-        }
+        self.store.pool_status()
     }
 
     /// Withdrawals waiting for a batch right now (not those in flight).
@@ -346,23 +271,26 @@ impl AccountStore {
         day_length: Duration,
         closing: CancellationToken,
     ) -> std::result::Result<(Self, Notifications), grantmesh_store::StoreError> {
-        let backend = match Database::parse(database_url)? {
-            Database::Postgres(url) => {
-                grantmesh_store::migrate(&url, postgres::migrations(), HISTORY_TABLE).await?;
-                Backend::Postgres(postgres::Pg::connect(&url, pool_size).await?)
-            }
-            Database::Sqlite(path) => {
-                let db = grantmesh_store::sqlite::connect(&path, pool_size).await?;
-                grantmesh_store::sqlite::migrate(&db, sqlite::migrations(), HISTORY_TABLE).await?;
-                Backend::Sqlite(sqlite::Accounts::new(db))
-            }
-        };
-        let notifications = match &backend {
-            Backend::Postgres(_) => Notifications::start(database_url, CHANNEL, closing)?,
-            Backend::Sqlite(accounts) => accounts.notifications().clone(),
-        };
+        let (store, notifications): (Arc<dyn Store>, Notifications) =
+            match Database::parse(database_url)? {
+                Database::Postgres(url) => {
+                    grantmesh_store::migrate(&url, postgres::migrations(), HISTORY_TABLE).await?;
+                    (
+                        Arc::new(postgres::Pg::connect(&url, pool_size).await?),
+                        Notifications::start(database_url, CHANNEL, closing)?,
+                    )
+                }
+                Database::Sqlite(path) => {
+                    let db = grantmesh_store::sqlite::connect(&path, pool_size).await?;
+                    grantmesh_store::sqlite::migrate(&db, sqlite::migrations(), HISTORY_TABLE)
+                        .await?;
+                    let accounts = sqlite::Accounts::new(db);
+                    let notifications = accounts.notifications().clone();
+                    (Arc::new(accounts), notifications)
+                }
+            };
         Ok((
-            Self::with_backend(backend, pool_size, day_length),
+            Self::with_store(store, pool_size, day_length),
             notifications,
         ))
     }
@@ -374,24 +302,19 @@ impl AccountStore {
         pool_size: usize,
         day_length: Duration,
     ) -> std::result::Result<Self, grantmesh_store::StoreError> {
-        let backend = match Database::parse(database_url)? {
-            Database::Postgres(url) => {
-                Backend::Postgres(postgres::Pg::connect(&url, pool_size).await?)
-            }
-            Database::Sqlite(path) => Backend::Sqlite(sqlite::Accounts::new(
+        let store: Arc<dyn Store> = match Database::parse(database_url)? {
+            Database::Postgres(url) => Arc::new(postgres::Pg::connect(&url, pool_size).await?),
+            Database::Sqlite(path) => Arc::new(sqlite::Accounts::new(
                 grantmesh_store::sqlite::connect(&path, pool_size).await?,
             )),
         };
-        Ok(Self::with_backend(backend, pool_size, day_length))
+        Ok(Self::with_store(store, pool_size, day_length))
     }
 
     /// The account and its whole journal, read in one snapshot so that the
     /// balance and the journal agree with each other.
     pub async fn audit(&self, account: Uuid) -> Result<AccountAudit> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::audit(pool, account).await,
-            Backend::Sqlite(db) => db.audit(account).await,
-        }
+        self.store.audit(account).await
     }
 
     pub async fn register_researcher(
@@ -400,64 +323,52 @@ impl AccountStore {
         email: &str,
         password_hash: &str,
     ) -> Result<ResearcherRow> {
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                postgres::register_researcher(pool, name, email, password_hash).await
-            }
-            Backend::Sqlite(db) => db.register_researcher(name, email, password_hash).await,
-        }
+        self.store
+            .register_researcher(name, email, password_hash)
+            .await
     }
 
     pub async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
-        match &self.backend {
-            Backend::Postgres(pg) => postgres::researcher_by_email(pg, email).await,
-            Backend::Sqlite(db) => db.researcher_by_email(email).await,
-        }
+        self.store.researcher_by_email(email).await
+    }
+
+    /// The researcher with this id, if registered.
+    pub async fn researcher(&self, id: Uuid) -> Result<Option<ResearcherRow>> {
+        self.store.researcher(id).await
     }
 
     /// Opens the account for a proposal, or returns the one already opened
-    /// for it, and records `new.credential` as used, in one transaction. A
-    /// credential used before is refused (PERMISSION_DENIED) and nothing
-    /// changes. Recorded credentials past their expiry (plus
-    /// [`USED_CREDENTIAL_MARGIN`]) are deleted on the way.
+    /// for it on the same terms ([`crate::ledger::opening`]; other terms are
+    /// FAILED_PRECONDITION, naming the difference), and records
+    /// `new.credential` as used, in one transaction. A credential used
+    /// before is refused (PERMISSION_DENIED) and nothing changes. Recorded
+    /// credentials past their expiry (plus [`USED_CREDENTIAL_MARGIN`]) are
+    /// deleted on the way.
     pub async fn open_account(&self, new: &NewAccount<'_>) -> Result<(AccountRow, bool)> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::open_account(pool, self.day_length, new).await,
-            Backend::Sqlite(db) => db.open_account(self.day_length, new).await,
-        }
+        self.store.open_account(self.day_length, new).await
     }
 
     /// The account, if `caller` is one of its members (any caller when `None`).
     pub async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
-        match &self.backend {
-            Backend::Postgres(pg) => postgres::read_account(pg, id, caller).await,
-            Backend::Sqlite(db) => db.account(id, caller).await,
-        }
+        self.store.account(id, caller).await
     }
 
-    /// Every account `caller` is a member of, newest first.
     /// Up to `limit` accounts `caller` is a member of, newest first, after
-    /// the `(opened_at, id)` cursor; their members come in one more query.
+    /// the `(opened_at, id)` cursor.
     pub async fn accounts_of(
         &self,
         caller: Uuid,
         after: Option<(SystemTime, Uuid)>,
         limit: i64,
     ) -> Result<Vec<AccountRow>> {
-        match &self.backend {
-            Backend::Postgres(pg) => postgres::accounts_of(pg, caller, after, limit).await,
-            Backend::Sqlite(db) => db.accounts_of(caller, after, limit).await,
-        }
+        self.store.accounts_of(caller, after, limit).await
     }
 
     /// Adds the researcher with `email` at once; only the principal
     /// investigator may. `AddMember` does not use this (it invites:
     /// [`Self::invite`]); tools and tests that set up accounts do.
     pub async fn add_member(&self, account: Uuid, caller: Uuid, email: &str) -> Result<AccountRow> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::add_member(pool, account, caller, email).await,
-            Backend::Sqlite(db) => db.add_member(account, caller, email).await,
-        }
+        self.store.add_member(account, caller, email).await
     }
 
     /// Removes a member; only the principal investigator may, and not themself.
@@ -467,17 +378,12 @@ impl AccountStore {
         caller: Uuid,
         researcher: Uuid,
     ) -> Result<AccountRow> {
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                postgres::remove_member(pool, account, caller, researcher).await
-            }
-            Backend::Sqlite(db) => db.remove_member(account, caller, researcher).await,
-        }
+        self.store.remove_member(account, caller, researcher).await
     }
 
-    /// Applies a withdrawal once per idempotency key: the same key and amount
-    /// again is replayed with the original transaction, the same key with
-    /// another amount is refused; see the module docs. Concurrent
+    /// Applies a withdrawal once per idempotency key of the caller on the
+    /// account: the same key and amount again is replayed with the original
+    /// transaction, the same key with another amount is refused. Concurrent
     /// withdrawals are applied together in batches ([`batcher`]); each gets
     /// its own answer.
     pub async fn withdraw(
@@ -489,7 +395,7 @@ impl AccountStore {
         memo: &str,
     ) -> Result<Withdrawal> {
         self.batcher
-            .submit(batcher::Request {
+            .submit(Request {
                 account,
                 caller,
                 amount,
@@ -507,12 +413,9 @@ impl AccountStore {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<TransactionRow>> {
-        match &self.backend {
-            Backend::Postgres(pg) => {
-                postgres::transactions(pg, account, caller, before, limit).await
-            }
-            Backend::Sqlite(db) => db.transactions(account, caller, before, limit).await,
-        }
+        self.store
+            .transactions(account, caller, before, limit)
+            .await
     }
 
     /// The account's journal entries with ids in `first..=last`, oldest
@@ -523,133 +426,10 @@ impl AccountStore {
         first: i64,
         last: i64,
     ) -> Result<Vec<TransactionRow>> {
-        match &self.backend {
-            Backend::Postgres(pg) => postgres::entries(pg, account, first, last).await,
-            Backend::Sqlite(db) => db.entries(account, first, last).await,
-        }
+        self.store.entries(account, first, last).await
     }
 
     pub async fn transaction(&self, account: Uuid, id: i64) -> Result<Option<TransactionRow>> {
-        match &self.backend {
-            Backend::Postgres(pg) => postgres::transaction(pg, account, id).await,
-            Backend::Sqlite(db) => db.transaction(account, id).await,
-        }
-    }
-}
-
-fn not_found(account: Uuid) -> StoreError {
-    StoreError::NotFound(format!("account {account} does not exist"))
-}
-
-fn credential_used() -> StoreError {
-    StoreError::PermissionDenied("this agency credential was already used".into())
-}
-
-pub(crate) fn not_member(account: Uuid) -> StoreError {
-    StoreError::PermissionDenied(format!("you are not a member of account {account}"))
-}
-
-fn not_principal_investigator(account: Uuid) -> StoreError {
-    StoreError::PermissionDenied(format!(
-        "only the principal investigator of account {account} may change its members"
-    ))
-}
-
-fn principal_investigator_not_removable() -> StoreError {
-    StoreError::FailedPrecondition(
-        "the principal investigator cannot be removed from their own account; \
-         hand the role to another member first (TransferPrincipal)"
-            .into(),
-    )
-}
-
-fn no_researcher_with(email: &str) -> StoreError {
-    StoreError::NotFound(format!(
-        "no researcher is registered with email {}",
-        grantmesh_proto::errors::quote(email)
-    ))
-}
-
-fn not_a_member_to_remove(account: Uuid, researcher: Uuid) -> StoreError {
-    StoreError::NotFound(format!(
-        "researcher {researcher} is not a member of account {account}"
-    ))
-}
-
-fn email_taken(email: &str) -> StoreError {
-    StoreError::AlreadyExists(format!(
-        "a researcher with email {} is already registered",
-        grantmesh_proto::errors::quote(email)
-    ))
-}
-
-fn unknown_principal_investigator(researcher: Uuid) -> StoreError {
-    StoreError::NotFound(format!(
-        "principal investigator {researcher} is not a registered researcher"
-    ))
-}
-
-/// The words that tell the withdrawal refusals apart, shared by the
-/// messages below and [`StoreError::refusal`], so the two cannot drift.
-const KEY_REUSED: &str = "was already used on this account for a withdrawal of";
-const EXPIRED: &str = "has expired; no more withdrawals can be made";
-const INSUFFICIENT_FUNDS: &str = "insufficient funds:";
-
-fn key_reused(key: &str, previous_amount: i64, amount: i64) -> StoreError {
-    StoreError::FailedPrecondition(format!(
-        "idempotency_key {} {KEY_REUSED} {previous_amount}, \
-         not {amount}; use a new key for a new withdrawal",
-        grantmesh_proto::errors::quote(key)
-    ))
-}
-
-fn expired(account: Uuid) -> StoreError {
-    StoreError::FailedPrecondition(format!("account {account} {EXPIRED}"))
-}
-
-fn insufficient_funds(account: Uuid, balance: i64, amount: i64) -> StoreError {
-    StoreError::FailedPrecondition(format!(
-        "{INSUFFICIENT_FUNDS} account {account} holds {balance}, the withdrawal asks for {amount}"
-    ))
-}
-
-/// The payload announcing one batch of withdrawals:
-/// `withdrawals:<first entry id>:<last entry id>:<account>,<account>,…` (the
-/// accounts the batch debited, or `*` for any). PostgreSQL's
-/// `withdraw_batch` builds the same one in SQL.
-fn withdrawals_payload(first: i64, last: i64, accounts: &[Uuid]) -> String {
-    let mut touched: Vec<String> = accounts.iter().map(Uuid::to_string).collect();
-    touched.sort();
-    touched.dedup();
-    format!("withdrawals:{first}:{last}:{}", touched.join(","))
-}
-
-/// The payload announcing a membership change: `membership:<account>`.
-fn membership_payload(account: Uuid) -> String {
-    format!("membership:{account}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_withdrawal_refusal_is_told_apart_by_its_metric_label() {
-        let account = Uuid::nil();
-        assert_eq!(
-            insufficient_funds(account, 1, 2).refusal(),
-            "insufficient_funds"
-        );
-        assert_eq!(expired(account).refusal(), "expired");
-        assert_eq!(key_reused("k", 1, 2).refusal(), "key_reused");
-        assert_eq!(not_member(account).refusal(), "not_member");
-        assert_eq!(not_found(account).refusal(), "not_found");
-        let shared = StoreError::Shared(Arc::new(expired(account)));
-        assert_eq!(shared.refusal(), "expired");
-        assert_eq!(expired(account).database_error_kind(), None);
-        assert_eq!(
-            StoreError::Contended("busy".into()).database_error_kind(),
-            Some("contended")
-        );
+        self.store.transaction(account, id).await
     }
 }

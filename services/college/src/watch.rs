@@ -11,6 +11,13 @@
 //! connection was lost, or a watcher fell behind, it is sent a fresh snapshot
 //! instead, so it never silently misses a change. Expiry is a timer on the
 //! account's `expires_at`, in the feed.
+//!
+//! Every event carries the journal position of the account it shows (the
+//! id of its newest entry). A watcher subscribes before it reads its
+//! snapshot, so a withdrawal committed in between is in the snapshot and
+//! in the feed too: the watcher drops every withdrawal at or below the
+//! position it has shown, so nothing is shown twice and a displayed
+//! balance never goes back up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +25,8 @@ use std::time::{Duration, SystemTime};
 
 use grantmesh_proto::v1::{AccountEvent, account_event::Kind};
 use grantmesh_store::Notice;
+
+use crate::store::change::Change as Notified;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -165,7 +174,6 @@ async fn run_feed(
     sender: broadcast::Sender<Update>,
     closing: CancellationToken,
 ) {
-    let account_key = account.to_string();
     let (mut expired, mut expires_at) = match store.account(account, None).await {
         Ok(now) => (now.expired, now.expires_at),
         // The watchers read their own snapshots and hear of it there.
@@ -188,7 +196,7 @@ async fn run_feed(
         };
         let what = match notice {
             None => What::Expired,
-            Some(Ok(Notice::Payload(payload))) => match parse(&payload, &account_key) {
+            Some(Ok(Notice::Payload(payload))) => match what_for(&payload, account) {
                 Some(what) => what,
                 None => continue,
             },
@@ -241,6 +249,7 @@ async fn read_changes(
             .map(|entry| {
                 let mut account = now.clone();
                 account.balance = entry.balance_after;
+                account.journal_position = entry.id;
                 Change {
                     kind: Kind::Withdrawal,
                     account,
@@ -273,12 +282,29 @@ pub(crate) async fn watch(
     closing: CancellationToken,
 ) -> Result<EventStream<AccountEvent>, Status> {
     // Subscribed before the snapshot is read, so nothing falls in between.
-    let mut updates = permit.watchers.feed(&store, &notices, account, &closing);
+    let updates = permit.watchers.feed(&store, &notices, account, &closing);
     drop(notices);
     let snapshot = store.account(account, Some(caller)).await?;
+    Ok(relay(
+        permit, store, updates, snapshot, account, caller, closing,
+    ))
+}
+
+/// The stream of one watch: its snapshot, then what its feed hears, less
+/// what the snapshot (or an event before) already showed.
+fn relay(
+    permit: WatchPermit,
+    store: AccountStore,
+    mut updates: broadcast::Receiver<Update>,
+    snapshot: AccountRow,
+    account: Uuid,
+    caller: Uuid,
+    closing: CancellationToken,
+) -> EventStream<AccountEvent> {
     let (events, stream) = mpsc::channel(64);
     tokio::spawn(async move {
         let _permit = permit;
+        let mut shown = snapshot.journal_position;
         if events
             .send(event(Kind::Snapshot, snapshot, None))
             .await
@@ -327,6 +353,10 @@ pub(crate) async fn watch(
                         .await;
                     return;
                 }
+                if change.kind == Kind::Withdrawal && change.account.journal_position <= shown {
+                    continue; // already shown
+                }
+                shown = shown.max(change.account.journal_position);
                 let transaction = change.transaction.clone().map(transaction_message);
                 if events
                     .send(event(change.kind, change.account.clone(), transaction))
@@ -338,7 +368,7 @@ pub(crate) async fn watch(
             }
         }
     });
-    Ok(Box::pin(ReceiverStream::new(stream)))
+    Box::pin(ReceiverStream::new(stream))
 }
 
 fn event(
@@ -348,6 +378,7 @@ fn event(
 ) -> Result<AccountEvent, Status> {
     Ok(AccountEvent {
         kind: kind as i32,
+        journal_position: account.journal_position,
         account: Some(account_message(account)),
         transaction,
     })
@@ -367,21 +398,16 @@ enum What {
     Snapshot,
 }
 
-/// `withdrawals:<first>:<last>:<account>,…` (or `*` for any account) or
-/// `membership:<account>`, for this account only.
-fn parse(payload: &str, account: &str) -> Option<What> {
-    let mut parts = payload.splitn(4, ':');
-    match parts.next()? {
-        "withdrawals" => {
-            let first = parts.next()?.parse().ok()?;
-            let last = parts.next()?.parse().ok()?;
-            let accounts = parts.next()?;
-            (accounts == "*" || accounts.split(',').any(|a| a == account))
-                .then_some(What::Withdrawals { first, last })
-        }
-        "membership" => (parts.next()? == account).then_some(What::Membership),
-        _ => None,
+/// What a notification's payload announces about `account`, if anything.
+fn what_for(payload: &str, account: Uuid) -> Option<What> {
+    let change = Notified::parse(payload)?;
+    if !change.concerns(account) {
+        return None;
     }
+    Some(match change {
+        Notified::Withdrawals { first, last, .. } => What::Withdrawals { first, last },
+        Notified::Membership(_) => What::Membership,
+    })
 }
 
 #[cfg(test)]

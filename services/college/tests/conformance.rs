@@ -275,6 +275,11 @@ enum WriteLock {
 
 impl TestStore {
     async fn lock_writes(&self, account: Uuid) -> WriteLock {
+        self.lock_writes_of(&[account]).await
+    }
+
+    /// [`Self::lock_writes`] of several accounts at once.
+    async fn lock_writes_of(&self, accounts: &[Uuid]) -> WriteLock {
         match &self.kind {
             Kind::Postgres { .. } => {
                 let (client, connection) =
@@ -282,12 +287,14 @@ impl TestStore {
                         .await
                         .expect("connect to the test database");
                 tokio::spawn(connection);
+                let ids: Vec<String> = accounts.iter().map(|a| format!("'{a}'")).collect();
                 client
                     .batch_execute(&format!(
-                        "BEGIN; SELECT 1 FROM accounts WHERE id = '{account}' FOR UPDATE"
+                        "BEGIN; SELECT 1 FROM accounts WHERE id IN ({}) ORDER BY id FOR UPDATE",
+                        ids.join(",")
                     ))
                     .await
-                    .expect("lock the account row");
+                    .expect("lock the account rows");
                 WriteLock::Postgres(client)
             }
             Kind::Sqlite { path, .. } => {
@@ -341,26 +348,34 @@ type Ask = (Uuid, Uuid, i64, &'static str);
 
 /// Applies `asks` as one batch, in this order, and returns their answers.
 /// Every batch the store may run at once is first kept busy by a withdrawal
-/// of 1 from `blocker`, whose writes are held up from outside; the asks queue
-/// behind them meanwhile, one after the other, and go together when the
-/// writes are released. (One more blocker withdrawal rides in the batch, first.)
+/// of 1 from a blocker account of `blocker.1` (`blocker.0` first, then
+/// more opened here: a College never runs two batches on one account),
+/// whose writes are held up from outside; the asks queue behind them
+/// meanwhile, one after the other, and go together when the writes are
+/// released. (One more blocker withdrawal rides in the batch, first.)
 async fn in_one_batch(
     store: &TestStore,
     accounts: &AccountStore,
     blocker: (Uuid, Uuid),
     asks: &[Ask],
 ) -> Vec<Answer> {
-    let lock = store.lock_writes(blocker.0).await;
+    let mut blocking = vec![blocker.0];
+    for _ in 0..grantmesh_college::store::MAX_BATCHES_IN_FLIGHT {
+        blocking.push(open(accounts, blocker.1, 1_000, 30).await.id);
+    }
+    let lock = store.lock_writes_of(&blocking).await;
     let submit = |(account, caller, amount, key): (Uuid, Uuid, i64, String)| {
         let accounts = accounts.clone();
         tokio::spawn(async move { accounts.withdraw(account, caller, amount, &key, "").await })
     };
     // Blockers until one has to queue: every batch slot is then in flight.
     let mut blockers = Vec::new();
+    let mut next = blocking.iter();
     while accounts.withdrawals_queued() == 0 {
         let started = accounts.batch_sizes().batches();
+        let on = *next.next().expect("a blocker account for every slot");
         blockers.push(submit((
-            blocker.0,
+            on,
             blocker.1,
             1,
             format!("blocker-{}", Uuid::new_v4()),
@@ -460,10 +475,10 @@ async fn opening_an_account_twice_for_one_proposal_returns_the_first(store: &Tes
     assert!(first.members[0].principal_investigator);
     assert_eq!(first.members[0].researcher_id, pi.id);
 
+    // A retry on the same terms (another title is not a term) is a replay.
     let (second, created) = accounts
         .open_account(&NewAccount {
             title: "Tides, again",
-            award: 9_000,
             credential: credential(),
             ..new
         })
@@ -475,6 +490,71 @@ async fn opening_an_account_twice_for_one_proposal_returns_the_first(store: &Tes
         (first.id, first.title, 5_000)
     );
     assert_eq!(second.members.len(), 1);
+
+    // Defect 3 of issue 18: a second call on other terms used to get the
+    // first account back; now it is refused, naming each difference, and
+    // changes nothing (its credential is not spent either).
+    let other_pi = researcher(&accounts, "other").await;
+    for (asked, names) in [
+        (
+            NewAccount {
+                agency: "erc",
+                credential: credential(),
+                ..new
+            },
+            "agency \"nsf\", not \"erc\"",
+        ),
+        (
+            NewAccount {
+                principal_investigator: other_pi.id,
+                credential: credential(),
+                ..new
+            },
+            "principal investigator",
+        ),
+        (
+            NewAccount {
+                award: 9_000,
+                credential: credential(),
+                ..new
+            },
+            "award 5000, not 9000",
+        ),
+        (
+            NewAccount {
+                duration_days: 31,
+                credential: credential(),
+                ..new
+            },
+            "duration 30 days, not 31",
+        ),
+    ] {
+        let credential = asked.credential;
+        let refused = accounts.open_account(&asked).await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::FailedPrecondition(msg) if msg.contains(names) && msg.contains("proposal-1")),
+            "{refused:?}"
+        );
+        // The credential was not recorded: the same one opens another proposal.
+        let (elsewhere, created) = accounts
+            .open_account(&NewAccount {
+                proposal_id: &format!("elsewhere-{}", credential.jti),
+                credential,
+                ..new
+            })
+            .await
+            .unwrap();
+        assert!(created && elsewhere.id != first.id);
+    }
+    let after = accounts.account(first.id, None).await.unwrap();
+    assert_eq!((after.award, after.principal_investigator), (5_000, pi.id));
+    assert!(
+        accounts
+            .accounts_of(other_pi.id, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let unknown = accounts
         .open_account(&NewAccount {
@@ -1314,7 +1394,7 @@ async fn a_batch_whose_database_call_fails_applies_nothing_and_every_caller_gets
                 .execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                      WHERE datname = current_database() AND pid <> pg_backend_pid()
-                       AND query LIKE '%withdraw_batch(%'",
+                       AND query LIKE '%FOR NO KEY UPDATE%'",
                 )
                 .await
                 .unwrap();
@@ -2202,11 +2282,15 @@ async fn a_lone_withdrawal_that_waited_on_another_debit_is_answered_from_after_t
         .await
         .unwrap();
     tokio::spawn(connection);
+    // Another writer (as another College would) debits 9000 and holds the lock.
     holder
         .batch_execute(&format!(
-            "BEGIN; SELECT * FROM withdraw_batch(ARRAY['{}']::uuid[], ARRAY['{}']::uuid[], \
-             ARRAY[9000]::bigint[], ARRAY['holder']::text[], ARRAY['']::text[])",
-            account.id, pi.id
+            "BEGIN; SELECT 1 FROM accounts WHERE id = '{a}' FOR NO KEY UPDATE;
+             INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after, created_at)
+             VALUES ('{a}', '{pi}', 9000, 'holder', '', 1000, clock_timestamp());
+             UPDATE accounts SET balance = 1000 WHERE id = '{a}'",
+            a = account.id,
+            pi = pi.id
         ))
         .await
         .unwrap();
@@ -2273,10 +2357,11 @@ async fn a_lone_withdrawal_whose_caller_gave_up_frees_its_slot_for_the_queue_beh
         .unwrap();
     let pi = researcher(&accounts, "pi").await;
     let account = open(&accounts, pi.id, 10_000, 30).await;
-    let lock = store.lock_writes(account.id).await;
-    let withdraw = |key: &'static str| {
+    let other = open(&accounts, pi.id, 10_000, 30).await;
+    let lock = store.lock_writes_of(&[account.id, other.id]).await;
+    let withdraw = |on: Uuid, key: &'static str| {
         let accounts = accounts.clone();
-        tokio::spawn(async move { accounts.withdraw(account.id, pi.id, 100, key, "").await })
+        tokio::spawn(async move { accounts.withdraw(on, pi.id, 100, key, "").await })
     };
     let waiting_on_the_lock = || async {
         store
@@ -2287,7 +2372,12 @@ async fn a_lone_withdrawal_whose_caller_gave_up_frees_its_slot_for_the_queue_beh
             .await
             .unwrap()
     };
-    let given_up = [withdraw("given-up-1"), withdraw("given-up-2")];
+    // One lone withdrawal per slot, on two accounts (a College never runs
+    // two batches on one account).
+    let given_up = [
+        withdraw(account.id, "given-up-1"),
+        withdraw(other.id, "given-up-2"),
+    ];
     let deadline = Instant::now() + SETTLE;
     while waiting_on_the_lock().await < 2 {
         assert!(
@@ -2296,7 +2386,7 @@ async fn a_lone_withdrawal_whose_caller_gave_up_frees_its_slot_for_the_queue_beh
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let queued = withdraw("queued");
+    let queued = withdraw(account.id, "queued");
     settled("the third withdrawal queued", || {
         accounts.withdrawals_queued() == 1
     })
@@ -2323,24 +2413,25 @@ async fn a_lone_withdrawal_whose_caller_gave_up_frees_its_slot_for_the_queue_beh
         .unwrap();
     assert_eq!(applied.balance, 9_900);
     // Both slots are free again: two more lone withdrawals go at once.
-    for key in ["after-1", "after-2"] {
-        tokio::time::timeout(SETTLE, accounts.withdraw(account.id, pi.id, 100, key, ""))
+    for (on, key) in [(account.id, "after-1"), (other.id, "after-2")] {
+        tokio::time::timeout(SETTLE, accounts.withdraw(on, pi.id, 100, key, ""))
             .await
             .expect("a slot is free")
             .unwrap();
     }
-    let audit = accounts.audit(account.id).await.unwrap();
-    let keys: Vec<&str> = audit
-        .journal
-        .iter()
-        .map(|t| t.idempotency_key.as_str())
-        .collect();
+    let keys = |audit: grantmesh_college::store::AccountAudit| -> Vec<String> {
+        audit
+            .journal
+            .into_iter()
+            .map(|t| t.idempotency_key)
+            .collect()
+    };
     assert_eq!(
-        keys,
-        ["queued", "after-1", "after-2"],
+        keys(accounts.audit(account.id).await.unwrap()),
+        ["queued", "after-1"],
         "the given-up ones applied nothing"
     );
-    assert_eq!(audit.account.balance, 10_000 - 300);
+    assert_eq!(keys(accounts.audit(other.id).await.unwrap()), ["after-2"]);
 }
 
 /// A College instance that nobody watches through holds no `LISTEN`

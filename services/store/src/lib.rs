@@ -204,6 +204,13 @@ pub fn status(err: &(dyn std::error::Error + 'static)) -> tonic::Status {
             "this instance's store connections are all busy; retry shortly, or on another instance",
         );
     }
+    if is_contention(err) {
+        tracing::warn!(error = %err, "database contention");
+        return tonic::Status::unavailable(
+            "the central store could not order this call with concurrent ones; \
+             retry shortly (with the same idempotency key)",
+        );
+    }
     if is_unavailable(err) {
         tracing::warn!(error = %err, "database unavailable");
         tonic::Status::unavailable("the central store is unavailable; retry shortly")
@@ -211,6 +218,23 @@ pub fn status(err: &(dyn std::error::Error + 'static)) -> tonic::Status {
         tracing::error!(error = %err, "database call failed");
         tonic::Status::internal("the central store failed to complete the call")
     }
+}
+
+/// Whether a database failure is PostgreSQL giving up on ordering
+/// concurrent transactions (a serialization failure or a deadlock, SQLSTATE
+/// 40001 and 40P01): nothing was applied, and the same call again succeeds.
+pub fn is_contention(err: &(dyn std::error::Error + 'static)) -> bool {
+    let err = match err.downcast_ref::<PoolError>() {
+        Some(PoolError::Backend(err)) => err,
+        Some(_) => return false,
+        None => match err.downcast_ref::<tokio_postgres::Error>() {
+            Some(err) => err,
+            None => return false,
+        },
+    };
+    err.code().is_some_and(|code| {
+        *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+    })
 }
 
 /// Whether a database failure is about reaching the database rather than
@@ -259,11 +283,15 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(3);
 /// closing the connection.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 
-/// Applies the session bounds above to a connection's settings.
+/// Applies the session bounds above to a connection's settings, and READ
+/// COMMITTED as the session's isolation whatever the server's default (the
+/// College's transactions also ask for it by name): the stores' lock-then-
+/// read order relies on each statement seeing what committed before it.
 pub(crate) fn bound_every_session(config: &mut tokio_postgres::Config) {
     if config.get_options().is_none() {
         config.options(format!(
-            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={} \
+             -c default_transaction_isolation=read\\ committed",
             STATEMENT_TIMEOUT.as_millis(),
             LOCK_TIMEOUT.as_millis(),
             STATEMENT_TIMEOUT.as_millis() * 3

@@ -42,12 +42,18 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// write lock anyway, so waiting here is the same wait, not a hang.
 const POOL_WAIT: Duration = Duration::from_secs(30);
 
-/// Set on every new connection. `foreign_keys` and `busy_timeout` are
-/// per-connection in SQLite; `synchronous = NORMAL` is the documented safe
-/// pairing with WAL (a power cut may lose the last commits, never corrupt).
+/// Set on every new connection. `foreign_keys`, `busy_timeout` and
+/// `synchronous` are per-connection in SQLite. `synchronous = FULL`: in WAL
+/// mode every commit syncs the log before it returns, so an acknowledged
+/// withdrawal survives a power cut. (`NORMAL`, SQLite's usual pairing with
+/// WAL, syncs only at checkpoints: a power cut can lose the last commits,
+/// which a ledger that has already answered "applied" must not.) What it
+/// costs is measured in docs/benchmarks.md.
+pub const SYNCHRONOUS: &str = "FULL";
+
 fn connection_pragmas() -> String {
     format!(
-        "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {}; PRAGMA synchronous = NORMAL;",
+        "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {}; PRAGMA synchronous = {SYNCHRONOUS};",
         BUSY_TIMEOUT.as_millis()
     )
 }

@@ -304,6 +304,7 @@ mod tests {
                 expires_at: opened_at + Duration::from_secs(30),
                 expired: true,
                 members: Vec::new(),
+                journal_position: 0,
             },
             journal,
         }

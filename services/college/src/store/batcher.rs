@@ -25,9 +25,23 @@
 //! fails as a whole fails each of its callers with the same error and
 //! applies nothing.
 //!
+//! A batch never holds an account that another batch of this College has
+//! in flight: a request on such an account stays queued for the next batch
+//! (in arrival order with the others on its account), so this College's
+//! batches never wait on each other's row locks. A lock held by another
+//! writer (another College instance, an operator) makes the batch skip
+//! that account ([`crate::ledger::Outcome::Deferred`]); its withdrawals then
+//! go on in a batch of their own per account, which waits for the lock,
+//! while the rest of the batch is answered at once: one locked or hot
+//! account does not hold up or fail withdrawals on any other.
+//!
+//! A queued withdrawal whose caller has gone (its client gave up) before a
+//! batch takes it is dropped unapplied, and counted
+//! ([`BatchSizes::abandoned`]).
+//!
 //! The batch sizes seen are counted in a [`BatchSizes`] histogram.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -35,7 +49,9 @@ use futures::FutureExt as _;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{Backend, Result, StoreError, Withdrawal};
+use super::withdraw::{self, Answer};
+use super::{Result, Store, StoreError, Withdrawal};
+use crate::ledger::Request;
 
 /// The most withdrawals applied in one batch. A batch is one database call
 /// holding its accounts' row locks while it runs, and its notification
@@ -56,16 +72,6 @@ pub const MAX_QUEUED: usize = 16 * MAX_BATCH;
 /// reads always find a connection.
 pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
-/// One withdrawal as a caller asked for it.
-#[derive(Clone, Debug)]
-pub(super) struct Request {
-    pub(super) account: Uuid,
-    pub(super) caller: Uuid,
-    pub(super) amount: i64,
-    pub(super) key: String,
-    pub(super) memo: String,
-}
-
 /// A queued withdrawal and where its answer goes.
 struct Pending {
     request: Request,
@@ -74,7 +80,7 @@ struct Pending {
 
 /// The queue and the batches in flight, shared by every clone of the store.
 pub(super) struct Batcher {
-    backend: Backend,
+    store: Arc<dyn Store>,
     /// Batches that may be in flight at once.
     limit: usize,
     state: Mutex<State>,
@@ -85,12 +91,57 @@ pub(super) struct Batcher {
 struct State {
     queue: VecDeque<Pending>,
     in_flight: usize,
+    /// The accounts of the batches in flight, with how many batches hold each.
+    accounts: HashMap<Uuid, usize>,
+}
+
+impl State {
+    /// The oldest queued withdrawals, up to [`MAX_BATCH`], in arrival order,
+    /// leaving those on accounts another batch has in flight; the accounts
+    /// taken are marked in flight. Withdrawals whose caller has gone are
+    /// dropped on the way and counted in `sizes`.
+    fn take_batch(&mut self, sizes: &BatchSizes) -> Vec<Pending> {
+        let mut batch = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        while let Some(pending) = self.queue.pop_front() {
+            if pending.reply.is_closed() {
+                sizes.abandoned.fetch_add(1, Ordering::Relaxed);
+            } else if batch.len() < MAX_BATCH
+                && !self.accounts.contains_key(&pending.request.account)
+            {
+                batch.push(pending);
+            } else {
+                kept.push_back(pending);
+            }
+        }
+        self.queue = kept;
+        for pending in &batch {
+            self.hold(pending.request.account);
+        }
+        // Marked after the loop: withdrawals on one account go together.
+        batch
+    }
+
+    fn hold(&mut self, account: Uuid) {
+        *self.accounts.entry(account).or_default() += 1;
+    }
+
+    fn let_go(&mut self, requests: impl IntoIterator<Item = Uuid>) {
+        for account in requests {
+            if let Some(held) = self.accounts.get_mut(&account) {
+                *held -= 1;
+                if *held == 0 {
+                    self.accounts.remove(&account);
+                }
+            }
+        }
+    }
 }
 
 impl Batcher {
-    pub(super) fn new(backend: Backend, limit: usize) -> Arc<Self> {
+    pub(super) fn new(store: Arc<dyn Store>, limit: usize) -> Arc<Self> {
         Arc::new(Self {
-            backend,
+            store,
             limit: limit.max(1),
             state: Mutex::default(),
             sizes: Arc::default(),
@@ -109,7 +160,7 @@ impl Batcher {
     /// Applies `request` at once if nothing is queued and a slot is free;
     /// otherwise queues it. Either way, waits for its answer.
     pub(super) async fn submit(self: &Arc<Self>, request: Request) -> Result<Withdrawal> {
-        if self.take_idle_slot() {
+        if self.take_idle_slot(request.account) {
             return self.apply_alone(request).await;
         }
         let (reply, answer) = oneshot::channel();
@@ -123,8 +174,11 @@ impl Batcher {
             }
             state.queue.push_back(Pending { request, reply });
             if state.in_flight < self.limit {
-                state.in_flight += 1;
-                Some(take_batch(&mut state.queue))
+                let batch = state.take_batch(&self.sizes);
+                if !batch.is_empty() {
+                    state.in_flight += 1;
+                }
+                Some(batch).filter(|batch| !batch.is_empty())
             } else {
                 None
             }
@@ -139,12 +193,16 @@ impl Batcher {
         })
     }
 
-    /// Takes a slot if one is free and nothing is queued (which would go first).
-    fn take_idle_slot(&self) -> bool {
+    /// Takes a slot if one is free, nothing is queued (which would go
+    /// first) and no batch has `account` in flight.
+    fn take_idle_slot(&self, account: Uuid) -> bool {
         let mut state = self.state.lock().expect("batcher poisoned");
-        let idle = state.queue.is_empty() && state.in_flight < self.limit;
+        let idle = state.queue.is_empty()
+            && state.in_flight < self.limit
+            && !state.accounts.contains_key(&account);
         if idle {
             state.in_flight += 1;
+            state.hold(account);
         }
         idle
     }
@@ -152,22 +210,17 @@ impl Batcher {
     /// Applies `request` as a batch of one on the caller's task, holding
     /// the slot taken for it until done (or dropped).
     async fn apply_alone(self: &Arc<Self>, request: Request) -> Result<Withdrawal> {
-        let slot = Slot(Arc::clone(self));
+        let slot = Slot(Arc::clone(self), request.account);
         self.sizes.record(1);
+        // A batch on one account waits for its lock, so it is never deferred.
         let outcome = self.apply(std::slice::from_ref(&request)).await;
         drop(slot);
-        outcome.and_then(|answers| {
-            answers.into_iter().next().unwrap_or_else(|| {
-                Err(StoreError::SqliteCall(
-                    "the withdrawal batch gave no answer".into(),
-                ))
-            })
-        })
+        outcome.and_then(|answers| one_answer(answers.into_iter().next()))
     }
 
-    /// One batch through the backend; a panic fails the batch, not the batcher.
-    async fn apply(&self, requests: &[Request]) -> Result<Vec<Result<Withdrawal>>> {
-        std::panic::AssertUnwindSafe(self.backend.withdraw_batch(requests))
+    /// One batch through the store; a panic fails the batch, not the batcher.
+    async fn apply(&self, requests: &[Request]) -> Result<Vec<Answer>> {
+        std::panic::AssertUnwindSafe(withdraw::apply(&self.store, requests))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
@@ -177,19 +230,50 @@ impl Batcher {
             })
     }
 
-    /// Gives up a slot: hands whatever queued meanwhile to a batch task, or
-    /// frees the slot if nothing did.
-    fn release(self: &Arc<Self>) {
+    /// Applies the deferred withdrawals of a batch: one batch per account,
+    /// each on its own task, waiting for that account's lock.
+    fn defer(self: &Arc<Self>, deferred: Vec<Pending>) {
+        let mut by_account: HashMap<Uuid, Vec<Pending>> = HashMap::new();
+        for pending in deferred {
+            by_account
+                .entry(pending.request.account)
+                .or_default()
+                .push(pending);
+        }
+        for (_, batch) in by_account {
+            let batcher = Arc::clone(self);
+            tokio::spawn(async move {
+                batcher
+                    .sizes
+                    .deferred
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let requests: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
+                let answers = batcher.apply(&requests).await;
+                let answers = answers
+                    .map(|answers| answers.into_iter().map(|a| one_answer(Some(a))).collect());
+                answer_each(batch, answers);
+            });
+        }
+    }
+
+    /// Gives up a slot held for `account`: hands whatever queued meanwhile
+    /// to a batch task, or frees the slot if nothing did.
+    fn release(self: &Arc<Self>, account: Uuid) {
         let mut state = self.state.lock().expect("batcher poisoned");
+        state.let_go([account]);
         let runtime = tokio::runtime::Handle::try_current();
-        if state.queue.is_empty() || runtime.is_err() {
+        if runtime.is_err() {
             // Without a runtime (it is shutting down) the queued callers go
             // with it, each told its batch stopped (their replies dropped).
             state.queue.clear();
             state.in_flight -= 1;
             return;
         }
-        let batch = take_batch(&mut state.queue);
+        let batch = state.take_batch(&self.sizes);
+        if batch.is_empty() {
+            state.in_flight -= 1;
+            return;
+        }
         drop(state);
         if let Ok(runtime) = runtime {
             runtime.spawn(Arc::clone(self).run(batch));
@@ -201,47 +285,77 @@ impl Batcher {
         loop {
             self.sizes.record(batch.len());
             let requests: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
+            let accounts: Vec<Uuid> = requests.iter().map(|r| r.account).collect();
+            let mut deferred = Vec::new();
             match self.apply(&requests).await {
                 Ok(answers) => {
                     debug_assert_eq!(answers.len(), batch.len());
                     for (pending, answer) in batch.drain(..).zip(answers) {
-                        // A caller that went away just does not hear it.
-                        let _ = pending.reply.send(answer);
+                        match answer {
+                            // A caller that went away just does not hear it.
+                            Some(answer) => drop(pending.reply.send(answer)),
+                            None => deferred.push(pending),
+                        }
                     }
                 }
-                Err(err) => {
-                    let err = Arc::new(err);
-                    for pending in batch.drain(..) {
-                        let _ = pending
-                            .reply
-                            .send(Err(StoreError::Shared(Arc::clone(&err))));
-                    }
-                }
+                Err(err) => answer_each(std::mem::take(&mut batch), Err(err)),
+            }
+            if !deferred.is_empty() {
+                self.defer(deferred);
             }
             let mut state = self.state.lock().expect("batcher poisoned");
-            if state.queue.is_empty() {
+            state.let_go(accounts);
+            batch = state.take_batch(&self.sizes);
+            if batch.is_empty() {
                 state.in_flight -= 1;
                 return;
             }
-            batch = take_batch(&mut state.queue);
         }
     }
 }
 
-/// A slot held by a call applying its own withdrawal: released when the
-/// call finishes or is dropped ([`Batcher::release`]).
-struct Slot(Arc<Batcher>);
+/// A slot held by a call applying its own withdrawal on an account:
+/// released when the call finishes or is dropped ([`Batcher::release`]).
+struct Slot(Arc<Batcher>, Uuid);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.release();
+        self.0.release(self.1);
     }
 }
 
-/// The oldest [`MAX_BATCH`] queued withdrawals, in arrival order.
-fn take_batch(queue: &mut VecDeque<Pending>) -> Vec<Pending> {
-    let n = queue.len().min(MAX_BATCH);
-    queue.drain(..n).collect()
+/// A withdrawal's answer, or the error for one that was deferred again
+/// (which a batch on one account, waiting for its lock, never is).
+fn one_answer(answer: Option<Answer>) -> Result<Withdrawal> {
+    match answer {
+        Some(Some(answer)) => answer,
+        Some(None) => Err(StoreError::Contended(
+            "the account is locked by another writer; retry the withdrawal with the same key"
+                .into(),
+        )),
+        None => Err(StoreError::SqliteCall(
+            "the withdrawal batch gave no answer".into(),
+        )),
+    }
+}
+
+/// Sends each caller of `batch` its answer, or the whole batch's error.
+fn answer_each(batch: Vec<Pending>, answers: Result<Vec<Result<Withdrawal>>>) {
+    match answers {
+        Ok(answers) => {
+            for (pending, answer) in batch.into_iter().zip(answers) {
+                let _ = pending.reply.send(answer);
+            }
+        }
+        Err(err) => {
+            let err = Arc::new(err);
+            for pending in batch {
+                let _ = pending
+                    .reply
+                    .send(Err(StoreError::Shared(Arc::clone(&err))));
+            }
+        }
+    }
 }
 
 /// How many batches of each size a College applied: bucket `i` counts
@@ -249,6 +363,10 @@ fn take_batch(queue: &mut VecDeque<Pending>) -> Vec<Pending> {
 #[derive(Debug, Default)]
 pub struct BatchSizes {
     buckets: [AtomicU64; BUCKETS],
+    /// Queued withdrawals dropped unapplied: their caller had gone.
+    abandoned: AtomicU64,
+    /// Withdrawals that went again on their own, their account locked elsewhere.
+    deferred: AtomicU64,
     batches: AtomicU64,
     withdrawals: AtomicU64,
     largest: AtomicUsize,
@@ -274,6 +392,18 @@ impl BatchSizes {
     /// Withdrawals submitted in those batches (applied or refused).
     pub fn withdrawals(&self) -> u64 {
         self.withdrawals.load(Ordering::Relaxed)
+    }
+
+    /// Queued withdrawals dropped before a batch took them, because their
+    /// caller had already gone: never applied, never answered.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Withdrawals whose account's lock another writer held when their
+    /// batch ran, so they went again in a batch of their own.
+    pub fn deferred(&self) -> u64 {
+        self.deferred.load(Ordering::Relaxed)
     }
 
     /// The largest batch so far.

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use super::{AccountRow, AccountStore, Backend, Result, StoreError, postgres};
+use super::{AccountRow, AccountStore, Result, StoreError};
 
 /// Pending invitations one account may have, and one email may hold. A
 /// real account invites a few people; the bound stops a principal
@@ -48,52 +48,29 @@ impl AccountStore {
         caller: Uuid,
         email: &str,
     ) -> Result<(AccountRow, Vec<InvitationRow>)> {
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                postgres::membership::invite(pool, account, caller, email).await
-            }
-            Backend::Sqlite(db) => db.invite(account, caller, email).await,
-        }
+        self.store.invite(account, caller, email).await
     }
 
     /// The account's pending invitations, newest first.
     pub async fn account_invitations(&self, account: Uuid) -> Result<Vec<InvitationRow>> {
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                postgres::membership::account_invitations(pool, account).await
-            }
-            Backend::Sqlite(db) => db.account_invitations(account).await,
-        }
+        self.store.account_invitations(account).await
     }
 
     /// The invitations made out to `caller`'s email, newest first.
     pub async fn invitations_for(&self, caller: Uuid) -> Result<Vec<InvitationRow>> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::membership::invitations_for(pool, caller).await,
-            Backend::Sqlite(db) => db.invitations_for(caller).await,
-        }
+        self.store.invitations_for(caller).await
     }
 
     /// `caller` accepts an invitation made out to their email and becomes a
     /// member; the invitation is gone. NOT_FOUND for any other invitation.
     pub async fn accept_invitation(&self, caller: Uuid, invitation: Uuid) -> Result<AccountRow> {
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                postgres::membership::accept_invitation(pool, caller, invitation).await
-            }
-            Backend::Sqlite(db) => db.accept_invitation(caller, invitation).await,
-        }
+        self.store.accept_invitation(caller, invitation).await
     }
 
     /// Deletes an invitation made out to `caller`'s email (declined) or on
     /// an account `caller` leads (withdrawn). NOT_FOUND for any other.
     pub async fn decline_invitation(&self, caller: Uuid, invitation: Uuid) -> Result<()> {
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                postgres::membership::decline_invitation(pool, caller, invitation).await
-            }
-            Backend::Sqlite(db) => db.decline_invitation(caller, invitation).await,
-        }
+        self.store.decline_invitation(caller, invitation).await
     }
 
     /// The principal investigator `caller` hands the role to `researcher`,
@@ -105,20 +82,9 @@ impl AccountStore {
         caller: Uuid,
         researcher: Uuid,
     ) -> Result<AccountRow> {
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                postgres::membership::transfer_principal(pool, account, caller, researcher).await
-            }
-            Backend::Sqlite(db) => db.transfer_principal(account, caller, researcher).await,
-        }
-    }
-
-    /// The researcher with this id, if registered.
-    pub async fn researcher(&self, id: Uuid) -> Result<Option<super::ResearcherRow>> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::membership::researcher(pool, id).await,
-            Backend::Sqlite(db) => db.researcher(id).await,
-        }
+        self.store
+            .transfer_principal(account, caller, researcher)
+            .await
     }
 }
 

@@ -1,27 +1,35 @@
 //! The College's SQL on PostgreSQL, the central store shared by every
-//! College instance.
+//! College instance: [`Pg`] implements [`Store`].
 //!
-//! Withdrawals come in batches from the batcher, and each batch is one
-//! call of the `withdraw_batch` function (migration V4): one round trip,
-//! one transaction, one commit, one row lock per account, at most one
-//! notification, an answer per withdrawal. A batch of one, the usual case
-//! under light load, is one plain statement instead ([`WITHDRAW_ONE`]),
-//! which saves the function's fixed cost. `CHECK (balance >= 0)` and the
-//! journal's triggers stand behind it. Calls that a client may abandon
-//! mid-statement run on a [`Conn`], which cancels the statement and keeps
-//! the connection out of the pool.
+//! Withdrawals go through [`ledger`] (lock, load, write, in two round
+//! trips); everything else is here and in [`membership`]. Every
+//! transaction runs at READ COMMITTED, set explicitly, whatever the
+//! server's default: the locks-then-read order depends on it. Calls that a
+//! client may abandon mid-statement run on a [`Conn`], which cancels the
+//! statement and keeps the connection out of the pool.
 
-pub(super) mod membership;
+mod ledger;
+mod membership;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
-use grantmesh_store::tokio_postgres::{self, Row};
+use grantmesh_store::tokio_postgres::{self, IsolationLevel, Row};
 use grantmesh_store::tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
-use super::*;
+use super::change::Change;
+use super::error::{
+    credential_used, email_taken, no_researcher_with, not_a_member_to_remove, not_found,
+    not_member, not_principal_investigator, opened_on_other_terms,
+    principal_investigator_not_removable, unknown_principal_investigator,
+};
+use super::{
+    AccountAudit, AccountRow, CHANNEL, InvitationRow, Ledger, MAX_BATCHES_IN_FLIGHT, MemberRow,
+    NewAccount, ResearcherRow, Result, Store, TransactionRow, USED_CREDENTIAL_MARGIN,
+};
+use crate::ledger::opening::{self, Terms};
 
 /// The College's PostgreSQL migrations.
 mod embedded {
@@ -33,81 +41,8 @@ pub(super) fn migrations() -> refinery::Runner {
 }
 
 const ACCOUNT_COLUMNS: &str = "a.id, a.proposal_id, a.agency, a.title, a.principal_investigator, a.award, a.balance, \
-     a.opened_at, a.expires_at, a.expires_at <= now() AS expired";
-
-/// The SQLSTATE of the journal's trigger refusing an entry stamped at or
-/// after the account's expiry (migrations V3, V4).
-const EXPIRED_AT_DEBIT: &str = "GMEXP";
-
-/// A batch of withdrawals, one call of the `withdraw_batch` function
-/// (migration V4, which describes it): one round trip, one transaction, one
-/// commit, at most one notification, and a row per withdrawal saying what
-/// became of it.
-const WITHDRAW_BATCH: &str = "SELECT r_outcome, r_id, r_researcher, r_amount, r_memo, r_at, r_balance_after, r_balance FROM withdraw_batch($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[])";
-
-/// A batch of one withdrawal, the common case when calls do not overlap
-/// (one client, light load), as one plain statement: `withdraw_batch`'s
-/// fixed cost (a PL/pgSQL call, its SPI statements and arrays) is most of
-/// what a lone withdrawal costs PostgreSQL. It answers with the same
-/// columns and outcomes. The reads (the account, the membership, an earlier
-/// use of the key) see the statement's snapshot while the debit re-checks
-/// the row once it holds its lock, so when the debit did not apply and the
-/// snapshot gives no reason why (a concurrent withdrawal, an expiry or a
-/// membership change came in between) it answers `retry` and the
-/// withdrawal goes through `withdraw_batch`, which reads after the lock.
-/// An expired account is `retry` too: expiry is judged under the lock,
-/// since the lock's holder may be an earlier attempt with the same key
-/// that took it before the expiry and is about to commit.
-const WITHDRAW_ONE: &str = "WITH target AS (
-    SELECT a.id, a.balance, a.expires_at <= clock_timestamp() AS expired,
-           EXISTS (SELECT 1 FROM members m WHERE m.account_id = a.id AND m.researcher_id = $2::uuid) AS is_member
-      FROM accounts a WHERE a.id = $1::uuid
-),
-previous AS (
-    SELECT w.id, w.researcher_id, w.amount, w.memo, w.balance_after, w.created_at
-      FROM withdrawals w WHERE w.account_id = $1::uuid AND w.idempotency_key = $4::text
-),
-debit AS (
-    UPDATE accounts a SET balance = a.balance - $3::bigint
-     WHERE a.id = $1::uuid AND a.balance >= $3::bigint AND a.expires_at > clock_timestamp()
-       AND EXISTS (SELECT 1 FROM members m WHERE m.account_id = $1::uuid AND m.researcher_id = $2::uuid)
-       AND NOT EXISTS (SELECT 1 FROM previous)
-    RETURNING a.balance, clock_timestamp() AS at
-),
-journal AS (
-    INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after, created_at)
-    SELECT $1::uuid, $2::uuid, $3::bigint, $4::text, $5::text, d.balance, d.at FROM debit d
-    RETURNING id, created_at, balance_after
-),
-notified AS (
-    SELECT pg_notify('grantmesh_accounts', 'withdrawals:' || j.id || ':' || j.id || ':' || $1::uuid::text) FROM journal j
-)
-SELECT CASE
-         WHEN t.id IS NULL THEN 'missing'
-         WHEN NOT t.is_member THEN 'not_member'
-         WHEN p.id IS NOT NULL THEN CASE WHEN p.amount = $3::bigint THEN 'replayed' ELSE 'key_reused' END
-         WHEN j.id IS NOT NULL THEN 'applied'
-         WHEN t.expired THEN 'retry'
-         WHEN t.balance < $3::bigint THEN 'insufficient'
-         ELSE 'retry'
-       END AS r_outcome,
-       coalesce(j.id, p.id) AS r_id,
-       CASE WHEN j.id IS NOT NULL THEN $2::uuid ELSE p.researcher_id END AS r_researcher,
-       CASE WHEN j.id IS NOT NULL THEN $3::bigint ELSE p.amount END AS r_amount,
-       CASE WHEN j.id IS NOT NULL THEN $5::text ELSE p.memo END AS r_memo,
-       coalesce(j.created_at, p.created_at) AS r_at,
-       coalesce(j.balance_after, p.balance_after) AS r_balance_after,
-       coalesce(j.balance_after, t.balance) AS r_balance,
-       (SELECT count(*) FROM notified) AS notified
-  FROM (SELECT 1) AS one
-  LEFT JOIN target t ON true
-  LEFT JOIN previous p ON true
-  LEFT JOIN journal j ON true";
-
-/// How many times a batch is tried again when it failed on a race that a
-/// second try resolves (see [`withdraw_batch`]) before its callers are told
-/// to retry.
-const BATCH_TRIES: usize = 5;
+     a.opened_at, a.expires_at, a.expires_at <= now() AS expired, \
+     (SELECT coalesce(max(w.id), 0) FROM withdrawals w WHERE w.account_id = a.id) AS journal_position";
 
 /// The College's PostgreSQL pool, and what it needs to cancel a statement
 /// whose caller went away ([`Conn`]).
@@ -157,7 +92,8 @@ impl Pg {
 struct Conn {
     object: Option<deadpool_postgres::Object>,
     tls: MakeRustlsConnect,
-    /// Inside [`Conn::guard`]: a statement may be running.
+    /// Inside [`Conn::guard`] (a statement may be running), or inside an
+    /// open transaction ([`ledger::PgLedger`]).
     busy: AtomicBool,
 }
 
@@ -207,7 +143,7 @@ pub(super) async fn audit(pool: &Pool, account: Uuid) -> Result<AccountAudit> {
     let mut client = pool.get().await?;
     let tx = client
         .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await?;
@@ -299,7 +235,11 @@ pub(super) async fn open_account(
             &[&margin_ms],
         )
         .await?;
-    let tx = client.transaction().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
     // A concurrent use of the same credential waits here for this
     // transaction, then finds the id taken.
     let recorded = tx
@@ -316,8 +256,10 @@ pub(super) async fn open_account(
     let opened = tx
         .query_opt(
             "WITH ins AS (
-                 INSERT INTO accounts (id, proposal_id, agency, title, principal_investigator, award, balance, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, now() + ($7::bigint * $8::bigint) * interval '1 millisecond')
+                 INSERT INTO accounts (id, proposal_id, agency, title, principal_investigator, awarded_to, award, balance,
+                                       duration_days, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $5, $6, $6, $7::bigint::integer,
+                         now() + ($7::bigint * $8::bigint) * interval '1 millisecond')
                  ON CONFLICT (proposal_id) DO NOTHING
                  RETURNING id, principal_investigator
              ),
@@ -336,6 +278,25 @@ pub(super) async fn open_account(
         }
         Err(err) => return Err(err.into()),
     };
+    if !created {
+        // Opened before: a replay only on the same terms. The row is
+        // locked so that its terms cannot change before this commits.
+        let row = tx
+            .query_one(
+                "SELECT agency, awarded_to, award, duration_days FROM accounts WHERE proposal_id = $1 FOR SHARE",
+                &[&new.proposal_id],
+            )
+            .await?;
+        let opened = Terms {
+            agency: row.get(0),
+            awarded_to: row.get(1),
+            award: row.get(2),
+            duration_days: u32::try_from(row.get::<_, i32>(3)).unwrap_or_default(),
+        };
+        if let Some(difference) = opening::difference(new.proposal_id, &opened, &new.terms()) {
+            return Err(opened_on_other_terms(difference));
+        }
+    }
     tx.commit().await?;
     // Opened now or earlier (possibly by another instance a moment ago):
     // read it back in a fresh statement, which sees either.
@@ -446,7 +407,11 @@ pub(super) async fn add_member(
     email: &str,
 ) -> Result<AccountRow> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
     lock_as_principal_investigator(&tx, account, Some(caller)).await?;
     let researcher: Uuid = tx
         .query_opt("SELECT id FROM researchers WHERE email = $1", &[&email])
@@ -475,7 +440,11 @@ pub(super) async fn remove_member(
     researcher: Uuid,
 ) -> Result<AccountRow> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
     // A member may leave on their own; anyone else is removed by the principal investigator.
     let principal = if caller == researcher {
         None
@@ -499,111 +468,6 @@ pub(super) async fn remove_member(
     tx.commit().await?;
     drop(client);
     self::account(pool, account, None).await
-}
-
-/// Applies a batch of withdrawals with one call of `withdraw_batch`: an
-/// answer per withdrawal, in order, or one error for the whole batch, which
-/// then applied nothing. A batch of one may run on its caller's task (see
-/// the batcher), so it is dropped when its client gives up: it runs on a
-/// [`Conn`], and its statement is cancelled, applied or not as a whole.
-pub(super) async fn withdraw_batch(
-    pg: &Pg,
-    batch: &[batcher::Request],
-) -> Result<Vec<Result<Withdrawal>>> {
-    let accounts: Vec<Uuid> = batch.iter().map(|w| w.account).collect();
-    let callers: Vec<Uuid> = batch.iter().map(|w| w.caller).collect();
-    let amounts: Vec<i64> = batch.iter().map(|w| w.amount).collect();
-    let keys: Vec<&str> = batch.iter().map(|w| w.key.as_str()).collect();
-    let memos: Vec<&str> = batch.iter().map(|w| w.memo.as_str()).collect();
-    let client = pg.conn().await?;
-    let mut one = batch.len() == 1;
-    // Neither race below happens while every withdrawal goes through
-    // `withdraw_batch`, which takes the account's row lock before it reads:
-    // they are backstops for a write made some other way (or by
-    // [`WITHDRAW_ONE`], which reads before the lock). A second try of the
-    // whole batch reads what the other writer did.
-    for _ in 0..BATCH_TRIES {
-        let answered = client
-            .guard(async {
-                if one {
-                    let w = &batch[0];
-                    let statement = client.prepare_cached(WITHDRAW_ONE).await?;
-                    client
-                        .query(
-                            &statement,
-                            &[&w.account, &w.caller, &w.amount, &w.key, &w.memo],
-                        )
-                        .await
-                } else {
-                    let statement = client.prepare_cached(WITHDRAW_BATCH).await?;
-                    client
-                        .query(&statement, &[&accounts, &callers, &amounts, &keys, &memos])
-                        .await
-                }
-            })
-            .await;
-        let rows = match answered {
-            Ok(rows) => rows,
-            // The same key applied concurrently by another writer.
-            Err(err) if grantmesh_store::is_unique_violation(&err) => continue,
-            // An entry would have been stamped at or after the expiry.
-            Err(err) if err.code().map(|c| c.code()) == Some(EXPIRED_AT_DEBIT) => continue,
-            Err(err) => return Err(err.into()),
-        };
-        if rows.len() != batch.len() {
-            return Err(StoreError::SqliteCall(format!(
-                "withdraw_batch answered {} rows for {} withdrawals",
-                rows.len(),
-                batch.len()
-            )));
-        }
-        if one && rows[0].get::<_, &str>("r_outcome") == "retry" {
-            one = false;
-            continue;
-        }
-        return Ok(batch
-            .iter()
-            .zip(&rows)
-            .map(|(w, row)| answer(w, row))
-            .collect());
-    }
-    Err(StoreError::Contended(
-        "the central store is too busy right now; retry the withdrawal with the same key".into(),
-    ))
-}
-
-/// One withdrawal's answer from its row of `withdraw_batch`.
-fn answer(w: &batcher::Request, row: &Row) -> Result<Withdrawal> {
-    let outcome: &str = row.get("r_outcome");
-    let entry = || TransactionRow {
-        id: row.get("r_id"),
-        account_id: w.account,
-        researcher_id: row.get("r_researcher"),
-        amount: row.get("r_amount"),
-        memo: row.get("r_memo"),
-        idempotency_key: w.key.clone(),
-        created_at: row.get("r_at"),
-        balance_after: row.get("r_balance_after"),
-    };
-    match outcome {
-        "applied" | "replayed" => Ok(Withdrawal {
-            transaction: entry(),
-            balance: row.get("r_balance"),
-            replayed: outcome == "replayed",
-        }),
-        "key_reused" => Err(key_reused(&w.key, row.get("r_amount"), w.amount)),
-        "missing" => Err(not_found(w.account)),
-        "not_member" => Err(not_member(w.account)),
-        "expired" => Err(expired(w.account)),
-        "insufficient" => Err(insufficient_funds(
-            w.account,
-            row.get("r_balance"),
-            w.amount,
-        )),
-        other => Err(StoreError::SqliteCall(format!(
-            "withdraw_batch answered an unknown outcome {other:?}"
-        ))),
-    }
 }
 
 /// The journal, newest first, `limit` entries before `before` (an entry id).
@@ -686,7 +550,7 @@ async fn lock_as_principal_investigator(
 async fn notify_membership(tx: &deadpool_postgres::Transaction<'_>, account: Uuid) -> Result<()> {
     tx.execute(
         "SELECT pg_notify($1, $2)",
-        &[&CHANNEL, &membership_payload(account)],
+        &[&CHANNEL, &Change::Membership(account).encode()],
     )
     .await?;
     Ok(())
@@ -731,6 +595,7 @@ fn account_from_row(row: &Row) -> AccountRow {
         expires_at: row.get("expires_at"),
         expired: row.get("expired"),
         members: Vec::new(),
+        journal_position: row.get("journal_position"),
     }
 }
 
@@ -744,5 +609,130 @@ fn transaction_from_row(row: &Row) -> TransactionRow {
         idempotency_key: row.get("idempotency_key"),
         created_at: row.get("created_at"),
         balance_after: row.get("balance_after"),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Pg {
+    async fn ledger(&self) -> Result<Box<dyn Ledger>> {
+        Ok(Box::new(ledger::PgLedger::new(self.conn().await?)))
+    }
+
+    /// Two: one batch runs its statements while the other commits (commits
+    /// carrying a NOTIFY go one at a time, database-wide); at most half
+    /// the pool, so reads always find a connection.
+    fn batches_in_flight(&self, pool_size: usize) -> usize {
+        MAX_BATCHES_IN_FLIGHT.min(pool_size / 2)
+    }
+
+    fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+
+    async fn audit(&self, account: Uuid) -> Result<AccountAudit> {
+        audit(self, account).await
+    }
+
+    async fn register_researcher(
+        &self,
+        name: &str,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<ResearcherRow> {
+        register_researcher(self, name, email, password_hash).await
+    }
+
+    async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
+        researcher_by_email(self, email).await
+    }
+
+    async fn researcher(&self, id: Uuid) -> Result<Option<ResearcherRow>> {
+        membership::researcher(self, id).await
+    }
+
+    async fn open_account(
+        &self,
+        day_length: Duration,
+        new: &NewAccount<'_>,
+    ) -> Result<(AccountRow, bool)> {
+        open_account(self, day_length, new).await
+    }
+
+    async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
+        read_account(self, id, caller).await
+    }
+
+    async fn accounts_of(
+        &self,
+        caller: Uuid,
+        after: Option<(SystemTime, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<AccountRow>> {
+        accounts_of(self, caller, after, limit).await
+    }
+
+    async fn add_member(&self, account: Uuid, caller: Uuid, email: &str) -> Result<AccountRow> {
+        add_member(self, account, caller, email).await
+    }
+
+    async fn remove_member(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        researcher: Uuid,
+    ) -> Result<AccountRow> {
+        remove_member(self, account, caller, researcher).await
+    }
+
+    async fn transactions(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<TransactionRow>> {
+        transactions(self, account, caller, before, limit).await
+    }
+
+    async fn entries(&self, account: Uuid, first: i64, last: i64) -> Result<Vec<TransactionRow>> {
+        entries(self, account, first, last).await
+    }
+
+    async fn transaction(&self, account: Uuid, id: i64) -> Result<Option<TransactionRow>> {
+        transaction(self, account, id).await
+    }
+
+    async fn invite(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        email: &str,
+    ) -> Result<(AccountRow, Vec<InvitationRow>)> {
+        membership::invite(self, account, caller, email).await
+    }
+
+    async fn account_invitations(&self, account: Uuid) -> Result<Vec<InvitationRow>> {
+        membership::account_invitations(self, account).await
+    }
+
+    async fn invitations_for(&self, caller: Uuid) -> Result<Vec<InvitationRow>> {
+        membership::invitations_for(self, caller).await
+    }
+
+    async fn accept_invitation(&self, caller: Uuid, invitation: Uuid) -> Result<AccountRow> {
+        membership::accept_invitation(self, caller, invitation).await
+    }
+
+    async fn decline_invitation(&self, caller: Uuid, invitation: Uuid) -> Result<()> {
+        membership::decline_invitation(self, caller, invitation).await
+    }
+
+    async fn transfer_principal(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        researcher: Uuid,
+    ) -> Result<AccountRow> {
+        membership::transfer_principal(self, account, caller, researcher).await
     }
 }

@@ -1,18 +1,19 @@
 //! The College's SQL on the embedded SQLite store (`grantmesh dev`): the
 //! same rules as [`super::postgres`], kept by SQLite's single writer.
 //!
+//! [`Accounts`] implements [`Store`]; withdrawals go through [`ledger`].
 //! Every change runs in one `BEGIN IMMEDIATE` transaction, which takes the
-//! file's write lock before reading, so what it checked (membership, expiry
-//! by the store's clock, the idempotency key, the balance) still holds when
-//! it writes: a withdrawal can neither overdraw nor apply one key twice, and
-//! `CHECK (balance >= 0)` stands behind it as on PostgreSQL. Writers that
-//! find the lock taken wait up to the busy timeout, then get `UNAVAILABLE`.
+//! file's write lock before reading, so what it checked still holds when
+//! it writes, and `CHECK (balance >= 0)` stands behind it as on PostgreSQL.
+//! Writers that find the lock taken wait up to the busy timeout, then get
+//! `UNAVAILABLE`.
 //!
 //! After a change commits, the same payloads PostgreSQL's `NOTIFY` carries
 //! go to the file's in-process fan-out, so `WatchAccount` works unchanged for
 //! instances in this process (and only those: see [`grantmesh_store::sqlite`]).
 //! Every call runs on tokio's blocking pool through the pool's `interact`.
 
+mod ledger;
 mod membership;
 
 use std::time::{Duration, SystemTime};
@@ -24,7 +25,17 @@ use grantmesh_store::sqlite::{
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::*;
+use super::change::Change;
+use super::error::{
+    credential_used, email_taken, no_researcher_with, not_a_member_to_remove, not_found,
+    not_member, not_principal_investigator, opened_on_other_terms,
+    principal_investigator_not_removable, unknown_principal_investigator,
+};
+use super::{
+    AccountAudit, AccountRow, CHANNEL, InvitationRow, Ledger, MemberRow, NewAccount, ResearcherRow,
+    Result, Store, StoreError, TransactionRow, USED_CREDENTIAL_MARGIN,
+};
+use crate::ledger::opening::{self, Terms};
 
 /// The College's SQLite migrations.
 mod embedded {
@@ -41,7 +52,8 @@ macro_rules! account_columns {
             "a.id, a.proposal_id, a.agency, a.title, a.principal_investigator, a.award, a.balance, \
              a.opened_at, a.expires_at, a.expires_at <= ",
             grantmesh_store::sqlite_now_ms!(),
-            " AS expired"
+            " AS expired, \
+             (SELECT coalesce(max(w.id), 0) FROM withdrawals w WHERE w.account_id = a.id) AS journal_position"
         )
     };
 }
@@ -65,11 +77,6 @@ impl Accounts {
 
     pub(super) fn notifications(&self) -> &Notifications {
         &self.notifications
-    }
-
-    /// The pool's size, idle connections, waiters and bound, for the metrics.
-    pub(super) fn pool_status(&self) -> deadpool_sqlite::Status {
-        self.db.pool.status()
     }
 
     /// Runs `call` on a pooled connection, on tokio's blocking pool.
@@ -165,6 +172,7 @@ impl Accounts {
             .unwrap_or(i64::MAX)
             .saturating_mul(i64::from(new.duration_days));
         let credential = new.credential;
+        let terms = new.terms();
         let margin_ms = i64::try_from(USED_CREDENTIAL_MARGIN.as_millis()).unwrap_or(i64::MAX);
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -190,9 +198,9 @@ impl Accounts {
                 Err(err) => return Err(err.into()),
             }
             let inserted = tx.execute(
-                "INSERT INTO accounts (id, proposal_id, agency, title, principal_investigator, award, balance,
-                                       opened_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)
+                "INSERT INTO accounts (id, proposal_id, agency, title, principal_investigator, awarded_to, award,
+                                       balance, duration_days, opened_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6, ?7, ?8, ?9)
                  ON CONFLICT (proposal_id) DO NOTHING",
                 params![
                     id,
@@ -201,6 +209,7 @@ impl Accounts {
                     title,
                     principal_investigator,
                     award,
+                    terms.duration_days,
                     now,
                     now.saturating_add(lasts_ms)
                 ],
@@ -218,6 +227,23 @@ impl Accounts {
                      VALUES (?1, ?2, 'principal_investigator', ?3)",
                     params![id, principal_investigator, now],
                 )?;
+            } else {
+                // Opened before: a replay only on the same terms.
+                let opened = tx.query_row(
+                    "SELECT agency, awarded_to, award, duration_days FROM accounts WHERE proposal_id = ?1",
+                    params![proposal_id],
+                    |row| {
+                        Ok(Terms {
+                            agency: row.get(0)?,
+                            awarded_to: row.get(1)?,
+                            award: row.get(2)?,
+                            duration_days: row.get(3)?,
+                        })
+                    },
+                )?;
+                if let Some(difference) = opening::difference(&proposal_id, &opened, &terms) {
+                    return Err(opened_on_other_terms(difference));
+                }
             }
             let account_id: Uuid = tx.query_row(
                 "SELECT id FROM accounts WHERE proposal_id = ?1",
@@ -302,7 +328,7 @@ impl Accounts {
             let row = read_account(&tx, account)?.ok_or_else(|| not_found(account))?;
             tx.commit()?;
             if added > 0 {
-                notifications.publish(membership_payload(account));
+                notifications.publish(Change::Membership(account).encode());
             }
             Ok(row)
         })
@@ -337,51 +363,8 @@ impl Accounts {
             }
             let row = read_account(&tx, account)?.ok_or_else(|| not_found(account))?;
             tx.commit()?;
-            notifications.publish(membership_payload(account));
+            notifications.publish(Change::Membership(account).encode());
             Ok(row)
-        })
-        .await
-    }
-
-    /// Applies a batch of withdrawals in one `BEGIN IMMEDIATE` transaction,
-    /// one after the other, each seeing the ones before it: an answer per
-    /// withdrawal, or one error for the whole batch (nothing applied).
-    pub(super) async fn withdraw_batch(
-        &self,
-        batch: &[batcher::Request],
-    ) -> Result<Vec<Result<Withdrawal>>> {
-        let batch = batch.to_vec();
-        let notifications = self.notifications.clone();
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // The store's clock once the write lock is held, for every
-            // withdrawal of the batch: its expiry check and its stamp.
-            let now: i64 = tx.query_row(
-                concat!("SELECT ", grantmesh_store::sqlite_now_ms!()),
-                [],
-                |row| row.get(0),
-            )?;
-            let mut answers = Vec::with_capacity(batch.len());
-            for request in &batch {
-                answers.push(apply(&tx, now, request)?);
-            }
-            tx.commit()?;
-            let applied: Vec<&TransactionRow> = answers
-                .iter()
-                .filter_map(|a| a.as_ref().ok())
-                .filter(|w| !w.replayed)
-                .map(|w| &w.transaction)
-                .collect();
-            // Announced here, not by the caller once this returns: the
-            // caller may be gone by then (see the batcher), the commit not.
-            if let (Some(first), Some(last)) = (applied.first(), applied.last()) {
-                notifications.publish(withdrawals_payload(
-                    first.id,
-                    last.id,
-                    &applied.iter().map(|t| t.account_id).collect::<Vec<_>>(),
-                ));
-            }
-            Ok(answers)
         })
         .await
     }
@@ -451,85 +434,131 @@ impl Accounts {
     }
 }
 
-/// One withdrawal of a batch, inside its transaction at the store's time
-/// `now`: the outer error fails the whole batch, the inner one is this
-/// withdrawal's own answer (refusals change nothing).
-fn apply(tx: &Connection, now: i64, request: &batcher::Request) -> Result<Result<Withdrawal>> {
-    let batcher::Request {
-        account,
-        caller,
-        amount,
-        ref key,
-        ref memo,
-    } = *request;
-    let Some((balance, expires_at)) = tx
-        .prepare_cached("SELECT balance, expires_at FROM accounts WHERE id = ?1")?
-        .query_row(params![account], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-        })
-        .optional()?
-    else {
-        return Ok(Err(not_found(account)));
-    };
-    let is_member: bool = tx
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM members WHERE account_id = ?1 AND researcher_id = ?2)",
-        )?
-        .query_row(params![account, caller], |row| row.get(0))?;
-    if !is_member {
-        return Ok(Err(not_member(account)));
+#[async_trait::async_trait]
+impl Store for Accounts {
+    async fn ledger(&self) -> Result<Box<dyn Ledger>> {
+        Ok(Box::new(ledger::SqliteLedger::new(
+            self.db.pool.get().await?,
+            self.notifications.clone(),
+        )))
     }
-    let previous = tx
-        .prepare_cached(&format!(
-            "SELECT {TRANSACTION_COLUMNS} FROM withdrawals WHERE account_id = ?1 AND idempotency_key = ?2"
-        ))?
-        .query_row(params![account, key], transaction_from_row)
-        .optional()?;
-    if let Some(previous) = previous {
-        if previous.amount != amount {
-            return Ok(Err(key_reused(key, previous.amount, amount)));
-        }
-        return Ok(Ok(Withdrawal {
-            transaction: previous,
-            balance,
-            replayed: true,
-        }));
+
+    /// One: SQLite has one writer, so a second batch would only wait.
+    fn batches_in_flight(&self, _pool_size: usize) -> usize {
+        1
     }
-    if expires_at <= now {
-        return Ok(Err(expired(account)));
+
+    /// The pool's size, idle connections, waiters and bound, for the metrics.
+    fn pool_status(&self) -> deadpool_sqlite::Status {
+        self.db.pool.status()
     }
-    if balance < amount {
-        return Ok(Err(insufficient_funds(account, balance, amount)));
+
+    async fn audit(&self, account: Uuid) -> Result<AccountAudit> {
+        Accounts::audit(self, account).await
     }
-    let balance_after: i64 = tx
-        .prepare_cached(
-            "UPDATE accounts SET balance = balance - ?2 WHERE id = ?1 RETURNING balance",
-        )?
-        .query_row(params![account, amount], |row| row.get(0))?;
-    let id: i64 = tx
-        .prepare_cached(
-            "INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo,
-                                      balance_after, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
-        )?
-        .query_row(
-            params![account, caller, amount, key, memo, balance_after, now],
-            |row| row.get(0),
-        )?;
-    Ok(Ok(Withdrawal {
-        transaction: TransactionRow {
-            id,
-            account_id: account,
-            researcher_id: caller,
-            amount,
-            memo: memo.clone(),
-            idempotency_key: key.clone(),
-            created_at: time(now),
-            balance_after,
-        },
-        balance: balance_after,
-        replayed: false,
-    }))
+
+    async fn register_researcher(
+        &self,
+        name: &str,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<ResearcherRow> {
+        Accounts::register_researcher(self, name, email, password_hash).await
+    }
+
+    async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
+        Accounts::researcher_by_email(self, email).await
+    }
+
+    async fn researcher(&self, id: Uuid) -> Result<Option<ResearcherRow>> {
+        Accounts::researcher(self, id).await
+    }
+
+    async fn open_account(
+        &self,
+        day_length: Duration,
+        new: &NewAccount<'_>,
+    ) -> Result<(AccountRow, bool)> {
+        Accounts::open_account(self, day_length, new).await
+    }
+
+    async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
+        Accounts::account(self, id, caller).await
+    }
+
+    async fn accounts_of(
+        &self,
+        caller: Uuid,
+        after: Option<(SystemTime, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<AccountRow>> {
+        Accounts::accounts_of(self, caller, after, limit).await
+    }
+
+    async fn add_member(&self, account: Uuid, caller: Uuid, email: &str) -> Result<AccountRow> {
+        Accounts::add_member(self, account, caller, email).await
+    }
+
+    async fn remove_member(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        researcher: Uuid,
+    ) -> Result<AccountRow> {
+        Accounts::remove_member(self, account, caller, researcher).await
+    }
+
+    async fn transactions(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<TransactionRow>> {
+        Accounts::transactions(self, account, caller, before, limit).await
+    }
+
+    async fn entries(&self, account: Uuid, first: i64, last: i64) -> Result<Vec<TransactionRow>> {
+        Accounts::entries(self, account, first, last).await
+    }
+
+    async fn transaction(&self, account: Uuid, id: i64) -> Result<Option<TransactionRow>> {
+        Accounts::transaction(self, account, id).await
+    }
+
+    async fn invite(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        email: &str,
+    ) -> Result<(AccountRow, Vec<InvitationRow>)> {
+        Accounts::invite(self, account, caller, email).await
+    }
+
+    async fn account_invitations(&self, account: Uuid) -> Result<Vec<InvitationRow>> {
+        Accounts::account_invitations(self, account).await
+    }
+
+    async fn invitations_for(&self, caller: Uuid) -> Result<Vec<InvitationRow>> {
+        Accounts::invitations_for(self, caller).await
+    }
+
+    async fn accept_invitation(&self, caller: Uuid, invitation: Uuid) -> Result<AccountRow> {
+        Accounts::accept_invitation(self, caller, invitation).await
+    }
+
+    async fn decline_invitation(&self, caller: Uuid, invitation: Uuid) -> Result<()> {
+        Accounts::decline_invitation(self, caller, invitation).await
+    }
+
+    async fn transfer_principal(
+        &self,
+        account: Uuid,
+        caller: Uuid,
+        researcher: Uuid,
+    ) -> Result<AccountRow> {
+        Accounts::transfer_principal(self, account, caller, researcher).await
+    }
 }
 
 /// Whether a failure is a primary-key violation, which SQLite reports apart
@@ -612,6 +641,7 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<AccountRow> {
         expires_at: time(row.get("expires_at")?),
         expired: row.get("expired")?,
         members: Vec::new(),
+        journal_position: row.get("journal_position")?,
     })
 }
 

@@ -5,23 +5,27 @@ use deadpool_postgres::Pool;
 use grantmesh_store::tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::super::membership::{
+use super::{lock_as_principal_investigator, notify_membership};
+use crate::store::membership::{
     InvitationRow, InviteCheck, MAX_PENDING_INVITATIONS, no_invitation, not_a_member_to_promote,
 };
-use super::{ResearcherRow, Result, lock_as_principal_investigator, notify_membership};
-use crate::store::AccountRow;
+use crate::store::{AccountRow, ResearcherRow, Result};
 
 const INVITATION_COLUMNS: &str = "SELECT i.id, i.account_id, a.title, i.email, r.name AS by_name, r.email AS by_email, i.invited_at
      FROM invitations i JOIN accounts a ON a.id = i.account_id JOIN researchers r ON r.id = i.invited_by";
 
-pub(in crate::store) async fn invite(
+pub(super) async fn invite(
     pool: &Pool,
     account: Uuid,
     caller: Uuid,
     email: &str,
 ) -> Result<(AccountRow, Vec<InvitationRow>)> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(grantmesh_store::tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
     lock_as_principal_investigator(&tx, account, Some(caller)).await?;
     // Invitations of one email from different accounts take turns, so two
     // at once cannot both slip under the per-email bound.
@@ -59,10 +63,7 @@ pub(in crate::store) async fn invite(
     Ok((row, account_invitations(pool, account).await?))
 }
 
-pub(in crate::store) async fn account_invitations(
-    pool: &Pool,
-    account: Uuid,
-) -> Result<Vec<InvitationRow>> {
+pub(super) async fn account_invitations(pool: &Pool, account: Uuid) -> Result<Vec<InvitationRow>> {
     let client = pool.get().await?;
     let rows = client
         .query(
@@ -75,10 +76,7 @@ pub(in crate::store) async fn account_invitations(
     Ok(rows.iter().map(invitation).collect())
 }
 
-pub(in crate::store) async fn invitations_for(
-    pool: &Pool,
-    caller: Uuid,
-) -> Result<Vec<InvitationRow>> {
+pub(super) async fn invitations_for(pool: &Pool, caller: Uuid) -> Result<Vec<InvitationRow>> {
     let client = pool.get().await?;
     let rows = client
         .query(
@@ -93,13 +91,17 @@ pub(in crate::store) async fn invitations_for(
     Ok(rows.iter().map(invitation).collect())
 }
 
-pub(in crate::store) async fn accept_invitation(
+pub(super) async fn accept_invitation(
     pool: &Pool,
     caller: Uuid,
     invitation: Uuid,
 ) -> Result<AccountRow> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(grantmesh_store::tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
     let account: Uuid = tx
         .query_opt(
             "SELECT i.account_id FROM invitations i JOIN researchers r ON r.email = i.email
@@ -122,11 +124,7 @@ pub(in crate::store) async fn accept_invitation(
     super::account(pool, account, None).await
 }
 
-pub(in crate::store) async fn decline_invitation(
-    pool: &Pool,
-    caller: Uuid,
-    invitation: Uuid,
-) -> Result<()> {
+pub(super) async fn decline_invitation(pool: &Pool, caller: Uuid, invitation: Uuid) -> Result<()> {
     let client = pool.get().await?;
     let deleted = client
         .execute(
@@ -143,14 +141,18 @@ pub(in crate::store) async fn decline_invitation(
     Ok(())
 }
 
-pub(in crate::store) async fn transfer_principal(
+pub(super) async fn transfer_principal(
     pool: &Pool,
     account: Uuid,
     caller: Uuid,
     researcher: Uuid,
 ) -> Result<AccountRow> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(grantmesh_store::tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
     lock_as_principal_investigator(&tx, account, Some(caller)).await?;
     if researcher != caller {
         let member: bool = tx
@@ -182,7 +184,7 @@ pub(in crate::store) async fn transfer_principal(
     super::account(pool, account, None).await
 }
 
-pub(in crate::store) async fn researcher(pool: &Pool, id: Uuid) -> Result<Option<ResearcherRow>> {
+pub(super) async fn researcher(pool: &Pool, id: Uuid) -> Result<Option<ResearcherRow>> {
     let client = pool.get().await?;
     let row = client
         .query_opt(

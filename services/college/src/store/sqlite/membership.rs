@@ -7,14 +7,13 @@ use grantmesh_store::sqlite::time;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::super::membership::{
+use super::{Accounts, check_principal_investigator, read_account};
+use crate::store::change::Change;
+use crate::store::error::not_found;
+use crate::store::membership::{
     InvitationRow, InviteCheck, MAX_PENDING_INVITATIONS, no_invitation, not_a_member_to_promote,
 };
-use super::{
-    Accounts, ResearcherRow, Result, check_principal_investigator, membership_payload, not_found,
-    read_account,
-};
-use crate::store::AccountRow;
+use crate::store::{AccountRow, ResearcherRow, Result};
 
 const INVITATION_COLUMNS: &str = "SELECT i.id, i.account_id, a.title, i.email, r.name AS by_name, r.email AS by_email, i.invited_at
      FROM invitations i JOIN accounts a ON a.id = i.account_id JOIN researchers r ON r.id = i.invited_by";
@@ -114,7 +113,7 @@ impl Accounts {
             tx.execute("DELETE FROM invitations WHERE id = ?1", params![invitation])?;
             let row = read_account(&tx, account)?.ok_or_else(|| not_found(account))?;
             tx.commit()?;
-            notifications.publish(membership_payload(account));
+            notifications.publish(Change::Membership(account).encode());
             Ok(row)
         })
         .await
@@ -175,7 +174,7 @@ impl Accounts {
             let row = read_account(&tx, account)?.ok_or_else(|| not_found(account))?;
             tx.commit()?;
             if changed {
-                notifications.publish(membership_payload(account));
+                notifications.publish(Change::Membership(account).encode());
             }
             Ok(row)
         })
