@@ -196,6 +196,8 @@ conformance!(
     one_key_submitted_twice_in_one_batch_applies_once,
     a_batch_whose_database_call_fails_applies_nothing_and_every_caller_gets_unavailable,
     a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance,
+    two_members_using_one_key_each_make_their_own_withdrawal,
+    a_queued_withdrawal_whose_caller_gave_up_is_dropped_unapplied_and_counted,
 );
 
 // ---------------------------------------------------------------------------
@@ -2490,4 +2492,323 @@ async fn an_instance_listens_for_changes_only_while_someone_subscribes() {
         matches!(&notice, Notice::Payload(p) if p.contains(&account.id.to_string())),
         "{notice:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The defects issue 18 fixed, each checked where it showed.
+
+/// Defect 2: keys were scoped to the account, so a member reusing a key
+/// another member had used got that member's transaction back as
+/// "replayed" and their own withdrawal never happened.
+async fn two_members_using_one_key_each_make_their_own_withdrawal(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let student = researcher(&accounts, "student").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+    accounts
+        .add_member(account.id, pi.id, &student.email)
+        .await
+        .unwrap();
+    let ada = accounts
+        .withdraw(account.id, pi.id, 300, "shared-key", "")
+        .await
+        .unwrap();
+    let bob = accounts
+        .withdraw(account.id, student.id, 200, "shared-key", "")
+        .await
+        .unwrap();
+    assert!(!bob.replayed, "the student's withdrawal is their own");
+    assert_ne!(bob.transaction.id, ada.transaction.id);
+    assert_eq!(
+        (bob.transaction.researcher_id, bob.balance),
+        (student.id, 500)
+    );
+    // Each retry replays its own caller's entry.
+    let again = accounts
+        .withdraw(account.id, pi.id, 300, "shared-key", "")
+        .await
+        .unwrap();
+    assert!(again.replayed && again.transaction.id == ada.transaction.id);
+    let again = accounts
+        .withdraw(account.id, student.id, 200, "shared-key", "")
+        .await
+        .unwrap();
+    assert!(again.replayed && again.transaction.id == bob.transaction.id);
+    let audit = accounts.audit(account.id).await.unwrap();
+    assert_eq!(audit.journal.len(), 2);
+    assert_eq!(audit.account.balance, 500);
+    // One row per (account, caller, key) stays the store's own backstop.
+    let duplicate = store
+        .execute(&format!(
+            "INSERT INTO withdrawals (account_id, researcher_id, amount, idempotency_key, memo, balance_after, created_at)
+             SELECT account_id, researcher_id, 1, idempotency_key, '', 0, created_at FROM withdrawals WHERE id = {}",
+            bob.transaction.id
+        ))
+        .await;
+    assert!(duplicate.is_err(), "a second row for one caller's key");
+}
+
+/// A withdrawal still queued when its caller goes away (the client gave
+/// up) is not applied by the batch that later takes the queue, and is
+/// counted.
+async fn a_queued_withdrawal_whose_caller_gave_up_is_dropped_unapplied_and_counted(
+    store: &TestStore,
+) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let account = open(&accounts, pi.id, 1_000, 30).await;
+    let (lock, blockers) = fill_slots(store, &accounts, pi.id).await;
+    let submit = |on: Uuid, key: String| {
+        let accounts = accounts.clone();
+        tokio::spawn(async move { accounts.withdraw(on, pi.id, 100, &key, "").await })
+    };
+    let queued_before = accounts.withdrawals_queued();
+    let gone = submit(account.id, "gone".into());
+    settled("the withdrawal queued", || {
+        accounts.withdrawals_queued() == queued_before + 1
+    })
+    .await;
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    lock.release().await;
+    for blocker in blockers {
+        blocker
+            .await
+            .unwrap()
+            .expect("a blocker applies once released");
+    }
+    settled("the queue was taken", || accounts.withdrawals_queued() == 0).await;
+    assert_eq!(accounts.batch_sizes().abandoned(), 1);
+    assert!(accounts.audit(account.id).await.unwrap().journal.is_empty());
+    assert_eq!(
+        accounts.account(account.id, None).await.unwrap().balance,
+        1_000
+    );
+}
+
+/// Defect 1: a lone withdrawal judged membership from a snapshot taken
+/// before it waited for the account's lock, so a member removed while it
+/// waited still got it applied. Here a side session locks the account and
+/// removes the member (and commits) while the withdrawal waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_removed_while_their_withdrawal_waited_on_the_lock_is_refused() {
+    let store = TestStore::postgres().await;
+    let (accounts, _) = college(&store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let student = researcher(&accounts, "student").await;
+    let account = open(&accounts, pi.id, 10_000, 30).await;
+    accounts
+        .add_member(account.id, pi.id, &student.email)
+        .await
+        .unwrap();
+    let (side, connection) = tokio_postgres::connect(&store.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    side.batch_execute(&format!(
+        "BEGIN; SELECT 1 FROM accounts WHERE id = '{}' FOR UPDATE",
+        account.id
+    ))
+    .await
+    .unwrap();
+    let waiting = {
+        let accounts = accounts.clone();
+        tokio::spawn(async move {
+            accounts
+                .withdraw(account.id, student.id, 5_000, "while-removed", "")
+                .await
+        })
+    };
+    wait_for_a_lock_wait(&side).await;
+    side.batch_execute(&format!(
+        "DELETE FROM members WHERE account_id = '{}' AND researcher_id = '{}'; COMMIT",
+        account.id, student.id
+    ))
+    .await
+    .unwrap();
+    let refused = tokio::time::timeout(SETTLE, waiting)
+        .await
+        .expect("answered once the lock is free")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code(refused), tonic::Code::PermissionDenied);
+    let audit = accounts.audit(account.id).await.unwrap();
+    assert!(
+        audit.journal.is_empty(),
+        "nothing journaled: {:?}",
+        audit.journal
+    );
+    assert_eq!(audit.account.balance, 10_000);
+}
+
+/// Defect 4: one account locked elsewhere (another College's open
+/// transaction, a stopped process) stalled every withdrawal in its batch,
+/// and after the lock timeout failed them all. Now the others are answered
+/// at once and the locked account's withdrawal waits on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_account_locked_elsewhere_does_not_hold_up_or_fail_the_rest_of_its_batch() {
+    let store = TestStore::postgres().await;
+    let (accounts, _) = college(&store, REAL_DAY).await;
+    let pi = researcher(&accounts, "pi").await;
+    let hot = open(&accounts, pi.id, 10_000, 30).await;
+    let free = open(&accounts, pi.id, 10_000, 30).await;
+    let also_free = open(&accounts, pi.id, 10_000, 30).await;
+    let (lock, blockers) = fill_slots(&store, &accounts, pi.id).await;
+    let submit = |on: Uuid, key: &'static str| {
+        let accounts = accounts.clone();
+        tokio::spawn(async move { accounts.withdraw(on, pi.id, 100, key, "").await })
+    };
+    let queued = accounts.withdrawals_queued();
+    let mut asks = Vec::new();
+    for (n, (on, key)) in [
+        (free.id, "free"),
+        (hot.id, "hot"),
+        (also_free.id, "also-free"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        asks.push(submit(on, key));
+        settled("the withdrawal queued", || {
+            accounts.withdrawals_queued() == queued + n + 1
+        })
+        .await;
+    }
+    // Before their batch runs, another writer takes the hot account and
+    // holds it (past the lock timeout, if nothing else gave way).
+    let outside = store.lock_writes(hot.id).await;
+    lock.release().await;
+    for blocker in blockers {
+        blocker
+            .await
+            .unwrap()
+            .expect("a blocker applies once released");
+    }
+    let hot_answer = asks.remove(1);
+    for ask in asks {
+        let applied = ask
+            .await
+            .unwrap()
+            .expect("applied while the hot account is locked");
+        assert_eq!(applied.balance, 9_900);
+    }
+    assert!(
+        !hot_answer.is_finished(),
+        "the hot account's withdrawal waits"
+    );
+    assert!(accounts.batch_sizes().deferred() >= 1);
+    outside.release().await;
+    let hot_done = tokio::time::timeout(SETTLE, hot_answer)
+        .await
+        .expect("answered once the lock is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(hot_done.balance, 9_900);
+}
+
+/// Defect 6: the READ COMMITTED the withdrawal path relies on was not set
+/// on the session, so on a server whose default isolation is SERIALIZABLE
+/// concurrent withdrawals failed with INTERNAL (serialization failures).
+/// The URL's own `options` make this session's default SERIALIZABLE here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn withdrawals_on_a_server_whose_default_isolation_is_serializable_are_never_internal() {
+    let base = TestStore::postgres().await;
+    let url = format!(
+        "{}?options=-c%20default_transaction_isolation%3Dserializable",
+        base.url
+    );
+    let (accounts, _) = AccountStore::start(&url, POOL_SIZE, REAL_DAY, CancellationToken::new())
+        .await
+        .expect("the store starts");
+    let pi = researcher(&accounts, "pi").await;
+    let spread: Vec<Uuid> = {
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(open(&accounts, pi.id, 1_000_000, 30).await.id);
+        }
+        ids
+    };
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let accounts = accounts.clone();
+            let account = spread[i % spread.len()];
+            tokio::spawn(async move {
+                let mut applied = 0;
+                for n in 0..10 {
+                    let key = format!("w-{i}-{n}");
+                    match withdraw_retrying(&accounts, account, pi.id, 1, &key).await {
+                        Ok(_) => applied += 1,
+                        Err(err) => panic!("withdrawal {key}: {:?}", err.into_status()),
+                    }
+                }
+                applied
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for task in tasks {
+        applied += task.await.unwrap();
+    }
+    assert_eq!(applied, 640);
+    let mut journaled = 0;
+    for account in &spread {
+        let audit = accounts.audit(*account).await.unwrap();
+        let sum: i64 = audit.journal.iter().map(|t| t.amount).sum();
+        assert_eq!(audit.account.balance, 1_000_000 - sum);
+        journaled += audit.journal.len();
+    }
+    assert_eq!(journaled, 640);
+}
+
+/// Keeps every batch slot of `accounts` busy: a withdrawal of 1 on each of
+/// fresh accounts of `pi` whose writes are held up from outside, until one
+/// more has to queue. Released, they apply and the queue goes next.
+async fn fill_slots(
+    store: &TestStore,
+    accounts: &AccountStore,
+    pi: Uuid,
+) -> (WriteLock, Vec<tokio::task::JoinHandle<Answer>>) {
+    let mut blocking = Vec::new();
+    for _ in 0..=grantmesh_college::store::MAX_BATCHES_IN_FLIGHT {
+        blocking.push(open(accounts, pi, 1_000, 30).await.id);
+    }
+    let lock = store.lock_writes_of(&blocking).await;
+    let mut blockers = Vec::new();
+    let mut next = blocking.iter();
+    while accounts.withdrawals_queued() == 0 {
+        let started = accounts.batch_sizes().batches();
+        let on = *next.next().expect("a blocker account for every slot");
+        let submitter = accounts.clone();
+        blockers.push(tokio::spawn(async move {
+            submitter
+                .withdraw(on, pi, 1, &format!("blocker-{on}"), "")
+                .await
+        }));
+        settled("a blocker started a batch or queued", || {
+            accounts.batch_sizes().batches() > started || accounts.withdrawals_queued() > 0
+        })
+        .await;
+    }
+    (lock, blockers)
+}
+
+/// Waits until some session of the test database waits on a lock.
+async fn wait_for_a_lock_wait(side: &tokio_postgres::Client) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let waiting = side
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing waited on the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
