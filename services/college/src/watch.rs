@@ -413,6 +413,93 @@ fn what_for(payload: &str, account: Uuid) -> Option<What> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Credential, NewAccount};
+
+    /// Defect 5 of issue 18: a watcher subscribes, then reads its snapshot;
+    /// a withdrawal committed in between is in both, and was sent again
+    /// after the snapshot, with an older balance than one already shown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_withdrawal_the_snapshot_already_shows_is_not_sent_again() {
+        use futures::StreamExt as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("watch.db").display());
+        let closing = CancellationToken::new();
+        let day = Duration::from_secs(24 * 60 * 60);
+        let (store, notifications) = AccountStore::start(&url, 4, day, closing.clone())
+            .await
+            .unwrap();
+        let pi = store
+            .register_researcher("Ada", "ada@example.org", "not-a-hash")
+            .await
+            .unwrap();
+        let (account, _) = store
+            .open_account(&NewAccount {
+                proposal_id: "p-1",
+                agency: "nsf",
+                title: "Tides",
+                principal_investigator: pi.id,
+                award: 1_000,
+                duration_days: 30,
+                credential: Credential {
+                    jti: Uuid::new_v4(),
+                    expires_at: SystemTime::now() + Duration::from_secs(60),
+                },
+            })
+            .await
+            .unwrap();
+        let watchers = Arc::new(Watchers::default());
+        let permit = watchers.admit(pi.id).unwrap();
+        let notices = notifications.subscribe().await.unwrap();
+        // As `watch` does: subscribed first…
+        let updates = watchers.feed(&store, &notices, account.id, &closing);
+        // …then a withdrawal commits and the feed hears of it…
+        store
+            .withdraw(account.id, pi.id, 100, "between", "")
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while updates.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the feed never heard it"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // …before the snapshot is read: the snapshot already shows it.
+        let snapshot = store.account(account.id, Some(pi.id)).await.unwrap();
+        assert_eq!(snapshot.balance, 900);
+        let mut stream = relay(
+            permit,
+            store.clone(),
+            updates,
+            snapshot,
+            account.id,
+            pi.id,
+            closing.clone(),
+        );
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.kind, Kind::Snapshot as i32);
+        assert_eq!(first.account.unwrap().balance_minor, 900);
+        // The next event is the next withdrawal, not "between" again.
+        let after = store
+            .withdraw(account.id, pi.id, 100, "after", "")
+            .await
+            .unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the next withdrawal is sent")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.kind, Kind::Withdrawal as i32);
+        assert_eq!(
+            next.transaction.unwrap().transaction_id,
+            after.transaction.id.to_string()
+        );
+        assert_eq!(next.account.unwrap().balance_minor, 800);
+        assert_eq!(next.journal_position, after.transaction.id);
+        closing.cancel();
+    }
 
     #[test]
     fn a_researcher_holds_a_bounded_number_of_watches_and_gets_them_back() {

@@ -303,3 +303,34 @@ macro_rules! sqlite_now_ms {
         "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 7 of issue 18: the embedded store ran `synchronous = NORMAL`,
+    /// under which an acknowledged commit can be lost to a power cut. Every
+    /// connection the pool hands out must sync each commit (FULL, 2) in WAL.
+    #[tokio::test]
+    async fn every_pooled_connection_syncs_each_commit_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = connect(&dir.path().join("durable.db"), 3).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(store.pool.get().await.unwrap());
+        }
+        for conn in &held {
+            let (synchronous, journal): (i64, String) = conn
+                .interact(|conn| {
+                    Ok::<_, rusqlite::Error>((
+                        conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?,
+                        conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?,
+                    ))
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((synchronous, journal.as_str()), (2, "wal"));
+        }
+    }
+}
