@@ -109,6 +109,9 @@ struct PoolGauges {
     available: IntGauge,
     waiting: IntGauge,
     max: IntGauge,
+    /// The batcher's own counts ([`crate::store::BatchSizes`]), caught up at each scrape.
+    abandoned: prometheus::IntCounter,
+    deferred: prometheus::IntCounter,
 }
 
 impl PoolGauges {
@@ -132,6 +135,16 @@ impl PoolGauges {
                 "grantmesh_college_store_pool_max",
                 "The most connections the store pool may hold (--pool-size)",
             ),
+            abandoned: prometheus::IntCounter::new(
+                "grantmesh_college_withdrawals_abandoned_total",
+                "Queued withdrawals dropped unapplied because their caller had gone",
+            )
+            .expect("valid metric"),
+            deferred: prometheus::IntCounter::new(
+                "grantmesh_college_withdrawals_deferred_total",
+                "Withdrawals that went again on their own, their account locked by another writer",
+            )
+            .expect("valid metric"),
         }
     }
 }
@@ -141,6 +154,8 @@ impl Collector for PoolGauges {
         [&self.size, &self.available, &self.waiting, &self.max]
             .into_iter()
             .flat_map(|gauge| gauge.desc())
+            .chain(self.abandoned.desc())
+            .chain(self.deferred.desc())
             .collect()
     }
 
@@ -151,9 +166,17 @@ impl Collector for PoolGauges {
         self.available.set(count(status.available));
         self.waiting.set(count(status.waiting));
         self.max.set(count(status.max_size));
+        let sizes = self.store.batch_sizes();
+        let catch_up = |counter: &prometheus::IntCounter, now: u64| {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        };
+        catch_up(&self.abandoned, sizes.abandoned());
+        catch_up(&self.deferred, sizes.deferred());
         [&self.size, &self.available, &self.waiting, &self.max]
             .into_iter()
             .flat_map(|gauge| gauge.collect())
+            .chain(self.abandoned.collect())
+            .chain(self.deferred.collect())
             .collect()
     }
 }

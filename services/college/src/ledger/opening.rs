@@ -63,7 +63,7 @@ mod tests {
         Terms {
             agency: "nsf".into(),
             awarded_to: Uuid::nil(),
-            award: 400_000_00,
+            award: 40_000_000,
             duration_days: 365,
         }
     }

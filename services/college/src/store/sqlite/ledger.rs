@@ -119,7 +119,9 @@ fn load(conn: &Connection, batch: &[Request]) -> Result<Locked> {
         used: HashMap::new(),
     };
     for request in batch {
-        if !state.accounts.contains_key(&request.account) {
+        if let std::collections::hash_map::Entry::Vacant(slot) =
+            state.accounts.entry(request.account)
+        {
             let found = conn
                 .prepare_cached("SELECT balance, expires_at FROM accounts WHERE id = ?1")?
                 .query_row(params![request.account], |row| {
@@ -133,7 +135,7 @@ fn load(conn: &Connection, batch: &[Request]) -> Result<Locked> {
             let Some(account) = found else {
                 continue;
             };
-            state.accounts.insert(request.account, account);
+            slot.insert(account);
         }
         let role: Option<String> = conn
             .prepare_cached(
