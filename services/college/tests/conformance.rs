@@ -350,43 +350,22 @@ type Ask = (Uuid, Uuid, i64, &'static str);
 
 /// Applies `asks` as one batch, in this order, and returns their answers.
 /// Every batch the store may run at once is first kept busy by a withdrawal
-/// of 1 from a blocker account of `blocker.1` (`blocker.0` first, then
-/// more opened here: a College never runs two batches on one account),
-/// whose writes are held up from outside; the asks queue behind them
-/// meanwhile, one after the other, and go together when the writes are
-/// released. (One more blocker withdrawal rides in the batch, first.)
+/// of 1 from a blocker account of `blocker_owner` ([`fill_slots`]: accounts of
+/// their own, since a College never runs two batches on one account), whose
+/// writes are held up from outside; the asks queue behind them meanwhile,
+/// one after the other, and go together when the writes are released.
+/// (One more blocker withdrawal rides in the batch, first.)
 async fn in_one_batch(
     store: &TestStore,
     accounts: &AccountStore,
-    blocker: (Uuid, Uuid),
+    blocker_owner: Uuid,
     asks: &[Ask],
 ) -> Vec<Answer> {
-    let mut blocking = vec![blocker.0];
-    for _ in 0..grantmesh_college::store::MAX_BATCHES_IN_FLIGHT {
-        blocking.push(open(accounts, blocker.1, 1_000, 30).await.id);
-    }
-    let lock = store.lock_writes_of(&blocking).await;
+    let (lock, blockers) = fill_slots(store, accounts, blocker_owner).await;
     let submit = |(account, caller, amount, key): (Uuid, Uuid, i64, String)| {
         let accounts = accounts.clone();
         tokio::spawn(async move { accounts.withdraw(account, caller, amount, &key, "").await })
     };
-    // Blockers until one has to queue: every batch slot is then in flight.
-    let mut blockers = Vec::new();
-    let mut next = blocking.iter();
-    while accounts.withdrawals_queued() == 0 {
-        let started = accounts.batch_sizes().batches();
-        let on = *next.next().expect("a blocker account for every slot");
-        blockers.push(submit((
-            on,
-            blocker.1,
-            1,
-            format!("blocker-{}", Uuid::new_v4()),
-        )));
-        settled("a blocker started a batch or queued", || {
-            accounts.batch_sizes().batches() > started || accounts.withdrawals_queued() > 0
-        })
-        .await;
-    }
     let mut tasks = Vec::new();
     for (n, &(account, caller, amount, key)) in asks.iter().enumerate() {
         tasks.push(submit((account, caller, amount, key.to_owned())));
@@ -1262,7 +1241,6 @@ async fn withdrawals_in_one_batch_each_get_their_own_answer_and_refusals_fail_no
     let pi = researcher(&accounts, "pi").await;
     let outsider = researcher(&accounts, "outsider").await;
     let account = open(&accounts, pi.id, 1_000, 10_000).await;
-    let blocker = open(&accounts, pi.id, 1_000, 10_000).await;
     let short = open(&accounts, pi.id, 1_000, 1).await;
     settled("the short account expired", || {
         SystemTime::now() > short.expires_at + Duration::from_millis(100)
@@ -1273,7 +1251,7 @@ async fn withdrawals_in_one_batch_each_get_their_own_answer_and_refusals_fail_no
     let answers = in_one_batch(
         store,
         &accounts,
-        (blocker.id, pi.id),
+        pi.id,
         &[
             (a, pi.id, 600, "first"),        // applied: 400 left
             (a, pi.id, 500, "too-much"),     // insufficient funds
@@ -1334,11 +1312,10 @@ async fn one_key_submitted_twice_in_one_batch_applies_once(store: &TestStore) {
     let pi = researcher(&accounts, "pi").await;
     let account = open(&accounts, pi.id, 1_000, 30).await;
     let other = open(&accounts, pi.id, 1_000, 30).await;
-    let blocker = open(&accounts, pi.id, 1_000, 30).await;
     let answers = in_one_batch(
         store,
         &accounts,
-        (blocker.id, pi.id),
+        pi.id,
         &[
             (account.id, pi.id, 100, "twice"),
             (account.id, pi.id, 100, "twice"),
@@ -2129,7 +2106,6 @@ async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance
     let accounts = writer.store();
     let pi = researcher(accounts, "pi").await;
     let account = open(accounts, pi.id, 100_000, 30).await;
-    let blocker = open(accounts, pi.id, 1_000, 30).await;
     let (token, _) = keys.researcher_token(pi.id).unwrap();
     // Two watchers of the account on the other instance: both see it all.
     let mut streams = Vec::new();
@@ -2177,7 +2153,7 @@ async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance
     .enumerate()
     .map(|(i, key)| (account.id, pi.id, i as i64 + 1, *key))
     .collect();
-    let answers = in_one_batch(store, accounts, (blocker.id, pi.id), &asks).await;
+    let answers = in_one_batch(store, accounts, pi.id, &asks).await;
     let made: Vec<(String, i64)> = answers
         .iter()
         .map(|a| {
@@ -2268,11 +2244,10 @@ async fn a_read_whose_caller_gave_up_is_cancelled_and_its_connection_not_handed_
     );
 }
 
-/// A lone withdrawal is one plain statement whose reads see the snapshot
-/// from before it waited for the account's lock. Here another debit holds
-/// the lock and empties most of the account while the lone withdrawal
-/// waits: its snapshot still shows the old balance, so it must not answer
-/// from it, but from what the account holds once the lock is its own.
+/// A lone withdrawal reads the account only once it holds the account's
+/// lock. Here another writer's debit holds the lock and empties most of
+/// the account while the lone withdrawal waits: it must answer from what
+/// the account holds once the lock is its own, not from before the wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lone_withdrawal_that_waited_on_another_debit_is_answered_from_after_the_wait() {
     let store = TestStore::postgres().await;
@@ -2305,26 +2280,7 @@ async fn a_lone_withdrawal_that_waited_on_another_debit_is_answered_from_after_t
                 .await
         })
     };
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let waiting = holder
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the lone withdrawal never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_a_lock_wait(&holder).await;
     holder.batch_execute("COMMIT").await.unwrap();
 
     let refused = lone.await.unwrap().unwrap_err();
