@@ -1,8 +1,12 @@
 -- pgbench custom script for `grantmesh bench withdraw`, the baseline: the
 -- one-statement withdrawal the College ran before it batched withdrawals
 -- (the WITHDRAW statement of services/college/src/store/postgres.rs until
--- issue 11; the function withdraw_batch replaced it), kept verbatim but for
--- its parameters:
+-- issue 11). It is a fixed yardstick: the College no longer runs it (since
+-- issue 18 it decides each batch in Rust between two pipelined round
+-- trips), so nothing checks it against the College's code. Its keys are
+-- unique per (account, key), so also per (account, researcher, key), the
+-- journal's unique constraint since migration V6. Verbatim but for its
+-- parameters:
 --   $1 account          -> the :n-th row of bench_accounts (made by the bench)
 --   $2 researcher       -> :researcher (-D)
 --   $3 amount           -> :amount (-D, 1)

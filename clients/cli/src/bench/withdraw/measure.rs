@@ -54,10 +54,6 @@ pub(super) struct Row {
     pub(super) meshes: Vec<(Kind, Measured)>,
     /// pgbench running the one-statement withdrawal (the baseline), over every round.
     pub(super) pgbench: Measured,
-    /// pgbench running the College's batched statement, over every round.
-    pub(super) batched: Measured,
-    /// (withdrawals per transaction, clients) of the batched pgbench runs.
-    pub(super) batched_shape: (usize, usize),
     /// The batch sizes the College used in this cell.
     pub(super) sizes: super::BatchSizes,
     /// First mesh/pgbench of each round.
@@ -182,14 +178,10 @@ impl Row {
             );
         }
         line + &format!(
-            " pgbench {:.0}/s p50 {} p99 {}; batched pgbench ({}×{}) {:.0}/s p99 {}; College batches mean {:.1}",
+            " pgbench {:.0}/s p50 {} p99 {}; College batches mean {:.1}",
             self.pgbench.rate,
             ms(self.pgbench.latency.value_at_quantile(0.5)),
             ms(self.pgbench.latency.value_at_quantile(0.99)),
-            self.batched_shape.1,
-            self.batched_shape.0,
-            self.batched.rate,
-            ms(self.batched.latency.value_at_quantile(0.99)),
             self.sizes.mean(),
         )
     }
@@ -300,10 +292,10 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
     let label = rows.first().map_or("", |row| row.meshes[0].0.label());
     println!(
         "| scenario | clients | mesh ({label}) withdrawals/s | mesh p50 | mesh p99 | pgbench one-statement tps | pgbench p50 | pgbench p99 \
-         | pgbench batched withdrawals/s (clients × batch) | batched p50 | batched p99 | mesh/pgbench{range} | mesh/batched |"
+         | mesh/pgbench{range} |"
     );
     println!(
-        "| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --:{} | --: |",
+        "| --- | --: | --: | --: | --: | --: | --: | --: | --:{} |",
         if rounds > 1 { " | --:" } else { "" }
     );
     for row in rows {
@@ -314,7 +306,7 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
             String::new()
         };
         println!(
-            "| {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {:.0} ({} × {}) | {} | {} | {:.2}{range} | {:.2} |",
+            "| {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2}{range} |",
             row.scenario,
             row.clients,
             mesh,
@@ -323,13 +315,7 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
             pg,
             ms(row.pgbench.latency.value_at_quantile(0.5)),
             ms(row.pgbench.latency.value_at_quantile(0.99)),
-            row.batched.rate,
-            row.batched_shape.1,
-            row.batched_shape.0,
-            ms(row.batched.latency.value_at_quantile(0.5)),
-            ms(row.batched.latency.value_at_quantile(0.99)),
             ratio(mesh, pg),
-            ratio(mesh, row.batched.rate),
         );
     }
     println!();
@@ -354,10 +340,7 @@ pub(super) fn print_tables(rows: &[Row], colleges: usize) {
             .meshes
             .iter()
             .map(|(kind, m)| (format!("mesh ({})", kind.label()), m))
-            .chain([
-                ("pgbench".to_owned(), &row.pgbench),
-                ("pgbench batched".to_owned(), &row.batched),
-            ]);
+            .chain([("pgbench".to_owned(), &row.pgbench)]);
         for (run, m) in runs {
             let wall = m.cpu_wall.as_secs_f64();
             let share = |ticks: u64| ticks as f64 * tick / wall * 100.0;

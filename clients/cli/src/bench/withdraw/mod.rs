@@ -1,7 +1,6 @@
 //! `bench withdraw`: College/Withdraw through the mesh, next to `pgbench`
-//! running the withdrawal SQL on the same database in the same run: the
-//! one-statement withdrawal from before batching (the baseline), and the
-//! College's batched statement with the College's batch sizes.
+//! running the one-statement withdrawal from before batching (the
+//! baseline) on the same database in the same run.
 //!
 //! 1. Makes a fresh database (`gm_bench_…`) on the server `--database-url`
 //!    names, and starts a registry and `--colleges` College instances on it as
@@ -17,14 +16,12 @@
 //!    journal then gives the size of every batch the College committed
 //!    ([`sizes`]). Next to it, pgbench runs
 //!    `clients/cli/bench/pgbench/withdraw.sql` — the one-statement
-//!    withdrawal the College ran before batching — with c clients, and
-//!    `withdraw_batch.sql` — the College's WITHDRAW_BATCH statement, checked
-//!    against `services/college/src/store/postgres.rs` — in transactions of
-//!    the College's mean batch size from c / size clients, each for a warm-up
-//!    and then `--duration`, logging every transaction's latency. Before each
-//!    side the tables are vacuumed and a checkpoint is taken; with `--rounds`
-//!    each cell is repeated, alternating which side goes first.
-//! 4. Prints withdrawals/s, p50 and p99 of the three, the batch sizes,
+//!    withdrawal the College ran before batching — with c clients, for a
+//!    warm-up and then `--duration`, logging every transaction's latency.
+//!    Before each side the tables are vacuumed and a checkpoint is taken;
+//!    with `--rounds` each cell is repeated, alternating which side goes
+//!    first.
+//! 4. Prints withdrawals/s, p50 and p99 of both, the batch sizes,
 //!    where the CPU went (from `/proc`, see [`super::cpu`]), and a floor: the
 //!    same call refused by validation before it reaches the database. With
 //!    `--plots DIR`, PNG plots of throughput and p99 ([`plot`]).
@@ -66,7 +63,7 @@ use tokio_postgres::NoTls;
 use super::cpu;
 use super::transport::{BenchTransport, Kind, TransportChoice};
 use measure::{Measured, Row, Sampler};
-use pgbench::{Pgbench, PgbenchVars, Script};
+use pgbench::{Pgbench, PgbenchVars};
 use sizes::BatchSizes;
 
 mod books;
@@ -141,9 +138,7 @@ enum Side {
     /// A mesh, by index (TLS first).
     Mesh(usize),
     /// pgbench, the one-statement withdrawal (the baseline).
-    OneStatement,
-    /// pgbench, the College's batched statement with the College's batch sizes.
-    Batched,
+    Pgbench,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,7 +204,6 @@ async fn on_fresh_database(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
     if args.accounts == 0 || args.colleges == 0 || args.rounds == 0 {
         bail!("--accounts, --colleges and --rounds must be above zero");
     }
-    let scripts = pgbench::pgbench_scripts()?;
     let pgbench = pgbench::find_pgbench(args.pgbench.as_deref())?;
 
     let database = format!(
@@ -230,7 +224,7 @@ async fn on_fresh_database(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
     let work = std::env::temp_dir().join(&database);
     std::fs::create_dir_all(&work)?;
     let mut children = Vec::new();
-    let outcome = bench(&args, &bench_url, &pgbench, &scripts, &work, &mut children).await;
+    let outcome = bench(&args, &bench_url, &pgbench, &work, &mut children).await;
 
     // Stop the mesh gracefully, then drop what the bench made.
     for child in &children {
@@ -260,7 +254,6 @@ async fn bench(
     args: &WithdrawArgs,
     url: &str,
     pgbench: &Path,
-    scripts: &pgbench::Scripts,
     work: &Path,
     children: &mut Vec<ChildNode>,
 ) -> anyhow::Result<ExitCode> {
@@ -313,7 +306,7 @@ async fn bench(
             children: meshes[0].pids.clone(),
             postmaster,
         },
-        pgbench: Pgbench::new(pgbench, scripts, url, work)?,
+        pgbench: Pgbench::new(pgbench, url, work)?,
     };
 
     // The floor: the same call through each mesh, refused by the College's
@@ -332,10 +325,10 @@ async fn bench(
     let token: Arc<str> = token.into();
     let mut rows = Vec::new();
     let (mut mesh_total, mut pgbench_total) = (0u64, 0u64);
-    // The sides of a cell: each mesh (by index), then pgbench's two scripts.
+    // The sides of a cell: each mesh (by index), then pgbench.
     let sides: Vec<Side> = (0..meshes.len())
         .map(Side::Mesh)
-        .chain([Side::OneStatement, Side::Batched])
+        .chain([Side::Pgbench])
         .collect();
     for scenario in [Scenario::Spread, Scenario::Hot] {
         let in_play = match scenario {
@@ -346,7 +339,6 @@ async fn bench(
         for &clients in &args.concurrency {
             let mut mesh_runs: Vec<Vec<Measured>> = meshes.iter().map(|_| Vec::new()).collect();
             let mut pgbench_runs = Vec::new();
-            let mut batched_runs = Vec::new();
             // The batch sizes the College used in this cell (first mesh).
             let mut sizes = BatchSizes::default();
             for round in 0..args.rounds {
@@ -388,22 +380,10 @@ async fn bench(
                                 sizes.add(&ctx.db, &mesh_tag).await?;
                             }
                         }
-                        Side::OneStatement => {
-                            let (n, measured) = ctx
-                                .pgbench_cell(Script::OneStatement, clients, args, &vars)
-                                .await?;
+                        Side::Pgbench => {
+                            let (n, measured) = ctx.pgbench_cell(clients, args, &vars).await?;
                             pgbench_total += n;
                             pgbench_runs.push(measured);
-                        }
-                        Side::Batched => {
-                            // The College's mean batch, by as many clients as
-                            // keep the same number of withdrawals in flight.
-                            let (batch, batch_clients) = sizes.pgbench_shape(clients);
-                            let (n, measured) = ctx
-                                .pgbench_cell(Script::Batched { batch }, batch_clients, args, &vars)
-                                .await?;
-                            pgbench_total += n;
-                            batched_runs.push(measured);
                         }
                     }
                 }
@@ -431,8 +411,6 @@ async fn bench(
                     .zip(mesh_runs.into_iter().map(Measured::combine))
                     .collect(),
                 pgbench: Measured::combine(pgbench_runs),
-                batched: Measured::combine(batched_runs),
-                batched_shape: sizes.pgbench_shape(clients),
                 sizes,
                 ratios,
                 transport_ratios,
@@ -587,7 +565,7 @@ struct Ctx {
     db: tokio_postgres::Client,
     /// The processes whose CPU is sampled around each run.
     sampler: Sampler,
-    /// pgbench, ready to run the script.
+    /// pgbench, ready to run the one-statement script.
     pgbench: Pgbench,
 }
 
@@ -596,7 +574,6 @@ impl Ctx {
     /// measured run.
     async fn pgbench_cell(
         &self,
-        script: Script,
         clients: usize,
         args: &WithdrawArgs,
         vars: &PgbenchVars<'_>,
@@ -605,13 +582,13 @@ impl Ctx {
         if !args.warmup.is_zero() {
             made += self
                 .pgbench
-                .run(&self.sampler, script, clients, args.warmup, vars, "w")
+                .run(&self.sampler, clients, args.warmup, vars, "w")
                 .await?
                 .0;
         }
         let (n, measured) = self
             .pgbench
-            .run(&self.sampler, script, clients, args.duration, vars, "m")
+            .run(&self.sampler, clients, args.duration, vars, "m")
             .await?;
         Ok((made + n, measured))
     }

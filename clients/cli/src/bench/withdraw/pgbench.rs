@@ -1,12 +1,13 @@
-//! pgbench's side of the bench, two columns, straight against the same
-//! database: the one-statement withdrawal the College ran before batching
-//! (`clients/cli/bench/pgbench/withdraw.sql`, the baseline), and the
-//! College's batched statement (`withdraw_batch.sql`) with the batch sizes
-//! the College used.
+//! pgbench's side of the bench, straight against the same database: the
+//! one-statement withdrawal the College ran before batching
+//! (`clients/cli/bench/pgbench/withdraw.sql`), the baseline every
+//! mesh/pgbench ratio is against.
 //!
-//! The batched script is checked against the College's store source
-//! ([`pgbench_scripts`]) so the two cannot drift apart. [`Pgbench::run`]
-//! runs a script for one cell and reads pgbench's summary (rate,
+//! The script is kept as it was, not checked against the College's store:
+//! it is the fixed yardstick, not a copy of what the College runs now
+//! (since issue 18 the College decides each batch in Rust between two
+//! pipelined round trips, which no one pgbench script repeats).
+//! [`Pgbench::run`] runs it for one cell and reads pgbench's summary (rate,
 //! transactions, failures) and its per-transaction log (every latency).
 
 use std::path::{Path, PathBuf};
@@ -22,19 +23,6 @@ use super::measure::{Measured, Sampler, histogram};
 
 /// The baseline script, as it lives in the repository.
 const ONE_STATEMENT_SCRIPT: &str = include_str!("../../../bench/pgbench/withdraw.sql");
-/// The batched script, as it lives in the repository.
-const BATCHED_SCRIPT: &str = include_str!("../../../bench/pgbench/withdraw_batch.sql");
-/// The College's store, whose WITHDRAW_BATCH statement the batched script must repeat.
-const STORE_SOURCE: &str = include_str!("../../../../../services/college/src/store/postgres.rs");
-
-/// Which of the two scripts a run uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Script {
-    /// One withdrawal per transaction, the statement from before batching.
-    OneStatement,
-    /// `batch` withdrawals per transaction, through `withdraw_batch`.
-    Batched { batch: usize },
-}
 
 /// pgbench's variables for one cell.
 pub(super) struct PgbenchVars<'a> {
@@ -46,19 +34,12 @@ pub(super) struct PgbenchVars<'a> {
     pub(super) tag: &'a str,
 }
 
-/// The two checked scripts, as written into the work directory.
-pub(super) struct Scripts {
-    pub(super) one_statement: &'static str,
-    pub(super) batched: &'static str,
-}
-
-/// pgbench, ready to run the checked script against the bench database.
+/// pgbench, ready to run the script against the bench database.
 pub(super) struct Pgbench {
     /// The pgbench binary.
     binary: PathBuf,
-    /// The checked scripts, written into `work`.
-    one_statement: PathBuf,
-    batched: PathBuf,
+    /// The one-statement script, written into `work`.
+    script: PathBuf,
     /// The bench database.
     url: String,
     /// The run's scratch directory: the script and pgbench's transaction logs.
@@ -66,50 +47,35 @@ pub(super) struct Pgbench {
 }
 
 impl Pgbench {
-    /// Writes `scripts` into `work`, for `binary` to run against `url`.
-    pub(super) fn new(
-        binary: &Path,
-        scripts: &Scripts,
-        url: &str,
-        work: &Path,
-    ) -> anyhow::Result<Self> {
-        let one_statement = work.join("withdraw.sql");
-        std::fs::write(&one_statement, scripts.one_statement)?;
-        let batched = work.join("withdraw_batch.sql");
-        std::fs::write(&batched, scripts.batched)?;
+    /// Writes the script into `work`, for `binary` to run against `url`.
+    pub(super) fn new(binary: &Path, url: &str, work: &Path) -> anyhow::Result<Self> {
+        let script = work.join("withdraw.sql");
+        std::fs::write(&script, ONE_STATEMENT_SCRIPT)?;
         Ok(Self {
             binary: binary.to_owned(),
-            one_statement,
-            batched,
+            script,
             url: url.to_owned(),
             work: work.to_owned(),
         })
     }
 
-    /// One pgbench run: (withdrawals made, what was measured). A batched
-    /// transaction counts as its `batch` withdrawals, each with the
-    /// transaction's latency.
+    /// One pgbench run: (withdrawals made, what was measured); every
+    /// transaction is one withdrawal.
     pub(super) async fn run(
         &self,
         sampler: &Sampler,
-        script: Script,
         clients: usize,
         duration: Duration,
         vars: &PgbenchVars<'_>,
         phase: &str,
     ) -> anyhow::Result<(u64, Measured)> {
         let (pgbench, url, work) = (&self.binary, &self.url, &self.work);
-        let (script_path, batch, kind) = match script {
-            Script::OneStatement => (&self.one_statement, 1, "o"),
-            Script::Batched { batch } => (&self.batched, batch.max(1), "b"),
-        };
-        let script = script_path;
-        let run = format!("{}{kind}{phase}", vars.tag);
+        let run = format!("{}o{phase}", vars.tag);
         let log_prefix = work.join(format!("log-{run}"));
         let mut command = tokio::process::Command::new(pgbench);
         command
             .args(["-n", "-M", "prepared", "-f"])
-            .arg(script)
+            .arg(&self.script)
             .args([
                 "-c",
                 &clients.to_string(),
@@ -128,8 +94,6 @@ impl Pgbench {
                 &format!("run={run}"),
                 "-D",
                 "seq=0",
-                "-D",
-                &format!("batch={batch}"),
             ])
             .arg("-l")
             .arg(format!("--log-prefix={}", log_prefix.display()))
@@ -160,27 +124,14 @@ impl Pgbench {
         }
         // The rate is pgbench's own (without connection set-up); the CPU is
         // pgbench's whole life, in which it processed every transaction.
-        let withdrawals = processed * batch as u64;
-        let latency = if batch > 1 {
-            let mut each = histogram();
-            for value in latency.iter_recorded() {
-                each.saturating_record_n(
-                    value.value_iterated_to(),
-                    value.count_at_value() * batch as u64,
-                );
-            }
-            each
-        } else {
-            latency
-        };
         Ok((
-            withdrawals,
+            processed,
             Measured {
-                rate: tps * batch as f64,
+                rate: tps,
                 latency,
                 cpu,
                 cpu_wall: window,
-                cpu_count: withdrawals,
+                cpu_count: processed,
             },
         ))
     }
@@ -240,48 +191,6 @@ fn read_logs(work: &Path, log_prefix: &Path) -> anyhow::Result<Histogram<u64>> {
     Ok(latency)
 }
 
-/// The two scripts, after checking that the batched one repeats the
-/// College's WITHDRAW_BATCH statement with only its parameters replaced.
-pub(super) fn pgbench_scripts() -> anyhow::Result<Scripts> {
-    const START: &str = "const WITHDRAW_BATCH: &str = \"";
-    let start = STORE_SOURCE
-        .find(START)
-        .context("no WITHDRAW_BATCH statement in postgres.rs")?;
-    let body = &STORE_SOURCE[start + START.len()..];
-    let statement = &body[..body
-        .find("\";")
-        .context("unterminated WITHDRAW_BATCH statement")?];
-    let expected = statement
-        .replace(
-            "$1",
-            "(SELECT array_agg(b.id ORDER BY g.i) FROM generate_series(1, :batch::int) AS g(i) \
-             JOIN bench_accounts b ON b.n = 1 + ((:r::bigint + g.i * 7919) % :naccounts::int))",
-        )
-        .replace("$2", "array_fill(:researcher::uuid, ARRAY[:batch::int])")
-        .replace("$3", "array_fill(:amount::bigint, ARRAY[:batch::int])")
-        .replace(
-            "$4",
-            "(SELECT array_agg('pgb-' || :run || '-' || :client_id || '-' || :seq || '-' || g.i ORDER BY g.i) \
-             FROM generate_series(1, :batch::int) AS g(i))",
-        )
-        .replace("$5", "array_fill(:memo::text, ARRAY[:batch::int])");
-    let sql: String = BATCHED_SCRIPT
-        .lines()
-        .filter(|line| !line.starts_with("--") && !line.starts_with('\\'))
-        .collect::<Vec<_>>()
-        .join("\n");
-    if sql.trim().trim_end_matches(';') != expected {
-        bail!(
-            "clients/cli/bench/pgbench/withdraw_batch.sql no longer repeats the WITHDRAW_BATCH statement of \
-             services/college/src/store/postgres.rs; update it (the statement with $1…$5 replaced as its header says)"
-        );
-    }
-    Ok(Scripts {
-        one_statement: ONE_STATEMENT_SCRIPT,
-        batched: BATCHED_SCRIPT,
-    })
-}
-
 /// The pgbench to run: `given`, else `pgbench` on PATH, else the newest
 /// `/usr/lib/postgresql/*/bin/pgbench`.
 pub(super) fn find_pgbench(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -329,11 +238,6 @@ latency average = 2.509 ms
 initial connection time = 10.123 ms
 tps = 1594.123456 (without initial connection time)
 ";
-
-    #[test]
-    fn the_batched_pgbench_script_repeats_the_colleges_statement() {
-        pgbench_scripts().unwrap();
-    }
 
     #[test]
     fn the_summary_gives_transactions_processed_and_tps() {

@@ -1,5 +1,6 @@
 //! PNG plots of a `bench withdraw` run: throughput and p99 latency against
-//! clients, for the mesh and pgbench's two columns, one panel per scenario.
+//! clients, for the mesh and pgbench's one-statement baseline, one panel per
+//! scenario.
 //!
 //! Drawn with `plotters` on its bitmap backend; its text needs a TrueType
 //! font, read at run time from the first of [`FONTS`] that exists (Debian's
@@ -24,16 +25,12 @@ const FONTS: [&str; 2] = [
 /// Size of each PNG, in pixels: two panels side by side.
 const SIZE: (u32, u32) = (1400, 560);
 
-/// The three columns, with their colours.
-const SERIES: [(&str, RGBColor); 3] = [
+/// The two columns, with their colours.
+const SERIES: [(&str, RGBColor); 2] = [
     ("mesh (College batching)", RGBColor(0x1f, 0x77, 0xb4)),
     (
         "pgbench, one statement per withdrawal",
         RGBColor(0xd6, 0x27, 0x28),
-    ),
-    (
-        "pgbench, College's batched statement",
-        RGBColor(0x2c, 0xa0, 0x2c),
     ),
 ];
 
@@ -83,18 +80,14 @@ fn plot(
     let max_clients = rows.iter().map(|r| r.clients).max().unwrap_or(1) as f64;
     for (panel, scenario) in panels.iter().zip(&scenarios) {
         let cells: Vec<&Row> = rows.iter().filter(|r| r.scenario == *scenario).collect();
-        let series: Vec<Vec<(f64, f64)>> = (0..3)
-            .map(|i| {
+        // In the order of SERIES.
+        let sides: [fn(&Row) -> &Measured; 2] = [Row::mesh, |row| &row.pgbench];
+        let series: Vec<Vec<(f64, f64)>> = sides
+            .iter()
+            .map(|side| {
                 cells
                     .iter()
-                    .map(|row| {
-                        let m = match i {
-                            0 => row.mesh(),
-                            1 => &row.pgbench,
-                            _ => &row.batched,
-                        };
-                        (row.clients as f64, value(m))
-                    })
+                    .map(|row| (row.clients as f64, value(side(row))))
                     .collect()
             })
             .collect();

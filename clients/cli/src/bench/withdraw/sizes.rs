@@ -1,11 +1,13 @@
 //! The batch sizes the College used in one cell, read back from the journal.
 //!
-//! Every withdrawal of one College batch is written by one transaction
-//! (`withdraw_batch`), so the journal rows of a batch share their `xmin`:
-//! grouping the mesh's rows of a cell by `xmin` gives the exact size of every
-//! batch the College committed, across processes and without any counter in
-//! the College. (Only applied withdrawals are journalled; in the bench all
-//! are.) The third column replays those sizes with pgbench ([`BatchSizes::pgbench_shape`]).
+//! Every withdrawal of one College batch is written by one transaction (its
+//! lock-and-load, then its write and `COMMIT`), so the journal rows of a
+//! batch share their `xmin`: grouping the mesh's rows of a cell by `xmin`
+//! gives the exact size of every batch the College committed, across
+//! processes and without any counter in the College. (Only applied
+//! withdrawals are journalled; in the bench all are. A withdrawal deferred
+//! because another writer held its account's lock is counted in the batch
+//! that applied it, not the one that skipped it.)
 
 use anyhow::Context as _;
 
@@ -67,15 +69,6 @@ impl BatchSizes {
             (all - alone) as f64 / all as f64
         }
     }
-
-    /// How pgbench replays this cell of `clients` mesh clients: transactions
-    /// of the College's mean batch (rounded), from as many pgbench clients
-    /// as keep the same number of withdrawals in flight.
-    pub(super) fn pgbench_shape(&self, clients: usize) -> (usize, usize) {
-        let batch = (self.mean().round() as usize).max(1);
-        let pgbench_clients = ((clients as f64 / batch as f64).round() as usize).max(1);
-        (batch, pgbench_clients)
-    }
 }
 
 #[cfg(test)]
@@ -83,13 +76,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pgbench_keeps_as_many_withdrawals_in_flight_in_the_colleges_batches() {
+    fn the_sizes_of_a_cell_give_its_mean_quantiles_and_batched_share() {
         let none = BatchSizes::default();
-        assert_eq!(none.pgbench_shape(1), (1, 1));
+        assert_eq!(none.mean(), 1.0);
+        assert_eq!(none.quantile(0.5), 0);
+        assert_eq!(none.batched_share(), 0.0);
         let sizes = BatchSizes {
             sizes: vec![30, 34, 32, 1],
         };
-        assert_eq!(sizes.pgbench_shape(64), (24, 3));
+        assert!((sizes.mean() - 97.0 / 4.0).abs() < 1e-9);
         assert_eq!(sizes.quantile(0.5), 32);
         assert_eq!(sizes.quantile(1.0), 34);
         assert!((sizes.batched_share() - 96.0 / 97.0).abs() < 1e-9);
