@@ -16,7 +16,7 @@
 //! adds per call). Anything that queues meanwhile is handed to a batch task
 //! when that call finishes, or when it is dropped mid-statement (its client
 //! gave up): the backend's statement is then abandoned as any dropped call's
-//! is (see `postgres::withdraw_batch`), applied or not as a whole, and the
+//! is (see `postgres::ledger`), applied or not as a whole, and the
 //! slot is released.
 //!
 //! A batch of queued calls runs on a task of its own, so a caller that goes
