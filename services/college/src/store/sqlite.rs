@@ -89,8 +89,28 @@ impl Accounts {
             .await
             .map_err(|err| StoreError::SqliteCall(err.to_string()))?
     }
+}
 
-    pub(super) async fn audit(&self, account: Uuid) -> Result<AccountAudit> {
+#[async_trait::async_trait]
+impl Store for Accounts {
+    async fn ledger(&self) -> Result<Box<dyn Ledger>> {
+        Ok(Box::new(ledger::SqliteLedger::new(
+            self.db.pool.get().await?,
+            self.notifications.clone(),
+        )))
+    }
+
+    /// One: SQLite has one writer, so a second batch would only wait.
+    fn batches_in_flight(&self, _pool_size: usize) -> usize {
+        1
+    }
+
+    /// The pool's size, idle connections, waiters and bound, for the metrics.
+    fn pool_status(&self) -> deadpool_sqlite::Status {
+        self.db.pool.status()
+    }
+
+    async fn audit(&self, account: Uuid) -> Result<AccountAudit> {
         self.call(move |conn| {
             // A read transaction in WAL mode: every read sees one snapshot.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
@@ -110,7 +130,7 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn register_researcher(
+    async fn register_researcher(
         &self,
         name: &str,
         email: &str,
@@ -136,7 +156,7 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
+    async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
         let email = email.to_owned();
         self.call(move |conn| {
             Ok(conn
@@ -157,7 +177,7 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn open_account(
+    async fn open_account(
         &self,
         day_length: Duration,
         new: &NewAccount<'_>,
@@ -257,7 +277,7 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
+    async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
             let account = read_account(&tx, id)?.ok_or_else(|| not_found(id))?;
@@ -272,7 +292,7 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn accounts_of(
+    async fn accounts_of(
         &self,
         caller: Uuid,
         after: Option<(SystemTime, Uuid)>,
@@ -301,12 +321,7 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn add_member(
-        &self,
-        account: Uuid,
-        caller: Uuid,
-        email: &str,
-    ) -> Result<AccountRow> {
+    async fn add_member(&self, account: Uuid, caller: Uuid, email: &str) -> Result<AccountRow> {
         let email = email.to_owned();
         let notifications = self.notifications.clone();
         self.call(move |conn| {
@@ -335,7 +350,7 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn remove_member(
+    async fn remove_member(
         &self,
         account: Uuid,
         caller: Uuid,
@@ -369,12 +384,7 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn entries(
-        &self,
-        account: Uuid,
-        first: i64,
-        last: i64,
-    ) -> Result<Vec<TransactionRow>> {
+    async fn entries(&self, account: Uuid, first: i64, last: i64) -> Result<Vec<TransactionRow>> {
         self.call(move |conn| {
             Ok(conn
                 .prepare_cached(&format!(
@@ -387,7 +397,7 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn transactions(
+    async fn transactions(
         &self,
         account: Uuid,
         caller: Uuid,
@@ -414,11 +424,7 @@ impl Accounts {
         .await
     }
 
-    pub(super) async fn transaction(
-        &self,
-        account: Uuid,
-        id: i64,
-    ) -> Result<Option<TransactionRow>> {
+    async fn transaction(&self, account: Uuid, id: i64) -> Result<Option<TransactionRow>> {
         self.call(move |conn| {
             Ok(conn
                 .query_row(
@@ -432,98 +438,9 @@ impl Accounts {
         })
         .await
     }
-}
-
-#[async_trait::async_trait]
-impl Store for Accounts {
-    async fn ledger(&self) -> Result<Box<dyn Ledger>> {
-        Ok(Box::new(ledger::SqliteLedger::new(
-            self.db.pool.get().await?,
-            self.notifications.clone(),
-        )))
-    }
-
-    /// One: SQLite has one writer, so a second batch would only wait.
-    fn batches_in_flight(&self, _pool_size: usize) -> usize {
-        1
-    }
-
-    /// The pool's size, idle connections, waiters and bound, for the metrics.
-    fn pool_status(&self) -> deadpool_sqlite::Status {
-        self.db.pool.status()
-    }
-
-    async fn audit(&self, account: Uuid) -> Result<AccountAudit> {
-        Accounts::audit(self, account).await
-    }
-
-    async fn register_researcher(
-        &self,
-        name: &str,
-        email: &str,
-        password_hash: &str,
-    ) -> Result<ResearcherRow> {
-        Accounts::register_researcher(self, name, email, password_hash).await
-    }
-
-    async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
-        Accounts::researcher_by_email(self, email).await
-    }
 
     async fn researcher(&self, id: Uuid) -> Result<Option<ResearcherRow>> {
         Accounts::researcher(self, id).await
-    }
-
-    async fn open_account(
-        &self,
-        day_length: Duration,
-        new: &NewAccount<'_>,
-    ) -> Result<(AccountRow, bool)> {
-        Accounts::open_account(self, day_length, new).await
-    }
-
-    async fn account(&self, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
-        Accounts::account(self, id, caller).await
-    }
-
-    async fn accounts_of(
-        &self,
-        caller: Uuid,
-        after: Option<(SystemTime, Uuid)>,
-        limit: i64,
-    ) -> Result<Vec<AccountRow>> {
-        Accounts::accounts_of(self, caller, after, limit).await
-    }
-
-    async fn add_member(&self, account: Uuid, caller: Uuid, email: &str) -> Result<AccountRow> {
-        Accounts::add_member(self, account, caller, email).await
-    }
-
-    async fn remove_member(
-        &self,
-        account: Uuid,
-        caller: Uuid,
-        researcher: Uuid,
-    ) -> Result<AccountRow> {
-        Accounts::remove_member(self, account, caller, researcher).await
-    }
-
-    async fn transactions(
-        &self,
-        account: Uuid,
-        caller: Uuid,
-        before: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<TransactionRow>> {
-        Accounts::transactions(self, account, caller, before, limit).await
-    }
-
-    async fn entries(&self, account: Uuid, first: i64, last: i64) -> Result<Vec<TransactionRow>> {
-        Accounts::entries(self, account, first, last).await
-    }
-
-    async fn transaction(&self, account: Uuid, id: i64) -> Result<Option<TransactionRow>> {
-        Accounts::transaction(self, account, id).await
     }
 
     async fn invite(
