@@ -115,10 +115,10 @@ impl State {
             }
         }
         self.queue = kept;
+        // Marked after the loop, so that withdrawals on one account go together.
         for pending in &batch {
             self.hold(pending.request.account);
         }
-        // Marked after the loop: withdrawals on one account go together.
         batch
     }
 
@@ -126,8 +126,8 @@ impl State {
         *self.accounts.entry(account).or_default() += 1;
     }
 
-    fn let_go(&mut self, requests: impl IntoIterator<Item = Uuid>) {
-        for account in requests {
+    fn let_go(&mut self, accounts: impl IntoIterator<Item = Uuid>) {
+        for account in accounts {
             if let Some(held) = self.accounts.get_mut(&account) {
                 *held -= 1;
                 if *held == 0 {
