@@ -243,10 +243,6 @@ impl Batcher {
         for (_, batch) in by_account {
             let batcher = Arc::clone(self);
             tokio::spawn(async move {
-                batcher
-                    .sizes
-                    .deferred
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let requests: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
                 let answers = batcher.apply(&requests).await;
                 let answers = answers
@@ -290,12 +286,21 @@ impl Batcher {
             match self.apply(&requests).await {
                 Ok(answers) => {
                     debug_assert_eq!(answers.len(), batch.len());
+                    let mut answered = Vec::with_capacity(batch.len());
                     for (pending, answer) in batch.drain(..).zip(answers) {
                         match answer {
-                            // A caller that went away just does not hear it.
-                            Some(answer) => drop(pending.reply.send(answer)),
+                            Some(answer) => answered.push((pending, answer)),
                             None => deferred.push(pending),
                         }
+                    }
+                    // Counted before anyone hears back, so a caller that
+                    // has its answer also sees the deferral counted.
+                    self.sizes
+                        .deferred
+                        .fetch_add(deferred.len() as u64, Ordering::Relaxed);
+                    for (pending, answer) in answered {
+                        // A caller that went away just does not hear it.
+                        drop(pending.reply.send(answer));
                     }
                 }
                 Err(err) => answer_each(std::mem::take(&mut batch), Err(err)),
