@@ -112,6 +112,8 @@ struct PoolGauges {
     /// The batcher's own counts ([`crate::store::BatchSizes`]), caught up at each scrape.
     abandoned: prometheus::IntCounter,
     deferred: prometheus::IntCounter,
+    /// Batches written in one round trip from a guess, by whether it held.
+    guesses: prometheus::IntCounterVec,
 }
 
 impl PoolGauges {
@@ -145,6 +147,14 @@ impl PoolGauges {
                 "Withdrawals that went again on their own, their account locked by another writer",
             )
             .expect("valid metric"),
+            guesses: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "grantmesh_college_withdrawal_guesses_total",
+                    "Batches tried in one round trip from what this College last knew of their accounts, by whether that still held",
+                ),
+                &["held"],
+            )
+            .expect("valid metric"),
         }
     }
 }
@@ -156,6 +166,7 @@ impl Collector for PoolGauges {
             .flat_map(|gauge| gauge.desc())
             .chain(self.abandoned.desc())
             .chain(self.deferred.desc())
+            .chain(self.guesses.desc())
             .collect()
     }
 
@@ -172,11 +183,20 @@ impl Collector for PoolGauges {
         };
         catch_up(&self.abandoned, sizes.abandoned());
         catch_up(&self.deferred, sizes.deferred());
+        catch_up(
+            &self.guesses.with_label_values(&["true"]),
+            sizes.guesses_held(),
+        );
+        catch_up(
+            &self.guesses.with_label_values(&["false"]),
+            sizes.guesses_missed(),
+        );
         [&self.size, &self.available, &self.waiting, &self.max]
             .into_iter()
             .flat_map(|gauge| gauge.collect())
             .chain(self.abandoned.collect())
             .chain(self.deferred.collect())
+            .chain(self.guesses.collect())
             .collect()
     }
 }

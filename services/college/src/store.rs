@@ -30,6 +30,7 @@ pub use membership::{InvitationRow, MAX_PENDING_INVITATIONS};
 
 pub(crate) use error::not_member;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -145,6 +146,26 @@ pub const USED_CREDENTIAL_MARGIN: Duration = Duration::from_secs(60);
 trait Store: Send + Sync + 'static {
     /// A transaction for one batch of withdrawals ([`Ledger`]).
     async fn ledger(&self) -> Result<Box<dyn Ledger>>;
+    /// What this instance last read or wrote of `batch`'s accounts, for a
+    /// decision [`Store::write_guessed`] writes in one round trip if it
+    /// still holds. `None` when the store keeps no such guess, or lacks one
+    /// for some account or caller of the batch.
+    fn guess(&self, _batch: &[Request]) -> Option<Guess> {
+        None
+    }
+    /// Writes `decision`, made from `guess`, in one statement that takes
+    /// the accounts' row locks and writes only if each is still at the
+    /// version guessed, lets its entries be stamped before its expiry and
+    /// takes none of their keys: then the new entries' ids, in order, and
+    /// their stamp. `Ok(None)` when it did not hold: nothing was written,
+    /// and the batch goes through [`Ledger`] instead.
+    async fn write_guessed(
+        &self,
+        _guess: &Guess,
+        _decision: &Decision,
+    ) -> Result<Option<(Vec<i64>, SystemTime)>> {
+        Ok(None)
+    }
     /// Batches of withdrawals worth keeping in flight at once.
     fn batches_in_flight(&self, pool_size: usize) -> usize;
     /// The connection pool's size, idle connections, waiters and bound.
@@ -204,6 +225,17 @@ trait Store: Send + Sync + 'static {
         caller: Uuid,
         researcher: Uuid,
     ) -> Result<AccountRow>;
+}
+
+/// A batch's accounts as one College instance last read or wrote them
+/// ([`Store::guess`]): the state to decide from, and the version of each
+/// account it is true at. Only a write that finds every account at its
+/// version makes the decision real.
+pub(crate) struct Guess {
+    /// The accounts and the callers' roles; the clock is this instance's
+    /// (the write is stamped by the store's, and refused at expiry by it).
+    pub(crate) locked: Locked,
+    pub(crate) versions: HashMap<Uuid, i64>,
 }
 
 /// One batch of withdrawals' transaction on a backend: the only two things

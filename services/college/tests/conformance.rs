@@ -2662,6 +2662,78 @@ async fn an_account_locked_elsewhere_does_not_hold_up_or_fail_the_rest_of_its_ba
     assert_eq!(hot_done.balance, 9_900);
 }
 
+/// A College decides a withdrawal on an account it wrote a moment ago from
+/// what it knew of it, in one round trip, and the write holds only if
+/// nothing changed meanwhile: another College's withdrawal, a key used
+/// before, a member removed elsewhere each send it the locked way, whose
+/// answer is the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_withdrawal_decided_from_what_this_college_knew_is_written_only_if_nothing_changed() {
+    let store = TestStore::postgres().await;
+    let (here, _) = college(&store, REAL_DAY).await;
+    let (elsewhere, _) = college(&store, REAL_DAY).await;
+    let pi = researcher(&here, "pi").await;
+    let student = researcher(&here, "student").await;
+    let account = open(&here, pi.id, 10_000, 30).await;
+    here.add_member(account.id, pi.id, &student.email)
+        .await
+        .unwrap();
+    let sizes = here.batch_sizes();
+    let withdraw = |on: &AccountStore, key: &str| {
+        let on = on.clone();
+        let key = key.to_owned();
+        async move { on.withdraw(account.id, student.id, 100, &key, "").await }
+    };
+    // Skips the pause after a guess that did not hold.
+    let after_a_miss = || tokio::time::sleep(Duration::from_millis(1_100));
+
+    withdraw(&here, "k1").await.unwrap();
+    assert_eq!((sizes.guesses_held(), sizes.guesses_missed()), (0, 0));
+    let second = withdraw(&here, "k2").await.unwrap();
+    assert_eq!(second.balance, 9_800);
+    assert_eq!(sizes.guesses_held(), 1, "the second went in one trip");
+
+    withdraw(&elsewhere, "k3").await.unwrap();
+    let fourth = withdraw(&here, "k4").await.unwrap();
+    assert_eq!(fourth.balance, 9_600, "judged by the balance after k3");
+    assert_eq!((sizes.guesses_held(), sizes.guesses_missed()), (1, 1));
+
+    after_a_miss().await;
+    let fifth = withdraw(&here, "k5").await.unwrap();
+    assert_eq!((sizes.guesses_held(), sizes.guesses_missed()), (2, 1));
+    let again = withdraw(&here, "k5").await.unwrap();
+    assert!(again.replayed, "a key used before is a replay");
+    assert_eq!(again.transaction, fifth.transaction);
+    assert_eq!(
+        sizes.guesses_missed(),
+        2,
+        "the key's index refused the guess"
+    );
+
+    after_a_miss().await;
+    elsewhere
+        .remove_member(account.id, pi.id, student.id)
+        .await
+        .unwrap();
+    let refused = withdraw(&here, "k6").await.unwrap_err();
+    assert_eq!(code(refused), tonic::Code::PermissionDenied);
+    assert_eq!(sizes.guesses_missed(), 3, "the removal moved the version");
+
+    let audit = here.audit(account.id).await.unwrap();
+    let keys: Vec<&str> = audit
+        .journal
+        .iter()
+        .map(|entry| entry.idempotency_key.as_str())
+        .collect();
+    assert_eq!(keys.len(), 5, "k1..k5 once each: {keys:?}");
+    assert!(!keys.contains(&"k6"));
+    assert_eq!(audit.account.balance, 9_500);
+    assert_eq!(
+        audit.account.balance,
+        10_000 - audit.journal.iter().map(|e| e.amount).sum::<i64>()
+    );
+}
+
 /// Defect 6: the READ COMMITTED the withdrawal path relies on was not set
 /// on the session, so on a server whose default isolation is SERIALIZABLE
 /// concurrent withdrawals failed with INTERNAL (serialization failures).

@@ -196,6 +196,24 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Whether every request was debited or replayed within the batch: no
+    /// refusal, deferral or replay of an earlier entry. Only such a decision
+    /// can be written from a guess of the state ([`crate::store`]'s one-trip
+    /// path), since the write then proves the guess right; a refusal would
+    /// go unproven.
+    pub fn only_writes(&self) -> bool {
+        self.outcomes.iter().all(|outcome| {
+            matches!(
+                outcome,
+                Outcome::Applied { .. }
+                    | Outcome::Replayed {
+                        earlier: Earlier::Batch(_),
+                        ..
+                    }
+            )
+        })
+    }
+
     /// The journal row of new entry `i`, once the store gave it `id`.
     pub fn entry_row(&self, i: usize, id: i64) -> TransactionRow {
         let entry = &self.entries[i];

@@ -220,7 +220,7 @@ impl Batcher {
 
     /// One batch through the store; a panic fails the batch, not the batcher.
     async fn apply(&self, requests: &[Request]) -> Result<Vec<Answer>> {
-        std::panic::AssertUnwindSafe(withdraw::apply(&self.store, requests))
+        std::panic::AssertUnwindSafe(withdraw::apply(&self.store, requests, &self.sizes))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
@@ -372,6 +372,10 @@ pub struct BatchSizes {
     abandoned: AtomicU64,
     /// Withdrawals that went again on their own, their account locked elsewhere.
     deferred: AtomicU64,
+    /// Batches written in one round trip from a guess that held.
+    guesses_held: AtomicU64,
+    /// Batches whose guess did not hold, so went the locked way.
+    guesses_missed: AtomicU64,
     batches: AtomicU64,
     withdrawals: AtomicU64,
     largest: AtomicUsize,
@@ -387,6 +391,28 @@ impl BatchSizes {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.withdrawals.fetch_add(size as u64, Ordering::Relaxed);
         self.largest.fetch_max(size, Ordering::Relaxed);
+    }
+
+    pub(super) fn guessed(&self, held: bool) {
+        let counter = if held {
+            &self.guesses_held
+        } else {
+            &self.guesses_missed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Batches written in one round trip, decided from what this College
+    /// last read or wrote of their accounts, which the write found true.
+    pub fn guesses_held(&self) -> u64 {
+        self.guesses_held.load(Ordering::Relaxed)
+    }
+
+    /// Batches tried that way whose accounts had changed meanwhile (or a
+    /// key was used before, or the account expired): nothing was written
+    /// and they went through the locked path.
+    pub fn guesses_missed(&self) -> u64 {
+        self.guesses_missed.load(Ordering::Relaxed)
     }
 
     /// Batches applied so far.

@@ -7,6 +7,9 @@
 //!   accounts it debited, sorted (`*` for any, when the list would not fit
 //!   a `NOTIFY` payload);
 //! - `membership:<account>`: who belongs to the account changed.
+//!
+//! A statement that assigns entry ids itself gets a pattern
+//! ([`Change::withdrawals_pattern`]) and puts the ids in.
 
 use uuid::Uuid;
 
@@ -27,6 +30,25 @@ pub enum Change {
 /// of 8000 bytes or more.
 const MAX_ACCOUNTS_LEN: usize = 7000;
 
+/// In a [`Change::withdrawals_pattern`], the place of the first entry id.
+pub const FIRST: &str = "{first}";
+/// In a [`Change::withdrawals_pattern`], the place of the last entry id.
+pub const LAST: &str = "{last}";
+
+/// A payload's account list: the ids, sorted, or `*` when too many to fit.
+fn listed(accounts: Option<&[Uuid]>) -> String {
+    accounts
+        .map(|accounts| {
+            accounts
+                .iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|listed| listed.len() <= MAX_ACCOUNTS_LEN)
+        .unwrap_or_else(|| "*".into())
+}
+
 impl Change {
     /// A batch of withdrawals on `accounts` (in any order, repeats allowed).
     pub fn withdrawals(first: i64, last: i64, accounts: impl IntoIterator<Item = Uuid>) -> Self {
@@ -46,22 +68,19 @@ impl Change {
                 first,
                 last,
                 accounts,
-            } => {
-                let listed = accounts
-                    .as_ref()
-                    .map(|accounts| {
-                        accounts
-                            .iter()
-                            .map(Uuid::to_string)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .filter(|listed| listed.len() <= MAX_ACCOUNTS_LEN)
-                    .unwrap_or_else(|| "*".into());
-                format!("withdrawals:{first}:{last}:{listed}")
-            }
+            } => format!("withdrawals:{first}:{last}:{}", listed(accounts.as_deref())),
             Self::Membership(account) => format!("membership:{account}"),
         }
+    }
+
+    /// The payload of a batch of withdrawals on `accounts` whose entry ids
+    /// are not known yet: [`FIRST`] and [`LAST`] stand for them, for the
+    /// statement that assigns the ids to put in (and nothing else).
+    pub fn withdrawals_pattern(accounts: impl IntoIterator<Item = Uuid>) -> String {
+        let Self::Withdrawals { accounts, .. } = Self::withdrawals(0, 0, accounts) else {
+            unreachable!("withdrawals() makes a Withdrawals change");
+        };
+        format!("withdrawals:{FIRST}:{LAST}:{}", listed(accounts.as_deref()))
     }
 
     /// The change a payload announces; `None` for one this codec does not
@@ -125,6 +144,18 @@ mod tests {
         assert!(!Change::withdrawals(1, 2, [a]).concerns(b));
         assert_eq!(Change::parse("withdrawals:1:x:*"), None);
         assert_eq!(Change::parse("other:thing"), None);
+    }
+
+    #[test]
+    fn a_pattern_with_its_ids_put_in_reads_back_as_the_change() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let payload = Change::withdrawals_pattern([b, a])
+            .replace(FIRST, "7")
+            .replace(LAST, "9");
+        assert_eq!(
+            Change::parse(&payload),
+            Some(Change::withdrawals(7, 9, [a, b]))
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! client may abandon mid-statement run on a [`Conn`], which cancels the
 //! statement and keeps the connection out of the pool.
 
+mod guess;
 mod ledger;
 mod membership;
 
@@ -26,10 +27,11 @@ use super::error::{
     principal_investigator_not_removable, unknown_principal_investigator,
 };
 use super::{
-    AccountAudit, AccountRow, CHANNEL, InvitationRow, Ledger, MAX_BATCHES_IN_FLIGHT, MemberRow,
-    NewAccount, ResearcherRow, Result, Store, TransactionRow, USED_CREDENTIAL_MARGIN,
+    AccountAudit, AccountRow, CHANNEL, Guess, InvitationRow, Ledger, MAX_BATCHES_IN_FLIGHT,
+    MemberRow, NewAccount, ResearcherRow, Result, Store, TransactionRow, USED_CREDENTIAL_MARGIN,
 };
 use crate::ledger::opening::{self, Terms};
+use crate::ledger::{Decision, Request};
 
 /// The College's PostgreSQL migrations.
 mod embedded {
@@ -51,6 +53,8 @@ pub(super) struct Pg {
     pool: Pool,
     /// The TLS connector of the URL, for cancel requests.
     tls: MakeRustlsConnect,
+    /// What this instance last knew of the accounts it withdrew from.
+    guesses: std::sync::Arc<guess::Guesses>,
 }
 
 impl std::ops::Deref for Pg {
@@ -68,7 +72,11 @@ impl Pg {
     ) -> std::result::Result<Self, grantmesh_store::StoreError> {
         let tls = grantmesh_store::PgConnect::parse(url)?.tls;
         let pool = grantmesh_store::connect(url, pool_size).await?;
-        Ok(Self { pool, tls })
+        Ok(Self {
+            pool,
+            tls,
+            guesses: Default::default(),
+        })
     }
 
     /// A pooled connection whose statement is cancelled if the call is
@@ -615,7 +623,22 @@ fn transaction_from_row(row: &Row) -> TransactionRow {
 #[async_trait::async_trait]
 impl Store for Pg {
     async fn ledger(&self) -> Result<Box<dyn Ledger>> {
-        Ok(Box::new(ledger::PgLedger::new(self.conn().await?)))
+        Ok(Box::new(ledger::PgLedger::new(
+            self.conn().await?,
+            std::sync::Arc::clone(&self.guesses),
+        )))
+    }
+
+    fn guess(&self, batch: &[Request]) -> Option<Guess> {
+        self.guesses.guess(batch)
+    }
+
+    async fn write_guessed(
+        &self,
+        guess: &Guess,
+        decision: &Decision,
+    ) -> Result<Option<(Vec<i64>, SystemTime)>> {
+        guess::write(&self.conn().await?, &self.guesses, guess, decision).await
     }
 
     /// Two: one batch runs its statements while the other commits (commits

@@ -13,6 +13,7 @@
 //! backstops.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -22,6 +23,7 @@ use grantmesh_store::tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::Conn;
+use super::guess::Guesses;
 use crate::ledger::{Decision, KeyScope, Locked, LockedAccount, Request, Role, TransactionRow};
 use crate::store::change::Change;
 use crate::store::{CHANNEL, Ledger, Result, StoreError};
@@ -39,7 +41,7 @@ const LOCK_SKIPPING: &str =
 /// Everything the rule judges a batch by, one row per withdrawal in order,
 /// read after the locks (a statement of its own, so a snapshot of its own).
 const LOAD: &str = "WITH clock AS (SELECT clock_timestamp() AS now)
-SELECT a.id IS NOT NULL AS found, a.balance, a.expires_at, m.role,
+SELECT a.id IS NOT NULL AS found, a.balance, a.expires_at, a.version, m.role,
        w.id AS w_id, w.amount AS w_amount, w.memo AS w_memo, w.created_at AS w_at,
        w.balance_after AS w_balance_after,
        clock.now, nextval('withdrawals_id_seq') AS reserved
@@ -60,7 +62,7 @@ const WRITE: &str = "WITH entries AS (
     RETURNING 1
 ),
 debits AS (
-    UPDATE accounts a SET balance = v.balance
+    UPDATE accounts a SET balance = v.balance, version = a.version + 1
       FROM unnest($9::uuid[], $10::bigint[]) AS v(id, balance)
      WHERE a.id = v.id
     RETURNING 1
@@ -81,14 +83,30 @@ pub(super) struct PgLedger {
     pub(super) conn: Conn,
     /// Journal ids the load reserved, one per withdrawal, ascending.
     reserved: Vec<i64>,
+    /// The accounts the load locked, with their versions, for `guesses`
+    /// once the write commits.
+    loaded: Vec<(Uuid, i64, LockedAccount)>,
+    guesses: Arc<Guesses>,
 }
 
 impl PgLedger {
-    pub(super) fn new(conn: Conn) -> Self {
+    pub(super) fn new(conn: Conn, guesses: Arc<Guesses>) -> Self {
         Self {
             conn,
             reserved: Vec::new(),
+            loaded: Vec::new(),
+            guesses,
         }
+    }
+
+    /// Tells the guesses what this batch found and left, once committed.
+    fn remember(&self, decision: &Decision) {
+        let mut versions = HashMap::new();
+        for (account, version, state) in &self.loaded {
+            self.guesses.loaded(*account, *version, state);
+            versions.insert(*account, *version);
+        }
+        self.guesses.wrote(&versions, decision);
     }
 }
 
@@ -137,9 +155,16 @@ impl Ledger for PgLedger {
         };
         self.reserved = loaded.iter().map(|row| row.get("reserved")).collect();
         self.reserved.sort_unstable();
+        let mut versions = HashMap::new();
         for (request, row) in batch.iter().zip(&loaded) {
-            load_one(&mut state, &held, request, row)?;
+            if load_one(&mut state, &held, request, row)? {
+                versions.insert(request.account, row.get::<_, i64>("version"));
+            }
         }
+        self.loaded = versions
+            .into_iter()
+            .map(|(account, version)| (account, version, state.accounts[&account].clone()))
+            .collect();
         Ok(state)
     }
 
@@ -148,6 +173,7 @@ impl Ledger for PgLedger {
         if decision.entries.is_empty() {
             client.batch_execute("COMMIT").await?;
             client.busy.store(false, Ordering::Relaxed);
+            self.remember(decision);
             return Ok(Vec::new());
         }
         let ids = self.reserved[..decision.entries.len()].to_vec();
@@ -182,18 +208,25 @@ impl Ledger for PgLedger {
         )
         .map_err(contention)?;
         client.busy.store(false, Ordering::Relaxed);
+        self.remember(decision);
         Ok(ids)
     }
 }
 
-/// What one withdrawal's row of the load adds to the batch's state.
-fn load_one(state: &mut Locked, held: &HashSet<Uuid>, request: &Request, row: &Row) -> Result<()> {
+/// What one withdrawal's row of the load adds to the batch's state: true
+/// when its account is locked here.
+fn load_one(
+    state: &mut Locked,
+    held: &HashSet<Uuid>,
+    request: &Request,
+    row: &Row,
+) -> Result<bool> {
     if !row.get::<_, bool>("found") {
-        return Ok(());
+        return Ok(false);
     }
     if !held.contains(&request.account) {
         state.busy.insert(request.account);
-        return Ok(());
+        return Ok(false);
     }
     let account = state
         .accounts
@@ -228,22 +261,29 @@ fn load_one(state: &mut Locked, held: &HashSet<Uuid>, request: &Request, row: &R
             },
         );
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A failure a second try of the batch resolves: the same key applied by a
 /// writer outside this code, an entry the expiry backstop refused, a
 /// serialization failure or a deadlock. Anything else is itself.
 fn contention(err: grantmesh_store::tokio_postgres::Error) -> StoreError {
-    let retry = grantmesh_store::is_unique_violation(&err)
-        || err.code().is_some_and(|code| {
-            code.code() == EXPIRED_AT_DEBIT
-                || *code == SqlState::T_R_SERIALIZATION_FAILURE
-                || *code == SqlState::T_R_DEADLOCK_DETECTED
-        });
-    if retry {
+    if raced(&err) {
         StoreError::Contended("the withdrawal raced another writer; retry with the same key".into())
     } else {
         err.into()
     }
+}
+
+/// Whether `err` is a race with another writer that nothing was written
+/// for: a key applied meanwhile (the unique index), an entry stamped at or
+/// after the expiry (the journal's trigger), a serialization failure or a
+/// deadlock.
+pub(super) fn raced(err: &grantmesh_store::tokio_postgres::Error) -> bool {
+    grantmesh_store::is_unique_violation(err)
+        || err.code().is_some_and(|code| {
+            code.code() == EXPIRED_AT_DEBIT
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+        })
 }
