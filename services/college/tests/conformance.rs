@@ -2665,8 +2665,8 @@ async fn an_account_locked_elsewhere_does_not_hold_up_or_fail_the_rest_of_its_ba
 /// A College decides a withdrawal on an account it wrote a moment ago from
 /// what it knew of it, in one round trip, and the write holds only if
 /// nothing changed meanwhile: another College's withdrawal, a key used
-/// before, a member removed elsewhere each send it the locked way, whose
-/// answer is the right one.
+/// before, a debit by a writer outside the Colleges, a member removed
+/// elsewhere each send it the locked way, whose answer is the right one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_withdrawal_decided_from_what_this_college_knew_is_written_only_if_nothing_changed() {
     let store = TestStore::postgres().await;
@@ -2710,14 +2710,36 @@ async fn a_withdrawal_decided_from_what_this_college_knew_is_written_only_if_not
         "the key's index refused the guess"
     );
 
+    // A writer that knows nothing of versions (an operator's session, a
+    // script) takes 1,000 off the row: the database moves the version.
+    after_a_miss().await;
+    withdraw(&here, "k6").await.unwrap();
+    assert_eq!(sizes.guesses_held(), 3);
+    let (side, connection) = tokio_postgres::connect(&store.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    side.execute(
+        "UPDATE accounts SET balance = balance - 1000 WHERE id = $1",
+        &[&account.id],
+    )
+    .await
+    .unwrap();
+    let seventh = withdraw(&here, "k7").await.unwrap();
+    assert_eq!(
+        seventh.balance, 8_300,
+        "judged by the balance the row holds"
+    );
+    assert_eq!(sizes.guesses_missed(), 3);
+
     after_a_miss().await;
     elsewhere
         .remove_member(account.id, pi.id, student.id)
         .await
         .unwrap();
-    let refused = withdraw(&here, "k6").await.unwrap_err();
+    let refused = withdraw(&here, "k8").await.unwrap_err();
     assert_eq!(code(refused), tonic::Code::PermissionDenied);
-    assert_eq!(sizes.guesses_missed(), 3, "the removal moved the version");
+    assert_eq!(sizes.guesses_missed(), 4, "the removal moved the version");
 
     let audit = here.audit(account.id).await.unwrap();
     let keys: Vec<&str> = audit
@@ -2725,12 +2747,12 @@ async fn a_withdrawal_decided_from_what_this_college_knew_is_written_only_if_not
         .iter()
         .map(|entry| entry.idempotency_key.as_str())
         .collect();
-    assert_eq!(keys.len(), 5, "k1..k5 once each: {keys:?}");
-    assert!(!keys.contains(&"k6"));
-    assert_eq!(audit.account.balance, 9_500);
+    assert_eq!(keys.len(), 7, "k1..k7 once each: {keys:?}");
+    assert!(!keys.contains(&"k8"));
+    assert_eq!(audit.account.balance, 8_300);
     assert_eq!(
         audit.account.balance,
-        10_000 - audit.journal.iter().map(|e| e.amount).sum::<i64>()
+        10_000 - 1_000 - audit.journal.iter().map(|e| e.amount).sum::<i64>()
     );
 }
 

@@ -5,7 +5,8 @@
 //! that wrote an account a moment ago usually knows it still: nobody else
 //! has touched it since. [`Guesses`] keeps, for each account this instance
 //! last loaded or wrote, its balance, expiry, the callers' roles and its
-//! `version` (migration V7: every write the money rule reads moves it). The
+//! `version` (migration V7: the database moves it on every update of the
+//! account row and every change of its members, whoever writes). The
 //! decision made from that ([`crate::ledger::decide`], the one rule) goes
 //! in one statement, [`WRITE_GUESSED`], which locks the accounts (skipping
 //! any another writer holds), and writes only if it holds every one of them
@@ -55,7 +56,7 @@ held AS (
      ORDER BY a.id FOR NO KEY UPDATE OF a SKIP LOCKED
 ),
 debits AS (
-    UPDATE accounts a SET balance = g.balance, version = a.version + 1
+    UPDATE accounts a SET balance = g.balance
       FROM guessed g
      WHERE a.id = g.id AND (SELECT count(*) FROM held) = cardinality($1::uuid[])
     RETURNING a.id, clock_timestamp() AS at

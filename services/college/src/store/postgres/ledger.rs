@@ -62,7 +62,7 @@ const WRITE: &str = "WITH entries AS (
     RETURNING 1
 ),
 debits AS (
-    UPDATE accounts a SET balance = v.balance, version = a.version + 1
+    UPDATE accounts a SET balance = v.balance
       FROM unnest($9::uuid[], $10::bigint[]) AS v(id, balance)
      WHERE a.id = v.id
     RETURNING 1
