@@ -428,30 +428,69 @@ impl HashLimiter {
     }
 
     /// Runs `work` on a hashing thread once a slot is free.
+    ///
+    /// A caller that gives up while waiting gives its place in the queue
+    /// back (a guard, not a count after the wait); one that gives up while
+    /// its hash runs leaves the slot taken until the hash ends, so no more
+    /// hashes run than there are slots and threads, and handing a job to
+    /// the threads never blocks a tokio worker.
     pub async fn run<T: Send + 'static>(
-        &self,
+        &'static self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Status> {
+        let permit = {
+            let _place = Waiting::take(self)?;
+            self.slots.acquire().await
+        };
+        let permit = permit.map_err(|_| Status::unavailable("shutting down"))?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.workers()
+            .try_send(Box::new(move || {
+                let _ = done.send(work());
+                drop(permit);
+            }))
+            .map_err(|err| match err {
+                std::sync::mpsc::TrySendError::Full(_) => Status::resource_exhausted(
+                    "too many password checks are in progress; retry in a moment",
+                ),
+                std::sync::mpsc::TrySendError::Disconnected(_) => {
+                    Status::internal("password hashing has stopped")
+                }
+            })?;
+        result
+            .await
+            .map_err(|_| Status::internal("password hashing was interrupted"))
+    }
+
+    /// Callers waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A caller's place among those waiting for a hashing slot, given back
+/// when dropped, whether the wait ended or the caller gave up.
+struct Waiting(&'static HashLimiter);
+
+impl Waiting {
+    fn take(limiter: &'static HashLimiter) -> Result<Self, Status> {
         use std::sync::atomic::Ordering;
-        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
-        if waiting >= self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let waiting = limiter.waiting.fetch_add(1, Ordering::SeqCst);
+        let place = Self(limiter);
+        if waiting >= limiter.max_waiting {
             return Err(Status::resource_exhausted(
                 "too many password checks are in progress; retry in a moment",
             ));
         }
-        let permit = self.slots.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let _permit = permit.map_err(|_| Status::unavailable("shutting down"))?;
-        let (done, result) = tokio::sync::oneshot::channel();
-        self.workers()
-            .send(Box::new(move || {
-                let _ = done.send(work());
-            }))
-            .map_err(|_| Status::internal("password hashing has stopped"))?;
-        result
-            .await
-            .map_err(|_| Status::internal("password hashing was interrupted"))
+        Ok(place)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -531,13 +570,13 @@ mod tests {
 
     #[tokio::test]
     async fn hashing_beyond_the_waiting_bound_is_refused_at_once() {
-        let limiter = std::sync::Arc::new(HashLimiter::new(1, 2));
+        let limiter: &'static HashLimiter = Box::leak(Box::new(HashLimiter::new(1, 2)));
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let hold = std::sync::Arc::new(std::sync::Mutex::new(hold));
         let mut running = Vec::new();
         // One runs (and blocks until released), two wait: the bound is full.
         for _ in 0..3 {
-            let (limiter, hold) = (limiter.clone(), hold.clone());
+            let hold = hold.clone();
             running.push(tokio::spawn(async move {
                 limiter
                     .run(move || {
@@ -564,6 +603,57 @@ mod tests {
             .run(|| ())
             .await
             .expect("room again once they finished");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_that_give_up_while_waiting_give_their_places_back() {
+        let limiter: &'static HashLimiter = Box::leak(Box::new(HashLimiter::new(1, 2)));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let running = tokio::spawn(limiter.run(move || {
+            let _ = hold.recv();
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Ten rounds of two waiters who give up: with the places kept, the
+        // second round would already be refused.
+        for _ in 0..10 {
+            let waiters: Vec<_> = (0..2).map(|_| tokio::spawn(limiter.run(|| ()))).collect();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(limiter.waiting(), 2, "both wait for the one slot");
+            for waiter in waiters {
+                waiter.abort();
+                assert!(waiter.await.unwrap_err().is_cancelled());
+            }
+            assert_eq!(limiter.waiting(), 0, "their places were given back");
+        }
+        release.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        limiter.run(|| ()).await.expect("the slot is free again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_gives_up_while_its_hash_runs_keeps_the_slot_until_it_ends() {
+        let limiter: &'static HashLimiter = Box::leak(Box::new(HashLimiter::new(1, 8)));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn(limiter.run(move || {
+            started.send(()).unwrap();
+            let _ = hold.recv();
+        }));
+        tokio::task::spawn_blocking(move || running.recv().unwrap())
+            .await
+            .unwrap();
+        first.abort();
+        let _ = first.await;
+        // The hash still runs on its thread: the next caller waits for it.
+        let next = tokio::spawn(limiter.run(|| ()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!next.is_finished(), "no second hash beside the running one");
+        release.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("runs once the first hash ends")
+            .unwrap()
+            .unwrap();
     }
 
     fn keys() -> Keys {
