@@ -7,10 +7,11 @@
 //! separately. A service registers its own collectors in
 //! [`Metrics::registry`].
 //!
-//! Labels are bounded whatever clients send: a call to a method or service
-//! the server does not have is answered UNIMPLEMENTED and counted under
-//! `service="unknown", method="unknown"`, so made-up paths cannot grow the
-//! set of series.
+//! Labels are bounded whatever clients send: a call to a path that is no
+//! method of the built-in descriptor sets, or to a method this server does
+//! not serve (answered UNIMPLEMENTED), is counted under `service="unknown",
+//! method="unknown"` — even when it was refused for load before reaching a
+//! handler — so made-up paths cannot grow the set of series.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -187,7 +188,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (service, method) = split_path(request.uri().path());
+        let (service, method) = labels(request.uri().path());
         let metrics = self.metrics.clone();
         metrics.in_flight.inc();
         let started = Instant::now();
@@ -215,6 +216,51 @@ where
             response
         })
     }
+}
+
+/// The labels of a call to `path`: its service and method if some grantmesh,
+/// health or reflection service has that method, else `unknown` for both,
+/// whether or not the call reaches a handler (a call refused for load never
+/// does, and must not add a series either).
+fn labels(path: &str) -> (String, String) {
+    if known_methods().contains(path) {
+        split_path(path)
+    } else {
+        ("unknown".to_owned(), "unknown".to_owned())
+    }
+}
+
+/// Every `/package.Service/Method` path of the descriptor sets a server
+/// serves from, read once.
+fn known_methods() -> &'static std::collections::HashSet<String> {
+    static KNOWN: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| {
+        use prost::Message as _;
+        [
+            grantmesh_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]
+        .into_iter()
+        .flat_map(|encoded| {
+            prost_types::FileDescriptorSet::decode(encoded)
+                .expect("the built-in descriptor sets decode")
+                .file
+        })
+        .flat_map(|file| {
+            let package = file.package().to_owned();
+            file.service.into_iter().flat_map(move |service| {
+                let prefix = format!("/{package}.{}/", service.name());
+                service
+                    .method
+                    .into_iter()
+                    .map(move |method| format!("{prefix}{}", method.name()))
+            })
+        })
+        .collect()
+    })
 }
 
 /// `/grantmesh.v1.College/Withdraw` → (`grantmesh.v1.College`, `Withdraw`).
@@ -247,6 +293,22 @@ mod tests {
             ("grantmesh.v1.College".into(), "Withdraw".into())
         );
         assert_eq!(split_path("/"), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn only_methods_some_service_has_get_their_own_labels() {
+        assert_eq!(
+            labels("/grantmesh.v1.College/Withdraw"),
+            ("grantmesh.v1.College".into(), "Withdraw".into())
+        );
+        assert_eq!(
+            labels("/grpc.health.v1.Health/Check"),
+            ("grpc.health.v1.Health".into(), "Check".into())
+        );
+        let unknown = ("unknown".to_owned(), "unknown".to_owned());
+        assert_eq!(labels("/grantmesh.v1.College/MadeUp"), unknown);
+        assert_eq!(labels(&format!("/{}/x", "a".repeat(2048))), unknown);
+        assert_eq!(labels("/"), unknown);
     }
 
     #[test]
