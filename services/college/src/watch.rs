@@ -179,13 +179,20 @@ async fn run_feed(
         // The watchers read their own snapshots and hear of it there.
         Err(_) => (true, SystemTime::now()),
     };
+    // Its own clock: notifications about other accounts, however many, do
+    // not put the check off.
+    let mut idle_check = tokio::time::interval_at(
+        tokio::time::Instant::now() + FEED_IDLE_CHECK,
+        FEED_IDLE_CHECK,
+    );
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let until_expiry = expires_at
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         let notice = tokio::select! {
             () = closing.cancelled() => return,
-            () = tokio::time::sleep(FEED_IDLE_CHECK) => {
+            _ = idle_check.tick() => {
                 if watchers.feed_unwatched(account, &sender) {
                     return;
                 }
@@ -281,6 +288,9 @@ pub(crate) async fn watch(
     caller: Uuid,
     closing: CancellationToken,
 ) -> Result<EventStream<AccountEvent>, Status> {
+    // The caller is checked before a feed is made, so watches of accounts
+    // that are not theirs, or do not exist, hold no feed.
+    store.account(account, Some(caller)).await?;
     // Subscribed before the snapshot is read, so nothing falls in between.
     let updates = permit.watchers.feed(&store, &notices, account, &closing);
     drop(notices);
@@ -415,13 +425,15 @@ mod tests {
     use super::*;
     use crate::store::{Credential, NewAccount};
 
-    /// Defect 5 of issue 18: a watcher subscribes, then reads its snapshot;
-    /// a withdrawal committed in between is in both, and was sent again
-    /// after the snapshot, with an older balance than one already shown.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_withdrawal_the_snapshot_already_shows_is_not_sent_again() {
-        use futures::StreamExt as _;
-
+    /// An embedded store of its own with one researcher and their account.
+    async fn one_account() -> (
+        tempfile::TempDir,
+        AccountStore,
+        grantmesh_store::Notifications,
+        CancellationToken,
+        crate::store::ResearcherRow,
+        AccountRow,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("watch.db").display());
         let closing = CancellationToken::new();
@@ -448,6 +460,49 @@ mod tests {
             })
             .await
             .unwrap();
+        (dir, store, notifications, closing, pi, account)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_of_an_account_that_is_not_the_callers_holds_no_feed() {
+        let (_dir, store, notifications, closing, pi, account) = one_account().await;
+        let stranger = store
+            .register_researcher("Eve", "eve@example.org", "not-a-hash")
+            .await
+            .unwrap();
+        let watchers = Arc::new(Watchers::default());
+        for (on, caller, code) in [
+            (Uuid::new_v4(), pi.id, tonic::Code::NotFound),
+            (account.id, stranger.id, tonic::Code::PermissionDenied),
+        ] {
+            let refused = watch(
+                watchers.admit(caller).unwrap(),
+                store.clone(),
+                notifications.subscribe().await.unwrap(),
+                on,
+                caller,
+                closing.clone(),
+            )
+            .await
+            .err()
+            .expect("refused");
+            assert_eq!(refused.code(), code, "{refused:?}");
+        }
+        assert!(
+            watchers.feeds.lock().unwrap().is_empty(),
+            "no feed was made for them"
+        );
+        closing.cancel();
+    }
+
+    /// Defect 5 of issue 18: a watcher subscribes, then reads its snapshot;
+    /// a withdrawal committed in between is in both, and was sent again
+    /// after the snapshot, with an older balance than one already shown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_withdrawal_the_snapshot_already_shows_is_not_sent_again() {
+        use futures::StreamExt as _;
+
+        let (_dir, store, notifications, closing, pi, account) = one_account().await;
         let watchers = Arc::new(Watchers::default());
         let permit = watchers.admit(pi.id).unwrap();
         let notices = notifications.subscribe().await.unwrap();
