@@ -23,6 +23,7 @@
 pub mod metrics;
 pub mod state;
 
+use grantmesh_proto::errors::quote;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,8 +166,8 @@ impl Registry for RegistryService {
         self.authorize(peer.as_deref(), &instance.service)?;
         if self.config.require_identity && !instance.address.starts_with("https://") {
             return Err(Status::invalid_argument(format!(
-                "instance.address {:?} must be an https:// URL: this mesh runs on TLS",
-                instance.address
+                "instance.address {} must be an https:// URL: this mesh runs on TLS",
+                quote(&instance.address)
             )));
         }
         let revision = self
@@ -398,10 +399,12 @@ impl RegistryService {
         match peer {
             Some(peer) if peer == service => Ok(()),
             Some(peer) => Err(Status::permission_denied(format!(
-                "your certificate names service {peer:?}: you may register, renew or remove instances of {peer:?} only, not of {service:?}"
+                "your certificate names service {peer:?}: you may register, renew or remove instances of {peer:?} only, not of {}",
+                quote(service)
             ))),
             None => Err(Status::unauthenticated(format!(
-                "registering, renewing or removing an instance of {service:?} needs a mesh certificate naming {service:?} (a client certificate from the mesh CA)"
+                "registering, renewing or removing an instance of {service} needs a mesh certificate naming {service} (a client certificate from the mesh CA)",
+                service = quote(service)
             ))),
         }
     }
@@ -421,7 +424,9 @@ async fn reserve<'a, T>(
 
 fn unknown_instance(service: &str, id: &str) -> Status {
     Status::not_found(format!(
-        "instance {id:?} of service {service:?} is not registered (its lease expired or the registry restarted); register again"
+        "instance {} of service {} is not registered (its lease expired or the registry restarted); register again",
+        quote(id),
+        quote(service)
     ))
 }
 
@@ -440,7 +445,8 @@ fn validate_name(field: &str, value: &str) -> Result<(), Status> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     {
         return Err(Status::invalid_argument(format!(
-            "{field} {value:?} must be 1 to 128 characters of letters, digits, '.', '_' or '-'"
+            "{field} {} must be 1 to 128 characters of letters, digits, '.', '_' or '-'",
+            quote(value)
         )));
     }
     Ok(())
@@ -452,8 +458,8 @@ fn validate_instance(instance: &Instance, default_ttl: Duration) -> Result<Durat
     validate_name("instance.service", &instance.service)?;
     let uri: http_uri::Uri = instance.address.parse().map_err(|_| {
         Status::invalid_argument(format!(
-            "instance.address {:?} is not a URL such as http://10.0.0.5:7101",
-            instance.address
+            "instance.address {} is not a URL such as http://10.0.0.5:7101",
+            quote(&instance.address)
         ))
     })?;
     if !matches!(uri.scheme_str(), Some("http" | "https"))
@@ -461,8 +467,8 @@ fn validate_instance(instance: &Instance, default_ttl: Duration) -> Result<Durat
         || uri.port_u16().is_none()
     {
         return Err(Status::invalid_argument(format!(
-            "instance.address {:?} needs an http or https scheme, a host and a port",
-            instance.address
+            "instance.address {} needs an http or https scheme, a host and a port",
+            quote(&instance.address)
         )));
     }
     if instance.address.len() > MAX_ADDRESS_BYTES {
@@ -517,6 +523,27 @@ mod tests {
             address: "https://127.0.0.1:7200".into(),
             ttl: Some(ttl),
             ..Instance::default()
+        }
+    }
+
+    #[test]
+    fn a_megabyte_name_or_address_is_refused_without_being_repeated_whole() {
+        let huge = "x".repeat(1 << 20);
+        let named = validate_name("service", &huge).unwrap_err();
+        let address = validate_instance(
+            &Instance {
+                id: "college-1".into(),
+                service: "college".into(),
+                address: format!("https://{huge}"),
+                ..Default::default()
+            },
+            Duration::from_secs(3),
+        )
+        .unwrap_err();
+        for refused in [named, address] {
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(refused.message().len() < 300, "{}", refused.message().len());
+            assert!(refused.message().contains("bytes)"), "{refused:?}");
         }
     }
 
