@@ -170,4 +170,40 @@ mod tests {
             assert!((3..=6).contains(&p.days));
         }
     }
+
+    /// How long a lone professor with `seed`'s choices takes, at the least
+    /// (the pauses alone), to empty the account of `project` in the run of
+    /// `clients/cli/tests/it/simulate.rs` that is cut short by its maximum
+    /// duration (`--min-request 300000 --max-request 500000 --days 60`).
+    fn time_to_empty(seed: u64, project: u32) -> Duration {
+        let mut rng = actor_rng(seed, project, PROFESSOR);
+        let award = proposal(&mut rng, 300_000..=500_000, 60..=60).amount;
+        let mut waited = Duration::ZERO;
+        let mut left = award;
+        while left > 0 {
+            let step = step(&mut rng, award, crate::simulate::DEFAULT_RETRY_PERCENT);
+            waited += step.pause;
+            if let Action::Withdraw { amount, large, .. } = step.action {
+                let amount = if large { amount } else { amount.min(left) };
+                if amount <= left {
+                    left -= amount;
+                }
+            }
+        }
+        waited
+    }
+
+    #[test]
+    fn the_seed_of_the_cut_short_run_cannot_empty_its_accounts_within_four_seconds() {
+        // The test passes `--seed 19`; with a random seed, a large
+        // withdrawal early on sometimes emptied an account in two seconds
+        // and the run ended before its maximum duration.
+        for project in 0..2 {
+            let waited = time_to_empty(19, project);
+            assert!(
+                waited > Duration::from_secs(12),
+                "project {project}: {waited:?}"
+            );
+        }
+    }
 }
