@@ -40,6 +40,17 @@ pub struct ServerArgs {
     /// Calls one connection may have handled at once.
     #[arg(long, env = "GRANTMESH_MAX_CALLS_PER_CONNECTION", default_value_t = grantmesh_server::Limits::default().calls_per_connection)]
     max_calls_per_connection: usize,
+    /// Calls one caller may have handled at once, over all its connections:
+    /// a mesh member by its client certificate, anyone else by address.
+    #[arg(long, env = "GRANTMESH_MAX_CALLS_PER_PEER", default_value_t = grantmesh_server::Limits::default().calls_per_peer)]
+    max_calls_per_peer: usize,
+    /// Of --max-calls, how many only mesh members (a client certificate) may
+    /// take, so that anonymous load cannot starve registration or agencies.
+    #[arg(long, env = "GRANTMESH_CALLS_RESERVED_FOR_MEMBERS", default_value_t = grantmesh_server::Limits::default().reserved_for_members)]
+    calls_reserved_for_members: usize,
+    /// The longest Ping delay a caller without a mesh certificate may ask for.
+    #[arg(long, env = "GRANTMESH_MAX_ANONYMOUS_PING_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    max_anonymous_ping_delay: Duration,
     /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics
     /// (port 0 picks a free one); registered as the instance's `metrics` label.
     #[arg(long, env = "GRANTMESH_METRICS_LISTEN")]
@@ -277,6 +288,9 @@ impl ServerArgs {
             limits: grantmesh_server::Limits {
                 concurrent_calls: self.max_calls,
                 calls_per_connection: self.max_calls_per_connection,
+                calls_per_peer: self.max_calls_per_peer,
+                reserved_for_members: self.calls_reserved_for_members,
+                anonymous_ping_delay: self.max_anonymous_ping_delay,
             },
             metrics_listen: self.metrics_listen,
         })

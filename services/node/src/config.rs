@@ -138,11 +138,7 @@ const MAX_INSTANCE_ID: usize = 128;
 
 impl ServerSettings {
     fn validate(&self) -> Result<()> {
-        if self.limits.concurrent_calls == 0 || self.limits.calls_per_connection == 0 {
-            return Err(ConfigError::new(
-                "--max-calls and --max-calls-per-connection must be at least 1",
-            ));
-        }
+        self.limits.check().map_err(ConfigError::new)?;
         if let Some(tls) = &self.tls
             && tls.identity.is_none()
         {

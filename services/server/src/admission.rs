@@ -1,23 +1,47 @@
-//! Admission: how many calls one server handles at once.
+//! Admission: how many calls one server handles at once, and from whom.
 //!
 //! Beyond [`Limits::concurrent_calls`] a new call is answered
 //! RESOURCE_EXHAUSTED at once instead of queueing behind the others, so an
 //! overloaded server stays quick to say so and clients can back off or go
-//! to another instance. One connection may hold at most
-//! [`Limits::calls_per_connection`] of them (tonic's own per-connection
-//! limit, with load shedding), so a single client cannot take them all.
+//! to another instance. No single caller can take that capacity from the
+//! others:
+//!
+//! - one *peer* — a mesh member's client certificate, or for a caller
+//!   without one the IP address it calls from — has at most
+//!   [`Limits::calls_per_peer`] calls handled at once;
+//! - [`Limits::reserved_for_members`] of the calls are kept for mesh
+//!   members (a verified client certificate), so however many anonymous
+//!   addresses call at once, registration, renewal, agency → college calls
+//!   and balancers still get in;
+//! - one connection may hold at most [`Limits::calls_per_connection`] of
+//!   them (tonic's own per-connection limit, with load shedding);
+//! - health checks (`grpc.health.v1.Health`) are outside admission: an
+//!   orchestrator asking whether the server is alive is never told it is
+//!   busy. They are cheap and bounded per connection by HTTP/2.
 //!
 //! A streaming call counts until its handler has returned the stream; the
 //! streams themselves are bounded per connection by HTTP/2
 //! (`MAX_CONCURRENT_STREAMS`) and per service by the service.
+//!
+//! Each admitted call carries a [`Caller`] in its extensions, so a handler
+//! can tell a member from an anonymous caller (`Ping` holds a call longer
+//! only for members).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+/// The path prefix of the health service, which admission lets through.
+const HEALTH: &str = "/grpc.health.v1.Health/";
 
 /// What one server takes on at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,33 +50,214 @@ pub struct Limits {
     pub concurrent_calls: usize,
     /// Calls one connection may have being handled at once.
     pub calls_per_connection: usize,
+    /// Calls one peer (a client certificate, or an address without one)
+    /// may have being handled at once, over all its connections.
+    pub calls_per_peer: usize,
+    /// Of [`Self::concurrent_calls`], how many only mesh members may take.
+    pub reserved_for_members: usize,
+    /// The longest `Ping` delay a caller without a mesh certificate may ask
+    /// for; members may ask for up to [`MAX_PING_DELAY`].
+    pub anonymous_ping_delay: Duration,
 }
 
+/// The longest `Ping` delay anyone may ask for.
+pub const MAX_PING_DELAY: Duration = Duration::from_secs(30);
+
 impl Default for Limits {
-    /// 1024 calls, 128 per connection: far above what the store's pool
-    /// (16 connections) or a registry's CPU can serve at once, so only a
-    /// flood meets them, and 128 leaves a client with 64 concurrent callers
-    /// on one connection (the benches) room to spare.
+    /// 1024 calls, 128 per connection and 256 per peer: far above what the
+    /// store's pool (16 connections) or a registry's CPU can serve at once,
+    /// so only a flood meets them, and 256 leaves a client with 64
+    /// concurrent callers (the benches), or a simulation of hundreds of
+    /// researchers on one machine, room to spare. A quarter (256) is kept
+    /// for mesh members: a registry's few hundred instances renew one call
+    /// each per beat. Anonymous pings hold a call for at most a second.
     fn default() -> Self {
         Self {
             concurrent_calls: 1024,
             calls_per_connection: 128,
+            calls_per_peer: 256,
+            reserved_for_members: 256,
+            anonymous_ping_delay: Duration::from_secs(1),
         }
     }
 }
 
-/// The tower layer that applies [`Limits::concurrent_calls`].
+impl Limits {
+    /// What is wrong with these limits, if anything, naming the flags.
+    pub fn check(&self) -> Result<(), String> {
+        if self.concurrent_calls == 0 || self.calls_per_connection == 0 || self.calls_per_peer == 0
+        {
+            return Err(
+                "--max-calls, --max-calls-per-connection and --max-calls-per-peer must be at least 1"
+                    .into(),
+            );
+        }
+        if self.reserved_for_members >= self.concurrent_calls {
+            return Err(format!(
+                "--calls-reserved-for-members ({}) must be less than --max-calls ({})",
+                self.reserved_for_members, self.concurrent_calls
+            ));
+        }
+        if self.anonymous_ping_delay > MAX_PING_DELAY {
+            return Err(format!(
+                "--max-anonymous-ping-delay must be at most {}",
+                humantime::format_duration(MAX_PING_DELAY)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Who an admitted call is from, in its request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Whether it presented a verified mesh client certificate.
+    pub member: bool,
+    /// The longest `Ping` delay this caller may ask for.
+    pub max_ping_delay: Duration,
+}
+
+/// One peer, as admission counts its calls.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Peer {
+    /// A mesh member: a digest of its leaf certificate.
+    Member(u64),
+    /// A caller without a certificate, by the address it calls from.
+    Address(IpAddr),
+    /// Not over TCP (an in-process transport): not counted per peer.
+    Unknown,
+}
+
+impl Peer {
+    fn of<B>(request: &http::Request<B>) -> Self {
+        let extensions = request.extensions();
+        if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
+            if let Some(leaf) = tls.peer_certs().as_deref().and_then(|certs| certs.first()) {
+                let mut digest = DefaultHasher::new();
+                leaf.as_ref().hash(&mut digest);
+                return Peer::Member(digest.finish());
+            }
+            return Self::address(tls.get_ref());
+        }
+        extensions
+            .get::<TcpConnectInfo>()
+            .map_or(Peer::Unknown, Self::address)
+    }
+
+    fn address(tcp: &TcpConnectInfo) -> Self {
+        tcp.remote_addr()
+            .map_or(Peer::Unknown, |addr| Peer::Address(addr.ip()))
+    }
+
+    fn is_member(&self) -> bool {
+        matches!(self, Peer::Member(_))
+    }
+
+    /// How a refusal names this peer.
+    fn describe(&self) -> String {
+        match self {
+            Peer::Member(_) => "this mesh member's certificate".into(),
+            Peer::Address(ip) => format!("{ip}"),
+            Peer::Unknown => "this caller".into(),
+        }
+    }
+}
+
+/// The calls being handled, counted as admission needs them.
+#[derive(Debug)]
+struct Counts {
+    limits: Limits,
+    /// Every call.
+    all: Arc<Semaphore>,
+    /// Calls from callers without a certificate.
+    anonymous: Arc<Semaphore>,
+    /// Calls per peer; a peer with none has no entry.
+    peers: Mutex<HashMap<Peer, usize>>,
+}
+
+/// What one admitted call holds, given back when it ends.
+struct Admitted {
+    counts: Arc<Counts>,
+    peer: Peer,
+    _all: OwnedSemaphorePermit,
+    _anonymous: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.peer == Peer::Unknown {
+            return;
+        }
+        let mut peers = self.counts.peers.lock().expect("peer counts poisoned");
+        if let Some(count) = peers.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl Counts {
+    /// Admits a call from `peer`, or says why not.
+    fn admit(self: &Arc<Self>, peer: Peer) -> Result<Admitted, Status> {
+        let limits = &self.limits;
+        let anonymous = if peer.is_member() {
+            None
+        } else {
+            Some(Arc::clone(&self.anonymous).try_acquire_owned().map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "this server is handling {} calls from callers without a mesh certificate, the most it takes from them at once; retry shortly or call another instance",
+                    limits.concurrent_calls - limits.reserved_for_members
+                ))
+            })?)
+        };
+        let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this server is handling {} calls, the most it takes at once; retry shortly or call another instance",
+                limits.concurrent_calls
+            ))
+        })?;
+        if peer != Peer::Unknown {
+            let mut peers = self.peers.lock().expect("peer counts poisoned");
+            let count = peers.entry(peer.clone()).or_default();
+            if *count >= limits.calls_per_peer {
+                return Err(Status::resource_exhausted(format!(
+                    "this server is handling {} calls from {}, the most it takes from one caller at once; wait for some to finish",
+                    limits.calls_per_peer,
+                    peer.describe()
+                )));
+            }
+            *count += 1;
+        }
+        Ok(Admitted {
+            counts: Arc::clone(self),
+            peer,
+            _all: all,
+            _anonymous: anonymous,
+        })
+    }
+}
+
+/// The tower layer that applies [`Limits`] to every call but health checks.
 #[derive(Clone, Debug)]
 pub struct AdmissionLayer {
-    permits: Arc<Semaphore>,
-    limit: usize,
+    counts: Arc<Counts>,
 }
 
 impl AdmissionLayer {
     pub fn new(limits: Limits) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(limits.concurrent_calls)),
-            limit: limits.concurrent_calls,
+            counts: Arc::new(Counts {
+                limits,
+                all: Arc::new(Semaphore::new(limits.concurrent_calls)),
+                anonymous: Arc::new(Semaphore::new(
+                    limits
+                        .concurrent_calls
+                        .saturating_sub(limits.reserved_for_members),
+                )),
+                peers: Mutex::new(HashMap::new()),
+            }),
         }
     }
 }
@@ -63,18 +268,16 @@ impl<S> tower::Layer<S> for AdmissionLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Admission {
             inner,
-            permits: Arc::clone(&self.permits),
-            limit: self.limit,
+            counts: Arc::clone(&self.counts),
         }
     }
 }
 
-/// A service that refuses calls beyond the server's limit.
+/// A service that refuses calls beyond the server's limits.
 #[derive(Clone, Debug)]
 pub struct Admission<S> {
     inner: S,
-    permits: Arc<Semaphore>,
-    limit: usize,
+    counts: Arc<Counts>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -93,19 +296,126 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
-            let status = Status::resource_exhausted(format!(
-                "this server is handling {} calls, the most it takes at once; retry shortly or call another instance",
-                self.limit
-            ));
-            return Box::pin(async move { Ok(status.into_http()) });
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if request.uri().path().starts_with(HEALTH) {
+            return Box::pin(self.inner.call(request));
+        }
+        let peer = Peer::of(&request);
+        let member = peer.is_member();
+        let admitted = match self.counts.admit(peer) {
+            Ok(admitted) => admitted,
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
         };
+        request.extensions_mut().insert(Caller {
+            member,
+            max_ping_delay: if member {
+                MAX_PING_DELAY
+            } else {
+                self.counts.limits.anonymous_ping_delay
+            },
+        });
         let call = self.inner.call(request);
         Box::pin(async move {
             let response = call.await;
-            drop(permit);
+            drop(admitted);
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(limits: Limits) -> Arc<Counts> {
+        AdmissionLayer::new(limits).counts
+    }
+
+    fn small() -> Limits {
+        Limits {
+            concurrent_calls: 6,
+            calls_per_connection: 6,
+            calls_per_peer: 2,
+            reserved_for_members: 2,
+            anonymous_ping_delay: Duration::from_secs(1),
+        }
+    }
+
+    fn address(last: u8) -> Peer {
+        Peer::Address(IpAddr::from([127, 0, 0, last]))
+    }
+
+    #[test]
+    fn one_address_gets_at_most_its_share_and_others_still_get_in() {
+        let counts = counts(small());
+        let held: Vec<_> = (0..2).map(|_| counts.admit(address(1)).unwrap()).collect();
+        let refused = counts.admit(address(1)).err().expect("over its share");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("127.0.0.1"), "{refused:?}");
+        counts
+            .admit(address(2))
+            .expect("another address still gets in");
+        drop(held);
+        counts
+            .admit(address(1))
+            .expect("its share comes back when its calls end");
+    }
+
+    #[test]
+    fn anonymous_callers_together_leave_the_members_reserve_alone() {
+        let counts = counts(small());
+        let anonymous: Vec<_> = (1..=4)
+            .map(|last| counts.admit(address(last)).unwrap())
+            .collect();
+        let refused = counts
+            .admit(address(5))
+            .err()
+            .expect("anonymous share used");
+        assert!(
+            refused.message().contains("without a mesh certificate"),
+            "{refused:?}"
+        );
+        let members: Vec<_> = (1..=2)
+            .map(|n| {
+                counts
+                    .admit(Peer::Member(n))
+                    .expect("the reserve is the members'")
+            })
+            .collect();
+        let full = counts
+            .admit(Peer::Member(3))
+            .err()
+            .expect("everything taken");
+        assert!(full.message().contains("6 calls"), "{full:?}");
+        drop((anonymous, members));
+        assert!(
+            counts.peers.lock().unwrap().is_empty(),
+            "no peer left counted"
+        );
+    }
+
+    #[test]
+    fn limits_that_leave_anonymous_callers_nothing_or_hold_pings_too_long_are_refused() {
+        let all_reserved = Limits {
+            reserved_for_members: 6,
+            ..small()
+        };
+        assert!(
+            all_reserved
+                .check()
+                .unwrap_err()
+                .contains("--calls-reserved-for-members")
+        );
+        let long_pings = Limits {
+            anonymous_ping_delay: Duration::from_secs(31),
+            ..small()
+        };
+        assert!(
+            long_pings
+                .check()
+                .unwrap_err()
+                .contains("--max-anonymous-ping-delay")
+        );
+        assert_eq!(Limits::default().check(), Ok(()));
     }
 }

@@ -21,7 +21,7 @@ pub mod admission;
 pub mod metrics;
 pub mod telemetry;
 
-pub use admission::Limits;
+pub use admission::{Caller, Limits};
 pub use metrics::Metrics;
 
 use std::future::Future;
@@ -287,22 +287,35 @@ pub fn spawn(
 }
 
 /// The `Ping` every grantmesh service answers: echoes the message, names the
-/// instance, and holds the call for `delay_ms` (at most 30 s) first, so
-/// operators and tests can keep a call in flight.
+/// instance, and holds the call for `delay_ms` first, so operators and tests
+/// can keep a call in flight: up to [`admission::MAX_PING_DELAY`] for a mesh
+/// member, up to [`Limits::anonymous_ping_delay`] (a second by default) for
+/// anyone else, so that no stranger holds admission for long.
 pub async fn ping(
     request: tonic::Request<grantmesh_proto::v1::PingRequest>,
     instance_id: &str,
     service: &str,
 ) -> Result<tonic::Response<grantmesh_proto::v1::PingReply>, tonic::Status> {
+    let most = request
+        .extensions()
+        .get::<admission::Caller>()
+        .map_or(admission::MAX_PING_DELAY, |caller| caller.max_ping_delay);
     let request = request.into_inner();
-    if request.delay_ms > 30_000 {
-        return Err(tonic::Status::invalid_argument(
-            "delay_ms must be at most 30000",
-        ));
+    let delay = Duration::from_millis(request.delay_ms.into());
+    if delay > most {
+        return Err(tonic::Status::invalid_argument(format!(
+            "delay_ms must be at most {} for this caller{}",
+            most.as_millis(),
+            if most < admission::MAX_PING_DELAY {
+                " (longer delays are for mesh members with a client certificate)"
+            } else {
+                ""
+            }
+        )));
     }
-    if request.delay_ms > 0 {
+    if !delay.is_zero() {
         // Not for zero: even a zero sleep waits for the timer's next tick (~1 ms).
-        tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+        tokio::time::sleep(delay).await;
     }
     Ok(tonic::Response::new(grantmesh_proto::v1::PingReply {
         message: request.message,

@@ -9,6 +9,7 @@ mod balancing;
 mod ca;
 mod cli;
 mod dev;
+mod fairness;
 mod grants;
 mod mesh;
 mod newcomer;

@@ -262,7 +262,7 @@ async fn sigterm_drains_an_instance_without_failing_in_flight_calls() {
         direct
             .ping(PingRequest {
                 message: "slow".into(),
-                delay_ms: 1_500,
+                delay_ms: 1_000,
             })
             .await
     });

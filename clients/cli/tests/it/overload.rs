@@ -44,7 +44,15 @@ async fn hold_calls(client: &RegistryClient<Channel>, count: usize, hold: Durati
 
 #[tokio::test]
 async fn a_server_handling_its_most_calls_refuses_the_next_at_once_and_recovers() {
-    let registry = Proc::registry(&["--max-calls", "4"]).await;
+    let registry = Proc::registry(&[
+        "--max-calls",
+        "4",
+        "--calls-reserved-for-members",
+        "0",
+        "--max-anonymous-ping-delay",
+        "3s",
+    ])
+    .await;
     let holder = connect(&registry).await;
     hold_calls(&holder, 4, Duration::from_secs(3)).await;
 
@@ -82,7 +90,13 @@ async fn a_server_handling_its_most_calls_refuses_the_next_at_once_and_recovers(
 
 #[tokio::test]
 async fn one_connection_cannot_take_every_call_a_server_handles() {
-    let registry = Proc::registry(&["--max-calls-per-connection", "2"]).await;
+    let registry = Proc::registry(&[
+        "--max-calls-per-connection",
+        "2",
+        "--max-anonymous-ping-delay",
+        "3s",
+    ])
+    .await;
     let greedy = connect(&registry).await;
     hold_calls(&greedy, 2, Duration::from_secs(3)).await;
 

@@ -1,0 +1,253 @@
+//! Fair limits, attacked as an anonymous client would: real processes on
+//! TLS, real floods from one address while a bystander calls from another
+//! (loopback answers on all of 127.0.0.0/8, so a test has many addresses).
+//!
+//! Under each flood a mesh member still registers and lists, a caller from
+//! another address is still served, and health still answers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use grantmesh_discovery::tls::{TlsMaterial, TlsPaths};
+use grantmesh_proto::RegistryClient;
+use grantmesh_proto::v1::*;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpSocket;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::support::*;
+
+/// A TLS channel to `server` that connects from `local` (any 127.x.y.z),
+/// presenting `identity`'s certificate from the test CA when given.
+async fn channel_from(server: SocketAddr, local: IpAddr, identity: Option<&str>) -> Channel {
+    let material = TlsMaterial::load(TlsPaths::in_dir(tls::dir(), identity)).unwrap();
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let material = Arc::clone(&material);
+        async move {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(local, 0))?;
+            let tcp = socket.connect(server).await?;
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(material.client_config())
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Endpoint::from_shared(format!("http://{server}"))
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap_or_else(|err| panic!("connect to {server} from {local}: {err}"))
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// Keeps `per_connection` pings of `delay_ms` in flight on each of
+/// `connections` connections from `local` until the returned handles are
+/// aborted: a refused ping is sent again shortly after.
+async fn flood(
+    server: SocketAddr,
+    local: IpAddr,
+    connections: usize,
+    per_connection: usize,
+    delay_ms: u32,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let channel = channel_from(server, local, None).await;
+        for _ in 0..per_connection {
+            let mut client = RegistryClient::new(channel.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let held = client
+                        .ping(PingRequest {
+                            message: "flood".into(),
+                            delay_ms,
+                        })
+                        .await;
+                    if held.is_err() {
+                        // Refused: try again soon, as a flood does.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }));
+        }
+    }
+    // Every ping is read by the server well within this.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tasks
+}
+
+fn college_at(id: &str, address: &str) -> RegisterRequest {
+    RegisterRequest {
+        instance: Some(Instance {
+            id: id.into(),
+            service: "college".into(),
+            address: address.into(),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn health(channel: Channel) -> Result<ServingStatus, tonic::Status> {
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await?;
+    Ok(reply.into_inner().status())
+}
+
+#[tokio::test]
+async fn a_stranger_holding_pings_on_nine_connections_takes_only_its_own_share() {
+    let tls_dir = tls::dir().to_str().unwrap();
+    // Pings as long as the attack's (30 s), allowed here so that nothing but
+    // the per-address share stands between the flood and everyone else.
+    let registry =
+        Proc::registry(&["--tls-dir", tls_dir, "--max-anonymous-ping-delay", "30s"]).await;
+    // The table's attack: 9 connections × 120 pings, from one address.
+    let flood = flood(registry.addr, ip("127.0.0.1"), 9, 120, 30_000).await;
+
+    let mut same_address =
+        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.1"), None).await);
+    let refused = same_address
+        .list_instances(ListInstancesRequest::default())
+        .await
+        .expect_err("the flooding address is at its share");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("from 127.0.0.1"),
+        "the refusal names whose share is used: {refused:?}"
+    );
+
+    // A researcher on another address is served at once.
+    let mut bystander =
+        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.2"), None).await);
+    for _ in 0..20 {
+        bystander
+            .list_instances(ListInstancesRequest::default())
+            .await
+            .expect("another address still has room");
+    }
+    // A mesh member on the very address of the flood registers and renews.
+    let member = channel_from(registry.addr, ip("127.0.0.1"), Some("college")).await;
+    let mut member = RegistryClient::new(member);
+    member
+        .register(college_at("college-fair", "https://127.0.0.1:9"))
+        .await
+        .expect("a member registers under the flood");
+    member
+        .heartbeat(HeartbeatRequest {
+            service: "college".into(),
+            instance_id: "college-fair".into(),
+        })
+        .await
+        .expect("and renews");
+    // Health answers from the flooding address itself.
+    let health_channel = channel_from(registry.addr, ip("127.0.0.1"), None).await;
+    assert_eq!(
+        health(health_channel).await.unwrap(),
+        ServingStatus::Serving
+    );
+
+    for task in flood {
+        task.abort();
+    }
+}
+
+#[tokio::test]
+async fn anonymous_addresses_together_cannot_take_the_calls_kept_for_mesh_members() {
+    let tls_dir = tls::dir().to_str().unwrap();
+    let registry = Proc::registry(&[
+        "--tls-dir",
+        tls_dir,
+        "--max-calls",
+        "40",
+        "--calls-reserved-for-members",
+        "10",
+        "--max-calls-per-peer",
+        "10",
+        "--max-anonymous-ping-delay",
+        "30s",
+    ])
+    .await;
+    // Three addresses, ten held calls each: the anonymous share (30) is full.
+    let mut floods = Vec::new();
+    for last in 1..=3 {
+        let local = ip(&format!("127.0.0.{last}"));
+        floods.extend(flood(registry.addr, local, 1, 12, 30_000).await);
+    }
+
+    let mut fourth = RegistryClient::new(channel_from(registry.addr, ip("127.0.0.4"), None).await);
+    let refused = fourth
+        .list_instances(ListInstancesRequest::default())
+        .await
+        .expect_err("the anonymous share is used up");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("without a mesh certificate"),
+        "{refused:?}"
+    );
+
+    let mut member =
+        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.4"), Some("agency")).await);
+    for _ in 0..20 {
+        member
+            .list_instances(ListInstancesRequest {
+                service: "college".into(),
+            })
+            .await
+            .expect("the reserve is there for members");
+    }
+    let anonymous_health = channel_from(registry.addr, ip("127.0.0.4"), None).await;
+    assert_eq!(
+        health(anonymous_health).await.unwrap(),
+        ServingStatus::Serving,
+        "health is outside admission"
+    );
+
+    for task in floods {
+        task.abort();
+    }
+}
+
+#[tokio::test]
+async fn only_a_mesh_member_may_hold_a_ping_for_longer_than_a_second() {
+    let tls_dir = tls::dir().to_str().unwrap();
+    let registry = Proc::registry(&["--tls-dir", tls_dir]).await;
+    let long = PingRequest {
+        message: "hold".into(),
+        delay_ms: 30_000,
+    };
+    let mut stranger =
+        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.1"), None).await);
+    let refused = stranger
+        .ping(long.clone())
+        .await
+        .expect_err("a stranger may not hold a call for 30 s");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("at most 1000"), "{refused:?}");
+    stranger
+        .ping(PingRequest {
+            message: "short".into(),
+            delay_ms: 1_000,
+        })
+        .await
+        .expect("a second is allowed");
+
+    let mut member =
+        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.1"), Some("college")).await);
+    let held = member
+        .ping(PingRequest {
+            message: "hold".into(),
+            delay_ms: 1_500,
+        })
+        .await
+        .expect("a member may hold a call longer");
+    assert_eq!(held.into_inner().message, "hold");
+}
