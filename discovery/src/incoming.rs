@@ -15,16 +15,22 @@
 //! silent connections a second kept a server closed to new clients). The TLS configuration is taken per connection from
 //! [`TlsMaterial`], so rotated certificates apply to new connections.
 //!
-//! At most [`max_connections`] connections are held at once; beyond that a
-//! new connection is closed at once (its client sees UNAVAILABLE and can
-//! try another instance) instead of taking the process's last file
+//! At most [`ConnectionLimits::total`] connections are held at once; beyond
+//! that a new connection is closed at once (its client sees UNAVAILABLE and
+//! can try another instance) instead of taking the process's last file
 //! descriptors, which would also starve health checks and registration.
+//! Once opened, a connection without a mesh client certificate is one of at
+//! most [`ConnectionLimits::per_address`] from its IP address, and of at
+//! most `total − reserved_for_members` anonymous ones: a client that holds
+//! thousands of connections open (answering keepalive pings, sending
+//! nothing) takes its own share, not everyone's. Members (a verified
+//! client certificate) are counted only against the total.
 //! When `accept` itself fails (out of file descriptors), the loop backs off
 //! instead of spinning.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -51,9 +57,35 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 /// How long the accept loop pauses after `accept` fails (EMFILE and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Most connections one server holds: 4096, or three quarters of the
-/// process's file-descriptor limit when that is lower (it is 1024 on many
-/// systems), leaving the rest for the store, the registry and the logs.
+/// How many connections one server holds, and from whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections held at once, opening or open.
+    pub total: usize,
+    /// Open connections without a mesh certificate from one IP address.
+    pub per_address: usize,
+    /// Of [`Self::total`], how many only mesh members may hold open.
+    pub reserved_for_members: usize,
+}
+
+impl Default for ConnectionLimits {
+    /// [`max_connections`] in all, an eighth of them per address and an
+    /// eighth kept for members: a machine's clients (a CLI, a simulation's
+    /// balancer, a portal) need a handful each, and one process holding
+    /// hundreds open leaves the rest to everyone else.
+    fn default() -> Self {
+        let total = max_connections();
+        Self {
+            total,
+            per_address: (total / 8).max(16),
+            reserved_for_members: total / 8,
+        }
+    }
+}
+
+/// Most connections one server holds by default: 4096, or three quarters of
+/// the process's file-descriptor limit when that is lower (it is 1024 on
+/// many systems), leaving the rest for the store, the registry and the logs.
 pub fn max_connections() -> usize {
     const CEILING: usize = 4096;
     match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
@@ -68,6 +100,7 @@ pub fn max_connections() -> usize {
 pub struct Limited<S> {
     stream: S,
     _permit: OwnedSemaphorePermit,
+    _anonymous: Option<AnonymousSlot>,
 }
 
 impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Limited<S> {
@@ -122,14 +155,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
 pub fn tls(
     listener: TcpListener,
     material: Arc<TlsMaterial>,
+    limits: ConnectionLimits,
 ) -> impl Stream<Item = Result<Limited<TlsStream<TcpStream>>, std::io::Error>> {
-    spawn_accept_loop(listener, move |tcp| {
+    spawn_accept_loop(listener, limits, move |tcp| {
         let config = material.server_config().inspect_err(|err| {
             tracing::error!(error = %err, "no usable server certificate; closing the connection");
         });
         async move {
             let config = config.map_err(std::io::Error::other)?;
-            TlsAcceptor::from(config).accept(tcp).await
+            let tls = TlsAcceptor::from(config).accept(tcp).await?;
+            // The verifier accepted the chain: a member of the mesh.
+            let member = tls.get_ref().1.peer_certificates().is_some();
+            Ok((tls, member))
         }
     })
 }
@@ -138,40 +175,45 @@ pub fn tls(
 /// is dropped.
 pub fn plaintext(
     listener: TcpListener,
+    limits: ConnectionLimits,
 ) -> impl Stream<Item = Result<Limited<TcpStream>, std::io::Error>> {
-    spawn_accept_loop(listener, |tcp: TcpStream| async move {
+    spawn_accept_loop(listener, limits, |tcp: TcpStream| async move {
         // Waits for the first byte without taking it (readiness alone may
         // be reported before any data arrives).
         tcp.peek(&mut [0u8; 1]).await?;
-        Ok(tcp)
+        // Nobody proves who they are in plaintext.
+        Ok((tcp, false))
     })
 }
 
 fn spawn_accept_loop<S, F, Fut>(
     listener: TcpListener,
+    limits: ConnectionLimits,
     open: F,
 ) -> impl Stream<Item = Result<Limited<S>, std::io::Error>>
 where
     S: Send + 'static,
     F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = std::io::Result<S>> + Send + 'static,
+    Fut: Future<Output = std::io::Result<(S, bool)>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(MAX_PENDING_HANDSHAKES);
-    tokio::spawn(accept_loop(listener, open, tx));
+    tokio::spawn(accept_loop(listener, limits, open, tx));
     ReceiverStream::new(rx)
 }
 
 async fn accept_loop<S, F, Fut>(
     listener: TcpListener,
+    limits: ConnectionLimits,
     open: F,
     tx: mpsc::Sender<Result<Limited<S>, std::io::Error>>,
 ) where
     S: Send + 'static,
     F: Fn(TcpStream) -> Fut,
-    Fut: Future<Output = std::io::Result<S>> + Send + 'static,
+    Fut: Future<Output = std::io::Result<(S, bool)>> + Send + 'static,
 {
     let openings = Arc::new(Openings::default());
-    let connections = Arc::new(Semaphore::new(max_connections()));
+    let connections = Arc::new(Semaphore::new(limits.total));
+    let anonymous = Arc::new(Anonymous::new(limits));
     let mut refused = 0u64;
     loop {
         let (tcp, peer) = tokio::select! {
@@ -201,6 +243,7 @@ async fn accept_loop<S, F, Fut>(
         let opening = open(tcp);
         let (id, evicted) = openings.start();
         let openings = Arc::clone(&openings);
+        let anonymous = Arc::clone(&anonymous);
         let tx = tx.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
@@ -209,11 +252,23 @@ async fn accept_loop<S, F, Fut>(
             };
             openings.finish(id);
             match outcome {
-                Some(Ok(Ok(stream))) => {
+                Some(Ok(Ok((stream, member)))) => {
+                    let slot = if member {
+                        None
+                    } else {
+                        match anonymous.take(peer.ip()) {
+                            Ok(slot) => Some(slot),
+                            Err(why) => {
+                                tracing::debug!(%peer, "connection closed: {why}");
+                                return;
+                            }
+                        }
+                    };
                     let _ = tx
                         .send(Ok(Limited {
                             stream,
                             _permit: connection,
+                            _anonymous: slot,
                         }))
                         .await;
                 }
@@ -226,6 +281,83 @@ async fn accept_loop<S, F, Fut>(
                 }
             }
         });
+    }
+}
+
+/// The open connections without a mesh certificate: in all, and per address.
+struct Anonymous {
+    limits: ConnectionLimits,
+    /// How many are open in all, and from each address that has any.
+    open: std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// One anonymous connection's place, given back when it closes.
+pub struct AnonymousSlot {
+    anonymous: Arc<Anonymous>,
+    address: IpAddr,
+}
+
+impl Anonymous {
+    fn new(limits: ConnectionLimits) -> Self {
+        Self {
+            limits,
+            open: std::sync::Mutex::new((0, HashMap::new())),
+            refused: Default::default(),
+        }
+    }
+
+    /// A place for one more anonymous connection from `address`, or why not.
+    fn take(self: &Arc<Self>, address: IpAddr) -> Result<AnonymousSlot, String> {
+        let limits = &self.limits;
+        let mut open = self.open.lock().expect("connection counts poisoned");
+        let (all, per_address) = &mut *open;
+        let from = per_address.get(&address).copied().unwrap_or(0);
+        let why = if from >= limits.per_address {
+            Some(format!(
+                "{address} already holds {from} connections without a mesh certificate, the most one address may"
+            ))
+        } else if *all >= limits.total.saturating_sub(limits.reserved_for_members) {
+            Some(format!(
+                "{all} connections without a mesh certificate are open, the most this server holds; the rest are kept for members"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            let refused = self
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%address, refused, "{why}; closing new connections from it");
+            }
+            return Err(why);
+        }
+        *all += 1;
+        *per_address.entry(address).or_default() += 1;
+        Ok(AnonymousSlot {
+            anonymous: Arc::clone(self),
+            address,
+        })
+    }
+}
+
+impl Drop for AnonymousSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .anonymous
+            .open
+            .lock()
+            .expect("connection counts poisoned");
+        let (all, per_address) = &mut *open;
+        *all -= 1;
+        if let Some(count) = per_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                per_address.remove(&self.address);
+            }
+        }
     }
 }
 

@@ -48,6 +48,15 @@ pub struct ServerArgs {
     /// take, so that anonymous load cannot starve registration or agencies.
     #[arg(long, env = "GRANTMESH_CALLS_RESERVED_FOR_MEMBERS", default_value_t = grantmesh_server::Limits::default().reserved_for_members)]
     calls_reserved_for_members: usize,
+    /// Connections held at once (4096, or ¾ of the descriptor limit if lower).
+    #[arg(long, env = "GRANTMESH_MAX_CONNECTIONS", default_value_t = grantmesh_server::Limits::default().connections.total)]
+    max_connections: usize,
+    /// Open connections without a mesh certificate from one IP address.
+    #[arg(long, env = "GRANTMESH_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = grantmesh_server::Limits::default().connections.per_address)]
+    max_connections_per_address: usize,
+    /// Of --max-connections, how many only mesh members may hold.
+    #[arg(long, env = "GRANTMESH_CONNECTIONS_RESERVED_FOR_MEMBERS", default_value_t = grantmesh_server::Limits::default().connections.reserved_for_members)]
+    connections_reserved_for_members: usize,
     /// The longest Ping delay a caller without a mesh certificate may ask for.
     #[arg(long, env = "GRANTMESH_MAX_ANONYMOUS_PING_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     max_anonymous_ping_delay: Duration,
@@ -291,6 +300,11 @@ impl ServerArgs {
                 calls_per_peer: self.max_calls_per_peer,
                 reserved_for_members: self.calls_reserved_for_members,
                 anonymous_ping_delay: self.max_anonymous_ping_delay,
+                connections: grantmesh_discovery::incoming::ConnectionLimits {
+                    total: self.max_connections,
+                    per_address: self.max_connections_per_address,
+                    reserved_for_members: self.connections_reserved_for_members,
+                },
             },
             metrics_listen: self.metrics_listen,
         })

@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use grantmesh_discovery::incoming::ConnectionLimits;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -58,6 +59,8 @@ pub struct Limits {
     /// The longest `Ping` delay a caller without a mesh certificate may ask
     /// for; members may ask for up to [`MAX_PING_DELAY`].
     pub anonymous_ping_delay: Duration,
+    /// How many connections it holds, and from whom.
+    pub connections: ConnectionLimits,
 }
 
 /// The longest `Ping` delay anyone may ask for.
@@ -78,6 +81,7 @@ impl Default for Limits {
             calls_per_peer: 256,
             reserved_for_members: 256,
             anonymous_ping_delay: Duration::from_secs(1),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -96,6 +100,18 @@ impl Limits {
             return Err(format!(
                 "--calls-reserved-for-members ({}) must be less than --max-calls ({})",
                 self.reserved_for_members, self.concurrent_calls
+            ));
+        }
+        let connections = &self.connections;
+        if connections.total == 0 || connections.per_address == 0 {
+            return Err(
+                "--max-connections and --max-connections-per-address must be at least 1".into(),
+            );
+        }
+        if connections.reserved_for_members >= connections.total {
+            return Err(format!(
+                "--connections-reserved-for-members ({}) must be less than --max-connections ({})",
+                connections.reserved_for_members, connections.total
             ));
         }
         if self.anonymous_ping_delay > MAX_PING_DELAY {
@@ -338,6 +354,7 @@ mod tests {
             calls_per_peer: 2,
             reserved_for_members: 2,
             anonymous_ping_delay: Duration::from_secs(1),
+            connections: ConnectionLimits::default(),
         }
     }
 

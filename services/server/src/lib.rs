@@ -125,7 +125,11 @@ pub async fn serve(
                 .server_config()
                 .context("this server has no usable certificate")?;
             Box::pin(builder.serve_with_incoming_shutdown(
-                grantmesh_discovery::incoming::tls(listener, material.clone()),
+                grantmesh_discovery::incoming::tls(
+                    listener,
+                    material.clone(),
+                    options.limits.connections,
+                ),
                 stop_accepting.clone().cancelled_owned(),
             ))
         }
@@ -136,7 +140,7 @@ pub async fn serve(
                 "PLAINTEXT: serving without TLS (--insecure); anyone on the network can read and forge calls"
             );
             Box::pin(builder.serve_with_incoming_shutdown(
-                grantmesh_discovery::incoming::plaintext(listener),
+                grantmesh_discovery::incoming::plaintext(listener, options.limits.connections),
                 stop_accepting.clone().cancelled_owned(),
             ))
         }

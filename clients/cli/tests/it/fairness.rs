@@ -6,43 +6,37 @@
 //! another address is still served, and health still answers.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use grantmesh_discovery::tls::{TlsMaterial, TlsPaths};
 use grantmesh_proto::RegistryClient;
 use grantmesh_proto::v1::*;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpSocket;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::support::*;
 
-/// A TLS channel to `server` that connects from `local` (any 127.x.y.z),
-/// presenting `identity`'s certificate from the test CA when given.
+/// A TLS channel to `server` from `local`, which must connect.
 async fn channel_from(server: SocketAddr, local: IpAddr, identity: Option<&str>) -> Channel {
-    let material = TlsMaterial::load(TlsPaths::in_dir(tls::dir(), identity)).unwrap();
-    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
-        let material = Arc::clone(&material);
-        async move {
-            let socket = TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::new(local, 0))?;
-            let tcp = socket.connect(server).await?;
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(material.client_config())
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
-    Endpoint::from_shared(format!("http://{server}"))
-        .unwrap()
-        .connect_with_connector(connector)
+    tls::channel_from(server, local, identity)
         .await
         .unwrap_or_else(|err| panic!("connect to {server} from {local}: {err}"))
+}
+
+/// Whether a fresh connection from `local` is let in and served a call.
+async fn served_from(server: SocketAddr, local: IpAddr, identity: Option<&str>) -> bool {
+    let call = async {
+        let channel = tls::channel_from(server, local, identity).await.ok()?;
+        RegistryClient::new(channel)
+            .list_instances(ListInstancesRequest::default())
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), call).await,
+        Ok(Some(_))
+    )
 }
 
 fn ip(text: &str) -> IpAddr {
@@ -250,4 +244,60 @@ async fn only_a_mesh_member_may_hold_a_ping_for_longer_than_a_second() {
         .await
         .expect("a member may hold a call longer");
     assert_eq!(held.into_inner().message, "hold");
+}
+
+#[tokio::test]
+async fn connections_held_open_by_one_address_or_by_strangers_leave_room_for_the_rest() {
+    let tls_dir = tls::dir().to_str().unwrap();
+    let registry = Proc::registry(&[
+        "--tls-dir",
+        tls_dir,
+        "--max-connections",
+        "40",
+        "--max-connections-per-address",
+        "8",
+        "--connections-reserved-for-members",
+        "16",
+    ])
+    .await;
+    // Connections that answer keepalive pings and send nothing.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(channel_from(registry.addr, ip("127.0.0.1"), None).await);
+    }
+    assert!(
+        !served_from(registry.addr, ip("127.0.0.1"), None).await,
+        "a ninth connection from the same address is closed"
+    );
+    assert!(
+        served_from(registry.addr, ip("127.0.0.2"), None).await,
+        "another address gets in"
+    );
+    assert!(
+        served_from(registry.addr, ip("127.0.0.1"), Some("college")).await,
+        "a member gets in from the very address that is at its share"
+    );
+
+    // Strangers on three addresses hold all 24 places that are not kept
+    // for members.
+    for last in 2..=3 {
+        for _ in 0..8 {
+            held.push(channel_from(registry.addr, ip(&format!("127.0.0.{last}")), None).await);
+        }
+    }
+    assert!(
+        !served_from(registry.addr, ip("127.0.0.4"), None).await,
+        "a fourth address finds the anonymous places taken"
+    );
+    assert!(
+        served_from(registry.addr, ip("127.0.0.4"), Some("agency")).await,
+        "a member still gets in"
+    );
+    drop(held.drain(..8));
+    assert_eventually(
+        Duration::from_secs(5),
+        "places come back when connections close",
+        || async { served_from(registry.addr, ip("127.0.0.4"), None).await },
+    )
+    .await;
 }

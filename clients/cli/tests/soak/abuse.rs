@@ -6,7 +6,7 @@
 //! servers, not this process's own CPU on a 2-core machine.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,9 +61,12 @@ pub async fn connect(
     tally: &Tally,
     stop: &CancellationToken,
 ) -> Option<Channel> {
-    let transport = tls::transport_as(url, identity);
+    let server: SocketAddr = url
+        .strip_prefix("https://")
+        .and_then(|addr| addr.parse().ok())
+        .expect("the soak's servers are at https://IP:PORT");
     while !stop.is_cancelled() {
-        match transport.channel(url, None).await {
+        match tls::channel_from(server, ABUSER, identity).await {
             Ok(channel) => return Some(channel),
             Err(_) => {
                 tally.count("any abuser: a new connection failed (retried)");
@@ -72,6 +75,18 @@ pub async fn connect(
         }
     }
     None
+}
+
+/// The address every abuser calls from: not the well-behaved clients'
+/// (127.0.0.1), as an attacker is another machine, so the servers' limits
+/// per address keep the abusers to their own share.
+pub const ABUSER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// A TCP connection to `addr` from [`ABUSER`].
+async fn tcp_to(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(ABUSER, 0))?;
+    socket.connect(addr).await
 }
 
 /// How long an abuser pauses after a refusal.
@@ -123,8 +138,7 @@ pub async fn idle_connections(
         held.fetch_add(1, Ordering::Relaxed);
         let (held, tally, stop) = (held.clone(), tally.clone(), stop.clone());
         tokio::spawn(async move {
-            let connected =
-                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
+            let connected = tokio::time::timeout(Duration::from_secs(5), tcp_to(addr)).await;
             drop(permit);
             match connected {
                 Ok(Ok(mut tcp)) => {
@@ -162,7 +176,7 @@ pub async fn slow_loris_tls(
         tasks.push(tokio::spawn(async move {
             while !stop.is_cancelled() {
                 let Ok(Ok(mut tcp)) =
-                    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
+                    tokio::time::timeout(Duration::from_secs(5), tcp_to(addr)).await
                 else {
                     tally.count("slow-loris tls: connect failed");
                     tokio::time::sleep(AFTER_REFUSAL).await;
