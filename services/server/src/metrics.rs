@@ -113,12 +113,32 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+/// Connections the metrics endpoint holds at once: a scraper or two and an
+/// operator's curl need a handful. Beyond it a new connection is closed at
+/// once, so the admin port can never take the process's file descriptors
+/// from gRPC.
+pub const MAX_METRICS_CONNECTIONS: usize = 32;
+
+/// How long a metrics client may take to send a request's headers, the
+/// first or the next on a kept-alive connection: an idle connection is
+/// closed after it.
+pub const METRICS_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The longest one metrics connection is kept, whatever it does.
+pub const METRICS_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled, over
+/// HTTP/1.1 with at most [`MAX_METRICS_CONNECTIONS`] connections, each
+/// closed when idle for [`METRICS_HEADER_TIMEOUT`] or after
+/// [`METRICS_CONNECTION_LIFETIME`].
 pub fn spawn_endpoint(
     listener: TcpListener,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::net::SocketAddr> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let addr = listener
         .local_addr()
         .context("failed to read the metrics listener's address")?;
@@ -134,12 +154,43 @@ pub fn spawn_endpoint(
             }
         }),
     );
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(METRICS_HEADER_TIMEOUT);
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(err) = served {
-            tracing::warn!(%addr, error = %err, "the metrics endpoint stopped");
+        let mut refused = 0u64;
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%addr, error = %err, "the metrics endpoint failed to accept; backing off");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = std::sync::Arc::clone(&connections).try_acquire_owned() else {
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(%addr, %peer, refused, "the metrics endpoint holds {MAX_METRICS_CONNECTIONS} connections; closing new ones");
+                }
+                drop(stream);
+                continue;
+            };
+            let service = TowerToHyperService::new(app.clone());
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::timeout(METRICS_CONNECTION_LIFETIME, connection) => {}
+                    () = shutdown.cancelled() => {}
+                }
+                drop(permit);
+            });
         }
     });
     tracing::info!(%addr, "metrics at http://{addr}/metrics");

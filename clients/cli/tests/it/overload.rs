@@ -248,3 +248,71 @@ async fn each_server_counts_its_calls_on_the_metrics_endpoint_its_registration_n
         ) >= 3.0
     );
 }
+
+/// The table's attack on the admin port (issue 20): far more idle
+/// connections to the metrics port than it holds. The extra ones are closed
+/// at once, the held ones when idle past the header timeout, so gRPC never
+/// runs out of descriptors and scrapes get through again within seconds.
+#[tokio::test]
+async fn idle_connections_to_the_metrics_port_take_neither_grpc_nor_scrapes_for_long() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let registry = Proc::registry(&["--metrics-listen", &listen]).await;
+    let metrics: std::net::SocketAddr = listen.parse().unwrap();
+    let idle = futures::future::join_all(
+        (0..400).map(|_| async move { tokio::net::TcpStream::connect(metrics).await.ok() }),
+    )
+    .await;
+    let mut idle: Vec<_> = idle.into_iter().flatten().collect();
+    assert!(
+        idle.len() > 300,
+        "only {} connections were made",
+        idle.len()
+    );
+
+    // Those beyond the endpoint's cap are closed at once.
+    let mut closed = 0;
+    for tcp in &mut idle {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(20), tcp.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= idle.len() - grantmesh_server::metrics::MAX_METRICS_CONNECTIONS,
+        "{closed} of {} closed at once",
+        idle.len()
+    );
+    // gRPC is untouched.
+    connect(&registry)
+        .await
+        .list_instances(ListInstancesRequest::default())
+        .await
+        .expect("gRPC answers while the metrics port is flooded");
+    // The held ones are dropped after the header timeout; a scrape gets in.
+    assert_eventually(
+        grantmesh_server::metrics::METRICS_HEADER_TIMEOUT * 3,
+        "a scrape is answered once the idle connections are dropped",
+        || async move {
+            let scrape = async {
+                use tokio::io::AsyncWriteExt as _;
+                let mut tcp = tokio::net::TcpStream::connect(metrics).await.ok()?;
+                tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut reply = String::new();
+                tcp.read_to_string(&mut reply).await.ok()?;
+                Some(reply)
+            };
+            tokio::time::timeout(Duration::from_secs(1), scrape)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|reply| reply.contains("grpc_server_requests_total"))
+        },
+    )
+    .await;
+    drop(idle);
+}
