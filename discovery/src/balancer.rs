@@ -28,7 +28,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use grantmesh_proto::RegistryClient;
-use grantmesh_proto::v1::{Instance, WatchEvent, WatchRequest, watch_event::Kind};
+use grantmesh_proto::v1::{
+    Instance, ListInstancesRequest, WatchEvent, WatchRequest, watch_event::Kind,
+};
 use rand::Rng as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -424,18 +426,39 @@ async fn follow(registries: Vec<String>, shared: Arc<Shared>, stop: Cancellation
     // Failures in a row: once every replica has failed, the client cannot
     // follow the service, which an operator needs to see (not at debug).
     let mut failures = 0usize;
+    // Whether the last round was a poll, so that falling back is said once.
+    let mut polling = false;
     for url in registries.iter().cycle() {
         let watched = tokio::select! {
             () = stop.cancelled() => return,
             result = watch_once(url, &shared) => result,
         };
-        shared.set_connected(false);
         match watched {
-            Ok(()) => {
+            Ok(Followed::Polled(refused)) => {
+                if !polling {
+                    tracing::warn!(registry = %url, service = %shared.service, reason = %refused.message(), "the registry refused a Watch stream; reading its listing every {POLL_EVERY:?} instead");
+                }
+                polling = true;
+                failures = 0;
+                // The next round tries the next replica's Watch first.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(POLL_EVERY) => {}
+                }
+                backoff = Duration::from_millis(50);
+                continue;
+            }
+            Ok(Followed::Watched) => {
+                shared.set_connected(false);
+                if polling {
+                    tracing::info!(registry = %url, service = %shared.service, "watching the registry again");
+                }
+                polling = false;
                 backoff = Duration::from_millis(50);
                 failures = 0;
             }
             Err(err) => {
+                shared.set_connected(false);
                 failures += 1;
                 // Never answered: once per replica, look whether it speaks
                 // the other protocol, so the error can say so.
@@ -506,29 +529,82 @@ impl SnapshotParts {
     }
 }
 
+/// How a registry was followed until [`watch_once`] returned.
+enum Followed {
+    /// On a Watch stream, until it ended.
+    Watched,
+    /// The registry had no Watch stream for this client (RESOURCE_EXHAUSTED),
+    /// so its listing was read once with ListInstances instead.
+    Polled(Status),
+}
+
+/// How often a client whose Watch was refused reads the listing instead.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
 async fn watch_once(
     url: &str,
     shared: &Shared,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Followed, Box<dyn std::error::Error + Send + Sync>> {
     let channel = shared
         .options
         .transport
         .channel(url, Some(crate::REGISTRY_SERVICE))
         .await?;
-    let mut events = RegistryClient::new(channel)
+    let mut client = RegistryClient::new(channel);
+    let watched = client
         .watch(WatchRequest {
+            service: shared.service.clone(),
+        })
+        .await;
+    let mut events = match watched {
+        Ok(events) => events.into_inner(),
+        Err(refused) if refused.code() == tonic::Code::ResourceExhausted => {
+            return poll_once(&mut client, shared, refused).await;
+        }
+        Err(err) => return Err(err.into()),
+    };
+    shared.registry_answered.store(true, Ordering::Relaxed);
+    let mut parts = SnapshotParts::default();
+    let mut received = false;
+    loop {
+        match events.message().await {
+            Ok(Some(event)) => {
+                received = true;
+                if let Some(event) = parts.push(event) {
+                    shared.apply(&event);
+                }
+            }
+            Ok(None) => return Ok(Followed::Watched),
+            // Refused as its first message (the registry keeps no more services).
+            Err(refused) if !received && refused.code() == tonic::Code::ResourceExhausted => {
+                return poll_once(&mut client, shared, refused).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Reads the listing once, for a client the registry refused a Watch.
+async fn poll_once(
+    client: &mut RegistryClient<Channel>,
+    shared: &Shared,
+    refused: Status,
+) -> Result<Followed, Box<dyn std::error::Error + Send + Sync>> {
+    let listing = client
+        .list_instances(ListInstancesRequest {
             service: shared.service.clone(),
         })
         .await?
         .into_inner();
     shared.registry_answered.store(true, Ordering::Relaxed);
-    let mut parts = SnapshotParts::default();
-    while let Some(event) = events.message().await? {
-        if let Some(event) = parts.push(event) {
-            shared.apply(&event);
-        }
-    }
-    Ok(())
+    shared.apply(&WatchEvent {
+        kind: Kind::Snapshot as i32,
+        revision: listing.revision,
+        instances: listing.instances,
+        more: false,
+        ..WatchEvent::default()
+    });
+    Ok(Followed::Polled(refused))
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -119,6 +119,22 @@ pub struct RegistryArgs {
     /// registry has relearned the mesh first (more than the instances' heartbeat interval).
     #[arg(long, env = "GRANTMESH_REGISTRY_WARMUP", default_value = "1500ms", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Services the registry keeps (counting those only watched).
+    #[arg(long, env = "GRANTMESH_MAX_SERVICES", default_value_t = grantmesh_registry::Capacity::default().services)]
+    max_services: usize,
+    /// Instances of one service the registry keeps.
+    #[arg(long, env = "GRANTMESH_MAX_INSTANCES_PER_SERVICE", default_value_t = grantmesh_registry::Capacity::default().instances_per_service)]
+    max_instances_per_service: usize,
+    /// Watch streams open at once.
+    #[arg(long, env = "GRANTMESH_MAX_WATCHES", default_value_t = grantmesh_registry::default_watches().total)]
+    max_watches: usize,
+    /// Watch streams one caller may have open: a mesh member by its
+    /// certificate, anyone else by address.
+    #[arg(long, env = "GRANTMESH_MAX_WATCHES_PER_PEER", default_value_t = grantmesh_registry::default_watches().per_peer)]
+    max_watches_per_peer: usize,
+    /// Of --max-watches, how many only mesh members may open.
+    #[arg(long, env = "GRANTMESH_WATCHES_RESERVED_FOR_MEMBERS", default_value_t = grantmesh_registry::default_watches().reserved_for_members)]
+    watches_reserved_for_members: usize,
 }
 
 /// Flags of roles that use the central store and verify tokens (agency, college).
@@ -370,6 +386,15 @@ pub async fn run_registry(args: RegistryArgs) -> anyhow::Result<ExitCode> {
         server: args.server.settings(grantmesh_registry::SERVICE)?,
         default_ttl: args.ttl,
         warmup: args.warmup,
+        capacity: grantmesh_registry::Capacity {
+            services: args.max_services,
+            instances_per_service: args.max_instances_per_service,
+        },
+        watches: grantmesh_server::peers::Split {
+            total: args.max_watches,
+            per_peer: args.max_watches_per_peer,
+            reserved_for_members: args.watches_reserved_for_members,
+        },
     });
     run(role, &args.server, DEFAULT_REGISTRY_PORT).await
 }

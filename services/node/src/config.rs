@@ -267,12 +267,34 @@ pub struct RegistrySettings {
     pub default_ttl: Duration,
     /// How long after start-up `Watch` holds back its first snapshot.
     pub warmup: Duration,
+    /// How many services and instances it keeps.
+    pub capacity: grantmesh_registry::Capacity,
+    /// How its Watch streams are shared out by caller.
+    pub watches: grantmesh_server::peers::Split,
 }
 
 impl RegistrySettings {
     pub fn validate(&self) -> Result<()> {
         self.server.validate()?;
-        check_ttl("the default ttl", self.default_ttl)
+        check_ttl("the default ttl", self.default_ttl)?;
+        if self.capacity.services == 0 || self.capacity.instances_per_service == 0 {
+            return Err(ConfigError::new(
+                "--max-services and --max-instances-per-service must be at least 1",
+            ));
+        }
+        let watches = &self.watches;
+        if watches.total == 0 || watches.per_peer == 0 {
+            return Err(ConfigError::new(
+                "--max-watches and --max-watches-per-peer must be at least 1",
+            ));
+        }
+        if watches.reserved_for_members >= watches.total {
+            return Err(ConfigError::new(format!(
+                "--watches-reserved-for-members ({}) must be less than --max-watches ({})",
+                watches.reserved_for_members, watches.total
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -282,6 +304,8 @@ impl Default for RegistrySettings {
             server: ServerSettings::default(),
             default_ttl: grantmesh_discovery::DEFAULT_TTL,
             warmup: Duration::from_millis(1500),
+            capacity: grantmesh_registry::Capacity::default(),
+            watches: grantmesh_registry::default_watches(),
         }
     }
 }

@@ -124,6 +124,8 @@ fn start_registry(
             default_ttl: settings.default_ttl,
             warmup: settings.warmup,
             require_identity: transport.is_tls(),
+            capacity: settings.capacity,
+            watches: settings.watches,
         },
         options.streams_closing.clone(),
     );

@@ -36,8 +36,11 @@ use grantmesh_proto::v1::{
     WatchEvent, WatchRequest,
 };
 use grantmesh_proto::{Registry, RegistryServer};
+use grantmesh_server::Caller;
+use grantmesh_server::peers::{self as shares, Peer, Shares, Split};
+pub use state::Capacity;
 use state::{RegistryState, RemovalReason};
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -84,6 +87,28 @@ pub struct RegistryConfig {
     /// Whether writes must come from a mesh member whose certificate names
     /// the service (TLS); `false` only on a plaintext registry (`--insecure`).
     pub require_identity: bool,
+    /// How many services and instances it keeps.
+    pub capacity: Capacity,
+    /// How its Watch streams are shared out by caller.
+    pub watches: Split,
+}
+
+/// Watch streams open at once per peer by default: a machine's balancers
+/// follow a handful of services each; one client opening thousands keeps
+/// only this many.
+pub const MAX_WATCHERS_PER_PEER: usize = 256;
+
+/// Of [`MAX_WATCHERS`], how many only mesh members (agencies' and colleges'
+/// balancers) may open by default.
+pub const WATCHERS_RESERVED_FOR_MEMBERS: usize = 1024;
+
+/// The default sharing of Watch streams.
+pub fn default_watches() -> Split {
+    Split {
+        total: MAX_WATCHERS,
+        per_peer: MAX_WATCHERS_PER_PEER,
+        reserved_for_members: WATCHERS_RESERVED_FOR_MEMBERS,
+    }
 }
 
 /// The `grantmesh.v1.Registry` implementation.
@@ -94,22 +119,23 @@ pub struct RegistryService {
     closing: CancellationToken,
     /// When the warm-up ends.
     ready_at: tokio::time::Instant,
-    /// One permit per open `Watch` stream, [`MAX_WATCHERS`] in all.
-    watchers: Arc<Semaphore>,
+    /// One share per open `Watch` stream, [`RegistryConfig::watches`].
+    watchers: Arc<Shares>,
 }
 
 impl RegistryService {
     /// A registry whose expiry sweeper and streams run until `closing` is cancelled.
     pub fn new(config: RegistryConfig, closing: CancellationToken) -> Self {
-        let state = Arc::new(RegistryState::new());
+        let state = Arc::new(RegistryState::with_capacity(config.capacity));
         tokio::spawn(sweep(Arc::clone(&state), closing.clone()));
         let ready_at = tokio::time::Instant::now() + config.warmup;
+        let watchers = Shares::new(config.watches);
         Self {
             state,
             config,
             closing,
             ready_at,
-            watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            watchers,
         }
     }
 
@@ -291,15 +317,27 @@ impl Registry for RegistryService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = Caller::of(&request).map_or(Peer::Unknown, |caller| caller.peer);
         let service = request.into_inner().service;
         validate_name("service", &service)?;
-        let permit = Arc::clone(&self.watchers)
-            .try_acquire_owned()
-            .map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "the registry serves at most {MAX_WATCHERS} Watch streams at once; try again later"
-                ))
-            })?;
+        let split = self.watchers.split();
+        let permit = self.watchers.take(peer).map_err(|full| {
+            Status::resource_exhausted(match full {
+                shares::Full::Total => format!(
+                    "the registry serves at most {} Watch streams at once; try again later, or poll ListInstances",
+                    split.total
+                ),
+                shares::Full::Anonymous => format!(
+                    "the registry serves at most {} Watch streams to callers without a mesh certificate; try again later, or poll ListInstances",
+                    split.total - split.reserved_for_members
+                ),
+                shares::Full::Peer => format!(
+                    "{} already has {} Watch streams open, the most one caller may; close some, or poll ListInstances",
+                    peer.describe(),
+                    split.per_peer
+                ),
+            })
+        })?;
         let (events, event_stream) = mpsc::channel(WATCH_QUEUE);
         let state = Arc::clone(&self.state);
         let closing = self.closing.clone();
@@ -556,6 +594,8 @@ mod tests {
                 default_ttl: Duration::from_secs(3),
                 warmup: Duration::ZERO,
                 require_identity: false,
+                capacity: Capacity::default(),
+                watches: default_watches(),
             },
             closing.clone(),
         );

@@ -69,8 +69,8 @@ impl RegistryMetrics {
 
     pub(crate) fn refused(&self, full: &Full) {
         let limit = match full {
-            Full::Services => "services",
-            Full::Instances(_) => "instances_per_service",
+            Full::Services(_) => "services",
+            Full::Instances(..) => "instances_per_service",
         };
         self.refused.with_label_values(&[limit]).inc();
     }

@@ -94,15 +94,34 @@ pub const MAX_INSTANCES_PER_SERVICE: usize = 1000;
 /// 3 s TTL), short enough that a truly dead set is gone soon after.
 pub const SELF_PRESERVATION_HOLD: u32 = 10;
 
+/// How much one registry keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Services, counting those only watched.
+    pub services: usize,
+    /// Instances of one service.
+    pub instances_per_service: usize,
+}
+
+impl Default for Capacity {
+    /// [`MAX_SERVICES`] and [`MAX_INSTANCES_PER_SERVICE`].
+    fn default() -> Self {
+        Self {
+            services: MAX_SERVICES,
+            instances_per_service: MAX_INSTANCES_PER_SERVICE,
+        }
+    }
+}
+
 /// A registration or watch the registry has no room for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Full {
-    #[error("the registry keeps at most {MAX_SERVICES} services")]
-    Services,
+    #[error("the registry keeps at most {0} services (--max-services)")]
+    Services(usize),
     #[error(
-        "service {0:?} already has {MAX_INSTANCES_PER_SERVICE} instances, the most one service may have"
+        "service {0:?} already has {1} instances, the most one service may have (--max-instances-per-service)"
     )]
-    Instances(String),
+    Instances(String, usize),
 }
 
 /// The registry's state. Shared by every RPC handler and the expiry sweeper.
@@ -110,6 +129,7 @@ pub struct RegistryState {
     inner: Mutex<Inner>,
     /// Counts removals; registered on the server's metrics by the service.
     metrics: RegistryMetrics,
+    capacity: Capacity,
 }
 
 #[derive(Default)]
@@ -260,9 +280,15 @@ impl Default for RegistryState {
 
 impl RegistryState {
     pub fn new() -> Self {
+        Self::with_capacity(Capacity::default())
+    }
+
+    /// An empty registry that keeps at most `capacity`.
+    pub fn with_capacity(capacity: Capacity) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             metrics: RegistryMetrics::new(),
+            capacity,
         }
     }
 
@@ -322,13 +348,16 @@ impl RegistryState {
         instance.keep_alive_stream = false;
         let mut inner = self.lock();
         let now = Instant::now();
-        inner.make_room(&instance.service)?;
+        inner.make_room(&instance.service, self.capacity.services)?;
         let generation = inner.next_generation + 1;
         let entry = inner.service_mut(&instance.service);
         if !entry.instances.contains_key(&instance.id)
-            && entry.instances.len() >= MAX_INSTANCES_PER_SERVICE
+            && entry.instances.len() >= self.capacity.instances_per_service
         {
-            return Err(Full::Instances(instance.service.clone()));
+            return Err(Full::Instances(
+                instance.service.clone(),
+                self.capacity.instances_per_service,
+            ));
         }
         let (changed, queue) = match entry.instances.get_mut(&instance.id) {
             Some(lease) => {
@@ -506,7 +535,7 @@ impl RegistryState {
     ) -> Result<(Snapshot, broadcast::Receiver<WatchEvent>), Full> {
         let (listing, revision, changes) = {
             let mut inner = self.lock();
-            inner.make_room(service)?;
+            inner.make_room(service, self.capacity.services)?;
             let revision = inner.revision;
             let entry = inner.service_mut(service);
             (entry.listing(), revision, entry.changes.subscribe())
@@ -597,17 +626,17 @@ impl Inner {
     }
 
     /// Whether `service` exists or there is room for it.
-    fn make_room(&mut self, service: &str) -> Result<(), Full> {
-        if self.services.contains_key(service) || self.services.len() < MAX_SERVICES {
+    fn make_room(&mut self, service: &str, most: usize) -> Result<(), Full> {
+        if self.services.contains_key(service) || self.services.len() < most {
             return Ok(());
         }
         // Full: first forget services that nobody uses any more.
         self.services
             .retain(|_, entry| !entry.instances.is_empty() || entry.changes.receiver_count() > 0);
-        if self.services.len() < MAX_SERVICES {
+        if self.services.len() < most {
             Ok(())
         } else {
-            Err(Full::Services)
+            Err(Full::Services(most))
         }
     }
 
@@ -901,7 +930,10 @@ mod tests {
         let full = state
             .register(instance("college", "one-more"), TTL)
             .unwrap_err();
-        assert_eq!(full, Full::Instances("college".into()));
+        assert_eq!(
+            full,
+            Full::Instances("college".into(), MAX_INSTANCES_PER_SERVICE)
+        );
         // A known instance can still renew by registering again.
         state.register(instance("college", "c0"), TTL).unwrap();
     }
@@ -913,10 +945,13 @@ mod tests {
         for n in 0..MAX_SERVICES {
             watchers.push(state.watch(&format!("made-up-{n}")).unwrap());
         }
-        assert_eq!(state.watch("one-more").unwrap_err(), Full::Services);
+        assert_eq!(
+            state.watch("one-more").unwrap_err(),
+            Full::Services(MAX_SERVICES)
+        );
         assert_eq!(
             state.register(instance("college", "c1"), TTL).unwrap_err(),
-            Full::Services
+            Full::Services(MAX_SERVICES)
         );
         // Once the watchers are gone, their services make room again.
         drop(watchers);

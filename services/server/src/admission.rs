@@ -27,19 +27,17 @@
 //! can tell a member from an anonymous caller (`Ping` holds a call longer
 //! only for members).
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{DefaultHasher, Hash as _, Hasher as _};
-use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use grantmesh_discovery::incoming::ConnectionLimits;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+pub use crate::peers::Peer;
+use crate::peers::{Full, Share, Shares, Split};
 
 /// The path prefix of the health service, which admission lets through.
 const HEALTH: &str = "/grpc.health.v1.Health/";
@@ -127,130 +125,49 @@ impl Limits {
 /// Who an admitted call is from, in its request's extensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
+    /// The peer it counts against.
+    pub peer: Peer,
     /// Whether it presented a verified mesh client certificate.
     pub member: bool,
     /// The longest `Ping` delay this caller may ask for.
     pub max_ping_delay: Duration,
 }
 
-/// One peer, as admission counts its calls.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Peer {
-    /// A mesh member: a digest of its leaf certificate.
-    Member(u64),
-    /// A caller without a certificate, by the address it calls from.
-    Address(IpAddr),
-    /// Not over TCP (an in-process transport): not counted per peer.
-    Unknown,
-}
-
-impl Peer {
-    fn of<B>(request: &http::Request<B>) -> Self {
-        let extensions = request.extensions();
-        if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
-            if let Some(leaf) = tls.peer_certs().as_deref().and_then(|certs| certs.first()) {
-                let mut digest = DefaultHasher::new();
-                leaf.as_ref().hash(&mut digest);
-                return Peer::Member(digest.finish());
-            }
-            return Self::address(tls.get_ref());
-        }
-        extensions
-            .get::<TcpConnectInfo>()
-            .map_or(Peer::Unknown, Self::address)
-    }
-
-    fn address(tcp: &TcpConnectInfo) -> Self {
-        tcp.remote_addr()
-            .map_or(Peer::Unknown, |addr| Peer::Address(addr.ip()))
-    }
-
-    fn is_member(&self) -> bool {
-        matches!(self, Peer::Member(_))
-    }
-
-    /// How a refusal names this peer.
-    fn describe(&self) -> String {
-        match self {
-            Peer::Member(_) => "this mesh member's certificate".into(),
-            Peer::Address(ip) => format!("{ip}"),
-            Peer::Unknown => "this caller".into(),
-        }
+impl Caller {
+    /// The caller of `request`, as admission saw it; `None` for a request
+    /// that did not come through admission (a handler called directly).
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<Caller> {
+        request.extensions().get::<Caller>().copied()
     }
 }
 
-/// The calls being handled, counted as admission needs them.
+/// The calls being handled, shared out by caller.
 #[derive(Debug)]
 struct Counts {
     limits: Limits,
-    /// Every call.
-    all: Arc<Semaphore>,
-    /// Calls from callers without a certificate.
-    anonymous: Arc<Semaphore>,
-    /// Calls per peer; a peer with none has no entry.
-    peers: Mutex<HashMap<Peer, usize>>,
-}
-
-/// What one admitted call holds, given back when it ends.
-struct Admitted {
-    counts: Arc<Counts>,
-    peer: Peer,
-    _all: OwnedSemaphorePermit,
-    _anonymous: Option<OwnedSemaphorePermit>,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        if self.peer == Peer::Unknown {
-            return;
-        }
-        let mut peers = self.counts.peers.lock().expect("peer counts poisoned");
-        if let Some(count) = peers.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                peers.remove(&self.peer);
-            }
-        }
-    }
+    shares: Arc<Shares>,
 }
 
 impl Counts {
     /// Admits a call from `peer`, or says why not.
-    fn admit(self: &Arc<Self>, peer: Peer) -> Result<Admitted, Status> {
+    fn admit(&self, peer: Peer) -> Result<Share, Status> {
         let limits = &self.limits;
-        let anonymous = if peer.is_member() {
-            None
-        } else {
-            Some(Arc::clone(&self.anonymous).try_acquire_owned().map_err(|_| {
-                Status::resource_exhausted(format!(
+        self.shares.take(peer).map_err(|full| {
+            Status::resource_exhausted(match full {
+                Full::Total => format!(
+                    "this server is handling {} calls, the most it takes at once; retry shortly or call another instance",
+                    limits.concurrent_calls
+                ),
+                Full::Anonymous => format!(
                     "this server is handling {} calls from callers without a mesh certificate, the most it takes from them at once; retry shortly or call another instance",
                     limits.concurrent_calls - limits.reserved_for_members
-                ))
-            })?)
-        };
-        let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "this server is handling {} calls, the most it takes at once; retry shortly or call another instance",
-                limits.concurrent_calls
-            ))
-        })?;
-        if peer != Peer::Unknown {
-            let mut peers = self.peers.lock().expect("peer counts poisoned");
-            let count = peers.entry(peer.clone()).or_default();
-            if *count >= limits.calls_per_peer {
-                return Err(Status::resource_exhausted(format!(
+                ),
+                Full::Peer => format!(
                     "this server is handling {} calls from {}, the most it takes from one caller at once; wait for some to finish",
                     limits.calls_per_peer,
                     peer.describe()
-                )));
-            }
-            *count += 1;
-        }
-        Ok(Admitted {
-            counts: Arc::clone(self),
-            peer,
-            _all: all,
-            _anonymous: anonymous,
+                ),
+            })
         })
     }
 }
@@ -266,13 +183,11 @@ impl AdmissionLayer {
         Self {
             counts: Arc::new(Counts {
                 limits,
-                all: Arc::new(Semaphore::new(limits.concurrent_calls)),
-                anonymous: Arc::new(Semaphore::new(
-                    limits
-                        .concurrent_calls
-                        .saturating_sub(limits.reserved_for_members),
-                )),
-                peers: Mutex::new(HashMap::new()),
+                shares: Shares::new(Split {
+                    total: limits.concurrent_calls,
+                    per_peer: limits.calls_per_peer,
+                    reserved_for_members: limits.reserved_for_members,
+                }),
             }),
         }
     }
@@ -323,6 +238,7 @@ where
             Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
         };
         request.extensions_mut().insert(Caller {
+            peer,
             member,
             max_ping_delay: if member {
                 MAX_PING_DELAY
@@ -341,11 +257,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::net::IpAddr;
 
-    fn counts(limits: Limits) -> Arc<Counts> {
-        AdmissionLayer::new(limits).counts
-    }
+    use super::*;
 
     fn small() -> Limits {
         Limits {
@@ -358,57 +272,40 @@ mod tests {
         }
     }
 
-    fn address(last: u8) -> Peer {
-        Peer::Address(IpAddr::from([127, 0, 0, last]))
-    }
-
     #[test]
-    fn one_address_gets_at_most_its_share_and_others_still_get_in() {
-        let counts = counts(small());
-        let held: Vec<_> = (0..2).map(|_| counts.admit(address(1)).unwrap()).collect();
-        let refused = counts.admit(address(1)).err().expect("over its share");
+    fn each_refusal_names_the_limit_it_met() {
+        let counts = AdmissionLayer::new(small()).counts;
+        let address = Peer::Address(IpAddr::from([127, 0, 0, 1]));
+        let held: Vec<_> = (0..2).map(|_| counts.admit(address).unwrap()).collect();
+        let refused = counts.admit(address).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(refused.message().contains("127.0.0.1"), "{refused:?}");
-        counts
-            .admit(address(2))
-            .expect("another address still gets in");
-        drop(held);
-        counts
-            .admit(address(1))
-            .expect("its share comes back when its calls end");
-    }
-
-    #[test]
-    fn anonymous_callers_together_leave_the_members_reserve_alone() {
-        let counts = counts(small());
-        let anonymous: Vec<_> = (1..=4)
-            .map(|last| counts.admit(address(last)).unwrap())
+        assert!(
+            refused.message().contains("2 calls from 127.0.0.1"),
+            "{refused:?}"
+        );
+        let others: Vec<_> = (2..=3)
+            .map(|last| {
+                counts
+                    .admit(Peer::Address(IpAddr::from([127, 0, 0, last])))
+                    .unwrap()
+            })
             .collect();
         let refused = counts
-            .admit(address(5))
-            .err()
-            .expect("anonymous share used");
+            .admit(Peer::Address(IpAddr::from([127, 0, 0, 9])))
+            .unwrap_err();
         assert!(
-            refused.message().contains("without a mesh certificate"),
+            refused.message().contains("4 calls from callers without"),
             "{refused:?}"
         );
         let members: Vec<_> = (1..=2)
-            .map(|n| {
-                counts
-                    .admit(Peer::Member(n))
-                    .expect("the reserve is the members'")
-            })
+            .map(|n| counts.admit(Peer::Member(n)).unwrap())
             .collect();
-        let full = counts
-            .admit(Peer::Member(3))
-            .err()
-            .expect("everything taken");
-        assert!(full.message().contains("6 calls"), "{full:?}");
-        drop((anonymous, members));
+        let refused = counts.admit(Peer::Member(3)).unwrap_err();
         assert!(
-            counts.peers.lock().unwrap().is_empty(),
-            "no peer left counted"
+            refused.message().contains("handling 6 calls, the most"),
+            "{refused:?}"
         );
+        drop((held, others, members));
     }
 
     #[test]

@@ -19,9 +19,10 @@
 
 pub mod admission;
 pub mod metrics;
+pub mod peers;
 pub mod telemetry;
 
-pub use admission::{Caller, Limits};
+pub use admission::{Caller, Limits, Peer};
 pub use metrics::Metrics;
 
 use std::future::Future;
@@ -300,10 +301,8 @@ pub async fn ping(
     instance_id: &str,
     service: &str,
 ) -> Result<tonic::Response<grantmesh_proto::v1::PingReply>, tonic::Status> {
-    let most = request
-        .extensions()
-        .get::<admission::Caller>()
-        .map_or(admission::MAX_PING_DELAY, |caller| caller.max_ping_delay);
+    let most =
+        Caller::of(&request).map_or(admission::MAX_PING_DELAY, |caller| caller.max_ping_delay);
     let request = request.into_inner();
     let delay = Duration::from_millis(request.delay_ms.into());
     if delay > most {

@@ -8,6 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use grantmesh_discovery::{Balancer, BalancerOptions};
 use grantmesh_proto::RegistryClient;
 use grantmesh_proto::v1::*;
 use tonic::Code;
@@ -300,4 +301,115 @@ async fn connections_held_open_by_one_address_or_by_strangers_leave_room_for_the
         || async { served_from(registry.addr, ip("127.0.0.4"), None).await },
     )
     .await;
+}
+
+/// Opens `count` Watch streams of `service` from `local` and keeps them; the
+/// refusals, if any, come back as the error of the first one refused.
+async fn hold_watches(
+    server: SocketAddr,
+    local: IpAddr,
+    count: usize,
+) -> (Vec<tonic::Streaming<WatchEvent>>, Option<tonic::Status>) {
+    let mut client = RegistryClient::new(channel_from(server, local, None).await);
+    let mut held = Vec::new();
+    for _ in 0..count {
+        match client
+            .watch(WatchRequest {
+                service: "college".into(),
+            })
+            .await
+        {
+            Ok(stream) => held.push(stream.into_inner()),
+            Err(refused) => return (held, Some(refused)),
+        }
+    }
+    (held, None)
+}
+
+#[tokio::test]
+async fn watch_floods_take_their_own_share_and_a_refused_balancer_reads_the_listing_instead() {
+    let tls_dir = tls::dir().to_str().unwrap();
+    let registry = Proc::registry(&[
+        "--tls-dir",
+        tls_dir,
+        "--max-watches",
+        "64",
+        "--max-watches-per-peer",
+        "16",
+        "--watches-reserved-for-members",
+        "16",
+    ])
+    .await;
+    let mut member =
+        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.1"), Some("college")).await);
+    member
+        .register(college_at("college-listed", "https://127.0.0.1:9"))
+        .await
+        .unwrap();
+
+    // One address asking for more than its share.
+    let (mut held, refused) = hold_watches(registry.addr, ip("127.0.0.2"), 20).await;
+    assert_eq!(held.len(), 16);
+    let refused = refused.expect("the 17th is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("127.0.0.2 already has 16 Watch streams"),
+        "{refused:?}"
+    );
+    // Two more addresses fill what strangers may hold (64 − 16).
+    for last in 3..=4 {
+        let (more, refused) = hold_watches(registry.addr, ip(&format!("127.0.0.{last}")), 16).await;
+        assert!(refused.is_none(), "{refused:?}");
+        held.extend(more);
+    }
+    let (_, refused) = hold_watches(registry.addr, ip("127.0.0.5"), 1).await;
+    let refused = refused.expect("strangers' share is full");
+    assert!(
+        refused
+            .message()
+            .contains("callers without a mesh certificate"),
+        "{refused:?}"
+    );
+
+    // A member's balancer still watches.
+    let agency = Balancer::new(
+        vec![registry.url()],
+        "college",
+        BalancerOptions {
+            transport: tls::transport_as(&registry.url(), Some("agency")),
+            ..BalancerOptions::default()
+        },
+    );
+    // A stranger's balancer (a researcher's CLI) is refused a Watch and
+    // reads the listing instead.
+    let researcher = Balancer::new(
+        vec![registry.url()],
+        "college",
+        BalancerOptions {
+            transport: tls::transport(&registry.url()),
+            ..BalancerOptions::default()
+        },
+    );
+    for (who, balancer) in [("a member", &agency), ("a stranger", &researcher)] {
+        assert_eventually(
+            Duration::from_secs(5),
+            &format!("{who}'s balancer sees the college"),
+            || async { balancer.view().contains("college-listed") },
+        )
+        .await;
+    }
+    // The polling one follows changes too, within its poll interval.
+    member
+        .register(college_at("college-later", "https://127.0.0.1:9"))
+        .await
+        .unwrap();
+    assert_eventually(
+        Duration::from_secs(5),
+        "the stranger's balancer sees a college registered later",
+        || async { researcher.view().contains("college-later") },
+    )
+    .await;
+    drop(held);
 }

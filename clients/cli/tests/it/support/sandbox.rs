@@ -76,6 +76,7 @@ pub async fn registry(id: &str, default_ttl: Duration, warmup: Duration) -> Node
         server: server("registry", id),
         default_ttl,
         warmup,
+        ..RegistrySettings::default()
     }))
     .await
 }
