@@ -106,6 +106,16 @@ pub const MAX_LIVE_STREAMS: usize = 512;
 /// and a hint that is late is simply asked again on the next keystroke.
 pub const MAX_STRENGTH_CHECKS: usize = 4;
 
+/// Logins and sign-ups one browser address may send through the portal a
+/// minute, after [`VISITOR_ATTEMPT_BURST`]. Every visitor reaches the
+/// College from the portal's one address, where the College allows 100 at
+/// once and 300 a minute: each visitor is held to a fraction of that, so
+/// one guessing passwords cannot use it up for everyone else.
+pub const VISITOR_ATTEMPTS_PER_MINUTE: u32 = 30;
+
+/// Attempts a browser address may make at once before the per-minute rate.
+pub const VISITOR_ATTEMPT_BURST: u32 = 20;
+
 /// The state every handler shares.
 pub(crate) struct App {
     pub mesh: mesh::MeshClient,
@@ -118,6 +128,8 @@ pub(crate) struct App {
     pub anonymous_dashboards: Arc<Semaphore>,
     /// Permits for the sign-up form's strength hint ([`MAX_STRENGTH_CHECKS`]).
     pub strength_checks: Arc<Semaphore>,
+    /// Logins and sign-ups per browser address ([`VISITOR_ATTEMPTS_PER_MINUTE`]).
+    pub visitor_attempts: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Cancelled on shutdown: live streams end so the server can stop.
     pub closing: CancellationToken,
 }
@@ -148,6 +160,12 @@ impl Web {
                 routes::dashboard::MAX_ANONYMOUS_DASHBOARDS,
             )),
             strength_checks: Arc::new(Semaphore::new(MAX_STRENGTH_CHECKS)),
+            visitor_attempts: governor::RateLimiter::keyed(
+                governor::Quota::per_minute(
+                    std::num::NonZeroU32::new(VISITOR_ATTEMPTS_PER_MINUTE).expect("not zero"),
+                )
+                .allow_burst(std::num::NonZeroU32::new(VISITOR_ATTEMPT_BURST).expect("not zero")),
+            ),
             closing,
         });
         Self {
@@ -212,7 +230,19 @@ impl Web {
                 },
                 () = &mut shutdown => break,
             };
-            let service = TowerToHyperService::new(router.clone());
+            // Each request knows its browser's address (per-visitor limits).
+            let peer = stream.peer_addr().ok();
+            let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                router.clone(),
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    if let Some(peer) = peer {
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                    }
+                    request
+                },
+            ));
             let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
                 let _ = connection.await;

@@ -49,6 +49,11 @@ pub const MAX_SESSIONS: usize = 10_000;
 /// server's College streams hostage.
 pub const MAX_STREAMS_PER_SESSION: usize = 4;
 
+/// Sessions one researcher may hold at once: a few browsers and devices.
+/// Logging in once more ends that researcher's session nearest its end,
+/// so a script logging in in a loop holds this many, not the portal's all.
+pub const MAX_SESSIONS_PER_RESEARCHER: usize = 16;
+
 /// Random bytes in a session id: 256 bits, unguessable.
 const SID_BYTES: usize = 32;
 
@@ -170,6 +175,19 @@ impl Sessions {
             let now = SystemTime::now();
             map.retain(|_, s| s.expires_at > now);
         }
+        let mut theirs: Vec<(SystemTime, String)> = map
+            .iter()
+            .filter(|(_, s)| s.researcher_id == session.researcher_id)
+            .map(|(sid, s)| (s.expires_at, sid.clone()))
+            .collect();
+        if theirs.len() >= MAX_SESSIONS_PER_RESEARCHER {
+            theirs.sort();
+            for (_, sid) in &theirs[..=theirs.len() - MAX_SESSIONS_PER_RESEARCHER] {
+                if let Some(ended) = map.remove(sid) {
+                    ended.ended.cancel();
+                }
+            }
+        }
         if map.len() >= MAX_SESSIONS {
             return Err(Full);
         }
@@ -222,6 +240,8 @@ fn cookie_sid(headers: &HeaderMap) -> Option<String> {
 pub struct Visitor {
     pub sid: String,
     pub session: Option<Arc<Session>>,
+    /// The browser's address, when the portal's own server accepted it.
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// Middleware: gives every request a [`Visitor`], and a browser without a
@@ -232,9 +252,14 @@ pub async fn visitor(State(app): State<Arc<App>>, mut request: Request, next: Ne
         None => (Sessions::new_id(), true),
     };
     let session = app.sessions.get(&sid);
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
     request.extensions_mut().insert(Visitor {
         sid: sid.clone(),
         session,
+        address,
     });
     let mut response = next.run(request).await;
     let page_set_cookie = response
@@ -318,6 +343,39 @@ mod tests {
             "Ada".into(),
             SystemTime::now() + expires_in,
         )
+    }
+
+    #[test]
+    fn logging_in_past_the_per_researcher_limit_ends_that_researchers_oldest_session() {
+        let sessions = Sessions::new(false);
+        let first = sessions.start(session(Duration::from_secs(60))).unwrap();
+        let first_ended = sessions.get(&first).unwrap().ended.clone();
+        let rest: Vec<_> = (1..MAX_SESSIONS_PER_RESEARCHER)
+            .map(|n| {
+                sessions
+                    .start(session(Duration::from_secs(60 + n as u64)))
+                    .unwrap()
+            })
+            .collect();
+        let other = Session::new(
+            "t".into(),
+            "someone-else".into(),
+            "Bo".into(),
+            SystemTime::now() + Duration::from_secs(1),
+        );
+        let other = sessions.start(other).unwrap();
+        assert_eq!(sessions.len(), MAX_SESSIONS_PER_RESEARCHER + 1);
+
+        let newest = sessions.start(session(Duration::from_secs(3600))).unwrap();
+        assert_eq!(sessions.len(), MAX_SESSIONS_PER_RESEARCHER + 1);
+        assert!(
+            sessions.get(&first).is_none(),
+            "the one nearest its end went"
+        );
+        assert!(first_ended.is_cancelled(), "and its live streams were told");
+        assert!(sessions.get(&newest).is_some());
+        assert!(sessions.get(&rest[0]).is_some());
+        assert!(sessions.get(&other).is_some(), "another researcher's stays");
     }
 
     #[test]

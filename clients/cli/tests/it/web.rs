@@ -473,3 +473,57 @@ async fn transactions_are_shown_ten_to_a_page_newest_first() {
         "the last page links no further"
     );
 }
+
+/// The table's portal attack (issue 20): one visitor sending bad logins
+/// through the portal used to spend the College's allowance for the
+/// portal's one address, and every other visitor's login was refused. Now
+/// each browser address has its own, far smaller, allowance at the portal.
+#[tokio::test]
+async fn a_visitor_guessing_passwords_through_the_portal_does_not_lock_the_others_out() {
+    let portal = Portal::start().await;
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some("127.0.0.2".parse().unwrap()));
+    let attacker: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let send = |request: Request<Full<Bytes>>| {
+        let attacker = attacker.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), attacker.request(request))
+                .await
+                .expect("the portal answers within 20 s")
+                .expect("the portal answers")
+        }
+    };
+    let first = send(
+        Request::get(format!("{}/login", portal.base))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let cookie = session_cookie(&first).expect("a session cookie");
+    let token = csrf(&body_text(first).await);
+    let mut held_back = 0;
+    for n in 0..120 {
+        let form =
+            format!("csrf={token}&email=guess-{n}%40uni.edu&password=wrong+horse+battery&next=%2F");
+        let response = send(
+            Request::post(format!("{}/login", portal.base))
+                .header(header::COOKIE, &cookie)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Full::new(Bytes::from(form)))
+                .unwrap(),
+        )
+        .await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            held_back += 1;
+            let page = body_text(response).await;
+            assert!(page.contains("Too many logins"), "{page}");
+        }
+    }
+    assert!(
+        held_back >= 90,
+        "the portal held back the guesser itself ({held_back} of 120)"
+    );
+    // Another visitor signs up and logs in at once.
+    portal.signed_up("bystander").await;
+}

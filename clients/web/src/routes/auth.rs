@@ -92,6 +92,9 @@ pub async fn signup(
             },
         )
     };
+    if let Some(wait) = too_many_attempts(&app, &visitor) {
+        return again(StatusCode::TOO_MANY_REQUESTS, wait);
+    }
     let registered = app
         .mesh
         .college(
@@ -244,6 +247,17 @@ pub async fn login(
     if let Some(refused) = check_csrf(&app, &visitor, &form.csrf) {
         return refused;
     }
+    if let Some(wait) = too_many_attempts(&app, &visitor) {
+        return views::render(
+            StatusCode::TOO_MANY_REQUESTS,
+            &Login {
+                nav: nav(&app, &visitor),
+                error: Some(wait),
+                email: form.email,
+                next: safe_next(&form.next),
+            },
+        );
+    }
     match log_in(&app, &form.email, &form.password).await {
         Ok(sid) => {
             app.sessions.end(&visitor.sid);
@@ -301,6 +315,28 @@ pub async fn logout(
         Redirect::to("/"),
     )
         .into_response()
+}
+
+/// Counts a login or sign-up from the visitor's address: what to tell them
+/// when it has used up its rate ([`crate::VISITOR_ATTEMPTS_PER_MINUTE`]),
+/// before anything reaches the College.
+fn too_many_attempts(app: &App, visitor: &Visitor) -> Option<String> {
+    use governor::clock::{Clock as _, DefaultClock};
+    let address = visitor.address?;
+    let limiter = &app.visitor_attempts;
+    if limiter.len() > 10_000 {
+        // Addresses whose buckets are full again are as good as new.
+        limiter.retain_recent();
+    }
+    let wait = limiter.check_key(&address).err()?;
+    let seconds = wait
+        .wait_time_from(DefaultClock::default().now())
+        .as_secs()
+        .max(1);
+    Some(format!(
+        "Too many logins and sign-ups from your address (at most {} a minute). Try again in {seconds} s.",
+        crate::VISITOR_ATTEMPTS_PER_MINUTE
+    ))
 }
 
 /// Logs in at the College and keeps the session; returns its new id.

@@ -140,6 +140,7 @@ pub(crate) fn researcher_nav(app: &App, researcher: &Researcher) -> Nav {
         &Visitor {
             sid: researcher.sid.clone(),
             session: Some(Arc::clone(&researcher.session)),
+            address: None,
         },
     )
 }
@@ -156,6 +157,7 @@ pub(crate) fn problem_page(
         Visitor {
             sid: visitor.sid.clone(),
             session: None,
+            address: visitor.address,
         }
     } else {
         visitor.clone()
@@ -183,6 +185,7 @@ pub(crate) fn researcher_problem(
         &Visitor {
             sid: researcher.sid.clone(),
             session: Some(Arc::clone(&researcher.session)),
+            address: None,
         },
         title,
         problem,
@@ -218,6 +221,7 @@ pub(crate) fn check_researcher_csrf(
         &Visitor {
             sid: researcher.sid.clone(),
             session: Some(Arc::clone(&researcher.session)),
+            address: None,
         },
         token,
     )
