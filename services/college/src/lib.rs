@@ -564,7 +564,9 @@ impl College for CollegeService {
     ) -> Result<Response<Self::WatchAccountStream>, Status> {
         let caller = self.keys().researcher(&request)?;
         let account = validate::id("account_id", &request.get_ref().account_id)?;
-        let permit = self.inner.watchers.admit(caller)?;
+        let peer = grantmesh_server::Caller::of(&request)
+            .map_or(grantmesh_server::Peer::Unknown, |caller| caller.peer);
+        let permit = self.inner.watchers.admit(caller, peer)?;
         let notices = self
             .inner
             .notifications

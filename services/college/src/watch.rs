@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use grantmesh_proto::v1::{AccountEvent, account_event::Kind};
+use grantmesh_server::peers::{Full, Peer, Share, Shares, Split};
 use grantmesh_store::Notice;
 
 use crate::store::change::Change as Notified;
@@ -38,47 +39,80 @@ use crate::{EventStream, account_message, transaction_message};
 
 /// `WatchAccount` streams one College instance serves at once. A change is
 /// re-read once per watched account, not per watcher, but each watcher
-/// still holds a task and a buffer, and reads its own snapshot.
-pub const MAX_WATCHERS: usize = 1024;
-/// Streams one researcher may hold open on one instance (a few browser
-/// tabs and terminals; not thousands).
-pub const MAX_WATCHERS_PER_RESEARCHER: usize = 16;
+/// still holds a task and a buffer (a few KB), and reads its own snapshot:
+/// 4096 hold tens of MB.
+pub const MAX_WATCHERS: usize = 4096;
+/// Streams one researcher may hold open on one instance: a few browser
+/// tabs and terminals. Researchers sign themselves up, so this is what
+/// makes filling [`MAX_WATCHERS`] take a thousand of them, not a handful.
+pub const MAX_WATCHERS_PER_RESEARCHER: usize = 4;
+/// Streams from one address (a mesh member's certificate counts as one):
+/// the portal, which carries every browser's live views, keeps its own
+/// total of 512 below this; one address of self-made researchers holds
+/// this many and no more.
+pub const MAX_WATCHERS_PER_PEER: usize = 512;
 
-/// Counts open `WatchAccount` streams, in total and per researcher, and
-/// holds the feed of each watched account.
-#[derive(Default)]
+/// Counts open `WatchAccount` streams, in total, per peer and per
+/// researcher, and holds the feed of each watched account.
 pub(crate) struct Watchers {
-    open: std::sync::Mutex<(usize, HashMap<Uuid, usize>)>,
+    /// In total and per peer.
+    shares: Arc<Shares>,
+    /// Per researcher.
+    open: std::sync::Mutex<HashMap<Uuid, usize>>,
     /// The feed of every watched account ([`run_feed`]).
     feeds: std::sync::Mutex<HashMap<Uuid, broadcast::Sender<Update>>>,
+}
+
+impl Default for Watchers {
+    fn default() -> Self {
+        Self {
+            shares: Shares::new(Split {
+                total: MAX_WATCHERS,
+                per_peer: MAX_WATCHERS_PER_PEER,
+                reserved_for_members: 0,
+            }),
+            open: Default::default(),
+            feeds: Default::default(),
+        }
+    }
 }
 
 /// One admitted stream; gives its place back when dropped (the stream ended).
 pub(crate) struct WatchPermit {
     watchers: Arc<Watchers>,
     researcher: Uuid,
+    _share: Share,
 }
 
 impl Watchers {
-    pub(crate) fn admit(self: &Arc<Self>, researcher: Uuid) -> Result<WatchPermit, Status> {
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        researcher: Uuid,
+        peer: Peer,
+    ) -> Result<WatchPermit, Status> {
         let mut open = self.open.lock().expect("watchers poisoned");
-        let (total, per) = &mut *open;
-        let mine = per.get(&researcher).copied().unwrap_or(0);
-        if *total >= MAX_WATCHERS {
-            return Err(Status::resource_exhausted(format!(
-                "this college already serves {MAX_WATCHERS} account watches; retry later or on another instance"
-            )));
-        }
+        let mine = open.get(&researcher).copied().unwrap_or(0);
         if mine >= MAX_WATCHERS_PER_RESEARCHER {
             return Err(Status::resource_exhausted(format!(
                 "you already have {MAX_WATCHERS_PER_RESEARCHER} account watches open on this college; close one first"
             )));
         }
-        *total += 1;
-        per.insert(researcher, mine + 1);
+        let share = self.shares.take(peer).map_err(|full| {
+            Status::resource_exhausted(match full {
+                Full::Peer => format!(
+                    "{} already has {MAX_WATCHERS_PER_PEER} account watches open on this college, the most one address may; close some first",
+                    peer.describe()
+                ),
+                Full::Total | Full::Anonymous => format!(
+                    "this college already serves {MAX_WATCHERS} account watches; retry later or on another instance"
+                ),
+            })
+        })?;
+        open.insert(researcher, mine + 1);
         Ok(WatchPermit {
             watchers: Arc::clone(self),
             researcher,
+            _share: share,
         })
     }
 }
@@ -86,12 +120,10 @@ impl Watchers {
 impl Drop for WatchPermit {
     fn drop(&mut self) {
         let mut open = self.watchers.open.lock().expect("watchers poisoned");
-        let (total, per) = &mut *open;
-        *total -= 1;
-        if let Some(mine) = per.get_mut(&self.researcher) {
+        if let Some(mine) = open.get_mut(&self.researcher) {
             *mine -= 1;
             if *mine == 0 {
-                per.remove(&self.researcher);
+                open.remove(&self.researcher);
             }
         }
     }
@@ -476,7 +508,7 @@ mod tests {
             (account.id, stranger.id, tonic::Code::PermissionDenied),
         ] {
             let refused = watch(
-                watchers.admit(caller).unwrap(),
+                watchers.admit(caller, Peer::Unknown).unwrap(),
                 store.clone(),
                 notifications.subscribe().await.unwrap(),
                 on,
@@ -504,7 +536,7 @@ mod tests {
 
         let (_dir, store, notifications, closing, pi, account) = one_account().await;
         let watchers = Arc::new(Watchers::default());
-        let permit = watchers.admit(pi.id).unwrap();
+        let permit = watchers.admit(pi.id, Peer::Unknown).unwrap();
         let notices = notifications.subscribe().await.unwrap();
         // As `watch` does: subscribed first…
         let updates = watchers.feed(&store, &notices, account.id, &closing);
@@ -561,26 +593,49 @@ mod tests {
         let watchers = Arc::new(Watchers::default());
         let ada = Uuid::new_v4();
         let mut held: Vec<_> = (0..MAX_WATCHERS_PER_RESEARCHER)
-            .map(|_| watchers.admit(ada).unwrap())
+            .map(|_| watchers.admit(ada, Peer::Unknown).unwrap())
             .collect();
-        let refused = watchers.admit(ada).err().expect("one too many");
+        let refused = watchers
+            .admit(ada, Peer::Unknown)
+            .err()
+            .expect("one too many");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         watchers
-            .admit(Uuid::new_v4())
+            .admit(Uuid::new_v4(), Peer::Unknown)
             .expect("someone else still may");
         held.pop();
-        watchers.admit(ada).expect("a closed watch makes room");
+        watchers
+            .admit(ada, Peer::Unknown)
+            .expect("a closed watch makes room");
+    }
+
+    #[test]
+    fn researchers_made_up_on_one_address_hold_that_address_s_share_and_no_more() {
+        let watchers = Arc::new(Watchers::default());
+        let attacker = Peer::Address([127, 0, 0, 2].into());
+        let held: Vec<_> = (0..MAX_WATCHERS_PER_PEER)
+            .map(|_| watchers.admit(Uuid::new_v4(), attacker).unwrap())
+            .collect();
+        let refused = watchers
+            .admit(Uuid::new_v4(), attacker)
+            .err()
+            .expect("the address's share is used");
+        assert!(refused.message().contains("127.0.0.2"), "{refused:?}");
+        watchers
+            .admit(Uuid::new_v4(), Peer::Address([127, 0, 0, 1].into()))
+            .expect("a researcher elsewhere still watches");
+        drop(held);
     }
 
     #[test]
     fn an_instance_serves_a_bounded_number_of_watches() {
         let watchers = Arc::new(Watchers::default());
         let held: Vec<_> = (0..MAX_WATCHERS)
-            .map(|_| watchers.admit(Uuid::new_v4()).unwrap())
+            .map(|_| watchers.admit(Uuid::new_v4(), Peer::Unknown).unwrap())
             .collect();
-        assert!(watchers.admit(Uuid::new_v4()).is_err());
+        assert!(watchers.admit(Uuid::new_v4(), Peer::Unknown).is_err());
         drop(held);
-        assert_eq!(watchers.open.lock().unwrap().0, 0);
-        assert!(watchers.open.lock().unwrap().1.is_empty());
+        assert_eq!(watchers.shares.held(), 0);
+        assert!(watchers.open.lock().unwrap().is_empty());
     }
 }
