@@ -258,21 +258,28 @@ impl Registry for RegistryService {
             // Every instance this stream renews: all of them are removed at
             // once when it breaks, not only the last one it renewed.
             let mut held: std::collections::HashSet<(String, String)> = Default::default();
+            // When the last beat came: a stream that breaks long after it is
+            // a cut-off peer, not a dead one.
+            let mut last_beat = tokio::time::Instant::now();
+            // `None`: not ended by the peer; `Some(quiet)`: ended (closed or
+            // broken: HTTP/2 keepalive's close reads as a clean end too),
+            // `quiet` after the last beat.
             let ended_by_peer = loop {
                 let beat = tokio::select! {
-                    () = closing.cancelled() => break false,
+                    () = closing.cancelled() => break None,
                     beat = beats.message() => beat,
                 };
                 let beat = match beat {
                     Ok(Some(beat)) => beat,
-                    Ok(None) | Err(_) => break true,
+                    Ok(None) | Err(_) => break Some(last_beat.elapsed()),
                 };
+                last_beat = tokio::time::Instant::now();
                 if let Err(status) = validate_name("service", &beat.service)
                     .and_then(|()| validate_name("instance_id", &beat.instance_id))
                     .and_then(|()| this.authorize(peer.as_deref(), &beat.service))
                 {
                     let _ = replies.send(Err(status)).await;
-                    break false;
+                    break None;
                 }
                 let ttl = state.keep_alive(&beat.service, &beat.instance_id, token);
                 if ttl.is_some() {
@@ -284,12 +291,12 @@ impl Registry for RegistryService {
                     ttl: ttl.and_then(proto_duration),
                 };
                 if replies.send(Ok(reply)).await.is_err() {
-                    break true;
+                    break Some(last_beat.elapsed());
                 }
             };
-            if ended_by_peer {
+            if let Some(quiet) = ended_by_peer {
                 for (service, id) in held {
-                    state.keep_alive_closed(&service, &id, token);
+                    state.keep_alive_closed(&service, &id, token, Some(quiet));
                 }
             }
         });

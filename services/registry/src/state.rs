@@ -429,15 +429,42 @@ impl RegistryState {
     }
 
     /// A KeepAlive stream ended: remove the instance at once, unless another
-    /// stream has taken the lease over since.
-    pub fn keep_alive_closed(&self, service: &str, id: &str, token: LeaseToken) -> bool {
+    /// stream has taken the lease over since, or the stream broke after
+    /// `quiet` — at least half the lease's TTL without a beat.
+    ///
+    /// A process that dies (a crash, kill -9) was beating until its socket
+    /// closed, so it goes at once. A stream that broke after going silent
+    /// was cut off first (HTTP/2 keepalive closes a connection ~15 s into a
+    /// blackhole partition): that is silence, which the lease's TTL and
+    /// self-preservation judge, not a departure.
+    pub fn keep_alive_closed(
+        &self,
+        service: &str,
+        id: &str,
+        token: LeaseToken,
+        quiet: Option<Duration>,
+    ) -> bool {
         let mut inner = self.lock();
-        let holds = inner
+        let Some(lease) = inner
             .services
             .get(service)
             .and_then(|entry| entry.instances.get(id))
-            .is_some_and(|lease| lease.holder == Some(token));
-        holds && self.remove_locked(&mut inner, service, id, RemovalReason::KeepAliveClosed)
+            .filter(|lease| lease.holder == Some(token))
+        else {
+            return false;
+        };
+        if let Some(quiet) = quiet
+            && quiet >= lease.ttl / 2
+        {
+            tracing::info!(
+                service,
+                instance = id,
+                ?quiet,
+                "a KeepAlive stream broke after going silent: its lease runs out as a silence would"
+            );
+            return false;
+        }
+        self.remove_locked(&mut inner, service, id, RemovalReason::KeepAliveClosed)
     }
 
     /// The registry itself was not running for `gap` (stopped, starved):
@@ -1045,9 +1072,9 @@ mod tests {
         let new = state.new_lease_token();
         state.keep_alive("college", "c1", old);
         state.keep_alive("college", "c1", new);
-        assert!(!state.keep_alive_closed("college", "c1", old));
+        assert!(!state.keep_alive_closed("college", "c1", old, None));
         assert_eq!(state.list("college").0.len(), 1);
-        assert!(state.keep_alive_closed("college", "c1", new));
+        assert!(state.keep_alive_closed("college", "c1", new, None));
         assert!(state.list("college").0.is_empty());
     }
 

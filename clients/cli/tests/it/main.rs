@@ -15,6 +15,7 @@ mod mesh;
 mod newcomer;
 mod outside_clients;
 mod overload;
+mod partition;
 mod readme;
 mod registry_watch;
 mod scripts;
