@@ -19,6 +19,7 @@
 
 pub mod admission;
 pub mod metrics;
+pub mod odd_input;
 pub mod peers;
 pub mod telemetry;
 
@@ -113,10 +114,12 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_header_list_size(Some(odd_input::MAX_HEADER_BLOCK_BYTES))
         .concurrency_limit_per_connection(options.limits.calls_per_connection)
         .load_shed(true)
         .layer(options.metrics.layer())
         .layer(admission::AdmissionLayer::new(options.limits))
+        .layer(odd_input::OddInputLayer)
         .add_routes(routes);
     let server: std::pin::Pin<
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,

@@ -605,3 +605,46 @@ async fn an_insecure_mesh_is_reached_only_with_the_plaintext_switches() {
     .await;
     assert!(refused.contains("UNAVAILABLE"), "{refused}");
 }
+
+/// A real grpcio client sends bytes that are no protobuf message (a field
+/// tag with wire type 7): the caller's mistake, INVALID_ARGUMENT, with a
+/// message saying so, not INTERNAL; then a call with 20 KB of metadata
+/// (issue 20).
+#[tokio::test]
+async fn a_body_that_is_no_protobuf_message_or_oversized_metadata_gets_a_clear_status() {
+    let python = python_env_bin().await.join("python");
+    let registry = tls_registry().await;
+    let script = format!(
+        r#"
+import grpc
+with open({ca:?}, "rb") as f:
+    credentials = grpc.ssl_channel_credentials(f.read())
+channel = grpc.secure_channel("{addr}", credentials)
+call = channel.unary_unary("/grantmesh.v1.Registry/ListInstances")
+try:
+    call(b"\x0f\xff\xff", timeout=10)
+    print("OK")
+except grpc.RpcError as err:
+    print(err.code().name, err.details())
+try:
+    call(b"", metadata=[("x-padding", "a" * 20000)], timeout=10)
+    print("OK")
+except grpc.RpcError as err:
+    print(err.code().name, err.details())
+"#,
+        ca = ca(),
+        addr = registry.addr,
+    );
+    let answer = run(&python, &["-c", &script]).await;
+    let lines: Vec<&str> = answer.lines().collect();
+    assert!(
+        lines[0].starts_with("INVALID_ARGUMENT the request body is not a valid protobuf message"),
+        "{answer}"
+    );
+    // 20 KB of metadata: over the 16 KB a call may carry, under what HTTP/2
+    // takes, so the caller hears why instead of "http2 status 431".
+    assert!(
+        lines[1].starts_with("RESOURCE_EXHAUSTED the call's metadata is"),
+        "{answer}"
+    );
+}
