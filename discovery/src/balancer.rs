@@ -158,10 +158,33 @@ impl Balancer {
 
     /// Runs `call` with a channel to one live instance; when it fails with
     /// `UNAVAILABLE` (or the connection broke under it) it runs again on
-    /// another instance, up to [`BalancerOptions::attempts`] times. Every
-    /// mutating grantmesh call carries an idempotency key, so this is safe
-    /// for them too.
-    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    /// another instance, up to [`BalancerOptions::attempts`] times. That is
+    /// safe for reads and for mutations that carry an idempotency key
+    /// (withdrawals, proposals, account openings); the others go through
+    /// [`Balancer::call_once`].
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_with(Resend::WhenUnavailable, call).await
+    }
+
+    /// As [`Balancer::call`], for a call that must not run twice because it
+    /// carries no idempotency key (removing a member, accepting or declining
+    /// an invitation, handing over an account): it goes to another instance
+    /// only when it cannot have reached a server — no connection to the one
+    /// picked could be made. A call that broke after it was sent comes back
+    /// as its error; the caller reads the state to learn what happened.
+    pub async fn call_once<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_with(Resend::WhenNotSent, call).await
+    }
+
+    async fn call_with<T, F, Fut>(&self, resend: Resend, mut call: F) -> Result<T, Status>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -176,8 +199,11 @@ impl Balancer {
             match call(endpoint.channel.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(status) => {
+                    let not_sent = never_sent(&status);
                     let (status, transport) = classify(status);
-                    if status.code() != Code::Unavailable {
+                    if status.code() != Code::Unavailable
+                        || (resend == Resend::WhenNotSent && !not_sent)
+                    {
                         return Err(status);
                     }
                     if transport {
@@ -397,6 +423,29 @@ fn classify(status: Status) -> (Status, bool) {
         }
         _ => (status, false),
     }
+}
+
+/// When [`Balancer::call_with`] sends a call again on another instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    /// Whenever it failed UNAVAILABLE: safe for reads and for mutations
+    /// with an idempotency key.
+    WhenUnavailable,
+    /// Only when it never left this process (no connection could be made).
+    WhenNotSent,
+}
+
+/// Whether the call failed before any byte of it could reach a server: the
+/// connection to the instance could not be made.
+fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn broke_connection(status: &Status) -> bool {

@@ -519,9 +519,8 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
         } => {
             let mesh = Mesh::new(&store, target, format)?;
             let a = mesh
-                .college(
+                .college_once(
                     AcceptInvitationRequest { invitation_id },
-                    true,
                     |mut c, r| async move { c.accept_invitation(r).await },
                 )
                 .await?;
@@ -533,11 +532,10 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
         } => {
             let mesh = Mesh::new(&store, target, format)?;
             let reply = mesh
-                .college(
+                .college_once(
                     DeclineInvitationRequest {
                         invitation_id: invitation_id.clone(),
                     },
-                    true,
                     |mut c, r| async move { c.decline_invitation(r).await },
                 )
                 .await?;
@@ -578,12 +576,11 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                 None => wanted,
             };
             let a = mesh
-                .college(
+                .college_once(
                     TransferPrincipalRequest {
                         account_id,
                         researcher_id,
                     },
-                    true,
                     |mut c, r| async move { c.transfer_principal(r).await },
                 )
                 .await?;
@@ -730,11 +727,7 @@ async fn remove_member(
         researcher_id,
     };
     let account = mesh
-        .college(
-            message,
-            true,
-            |mut c, r| async move { c.remove_member(r).await },
-        )
+        .college_once(message, |mut c, r| async move { c.remove_member(r).await })
         .await?;
     output::emit(format, &account, output::account)
 }
@@ -825,6 +818,29 @@ impl Mesh {
     {
         let balancer = self.balancer("college", Vec::new());
         self.college_on(&balancer, message, authed, method).await
+    }
+
+    /// An authenticated College call that carries no idempotency key: sent
+    /// to another instance only if it never reached one
+    /// ([`Balancer::call_once`]).
+    async fn college_once<Req, Rep, F, Fut>(&self, message: Req, method: F) -> anyhow::Result<Rep>
+    where
+        Req: Clone,
+        F: Fn(CollegeClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Rep>, Status>>,
+    {
+        let balancer = self.balancer("college", Vec::new());
+        let metadata = Some(self.credentials()?);
+        let reply = balancer
+            .call_once(|channel| {
+                method(
+                    CollegeClient::new(channel),
+                    request(message.clone(), &metadata),
+                )
+            })
+            .await
+            .map_err(relogin_hint)?;
+        Ok(reply.into_inner())
     }
 
     async fn college_on<Req, Rep, F, Fut>(

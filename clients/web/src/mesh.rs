@@ -92,6 +92,33 @@ impl MeshClient {
         Ok(reply.into_inner())
     }
 
+    /// As [`MeshClient::college`], for a call that carries no idempotency
+    /// key: sent to another College only if it never reached one
+    /// ([`Balancer::call_once`]).
+    pub async fn college_once<Req, Rep, F, Fut>(
+        &self,
+        token: Option<&str>,
+        message: Req,
+        method: F,
+    ) -> Result<Rep, Status>
+    where
+        Req: Clone,
+        F: Fn(CollegeClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Rep>, Status>>,
+    {
+        let bearer = bearer(token)?;
+        let reply = self
+            .college
+            .call_once(|channel| {
+                method(
+                    CollegeClient::new(channel),
+                    request(message.clone(), &bearer),
+                )
+            })
+            .await?;
+        Ok(reply.into_inner())
+    }
+
     /// One call to the agency called `name`, as the researcher whose token is given.
     pub async fn agency<Req, Rep, F, Fut>(
         &self,

@@ -219,7 +219,8 @@ impl World {
                         Status::internal("the reply lists no invitation for the student"),
                     )
                 })?;
-            self.college(
+            // No idempotency key: sent again only if it never reached a College.
+            self.college_once(
                 Some(&student.token),
                 AcceptInvitationRequest { invitation_id },
                 |mut c, r| async move { c.accept_invitation(r).await },
@@ -514,6 +515,28 @@ impl World {
                 }
             }
         }
+    }
+
+    /// As [`World::college`], for a call that must not run twice.
+    async fn college_once<T, R, F, Fut>(
+        &self,
+        token: Option<&str>,
+        message: T,
+        call: F,
+    ) -> Result<R, Status>
+    where
+        T: Clone,
+        F: Fn(CollegeClient<Channel>, Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        self.colleges
+            .call_once(|channel| {
+                let request = authorized(message.clone(), token);
+                let client = CollegeClient::new(channel);
+                let call = request.map(|request| call(client, request));
+                async move { call?.await.map(Response::into_inner) }
+            })
+            .await
     }
 
     /// Calls a College through the balancer with a fresh request per attempt.

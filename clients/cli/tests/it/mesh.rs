@@ -12,6 +12,7 @@ use grantmesh_proto::v1::PingRequest;
 use grantmesh_proto::v1::watch_event::Kind;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
+use tonic::Code;
 
 #[tokio::test]
 async fn instances_register_and_are_listed_and_watched() {
@@ -461,4 +462,150 @@ async fn watch_once_streaming(
     )
     .await;
     watch(&registry.url(), "college").await
+}
+
+/// A server that reads what a client sends, then drops the connection: a
+/// call that reached an instance and broke before its answer.
+async fn breaker() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                let mut read = 0;
+                // The preface, SETTINGS and a call's HEADERS and DATA.
+                while read < 100 {
+                    match tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buffer))
+                        .await
+                    {
+                        Ok(Ok(n)) if n > 0 => read += n,
+                        _ => break,
+                    }
+                }
+                if read >= 100 {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// Which instance answered a Ping through `balancer`, once or with resends.
+async fn ping_through(balancer: &Balancer, once: bool) -> Result<String, tonic::Status> {
+    let call = |channel| async move {
+        grantmesh_proto::RegistryClient::new(channel)
+            .ping(PingRequest::default())
+            .await
+            .map(|reply| reply.into_inner().instance_id)
+    };
+    if once {
+        balancer.call_once(call).await
+    } else {
+        balancer.call(call).await
+    }
+}
+
+#[tokio::test]
+async fn a_call_without_an_idempotency_key_is_not_sent_again_once_it_may_have_reached_a_server() {
+    let registry = Proc::registry(&[]).await;
+    let answering = Proc::registry(&["--instance-id", "answering"]).await;
+    let (broken, reached) = breaker().await;
+    let mut client = grantmesh_proto::RegistryClient::new(
+        tonic::transport::Channel::from_shared(registry.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    for (id, address) in [
+        ("broken", format!("http://{broken}")),
+        ("answering", answering.url()),
+    ] {
+        client
+            .register(grantmesh_proto::v1::RegisterRequest {
+                instance: Some(grantmesh_proto::v1::Instance {
+                    id: id.into(),
+                    service: "flaky".into(),
+                    address,
+                    ttl: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    // A fresh balancer per call until its pick is the broken instance (a
+    // balancer sets an instance aside once it broke a call).
+    for once in [false, true] {
+        let mut outcome = None;
+        for _ in 0..40 {
+            let balancer = Balancer::new(vec![registry.url()], "flaky", BalancerOptions::default());
+            assert_eventually(Duration::from_secs(5), "both instances seen", || async {
+                balancer.view().instances.len() == 2
+            })
+            .await;
+            let before = reached.load(Ordering::SeqCst);
+            let answer = ping_through(&balancer, once).await;
+            if reached.load(Ordering::SeqCst) > before {
+                outcome = Some(answer);
+                break;
+            }
+        }
+        let outcome = outcome.expect("the broken instance was picked first at least once");
+        if once {
+            let refused = outcome.expect_err("not sent again after it reached a server");
+            assert_ne!(refused.code(), Code::Ok);
+        } else {
+            assert_eq!(outcome.expect("sent again elsewhere"), "answering");
+        }
+    }
+
+    // An instance nobody listens at: the call never left, so even a call
+    // without a key goes on to the other instance.
+    for (id, address) in [
+        ("gone", "http://127.0.0.1:9".to_owned()),
+        ("answering", answering.url()),
+    ] {
+        client
+            .register(grantmesh_proto::v1::RegisterRequest {
+                instance: Some(grantmesh_proto::v1::Instance {
+                    id: id.into(),
+                    service: "half-gone".into(),
+                    address,
+                    ttl: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    for _ in 0..10 {
+        let balancer = Balancer::new(
+            vec![registry.url()],
+            "half-gone",
+            BalancerOptions::default(),
+        );
+        assert_eventually(Duration::from_secs(5), "both instances seen", || async {
+            balancer.view().instances.len() == 2
+        })
+        .await;
+        assert_eq!(
+            ping_through(&balancer, true)
+                .await
+                .expect("a call that never left is sent elsewhere"),
+            "answering"
+        );
+    }
 }

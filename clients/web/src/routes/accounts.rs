@@ -262,7 +262,7 @@ pub async fn remove_member(
     }
     let removed = app
         .mesh
-        .college(
+        .college_once(
             Some(&researcher.session.token),
             RemoveMemberRequest {
                 account_id: id.clone(),

@@ -61,7 +61,7 @@ pub async fn accept(
     }
     let accepted = app
         .mesh
-        .college(
+        .college_once(
             Some(&researcher.session.token),
             AcceptInvitationRequest { invitation_id: id },
             |mut c, r| async move { c.accept_invitation(r).await },
@@ -91,7 +91,7 @@ pub async fn decline(
     }
     let declined = app
         .mesh
-        .college(
+        .college_once(
             Some(&researcher.session.token),
             DeclineInvitationRequest { invitation_id: id },
             |mut c, r| async move { c.decline_invitation(r).await },

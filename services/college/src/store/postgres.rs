@@ -114,6 +114,11 @@ impl std::ops::Deref for Conn {
 }
 
 impl Conn {
+    /// The pooled connection itself.
+    fn object(&self) -> &deadpool_postgres::Object {
+        self
+    }
+
     /// Runs `statements` (on this connection), marked busy meanwhile.
     async fn guard<T>(&self, statements: impl std::future::Future<Output = T>) -> T {
         self.busy.store(true, Ordering::Relaxed);
@@ -327,11 +332,14 @@ pub(super) async fn account(pool: &Pool, id: Uuid, caller: Option<Uuid>) -> Resu
 /// [`account`] for a call that may be dropped mid-statement ([`Conn`]).
 pub(super) async fn read_account(pg: &Pg, id: Uuid, caller: Option<Uuid>) -> Result<AccountRow> {
     let client = pg.conn().await?;
-    client.guard(account_on(&client, id, caller)).await
+    client.guard(account_on(client.object(), id, caller)).await
 }
 
-async fn account_on(
-    client: &deadpool_postgres::Object,
+/// The account as `client` sees it: inside a transaction that changed it,
+/// what that change left, read before the commit so that a committed change
+/// is never reported as failed because reading it back failed.
+pub(super) async fn account_on(
+    client: &impl deadpool_postgres::GenericClient,
     id: Uuid,
     caller: Option<Uuid>,
 ) -> Result<AccountRow> {
@@ -343,7 +351,7 @@ async fn account_on(
         .await?
         .ok_or_else(|| not_found(id))?;
     let mut account = account_from_row(&row);
-    account.members = members(client, id).await?;
+    account.members = members_in(client, id).await?;
     if let Some(caller) = caller
         && !account.members.iter().any(|m| m.researcher_id == caller)
     {
@@ -435,9 +443,9 @@ pub(super) async fn add_member(
     if added > 0 {
         notify_membership(&tx, account).await?;
     }
+    let row = account_on(&tx, account, None).await?;
     tx.commit().await?;
-    drop(client);
-    self::account(pool, account, None).await
+    Ok(row)
 }
 
 /// Removes a member; only the principal investigator may, and not themself.
@@ -473,9 +481,9 @@ pub(super) async fn remove_member(
         return Err(not_a_member_to_remove(account, researcher));
     }
     notify_membership(&tx, account).await?;
+    let row = account_on(&tx, account, None).await?;
     tx.commit().await?;
-    drop(client);
-    self::account(pool, account, None).await
+    Ok(row)
 }
 
 /// The journal, newest first, `limit` entries before `before` (an entry id).
@@ -489,7 +497,7 @@ pub(super) async fn transactions(
     let client = pg.conn().await?;
     client
         .guard(async {
-            account_on(&client, account, Some(caller)).await?;
+            account_on(client.object(), account, Some(caller)).await?;
             let rows = client
                 .query(
                     "SELECT id, account_id, researcher_id, amount, memo, idempotency_key, created_at, balance_after

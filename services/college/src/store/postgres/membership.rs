@@ -119,9 +119,9 @@ pub(super) async fn accept_invitation(
     tx.execute("DELETE FROM invitations WHERE id = $1", &[&invitation])
         .await?;
     notify_membership(&tx, account).await?;
+    let row = super::account_on(&tx, account, None).await?;
     tx.commit().await?;
-    drop(client);
-    super::account(pool, account, None).await
+    Ok(row)
 }
 
 pub(super) async fn decline_invitation(pool: &Pool, caller: Uuid, invitation: Uuid) -> Result<()> {
@@ -179,9 +179,9 @@ pub(super) async fn transfer_principal(
         .await?;
         notify_membership(&tx, account).await?;
     }
+    let row = super::account_on(&tx, account, None).await?;
     tx.commit().await?;
-    drop(client);
-    super::account(pool, account, None).await
+    Ok(row)
 }
 
 pub(super) async fn researcher(pool: &Pool, id: Uuid) -> Result<Option<ResearcherRow>> {
