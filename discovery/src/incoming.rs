@@ -44,6 +44,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::activity::{Activities, Entered};
 use crate::tls::TlsMaterial;
 
 /// How long a client may take to open its connection: finish the TLS
@@ -66,7 +67,15 @@ pub struct ConnectionLimits {
     pub per_address: usize,
     /// Of [`Self::total`], how many only mesh members may hold open.
     pub reserved_for_members: usize,
+    /// How long an open connection may hold no call before it is closed,
+    /// even if it answers HTTP/2 keepalive pings.
+    pub idle_timeout: Duration,
 }
+
+/// [`ConnectionLimits::idle_timeout`] by default: five minutes without a
+/// call. Balancers keep a connection per instance and use it every few
+/// seconds; a connection unused that long gives its place to newcomers.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Default for ConnectionLimits {
     /// [`max_connections`] in all, an eighth of them per address and an
@@ -79,6 +88,7 @@ impl Default for ConnectionLimits {
             total,
             per_address: (total / 8).max(16),
             reserved_for_members: total / 8,
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 }
@@ -101,6 +111,11 @@ pub struct Limited<S> {
     stream: S,
     _permit: OwnedSemaphorePermit,
     _anonymous: Option<AnonymousSlot>,
+    /// Its calls, counted by the server's admission layer.
+    entered: Entered,
+    idle_timeout: Duration,
+    /// Wakes the connection's reads to look whether it has gone idle.
+    idle_check: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Limited<S> {
@@ -117,6 +132,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        // HTTP/2 always has a read pending, so this runs when the check is due.
+        while self.idle_check.as_mut().poll(cx).is_ready() {
+            let idle_timeout = self.idle_timeout;
+            match self.entered.activity.idle_deadline(idle_timeout) {
+                Some(deadline) if deadline <= tokio::time::Instant::now() => {
+                    tracing::debug!("connection closed: no call for {idle_timeout:?}");
+                    // End of stream: the server closes the connection.
+                    return Poll::Ready(Ok(()));
+                }
+                Some(deadline) => self.idle_check.as_mut().reset(deadline),
+                // A call is open: look again a timeout from now.
+                None => self
+                    .idle_check
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + idle_timeout),
+            }
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -156,8 +188,9 @@ pub fn tls(
     listener: TcpListener,
     material: Arc<TlsMaterial>,
     limits: ConnectionLimits,
+    activities: Arc<Activities>,
 ) -> impl Stream<Item = Result<Limited<TlsStream<TcpStream>>, std::io::Error>> {
-    spawn_accept_loop(listener, limits, move |tcp| {
+    spawn_accept_loop(listener, limits, activities, move |tcp| {
         let config = material.server_config().inspect_err(|err| {
             tracing::error!(error = %err, "no usable server certificate; closing the connection");
         });
@@ -176,8 +209,9 @@ pub fn tls(
 pub fn plaintext(
     listener: TcpListener,
     limits: ConnectionLimits,
+    activities: Arc<Activities>,
 ) -> impl Stream<Item = Result<Limited<TcpStream>, std::io::Error>> {
-    spawn_accept_loop(listener, limits, |tcp: TcpStream| async move {
+    spawn_accept_loop(listener, limits, activities, |tcp: TcpStream| async move {
         // Waits for the first byte without taking it (readiness alone may
         // be reported before any data arrives).
         tcp.peek(&mut [0u8; 1]).await?;
@@ -189,6 +223,7 @@ pub fn plaintext(
 fn spawn_accept_loop<S, F, Fut>(
     listener: TcpListener,
     limits: ConnectionLimits,
+    activities: Arc<Activities>,
     open: F,
 ) -> impl Stream<Item = Result<Limited<S>, std::io::Error>>
 where
@@ -197,13 +232,14 @@ where
     Fut: Future<Output = std::io::Result<(S, bool)>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(MAX_PENDING_HANDSHAKES);
-    tokio::spawn(accept_loop(listener, limits, open, tx));
+    tokio::spawn(accept_loop(listener, limits, activities, open, tx));
     ReceiverStream::new(rx)
 }
 
 async fn accept_loop<S, F, Fut>(
     listener: TcpListener,
     limits: ConnectionLimits,
+    activities: Arc<Activities>,
     open: F,
     tx: mpsc::Sender<Result<Limited<S>, std::io::Error>>,
 ) where
@@ -244,6 +280,7 @@ async fn accept_loop<S, F, Fut>(
         let (id, evicted) = openings.start();
         let openings = Arc::clone(&openings);
         let anonymous = Arc::clone(&anonymous);
+        let activities = Arc::clone(&activities);
         let tx = tx.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
@@ -264,11 +301,16 @@ async fn accept_loop<S, F, Fut>(
                             }
                         }
                     };
+                    let entered = activities.enter(peer);
+                    let idle_check = Box::pin(tokio::time::sleep(limits.idle_timeout));
                     let _ = tx
                         .send(Ok(Limited {
                             stream,
                             _permit: connection,
                             _anonymous: slot,
+                            entered,
+                            idle_timeout: limits.idle_timeout,
+                            idle_check,
                         }))
                         .await;
                 }

@@ -15,6 +15,7 @@
 //!
 //! Dependencies point one way: `grantmesh-proto` ← this crate ← services, clients.
 
+pub mod activity;
 mod balancer;
 pub mod incoming;
 mod registrar;

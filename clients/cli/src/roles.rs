@@ -57,6 +57,10 @@ pub struct ServerArgs {
     /// Of --max-connections, how many only mesh members may hold.
     #[arg(long, env = "GRANTMESH_CONNECTIONS_RESERVED_FOR_MEMBERS", default_value_t = grantmesh_server::Limits::default().connections.reserved_for_members)]
     connections_reserved_for_members: usize,
+    /// How long a connection may hold no call before it is closed, even if
+    /// it answers keepalive pings.
+    #[arg(long, env = "GRANTMESH_IDLE_CONNECTION_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_connection_timeout: Duration,
     /// The longest Ping delay a caller without a mesh certificate may ask for.
     #[arg(long, env = "GRANTMESH_MAX_ANONYMOUS_PING_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     max_anonymous_ping_delay: Duration,
@@ -320,6 +324,7 @@ impl ServerArgs {
                     total: self.max_connections,
                     per_address: self.max_connections_per_address,
                     reserved_for_members: self.connections_reserved_for_members,
+                    idle_timeout: self.idle_connection_timeout,
                 },
             },
             metrics_listen: self.metrics_listen,

@@ -106,6 +106,9 @@ impl Limits {
                 "--max-connections and --max-connections-per-address must be at least 1".into(),
             );
         }
+        if connections.idle_timeout.is_zero() {
+            return Err("--idle-connection-timeout must be more than zero".into());
+        }
         if connections.reserved_for_members >= connections.total {
             return Err(format!(
                 "--connections-reserved-for-members ({}) must be less than --max-connections ({})",

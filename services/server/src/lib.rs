@@ -18,6 +18,7 @@
 //! tests bind `127.0.0.1:0` and binaries bind what their flags say.
 
 pub mod admission;
+pub mod calls_open;
 pub mod metrics;
 pub mod odd_input;
 pub mod peers;
@@ -110,6 +111,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha(options.grpc_service)?);
 
     let stop_accepting = CancellationToken::new();
+    let activities = grantmesh_discovery::activity::Activities::new();
     let builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -118,6 +120,9 @@ pub async fn serve(
         .concurrency_limit_per_connection(options.limits.calls_per_connection)
         .load_shed(true)
         .layer(options.metrics.layer())
+        .layer(calls_open::CallsOpenLayer::new(std::sync::Arc::clone(
+            &activities,
+        )))
         .layer(admission::AdmissionLayer::new(options.limits))
         .layer(odd_input::OddInputLayer)
         .add_routes(routes);
@@ -133,6 +138,7 @@ pub async fn serve(
                     listener,
                     material.clone(),
                     options.limits.connections,
+                    activities,
                 ),
                 stop_accepting.clone().cancelled_owned(),
             ))
@@ -144,7 +150,11 @@ pub async fn serve(
                 "PLAINTEXT: serving without TLS (--insecure); anyone on the network can read and forge calls"
             );
             Box::pin(builder.serve_with_incoming_shutdown(
-                grantmesh_discovery::incoming::plaintext(listener, options.limits.connections),
+                grantmesh_discovery::incoming::plaintext(
+                    listener,
+                    options.limits.connections,
+                    activities,
+                ),
                 stop_accepting.clone().cancelled_owned(),
             ))
         }

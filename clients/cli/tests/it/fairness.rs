@@ -413,3 +413,61 @@ async fn watch_floods_take_their_own_share_and_a_refused_balancer_reads_the_list
     .await;
     drop(held);
 }
+
+#[tokio::test]
+async fn a_connection_without_calls_is_closed_after_its_idle_timeout_even_while_it_answers_pings() {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let tls_dir = tls::dir().to_str().unwrap();
+    let registry = Proc::registry(&["--tls-dir", tls_dir, "--idle-connection-timeout", "2s"]).await;
+
+    // A bare HTTP/2 connection that pings every 500 ms and calls nothing.
+    let material = grantmesh_discovery::tls::TlsMaterial::load(
+        grantmesh_discovery::tls::TlsPaths::in_dir(tls::dir(), None),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(registry.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(material.client_config())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (_send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(500))
+        .keep_alive_while_idle(true)
+        .handshake::<_, http_body_util::Empty<hyper::body::Bytes>>(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(closed.is_ok(), "the idle connection was closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "not before its idle timeout ({:?})",
+        started.elapsed()
+    );
+
+    // A connection holding a Watch stream is not idle, however long it is quiet.
+    let mut watcher = RegistryClient::new(channel_from(registry.addr, ip("127.0.0.1"), None).await);
+    let mut events = watcher
+        .watch(WatchRequest {
+            service: "college".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    events.message().await.unwrap().expect("the snapshot");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut member =
+        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.1"), Some("college")).await);
+    member
+        .register(college_at("college-late", "https://127.0.0.1:9"))
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .expect("the stream is still open")
+        .unwrap()
+        .expect("an event");
+    assert_eq!(event.instances[0].id, "college-late");
+}
