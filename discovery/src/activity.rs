@@ -52,11 +52,28 @@ impl Activity {
     }
 }
 
-/// The live connections of one server, by peer address.
-#[derive(Debug, Default)]
+/// The live connections of one server, by peer address, and whether its
+/// accept loop is taking new ones.
+#[derive(Debug)]
 pub struct Activities {
     by_peer: Mutex<HashMap<SocketAddr, Arc<Activity>>>,
+    /// `false` while `accept` has been failing for over [`ACCEPT_FAILING`]
+    /// (out of file descriptors): the server is up but takes no one new.
+    accepting: tokio::sync::watch::Sender<bool>,
 }
+
+impl Default for Activities {
+    fn default() -> Self {
+        Self {
+            by_peer: Mutex::default(),
+            accepting: tokio::sync::watch::Sender::new(true),
+        }
+    }
+}
+
+/// How long `accept` must keep failing before the server says it is not
+/// serving: a passing shortage of descriptors should not delist it.
+pub const ACCEPT_FAILING: Duration = Duration::from_secs(2);
 
 /// A connection's entry, removed when the connection closes.
 #[derive(Debug)]
@@ -102,6 +119,20 @@ impl Activities {
         activity.open.fetch_add(1, Ordering::Relaxed);
         activity.touch();
         Some(CallOpen { activity })
+    }
+
+    /// Records whether the accept loop is taking connections.
+    pub fn set_accepting(&self, accepting: bool) {
+        self.accepting.send_if_modified(|now| {
+            let changed = *now != accepting;
+            *now = accepting;
+            changed
+        });
+    }
+
+    /// Follows whether the accept loop is taking connections.
+    pub fn accepting(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.accepting.subscribe()
     }
 
     /// How many connections are entered.

@@ -251,6 +251,8 @@ async fn accept_loop<S, F, Fut>(
     let connections = Arc::new(Semaphore::new(limits.total));
     let anonymous = Arc::new(Anonymous::new(limits));
     let mut refused = 0u64;
+    // Since when `accept` has failed without a success in between.
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
         let (tcp, peer) = tokio::select! {
             () = tx.closed() => return,
@@ -258,11 +260,18 @@ async fn accept_loop<S, F, Fut>(
                 Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::warn!(error = %err, "accept failed; backing off");
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= crate::activity::ACCEPT_FAILING {
+                        activities.set_accepting(false);
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
         };
+        if failing_since.take().is_some() {
+            activities.set_accepting(true);
+        }
         let Ok(connection) = connections.clone().try_acquire_owned() else {
             // Full: close it now, so its client fails fast and goes elsewhere.
             refused += 1;

@@ -112,6 +112,7 @@ pub async fn serve(
 
     let stop_accepting = CancellationToken::new();
     let activities = grantmesh_discovery::activity::Activities::new();
+    let activities_watch = activities.accepting();
     let builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -161,18 +162,39 @@ pub async fn serve(
     };
     let mut server = server;
 
-    let registrar = options.registration.clone().map(Registrar::start);
+    let mut registrar = options.registration.clone().map(Registrar::start);
     tracing::info!(%local_addr, service = options.grpc_service, "serving");
 
-    tokio::select! {
-        result = &mut server => {
-            // The server ended without being asked to: a fatal transport error.
-            if let Some(registrar) = registrar {
-                registrar.deregister().await;
+    let mut accepting = activities_watch;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            result = &mut server => {
+                // The server ended without being asked to: a fatal transport error.
+                if let Some(registrar) = registrar {
+                    registrar.deregister().await;
+                }
+                return result.context("the gRPC server stopped unexpectedly");
             }
-            return result.context("the gRPC server stopped unexpectedly");
+            () = &mut shutdown => break,
+            Ok(()) = accepting.changed() => {
+                // Out of descriptors, say: the server takes no new connection,
+                // so it leaves the registry and says NOT_SERVING until it does.
+                let now = *accepting.borrow_and_update();
+                let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+                if now {
+                    tracing::warn!(%local_addr, "accepting connections again: registering and serving");
+                    registrar = registrar.or_else(|| options.registration.clone().map(Registrar::start));
+                } else {
+                    tracing::error!(%local_addr, "cannot accept connections: deregistering and reporting NOT_SERVING until it can");
+                    if let Some(registrar) = registrar.take() {
+                        registrar.deregister().await;
+                    }
+                }
+                health.set_service_status("", status).await;
+                health.set_service_status(options.grpc_service, status).await;
+            }
         }
-        () = shutdown => {}
     }
 
     tracing::info!(%local_addr, "shutting down: deregistering and draining");

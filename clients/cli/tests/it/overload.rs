@@ -316,3 +316,94 @@ async fn idle_connections_to_the_metrics_port_take_neither_grpc_nor_scrapes_for_
     .await;
     drop(idle);
 }
+
+/// A college out of file descriptors (held by idle clients of its own
+/// gRPC port, under a tiny descriptor limit) cannot accept anyone: it
+/// leaves the registry instead of staying listed as live, and comes back
+/// once it can accept again (issue 20).
+#[tokio::test]
+async fn a_server_that_cannot_accept_leaves_the_registry_until_it_can() {
+    let registry = Proc::registry(&[]).await;
+    let database = shared_database().await;
+    let registry_url = registry.url();
+    let node = grantmesh_node::process::ChildNode::spawn(
+        std::path::Path::new("prlimit"),
+        "college",
+        [
+            "--nofile=48:48",
+            env!("CARGO_BIN_EXE_grantmesh"),
+            "college",
+            "--listen",
+            "127.0.0.1:0",
+            "--instance-id",
+            "college-starved",
+            "--registry",
+            &registry_url,
+            "--database-url",
+            &database,
+            "--agencies",
+            "nsf=300000..500000",
+            "--pool-size",
+            "2",
+            // More connections than descriptors: the limit is the kernel's.
+            "--max-connections",
+            "1000",
+            "--max-connections-per-address",
+            "1000",
+            "--connections-reserved-for-members",
+            "0",
+        ],
+        |command| {
+            command
+                .env("GRANTMESH_INSECURE", "1")
+                .env("GRANTMESH_TOKEN_KEY", crate::support::db::TOKEN_KEY)
+                .env("GRANTMESH_SERVICE_KEY", crate::support::db::SERVICE_KEY)
+                .env_remove("GRANTMESH_REGISTRY")
+                .env_remove("DATABASE_URL")
+                .env(
+                    "GRANTMESH_LOG",
+                    std::env::var("GRANTMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stderr(if std::env::var_os("GRANTMESH_TEST_LOG").is_some() {
+                    std::process::Stdio::inherit()
+                } else {
+                    std::process::Stdio::null()
+                });
+        },
+    )
+    .await
+    .unwrap();
+    assert_eventually(Duration::from_secs(10), "the college is listed", || async {
+        ids(&registry.url(), "college").await == ["college-starved"]
+    })
+    .await;
+
+    // Clients that connect and send their preface, then nothing: each
+    // holds a descriptor until the college runs out.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        if let Ok(Ok(mut tcp)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(node.addr),
+        )
+        .await
+        {
+            use tokio::io::AsyncWriteExt as _;
+            let _ = tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            held.push(tcp);
+        }
+    }
+    assert_eventually(
+        Duration::from_secs(10),
+        "the college that cannot accept leaves the registry",
+        || async { ids(&registry.url(), "college").await.is_empty() },
+    )
+    .await;
+    drop(held);
+    assert_eventually(
+        Duration::from_secs(15),
+        "it comes back once it can accept again",
+        || async { ids(&registry.url(), "college").await == ["college-starved"] },
+    )
+    .await;
+}
