@@ -436,3 +436,115 @@ pub async fn unread_watchers(
     stop.cancelled().await;
     drop(held);
 }
+
+/// Issue 20's abusers: pings held as long as a stranger may (1 s) and
+/// longer (refused), `callers` at once on one connection.
+pub async fn long_pings(
+    college: String,
+    callers: usize,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let Some(channel) = connect(&college, None, &tally, &stop).await else {
+        return;
+    };
+    let mut tasks = Vec::new();
+    for n in 0..callers {
+        let (channel, tally, stop) = (channel.clone(), tally.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = CollegeClient::new(channel);
+            // One in eight asks for the 30 s a stranger may no longer hold.
+            let delay_ms = if n % 8 == 0 { 30_000 } else { 1_000 };
+            while !stop.is_cancelled() {
+                let pinged = client
+                    .ping(PingRequest {
+                        message: "hold".into(),
+                        delay_ms,
+                    })
+                    .await;
+                tally.outcome(&format!("long pings: Ping({delay_ms} ms)"), &pinged);
+                if pinged.is_err() {
+                    tokio::time::sleep(AFTER_REFUSAL).await;
+                }
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+}
+
+/// Calls to made-up 2 KB method paths, which must add no metric series.
+pub async fn made_up_methods(college: String, tally: Arc<Tally>, stop: CancellationToken) {
+    let Some(channel) = connect(&college, None, &tally, &stop).await else {
+        return;
+    };
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut n = 0u64;
+    while !stop.is_cancelled() {
+        n += 1;
+        let path = format!("/grantmesh.v1.Made{n}/{}", "x".repeat(2_000));
+        let path = tonic::codegen::http::uri::PathAndQuery::try_from(path).expect("a path");
+        let answer = async {
+            grpc.ready()
+                .await
+                .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+            grpc.unary::<PingRequest, PingReply, _>(
+                tonic::Request::new(PingRequest::default()),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+        }
+        .await;
+        tally.outcome("made-up methods", &answer);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// WatchAccount on random account ids, as a signed-in stranger: each is
+/// refused before any feed is made.
+pub async fn random_account_watches(
+    college: String,
+    token: String,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let Some(channel) = connect(&college, None, &tally, &stop).await else {
+        return;
+    };
+    let mut client = CollegeClient::new(channel);
+    while !stop.is_cancelled() {
+        let mut request = tonic::Request::new(WatchAccountRequest {
+            account_id: uuid::Uuid::new_v4().to_string(),
+        });
+        grantmesh_auth::authorize(&mut request, &token).expect("a token is valid metadata");
+        let watched = client.watch_account(request).await.map(|_| ());
+        tally.outcome("random-id WatchAccount", &watched);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// `count` TLS connections that answer keepalive pings and call nothing.
+pub async fn held_tls(
+    server: SocketAddr,
+    count: usize,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        if stop.is_cancelled() {
+            break;
+        }
+        match tls::channel_from(server, ABUSER, None).await {
+            Ok(channel) => {
+                tally.count("held TLS connections: opened");
+                held.push(channel);
+            }
+            Err(_) => {
+                tally.count("held TLS connections: refused");
+                tokio::time::sleep(AFTER_REFUSAL).await;
+            }
+        }
+    }
+    stop.cancelled().await;
+}

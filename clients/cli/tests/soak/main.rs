@@ -148,6 +148,9 @@ async fn soak() -> Vec<String> {
         .map(|i| rss.max_between(i, started - 10.0, started + 0.1))
         .collect();
 
+    // A stranger's researcher account, for the random-id WatchAccount abuser.
+    let stranger = load::researcher(&college_urls[1], "stranger").await;
+
     // The abusers, on a runtime of their own, so that their tasks do not
     // delay the well-behaved clients' in this process.
     println!("abuse: {abuse_for:?} (GRANTMESH_SOAK_SECS)");
@@ -202,6 +205,33 @@ async fn soak() -> Vec<String> {
         abuse_tasks.push(tokio::spawn(abuse::list_loop(
             registry.clone(),
             "",
+            t.clone(),
+            s.clone(),
+        )));
+        // Issue 20's: long pings, made-up methods, random account watches
+        // and TLS connections held open doing nothing, all from one address.
+        abuse_tasks.push(tokio::spawn(abuse::long_pings(
+            college_urls[1].clone(),
+            128,
+            t.clone(),
+            s.clone(),
+        )));
+        abuse_tasks.push(tokio::spawn(abuse::made_up_methods(
+            college_urls[1].clone(),
+            t.clone(),
+            s.clone(),
+        )));
+        abuse_tasks.push(tokio::spawn(abuse::random_account_watches(
+            college_urls[1].clone(),
+            stranger.clone(),
+            t.clone(),
+            s.clone(),
+        )));
+        // (At the other college, whose other abusers only never speak, so
+        // that this one's share does not also shut out the abusers above.)
+        abuse_tasks.push(tokio::spawn(abuse::held_tls(
+            mesh.colleges[0].addr,
+            grantmesh_discovery::incoming::ConnectionLimits::default().per_address + 16,
             t.clone(),
             s.clone(),
         )));
