@@ -61,12 +61,23 @@ pub async fn connect(
     tally: &Tally,
     stop: &CancellationToken,
 ) -> Option<Channel> {
+    connect_from(url, ABUSER, identity, tally, stop).await
+}
+
+/// As [`connect`], from `local` (another attacker than [`ABUSER`]).
+pub async fn connect_from(
+    url: &str,
+    local: IpAddr,
+    identity: Option<&str>,
+    tally: &Tally,
+    stop: &CancellationToken,
+) -> Option<Channel> {
     let server: SocketAddr = url
         .strip_prefix("https://")
         .and_then(|addr| addr.parse().ok())
         .expect("the soak's servers are at https://IP:PORT");
     while !stop.is_cancelled() {
-        match tls::channel_from(server, ABUSER, identity).await {
+        match tls::channel_from(server, local, identity).await {
             Ok(channel) => return Some(channel),
             Err(_) => {
                 tally.count("any abuser: a new connection failed (retried)");
@@ -81,6 +92,9 @@ pub async fn connect(
 /// (127.0.0.1), as an attacker is another machine, so the servers' limits
 /// per address keep the abusers to their own share.
 pub const ABUSER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// The address the unread watchers call from.
+pub const UNREAD_WATCHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
 
 /// A TCP connection to `addr` from [`ABUSER`].
 async fn tcp_to(addr: SocketAddr) -> std::io::Result<TcpStream> {
@@ -418,7 +432,10 @@ pub async fn unread_watchers(
 ) {
     let mut held = Vec::new();
     for _ in 0..connections {
-        let Some(channel) = connect(&registry, None, &tally, &stop).await else {
+        // Another attacker than the stream flood's, whose own share of the
+        // registry's Watch streams it would otherwise be refused.
+        let Some(channel) = connect_from(&registry, UNREAD_WATCHER, None, &tally, &stop).await
+        else {
             return;
         };
         for _ in 0..per_connection {
