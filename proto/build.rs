@@ -24,6 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Written by hand (src/listing.rs) so a registry can send instances
+        // it encoded once; the same wire format.
+        .extern_path(
+            ".grantmesh.v1.ListInstancesReply",
+            "crate::listing::ListInstancesReply",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

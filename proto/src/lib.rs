@@ -6,6 +6,8 @@
 //! what the servers hand to gRPC reflection so that `grpcurl` needs no proto
 //! files.
 
+pub mod listing;
+
 mod generated {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("grantmesh.v1");
@@ -14,6 +16,7 @@ mod generated {
 /// Every generated message, client and server of `grantmesh.v1`.
 pub mod v1 {
     pub use crate::generated::*;
+    pub use crate::listing::ListInstancesReply;
 }
 
 pub use v1::agency_client::AgencyClient;

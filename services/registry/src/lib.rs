@@ -311,10 +311,11 @@ impl Registry for RegistryService {
         if !service.is_empty() {
             validate_name("service", &service)?;
         }
-        let (instances, revision) = self.state.list(&service);
+        let (encoded, revision) = self.state.list_encoded(&service);
         Ok(Response::new(ListInstancesReply {
-            instances,
+            instances: Vec::new(),
             revision,
+            encoded,
         }))
     }
 

@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grantmesh_proto::v1::{Instance, WatchEvent, watch_event::Kind};
+use prost::bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -175,6 +176,9 @@ struct ServiceEntry {
     preserving: bool,
     /// The instances as registered, in id order; rebuilt after a change.
     cached: Option<Arc<[Arc<Instance>]>>,
+    /// The same, each encoded once (without the read-time fields) for
+    /// [`RegistryState::list_encoded`]; rebuilt after a change.
+    encoded: Option<Arc<[Bytes]>>,
 }
 
 struct Lease {
@@ -555,6 +559,55 @@ impl RegistryState {
         (instances, revision)
     }
 
+    /// As [`RegistryState::list`], the instances already encoded as
+    /// `ListInstancesReply.instances` (field 1): each instance's bytes are
+    /// made once per change, and a read only appends the time since its
+    /// last beat and whether a stream holds it (fields 6 and 7 come last; a
+    /// field may come in any order).
+    pub fn list_encoded(&self, service: &str) -> (Bytes, u64) {
+        let (listings, revision) = {
+            let mut inner = self.lock();
+            let names: Vec<String> = if service.is_empty() {
+                inner.services.keys().cloned().collect()
+            } else {
+                vec![service.to_owned()]
+            };
+            let listings: Vec<_> = names
+                .iter()
+                .filter_map(|name| {
+                    inner
+                        .services
+                        .get_mut(name)
+                        .map(ServiceEntry::encoded_listing)
+                })
+                .collect();
+            (listings, inner.revision)
+        };
+        let now = Instant::now();
+        let room: usize = listings
+            .iter()
+            .map(|(encoded, _)| encoded.iter().map(|b| b.len() + 32).sum::<usize>())
+            .sum();
+        let mut out = BytesMut::with_capacity(room);
+        for (encoded, beats) in listings {
+            for (bytes, (last_beat, kept_alive)) in encoded.iter().zip(beats) {
+                let since = prost_types::Duration::try_from(now.duration_since(last_beat)).ok();
+                let mut read_time = Vec::with_capacity(16);
+                if let Some(since) = &since {
+                    prost::encoding::message::encode(6, since, &mut read_time);
+                }
+                if kept_alive {
+                    prost::encoding::bool::encode(7, &kept_alive, &mut read_time);
+                }
+                out.put_u8(grantmesh_proto::listing::INSTANCES_KEY);
+                prost::encoding::encode_varint((bytes.len() + read_time.len()) as u64, &mut out);
+                out.put_slice(bytes);
+                out.put_slice(&read_time);
+            }
+        }
+        (out.freeze(), revision)
+    }
+
     /// A snapshot of `service` (in parts) and a subscription to every change after it.
     pub fn watch(
         &self,
@@ -675,6 +728,7 @@ impl Inner {
                 changes: broadcast::channel(WATCH_BACKLOG).0,
                 preserving: false,
                 cached: None,
+                encoded: None,
             })
     }
 
@@ -712,12 +766,32 @@ impl Inner {
         };
         let entry = self.service_mut(service);
         entry.cached = None;
+        entry.encoded = None;
         // No receivers is fine: nobody is watching this service.
         let _ = entry.changes.send(event);
     }
 }
 
 impl ServiceEntry {
+    /// Each instance encoded once, in id order, and their beat times.
+    fn encoded_listing(&mut self) -> (Arc<[Bytes]>, Vec<(Instant, bool)>) {
+        let encoded = self
+            .encoded
+            .get_or_insert_with(|| {
+                self.instances
+                    .values()
+                    .map(|lease| Bytes::from(prost::Message::encode_to_vec(&*lease.instance)))
+                    .collect()
+            })
+            .clone();
+        let beats = self
+            .instances
+            .values()
+            .map(|lease| (lease.last_beat, lease.holder.is_some()))
+            .collect();
+        (encoded, beats)
+    }
+
     /// The cached instances (rebuilt if a change invalidated them) and their beat times.
     fn listing(&mut self) -> Listing {
         let instances = self
@@ -1126,6 +1200,58 @@ mod tests {
         assert!(state.expire().is_empty(), "still within its grace");
         tokio::time::advance(Duration::from_millis(200)).await;
         assert_eq!(state.expire().len(), 1, "gone one TTL after resuming");
+    }
+
+    #[tokio::test]
+    async fn an_encoded_listing_reads_back_as_the_listing_itself() {
+        let state = RegistryState::new();
+        let mut labelled = instance("college", "c1");
+        labelled.labels = [("metrics".to_owned(), "http://x/metrics".to_owned())].into();
+        state.register(labelled, TTL).unwrap();
+        state.register(instance("college", "c2"), TTL).unwrap();
+        state.register(instance("agency", "a1"), TTL).unwrap();
+        let token = state.new_lease_token();
+        state.keep_alive("college", "c2", token).unwrap();
+        for service in ["college", ""] {
+            let (listed, revision) = state.list(service);
+            let (encoded, encoded_revision) = state.list_encoded(service);
+            let reply = grantmesh_proto::v1::ListInstancesReply {
+                encoded,
+                revision: encoded_revision,
+                ..Default::default()
+            };
+            let read =
+                grantmesh_proto::v1::ListInstancesReply::decode(reply.encode_to_vec().as_slice())
+                    .unwrap();
+            assert_eq!(read.revision, revision);
+            let without_beats = |instances: Vec<Instance>| -> Vec<Instance> {
+                instances
+                    .into_iter()
+                    .map(|mut i| {
+                        assert!(i.since_last_beat.is_some(), "{i:?}");
+                        i.since_last_beat = None;
+                        i
+                    })
+                    .collect()
+            };
+            assert_eq!(without_beats(read.instances), without_beats(listed));
+        }
+        // A change is seen at the next read.
+        state.register(instance("college", "c3"), TTL).unwrap();
+        let (encoded, _) = state.list_encoded("college");
+        let reply = grantmesh_proto::v1::ListInstancesReply {
+            encoded,
+            ..Default::default()
+        };
+        let read =
+            grantmesh_proto::v1::ListInstancesReply::decode(reply.encode_to_vec().as_slice())
+                .unwrap();
+        let ids: Vec<_> = read.instances.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["c1", "c2", "c3"]);
+        assert!(
+            read.instances[1].keep_alive_stream,
+            "read-time fields are stamped"
+        );
     }
 
     #[tokio::test]
