@@ -15,9 +15,16 @@ size measures from this process, a Python grpcio client:
   CPU, over half as many watches.
 
     .tmp/pyenv/bin/python clients/python/bench_registry_scale.py \
-        --binary target/release/grantmesh
+        --binary target/release/grantmesh [--etcd /usr/bin/etcd --sizes 1000,10000]
 
-It asserts nothing; it prints a Markdown table for docs/benchmarks.md.
+With --etcd PATH it also starts that etcd (a throwaway member on free
+loopback ports), puts the same instances under a key prefix (each value the
+instance's encoded bytes, about what the registry holds), and times a prefix
+Range (serializable, etcd's cheapest read) on the same client the same way,
+alternating the two --rounds times: the ratio etcd / registry is how many
+times faster ListInstances is.
+
+It asserts nothing; it prints Markdown tables for docs/benchmarks.md.
 """
 
 import argparse
@@ -112,13 +119,152 @@ def watch_cost(stub, pid, service, times):
     return seen, wall / times * 1e3, (cpu_seconds(pid) - cpu) / times * 1e3
 
 
+ETCD_PROTO = """
+syntax = "proto3";
+package etcdserverpb;
+message ResponseHeader { uint64 cluster_id = 1; uint64 member_id = 2; int64 revision = 3; uint64 raft_term = 4; }
+message KeyValue { bytes key = 1; int64 create_revision = 2; int64 mod_revision = 3; int64 version = 4; bytes value = 5; int64 lease = 6; }
+message RangeRequest { bytes key = 1; bytes range_end = 2; int64 limit = 3; int64 revision = 4; int32 sort_order = 5;
+  int32 sort_target = 6; bool serializable = 7; bool keys_only = 8; bool count_only = 9; }
+message RangeResponse { ResponseHeader header = 1; repeated KeyValue kvs = 2; bool more = 3; int64 count = 4; }
+message PutRequest { bytes key = 1; bytes value = 2; int64 lease = 3; bool prev_kv = 4; bool ignore_value = 5; bool ignore_lease = 6; }
+message PutResponse { ResponseHeader header = 1; }
+service KV { rpc Range(RangeRequest) returns (RangeResponse); rpc Put(PutRequest) returns (PutResponse); }
+"""
+
+
+def etcd_stubs(workdir):
+    """etcd's KV service (the messages it needs, by etcd's field numbers), compiled here."""
+    from grpc_tools import protoc
+    (workdir / "etcd_kv.proto").write_text(ETCD_PROTO)
+    code = protoc.main(["protoc", f"-I{workdir}", f"--python_out={workdir}",
+                        f"--grpc_python_out={workdir}", str(workdir / "etcd_kv.proto")])
+    if code != 0:
+        raise SystemExit("could not compile the etcd KV stubs")
+    sys.path.insert(0, str(workdir))
+    import etcd_kv_pb2
+    import etcd_kv_pb2_grpc
+    return etcd_kv_pb2, etcd_kv_pb2_grpc
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_etcd(path, workdir):
+    client, peer = free_port(), free_port()
+    proc = subprocess.Popen(
+        [path, "--name", "bench", "--data-dir", str(workdir / "etcd"),
+         "--listen-client-urls", f"http://127.0.0.1:{client}",
+         "--advertise-client-urls", f"http://127.0.0.1:{client}",
+         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", f"bench=http://127.0.0.1:{peer}",
+         "--max-request-bytes", str(16 * 1024 * 1024),
+         "--quota-backend-bytes", str(8 * 1024 * 1024 * 1024)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "ETCD_UNSUPPORTED_ARCH": os.uname().machine},
+    )
+    return proc, f"127.0.0.1:{client}"
+
+
+def etcd_put(kv, pb, stub, start, stop, window=512):
+    pending = []
+    for n in range(start, stop):
+        value = instance("scale", n).SerializeToString()
+        pending.append(stub.Put.future(pb.PutRequest(key=f"/scale/{n:06d}".encode(), value=value), timeout=60))
+        if len(pending) >= window:
+            for f in pending:
+                f.result()
+            pending = []
+    for f in pending:
+        f.result()
+
+
+def etcd_range_cost(pb, stub, pid, calls, decode):
+    """A prefix Range; with `decode`, each value also parsed into an Instance,
+    as a client must before it can use what it listed."""
+    request = pb.RangeRequest(key=b"/scale/", range_end=b"/scale0", serializable=True)
+    stub.Range(request, timeout=60)
+    cpu, wall = cpu_seconds(pid), time.perf_counter()
+    for _ in range(calls):
+        reply = stub.Range(request, timeout=60)
+        if decode:
+            [registry_pb2.Instance.FromString(kv.value) for kv in reply.kvs]
+    wall = time.perf_counter() - wall
+    return len(reply.kvs), wall / calls * 1e3, (cpu_seconds(pid) - cpu) / calls * 1e3
+
+
+def compare_with_etcd(args, sizes):
+    import tempfile
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="grantmesh-etcd-bench-"))
+    pb, pb_grpc = etcd_stubs(workdir)
+    registry, addr = start_registry(args.binary, max(sizes))
+    etcd, etcd_addr = start_etcd(args.etcd, workdir)
+    options = [("grpc.max_receive_message_length", BIG), ("grpc.max_send_message_length", BIG)]
+    try:
+        reg = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(addr, options=options))
+        kv = pb_grpc.KVStub(grpc.insecure_channel(etcd_addr, options=options))
+        for _ in range(100):
+            try:
+                kv.Range(pb.RangeRequest(key=b"/"), timeout=1)
+                break
+            except grpc.RpcError:
+                time.sleep(0.1)
+        rows = []
+        done = 0
+        for size in sizes:
+            register(reg, "scale", done, size)
+            etcd_put(None, pb, kv, done, size)
+            done = size
+            cells = {"registry": [], "etcd": [], "etcd+decode": []}
+            for round_ in range(args.rounds):
+                order = list(cells) if round_ % 2 == 0 else list(reversed(cells))
+                for who in order:
+                    if who == "registry":
+                        n, wall, cpu = list_cost(reg, registry.pid, "scale", args.calls)
+                    else:
+                        n, wall, cpu = etcd_range_cost(pb, kv, etcd.pid, args.calls, who == "etcd+decode")
+                    assert n == size, (who, n, size)
+                    cells[who].append((wall, cpu))
+            rows.append((size, cells))
+            print(f"  {size}: compared", flush=True)
+        print()
+        print("| instances | ListInstances wall | registry CPU per reply | etcd Range wall | etcd CPU per reply "
+              "| etcd / registry (wall) | per round | Range + decoding the values, wall | its ratio |")
+        print("| --: | --: | --: | --: | --: | --: | --: | --: | --: |")
+        for size, cells in rows:
+            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+            r_wall, r_cpu = mean([c[0] for c in cells["registry"]]), mean([c[1] for c in cells["registry"]])
+            e_wall, e_cpu = mean([c[0] for c in cells["etcd"]]), mean([c[1] for c in cells["etcd"]])
+            d_wall = mean([c[0] for c in cells["etcd+decode"]])
+            per_round = [e[0] / r[0] for r, e in zip(cells["registry"], cells["etcd"])]
+            print(f"| {size:,} | {r_wall:.2f} ms | {r_cpu:.2f} ms | {e_wall:.2f} ms | {e_cpu:.2f} ms "
+                  f"| **{e_wall / r_wall:.2f}** | {min(per_round):.2f}–{max(per_round):.2f} "
+                  f"| {d_wall:.2f} ms | {d_wall / r_wall:.2f} |")
+    finally:
+        for proc in (registry, etcd):
+            proc.terminate()
+            proc.wait(timeout=15)
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--binary", default="target/release/grantmesh")
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--etcd", help="an etcd binary to compare ListInstances with (e.g. /usr/bin/etcd)")
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.etcd:
+        compare_with_etcd(args, sizes)
+        return
 
     proc, addr = start_registry(args.binary, max(sizes))
     try:
