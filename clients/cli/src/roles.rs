@@ -226,6 +226,15 @@ pub struct CollegeArgs {
         value_parser = parse_agencies
     )]
     agencies: AgencyBands,
+    /// WatchAccount streams this college serves at once.
+    #[arg(long, env = "GRANTMESH_MAX_ACCOUNT_WATCHES", default_value_t = grantmesh_college::WatchLimits::default().total)]
+    max_account_watches: usize,
+    /// WatchAccount streams from one address (a member's certificate counts as one).
+    #[arg(long, env = "GRANTMESH_MAX_ACCOUNT_WATCHES_PER_PEER", default_value_t = grantmesh_college::WatchLimits::default().per_peer)]
+    max_account_watches_per_peer: usize,
+    /// WatchAccount streams one researcher may hold open.
+    #[arg(long, env = "GRANTMESH_MAX_ACCOUNT_WATCHES_PER_RESEARCHER", default_value_t = grantmesh_college::WatchLimits::default().per_researcher)]
+    max_account_watches_per_researcher: usize,
 }
 
 /// `--agencies`, parsed: names and bands in the order given.
@@ -424,6 +433,11 @@ pub async fn run_college(args: CollegeArgs) -> anyhow::Result<ExitCode> {
         store: args.store.settings()?,
         day_length: args.day_length,
         agencies: args.agencies.0,
+        watches: grantmesh_college::WatchLimits {
+            total: args.max_account_watches,
+            per_peer: args.max_account_watches_per_peer,
+            per_researcher: args.max_account_watches_per_researcher,
+        },
     });
     run(role, &args.mesh.server, DEFAULT_COLLEGE_PORT).await
 }

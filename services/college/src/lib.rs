@@ -18,6 +18,8 @@ pub mod store;
 pub mod validate;
 mod watch;
 
+pub use watch::WatchLimits;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -51,6 +53,8 @@ pub struct CollegeConfig {
     /// from any other agency, or for an award outside its band, is refused
     /// before the store is touched.
     pub agencies: HashMap<String, (i64, i64)>,
+    /// How many `WatchAccount` streams it serves, and to whom.
+    pub watches: WatchLimits,
 }
 
 /// The `grantmesh.v1.College` implementation.
@@ -94,13 +98,14 @@ impl CollegeService {
             closing.clone(),
         )
         .await?;
+        let watchers = Arc::new(watch::Watchers::new(config.watches));
         let service = Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 notifications,
                 closing: closing.clone(),
-                watchers: Arc::default(),
+                watchers,
                 attempts: grantmesh_auth::Attempts::new(),
                 metrics: metrics::CollegeMetrics::new(),
             }),

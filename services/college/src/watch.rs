@@ -57,20 +57,50 @@ pub const MAX_WATCHERS_PER_PEER: usize = 512;
 pub(crate) struct Watchers {
     /// In total and per peer.
     shares: Arc<Shares>,
+    /// The most per researcher.
+    per_researcher: usize,
     /// Per researcher.
     open: std::sync::Mutex<HashMap<Uuid, usize>>,
     /// The feed of every watched account ([`run_feed`]).
     feeds: std::sync::Mutex<HashMap<Uuid, broadcast::Sender<Update>>>,
 }
 
-impl Default for Watchers {
+/// How many `WatchAccount` streams one College serves, and to whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchLimits {
+    /// In all ([`MAX_WATCHERS`] by default).
+    pub total: usize,
+    /// From one address ([`MAX_WATCHERS_PER_PEER`]).
+    pub per_peer: usize,
+    /// For one researcher ([`MAX_WATCHERS_PER_RESEARCHER`]).
+    pub per_researcher: usize,
+}
+
+impl Default for WatchLimits {
     fn default() -> Self {
         Self {
+            total: MAX_WATCHERS,
+            per_peer: MAX_WATCHERS_PER_PEER,
+            per_researcher: MAX_WATCHERS_PER_RESEARCHER,
+        }
+    }
+}
+
+impl Default for Watchers {
+    fn default() -> Self {
+        Self::new(WatchLimits::default())
+    }
+}
+
+impl Watchers {
+    pub(crate) fn new(limits: WatchLimits) -> Self {
+        Self {
             shares: Shares::new(Split {
-                total: MAX_WATCHERS,
-                per_peer: MAX_WATCHERS_PER_PEER,
+                total: limits.total,
+                per_peer: limits.per_peer,
                 reserved_for_members: 0,
             }),
+            per_researcher: limits.per_researcher,
             open: Default::default(),
             feeds: Default::default(),
         }
@@ -92,19 +122,23 @@ impl Watchers {
     ) -> Result<WatchPermit, Status> {
         let mut open = self.open.lock().expect("watchers poisoned");
         let mine = open.get(&researcher).copied().unwrap_or(0);
-        if mine >= MAX_WATCHERS_PER_RESEARCHER {
+        if mine >= self.per_researcher {
             return Err(Status::resource_exhausted(format!(
-                "you already have {MAX_WATCHERS_PER_RESEARCHER} account watches open on this college; close one first"
+                "you already have {} account watches open on this college; close one first",
+                self.per_researcher
             )));
         }
+        let split = self.shares.split();
         let share = self.shares.take(peer).map_err(|full| {
             Status::resource_exhausted(match full {
                 Full::Peer => format!(
-                    "{} already has {MAX_WATCHERS_PER_PEER} account watches open on this college, the most one address may; close some first",
-                    peer.describe()
+                    "{} already has {} account watches open on this college, the most one address may; close some first",
+                    peer.describe(),
+                    split.per_peer
                 ),
                 Full::Total | Full::Anonymous => format!(
-                    "this college already serves {MAX_WATCHERS} account watches; retry later or on another instance"
+                    "this college already serves {} account watches; retry later or on another instance",
+                    split.total
                 ),
             })
         })?;

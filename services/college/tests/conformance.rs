@@ -1438,6 +1438,7 @@ async fn a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another(
         keys: keys.clone(),
         pool_size: 4,
         agencies: [("nsf".to_owned(), (1, 1_000_000))].into(),
+        watches: grantmesh_college::WatchLimits::default(),
     };
     let closing = CancellationToken::new();
     let writer = CollegeService::start(config("college-a"), &store.url, closing.clone())
@@ -2095,6 +2096,7 @@ async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance
         keys: keys.clone(),
         pool_size: 8,
         agencies: [("nsf".to_owned(), (1, 1_000_000))].into(),
+        watches: grantmesh_college::WatchLimits::default(),
     };
     let closing = CancellationToken::new();
     let writer = CollegeService::start(config("college-a"), &store.url, closing.clone())

@@ -384,6 +384,8 @@ pub struct CollegeSettings {
     /// The agencies this college opens accounts for, each with the band of
     /// awards it grants; any other agency, or award, is refused.
     pub agencies: Vec<(String, Band)>,
+    /// How many `WatchAccount` streams it serves, and to whom.
+    pub watches: grantmesh_college::WatchLimits,
 }
 
 impl CollegeSettings {
@@ -396,6 +398,7 @@ impl CollegeSettings {
             store,
             day_length: Duration::from_secs(24 * 60 * 60),
             agencies: vec![(DEFAULT_AGENCY_NAME.to_owned(), Band::DEFAULT)],
+            watches: grantmesh_college::WatchLimits::default(),
         }
     }
 
@@ -413,6 +416,13 @@ impl CollegeSettings {
         self.store.validate()?;
         if self.day_length.is_zero() {
             return Err(ConfigError::new("the day length must be more than zero"));
+        }
+        let watches = &self.watches;
+        if watches.total == 0 || watches.per_peer == 0 || watches.per_researcher == 0 {
+            return Err(ConfigError::new(
+                "--max-account-watches, --max-account-watches-per-peer and \
+                 --max-account-watches-per-researcher must be at least 1",
+            ));
         }
         if self.agencies.is_empty() {
             return Err(ConfigError::new(

@@ -216,6 +216,7 @@ async fn start_college(
         keys: settings.store.keys.clone(),
         pool_size: settings.store.pool_size,
         agencies: settings.agency_bands(),
+        watches: settings.watches,
     };
     let service = grantmesh_college::CollegeService::start(
         config,
