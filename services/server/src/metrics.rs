@@ -119,6 +119,11 @@ impl Metrics {
 /// from gRPC.
 pub const MAX_METRICS_CONNECTIONS: usize = 32;
 
+/// Connections the metrics endpoint holds from one address: a scraper
+/// needs one, so a stranger holding connections open keeps this many and
+/// leaves the rest to Prometheus.
+pub const MAX_METRICS_CONNECTIONS_PER_ADDRESS: usize = 4;
+
 /// How long a metrics client may take to send a request's headers, the
 /// first or the next on a kept-alive connection: an idle connection is
 /// closed after it.
@@ -128,7 +133,8 @@ pub const METRICS_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::fro
 pub const METRICS_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Serves `GET /metrics` on `listener` until `shutdown` is cancelled, over
-/// HTTP/1.1 with at most [`MAX_METRICS_CONNECTIONS`] connections, each
+/// HTTP/1.1 with at most [`MAX_METRICS_CONNECTIONS`] connections
+/// ([`MAX_METRICS_CONNECTIONS_PER_ADDRESS`] from one address), each
 /// closed when idle for [`METRICS_HEADER_TIMEOUT`] or after
 /// [`METRICS_CONNECTION_LIFETIME`].
 pub fn spawn_endpoint(
@@ -155,6 +161,10 @@ pub fn spawn_endpoint(
         }),
     );
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
+    let per_address = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        std::net::IpAddr,
+        usize,
+    >::new()));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(METRICS_HEADER_TIMEOUT);
@@ -173,10 +183,41 @@ pub fn spawn_endpoint(
                     continue;
                 }
             };
-            let Ok(permit) = std::sync::Arc::clone(&connections).try_acquire_owned() else {
+            let from_peer = {
+                let mut held = per_address.lock().expect("metrics connections poisoned");
+                let from_peer = held.entry(peer.ip()).or_insert(0);
+                if *from_peer < MAX_METRICS_CONNECTIONS_PER_ADDRESS {
+                    *from_peer += 1;
+                    true
+                } else {
+                    false
+                }
+            };
+            let permit = if from_peer {
+                std::sync::Arc::clone(&connections).try_acquire_owned().ok()
+            } else {
+                None
+            };
+            let give_back = {
+                let per_address = std::sync::Arc::clone(&per_address);
+                let ip = peer.ip();
+                move || {
+                    let mut held = per_address.lock().expect("metrics connections poisoned");
+                    if let Some(count) = held.get_mut(&ip) {
+                        *count -= 1;
+                        if *count == 0 {
+                            held.remove(&ip);
+                        }
+                    }
+                }
+            };
+            let Some(permit) = permit else {
+                if from_peer {
+                    give_back();
+                }
                 refused += 1;
                 if refused.is_power_of_two() {
-                    tracing::warn!(%addr, %peer, refused, "the metrics endpoint holds {MAX_METRICS_CONNECTIONS} connections; closing new ones");
+                    tracing::warn!(%addr, %peer, refused, "the metrics endpoint holds {MAX_METRICS_CONNECTIONS} connections ({MAX_METRICS_CONNECTIONS_PER_ADDRESS} per address); closing new ones");
                 }
                 drop(stream);
                 continue;
@@ -190,6 +231,7 @@ pub fn spawn_endpoint(
                     () = shutdown.cancelled() => {}
                 }
                 drop(permit);
+                give_back();
             });
         }
     });

@@ -281,7 +281,7 @@ async fn idle_connections_to_the_metrics_port_take_neither_grpc_nor_scrapes_for_
         }
     }
     assert!(
-        closed >= idle.len() - grantmesh_server::metrics::MAX_METRICS_CONNECTIONS,
+        closed >= idle.len() - grantmesh_server::metrics::MAX_METRICS_CONNECTIONS_PER_ADDRESS,
         "{closed} of {} closed at once",
         idle.len()
     );

@@ -565,3 +565,54 @@ pub async fn held_tls(
     }
     stop.cancelled().await;
 }
+
+/// `count` idle TCP connections to a metrics endpoint from [`ABUSER`],
+/// opened again as the endpoint closes them, and a scrape every 5 s from
+/// the well-behaved address, counted by whether it was answered.
+pub async fn metrics_port(
+    metrics: SocketAddr,
+    count: usize,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let (tally, stop) = (tally.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let Ok(Ok(mut tcp)) = tokio::time::timeout(Duration::from_secs(2), tcp_to(metrics)).await
+                else {
+                    tally.count("metrics port: connect failed");
+                    tokio::time::sleep(AFTER_REFUSAL).await;
+                    continue;
+                };
+                let mut byte = [0u8; 1];
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tcp.read(&mut byte) => tally.count("metrics port: idle connection closed by the server"),
+                }
+                tokio::time::sleep(AFTER_REFUSAL).await;
+            }
+        }));
+    }
+    let (scrape_tally, scrape_stop) = (tally.clone(), stop.clone());
+    tasks.push(tokio::spawn(async move {
+        while !scrape_stop.is_cancelled() {
+            let scrape = async {
+                let mut tcp = TcpStream::connect(metrics).await.ok()?;
+                tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: soak\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut reply = Vec::new();
+                tcp.read_to_end(&mut reply).await.ok()?;
+                Some(reply.starts_with(b"HTTP/1.0 200") || reply.starts_with(b"HTTP/1.1 200"))
+            };
+            match tokio::time::timeout(Duration::from_secs(5), scrape).await {
+                Ok(Some(true)) => scrape_tally.count("metrics port: a scrape answered"),
+                _ => scrape_tally.count("metrics port: a scrape not answered within 5 s"),
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }));
+    futures::future::join_all(tasks).await;
+}

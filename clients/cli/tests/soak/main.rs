@@ -227,6 +227,12 @@ async fn soak() -> Vec<String> {
             t.clone(),
             s.clone(),
         )));
+        abuse_tasks.push(tokio::spawn(abuse::metrics_port(
+            mesh.college_metrics,
+            256,
+            t.clone(),
+            s.clone(),
+        )));
         // (At the other college, whose other abusers only never speak, so
         // that this one's share does not also shut out the abusers above.)
         abuse_tasks.push(tokio::spawn(abuse::held_tls(
@@ -322,6 +328,23 @@ async fn soak() -> Vec<String> {
     stop_all.cancel();
 
     // The checks.
+    // Scrapes get through while strangers hold the metrics port's connections.
+    let scrapes = |what: &str| {
+        tally
+            .rows()
+            .iter()
+            .find(|(row, _)| row == what)
+            .map_or(0, |(_, n)| *n)
+    };
+    let (answered, unanswered) = (
+        scrapes("metrics port: a scrape answered"),
+        scrapes("metrics port: a scrape not answered within 5 s"),
+    );
+    if answered == 0 || unanswered > answered {
+        failures.push(format!(
+            "metrics port: {answered} scrapes answered, {unanswered} not, while its connections were held"
+        ));
+    }
     let p99_bound = P99_BOUND.as_micros() as u64;
     let mut calls = Table::new();
     calls.set_header([

@@ -34,6 +34,8 @@ pub struct SoakMesh {
     pub registry: Proc,
     pub colleges: Vec<Proc>,
     pub agency: Proc,
+    /// The first college's metrics endpoint (`--metrics-listen`).
+    pub college_metrics: std::net::SocketAddr,
 }
 
 impl SoakMesh {
@@ -42,23 +44,24 @@ impl SoakMesh {
         let db = TestDb::create().await;
         let registry = Proc::registry(&["--tls-dir", &dir]).await;
         let mut colleges = Vec::new();
+        let college_metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("an address");
         for n in 0..2 {
             let id = format!("college-{n}");
-            colleges.push(
-                Proc::member(
-                    "college",
-                    &registry.url(),
-                    &[
-                        "--tls-dir",
-                        &dir,
-                        "--database-url",
-                        &db.url,
-                        "--instance-id",
-                        &id,
-                    ],
-                )
-                .await,
-            );
+            let metrics = college_metrics.to_string();
+            let mut args = vec![
+                "--tls-dir",
+                &dir,
+                "--database-url",
+                &db.url,
+                "--instance-id",
+                &id,
+            ];
+            if n == 0 {
+                args.extend(["--metrics-listen", &metrics]);
+            }
+            colleges.push(Proc::member("college", &registry.url(), &args).await);
         }
         let agency = Proc::member(
             "agency",
@@ -92,6 +95,7 @@ impl SoakMesh {
             registry,
             colleges,
             agency,
+            college_metrics,
         }
     }
 
