@@ -270,18 +270,20 @@ async fn idle_connections_to_the_metrics_port_take_neither_grpc_nor_scrapes_for_
         idle.len()
     );
 
-    // Those beyond the endpoint's cap are closed at once.
+    // Those beyond the endpoint's caps are closed at once (well within the
+    // header timeout the held ones wait out).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut closed = 0;
     for tcp in &mut idle {
         let mut byte = [0u8; 1];
         if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::from_millis(20), tcp.read(&mut byte)).await
+            tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut byte)).await
         {
             closed += 1;
         }
     }
     assert!(
-        closed >= idle.len() - grantmesh_server::metrics::MAX_METRICS_CONNECTIONS_PER_ADDRESS,
+        closed >= idle.len() - grantmesh_server::metrics::MAX_METRICS_CONNECTIONS,
         "{closed} of {} closed at once",
         idle.len()
     );
