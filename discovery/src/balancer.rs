@@ -184,7 +184,8 @@ impl Balancer {
         self.call_with(Resend::WhenNotSent, call).await
     }
 
-    async fn call_with<T, F, Fut>(&self, resend: Resend, mut call: F) -> Result<T, Status>
+    /// [`Balancer::call`] or [`Balancer::call_once`], as `resend` says.
+    pub async fn call_with<T, F, Fut>(&self, resend: Resend, mut call: F) -> Result<T, Status>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -427,7 +428,7 @@ fn classify(status: Status) -> (Status, bool) {
 
 /// When [`Balancer::call_with`] sends a call again on another instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Resend {
+pub enum Resend {
     /// Whenever it failed UNAVAILABLE: safe for reads and for mutations
     /// with an idempotency key.
     WhenUnavailable,

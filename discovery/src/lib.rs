@@ -21,7 +21,7 @@ pub mod incoming;
 mod registrar;
 pub mod tls;
 
-pub use balancer::{Balancer, BalancerOptions, MeshView, SnapshotParts};
+pub use balancer::{Balancer, BalancerOptions, MeshView, Resend, SnapshotParts};
 pub use registrar::{Registrar, RegistrarOptions};
 
 use std::time::Duration;

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use grantmesh_discovery::tls::Transport;
-use grantmesh_discovery::{Balancer, BalancerOptions};
+use grantmesh_discovery::{Balancer, BalancerOptions, Resend};
 use grantmesh_proto::{AgencyClient, CollegeClient};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
@@ -79,17 +79,8 @@ impl MeshClient {
         F: Fn(CollegeClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Rep>, Status>>,
     {
-        let bearer = bearer(token)?;
-        let reply = self
-            .college
-            .call(|channel| {
-                method(
-                    CollegeClient::new(channel),
-                    request(message.clone(), &bearer),
-                )
-            })
-            .await?;
-        Ok(reply.into_inner())
+        self.college_with(Resend::WhenUnavailable, token, message, method)
+            .await
     }
 
     /// As [`MeshClient::college`], for a call that carries no idempotency
@@ -106,10 +97,26 @@ impl MeshClient {
         F: Fn(CollegeClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Rep>, Status>>,
     {
+        self.college_with(Resend::WhenNotSent, token, message, method)
+            .await
+    }
+
+    async fn college_with<Req, Rep, F, Fut>(
+        &self,
+        resend: Resend,
+        token: Option<&str>,
+        message: Req,
+        method: F,
+    ) -> Result<Rep, Status>
+    where
+        Req: Clone,
+        F: Fn(CollegeClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Rep>, Status>>,
+    {
         let bearer = bearer(token)?;
         let reply = self
             .college
-            .call_once(|channel| {
+            .call_with(resend, |channel| {
                 method(
                     CollegeClient::new(channel),
                     request(message.clone(), &bearer),

@@ -538,19 +538,7 @@ impl RegistryState {
     /// The live instances of `service` (of every service when empty), with
     /// the time since each last beat.
     pub fn list(&self, service: &str) -> (Vec<Instance>, u64) {
-        let (listings, revision) = {
-            let mut inner = self.lock();
-            let names: Vec<String> = if service.is_empty() {
-                inner.services.keys().cloned().collect()
-            } else {
-                vec![service.to_owned()]
-            };
-            let listings: Vec<Listing> = names
-                .iter()
-                .filter_map(|name| inner.services.get_mut(name).map(ServiceEntry::listing))
-                .collect();
-            (listings, inner.revision)
-        };
+        let (listings, revision) = self.of_services(service, ServiceEntry::listing);
         let now = Instant::now();
         let instances = listings
             .into_iter()
@@ -559,30 +547,33 @@ impl RegistryState {
         (instances, revision)
     }
 
+    /// `read` of `service`, or of every service when it is empty, under the
+    /// lock, with the revision they were read at.
+    fn of_services<T>(
+        &self,
+        service: &str,
+        read: impl Fn(&mut ServiceEntry) -> T,
+    ) -> (Vec<T>, u64) {
+        let mut inner = self.lock();
+        let names: Vec<String> = if service.is_empty() {
+            inner.services.keys().cloned().collect()
+        } else {
+            vec![service.to_owned()]
+        };
+        let read: Vec<T> = names
+            .iter()
+            .filter_map(|name| inner.services.get_mut(name).map(&read))
+            .collect();
+        (read, inner.revision)
+    }
+
     /// As [`RegistryState::list`], the instances already encoded as
     /// `ListInstancesReply.instances` (field 1): each instance's bytes are
     /// made once per change, and a read only appends the time since its
     /// last beat and whether a stream holds it (fields 6 and 7 come last; a
     /// field may come in any order).
     pub fn list_encoded(&self, service: &str) -> (Bytes, u64) {
-        let (listings, revision) = {
-            let mut inner = self.lock();
-            let names: Vec<String> = if service.is_empty() {
-                inner.services.keys().cloned().collect()
-            } else {
-                vec![service.to_owned()]
-            };
-            let listings: Vec<_> = names
-                .iter()
-                .filter_map(|name| {
-                    inner
-                        .services
-                        .get_mut(name)
-                        .map(ServiceEntry::encoded_listing)
-                })
-                .collect();
-            (listings, inner.revision)
-        };
+        let (listings, revision) = self.of_services(service, ServiceEntry::encoded_listing);
         let now = Instant::now();
         let room: usize = listings
             .iter()

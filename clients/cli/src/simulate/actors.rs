@@ -13,7 +13,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use grantmesh_discovery::Balancer;
+use grantmesh_discovery::{Balancer, Resend};
 use grantmesh_proto::v1::*;
 use grantmesh_proto::{AgencyClient, CollegeClient};
 use rand::rngs::StdRng;
@@ -517,28 +517,6 @@ impl World {
         }
     }
 
-    /// As [`World::college`], for a call that must not run twice.
-    async fn college_once<T, R, F, Fut>(
-        &self,
-        token: Option<&str>,
-        message: T,
-        call: F,
-    ) -> Result<R, Status>
-    where
-        T: Clone,
-        F: Fn(CollegeClient<Channel>, Request<T>) -> Fut,
-        Fut: Future<Output = Result<Response<R>, Status>>,
-    {
-        self.colleges
-            .call_once(|channel| {
-                let request = authorized(message.clone(), token);
-                let client = CollegeClient::new(channel);
-                let call = request.map(|request| call(client, request));
-                async move { call?.await.map(Response::into_inner) }
-            })
-            .await
-    }
-
     /// Calls a College through the balancer with a fresh request per attempt.
     async fn college<T, R, F, Fut>(
         &self,
@@ -551,8 +529,40 @@ impl World {
         F: Fn(CollegeClient<Channel>, Request<T>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
+        self.college_with(Resend::WhenUnavailable, token, message, call)
+            .await
+    }
+
+    /// As [`World::college`], for a call that must not run twice.
+    async fn college_once<T, R, F, Fut>(
+        &self,
+        token: Option<&str>,
+        message: T,
+        call: F,
+    ) -> Result<R, Status>
+    where
+        T: Clone,
+        F: Fn(CollegeClient<Channel>, Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        self.college_with(Resend::WhenNotSent, token, message, call)
+            .await
+    }
+
+    async fn college_with<T, R, F, Fut>(
+        &self,
+        resend: Resend,
+        token: Option<&str>,
+        message: T,
+        call: F,
+    ) -> Result<R, Status>
+    where
+        T: Clone,
+        F: Fn(CollegeClient<Channel>, Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
         self.colleges
-            .call(|channel| {
+            .call_with(resend, |channel| {
                 let request = authorized(message.clone(), token);
                 let client = CollegeClient::new(channel);
                 let call = request.map(|request| call(client, request));

@@ -80,17 +80,6 @@ async fn flood(
     tasks
 }
 
-fn college_at(id: &str, address: &str) -> RegisterRequest {
-    RegisterRequest {
-        instance: Some(Instance {
-            id: id.into(),
-            service: "college".into(),
-            address: address.into(),
-            ..Default::default()
-        }),
-    }
-}
-
 async fn health(channel: Channel) -> Result<ServingStatus, tonic::Status> {
     let reply = HealthClient::new(channel)
         .check(HealthCheckRequest::default())

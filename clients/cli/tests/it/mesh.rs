@@ -527,19 +527,9 @@ async fn a_call_without_an_idempotency_key_is_not_sent_again_once_it_may_have_re
         ("broken", format!("http://{broken}")),
         ("answering", answering.url()),
     ] {
+        let ttl = Some(Duration::from_secs(60));
         client
-            .register(grantmesh_proto::v1::RegisterRequest {
-                instance: Some(grantmesh_proto::v1::Instance {
-                    id: id.into(),
-                    service: "flaky".into(),
-                    address,
-                    ttl: Some(prost_types::Duration {
-                        seconds: 60,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                }),
-            })
+            .register(registration("flaky", id, &address, ttl))
             .await
             .unwrap();
     }
@@ -575,19 +565,9 @@ async fn a_call_without_an_idempotency_key_is_not_sent_again_once_it_may_have_re
         ("gone", "http://127.0.0.1:9".to_owned()),
         ("answering", answering.url()),
     ] {
+        let ttl = Some(Duration::from_secs(60));
         client
-            .register(grantmesh_proto::v1::RegisterRequest {
-                instance: Some(grantmesh_proto::v1::Instance {
-                    id: id.into(),
-                    service: "half-gone".into(),
-                    address,
-                    ttl: Some(prost_types::Duration {
-                        seconds: 60,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                }),
-            })
+            .register(registration("half-gone", id, &address, ttl))
             .await
             .unwrap();
     }

@@ -34,17 +34,6 @@ async fn registry_as(
         .map_err(|err| format!("{err:?}"))
 }
 
-fn college_at(id: &str, address: &str) -> RegisterRequest {
-    RegisterRequest {
-        instance: Some(Instance {
-            id: id.into(),
-            service: "college".into(),
-            address: address.into(),
-            ..Default::default()
-        }),
-    }
-}
-
 /// The colleges the registry at `url` lists, read over TLS with the CA in `dir`.
 async fn colleges(url: &str, dir: &Path) -> Vec<Instance> {
     let mut client = registry_as(url, dir, None).await.unwrap();

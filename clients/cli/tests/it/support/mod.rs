@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use grantmesh_node::process::ChildNode;
 use grantmesh_proto::RegistryClient;
-use grantmesh_proto::v1::{Instance, ListInstancesRequest, WatchEvent, WatchRequest};
+use grantmesh_proto::v1::{
+    Instance, ListInstancesRequest, RegisterRequest, WatchEvent, WatchRequest,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::Child;
@@ -269,4 +271,28 @@ pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     grantmesh_auth::authorize(&mut request, token).unwrap();
     request
+}
+
+/// A registration of `service` instance `id` at `address`, as one registers
+/// by hand; `ttl` when given.
+pub fn registration(
+    service: &str,
+    id: &str,
+    address: &str,
+    ttl: Option<Duration>,
+) -> RegisterRequest {
+    RegisterRequest {
+        instance: Some(Instance {
+            id: id.into(),
+            service: service.into(),
+            address: address.into(),
+            ttl: ttl.and_then(|ttl| prost_types::Duration::try_from(ttl).ok()),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A college `id` at `address`, registered by hand.
+pub fn college_at(id: &str, address: &str) -> RegisterRequest {
+    registration("college", id, address, None)
 }
