@@ -775,12 +775,15 @@ impl ServiceEntry {
                     .collect()
             })
             .clone();
-        let beats = self
-            .instances
+        (encoded, self.beats())
+    }
+
+    /// When each instance, in id order, last beat, and whether a stream holds it.
+    fn beats(&self) -> Vec<(Instant, bool)> {
+        self.instances
             .values()
             .map(|lease| (lease.last_beat, lease.holder.is_some()))
-            .collect();
-        (encoded, beats)
+            .collect()
     }
 
     /// The cached instances (rebuilt if a change invalidated them) and their beat times.
@@ -794,12 +797,10 @@ impl ServiceEntry {
                     .collect()
             })
             .clone();
-        let beats = self
-            .instances
-            .values()
-            .map(|lease| (lease.last_beat, lease.holder.is_some()))
-            .collect();
-        Listing { instances, beats }
+        Listing {
+            instances,
+            beats: self.beats(),
+        }
     }
 }
 
