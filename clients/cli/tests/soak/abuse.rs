@@ -616,3 +616,142 @@ pub async fn metrics_port(
     }));
     futures::future::join_all(tasks).await;
 }
+
+/// A browser's form post to the portal at `portal` from `local`, with its
+/// cookie: the status and the body.
+async fn portal_post(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<hyper::body::Bytes>,
+    >,
+    portal: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<String>,
+) -> Option<(hyper::StatusCode, Option<String>, String)> {
+    use http_body_util::BodyExt as _;
+    let mut request = hyper::Request::builder()
+        .method(if form.is_some() { "POST" } else { "GET" })
+        .uri(format!("http://{portal}{path}"));
+    if let Some(cookie) = cookie {
+        request = request.header(hyper::header::COOKIE, cookie);
+    }
+    if form.is_some() {
+        request = request.header(
+            hyper::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        );
+    }
+    let request = request
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            form.unwrap_or_default(),
+        )))
+        .ok()?;
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.status();
+    let cookie = response
+        .headers()
+        .get_all(hyper::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("grantmesh_session="))
+        .map(|v| v.split(';').next().unwrap_or(v).to_owned());
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, cookie, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The CSRF token of a portal page.
+fn csrf_of(page: &str) -> Option<String> {
+    let start = page.find("name=\"csrf\" value=\"")? + "name=\"csrf\" value=\"".len();
+    Some(page[start..].split('"').next()?.to_owned())
+}
+
+/// An HTTP client of the portal that calls from `local`.
+fn portal_client(
+    local: IpAddr,
+) -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<hyper::body::Bytes>,
+> {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(Some(local));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
+
+/// `callers` browsers from [`ABUSER`] posting wrong passwords to the
+/// portal's log-in form, each with a session and CSRF token of its own.
+pub async fn portal_login_flood(
+    portal: SocketAddr,
+    callers: usize,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let client = portal_client(ABUSER);
+    let mut tasks = Vec::new();
+    for n in 0..callers {
+        let (client, tally, stop) = (client.clone(), tally.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let Some((_, Some(cookie), page)) = portal_post(&client, portal, "/login", None, None).await
+            else {
+                tally.count("portal login flood: no login page");
+                return;
+            };
+            let Some(csrf) = csrf_of(&page) else {
+                tally.count("portal login flood: no CSRF token");
+                return;
+            };
+            let mut guess = 0u64;
+            while !stop.is_cancelled() {
+                guess += 1;
+                let form = format!(
+                    "csrf={csrf}&email=guess-{n}-{guess}%40uni.edu&password=wrong+horse+battery&next=%2F"
+                );
+                match portal_post(&client, portal, "/login", Some(&cookie), Some(form)).await {
+                    Some((status, _, _)) => tally.count(format!("portal login flood: HTTP {}", status.as_u16())),
+                    None => tally.count("portal login flood: no answer"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+}
+
+/// A bystander logging in through the portal every 10 s from the
+/// well-behaved address, as `email` with `password`: counted by outcome.
+pub async fn portal_bystander(
+    portal: SocketAddr,
+    email: String,
+    password: String,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    let client = portal_client(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    while !stop.is_cancelled() {
+        let logged_in = async {
+            let (_, cookie, page) = portal_post(&client, portal, "/login", None, None).await?;
+            let csrf = csrf_of(&page)?;
+            let form = format!(
+                "csrf={csrf}&email={}&password={}&next=%2F",
+                email.replace('@', "%40"),
+                password.replace(' ', "+")
+            );
+            let (status, _, _) =
+                portal_post(&client, portal, "/login", cookie.as_deref(), Some(form)).await?;
+            Some(status == hyper::StatusCode::SEE_OTHER)
+        }
+        .await;
+        tally.count(match logged_in {
+            Some(true) => "portal bystander: logged in",
+            _ => "portal bystander: login failed",
+        });
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}

@@ -148,8 +148,11 @@ async fn soak() -> Vec<String> {
         .map(|i| rss.max_between(i, started - 10.0, started + 0.1))
         .collect();
 
-    // A stranger's researcher account, for the random-id WatchAccount abuser.
+    // A stranger's researcher account, for the random-id WatchAccount abuser,
+    // and a bystander who logs in through the portal during the abuse.
     let stranger = load::researcher(&college_urls[1], "stranger").await;
+    let bystander = format!("bystander-{}@university.edu", uuid::Uuid::new_v4().simple());
+    load::researcher_with_email(&college_urls[0], &bystander).await;
 
     // The abusers, on a runtime of their own, so that their tasks do not
     // delay the well-behaved clients' in this process.
@@ -224,6 +227,19 @@ async fn soak() -> Vec<String> {
         abuse_tasks.push(tokio::spawn(abuse::random_account_watches(
             college_urls[1].clone(),
             stranger.clone(),
+            t.clone(),
+            s.clone(),
+        )));
+        abuse_tasks.push(tokio::spawn(abuse::portal_login_flood(
+            mesh.portal_addr,
+            8,
+            t.clone(),
+            s.clone(),
+        )));
+        abuse_tasks.push(tokio::spawn(abuse::portal_bystander(
+            mesh.portal_addr,
+            bystander.clone(),
+            "correct horse battery staple".to_owned(),
             t.clone(),
             s.clone(),
         )));
@@ -329,7 +345,7 @@ async fn soak() -> Vec<String> {
 
     // The checks.
     // Scrapes get through while strangers hold the metrics port's connections.
-    let scrapes = |what: &str| {
+    let counted = |what: &str| {
         tally
             .rows()
             .iter()
@@ -337,12 +353,22 @@ async fn soak() -> Vec<String> {
             .map_or(0, |(_, n)| *n)
     };
     let (answered, unanswered) = (
-        scrapes("metrics port: a scrape answered"),
-        scrapes("metrics port: a scrape not answered within 5 s"),
+        counted("metrics port: a scrape answered"),
+        counted("metrics port: a scrape not answered within 5 s"),
     );
     if answered == 0 || unanswered > answered {
         failures.push(format!(
             "metrics port: {answered} scrapes answered, {unanswered} not, while its connections were held"
+        ));
+    }
+    // A visitor logs in through the portal while another floods its log-in form.
+    let (logged_in, refused) = (
+        counted("portal bystander: logged in"),
+        counted("portal bystander: login failed"),
+    );
+    if logged_in == 0 || refused > 0 {
+        failures.push(format!(
+            "portal: the bystander logged in {logged_in} times and was refused {refused} times during the login flood"
         ));
     }
     let p99_bound = P99_BOUND.as_micros() as u64;

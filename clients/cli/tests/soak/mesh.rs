@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::db::TestDb;
-use crate::support::{Proc, assert_eventually, ids, tls};
+use crate::support::{Proc, assert_eventually, free_port, ids, tls};
 
 /// The service the abusive registrations are made under; the test CA signs
 /// a certificate naming it, as a mesh member gone rogue would hold.
@@ -36,6 +36,46 @@ pub struct SoakMesh {
     pub agency: Proc,
     /// The first college's metrics endpoint (`--metrics-listen`).
     pub college_metrics: std::net::SocketAddr,
+    /// The web portal (`grantmesh web`) in front of the mesh, and where it listens.
+    pub portal: tokio::process::Child,
+    pub portal_addr: std::net::SocketAddr,
+}
+
+/// Starts `grantmesh web` in front of the registry at `registry`.
+async fn start_portal(registry: &str) -> (tokio::process::Child, std::net::SocketAddr) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_grantmesh"))
+        .args([
+            "web",
+            "--listen",
+            "127.0.0.1:0",
+            "--registry",
+            registry,
+            "--ca",
+        ])
+        .arg(tls_dir().join(ca::CA_CERT))
+        .env("GRANTMESH_LOG", "warn")
+        .env_remove("GRANTMESH_CA")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("grantmesh web starts");
+    let stdout = child.stdout.take().expect("its stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the portal says where it listens")
+        .expect("its stdout")
+        .expect("a line");
+    // "grantmesh web: http://ADDR (mesh dashboard: …)"
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("the portal said {line:?}"));
+    (child, addr)
 }
 
 impl SoakMesh {
@@ -90,12 +130,15 @@ impl SoakMesh {
             },
         )
         .await;
+        let (portal, portal_addr) = start_portal(&registry.url()).await;
         SoakMesh {
             db,
             registry,
             colleges,
             agency,
             college_metrics,
+            portal,
+            portal_addr,
         }
     }
 
@@ -114,12 +157,17 @@ impl SoakMesh {
         let mut all = vec![&mut self.registry];
         all.extend(self.colleges.iter_mut());
         all.push(&mut self.agency);
-        all.into_iter()
+        let mut exited: Vec<String> = all
+            .into_iter()
             .filter_map(|p| match p.child.try_wait() {
                 Ok(Some(status)) => Some(format!("{} exited: {status}", p.name)),
                 _ => None,
             })
-            .collect()
+            .collect();
+        if let Ok(Some(status)) = self.portal.try_wait() {
+            exited.push(format!("the web portal exited: {status}"));
+        }
+        exited
     }
 }
 
