@@ -45,6 +45,32 @@ fn distinct_bytes(key: &[u8]) -> usize {
     seen.iter().filter(|&&s| s).count()
 }
 
+/// Whether `key` looks made up rather than random: fewer than
+/// [`MIN_DISTINCT_KEY_BYTES`] byte values; one of `.env.example`'s
+/// `change-me…` placeholders; runs of consecutive characters for half of
+/// it or more ("0123456789abcdef…", "abcdefgh…"); or a short pattern
+/// repeated ("abcdabcd…"). A random key — 32 bytes of base64, or
+/// `openssl rand -hex 32` — is none of these; it is a guard against
+/// placeholders, not a measure of entropy.
+fn looks_made_up(key: &[u8]) -> bool {
+    let lower = key.to_ascii_lowercase();
+    let placeholder = lower
+        .windows(9)
+        .any(|w| w == b"change-me" || w == b"changeme_")
+        || lower.windows(8).any(|w| w == b"changeme");
+    let consecutive = key
+        .windows(2)
+        .filter(|pair| pair[1] == pair[0].wrapping_add(1))
+        .count();
+    let repeated = (1..=8).any(|period| {
+        key.len() > 2 * period && key.iter().zip(&key[period..]).all(|(a, b)| a == b)
+    });
+    distinct_bytes(key) < MIN_DISTINCT_KEY_BYTES
+        || placeholder
+        || consecutive * 2 >= key.len()
+        || repeated
+}
+
 /// Shortest key accepted for signing tokens.
 pub const MIN_KEY_BYTES: usize = 32;
 
@@ -154,7 +180,7 @@ impl Keys {
             return Err(AuthError::SameKeys);
         }
         for (key, name) in [(token_key, "token key"), (service_key, "service key")] {
-            if distinct_bytes(key) < MIN_DISTINCT_KEY_BYTES {
+            if looks_made_up(key) {
                 return Err(AuthError::WeakKey(name));
             }
         }
@@ -658,8 +684,8 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::new(
-            b"token-key-0123456789abcdefghijkl",
-            b"service-key-0123456789abcdefghij",
+            b"token-key-qbCbioWyiPpj3TBVjZqCYw",
+            b"service-key-GcDal8TEEvjR1wcslGjP",
             Duration::from_secs(60),
         )
         .unwrap()
@@ -689,8 +715,8 @@ mod tests {
             tonic::Code::Unauthenticated
         );
         let other = Keys::new(
-            b"other-token-key-0123456789abcdef",
-            b"other-service-key-0123456789abcd",
+            b"other-token-key-tOSUwxNfPtzb4V3Z",
+            b"other-service-key-YhFmY2jbqGqNqT",
             Duration::from_secs(60),
         )
         .unwrap();
@@ -880,8 +906,8 @@ mod tests {
     fn a_forged_or_unbound_agency_credential_is_unauthenticated() {
         let keys = keys();
         let other = Keys::new(
-            b"other-token-key-0123456789abcdef",
-            b"other-service-key-0123456789abcd",
+            b"other-token-key-tOSUwxNfPtzb4V3Z",
+            b"other-service-key-YhFmY2jbqGqNqT",
             Duration::from_secs(60),
         )
         .unwrap();
@@ -926,12 +952,34 @@ mod tests {
     }
 
     #[test]
+    fn placeholder_sequential_and_repeated_keys_are_refused_and_random_ones_taken() {
+        for made_up in [
+            "change-me-token-key-at-least-32-bytes-long",
+            "change-me-service-key-at-least-32-bytes-long",
+            "CHANGEME_token_key_for_production_only_x",
+            "0123456789abcdef0123456789abcdef",
+            "abcdefghijklmnopqrstuvwxyz012345",
+            "secretsecretsecretsecretsecretse",
+        ] {
+            assert!(looks_made_up(made_up.as_bytes()), "{made_up}");
+        }
+        for random in [
+            // `openssl rand -hex 32`, as .env.example says.
+            "9f3b1c6e0d8a4f7b2e5c9a1d3f6b8e0c4a7d2f9b1e6c3a8d5f0b2e7c9a4d1f6b",
+            // `head -c 32 /dev/urandom | base64`.
+            "q3Vx9Lk2mW8rT1pZ6yB4nH7cJ0eG5aUfDsQiOtEv+Rw=",
+        ] {
+            assert!(!looks_made_up(random.as_bytes()), "{random}");
+        }
+    }
+
+    #[test]
     fn short_or_equal_keys_are_refused() {
         assert!(Keys::new(&[1; 31], &[2; 32], Duration::from_secs(1)).is_err());
         assert!(Keys::new(&[1; 32], &[1; 32], Duration::from_secs(1)).is_err());
         let weak = Keys::new(
             &[b'a'; 32],
-            b"service-key-0123456789abcdefghij",
+            b"service-key-GcDal8TEEvjR1wcslGjP",
             Duration::from_secs(1),
         );
         assert!(matches!(weak, Err(AuthError::WeakKey("token key"))));

@@ -1427,8 +1427,8 @@ async fn a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another(
     use grantmesh_proto::v1::{AccountEvent, WatchAccountRequest, WithdrawRequest, account_event};
 
     let keys = grantmesh_auth::Keys::new(
-        b"conformance-token-key-0123456789abcdef01",
-        b"conformance-service-key-0123456789abcdef",
+        b"conformance-token-key-UBFGBGUXRRj4lViDF0",
+        b"conformance-service-key-UmrMJIbQq2L8xEY7",
         Duration::from_secs(600),
     )
     .unwrap();
@@ -2085,8 +2085,8 @@ async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance
     use grantmesh_proto::v1::{WatchAccountRequest, account_event};
 
     let keys = grantmesh_auth::Keys::new(
-        b"conformance-token-key-0123456789abcdef01",
-        b"conformance-service-key-0123456789abcdef",
+        b"conformance-token-key-UBFGBGUXRRj4lViDF0",
+        b"conformance-service-key-UmrMJIbQq2L8xEY7",
         Duration::from_secs(600),
     )
     .unwrap();

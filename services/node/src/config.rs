@@ -523,8 +523,8 @@ mod tests {
             database_url: "sqlite:/tmp/x.db".into(),
             pool_size: 4,
             keys: Keys::new(
-                b"token-key-0123456789abcdefghijkl",
-                b"service-key-0123456789abcdefghij",
+                b"token-key-qbCbioWyiPpj3TBVjZqCYw",
+                b"service-key-GcDal8TEEvjR1wcslGjP",
                 Duration::from_secs(60),
             )
             .unwrap(),

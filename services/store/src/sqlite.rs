@@ -114,6 +114,27 @@ pub async fn connect(path: &Path, max_size: usize) -> Result<SqliteStore> {
                 rusqlite::Error::InvalidPath(PathBuf::from(format!("{}: {err}", folder.display())))
             })?;
         }
+        // A new file is readable by its owner only (the ledger and the
+        // password hashes are in it); SQLite gives its -wal and -shm files
+        // the same mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&opened)
+            {
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(err) => {
+                    return Err(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                        "{}: {err}",
+                        opened.display()
+                    ))));
+                }
+            }
+        }
         let conn = rusqlite::Connection::open(&opened)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Persistent in the file: set once, every later connection sees it.
@@ -307,6 +328,26 @@ macro_rules! sqlite_now_ms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_new_store_file_and_its_journal_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let store = connect(&path, 1).await.unwrap();
+        let conn = store.pool.get().await.unwrap();
+        conn.interact(|conn| conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);"))
+            .await
+            .unwrap()
+            .unwrap();
+        for file in ["ledger.db", "ledger.db-wal"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap_or_else(|err| panic!("{file}: {err}"))
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+        }
+    }
 
     /// Defect 7 of issue 18: the embedded store ran `synchronous = NORMAL`,
     /// under which an acknowledged commit can be lost to a power cut. Every

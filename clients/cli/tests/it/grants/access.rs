@@ -48,8 +48,8 @@ async fn authentication_and_permissions_are_enforced() {
         "invalid",
     );
     let forged = grantmesh_auth::Keys::new(
-        b"forged-token-key-0123456789abcde",
-        b"forged-service-key-0123456789abc",
+        b"forged-token-key-Exq42tm8kQNchZr",
+        b"forged-service-key-VNd0xXi4iUQnx",
         Duration::from_secs(60),
     )
     .unwrap()

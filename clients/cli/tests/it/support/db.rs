@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use tokio_postgres::NoTls;
 
 /// Keys every test deployment signs with.
-pub const TOKEN_KEY: &str = "test-token-key-0123456789abcdef0123456789";
-pub const SERVICE_KEY: &str = "test-service-key-0123456789abcdef01234567";
+pub const TOKEN_KEY: &str = "test-token-key-IxS9YMAbHEdeg2USLwVyy58EHg";
+pub const SERVICE_KEY: &str = "test-service-key-1kr8wRuGRyBDLAgkklJ6wVin";
 
 /// The server's URL (any database on it).
 pub fn server_url() -> String {
