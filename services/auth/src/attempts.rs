@@ -18,10 +18,18 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tonic::Status;
 
-/// Login attempts one email gets per minute on one College instance, right
-/// or wrong: a person who mistypes a few times is not slowed, a guesser is
-/// held to this rate (it was ~25 a second against one account).
+/// Login attempts one email gets per minute from one client address on one
+/// College instance, right or wrong: a person who mistypes a few times is
+/// not slowed, a guesser is held to this rate (it was ~25 a second against
+/// one account) — and the owner, logging in from elsewhere, is not held
+/// back by a stranger's failures (keyed by email alone, twelve wrong
+/// passwords locked the owner out).
 pub const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
+
+/// Login attempts one email gets per minute from all addresses together on
+/// one College instance: what bounds a guesser spread over many addresses.
+/// Ten addresses' worth, so one stranger, or a few, never shut the owner out.
+pub const EMAIL_ATTEMPTS_PER_MINUTE: u32 = 100;
 
 /// Logins and sign-ups one peer address gets per minute on one College
 /// instance, after [`PEER_ATTEMPT_BURST`]: five a second sustained is more
@@ -36,7 +44,10 @@ pub const PEER_ATTEMPT_BURST: u32 = 100;
 
 /// The per-email and per-peer buckets of one process.
 pub struct Attempts {
-    by_email: DefaultKeyedRateLimiter<String>,
+    /// Per email and client address (its IPv6 /64).
+    by_email: DefaultKeyedRateLimiter<(String, Option<IpAddr>)>,
+    /// Per email, from everywhere.
+    by_email_anywhere: DefaultKeyedRateLimiter<String>,
     by_peer: DefaultKeyedRateLimiter<IpAddr>,
 }
 
@@ -51,21 +62,36 @@ impl Attempts {
         let per_email = NonZeroU32::new(LOGIN_ATTEMPTS_PER_MINUTE).expect("not zero");
         let per_peer = NonZeroU32::new(PEER_ATTEMPTS_PER_MINUTE).expect("not zero");
         let burst = NonZeroU32::new(PEER_ATTEMPT_BURST).expect("not zero");
+        let anywhere = NonZeroU32::new(EMAIL_ATTEMPTS_PER_MINUTE).expect("not zero");
         Self {
             by_email: RateLimiter::keyed(Quota::per_minute(per_email)),
+            by_email_anywhere: RateLimiter::keyed(Quota::per_minute(anywhere)),
             by_peer: RateLimiter::keyed(Quota::per_minute(per_peer).allow_burst(burst)),
         }
     }
 
-    /// Counts a login for `email` (known or not); RESOURCE_EXHAUSTED with
-    /// when to retry once the email has used up its rate.
-    pub fn check_email(&self, email: &str) -> Result<(), Status> {
-        self.by_email.check_key(&email.to_owned()).map_err(|wait| {
-            Status::resource_exhausted(format!(
-                "too many login attempts for this email (at most {LOGIN_ATTEMPTS_PER_MINUTE} a minute); retry in {}",
-                retry_in(wait.wait_time_from(DefaultClock::default().now()))
-            ))
-        })
+    /// Counts a login for `email` (known or not) from `peer`;
+    /// RESOURCE_EXHAUSTED with when to retry once the email has used up its
+    /// rate from that address, or from all of them. An attempt refused for
+    /// its address is not counted against the email's overall rate.
+    pub fn check_email(&self, email: &str, peer: Option<IpAddr>) -> Result<(), Status> {
+        let now = || DefaultClock::default().now();
+        self.by_email
+            .check_key(&(email.to_owned(), peer.map(prefix)))
+            .map_err(|wait| {
+                Status::resource_exhausted(format!(
+                    "too many login attempts for this email from your address (at most {LOGIN_ATTEMPTS_PER_MINUTE} a minute); retry in {}",
+                    retry_in(wait.wait_time_from(now()))
+                ))
+            })?;
+        self.by_email_anywhere
+            .check_key(&email.to_owned())
+            .map_err(|wait| {
+                Status::resource_exhausted(format!(
+                    "too many login attempts for this email (at most {EMAIL_ATTEMPTS_PER_MINUTE} a minute from all addresses); retry in {}",
+                    retry_in(wait.wait_time_from(now()))
+                ))
+            })
     }
 
     /// Counts a login or sign-up from `peer` (its IPv6 /64 counts as one
@@ -86,6 +112,8 @@ impl Attempts {
     pub fn forget_idle(&self) {
         self.by_email.retain_recent();
         self.by_email.shrink_to_fit();
+        self.by_email_anywhere.retain_recent();
+        self.by_email_anywhere.shrink_to_fit();
         self.by_peer.retain_recent();
         self.by_peer.shrink_to_fit();
     }
@@ -147,14 +175,45 @@ mod tests {
     }
 
     #[test]
+    fn a_strangers_failures_do_not_hold_the_owner_back_from_another_address() {
+        let attempts = Attempts::new();
+        let stranger = "192.0.2.66".parse().ok();
+        let owner = "198.51.100.7".parse().ok();
+        let mut refused = 0;
+        for _ in 0..100 {
+            refused += usize::from(attempts.check_email("ada@uni.edu", stranger).is_err());
+        }
+        assert_eq!(refused, 100 - LOGIN_ATTEMPTS_PER_MINUTE as usize);
+        attempts
+            .check_email("ada@uni.edu", owner)
+            .expect("the owner, elsewhere, is let in at once");
+    }
+
+    #[test]
+    fn an_email_guessed_from_many_addresses_is_held_to_its_overall_rate() {
+        let attempts = Attempts::new();
+        let mut let_in = 0;
+        for n in 0..=255u8 {
+            for _ in 0..LOGIN_ATTEMPTS_PER_MINUTE {
+                let peer = Some(IpAddr::from([192, 0, 2, n]));
+                let_in += usize::from(attempts.check_email("ada@uni.edu", peer).is_ok());
+            }
+        }
+        let most = EMAIL_ATTEMPTS_PER_MINUTE as usize;
+        // (One more may have come back while the loop ran.)
+        assert!((most..=most + 2).contains(&let_in), "{let_in}");
+    }
+
+    #[test]
     fn an_email_past_its_rate_is_told_when_to_retry() {
         let attempts = Attempts::new();
+        let peer = "192.0.2.9".parse().ok();
         for _ in 0..LOGIN_ATTEMPTS_PER_MINUTE {
-            attempts.check_email("ada@uni.edu").unwrap();
+            attempts.check_email("ada@uni.edu", peer).unwrap();
         }
-        let refused = attempts.check_email("ada@uni.edu").unwrap_err();
+        let refused = attempts.check_email("ada@uni.edu", peer).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(refused.message().contains("retry in 6 s"), "{refused:?}");
-        attempts.check_email("grace@uni.edu").unwrap();
+        attempts.check_email("grace@uni.edu", peer).unwrap();
     }
 }

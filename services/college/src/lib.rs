@@ -224,10 +224,11 @@ impl College for CollegeService {
 
     #[tracing::instrument(skip_all)]
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
-        self.inner.attempts.check_peer(peer(&request))?;
+        let from = peer(&request);
+        self.inner.attempts.check_peer(from)?;
         let request = request.into_inner();
         let email = validate::email("email", &request.email)?;
-        self.inner.attempts.check_email(&email)?;
+        self.inner.attempts.check_email(&email, from)?;
         let refused = || Status::unauthenticated("the email or password is wrong");
         let researcher = self
             .inner

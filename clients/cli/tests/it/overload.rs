@@ -264,28 +264,40 @@ async fn idle_connections_to_the_metrics_port_take_neither_grpc_nor_scrapes_for_
     )
     .await;
     let mut idle: Vec<_> = idle.into_iter().flatten().collect();
+    // (Some connects may fail while the endpoint closes the others: far
+    // more than it holds is what counts.)
     assert!(
-        idle.len() > 300,
+        idle.len() > 4 * grantmesh_server::metrics::MAX_METRICS_CONNECTIONS,
         "only {} connections were made",
         idle.len()
     );
 
-    // Those beyond the endpoint's caps are closed at once (well within the
-    // header timeout the held ones wait out).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Those beyond the endpoint's caps are closed as soon as it accepts
+    // them: well within the header timeout (5 s) the held ones wait out.
+    let started = std::time::Instant::now();
+    let mut open = vec![true; idle.len()];
     let mut closed = 0;
-    for tcp in &mut idle {
-        let mut byte = [0u8; 1];
-        if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut byte)).await
+    let enough = idle.len() - grantmesh_server::metrics::MAX_METRICS_CONNECTIONS;
+    while closed < enough && started.elapsed() < Duration::from_secs(4) {
+        for (tcp, open) in idle
+            .iter_mut()
+            .zip(open.iter_mut())
+            .filter(|(_, open)| **open)
         {
-            closed += 1;
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(5), tcp.read(&mut byte)).await
+            {
+                *open = false;
+                closed += 1;
+            }
         }
     }
     assert!(
-        closed >= idle.len() - grantmesh_server::metrics::MAX_METRICS_CONNECTIONS,
-        "{closed} of {} closed at once",
-        idle.len()
+        closed >= enough,
+        "{closed} of {} closed within {:?}",
+        idle.len(),
+        started.elapsed()
     );
     // gRPC is untouched.
     connect(&registry)

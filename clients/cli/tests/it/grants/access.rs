@@ -217,6 +217,56 @@ async fn password_guessing_against_one_email_is_held_to_a_rate() {
     assert_eq!(other.code(), Code::Unauthenticated, "{other:?}");
 }
 
+/// Issue 19's lock-out: a stranger's 100 wrong passwords for an email, from
+/// one address, do not keep the owner out when they log in from another.
+#[tokio::test]
+async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out() {
+    let mesh = Mesh::start(DAY).await;
+    let mut college = mesh.college(0).await;
+    let email = format!("owner-{}@uni.edu", uuid::Uuid::new_v4().simple());
+    college
+        .register_researcher(RegisterResearcherRequest {
+            name: "Owner".into(),
+            email: email.clone(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap();
+    let server: std::net::SocketAddr = mesh.colleges[0]
+        .url
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let stranger = crate::support::tls::channel_from(server, "127.0.0.2".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let mut stranger = grantmesh_proto::CollegeClient::new(stranger);
+    let mut held = 0;
+    for _ in 0..100 {
+        let wrong = stranger
+            .login(LoginRequest {
+                email: email.clone(),
+                password: "not the password".into(),
+            })
+            .await
+            .unwrap_err();
+        held += usize::from(wrong.code() == Code::ResourceExhausted);
+    }
+    assert!(
+        held >= 80,
+        "the stranger is held to its rate ({held} of 100 held)"
+    );
+    // The owner, from this test's own address, gets in at once.
+    let owner = college
+        .login(LoginRequest {
+            email,
+            password: "correct horse battery".into(),
+        })
+        .await
+        .expect("the owner is not locked out by a stranger's failures");
+    assert!(!owner.into_inner().token.is_empty());
+}
+
 /// The median of some durations.
 fn median(mut samples: Vec<std::time::Duration>) -> std::time::Duration {
     samples.sort();
