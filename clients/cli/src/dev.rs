@@ -519,10 +519,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         dev.stop().await?;
         return outcome;
     }
+    // Before the line scripts wait for: a SIGTERM sent on reading it drains.
+    let terminated = grantmesh_server::terminate_signal();
     print!("{}", dev.banner());
     // Scripts wait for this line.
     println!("mesh is up");
-    grantmesh_server::terminate_signal().await;
+    terminated.await;
     eprintln!("stopping: every node deregisters and drains");
     dev.stop().await?;
     Ok(ExitCode::SUCCESS)

@@ -453,9 +453,11 @@ async fn run(role: Role, server: &ServerArgs, default_port: u16) -> anyhow::Resu
         .with_context(|| format!("failed to listen on {addr}"))?;
     // The first line on stdout says where to reach this server; scripts and
     // tests that pass port 0 read it.
+    // Installed before the line below: a SIGTERM sent on reading it drains.
+    let terminated = grantmesh_server::terminate_signal();
     println!("listening on {}", listener.local_addr()?);
     let node = grantmesh_node::start(role, listener).await?;
-    node.run_until(grantmesh_server::terminate_signal()).await?;
+    node.run_until(terminated).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -48,9 +48,10 @@ pub async fn run(args: WebArgs) -> anyhow::Result<ExitCode> {
     let mut settings = WebSettings::new(parse_registry_list(&args.registry), transport);
     settings.secure_cookies = args.secure_cookies;
     tracing::info!(%addr, registry = %args.registry, "web portal serving");
+    let terminated = grantmesh_server::terminate_signal();
     println!("grantmesh web: http://{addr} (mesh dashboard: http://{addr}/mesh)");
     Web::new(settings)
-        .serve(listener, grantmesh_server::terminate_signal())
+        .serve(listener, terminated)
         .await
         .context("the web portal failed")?;
     Ok(ExitCode::SUCCESS)

@@ -263,14 +263,20 @@ fn reflection_v1alpha(
         .context("failed to build the v1alpha reflection service")
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn terminate_signal() {
+/// Resolves on the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called, not when the future is first polled: call it
+/// before saying the process is ready ("listening on", "mesh is up"), so a
+/// signal sent the moment a script reads that line is not the default
+/// action's (an exit without draining).
+pub fn terminate_signal() -> impl Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("failed to install the SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("failed to install the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM"),
-        _ = int.recv() => tracing::info!("received SIGINT"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("received SIGTERM"),
+            _ = int.recv() => tracing::info!("received SIGINT"),
+        }
     }
 }
 
