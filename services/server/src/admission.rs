@@ -128,10 +128,9 @@ impl Limits {
 /// Who an admitted call is from, in its request's extensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
-    /// The peer it counts against.
+    /// The peer it counts against (a member when it presented a verified
+    /// mesh client certificate, [`Peer::is_member`]).
     pub peer: Peer,
-    /// Whether it presented a verified mesh client certificate.
-    pub member: bool,
     /// The longest `Ping` delay this caller may ask for.
     pub max_ping_delay: Duration,
 }
@@ -235,15 +234,13 @@ where
             return Box::pin(self.inner.call(request));
         }
         let peer = Peer::of(&request);
-        let member = peer.is_member();
         let admitted = match self.counts.admit(peer) {
             Ok(admitted) => admitted,
             Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
         };
         request.extensions_mut().insert(Caller {
             peer,
-            member,
-            max_ping_delay: if member {
+            max_ping_delay: if peer.is_member() {
                 MAX_PING_DELAY
             } else {
                 self.counts.limits.anonymous_ping_delay

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use grantmesh_discovery::activity::{Activities, CallOpen};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// The tower layer of [`CallsOpen`].
 #[derive(Clone, Debug)]
@@ -57,16 +56,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let extensions = request.extensions();
-        let peer = extensions
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|tls| tls.get_ref().remote_addr())
-            .or_else(|| {
-                extensions
-                    .get::<TcpConnectInfo>()
-                    .and_then(TcpConnectInfo::remote_addr)
-            });
-        let open = peer.and_then(|peer| self.activities.call_started(peer));
+        let open =
+            crate::peers::remote_addr(&request).and_then(|peer| self.activities.call_started(peer));
         let call = self.inner.call(request);
         Box::pin(async move {
             let response = call.await?;

@@ -24,26 +24,30 @@ pub enum Peer {
     Unknown,
 }
 
+/// The socket address a request on a tonic server connection came from,
+/// on TLS or plaintext; `None` off TCP.
+pub fn remote_addr<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .map(TlsConnectInfo::get_ref)
+        .or_else(|| extensions.get::<TcpConnectInfo>())
+        .and_then(TcpConnectInfo::remote_addr)
+}
+
 impl Peer {
     /// The peer of a request on a tonic server connection.
     pub fn of<B>(request: &http::Request<B>) -> Self {
-        let extensions = request.extensions();
-        if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
-            if let Some(leaf) = tls.peer_certs().as_deref().and_then(|certs| certs.first()) {
-                let mut digest = DefaultHasher::new();
-                leaf.as_ref().hash(&mut digest);
-                return Peer::Member(digest.finish());
-            }
-            return Self::address(tls.get_ref());
+        let leaf = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
+        if let Some(leaf) = leaf.as_deref().and_then(|certs| certs.first()) {
+            let mut digest = DefaultHasher::new();
+            leaf.as_ref().hash(&mut digest);
+            return Peer::Member(digest.finish());
         }
-        extensions
-            .get::<TcpConnectInfo>()
-            .map_or(Peer::Unknown, Self::address)
-    }
-
-    fn address(tcp: &TcpConnectInfo) -> Self {
-        tcp.remote_addr()
-            .map_or(Peer::Unknown, |addr| Peer::Address(addr.ip()))
+        remote_addr(request).map_or(Peer::Unknown, |addr| Peer::Address(addr.ip()))
     }
 
     /// Whether it is a mesh member (a verified client certificate).
