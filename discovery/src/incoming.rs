@@ -28,9 +28,9 @@
 //! When `accept` itself fails (out of file descriptors), the loop backs off
 //! instead of spinning.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -45,6 +45,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::activity::{Activities, Entered};
+use crate::peers::{Full, Peer, Share, Shares, Split};
 use crate::tls::TlsMaterial;
 
 /// How long a client may take to open its connection: finish the TLS
@@ -110,7 +111,7 @@ pub fn max_connections() -> usize {
 pub struct Limited<S> {
     stream: S,
     _permit: OwnedSemaphorePermit,
-    _anonymous: Option<AnonymousSlot>,
+    _anonymous: Option<Share>,
     /// Its calls, counted by the server's admission layer.
     entered: Entered,
     idle_timeout: Duration,
@@ -249,7 +250,13 @@ async fn accept_loop<S, F, Fut>(
 {
     let openings = Arc::new(Openings::default());
     let connections = Arc::new(Semaphore::new(limits.total));
-    let anonymous = Arc::new(Anonymous::new(limits));
+    // Strangers' open connections: members take none of these shares.
+    let anonymous = Shares::new(Split {
+        total: limits.total,
+        per_peer: limits.per_address,
+        reserved_for_members: limits.reserved_for_members,
+    });
+    let refused_strangers = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut refused = 0u64;
     // Since when `accept` has failed without a success in between.
     let mut failing_since: Option<tokio::time::Instant> = None;
@@ -289,6 +296,7 @@ async fn accept_loop<S, F, Fut>(
         let (id, evicted) = openings.start();
         let openings = Arc::clone(&openings);
         let anonymous = Arc::clone(&anonymous);
+        let refused_strangers = Arc::clone(&refused_strangers);
         let activities = Arc::clone(&activities);
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -302,9 +310,26 @@ async fn accept_loop<S, F, Fut>(
                     let slot = if member {
                         None
                     } else {
-                        match anonymous.take(peer.ip()) {
-                            Ok(slot) => Some(slot),
-                            Err(why) => {
+                        match anonymous.take(Peer::Address(peer.ip())) {
+                            Ok(share) => Some(share),
+                            Err(full) => {
+                                let why = match full {
+                                    Full::Peer => format!(
+                                        "{} already holds {} connections without a mesh certificate, the most one address may",
+                                        peer.ip(),
+                                        limits.per_address
+                                    ),
+                                    Full::Total | Full::Anonymous => format!(
+                                        "{} connections without a mesh certificate are open, the most this server holds; the rest are kept for members",
+                                        limits.total - limits.reserved_for_members
+                                    ),
+                                };
+                                let refused = refused_strangers
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                                    + 1;
+                                if refused.is_power_of_two() {
+                                    tracing::warn!(%peer, refused, "{why}; closing new connections from it");
+                                }
                                 tracing::debug!(%peer, "connection closed: {why}");
                                 return;
                             }
@@ -332,83 +357,6 @@ async fn accept_loop<S, F, Fut>(
                 }
             }
         });
-    }
-}
-
-/// The open connections without a mesh certificate: in all, and per address.
-struct Anonymous {
-    limits: ConnectionLimits,
-    /// How many are open in all, and from each address that has any.
-    open: std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>,
-    refused: std::sync::atomic::AtomicU64,
-}
-
-/// One anonymous connection's place, given back when it closes.
-pub struct AnonymousSlot {
-    anonymous: Arc<Anonymous>,
-    address: IpAddr,
-}
-
-impl Anonymous {
-    fn new(limits: ConnectionLimits) -> Self {
-        Self {
-            limits,
-            open: std::sync::Mutex::new((0, HashMap::new())),
-            refused: Default::default(),
-        }
-    }
-
-    /// A place for one more anonymous connection from `address`, or why not.
-    fn take(self: &Arc<Self>, address: IpAddr) -> Result<AnonymousSlot, String> {
-        let limits = &self.limits;
-        let mut open = self.open.lock().expect("connection counts poisoned");
-        let (all, per_address) = &mut *open;
-        let from = per_address.get(&address).copied().unwrap_or(0);
-        let why = if from >= limits.per_address {
-            Some(format!(
-                "{address} already holds {from} connections without a mesh certificate, the most one address may"
-            ))
-        } else if *all >= limits.total.saturating_sub(limits.reserved_for_members) {
-            Some(format!(
-                "{all} connections without a mesh certificate are open, the most this server holds; the rest are kept for members"
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            let refused = self
-                .refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1;
-            if refused.is_power_of_two() {
-                tracing::warn!(%address, refused, "{why}; closing new connections from it");
-            }
-            return Err(why);
-        }
-        *all += 1;
-        *per_address.entry(address).or_default() += 1;
-        Ok(AnonymousSlot {
-            anonymous: Arc::clone(self),
-            address,
-        })
-    }
-}
-
-impl Drop for AnonymousSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .anonymous
-            .open
-            .lock()
-            .expect("connection counts poisoned");
-        let (all, per_address) = &mut *open;
-        *all -= 1;
-        if let Some(count) = per_address.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                per_address.remove(&self.address);
-            }
-        }
     }
 }
 

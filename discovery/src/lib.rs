@@ -18,6 +18,7 @@
 pub mod activity;
 mod balancer;
 pub mod incoming;
+pub mod peers;
 mod registrar;
 pub mod tls;
 

@@ -21,7 +21,7 @@ pub mod admission;
 pub mod calls_open;
 pub mod metrics;
 pub mod odd_input;
-pub mod peers;
+pub use grantmesh_discovery::peers;
 pub mod telemetry;
 
 pub use admission::{Caller, Limits, Peer};

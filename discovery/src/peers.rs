@@ -2,7 +2,8 @@
 //! capacity shared out so that no single caller, and no crowd of callers
 //! without a mesh certificate, takes it from the others ([`Shares`]).
 //!
-//! Admission uses it for calls; the registry for Watch streams; the
+//! The accept loop ([`crate::incoming`]) uses it for connections, a
+//! server's admission for calls, the registry for Watch streams and the
 //! College for account watches.
 
 use std::collections::HashMap;
