@@ -3,18 +3,22 @@
 # need a little shell around the binary in docker-compose.yml.
 #
 #   certs            the init service: makes the mesh CA once (in the `ca`
-#                    volume, with its key) and issues the registry and agency
-#                    certificates into the `tls` volume (CA certificate and
-#                    leaves, no CA key). It runs again whenever a service that
+#                    volume, with its key) and the token key pair once (in
+#                    `college-keys`), copies the CA certificate and the token
+#                    public key into the `tls` volume (everyone's, no private
+#                    key), and issues the registries' certificate into
+#                    `registry-tls` and each agency's (agency/NAME) into its
+#                    own volume, which only that agency mounts. It runs again whenever a service that
 #                    depends on it starts (`run simulate`, `up`), so it is
 #                    idempotent: it keeps a certificate that is there for the
 #                    same names and not within 30 days of expiring, and issues
 #                    only what is missing, different or about to expire (a
 #                    re-issued file would make every server reload under a
 #                    live cluster). Everything else mounts `tls` read-only.
-#   college ARGS…    a college replica: issues its own leaf at start for the
-#                    container's hostname (unique per replica, so
-#                    `--scale college=N` works) from the CA in the `ca` volume,
+#   college ARGS…    a college replica: issues its own leaf at start naming
+#                    college/HOSTNAME (the container's hostname, unique per
+#                    replica and its registry id, so `--scale college=N`
+#                    works) from the CA in the `ca` volume,
 #                    advertises https://HOSTNAME:PORT, then runs
 #                    `grantmesh college ARGS…`.
 #   ARGS…            anything else runs `grantmesh ARGS…` (registry, agency,
@@ -24,24 +28,38 @@ set -eu
 # Mount points of the two volumes (see Dockerfile and docker-compose.yml).
 CA_DIR=${GRANTMESH_CA_DIR:-/var/lib/grantmesh/ca}
 TLS_DIR=${GRANTMESH_TLS_OUT:-/var/lib/grantmesh/tls}
+REGISTRY_DIR=${GRANTMESH_REGISTRY_TLS:-/var/lib/grantmesh/registry}
+KEYS_DIR=${GRANTMESH_COLLEGE_KEYS:-/var/lib/grantmesh/college-keys}
+
+# Copies $1 to $2 unless they are alike; through a temporary file and a
+# rename, so a reader never sees half a file, and a live cluster no change.
+copy_if_changed() {
+    if ! cmp -s "$1" "$2"; then
+        cp "$1" "$2.new"
+        mv "$2.new" "$2"
+    fi
+}
 
 case "${1:-}" in
 certs)
     if [ ! -f "$CA_DIR/ca.pem" ]; then
         grantmesh ca init --dir "$CA_DIR"
     fi
-    # Written next to the target, then renamed: a reader never sees half a
-    # file. Copied only when it differs, so a live cluster sees no change.
-    if ! cmp -s "$CA_DIR/ca.pem" "$TLS_DIR/ca.pem"; then
-        cp "$CA_DIR/ca.pem" "$TLS_DIR/.ca.pem.new"
-        mv "$TLS_DIR/.ca.pem.new" "$TLS_DIR/ca.pem"
+    copy_if_changed "$CA_DIR/ca.pem" "$TLS_DIR/ca.pem"
+    if [ ! -f "$KEYS_DIR/token.key" ]; then
+        grantmesh ca token-key --dir "$KEYS_DIR"
     fi
+    copy_if_changed "$KEYS_DIR/token.pub" "$TLS_DIR/token.pub"
     # Names the registries and agencies are dialled at: their compose service
     # names, plus localhost / 127.0.0.1 for healthchecks and published ports.
-    grantmesh ca issue --dir "$CA_DIR" --out "$TLS_DIR" --renew-within 30d --service registry \
+    grantmesh ca issue --dir "$CA_DIR" --out "$REGISTRY_DIR" --renew-within 30d --service registry \
         --dns "${GRANTMESH_REGISTRY_NAMES:-registry-1,registry-2},localhost" --ip 127.0.0.1
-    grantmesh ca issue --dir "$CA_DIR" --out "$TLS_DIR" --renew-within 30d --service agency \
-        --dns "${GRANTMESH_AGENCY_NAMES:-agency-nsf,agency-erc},localhost" --ip 127.0.0.1
+    # Each agency's certificate, in the volume only that agency mounts.
+    for agency in ${GRANTMESH_AGENCIES_TO_ISSUE:-nsf erc}; do
+        grantmesh ca issue --dir "$CA_DIR" --out "/var/lib/grantmesh/agency-$agency" \
+            --renew-within 30d --service agency --name "$agency" \
+            --dns "agency-$agency,localhost" --ip 127.0.0.1
+    done
     exit 0
     ;;
 college)
@@ -49,10 +67,10 @@ college)
     host=$(hostname)
     port=${GRANTMESH_LISTEN##*:}
     leaf=$(mktemp -d)
-    grantmesh ca issue --dir "$CA_DIR" --out "$leaf" --service college \
+    grantmesh ca issue --dir "$CA_DIR" --out "$leaf" --service college --name "$host" \
         --dns "$host,college,localhost" --ip 127.0.0.1 >/dev/null
-    GRANTMESH_CERT="$leaf/college.pem"
-    GRANTMESH_KEY="$leaf/college.key"
+    GRANTMESH_CERT="$leaf/college.$host.pem"
+    GRANTMESH_KEY="$leaf/college.$host.key"
     GRANTMESH_ADVERTISE=${GRANTMESH_ADVERTISE:-https://$host:$port}
     export GRANTMESH_CERT GRANTMESH_KEY GRANTMESH_ADVERTISE
     exec grantmesh college "$@"

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! grantmesh ca init  --dir /etc/grantmesh/tls
-//! grantmesh ca issue --dir /etc/grantmesh/tls --service college --dns college-1.internal --ip 10.0.0.7
+//! grantmesh ca issue --dir /etc/grantmesh/tls --service college --name college-1 --dns college-1.internal --ip 10.0.0.7
 //! grantmesh college  --tls-dir /etc/grantmesh/tls …
 //! ```
 //!
@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use grantmesh_discovery::tls::Identity;
 use grantmesh_discovery::tls::ca::{self, LeafRequest};
 
 #[derive(Subcommand, Debug)]
@@ -23,7 +24,16 @@ pub enum Ca {
         #[arg(long, env = "GRANTMESH_TLS_DIR")]
         dir: PathBuf,
     },
-    /// Sign a certificate for one service (DIR/SERVICE.pem, DIR/SERVICE.key).
+    /// Make the researcher-token key pair: DIR/token.key (Ed25519, mode 0600),
+    /// which only colleges hold and sign with, and DIR/token.pub, with which
+    /// agencies verify tokens. Refuses to overwrite a key.
+    TokenKey {
+        /// Where to put it.
+        #[arg(long, env = "GRANTMESH_TLS_DIR")]
+        dir: PathBuf,
+    },
+    /// Sign a certificate for one mesh member (DIR/SERVICE.NAME.pem and .key,
+    /// or DIR/SERVICE.pem and .key without --name).
     Issue(IssueArgs),
 }
 
@@ -35,6 +45,12 @@ pub struct IssueArgs {
     /// The service the certificate names: registry, agency, college, …
     #[arg(long)]
     service: String,
+    /// Who it is within the service: a college's instance id (`college-1`),
+    /// an agency's name (`nsf`). The registry lets a certificate register
+    /// only the instance it names, and colleges open accounts for the agency
+    /// it names; a registry's certificate has no name.
+    #[arg(long)]
+    name: Option<String>,
     /// DNS names the service is reached at (repeat or comma-separate).
     #[arg(long, value_delimiter = ',')]
     dns: Vec<String>,
@@ -55,8 +71,51 @@ pub struct IssueArgs {
     renew_within: Option<std::time::Duration>,
 }
 
+/// The token key files in a TLS directory, which colleges and agencies
+/// read by default from their --tls-dir.
+pub const TOKEN_KEY: &str = "token.key";
+pub const TOKEN_PUBLIC_KEY: &str = "token.pub";
+
+/// Writes a fresh token key pair into `dir` unless one is there; returns
+/// whether it made one.
+pub fn make_token_key(dir: &std::path::Path) -> anyhow::Result<bool> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let private = dir.join(TOKEN_KEY);
+    if private.exists() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dir)?;
+    let pair = grantmesh_auth::TokenKeyPair::generate();
+    let public = dir.join(TOKEN_PUBLIC_KEY);
+    std::fs::write(&public, &pair.public_pem)
+        .map_err(|err| anyhow::anyhow!("{}: {err}", public.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&private)
+        .map_err(|err| anyhow::anyhow!("{}: {err}", private.display()))?;
+    file.write_all(pair.private_pem.as_bytes())?;
+    file.sync_all()?;
+    Ok(true)
+}
+
 pub fn run(command: Ca) -> anyhow::Result<ExitCode> {
     match command {
+        Ca::TokenKey { dir } => {
+            if !make_token_key(&dir)? {
+                anyhow::bail!(
+                    "{} already exists; a token key is made once (every college signs with it)",
+                    dir.join(TOKEN_KEY).display()
+                );
+            }
+            println!(
+                "made the token key: {} (mode 0600, for colleges) and {} (for agencies)",
+                dir.join(TOKEN_KEY).display(),
+                dir.join(TOKEN_PUBLIC_KEY).display()
+            );
+        }
         Ca::Init { dir } => {
             let cert = ca::init(&dir)?;
             println!(
@@ -65,7 +124,11 @@ pub fn run(command: Ca) -> anyhow::Result<ExitCode> {
             );
         }
         Ca::Issue(args) => {
-            let mut request = LeafRequest::loopback(&args.service);
+            let identity = match &args.name {
+                Some(name) => Identity::named(&args.service, name)?,
+                None => Identity::service(&args.service)?,
+            };
+            let mut request = LeafRequest::loopback_for(identity.clone());
             if !args.dns.is_empty() || !args.ip.is_empty() {
                 request.dns = args.dns;
                 request.ips = args.ip;
@@ -78,9 +141,9 @@ pub fn run(command: Ca) -> anyhow::Result<ExitCode> {
                     .map_err(|_| anyhow::anyhow!("--renew-within is too long"))?;
                 if let Some(until) = ca::reusable_leaf(&args.dir, &request, &out, within) {
                     println!(
-                        "kept {} for spiffe://grantmesh/{} ({}): valid until {until}, not within {} of expiring",
-                        ca::leaf_files(&out, &args.service).0.display(),
-                        args.service,
+                        "kept {} for {} ({}): valid until {until}, not within {} of expiring",
+                        ca::leaf_files(&out, &identity.file_stem()).0.display(),
+                        identity.uri(),
                         names(&request),
                         humantime::format_duration(args.renew_within.unwrap_or_default())
                     );
@@ -89,9 +152,9 @@ pub fn run(command: Ca) -> anyhow::Result<ExitCode> {
             }
             let (cert, key) = ca::issue(&args.dir, &request, &out)?;
             println!(
-                "issued {} for spiffe://grantmesh/{} ({}; key {})",
+                "issued {} for {} ({}; key {})",
                 cert.display(),
-                args.service,
+                identity.uri(),
                 names(&request),
                 key.display()
             );

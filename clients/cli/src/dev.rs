@@ -6,8 +6,9 @@
 //! [`grantmesh_node::start`], like the role subcommands. With no
 //! `DATABASE_URL` the nodes share an embedded SQLite store in the user's data
 //! directory, so nothing has to be installed; with one, they use PostgreSQL.
-//! The signing keys are made once and kept beside the store, so a login
-//! outlives a restart. Ctrl-C drains and stops every node.
+//! The token key pair is made once and kept beside the store (colleges sign
+//! with its private half, agencies verify with its public half), so a
+//! login outlives a restart. Ctrl-C drains and stops every node.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use grantmesh_auth::Keys;
-use grantmesh_discovery::tls::TlsPaths;
+use grantmesh_discovery::tls::{Identity, TlsPaths};
 use grantmesh_node::config::{
     AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
 };
@@ -93,8 +94,9 @@ const AGENCIES: [(&str, i64, i64); 2] = [("nsf", 300_000, 500_000), ("erc", 100_
 const COLLEGES: usize = 2;
 /// Shorter than a production drain: in one process nobody else is routing to us.
 const DEV_DRAIN_DELAY: Duration = Duration::from_millis(200);
-/// Researchers' tokens last a working day in dev.
-const DEV_TOKEN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+/// Researchers' access tokens live as long as anywhere (the CLI and portal
+/// renew them with the session's refresh token).
+const DEV_TOKEN_TTL: Duration = grantmesh_auth::tokens::MAX_TOKEN_TTL;
 
 /// A running dev mesh.
 pub struct DevMesh {
@@ -179,8 +181,9 @@ impl DevMesh {
             };
             anyhow::Ok(SocketAddr::new(args.host, port))
         };
-        // `metrics`: the node's metrics port, after METRICS_PORT_OFFSET.
-        let server = |service: &str, id: Option<String>, metrics: u16| {
+        // `identity`: whose certificate it serves with (`registry`,
+        // `college/college-1`); `metrics`: its metrics port, after METRICS_PORT_OFFSET.
+        let server = |identity: &str, id: Option<String>, metrics: u16| {
             let metrics_listen = if args.no_metrics {
                 None
             } else {
@@ -188,17 +191,23 @@ impl DevMesh {
             };
             anyhow::Ok(ServerSettings {
                 instance_id: id,
-                tls: ca
-                    .as_ref()
-                    .map(|_| TlsPaths::in_dir(&tls_dir, Some(service))),
+                tls: ca.as_ref().map(|_| {
+                    let identity = Identity::parse(identity).expect("a dev identity");
+                    TlsPaths::in_dir(&tls_dir, Some(&identity.file_stem()))
+                }),
                 metrics_listen,
                 ..ServerSettings::default()
             })
         };
-        let store = StoreSettings {
+        let (signing, verifying) = dev_keys(&data_dir)?;
+        let college_store = StoreSettings {
             database_url: database_url.clone(),
             pool_size: StoreSettings::DEFAULT_POOL_SIZE,
-            keys: dev_keys(&data_dir)?,
+            keys: signing,
+        };
+        let agency_store = StoreSettings {
+            keys: verifying,
+            ..college_store.clone()
         };
         let day_length = args.day_length.unwrap_or(if args.simulate {
             SIMULATED_DAY
@@ -228,18 +237,22 @@ impl DevMesh {
         let mut colleges = Vec::new();
         for n in 0..COLLEGES {
             let settings = CollegeSettings {
-                server: server("college", Some(format!("college-{}", n + 1)), 3 + n as u16)?,
+                server: server(
+                    &format!("college/college-{}", n + 1),
+                    Some(format!("college-{}", n + 1)),
+                    3 + n as u16,
+                )?,
                 day_length,
                 agencies: known.clone(),
-                ..CollegeSettings::new(mesh.clone(), store.clone())
+                ..CollegeSettings::new(mesh.clone(), college_store.clone())
             };
             colleges.push(start(Role::College(settings), port(200 + n as u16)?).await?);
         }
         let mut agencies = Vec::new();
         for (n, (name, min, max)) in AGENCIES.into_iter().enumerate() {
             let band = Band::new(min, max)?;
-            let mut settings = AgencySettings::new(name, mesh.clone(), store.clone());
-            settings.server = server("agency", Some(format!("agency-{name}")), 1 + n as u16)?;
+            let mut settings = AgencySettings::new(name, mesh.clone(), agency_store.clone());
+            settings.server = server(&format!("agency/{name}"), None, 1 + n as u16)?;
             settings.band = band;
             let node = start(Role::Agency(settings), port(100 + n as u16)?).await?;
             agencies.push((name.to_owned(), band, node));
@@ -402,23 +415,28 @@ async fn start(role: Role, addr: SocketAddr) -> anyhow::Result<Node> {
     grantmesh_node::start(role, listener).await
 }
 
-/// The dev mesh's CA and one certificate per service in `tls_dir`, made on
-/// first use (and a service's again when it is missing or about to
-/// expire); returns the CA certificate's path.
+/// The dev mesh's CA and one certificate per member in `tls_dir` (the
+/// registry, each agency, each college instance), made on first use (and
+/// one again when it is missing or about to expire); returns the CA
+/// certificate's path.
 fn dev_certificates(tls_dir: &Path) -> anyhow::Result<PathBuf> {
     use grantmesh_discovery::tls::ca;
     let ca_cert = tls_dir.join(ca::CA_CERT);
     if !ca_cert.exists() {
         ca::init(tls_dir).context("failed to make the dev mesh CA")?;
     }
-    for service in ["registry", "agency", "college"] {
-        let (cert, _) = ca::leaf_files(tls_dir, service);
+    let members = std::iter::once("registry".to_owned())
+        .chain(AGENCIES.iter().map(|(name, ..)| format!("agency/{name}")))
+        .chain((1..=COLLEGES).map(|n| format!("college/college-{n}")));
+    for member in members {
+        let request = ca::LeafRequest::loopback(&member);
+        let (cert, _) = ca::leaf_files(tls_dir, &request.identity.file_stem());
         let fresh_enough = std::fs::metadata(&cert)
             .and_then(|m| m.modified())
             .is_ok_and(|made| made.elapsed().unwrap_or_default() < DEV_CERT_RENEW_AFTER);
         if !fresh_enough {
-            ca::issue(tls_dir, &ca::LeafRequest::loopback(service), tls_dir)
-                .with_context(|| format!("failed to issue the dev {service} certificate"))?;
+            ca::issue(tls_dir, &request, tls_dir)
+                .with_context(|| format!("failed to issue the dev certificate of {member}"))?;
         }
     }
     Ok(ca_cert)
@@ -463,38 +481,19 @@ fn describe_store(url: &str) -> String {
     }
 }
 
-/// The keys in `GRANTMESH_TOKEN_KEY` / `GRANTMESH_SERVICE_KEY`, or ones made
-/// once and kept in `data_dir` (mode 0600) so tokens survive a restart.
-fn dev_keys(data_dir: &Path) -> anyhow::Result<Keys> {
-    let token = key_from_env_or_file("GRANTMESH_TOKEN_KEY", &data_dir.join("token.key"))?;
-    let service = key_from_env_or_file("GRANTMESH_SERVICE_KEY", &data_dir.join("service.key"))?;
-    Keys::new(token.as_bytes(), service.as_bytes(), DEV_TOKEN_TTL)
-        .context("the dev signing keys are not usable")
-}
-
-fn key_from_env_or_file(var: &str, file: &Path) -> anyhow::Result<String> {
-    if let Ok(key) = std::env::var(var) {
-        return Ok(key);
-    }
-    match std::fs::read_to_string(file) {
-        Ok(key) => return Ok(key.trim().to_owned()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err).with_context(|| format!("failed to read {}", file.display())),
-    }
-    use rand::RngCore as _;
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("failed to create {}", file.display()))?;
-    writeln!(out, "{key}")?;
-    Ok(key)
+/// The colleges' and the agencies' token keys, from the pair made once in
+/// `data_dir` (`token.key` mode 0600, `token.pub`) so tokens survive a restart.
+fn dev_keys(data_dir: &Path) -> anyhow::Result<(Keys, Keys)> {
+    crate::ca::make_token_key(data_dir).context("failed to make the dev token key")?;
+    let read = |file: &str| {
+        let path = data_dir.join(file);
+        std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))
+    };
+    let signing = Keys::signing(&read(crate::ca::TOKEN_KEY)?, DEV_TOKEN_TTL)
+        .context("the dev token key is not usable (delete it to make a new one)")?;
+    let verifying = Keys::verifying(&read(crate::ca::TOKEN_PUBLIC_KEY)?)
+        .context("the dev token public key is not usable")?;
+    Ok((signing, verifying))
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use grantmesh_auth::Keys;
 use grantmesh_discovery::parse_registry_list;
-use grantmesh_discovery::tls::TlsPaths;
+use grantmesh_discovery::tls::{Identity, TlsPaths};
 use grantmesh_node::config::{
     AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
     StoreSettings,
@@ -27,7 +27,10 @@ pub struct ServerArgs {
     /// Address to listen on. Port 0 picks a free port (printed on stdout).
     #[arg(long, env = "GRANTMESH_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Id to register under; a fresh `SERVICE-xxxx` id by default.
+    /// Id to register under. By default the name this member's certificate
+    /// gives it (`college/college-1` → `college-1`); with --insecure a fresh
+    /// `SERVICE-xxxx` id. With --tls-dir, a college reads DIR/college.ID.pem
+    /// when it is there.
     #[arg(long, env = "GRANTMESH_INSTANCE_ID")]
     instance_id: Option<String>,
     /// How long in-flight calls get to finish on shutdown.
@@ -129,6 +132,9 @@ pub struct RegistryArgs {
     /// Instances of one service the registry keeps.
     #[arg(long, env = "GRANTMESH_MAX_INSTANCES_PER_SERVICE", default_value_t = grantmesh_registry::Capacity::default().instances_per_service)]
     max_instances_per_service: usize,
+    /// Most instances one mesh identity (one certificate) may hold at once.
+    #[arg(long, env = "GRANTMESH_MAX_INSTANCES_PER_MEMBER", default_value_t = grantmesh_registry::Capacity::default().instances_per_member)]
+    max_instances_per_member: usize,
     /// Watch streams open at once.
     #[arg(long, env = "GRANTMESH_MAX_WATCHES", default_value_t = grantmesh_registry::default_watches().total)]
     max_watches: usize,
@@ -150,34 +156,18 @@ pub struct StoreArgs {
     /// Connections this instance may hold to the store.
     #[arg(long, env = "GRANTMESH_POOL_SIZE", default_value_t = 16)]
     pool_size: usize,
-    /// Key that signs researchers' bearer tokens (at least 32 bytes; the same on every instance).
-    #[arg(
-        long,
-        env = "GRANTMESH_TOKEN_KEY",
-        hide_env_values = true,
-        required_unless_present = "token_key_file"
-    )]
-    token_key: Option<String>,
-    /// File holding the token key (keeps it out of `ps` and the environment).
-    #[arg(long, env = "GRANTMESH_TOKEN_KEY_FILE", conflicts_with = "token_key")]
+    /// A college's token signing key: the Ed25519 private key (PKCS#8 PEM)
+    /// that signs researchers' bearer tokens, the same on every college
+    /// (`grantmesh ca token-key`). Default: TLS-DIR/token.key. Colleges only.
+    #[arg(long, env = "GRANTMESH_TOKEN_KEY_FILE")]
     token_key_file: Option<PathBuf>,
-    /// Key that signs agencies' calls to colleges (at least 32 bytes; differs from the token key).
-    #[arg(
-        long,
-        env = "GRANTMESH_SERVICE_KEY",
-        hide_env_values = true,
-        required_unless_present = "service_key_file"
-    )]
-    service_key: Option<String>,
-    /// File holding the service key.
-    #[arg(
-        long,
-        env = "GRANTMESH_SERVICE_KEY_FILE",
-        conflicts_with = "service_key"
-    )]
-    service_key_file: Option<PathBuf>,
-    /// How long a researcher's token stays valid.
-    #[arg(long, env = "GRANTMESH_TOKEN_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
+    /// An agency's copy of the token key's public half (PEM), which verifies
+    /// researchers' tokens but cannot make one. Default: TLS-DIR/token.pub.
+    #[arg(long, env = "GRANTMESH_TOKEN_PUBLIC_KEY_FILE")]
+    token_public_key_file: Option<PathBuf>,
+    /// How long a researcher's access token stays valid (at most 15m; the
+    /// CLI and portal renew it with the session's refresh token).
+    #[arg(long, env = "GRANTMESH_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
 }
 
@@ -276,7 +266,10 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
 }
 
 impl ServerArgs {
-    fn settings(&self, service: &str) -> anyhow::Result<ServerSettings> {
+    /// The settings of a `service` server; `name` is who it is within the
+    /// service (a college's instance id, an agency's name), which picks
+    /// `DIR/SERVICE.NAME.pem` from --tls-dir when that file is there.
+    fn settings(&self, service: &str, name: Option<&str>) -> anyhow::Result<ServerSettings> {
         let tls = match (&self.tls_dir, &self.ca, &self.cert, &self.key) {
             _ if self.insecure => {
                 if self.ca.is_some() || self.cert.is_some() || self.key.is_some() {
@@ -288,7 +281,11 @@ impl ServerArgs {
                 None
             }
             (Some(dir), ca, None, None) => {
-                let paths = TlsPaths::in_dir(dir, Some(service));
+                let identity = name.and_then(|name| Identity::named(service, name).ok());
+                let paths = match &identity {
+                    Some(identity) => TlsPaths::for_identity(dir, identity),
+                    None => TlsPaths::in_dir(dir, Some(service)),
+                };
                 // GRANTMESH_CA is what client commands read, so it is often set
                 // beside GRANTMESH_TLS_DIR: fine as long as both name one CA.
                 if let Some(ca) = ca
@@ -307,7 +304,7 @@ impl ServerArgs {
             }
             (Some(_), _, _, _) => bail!(
                 "--cert/--key (or GRANTMESH_CERT/GRANTMESH_KEY) are set beside --tls-dir: \
-                 this {service} reads {service}.pem and {service}.key from the directory; drop one or the other"
+                 this {service} reads {service}.pem and {service}.key (or {service}.NAME.pem and .key) from the directory; drop one or the other"
             ),
             (None, Some(ca), Some(cert), Some(key)) => Some(TlsPaths {
                 ca: ca.clone(),
@@ -315,7 +312,7 @@ impl ServerArgs {
             }),
             _ => bail!(
                 "say how this {service} proves who it is: --tls-dir DIR (made by `grantmesh ca init` and \
-                 `grantmesh ca issue --service {service}`), or --ca, --cert and --key together; \
+                 `grantmesh ca issue --service {service} --name NAME`), or --ca, --cert and --key together; \
                  or --insecure to run in plaintext"
             ),
         };
@@ -366,11 +363,45 @@ impl MeshArgs {
 }
 
 impl StoreArgs {
-    fn settings(&self) -> anyhow::Result<StoreSettings> {
-        let token = key(&self.token_key, &self.token_key_file, "--token-key")?;
-        let service = key(&self.service_key, &self.service_key_file, "--service-key")?;
-        let keys = Keys::new(token.as_bytes(), service.as_bytes(), self.token_ttl)
-            .context("--token-key / --service-key are not usable")?;
+    /// The store and token keys of a college (`signs`: the private key) or
+    /// an agency (the public key only); key files default to the TLS directory's.
+    fn settings(
+        &self,
+        signs: bool,
+        tls_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<StoreSettings> {
+        let default = |file: &str| tls_dir.map(|dir| dir.join(file));
+        let keys = if signs {
+            // A college verifies with the public half of the key it signs
+            // with; a --token-public-key-file beside it (an environment
+            // shared with agencies) is not needed.
+            let file = self.token_key_file.clone().or_else(|| default(TOKEN_KEY)).context(
+                "say where the token signing key is: --token-key-file (made by `grantmesh ca token-key`)",
+            )?;
+            let pem = std::fs::read(&file)
+                .with_context(|| format!("failed to read the token key {}", file.display()))?;
+            Keys::signing(&pem, self.token_ttl)
+                .with_context(|| format!("the token key {} is not usable", file.display()))?
+        } else {
+            if self.token_key_file.is_some() {
+                bail!(
+                    "--token-key-file is the colleges' signing key: an agency verifies tokens with \
+                     the public half only (--token-public-key-file), so that it cannot mint one"
+                );
+            }
+            let file = self
+                .token_public_key_file
+                .clone()
+                .or_else(|| default(TOKEN_PUBLIC_KEY))
+                .context(
+                    "say where the token public key is: --token-public-key-file (made by `grantmesh ca token-key`)",
+                )?;
+            let pem = std::fs::read(&file).with_context(|| {
+                format!("failed to read the token public key {}", file.display())
+            })?;
+            Keys::verifying(&pem)
+                .with_context(|| format!("the token public key {} is not usable", file.display()))?
+        };
         Ok(StoreSettings {
             database_url: self.database_url.clone(),
             pool_size: self.pool_size,
@@ -379,17 +410,7 @@ impl StoreArgs {
     }
 }
 
-/// A key given inline or in a file (whose trailing newline is not part of it).
-fn key(inline: &Option<String>, file: &Option<PathBuf>, flag: &str) -> anyhow::Result<String> {
-    match (inline, file) {
-        (Some(key), _) => Ok(key.clone()),
-        (None, Some(path)) => Ok(std::fs::read_to_string(path)
-            .with_context(|| format!("{flag}-file {}", path.display()))?
-            .trim_end_matches(['\n', '\r'])
-            .to_owned()),
-        (None, None) => bail!("{flag} (or {flag}-file) is required"),
-    }
-}
+use crate::ca::{TOKEN_KEY, TOKEN_PUBLIC_KEY};
 
 const DEFAULT_REGISTRY_PORT: u16 = 7000;
 const DEFAULT_AGENCY_PORT: u16 = 7100;
@@ -397,12 +418,13 @@ const DEFAULT_COLLEGE_PORT: u16 = 7200;
 
 pub async fn run_registry(args: RegistryArgs) -> anyhow::Result<ExitCode> {
     let role = Role::Registry(RegistrySettings {
-        server: args.server.settings(grantmesh_registry::SERVICE)?,
+        server: args.server.settings(grantmesh_registry::SERVICE, None)?,
         default_ttl: args.ttl,
         warmup: args.warmup,
         capacity: grantmesh_registry::Capacity {
             services: args.max_services,
             instances_per_service: args.max_instances_per_service,
+            instances_per_member: args.max_instances_per_member,
         },
         watches: grantmesh_server::peers::Split {
             total: args.max_watches,
@@ -415,9 +437,14 @@ pub async fn run_registry(args: RegistryArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn run_agency(args: AgencyArgs) -> anyhow::Result<ExitCode> {
     let role = Role::Agency(AgencySettings {
-        server: args.mesh.server.settings(grantmesh_agency::SERVICE)?,
+        server: args
+            .mesh
+            .server
+            .settings(grantmesh_agency::SERVICE, Some(&args.name))?,
         mesh: args.mesh.settings()?,
-        store: args.store.settings()?,
+        store: args
+            .store
+            .settings(false, args.mesh.server.tls_dir.as_deref())?,
         name: args.name,
         band: Band::new(args.min_award, args.max_award).context("--min-award / --max-award")?,
         open_timeout: args.open_timeout,
@@ -428,9 +455,14 @@ pub async fn run_agency(args: AgencyArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn run_college(args: CollegeArgs) -> anyhow::Result<ExitCode> {
     let role = Role::College(CollegeSettings {
-        server: args.mesh.server.settings(grantmesh_college::SERVICE)?,
+        server: args.mesh.server.settings(
+            grantmesh_college::SERVICE,
+            args.mesh.server.instance_id.as_deref(),
+        )?,
         mesh: args.mesh.settings()?,
-        store: args.store.settings()?,
+        store: args
+            .store
+            .settings(true, args.mesh.server.tls_dir.as_deref())?,
         day_length: args.day_length,
         agencies: args.agencies.0,
         watches: grantmesh_college::WatchLimits {

@@ -71,15 +71,23 @@ class Mesh:
             GRANTMESH_INSECURE="true",
             GRANTMESH_LOG="warn",
             DATABASE_URL=database_url,
-            GRANTMESH_TOKEN_KEY=secrets.token_hex(32),
-            GRANTMESH_SERVICE_KEY=secrets.token_hex(32),
         )
         self.env.pop("GRANTMESH_REGISTRY", None)
+        # The token key pair: colleges sign with token.key, agencies verify
+        # with token.pub (and must not be given the private half).
+        keys = self.workdir / "keys"
+        subprocess.run([self.binary, "ca", "token-key", "--dir", str(keys)], check=True,
+                       stdout=subprocess.DEVNULL)
+        self.role_env = {
+            "college": {"GRANTMESH_TOKEN_KEY_FILE": str(keys / "token.key")},
+            "agency": {"GRANTMESH_TOKEN_PUBLIC_KEY_FILE": str(keys / "token.pub")},
+        }
 
     def spawn(self, name, *args):
         log = open(self.workdir / f"{name}.log", "w")
+        env = dict(self.env, **self.role_env.get(args[0], {}))
         self.procs[name] = subprocess.Popen(
-            [self.binary, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [self.binary, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
 
     def start(self):

@@ -1,9 +1,9 @@
 //! The mesh's own certificate authority, made with `rcgen`.
 //!
 //! `grantmesh ca init` makes a CA key and certificate in a directory;
-//! `grantmesh ca issue --service college` signs a leaf for one service in it.
-//! A leaf names its service as a SPIFFE-style URI SAN
-//! (`spiffe://grantmesh/college`, see [`super::spiffe_id`]), carries the DNS
+//! `grantmesh ca issue --service college --name college-1` signs a leaf for
+//! one member in it. A leaf names its holder as a SPIFFE-style URI SAN
+//! (`spiffe://grantmesh/college/college-1`, see [`super::Identity`]), carries the DNS
 //! names and IP addresses it is reached at (checked by every client, as any
 //! TLS server name), and is good for both ends of a connection: servers
 //! present it, and mesh members present it as their client certificate.
@@ -17,7 +17,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use super::TlsError;
+use super::{Identity, TlsError};
 
 /// A CA lives ten years: it is the root every member trusts, and replacing
 /// it means re-issuing every leaf.
@@ -32,11 +32,12 @@ const BACKDATE: Duration = Duration::minutes(5);
 pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca.key";
 
-/// The certificate and key files of `service` in `dir`.
-pub fn leaf_files(dir: &Path, service: &str) -> (PathBuf, PathBuf) {
+/// The certificate and key files named `stem` in `dir` (`registry`, or an
+/// identity's [`Identity::file_stem`]).
+pub fn leaf_files(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
     (
-        dir.join(format!("{service}.pem")),
-        dir.join(format!("{service}.key")),
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
     )
 }
 
@@ -70,8 +71,8 @@ pub fn init(dir: &Path) -> Result<PathBuf, TlsError> {
 /// What a leaf certificate is for.
 #[derive(Clone, Debug)]
 pub struct LeafRequest {
-    /// The service it names (`registry`, `agency`, `college`, …).
-    pub service: String,
+    /// Who it names (`registry`, `agency/nsf`, `college/college-1`, …).
+    pub identity: Identity,
     /// DNS names it is reached at.
     pub dns: Vec<String>,
     /// IP addresses it is reached at.
@@ -81,10 +82,17 @@ pub struct LeafRequest {
 }
 
 impl LeafRequest {
-    /// A leaf for `service`, reachable as `localhost` and 127.0.0.1.
-    pub fn loopback(service: &str) -> Self {
+    /// A leaf for `identity` (`registry`, `college/college-1`), reachable as
+    /// `localhost` and 127.0.0.1. Panics on an identity that
+    /// [`Identity::parse`] refuses: for names written in code.
+    pub fn loopback(identity: &str) -> Self {
+        Self::loopback_for(Identity::parse(identity).expect("a valid identity"))
+    }
+
+    /// A leaf for `identity`, reachable as `localhost` and 127.0.0.1.
+    pub fn loopback_for(identity: Identity) -> Self {
         Self {
-            service: service.to_owned(),
+            identity,
             dns: vec!["localhost".to_owned()],
             ips: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16; 8])],
             validity: LEAF_VALIDITY,
@@ -93,13 +101,13 @@ impl LeafRequest {
 }
 
 /// Signs a leaf with the CA in `ca_dir` and writes it (and its new key) into
-/// `out_dir` as `SERVICE.pem` / `SERVICE.key`; returns the two paths.
+/// `out_dir` as `STEM.pem` / `STEM.key` (the identity's
+/// [`Identity::file_stem`]); returns the two paths.
 pub fn issue(
     ca_dir: &Path,
     request: &LeafRequest,
     out_dir: &Path,
 ) -> Result<(PathBuf, PathBuf), TlsError> {
-    super::check_service_name(&request.service)?;
     let ca_cert = read(&ca_dir.join(CA_CERT))?;
     let ca_key = KeyPair::from_pem(&read(&ca_dir.join(CA_KEY))?).map_err(TlsError::rcgen)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_cert, ca_key).map_err(TlsError::rcgen)?;
@@ -108,9 +116,9 @@ pub fn issue(
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "grantmesh");
-    name.push(DnType::CommonName, request.service.clone());
+    name.push(DnType::CommonName, request.identity.to_string());
     params.distinguished_name = name;
-    let uri = super::spiffe_id(&request.service);
+    let uri = request.identity.uri();
     params.subject_alt_names.push(SanType::URI(
         uri.as_str().try_into().map_err(TlsError::rcgen)?,
     ));
@@ -134,7 +142,7 @@ pub fn issue(
     let cert = params.signed_by(&key, &issuer).map_err(TlsError::rcgen)?;
 
     std::fs::create_dir_all(out_dir).map_err(|err| TlsError::io(out_dir, err))?;
-    let (cert_path, key_path) = leaf_files(out_dir, &request.service);
+    let (cert_path, key_path) = leaf_files(out_dir, &request.identity.file_stem());
     // Key first, then certificate: a reloading server that sees the new
     // certificate always finds its key beside it.
     write_private(&key_path, &key.serialize_pem())?;
@@ -143,7 +151,7 @@ pub fn issue(
 }
 
 /// The expiry of the leaf for `request` already in `out_dir` when it can be
-/// kept: signed by the CA in `ca_dir`, naming exactly the request's service,
+/// kept: signed by the CA in `ca_dir`, naming exactly the request's identity,
 /// DNS names and addresses, with its key beside it, and valid for longer
 /// than `renew_within` from now. `None` when it must be issued (again).
 ///
@@ -160,7 +168,7 @@ pub fn reusable_leaf(
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, UnixTime};
 
-    let (cert_path, key_path) = leaf_files(out_dir, &request.service);
+    let (cert_path, key_path) = leaf_files(out_dir, &request.identity.file_stem());
     if !key_path.is_file() {
         return None;
     }
@@ -212,7 +220,7 @@ pub fn reusable_leaf(
     wanted_ips.dedup();
     ips.sort();
     ips.dedup();
-    if uris != [super::spiffe_id(&request.service)]
+    if uris != [request.identity.uri()]
         || sorted(dns) != sorted(request.dns.clone())
         || ips != wanted_ips
     {

@@ -1,11 +1,12 @@
 //! Identity in the mesh: TLS everywhere, mutual between mesh members.
 //!
 //! Every grantmesh server speaks TLS (rustls, no OpenSSL) with a certificate
-//! from the mesh's own CA ([`ca`]). A certificate names its service as a
-//! SPIFFE-style URI SAN, `spiffe://grantmesh/<service>`. Mesh members
-//! (registries, agencies, colleges) also present their certificate as a
-//! client certificate, so a server knows which service is calling
-//! ([`peer_service`]); researchers and `grpcurl` need only the CA, and
+//! from the mesh's own CA ([`ca`]). A certificate names its holder as a
+//! SPIFFE-style URI SAN ([`Identity`]): `spiffe://grantmesh/registry`, or
+//! `spiffe://grantmesh/<service>/<name>` for one college instance or one
+//! agency. Mesh members (registries, agencies, colleges) also present their
+//! certificate as a client certificate, so a server knows who is calling
+//! ([`peer_identity`]); researchers and `grpcurl` need only the CA, and
 //! authenticate with their bearer token.
 //!
 //! A client that dials an instance it found in the registry checks, beyond
@@ -19,8 +20,10 @@
 
 pub mod ca;
 mod connect;
+mod identity;
 mod probe;
 
+pub use identity::{Identity, SPIFFE_PREFIX, identity_of, peer_identity};
 pub use probe::scheme_mismatch;
 
 use std::net::IpAddr;
@@ -32,14 +35,6 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-
-/// The URI prefix of every grantmesh identity.
-pub const SPIFFE_PREFIX: &str = "spiffe://grantmesh/";
-
-/// The identity a certificate for `service` carries.
-pub fn spiffe_id(service: &str) -> String {
-    format!("{SPIFFE_PREFIX}{service}")
-}
 
 /// What can go wrong with certificates.
 #[derive(Debug, thiserror::Error)]
@@ -67,23 +62,6 @@ impl TlsError {
     }
 }
 
-/// Service names in certificates: lowercase letters, digits and dashes, as
-/// in the registry.
-fn check_service_name(service: &str) -> Result<(), TlsError> {
-    let ok = !service.is_empty()
-        && service.len() <= 63
-        && service
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(TlsError::Invalid(format!(
-            "service name {service:?} must be 1 to 63 lowercase letters, digits or dashes"
-        )))
-    }
-}
-
 /// Where one process finds its TLS files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsPaths {
@@ -95,12 +73,24 @@ pub struct TlsPaths {
 }
 
 impl TlsPaths {
-    /// `DIR/ca.pem` and, for a service, `DIR/SERVICE.pem` + `DIR/SERVICE.key`
-    /// (what `grantmesh ca init` and `grantmesh ca issue` write).
-    pub fn in_dir(dir: &Path, service: Option<&str>) -> Self {
+    /// `DIR/ca.pem` and, for a member, `DIR/STEM.pem` + `DIR/STEM.key`
+    /// (what `grantmesh ca init` and `grantmesh ca issue` write; the stem is
+    /// the service, `registry`, or [`Identity::file_stem`], `college.college-1`).
+    pub fn in_dir(dir: &Path, stem: Option<&str>) -> Self {
         Self {
             ca: dir.join(ca::CA_CERT),
-            identity: service.map(|service| ca::leaf_files(dir, service)),
+            identity: stem.map(|stem| ca::leaf_files(dir, stem)),
+        }
+    }
+
+    /// The files of `identity` in `dir`: `DIR/<service>.<name>.pem` when it
+    /// is there, else `DIR/<service>.pem` (one directory per member, as
+    /// compose mounts it).
+    pub fn for_identity(dir: &Path, identity: &Identity) -> Self {
+        let own = Self::in_dir(dir, Some(&identity.file_stem()));
+        match &own.identity {
+            Some((cert, _)) if cert.exists() => own,
+            _ => Self::in_dir(dir, Some(identity.service_name())),
         }
     }
 }
@@ -144,6 +134,13 @@ impl TlsMaterial {
 
     pub fn paths(&self) -> &TlsPaths {
         &self.paths
+    }
+
+    /// Who this process's own certificate says it is (`None` without one,
+    /// or for a certificate that names no grantmesh identity).
+    pub fn identity(&self) -> Option<Identity> {
+        let (cert, _) = self.paths.identity.as_ref()?;
+        identity_of(read_certs(cert).ok()?.first()?)
     }
 
     /// The server side: this process's certificate, client certificates
@@ -281,24 +278,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// The grantmesh service a certificate names, from its `spiffe://grantmesh/…` URI SAN.
+/// The grantmesh service a certificate names (the service part of its
+/// [`Identity`]).
 pub fn service_of(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => {
-            uri.strip_prefix(SPIFFE_PREFIX).map(str::to_owned)
-        }
-        _ => None,
-    })
-}
-
-/// The service of the mesh member making `request`, from its verified client
-/// certificate; `None` for a caller without one (a researcher, grpcurl) or
-/// on a plaintext connection.
-pub fn peer_service<T>(request: &tonic::Request<T>) -> Option<String> {
-    let certs = request.peer_certs()?;
-    service_of(certs.first()?)
+    identity_of(cert).map(|identity| identity.service_name().to_owned())
 }
 
 /// How a process talks to the mesh.

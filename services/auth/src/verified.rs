@@ -1,9 +1,9 @@
 //! Researcher tokens this process has already verified.
 //!
-//! Checking an HS256 token (base64, JSON, the HMAC and the claims) is most of
+//! Checking a token (base64, JSON, the Ed25519 signature and the claims) is most of
 //! the CPU a College spends on a call that it answers from memory, and a
 //! client sends the same token with every call until it expires. So the
-//! researcher a token names is remembered, with the token's expiry, once its
+//! researcher and session a token names are remembered, with the token's expiry, once its
 //! signature and claims have been checked; a later call carrying the very
 //! same string is answered from here, its expiry checked again against the
 //! clock. Only verified tokens are remembered (a forged or expired one is
@@ -13,14 +13,15 @@
 use std::time::SystemTime;
 
 use quick_cache::sync::Cache;
-use uuid::Uuid;
+
+use crate::tokens::Bearer;
 
 /// Tokens remembered at most; the least used go first.
 pub(crate) const CAPACITY: usize = 16_384;
 
-/// Verified researcher tokens: token → (researcher, `exp` plus leeway).
+/// Verified researcher tokens: token → (researcher and session, `exp` plus leeway).
 pub(crate) struct Verified {
-    tokens: Cache<Box<str>, (Uuid, u64)>,
+    tokens: Cache<Box<str>, (Bearer, u64)>,
 }
 
 impl Verified {
@@ -30,20 +31,20 @@ impl Verified {
         }
     }
 
-    /// The researcher `token` names, if it was verified here and has not
-    /// expired since.
-    pub(crate) fn researcher(&self, token: &str) -> Option<Uuid> {
-        let (researcher, valid_until) = self.tokens.get(token)?;
+    /// The researcher and session `token` names, if it was verified here
+    /// and has not expired since.
+    pub(crate) fn bearer(&self, token: &str) -> Option<Bearer> {
+        let (bearer, valid_until) = self.tokens.get(token)?;
         if crate::unix_secs(SystemTime::now()) > valid_until {
             self.tokens.remove(token);
             return None;
         }
-        Some(researcher)
+        Some(bearer)
     }
 
-    /// Remembers that `token`, verified, names `researcher` until `valid_until`
+    /// Remembers that `token`, verified, names `bearer` until `valid_until`
     /// (seconds since the epoch, leeway included).
-    pub(crate) fn remember(&self, token: &str, researcher: Uuid, valid_until: u64) {
-        self.tokens.insert(token.into(), (researcher, valid_until));
+    pub(crate) fn remember(&self, token: &str, bearer: Bearer, valid_until: u64) {
+        self.tokens.insert(token.into(), (bearer, valid_until));
     }
 }

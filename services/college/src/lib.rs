@@ -44,8 +44,14 @@ pub struct CollegeConfig {
     pub instance_id: String,
     /// How long one day of an account's duration lasts (24 h; simulations use a second).
     pub day_length: Duration,
-    /// Token and service keys.
+    /// The token keys: signs researchers' tokens, and verifies them.
     pub keys: Keys,
+    /// Whether callers are known by their mesh certificates (TLS): then an
+    /// account is opened only for the agency the caller's certificate names,
+    /// with a credential signed by that certificate's key. In plaintext
+    /// (`--insecure`, loopback experiments) the agency named in the request
+    /// is taken at its word.
+    pub require_identity: bool,
     /// Connections this instance may hold to the store.
     pub pool_size: usize,
     /// The agencies that may open accounts here, by name, each with the
@@ -243,7 +249,7 @@ impl College for CollegeService {
         let researcher = researcher.filter(|_| matches).ok_or_else(refused)?;
         let (token, expires) = self
             .keys()
-            .researcher_token(researcher.id)
+            .researcher_token(researcher.id, uuid::Uuid::new_v4())
             .map_err(|err| Status::internal(err.to_string()))?;
         Ok(Response::new(LoginReply {
             token,
@@ -261,11 +267,25 @@ impl College for CollegeService {
         &self,
         request: Request<OpenAccountRequest>,
     ) -> Result<Response<Account>, Status> {
-        let call = self.keys().agency_call(
-            &request,
-            &request.get_ref().proposal_id,
-            request.get_ref().award_minor,
-        )?;
+        let call = {
+            let open = request.get_ref();
+            let terms = grantmesh_auth::AccountTerms {
+                proposal: &open.proposal_id,
+                award: open.award_minor,
+                principal_investigator: &open.principal_investigator_id,
+                duration_days: open.duration_days,
+            };
+            if self.inner.config.require_identity {
+                grantmesh_auth::agency::agency_call(&request, &terms)?
+            } else {
+                grantmesh_auth::AgencyCall {
+                    agency: open.agency.clone(),
+                    jti: uuid::Uuid::new_v4(),
+                    expires_at: std::time::SystemTime::now()
+                        + grantmesh_auth::AGENCY_CREDENTIAL_TTL,
+                }
+            }
+        };
         let agency = call.agency;
         let request = request.into_inner();
         let proposal_id = validate::text("proposal_id", &request.proposal_id, 128)?;

@@ -1426,9 +1426,10 @@ async fn a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another(
     use grantmesh_proto::College as _;
     use grantmesh_proto::v1::{AccountEvent, WatchAccountRequest, WithdrawRequest, account_event};
 
-    let keys = grantmesh_auth::Keys::new(
-        b"conformance-token-key-UBFGBGUXRRj4lViDF0",
-        b"conformance-service-key-UmrMJIbQq2L8xEY7",
+    let keys = grantmesh_auth::Keys::signing(
+        grantmesh_auth::TokenKeyPair::generate()
+            .private_pem
+            .as_bytes(),
         Duration::from_secs(600),
     )
     .unwrap();
@@ -1436,6 +1437,7 @@ async fn a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another(
         instance_id: instance.into(),
         day_length: REAL_DAY,
         keys: keys.clone(),
+        require_identity: false,
         pool_size: 4,
         agencies: [("nsf".to_owned(), (1, 1_000_000))].into(),
         watches: grantmesh_college::WatchLimits::default(),
@@ -1449,7 +1451,7 @@ async fn a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another(
         .unwrap();
     let pi = researcher(writer.store(), "pi").await;
     let account = open(writer.store(), pi.id, 1_000, 30).await;
-    let (token, _) = keys.researcher_token(pi.id).unwrap();
+    let (token, _) = keys.researcher_token(pi.id, uuid::Uuid::new_v4()).unwrap();
     fn signed<T>(token: &str, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         grantmesh_auth::authorize(&mut request, token).unwrap();
@@ -2084,9 +2086,10 @@ async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance
     use grantmesh_proto::College as _;
     use grantmesh_proto::v1::{WatchAccountRequest, account_event};
 
-    let keys = grantmesh_auth::Keys::new(
-        b"conformance-token-key-UBFGBGUXRRj4lViDF0",
-        b"conformance-service-key-UmrMJIbQq2L8xEY7",
+    let keys = grantmesh_auth::Keys::signing(
+        grantmesh_auth::TokenKeyPair::generate()
+            .private_pem
+            .as_bytes(),
         Duration::from_secs(600),
     )
     .unwrap();
@@ -2094,6 +2097,7 @@ async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance
         instance_id: instance.into(),
         day_length: REAL_DAY,
         keys: keys.clone(),
+        require_identity: false,
         pool_size: 8,
         agencies: [("nsf".to_owned(), (1, 1_000_000))].into(),
         watches: grantmesh_college::WatchLimits::default(),
@@ -2108,7 +2112,7 @@ async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance
     let accounts = writer.store();
     let pi = researcher(accounts, "pi").await;
     let account = open(accounts, pi.id, 100_000, 30).await;
-    let (token, _) = keys.researcher_token(pi.id).unwrap();
+    let (token, _) = keys.researcher_token(pi.id, uuid::Uuid::new_v4()).unwrap();
     // Two watchers of the account on the other instance: both see it all.
     let mut streams = Vec::new();
     for _ in 0..2 {

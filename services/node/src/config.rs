@@ -119,7 +119,8 @@ impl Default for Band {
 /// What every server role has.
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
-    /// Id to register under; `SERVICE-<random>` when `None`.
+    /// Id to register under. `None`: on TLS the name in the certificate
+    /// (`college/college-1` → `college-1`), in plaintext `SERVICE-<random>`.
     pub instance_id: Option<String>,
     /// How long in-flight calls get to finish on shutdown.
     pub grace_period: Duration,
@@ -234,7 +235,7 @@ pub struct StoreSettings {
     pub database_url: String,
     /// Connections this instance may hold to the store.
     pub pool_size: usize,
-    /// Token and service keys (their lengths are checked when they are made).
+    /// The token keys: a college's sign and verify, an agency's only verify.
     pub keys: Keys,
 }
 
@@ -277,9 +278,12 @@ impl RegistrySettings {
     pub fn validate(&self) -> Result<()> {
         self.server.validate()?;
         check_ttl("the default ttl", self.default_ttl)?;
-        if self.capacity.services == 0 || self.capacity.instances_per_service == 0 {
+        if self.capacity.services == 0
+            || self.capacity.instances_per_service == 0
+            || self.capacity.instances_per_member == 0
+        {
             return Err(ConfigError::new(
-                "--max-services and --max-instances-per-service must be at least 1",
+                "--max-services, --max-instances-per-service and --max-instances-per-member must be at least 1",
             ));
         }
         let watches = &self.watches;
@@ -414,6 +418,11 @@ impl CollegeSettings {
         self.server.validate()?;
         self.mesh.validate(self.server.tls.is_some())?;
         self.store.validate()?;
+        if !self.store.keys.can_sign() {
+            return Err(ConfigError::new(
+                "a college signs researchers' tokens: it needs the token signing key (token.key), not only its public half",
+            ));
+        }
         if self.day_length.is_zero() {
             return Err(ConfigError::new("the day length must be more than zero"));
         }
@@ -522,9 +531,10 @@ mod tests {
         StoreSettings {
             database_url: "sqlite:/tmp/x.db".into(),
             pool_size: 4,
-            keys: Keys::new(
-                b"token-key-qbCbioWyiPpj3TBVjZqCYw",
-                b"service-key-GcDal8TEEvjR1wcslGjP",
+            keys: Keys::signing(
+                grantmesh_auth::TokenKeyPair::generate()
+                    .private_pem
+                    .as_bytes(),
                 Duration::from_secs(60),
             )
             .unwrap(),

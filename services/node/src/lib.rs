@@ -147,6 +147,7 @@ async fn start_agency(
     transport: Transport,
     listener: TcpListener,
 ) -> anyhow::Result<Node> {
+    check_agency_identity(&settings, &transport)?;
     let (instance, options) = join_mesh(
         &settings.mesh,
         &settings.server,
@@ -171,6 +172,12 @@ async fn start_agency(
         name: settings.name.clone(),
         band: (settings.band.min(), settings.band.max()),
         keys: settings.store.keys.clone(),
+        signer: settings
+            .server
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.identity.as_ref())
+            .map(|(_, key)| grantmesh_auth::AgencySigner::new(key.clone())),
         pool_size: settings.store.pool_size,
         open_timeout: settings.open_timeout,
         reconcile_every: settings.reconcile_every,
@@ -214,6 +221,7 @@ async fn start_college(
         instance_id: instance.id.clone(),
         day_length: settings.day_length,
         keys: settings.store.keys.clone(),
+        require_identity: transport.is_tls(),
         pool_size: settings.store.pool_size,
         agencies: settings.agency_bands(),
         watches: settings.watches,
@@ -267,6 +275,73 @@ fn metrics_endpoint(
     ))
 }
 
+/// The id an agency or college registers under. On TLS its certificate
+/// must name this service and one member of it (`college/college-1`): the
+/// registry lets that identity hold only its own instance, so the id is the
+/// certificate's name unless `--instance-id` picks one it may hold (a
+/// replica, `nsf-2`). Without TLS, the configured id or a random one.
+fn member_instance_id(
+    server: &config::ServerSettings,
+    transport: &Transport,
+    service: &str,
+) -> anyhow::Result<String> {
+    let Transport::Tls(material) = transport else {
+        return Ok(server.instance_id(service));
+    };
+    let Some(identity) = material.identity() else {
+        bail!(
+            "this {service}'s certificate names no grantmesh identity: issue one with \
+             `grantmesh ca issue --service {service} --name <instance id>`"
+        );
+    };
+    let Some(name) = identity.name() else {
+        bail!(
+            "this {service}'s certificate is for all of {identity}, not for one instance: the registry \
+             lets a certificate register only the instance it names. Issue one with \
+             `grantmesh ca issue --service {service} --name <instance id>`"
+        );
+    };
+    if identity.service_name() != service {
+        bail!("this {service} was given a certificate for {identity}, not for a {service}");
+    }
+    let id = server
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| name.to_owned());
+    if !identity.may_hold(service, &id) {
+        bail!(
+            "--instance-id {id:?} is not what this {service}'s certificate names ({identity}): \
+             it may register {name:?} or {name:?}-<replica> only"
+        );
+    }
+    Ok(id)
+}
+
+/// The name an agency's certificate gives it, which must be its configured
+/// name: colleges open accounts for the agency its certificate names.
+fn check_agency_identity(settings: &AgencySettings, transport: &Transport) -> anyhow::Result<()> {
+    let Transport::Tls(material) = transport else {
+        return Ok(());
+    };
+    let named = material.identity();
+    let named = named.as_ref().and_then(|identity| identity.name());
+    if named != Some(settings.name.as_str()) {
+        bail!(
+            "the agency {:?} needs a certificate for agency/{} (this one names {}): colleges open \
+             accounts for the agency its certificate names. Issue one with \
+             `grantmesh ca issue --service agency --name {}`",
+            settings.name,
+            settings.name,
+            material.identity().map_or_else(
+                || "no grantmesh identity".to_owned(),
+                |identity| identity.to_string()
+            ),
+            settings.name
+        );
+    }
+    Ok(())
+}
+
 /// Works out what to advertise and builds the registration.
 fn join_mesh(
     mesh: &MeshSettings,
@@ -297,7 +372,7 @@ fn join_mesh(
         labels.insert("metrics".to_owned(), url);
     }
     let instance = Instance {
-        id: server.instance_id(service),
+        id: member_instance_id(server, transport, service)?,
         service: service.to_owned(),
         address,
         labels,

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use grantmesh_discovery::tls::Identity;
 use grantmesh_proto::v1::{
     DeregisterReply, DeregisterRequest, DescribeRegistryRequest, HeartbeatReply, HeartbeatRequest,
     Instance, KeepAliveReply, KeepAliveRequest, ListInstancesReply, ListInstancesRequest,
@@ -39,7 +40,7 @@ use grantmesh_proto::{Registry, RegistryServer};
 use grantmesh_server::Caller;
 use grantmesh_server::peers::{self as shares, Peer, Shares, Split};
 pub use state::Capacity;
-use state::{RegistryState, RemovalReason};
+use state::RegistryState;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -183,13 +184,13 @@ impl Registry for RegistryService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterReply>, Status> {
-        let peer = grantmesh_discovery::tls::peer_service(&request);
+        let peer = grantmesh_discovery::tls::peer_identity(&request);
         let instance = request
             .into_inner()
             .instance
             .ok_or_else(|| Status::invalid_argument("instance is required"))?;
         let ttl = validate_instance(&instance, self.config.default_ttl)?;
-        self.authorize(peer.as_deref(), &instance.service)?;
+        let owner = self.authorize(peer.as_ref(), &instance.service, &instance.id)?;
         if self.config.require_identity && !instance.address.starts_with("https://") {
             return Err(Status::invalid_argument(format!(
                 "instance.address {} must be an https:// URL: this mesh runs on TLS",
@@ -198,8 +199,8 @@ impl Registry for RegistryService {
         }
         let revision = self
             .state
-            .register(instance, ttl)
-            .map_err(|full| self.refused(&full))?;
+            .register(instance, ttl, owner.as_deref())
+            .map_err(|refused| self.refused(&refused))?;
         Ok(Response::new(RegisterReply {
             ttl: proto_duration(ttl),
             revision,
@@ -210,16 +211,15 @@ impl Registry for RegistryService {
         &self,
         request: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterReply>, Status> {
-        let peer = grantmesh_discovery::tls::peer_service(&request);
+        let peer = grantmesh_discovery::tls::peer_identity(&request);
         let request = request.into_inner();
         validate_name("service", &request.service)?;
         validate_name("instance_id", &request.instance_id)?;
-        self.authorize(peer.as_deref(), &request.service)?;
-        let removed = self.state.remove(
-            &request.service,
-            &request.instance_id,
-            RemovalReason::Deregistered,
-        );
+        let owner = self.authorize(peer.as_ref(), &request.service, &request.instance_id)?;
+        let removed = self
+            .state
+            .deregister(&request.service, &request.instance_id, owner.as_deref())
+            .map_err(|refused| self.refused(&refused))?;
         let (_, revision) = self.state.list(&request.service);
         Ok(Response::new(DeregisterReply { removed, revision }))
     }
@@ -228,12 +228,16 @@ impl Registry for RegistryService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
-        let peer = grantmesh_discovery::tls::peer_service(&request);
+        let peer = grantmesh_discovery::tls::peer_identity(&request);
         let request = request.into_inner();
         validate_name("service", &request.service)?;
         validate_name("instance_id", &request.instance_id)?;
-        self.authorize(peer.as_deref(), &request.service)?;
-        match self.state.heartbeat(&request.service, &request.instance_id) {
+        let owner = self.authorize(peer.as_ref(), &request.service, &request.instance_id)?;
+        match self
+            .state
+            .heartbeat(&request.service, &request.instance_id, owner.as_deref())
+            .map_err(|refused| self.refused(&refused))?
+        {
             Some(ttl) => Ok(Response::new(HeartbeatReply {
                 ttl: proto_duration(ttl),
             })),
@@ -247,7 +251,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<Streaming<KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
-        let peer = grantmesh_discovery::tls::peer_service(&request);
+        let peer = grantmesh_discovery::tls::peer_identity(&request);
         let mut beats = request.into_inner();
         let (replies, reply_stream) = mpsc::channel(4);
         let state = Arc::clone(&self.state);
@@ -274,14 +278,21 @@ impl Registry for RegistryService {
                     Ok(None) | Err(_) => break Some(last_beat.elapsed()),
                 };
                 last_beat = tokio::time::Instant::now();
-                if let Err(status) = validate_name("service", &beat.service)
+                let renewed = validate_name("service", &beat.service)
                     .and_then(|()| validate_name("instance_id", &beat.instance_id))
-                    .and_then(|()| this.authorize(peer.as_deref(), &beat.service))
-                {
-                    let _ = replies.send(Err(status)).await;
-                    break None;
-                }
-                let ttl = state.keep_alive(&beat.service, &beat.instance_id, token);
+                    .and_then(|()| this.authorize(peer.as_ref(), &beat.service, &beat.instance_id))
+                    .and_then(|owner| {
+                        state
+                            .keep_alive(&beat.service, &beat.instance_id, token, owner.as_deref())
+                            .map_err(|refused| this.refused(&refused))
+                    });
+                let ttl = match renewed {
+                    Ok(ttl) => ttl,
+                    Err(status) => {
+                        let _ = replies.send(Err(status)).await;
+                        break None;
+                    }
+                };
                 if ttl.is_some() {
                     held.insert((beat.service.clone(), beat.instance_id.clone()));
                 }
@@ -428,29 +439,56 @@ impl Registry for RegistryService {
 
 impl RegistryService {
     /// Counts a refusal for lack of room and says why.
-    fn refused(&self, full: &state::Full) -> Status {
-        self.state.metrics().refused(full);
-        Status::resource_exhausted(full.to_string())
+    fn refused(&self, refused: &state::Refused) -> Status {
+        match refused {
+            state::Refused::Full(full) => {
+                self.state.metrics().refused(full);
+                Status::resource_exhausted(full.to_string())
+            }
+            state::Refused::NotYours { .. } => Status::permission_denied(refused.to_string()),
+        }
     }
 
-    /// Writes for `service` come only from a mesh member whose certificate
-    /// names it. Reads (`ListInstances`, `Watch`) stay open to any TLS
-    /// client: researchers' tools must find agencies and colleges without a
-    /// mesh certificate, addresses are not secrets, and whoever dials an
-    /// instance checks that its certificate names the service it expects.
-    fn authorize(&self, peer: Option<&str>, service: &str) -> Result<(), Status> {
+    /// Writes of instance `id` of `service` come only from the mesh member
+    /// whose certificate names that instance (`college/college-1` for
+    /// `college-1`; see [`Identity::may_hold`]); returns the caller's
+    /// identity, which the lease is bound to. Reads (`ListInstances`,
+    /// `Watch`) stay open to any TLS client: researchers' tools must find
+    /// agencies and colleges without a mesh certificate, addresses are not
+    /// secrets, and whoever dials an instance checks that its certificate
+    /// names the service it expects.
+    fn authorize(
+        &self,
+        peer: Option<&Identity>,
+        service: &str,
+        id: &str,
+    ) -> Result<Option<String>, Status> {
         if !self.config.require_identity {
-            return Ok(());
+            return Ok(None);
         }
         match peer {
-            Some(peer) if peer == service => Ok(()),
-            Some(peer) => Err(Status::permission_denied(format!(
-                "your certificate names service {peer:?}: you may register, renew or remove instances of {peer:?} only, not of {}",
-                quote(service)
-            ))),
+            Some(peer) if peer.may_hold(service, id) => Ok(Some(peer.to_string())),
+            Some(peer) if peer.service_name() != service => {
+                Err(Status::permission_denied(format!(
+                    "your certificate names {peer}: you may register, renew or remove instances of {:?} only, not of {}",
+                    peer.service_name(),
+                    quote(service)
+                )))
+            }
+            Some(peer) => Err(Status::permission_denied(match peer.name() {
+                Some(name) => format!(
+                    "your certificate names {peer}: you may register, renew or remove instance {name:?} (or {name:?}-<replica>) only, not {}",
+                    quote(id)
+                ),
+                None => format!(
+                    "your certificate names no instance (it is for all of {peer}): instance {} may be registered only with a certificate for {service}/<instance id> (`grantmesh ca issue --service {service} --name <instance id>`)",
+                    quote(id)
+                ),
+            })),
             None => Err(Status::unauthenticated(format!(
-                "registering, renewing or removing an instance of {service} needs a mesh certificate naming {service} (a client certificate from the mesh CA)",
-                service = quote(service)
+                "registering, renewing or removing instance {} of {} needs a mesh certificate naming that instance (a client certificate from the mesh CA)",
+                quote(id),
+                quote(service)
             ))),
         }
     }

@@ -71,6 +71,7 @@ impl RegistryMetrics {
         let limit = match full {
             Full::Services(_) => "services",
             Full::Instances(..) => "instances_per_service",
+            Full::Member(..) => "instances_per_member",
         };
         self.refused.with_label_values(&[limit]).inc();
     }
@@ -167,9 +168,13 @@ mod tests {
             .register(&registry, Arc::clone(&state))
             .unwrap();
         let ttl = Duration::from_secs(3);
-        state.register(instance("college", "c1"), ttl).unwrap();
-        state.register(instance("college", "c2"), ttl).unwrap();
-        state.register(instance("agency", "a1"), ttl).unwrap();
+        state
+            .register(instance("college", "c1"), ttl, None)
+            .unwrap();
+        state
+            .register(instance("college", "c2"), ttl, None)
+            .unwrap();
+        state.register(instance("agency", "a1"), ttl, None).unwrap();
         let text = scrape(&registry);
         assert!(
             text.contains(r#"grantmesh_registry_instances{service="college"} 2"#),
@@ -182,7 +187,7 @@ mod tests {
 
         state.remove("college", "c1", RemovalReason::Deregistered);
         tokio::time::advance(Duration::from_secs(1)).await;
-        state.heartbeat("college", "c2").unwrap();
+        state.heartbeat("college", "c2", None).unwrap().unwrap();
         tokio::time::advance(Duration::from_millis(2_500)).await;
         assert_eq!(state.expire().len(), 1, "the agency's lease ran out");
         let text = scrape(&registry);

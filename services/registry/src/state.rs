@@ -88,6 +88,11 @@ pub const MAX_SERVICES: usize = 1024;
 /// reply stays under gRPC's default 4 MB message limit, so every client can
 /// still read it (a Watch snapshot comes in parts anyway).
 pub const MAX_INSTANCES_PER_SERVICE: usize = 1000;
+/// Most instances one mesh identity may hold at once, over all services: a
+/// college certificate holds its one instance, an agency's its replicas.
+/// Enough for any real deployment; small enough that one member holding a
+/// certificate cannot fill a service and shut the others out.
+pub const MAX_INSTANCES_PER_MEMBER: usize = 16;
 
 /// How many TTLs a service's instances that all missed their lease at once
 /// are kept (self-preservation, see [`RegistryState::expire`]): long enough
@@ -102,6 +107,8 @@ pub struct Capacity {
     pub services: usize,
     /// Instances of one service.
     pub instances_per_service: usize,
+    /// Instances one identity holds, over all services.
+    pub instances_per_member: usize,
 }
 
 impl Default for Capacity {
@@ -110,6 +117,7 @@ impl Default for Capacity {
         Self {
             services: MAX_SERVICES,
             instances_per_service: MAX_INSTANCES_PER_SERVICE,
+            instances_per_member: MAX_INSTANCES_PER_MEMBER,
         }
     }
 }
@@ -123,6 +131,27 @@ pub enum Full {
         "service {0:?} already has {1} instances, the most one service may have (--max-instances-per-service)"
     )]
     Instances(String, usize),
+    #[error(
+        "{0} already holds {1} instances, the most one mesh identity may hold (--max-instances-per-member)"
+    )]
+    Member(String, usize),
+}
+
+/// Why a registration, renewal or removal is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Full(#[from] Full),
+    /// The lease belongs to another identity: only the one that registered
+    /// an instance renews, replaces or removes it.
+    #[error(
+        "instance {id:?} of service {service:?} is held by {owner}: only the identity that registered it may renew, replace or remove it"
+    )]
+    NotYours {
+        service: String,
+        id: String,
+        owner: String,
+    },
 }
 
 /// The registry's state. Shared by every RPC handler and the expiry sweeper.
@@ -148,6 +177,8 @@ struct Inner {
     /// When this registry resumed after a pause of its own: no lease runs
     /// out before one TTL after that moment.
     resumed_at: Option<Instant>,
+    /// How many leases each owner holds ([`Capacity::instances_per_member`]).
+    held: HashMap<Arc<str>, usize>,
 }
 
 /// What to do with a lease whose queue entry came due.
@@ -190,6 +221,24 @@ struct Lease {
     /// The KeepAlive stream that renews it, if any.
     holder: Option<LeaseToken>,
     generation: u64,
+    /// The mesh identity that registered it (`college/college-1`); `None` on
+    /// a registry that runs without identities (plaintext).
+    owner: Option<Arc<str>>,
+}
+
+impl Lease {
+    /// Whether `caller` may renew, replace or remove this lease.
+    fn is_for(&self, caller: Option<&str>) -> bool {
+        self.owner.is_none() || self.owner.as_deref() == caller
+    }
+
+    fn not_yours(&self, service: &str, id: &str) -> Refused {
+        Refused::NotYours {
+            service: service.to_owned(),
+            id: id.to_owned(),
+            owner: self.owner.as_deref().unwrap_or("nobody").to_owned(),
+        }
+    }
 }
 
 /// A copy of one service's instances taken under the lock, made into a
@@ -344,25 +393,46 @@ impl RegistryState {
         self.inner.lock().expect("registry state lock poisoned")
     }
 
-    /// Adds or refreshes an instance and renews its lease. Watchers hear of
-    /// it only when it is new or its address or labels changed.
-    pub fn register(&self, mut instance: Instance, ttl: Duration) -> Result<u64, Full> {
+    /// Adds or refreshes an instance and renews its lease, on behalf of
+    /// `owner` (the caller's mesh identity): an instance another identity
+    /// holds is refused. Watchers hear of it only when it is new or its
+    /// address or labels changed.
+    pub fn register(
+        &self,
+        mut instance: Instance,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<u64, Refused> {
         instance.ttl = prost_types::Duration::try_from(ttl).ok();
         instance.since_last_beat = None;
         instance.keep_alive_stream = false;
         let mut inner = self.lock();
         let now = Instant::now();
+        if let Some(lease) = inner
+            .services
+            .get(&instance.service)
+            .and_then(|entry| entry.instances.get(&instance.id))
+            && !lease.is_for(owner)
+        {
+            return Err(lease.not_yours(&instance.service, &instance.id));
+        }
         inner.make_room(&instance.service, self.capacity.services)?;
         let generation = inner.next_generation + 1;
+        let held = owner.map_or(0, |owner| inner.held.get(owner).copied().unwrap_or(0));
         let entry = inner.service_mut(&instance.service);
-        if !entry.instances.contains_key(&instance.id)
-            && entry.instances.len() >= self.capacity.instances_per_service
-        {
+        let new = !entry.instances.contains_key(&instance.id);
+        if new && entry.instances.len() >= self.capacity.instances_per_service {
             return Err(Full::Instances(
                 instance.service.clone(),
                 self.capacity.instances_per_service,
-            ));
+            )
+            .into());
         }
+        if new && held >= self.capacity.instances_per_member {
+            let owner = owner.unwrap_or_default().to_owned();
+            return Err(Full::Member(owner, self.capacity.instances_per_member).into());
+        }
+        let owner: Option<Arc<str>> = owner.map(Arc::from);
         let (changed, queue) = match entry.instances.get_mut(&instance.id) {
             Some(lease) => {
                 let changed = *lease.instance != instance;
@@ -387,8 +457,12 @@ impl RegistryState {
                         last_beat: now,
                         holder: None,
                         generation,
+                        owner: owner.clone(),
                     },
                 );
+                if let Some(owner) = owner {
+                    *inner.held.entry(owner).or_default() += 1;
+                }
                 (true, true)
             }
         };
@@ -414,15 +488,48 @@ impl RegistryState {
         self.remove_locked(&mut inner, service, id, reason)
     }
 
-    /// Renews a lease; returns its TTL, or `None` when the instance is unknown.
-    pub fn heartbeat(&self, service: &str, id: &str) -> Option<Duration> {
-        self.lock().renew(service, id, None)
+    /// Removes an instance at `caller`'s request: only its owner may.
+    /// Returns whether it was there.
+    pub fn deregister(
+        &self,
+        service: &str,
+        id: &str,
+        caller: Option<&str>,
+    ) -> Result<bool, Refused> {
+        let mut inner = self.lock();
+        if let Some(lease) = inner
+            .services
+            .get(service)
+            .and_then(|entry| entry.instances.get(id))
+            && !lease.is_for(caller)
+        {
+            return Err(lease.not_yours(service, id));
+        }
+        Ok(self.remove_locked(&mut inner, service, id, RemovalReason::Deregistered))
     }
 
-    /// Renews a lease on behalf of a KeepAlive stream and makes that stream
-    /// its holder. Returns the TTL, or `None` when the instance is unknown.
-    pub fn keep_alive(&self, service: &str, id: &str, token: LeaseToken) -> Option<Duration> {
-        self.lock().renew(service, id, Some(token))
+    /// Renews a lease at `caller`'s request (its owner only); returns its
+    /// TTL, or `None` when the instance is unknown.
+    pub fn heartbeat(
+        &self,
+        service: &str,
+        id: &str,
+        caller: Option<&str>,
+    ) -> Result<Option<Duration>, Refused> {
+        self.lock().renew(service, id, None, caller)
+    }
+
+    /// Renews a lease on behalf of a KeepAlive stream of `caller` (its
+    /// owner only) and makes that stream its holder. Returns the TTL, or
+    /// `None` when the instance is unknown.
+    pub fn keep_alive(
+        &self,
+        service: &str,
+        id: &str,
+        token: LeaseToken,
+        caller: Option<&str>,
+    ) -> Result<Option<Duration>, Refused> {
+        self.lock().renew(service, id, Some(token), caller)
     }
 
     /// A token for a new KeepAlive stream.
@@ -677,9 +784,22 @@ impl Inner {
         Verdict::Expire(Instance::clone(&lease.instance))
     }
 
-    fn renew(&mut self, service: &str, id: &str, holder: Option<LeaseToken>) -> Option<Duration> {
-        let entry = self.services.get_mut(service)?;
-        let lease = entry.instances.get_mut(id)?;
+    fn renew(
+        &mut self,
+        service: &str,
+        id: &str,
+        holder: Option<LeaseToken>,
+        caller: Option<&str>,
+    ) -> Result<Option<Duration>, Refused> {
+        let Some(entry) = self.services.get_mut(service) else {
+            return Ok(None);
+        };
+        let Some(lease) = entry.instances.get_mut(id) else {
+            return Ok(None);
+        };
+        if !lease.is_for(caller) {
+            return Err(lease.not_yours(service, id));
+        }
         lease.last_beat = Instant::now();
         if holder.is_some() {
             lease.holder = holder;
@@ -693,7 +813,7 @@ impl Inner {
                 "renewals are back: normal expiry resumes (self-preservation over)"
             );
         }
-        Some(ttl)
+        Ok(Some(ttl))
     }
 
     /// Whether `service` exists or there is room for it.
@@ -731,6 +851,14 @@ impl Inner {
         else {
             return false;
         };
+        if let Some(owner) = &lease.owner
+            && let Some(count) = self.held.get_mut(owner)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.held.remove(owner);
+            }
+        }
         tracing::info!(
             service,
             instance = id,
@@ -853,7 +981,7 @@ mod tests {
     fn a_full_service_is_snapshotted_in_bounded_parts_with_more_on_all_but_the_last() {
         let state = RegistryState::new();
         for n in 0..MAX_INSTANCES_PER_SERVICE {
-            state.register(max_instance(n), TTL).unwrap();
+            state.register(max_instance(n), TTL, None).unwrap();
         }
         let (snapshot, _changes) = state.watch("college").unwrap();
         let revision = snapshot.revision();
@@ -894,7 +1022,7 @@ mod tests {
     fn an_unread_snapshot_shares_the_instances_instead_of_copying_them() {
         let state = RegistryState::new();
         for n in 0..MAX_INSTANCES_PER_SERVICE {
-            state.register(max_instance(n), TTL).unwrap();
+            state.register(max_instance(n), TTL, None).unwrap();
         }
         let watchers: Vec<_> = (0..64).map(|_| state.watch("college").unwrap()).collect();
         let shared = &watchers[0].0.listing.instances;
@@ -911,7 +1039,7 @@ mod tests {
         // changed since, not a copy of the service.
         let mut changed = max_instance(0);
         changed.labels.insert("zone".into(), "b".into());
-        state.register(changed, TTL).unwrap();
+        state.register(changed, TTL, None).unwrap();
         let (newer, _) = state.watch("college").unwrap();
         let (old, new) = (shared, &newer.listing.instances);
         assert!(!Arc::ptr_eq(old, new));
@@ -933,9 +1061,9 @@ mod tests {
         let mut big = instance("college", "b");
         big.labels
             .insert("big".into(), "x".repeat(2 * SNAPSHOT_PART_BYTES));
-        state.register(instance("college", "a"), TTL).unwrap();
-        state.register(big, TTL).unwrap();
-        state.register(instance("college", "c"), TTL).unwrap();
+        state.register(instance("college", "a"), TTL, None).unwrap();
+        state.register(big, TTL, None).unwrap();
+        state.register(instance("college", "c"), TTL, None).unwrap();
         let parts: Vec<Vec<String>> = state
             .watch("college")
             .unwrap()
@@ -958,14 +1086,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn instances_that_all_miss_their_lease_at_once_are_kept_for_a_while() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
-        state.register(instance("college", "c2"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
+        state
+            .register(instance("college", "c2"), TTL, None)
+            .unwrap();
         tokio::time::advance(TTL * 2).await;
         assert!(state.expire().is_empty(), "both missed at once: kept");
         assert_eq!(state.list("college").0.len(), 2);
         // One comes back: the other, alone in missing its lease, goes when
         // it is next looked at (within a quarter of its TTL).
-        state.heartbeat("college", "c1").unwrap();
+        state.heartbeat("college", "c1", None).unwrap().unwrap();
         tokio::time::advance(TTL / 4).await;
         let removed = state.expire();
         assert_eq!(removed.len(), 1);
@@ -975,8 +1107,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_preserved_service_is_removed_after_the_hold() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
-        state.register(instance("college", "c2"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
+        state
+            .register(instance("college", "c2"), TTL, None)
+            .unwrap();
         tokio::time::advance(TTL * SELF_PRESERVATION_HOLD - Duration::from_millis(100)).await;
         assert!(state.expire().is_empty());
         tokio::time::advance(Duration::from_millis(200)).await;
@@ -986,13 +1122,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lone_instance_and_one_among_live_ones_expire_after_their_ttl() {
         let state = RegistryState::new();
-        state.register(instance("agency", "a1"), TTL).unwrap();
-        state.register(instance("college", "c1"), TTL).unwrap();
-        state.register(instance("college", "c2"), TTL).unwrap();
+        state.register(instance("agency", "a1"), TTL, None).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
+        state
+            .register(instance("college", "c2"), TTL, None)
+            .unwrap();
         // c1 beats every second; c2 and a1 fall silent.
         for _ in 0..3 {
             tokio::time::advance(Duration::from_secs(1)).await;
-            state.heartbeat("college", "c1").unwrap();
+            state.heartbeat("college", "c1", None).unwrap().unwrap();
         }
         tokio::time::advance(Duration::from_millis(100)).await;
         let mut removed: Vec<String> = state.expire().into_iter().map(|i| i.id).collect();
@@ -1003,9 +1143,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_set_cut_off_together_is_kept_although_its_deadlines_are_spread() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         tokio::time::advance(Duration::from_millis(800)).await;
-        state.register(instance("college", "c2"), TTL).unwrap();
+        state
+            .register(instance("college", "c2"), TTL, None)
+            .unwrap();
         // Both are cut off now; c1's deadline passes first, c2 is 0.8 s behind.
         tokio::time::advance(TTL - Duration::from_millis(700)).await;
         assert!(state.expire().is_empty(), "c1 is late, c2 silent too: kept");
@@ -1017,18 +1161,84 @@ mod tests {
         let state = RegistryState::new();
         for n in 0..MAX_INSTANCES_PER_SERVICE {
             state
-                .register(instance("college", &format!("c{n}")), TTL)
+                .register(instance("college", &format!("c{n}")), TTL, None)
                 .unwrap();
         }
         let full = state
-            .register(instance("college", "one-more"), TTL)
+            .register(instance("college", "one-more"), TTL, None)
             .unwrap_err();
         assert_eq!(
             full,
-            Full::Instances("college".into(), MAX_INSTANCES_PER_SERVICE)
+            Full::Instances("college".into(), MAX_INSTANCES_PER_SERVICE).into()
         );
         // A known instance can still renew by registering again.
-        state.register(instance("college", "c0"), TTL).unwrap();
+        state
+            .register(instance("college", "c0"), TTL, None)
+            .unwrap();
+    }
+
+    #[test]
+    fn only_the_identity_that_registered_an_instance_renews_replaces_or_removes_it() {
+        let state = RegistryState::new();
+        let owner = Some("college/college-1");
+        let rogue = Some("college/college-2");
+        state
+            .register(instance("college", "college-1"), TTL, owner)
+            .unwrap();
+        let mut hijack = instance("college", "college-1");
+        hijack.address = "https://10.6.6.6:7200".into();
+        assert!(matches!(
+            state.register(hijack, TTL, rogue),
+            Err(Refused::NotYours { .. })
+        ));
+        assert!(state.heartbeat("college", "college-1", rogue).is_err());
+        let token = state.new_lease_token();
+        assert!(
+            state
+                .keep_alive("college", "college-1", token, rogue)
+                .is_err()
+        );
+        assert!(state.deregister("college", "college-1", rogue).is_err());
+        let (listed, _) = state.list("college");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].address, instance("college", "college-1").address);
+        assert!(
+            state
+                .heartbeat("college", "college-1", owner)
+                .unwrap()
+                .is_some()
+        );
+        assert!(state.deregister("college", "college-1", owner).unwrap());
+        // Once gone, the id is free for whoever may hold it.
+        state
+            .register(instance("college", "college-1"), TTL, rogue)
+            .unwrap();
+    }
+
+    #[test]
+    fn one_identity_holds_a_bounded_number_of_instances_and_others_still_register() {
+        let state = RegistryState::new();
+        let greedy = Some("agency/greedy");
+        for n in 0..MAX_INSTANCES_PER_MEMBER {
+            state
+                .register(instance("agency", &format!("greedy-{n}")), TTL, greedy)
+                .unwrap();
+        }
+        let full = state
+            .register(instance("agency", "greedy-more"), TTL, greedy)
+            .unwrap_err();
+        assert_eq!(
+            full,
+            Full::Member("agency/greedy".into(), MAX_INSTANCES_PER_MEMBER).into()
+        );
+        state
+            .register(instance("agency", "nsf"), TTL, Some("agency/nsf"))
+            .unwrap();
+        // A removal gives the identity its room back.
+        state.remove("agency", "greedy-0", RemovalReason::Deregistered);
+        state
+            .register(instance("agency", "greedy-more"), TTL, greedy)
+            .unwrap();
     }
 
     #[test]
@@ -1043,12 +1253,16 @@ mod tests {
             Full::Services(MAX_SERVICES)
         );
         assert_eq!(
-            state.register(instance("college", "c1"), TTL).unwrap_err(),
-            Full::Services(MAX_SERVICES)
+            state
+                .register(instance("college", "c1"), TTL, None)
+                .unwrap_err(),
+            Full::Services(MAX_SERVICES).into()
         );
         // Once the watchers are gone, their services make room again.
         drop(watchers);
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         state.expire();
         assert_eq!(
             state.lock().services.len(),
@@ -1060,7 +1274,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_instance_is_removed_once_its_ttl_passes_without_a_beat() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         tokio::time::advance(Duration::from_millis(2_900)).await;
         assert!(state.expire().is_empty());
         tokio::time::advance(Duration::from_millis(200)).await;
@@ -1072,13 +1288,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_late_heartbeat_within_the_ttl_keeps_the_instance() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         let (_, mut changes) = state.watch("college").unwrap();
         // Beats at 1 s, then one 2.5 s late, then on time again.
         for gap in [1_000, 2_500, 1_000, 1_000] {
             tokio::time::advance(Duration::from_millis(gap)).await;
             assert!(state.expire().is_empty());
-            assert!(state.heartbeat("college", "c1").is_some());
+            assert!(state.heartbeat("college", "c1", None).unwrap().is_some());
         }
         assert!(
             changes.try_recv().is_err(),
@@ -1089,7 +1307,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_heartbeat_for_an_unknown_instance_is_refused() {
         let state = RegistryState::new();
-        assert_eq!(state.heartbeat("college", "ghost"), None);
+        assert_eq!(state.heartbeat("college", "ghost", None).unwrap(), None);
     }
 
     #[tokio::test]
@@ -1097,9 +1315,11 @@ mod tests {
         let state = RegistryState::new();
         let (snapshot, mut college) = state.watch("college").unwrap();
         assert!(whole(snapshot).instances.is_empty());
-        state.register(instance("agency", "a1"), TTL).unwrap();
+        state.register(instance("agency", "a1"), TTL, None).unwrap();
         assert!(college.try_recv().is_err());
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         let event = college.try_recv().expect("a put for college");
         assert_eq!(event.kind(), Kind::Put);
         assert_eq!(event.instances[0].id, "c1");
@@ -1108,11 +1328,15 @@ mod tests {
     #[tokio::test]
     async fn a_watch_sees_every_change_after_its_snapshot_with_rising_revisions() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         let (snapshot, mut changes) = state.watch("college").unwrap();
         let snapshot = whole(snapshot);
         assert_eq!(snapshot.instances.len(), 1);
-        state.register(instance("college", "c2"), TTL).unwrap();
+        state
+            .register(instance("college", "c2"), TTL, None)
+            .unwrap();
         state.remove("college", "c1", RemovalReason::Deregistered);
         let put = changes.try_recv().unwrap();
         let delete = changes.try_recv().unwrap();
@@ -1124,20 +1348,26 @@ mod tests {
     #[tokio::test]
     async fn registering_again_unchanged_publishes_nothing() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         let (_, mut changes) = state.watch("college").unwrap();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         assert!(changes.try_recv().is_err());
     }
 
     #[tokio::test]
     async fn only_the_stream_holding_the_lease_removes_it_when_closing() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         let old = state.new_lease_token();
         let new = state.new_lease_token();
-        state.keep_alive("college", "c1", old);
-        state.keep_alive("college", "c1", new);
+        state.keep_alive("college", "c1", old, None).unwrap();
+        state.keep_alive("college", "c1", new, None).unwrap();
         assert!(!state.keep_alive_closed("college", "c1", old, None));
         assert_eq!(state.list("college").0.len(), 1);
         assert!(state.keep_alive_closed("college", "c1", new, None));
@@ -1147,10 +1377,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_beating_lease_keeps_one_queue_entry_however_often_it_beats() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         for _ in 0..100 {
             tokio::time::advance(Duration::from_millis(500)).await;
-            state.heartbeat("college", "c1").unwrap();
+            state.heartbeat("college", "c1", None).unwrap().unwrap();
             assert!(state.expire().is_empty());
         }
         assert_eq!(state.queued(), 1);
@@ -1159,8 +1391,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lease_registered_again_with_a_shorter_ttl_runs_out_on_the_shorter_one() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL * 10).unwrap();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL * 10, None)
+            .unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         tokio::time::advance(TTL + Duration::from_millis(100)).await;
         assert_eq!(state.expire().len(), 1);
     }
@@ -1168,10 +1404,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_instance_removed_and_registered_again_is_expired_once_on_its_new_lease() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         state.remove("college", "c1", RemovalReason::Deregistered);
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         // The first lease's queue entry comes due: it is not the lease now.
         tokio::time::advance(Duration::from_millis(1_500)).await;
         assert!(state.expire().is_empty());
@@ -1183,7 +1423,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn after_a_pause_of_its_own_every_lease_gets_one_ttl_to_beat_again() {
         let state = RegistryState::new();
-        state.register(instance("agency", "a1"), TTL).unwrap();
+        state.register(instance("agency", "a1"), TTL, None).unwrap();
         // The registry is stopped for 10 s: nobody could renew meanwhile.
         tokio::time::advance(Duration::from_secs(10)).await;
         state.resumed_after_pause(Duration::from_secs(10));
@@ -1199,11 +1439,16 @@ mod tests {
         let state = RegistryState::new();
         let mut labelled = instance("college", "c1");
         labelled.labels = [("metrics".to_owned(), "http://x/metrics".to_owned())].into();
-        state.register(labelled, TTL).unwrap();
-        state.register(instance("college", "c2"), TTL).unwrap();
-        state.register(instance("agency", "a1"), TTL).unwrap();
+        state.register(labelled, TTL, None).unwrap();
+        state
+            .register(instance("college", "c2"), TTL, None)
+            .unwrap();
+        state.register(instance("agency", "a1"), TTL, None).unwrap();
         let token = state.new_lease_token();
-        state.keep_alive("college", "c2", token).unwrap();
+        state
+            .keep_alive("college", "c2", token, None)
+            .unwrap()
+            .unwrap();
         for service in ["college", ""] {
             let (listed, revision) = state.list(service);
             let (encoded, encoded_revision) = state.list_encoded(service);
@@ -1229,7 +1474,9 @@ mod tests {
             assert_eq!(without_beats(read.instances), without_beats(listed));
         }
         // A change is seen at the next read.
-        state.register(instance("college", "c3"), TTL).unwrap();
+        state
+            .register(instance("college", "c3"), TTL, None)
+            .unwrap();
         let (encoded, _) = state.list_encoded("college");
         let reply = grantmesh_proto::v1::ListInstancesReply {
             encoded,
@@ -1249,12 +1496,16 @@ mod tests {
     #[tokio::test]
     async fn listings_show_each_change_to_a_service() {
         let state = RegistryState::new();
-        state.register(instance("college", "c1"), TTL).unwrap();
+        state
+            .register(instance("college", "c1"), TTL, None)
+            .unwrap();
         assert_eq!(state.list("college").0.len(), 1);
-        state.register(instance("college", "c2"), TTL).unwrap();
+        state
+            .register(instance("college", "c2"), TTL, None)
+            .unwrap();
         let mut relabelled = instance("college", "c1");
         relabelled.labels.insert("zone".into(), "b".into());
-        state.register(relabelled, TTL).unwrap();
+        state.register(relabelled, TTL, None).unwrap();
         let (listed, _) = state.list("college");
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].labels.get("zone").map(String::as_str), Some("b"));

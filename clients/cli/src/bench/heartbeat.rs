@@ -111,7 +111,15 @@ async fn start(kind: Kind, work: &std::path::Path, instances: usize) -> anyhow::
         .spawn(
             &format!("registry ({})", kind.label()),
             "registry",
-            &["--listen", "127.0.0.1:0", "--warmup", "0s"],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--warmup",
+                "0s",
+                // One bench identity holds every instance.
+                "--max-instances-per-member",
+                &instances.max(1).to_string(),
+            ],
             |command: &mut Command| {
                 command
                     .env("GRANTMESH_LOG", "error")
@@ -120,7 +128,7 @@ async fn start(kind: Kind, work: &std::path::Path, instances: usize) -> anyhow::
         )
         .await?;
     let url = bench.url(node.addr);
-    let transport = bench.client_as(SERVICE)?;
+    let transport = bench.client_as(&format!("{SERVICE}/{}", instance_id_prefix()))?;
     let mut client = RegistryClient::new(
         transport
             .channel(&url, Some("registry"))
@@ -156,7 +164,13 @@ async fn start(kind: Kind, work: &std::path::Path, instances: usize) -> anyhow::
 }
 
 fn instance_id(n: usize) -> String {
-    format!("bench-heartbeat-{n}")
+    format!("{}-{n}", instance_id_prefix())
+}
+
+/// The bench instances' ids are replicas of this one name, which the
+/// bench's certificate names.
+fn instance_id_prefix() -> &'static str {
+    "bench-heartbeat"
 }
 
 /// One cell: both transports at one concurrency.

@@ -46,10 +46,6 @@ pub struct RemovalArgs {
     transport: TransportChoice,
 }
 
-/// Bench-only signing keys for the children.
-const TOKEN_KEY: &str = "grantmesh-bench-token-key-not-a-secret-0001";
-const SERVICE_KEY: &str = "grantmesh-bench-service-key-not-a-secret-02";
-
 /// What every child is started with.
 struct Children {
     database_url: String,
@@ -139,8 +135,7 @@ impl Children {
                 command
                     .env("GRANTMESH_LOG", "error")
                     .env("DATABASE_URL", &self.database_url)
-                    .env("GRANTMESH_TOKEN_KEY", TOKEN_KEY)
-                    .env("GRANTMESH_SERVICE_KEY", SERVICE_KEY)
+                    .envs(self.transport.token_key_env())
                     .stderr(Stdio::null());
             })
             .await
@@ -161,6 +156,7 @@ async fn measure(
     signal: Signal,
     lead: Duration,
 ) -> anyhow::Result<Sample> {
+    children.transport.member(&format!("college/{id}"))?;
     let college = children
         .spawn(
             id,

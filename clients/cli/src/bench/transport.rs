@@ -3,9 +3,12 @@
 //! Every role refuses to start without `--tls-dir` or `--insecure`, so each
 //! bench asks this module for the flags of its children and for the
 //! [`Transport`] of its own clients. With TLS, [`BenchTransport::new`] makes
-//! a CA in the bench's work directory and issues a loopback certificate for
-//! each role there (`grantmesh ca init` + `grantmesh ca issue`, through the
-//! library); the bench removes the directory when it is done. `--transport
+//! a CA in the bench's work directory with the registry's certificate, and
+//! [`BenchTransport::member`] issues a loopback certificate for each member
+//! the bench starts or speaks as (`college/college-1`, `agency/bench-agency`:
+//! `grantmesh ca init` + `grantmesh ca issue`, through the library). The
+//! token key pair is made there too (on either transport). The bench removes
+//! the directory when it is done. `--transport
 //! both` ([`TransportChoice::Both`]) measures the two side by side in one run.
 
 use std::net::SocketAddr;
@@ -56,14 +59,14 @@ impl Kind {
     }
 }
 
-/// The services a bench starts or speaks as; each gets a certificate.
-const SERVICES: [&str; 3] = ["registry", "agency", "college"];
-
 /// One transport, ready for a bench: the children's flags and the clients' [`Transport`].
 pub struct BenchTransport {
     kind: Kind,
-    /// The throwaway CA's directory, with a certificate per service (TLS only).
+    /// The throwaway CA's directory, with a certificate per member (TLS only).
     dir: Option<PathBuf>,
+    /// Where the token key pair is: one per work directory, so that the
+    /// meshes of `--transport both` take each other's tokens.
+    keys: PathBuf,
     /// What the bench's own clients use: the CA only, no identity (like a researcher).
     client: Transport,
 }
@@ -72,21 +75,60 @@ impl BenchTransport {
     /// With TLS, makes a fresh CA and a loopback certificate per service in
     /// `work/tls-ca` (`work` is the bench's own scratch directory).
     pub fn new(kind: Kind, work: &Path) -> anyhow::Result<Self> {
-        let (dir, client) = match kind {
-            Kind::Insecure => (None, Transport::Insecure),
+        let (dir, client, keys) = match kind {
+            Kind::Insecure => (None, Transport::Insecure, work.join("token-keys")),
             Kind::Tls => {
                 let dir = work.join("tls-ca");
                 ca::init(&dir).context("failed to make the bench's mesh CA")?;
-                for service in SERVICES {
-                    ca::issue(&dir, &ca::LeafRequest::loopback(service), &dir).with_context(
-                        || format!("failed to issue the bench's {service} certificate"),
-                    )?;
-                }
+                ca::issue(&dir, &ca::LeafRequest::loopback("registry"), &dir)
+                    .context("failed to issue the bench's registry certificate")?;
                 let client = tls_transport(&dir, None)?;
-                (Some(dir), client)
+                (Some(dir), client, work.join("token-keys"))
             }
         };
-        Ok(Self { kind, dir, client })
+        crate::ca::make_token_key(&keys).context("failed to make the bench's token key")?;
+        Ok(Self {
+            kind,
+            dir,
+            keys,
+            client,
+        })
+    }
+
+    /// Issues the certificate of `identity` (`college/college-1`) unless it
+    /// is there; nothing in plaintext.
+    pub fn member(&self, identity: &str) -> anyhow::Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let request = ca::LeafRequest::loopback_for(
+            grantmesh_discovery::tls::Identity::parse(identity)
+                .with_context(|| format!("{identity:?} is not a mesh identity"))?,
+        );
+        if !ca::leaf_files(dir, &request.identity.file_stem())
+            .0
+            .exists()
+        {
+            ca::issue(dir, &request, dir).with_context(|| {
+                format!("failed to issue the bench's certificate of {identity}")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The environment that gives a college the bench's token signing key
+    /// (and an agency its public half) on either transport.
+    pub fn token_key_env(&self) -> [(&'static str, PathBuf); 1] {
+        [(
+            "GRANTMESH_TOKEN_KEY_FILE",
+            self.keys.join(crate::ca::TOKEN_KEY),
+        )]
+    }
+
+    /// The token key pair's directory.
+    #[cfg(test)]
+    pub fn keys_dir(&self) -> &Path {
+        &self.keys
     }
 
     pub fn kind(&self) -> Kind {
@@ -98,14 +140,27 @@ impl BenchTransport {
         self.client.clone()
     }
 
-    /// How a client speaking as `service` dials the mesh: with TLS it
-    /// presents that service's certificate (the registry takes
-    /// registrations and heartbeats for a service only from it).
-    pub fn client_as(&self, service: &str) -> anyhow::Result<Transport> {
+    /// How a client speaking as `identity` (`college/bench`) dials the
+    /// mesh: with TLS it presents that member's certificate, issued now if
+    /// need be (the registry takes registrations and heartbeats of an
+    /// instance only from the identity it names).
+    pub fn client_as(&self, identity: &str) -> anyhow::Result<Transport> {
+        self.member(identity)?;
         match &self.dir {
             None => Ok(Transport::Insecure),
-            Some(dir) => tls_transport(dir, Some(service)),
+            Some(dir) => {
+                let identity = grantmesh_discovery::tls::Identity::parse(identity)?;
+                tls_transport(dir, Some(&identity.file_stem()))
+            }
         }
+    }
+
+    /// The key file of `identity`'s certificate, with which an agency signs
+    /// its credentials (TLS only).
+    pub fn key_file(&self, identity: &str) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        let identity = grantmesh_discovery::tls::Identity::parse(identity).ok()?;
+        Some(ca::leaf_files(dir, &identity.file_stem()).1)
     }
 
     /// The URL a child listening on `addr` is reached at (`https://` or `http://`).
@@ -189,15 +244,14 @@ mod tests {
         let tls = BenchTransport::new(Kind::Tls, work.path()).unwrap();
         let flags = tls.role_flags();
         assert_eq!(flags[0], "--tls-dir");
-        for service in SERVICES {
-            let (cert, key) = ca::leaf_files(Path::new(&flags[1]), service);
-            assert!(
-                cert.exists() && key.exists(),
-                "{service} has no certificate"
-            );
+        tls.member("college/college-1").unwrap();
+        for stem in ["registry", "college.college-1"] {
+            let (cert, key) = ca::leaf_files(Path::new(&flags[1]), stem);
+            assert!(cert.exists() && key.exists(), "{stem} has no certificate");
         }
+        assert!(tls.keys_dir().join("token.key").exists());
         assert!(tls.client().is_tls());
-        assert!(tls.client_as("college").unwrap().is_tls());
+        assert!(tls.client_as("college/bench").unwrap().is_tls());
         let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
         assert_eq!(tls.url(addr), "https://127.0.0.1:7000");
 

@@ -35,9 +35,10 @@ async fn start_college(id: &str) -> Node {
     .await
 }
 
-/// Registers `server` by hand, as a college would (with a college certificate).
+/// Registers `server` by hand, as a college would (with the certificate of
+/// college instance `id`).
 async fn register(registry: &Node, id: &str, server: &Node) {
-    let mut client = RegistryClient::new(tls::channel_as(&registry.url, "college").await);
+    let mut client = RegistryClient::new(tls::channel_as(&registry.url, &tls::college(id)).await);
     let instance = Instance {
         id: id.into(),
         service: "college".into(),
@@ -53,7 +54,7 @@ async fn register(registry: &Node, id: &str, server: &Node) {
 }
 
 async fn deregister(registry: &Node, id: &str) {
-    let mut client = RegistryClient::new(tls::channel_as(&registry.url, "college").await);
+    let mut client = RegistryClient::new(tls::channel_as(&registry.url, &tls::college(id)).await);
     let reply = client
         .deregister(DeregisterRequest {
             service: "college".into(),

@@ -653,7 +653,7 @@ async fn proposals_show_why_an_accepted_proposal_never_got_its_account() {
         )
         .await
         .unwrap();
-    let (token, _) = keys().researcher_token(stranger).unwrap();
+    let token = token_of(stranger);
     let config = tempfile::tempdir().unwrap();
     let args = ["proposals", "--token", token.as_str()];
     let proposals = || run(config.path(), Some(&url), &args);

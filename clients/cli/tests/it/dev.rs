@@ -76,7 +76,7 @@ async fn dev_serves_two_agencies_and_two_colleges_and_a_login_outlives_a_restart
 
     let listed = run(home.path(), &registry, &["instances", "--output", "json"]).await;
     let listed = String::from_utf8_lossy(&listed.stdout);
-    for expected in ["agency-nsf", "agency-erc", "college-1", "college-2"] {
+    for expected in ["nsf", "erc", "college-1", "college-2"] {
         assert!(
             listed.contains(expected),
             "{expected} missing from {listed}"

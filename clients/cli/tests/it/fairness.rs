@@ -119,7 +119,7 @@ async fn a_stranger_holding_pings_on_nine_connections_takes_only_its_own_share()
             .expect("another address still has room");
     }
     // A mesh member on the very address of the flood registers and renews.
-    let member = channel_from(registry.addr, ip("127.0.0.1"), Some("college")).await;
+    let member = channel_from(registry.addr, ip("127.0.0.1"), Some("college/college-fair")).await;
     let mut member = RegistryClient::new(member);
     member
         .register(college_at("college-fair", "https://127.0.0.1:9"))
@@ -179,7 +179,7 @@ async fn anonymous_addresses_together_cannot_take_the_calls_kept_for_mesh_member
     );
 
     let mut member =
-        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.4"), Some("agency")).await);
+        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.4"), Some("agency/nsf")).await);
     for _ in 0..20 {
         member
             .list_instances(ListInstancesRequest {
@@ -280,7 +280,7 @@ async fn connections_held_open_by_one_address_or_by_strangers_leave_room_for_the
         "a fourth address finds the anonymous places taken"
     );
     assert!(
-        served_from(registry.addr, ip("127.0.0.4"), Some("agency")).await,
+        served_from(registry.addr, ip("127.0.0.4"), Some("agency/nsf")).await,
         "a member still gets in"
     );
     drop(held.drain(..8));
@@ -329,8 +329,14 @@ async fn watch_floods_take_their_own_share_and_a_refused_balancer_reads_the_list
         "16",
     ])
     .await;
-    let mut member =
-        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.1"), Some("college")).await);
+    let mut member = RegistryClient::new(
+        channel_from(
+            registry.addr,
+            ip("127.0.0.1"),
+            Some("college/college-listed"),
+        )
+        .await,
+    );
     member
         .register(college_at("college-listed", "https://127.0.0.1:9"))
         .await
@@ -367,7 +373,7 @@ async fn watch_floods_take_their_own_share_and_a_refused_balancer_reads_the_list
         vec![registry.url()],
         "college",
         BalancerOptions {
-            transport: tls::transport_as(&registry.url(), Some("agency")),
+            transport: tls::transport_as(&registry.url(), Some("agency/nsf")),
             ..BalancerOptions::default()
         },
     );
@@ -391,13 +397,13 @@ async fn watch_floods_take_their_own_share_and_a_refused_balancer_reads_the_list
     }
     // The polling one follows changes too, within its poll interval.
     member
-        .register(college_at("college-later", "https://127.0.0.1:9"))
+        .register(college_at("college-listed-2", "https://127.0.0.1:9"))
         .await
         .unwrap();
     assert_eventually(
         Duration::from_secs(5),
         "the stranger's balancer sees a college registered later",
-        || async { researcher.view().contains("college-later") },
+        || async { researcher.view().contains("college-listed-2") },
     )
     .await;
     drop(held);
@@ -447,8 +453,9 @@ async fn a_connection_without_calls_is_closed_after_its_idle_timeout_even_while_
         .into_inner();
     events.message().await.unwrap().expect("the snapshot");
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut member =
-        RegistryClient::new(channel_from(registry.addr, ip("127.0.0.1"), Some("college")).await);
+    let mut member = RegistryClient::new(
+        channel_from(registry.addr, ip("127.0.0.1"), Some("college/college-late")).await,
+    );
     member
         .register(college_at("college-late", "https://127.0.0.1:9"))
         .await

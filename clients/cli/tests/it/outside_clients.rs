@@ -67,9 +67,10 @@ fn ca() -> String {
     tls::dir().join(ca::CA_CERT).display().to_string()
 }
 
-/// A service's certificate and key from the test CA, as `(cert, key)` paths.
-fn identity(service: &str) -> (String, String) {
-    let (cert, key) = ca::leaf_files(tls::dir(), service);
+/// A member's certificate and key from the test CA (`college/manual`), as
+/// `(cert, key)` paths; issued now if need be.
+fn identity(member: &str) -> (String, String) {
+    let (cert, key) = ca::leaf_files(tls::dir(), &tls::member(member));
     (cert.display().to_string(), key.display().to_string())
 }
 
@@ -178,10 +179,11 @@ async fn grpcurl_lists_describes_and_calls_the_registry_without_proto_files() {
 }
 
 #[tokio::test]
-async fn grpcurl_registers_by_hand_only_with_a_certificate_naming_the_service() {
+async fn grpcurl_registers_by_hand_only_with_a_certificate_naming_the_instance() {
     let grpcurl = python_env_bin().await.join("grpcurl");
     let ca = ca();
-    let (cert, key) = identity("college");
+    let (cert, key) = identity("college/manual");
+    let (rogue_cert, rogue_key) = identity("college/rogue");
     let registry = tls_registry().await;
     let target = registry.addr.to_string();
     let as_college = |body: &'static str, method: &'static str| -> Vec<String> {
@@ -195,6 +197,22 @@ async fn grpcurl_registers_by_hand_only_with_a_certificate_naming_the_service() 
         ["-cacert", &ca, "-d", body, &target, method]
             .map(str::to_owned)
             .to_vec()
+    };
+    let as_rogue = |body: &'static str, method: &'static str| -> Vec<String> {
+        [
+            "-cacert",
+            &ca,
+            "-cert",
+            &rogue_cert,
+            "-key",
+            &rogue_key,
+            "-d",
+            body,
+            &target,
+            method,
+        ]
+        .map(str::to_owned)
+        .to_vec()
     };
     fn strs(args: &[String]) -> Vec<&str> {
         args.iter().map(String::as_str).collect()
@@ -210,6 +228,28 @@ async fn grpcurl_registers_by_hand_only_with_a_certificate_naming_the_service() 
     let args = as_college(heartbeat, "grantmesh.v1.Registry/Heartbeat");
     let beat = run(&grpcurl, &strs(&args)).await;
     assert!(beat.contains("5s"), "{beat}");
+
+    // Another college's certificate can neither take the instance over (its
+    // own address), renew it nor remove it: the lease is untouched.
+    let hijack = r#"{"instance":{"id":"manual-1","service":"college","address":"https://127.0.0.1:6","ttl":"30s"}}"#;
+    let deregister = r#"{"service":"college","instance_id":"manual-1"}"#;
+    for (body, method) in [
+        (hijack, "grantmesh.v1.Registry/Register"),
+        (heartbeat, "grantmesh.v1.Registry/Heartbeat"),
+        (deregister, "grantmesh.v1.Registry/Deregister"),
+    ] {
+        let denied = run_failing(&grpcurl, &strs(&as_rogue(body, method))).await;
+        assert!(
+            denied.contains("PermissionDenied") && denied.contains("college/rogue"),
+            "{method}: {denied}"
+        );
+    }
+    let listed = crate::support::list(&https(&registry), "college").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].address, "https://127.0.0.1:9",
+        "the lease is untouched"
+    );
 
     // Without a client certificate the same calls are refused.
     let args = anonymous(register, "grantmesh.v1.Registry/Register");
@@ -229,7 +269,7 @@ async fn grpcurl_registers_by_hand_only_with_a_certificate_naming_the_service() 
     assert!(denied.contains("PermissionDenied"), "{denied}");
     assert!(ids(&https(&registry), "agency").await.is_empty());
 
-    let unknown = r#"{"service":"college","instance_id":"nobody"}"#;
+    let unknown = r#"{"service":"college","instance_id":"manual-9"}"#;
     let args = as_college(unknown, "grantmesh.v1.Registry/Heartbeat");
     let unknown = run_failing(&grpcurl, &strs(&args)).await;
     assert!(
@@ -376,7 +416,7 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
     let python = bin.join("python");
     let client = repo_root().join("clients/python/grantmesh_client.py");
     let registry = tls_registry().await;
-    let college = tls_member("college", &registry, &[]).await;
+    let college = tls_member("college", &registry, &["--instance-id", "college-1"]).await;
     // `nsf`: the agency the test colleges know.
     let agency = tls_member("agency", &registry, &["--name", "nsf"]).await;
     assert_eventually(
@@ -412,7 +452,7 @@ async fn grpcurl_drives_the_college_with_a_bearer_token() {
     let grpcurl = python_env_bin().await.join("grpcurl");
     let ca = ca();
     let registry = tls_registry().await;
-    let college = tls_member("college", &registry, &[]).await;
+    let college = tls_member("college", &registry, &["--instance-id", "college-1"]).await;
     let target = college.addr.to_string();
     let email = format!("g-{}@university.edu", uuid::Uuid::new_v4().simple());
     let register =
@@ -488,7 +528,7 @@ async fn the_python_client_registers_by_hand_only_with_a_mesh_members_certificat
     let client = repo_root().join("clients/python/grantmesh_client.py");
     let client = client.to_str().unwrap();
     let ca = ca();
-    let (cert, key) = identity("college");
+    let (cert, key) = identity("college/py-manual");
     let registry = tls_registry().await;
     let target = registry.addr.to_string();
     let register = |id: &'static str| -> [&str; 11] {

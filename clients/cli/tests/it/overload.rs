@@ -355,8 +355,10 @@ async fn a_server_that_cannot_accept_leaves_the_registry_until_it_can() {
         |command| {
             command
                 .env("GRANTMESH_INSECURE", "1")
-                .env("GRANTMESH_TOKEN_KEY", crate::support::db::TOKEN_KEY)
-                .env("GRANTMESH_SERVICE_KEY", crate::support::db::SERVICE_KEY)
+                .env(
+                    "GRANTMESH_TOKEN_KEY_FILE",
+                    crate::support::tls::dir().join("token.key"),
+                )
                 .env_remove("GRANTMESH_REGISTRY")
                 .env_remove("DATABASE_URL")
                 .env(

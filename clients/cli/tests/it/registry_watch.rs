@@ -59,10 +59,10 @@ async fn register_many(client: &RegistryClient<Channel>, count: usize) {
 
 #[tokio::test]
 async fn a_big_snapshot_arrives_in_parts_and_a_balancer_sees_it_whole() {
-    let registry =
-        sandbox::registry("registry-parts", Duration::from_secs(60), Duration::ZERO).await;
     let count = 300;
-    let writer = RegistryClient::new(tls::channel_as(&registry.url, "college").await);
+    // One writer's certificate (`college/college`) holds all of them.
+    let registry = sandbox::registry_holding("registry-parts", count).await;
+    let writer = RegistryClient::new(tls::channel_as(&registry.url, "college/college").await);
     register_many(&writer, count).await;
 
     let mut parts = Vec::new();

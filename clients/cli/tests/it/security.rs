@@ -26,7 +26,9 @@ async fn registry_as(
     dir: &Path,
     identity: Option<&str>,
 ) -> Result<RegistryClient<tonic::transport::Channel>, String> {
-    let material = TlsMaterial::load(TlsPaths::in_dir(dir, identity)).map_err(|e| e.to_string())?;
+    let stem = identity.map(|identity| tls::issue_in(dir, identity));
+    let material =
+        TlsMaterial::load(TlsPaths::in_dir(dir, stem.as_deref())).map_err(|e| e.to_string())?;
     Transport::Tls(material)
         .channel(url, None)
         .await
@@ -144,7 +146,7 @@ async fn a_certificate_for_another_service_another_ca_or_past_its_expiry_is_refu
     let (registry, college) = tls_mesh(dir.path()).await;
 
     // An agency's certificate, from the right CA, for the wrong service.
-    let mut agency = registry_as(&registry.url(), dir.path(), Some("agency"))
+    let mut agency = registry_as(&registry.url(), dir.path(), Some("agency/nsf"))
         .await
         .unwrap();
     let hijack = agency
@@ -168,7 +170,10 @@ async fn a_certificate_for_another_service_another_ca_or_past_its_expiry_is_refu
     std::fs::copy(dir.path().join("ca.pem"), other.path().join("trusted.pem")).unwrap();
     let material = TlsMaterial::load(TlsPaths {
         ca: other.path().join("trusted.pem"),
-        identity: Some(ca::leaf_files(other.path(), "college")),
+        identity: Some(ca::leaf_files(
+            other.path(),
+            &tls::issue_in(other.path(), "college/college-real"),
+        )),
     })
     .unwrap();
     let mut foreign = RegistryClient::new(
@@ -191,10 +196,14 @@ async fn a_certificate_for_another_service_another_ca_or_past_its_expiry_is_refu
     // A college certificate from the right CA that has expired.
     let expired = tempfile::tempdir().unwrap();
     std::fs::copy(dir.path().join("ca.pem"), expired.path().join("ca.pem")).unwrap();
-    let mut request = LeafRequest::loopback("college");
+    let mut request = LeafRequest::loopback("college/college-real");
     request.validity = time::Duration::minutes(-1);
     ca::issue(dir.path(), &request, expired.path()).unwrap();
-    let material = TlsMaterial::load(TlsPaths::in_dir(expired.path(), Some("college"))).unwrap();
+    let material = TlsMaterial::load(TlsPaths::in_dir(
+        expired.path(),
+        Some("college.college-real"),
+    ))
+    .unwrap();
     let mut stale = RegistryClient::new(
         Transport::Tls(material)
             .channel_lazy(&registry.url(), None)
@@ -220,7 +229,8 @@ async fn rogue(
     dir: &Path,
     service: &str,
 ) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let material = TlsMaterial::load(TlsPaths::in_dir(dir, Some(service))).unwrap();
+    let stem = tls::issue_in(dir, service);
+    let material = TlsMaterial::load(TlsPaths::in_dir(dir, Some(&stem))).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(material.server_config().unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -267,8 +277,8 @@ async fn the_agency_sends_nothing_to_a_rogue_listed_as_a_college() {
     .await;
     // A rogue with a valid certificate — but for `agency`, not `college` —
     // listed as the only college by a misconfigured registrant.
-    let (addr, handshakes, bytes) = rogue(dir.path(), "agency").await;
-    let mut registrant = registry_as(&registry.url(), dir.path(), Some("college"))
+    let (addr, handshakes, bytes) = rogue(dir.path(), "agency/nsf").await;
+    let mut registrant = registry_as(&registry.url(), dir.path(), Some("college/college-rogue"))
         .await
         .unwrap();
     registrant
@@ -278,9 +288,8 @@ async fn the_agency_sends_nothing_to_a_rogue_listed_as_a_college() {
 
     // A researcher needs a college to sign up, so the proposal names a made-up investigator:
     // the agency accepts it and tries to have the listed "college" open the account.
-    let keys = keys();
     let researcher = uuid::Uuid::new_v4();
-    let (bearer, _) = keys.researcher_token(researcher).unwrap();
+    let bearer = token_of(researcher);
     let mut client = grantmesh_proto::AgencyClient::new(
         Transport::Tls(TlsMaterial::load(TlsPaths::in_dir(dir.path(), None)).unwrap())
             .channel(&agency.url(), None)
@@ -353,13 +362,18 @@ async fn certificates_of_a_ca_removed_from_trust_are_refused_without_a_restart()
     let registry = Proc::registry(&["--tls-dir", dir.path().to_str().unwrap()]).await;
     // A college certificate of the CA in use today, kept aside.
     let old = tempfile::tempdir().unwrap();
-    for file in ["ca.pem", "college.pem", "college.key"] {
+    tls::issue_in(dir.path(), "college/college-old");
+    for file in [
+        "ca.pem",
+        "college.college-old.pem",
+        "college.college-old.key",
+    ] {
         std::fs::copy(dir.path().join(file), old.path().join(file)).unwrap();
     }
     let register = |dir: std::path::PathBuf| {
         let url = registry.url();
         async move {
-            let mut client = registry_as(&url, &dir, Some("college")).await?;
+            let mut client = registry_as(&url, &dir, Some("college/college-old")).await?;
             client
                 .register(college_at("college-old", "https://127.0.0.1:9"))
                 .await
@@ -381,7 +395,7 @@ async fn certificates_of_a_ca_removed_from_trust_are_refused_without_a_restart()
     // verdict on its certificate is tested), but still presents the old one.
     let mixed = tempfile::tempdir().unwrap();
     std::fs::copy(new.path().join("ca.pem"), mixed.path().join("ca.pem")).unwrap();
-    for file in ["college.pem", "college.key"] {
+    for file in ["college.college-old.pem", "college.college-old.key"] {
         std::fs::copy(old.path().join(file), mixed.path().join(file)).unwrap();
     }
     // Once the registry serves its new certificate, it trusts only the new CA.

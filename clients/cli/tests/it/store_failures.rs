@@ -124,28 +124,25 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
     .await;
     let mut college = CollegeClient::new(crate::support::tls::channel(&college_server.url).await);
     let (pi, token) = researcher(&mut college).await;
-    let proposal_id = Uuid::new_v4().to_string();
     // The largest award the sandbox colleges let nsf grant.
     let award = sandbox::NSF_BAND.max();
-    let credential = keys()
-        .agency_credential("nsf", &proposal_id, award)
-        .unwrap();
-    let account = college
-        .open_account(authed(
-            OpenAccountRequest {
-                proposal_id,
-                agency: "nsf".into(),
-                principal_investigator_id: pi,
-                title: "Restart".into(),
-                award_minor: award,
-                duration_days: 30,
-            },
-            &credential,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .account_id;
+    let open = OpenAccountRequest {
+        proposal_id: Uuid::new_v4().to_string(),
+        agency: "nsf".into(),
+        principal_investigator_id: pi,
+        title: "Restart".into(),
+        award_minor: award,
+        duration_days: 30,
+    };
+    let credential = crate::support::agency_credential("nsf", &open);
+    let account = CollegeClient::new(
+        crate::support::tls::channel_as(&college_server.url, "agency/nsf").await,
+    )
+    .open_account(authed(open, &credential))
+    .await
+    .unwrap()
+    .into_inner()
+    .account_id;
 
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
     let unavailable = Arc::new(Mutex::new(0usize));
@@ -246,10 +243,13 @@ async fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output
 
 #[tokio::test]
 async fn a_missing_or_unreachable_database_is_a_clear_start_up_error() {
-    let keys = [
-        ("GRANTMESH_TOKEN_KEY", db::TOKEN_KEY),
-        ("GRANTMESH_SERVICE_KEY", db::SERVICE_KEY),
-    ];
+    let token_key = crate::support::tls::dir().join("token.key");
+    let token_pub = crate::support::tls::dir().join("token.pub");
+    let keys = [("GRANTMESH_TOKEN_KEY_FILE", token_key.to_str().unwrap())];
+    let agency_keys = [(
+        "GRANTMESH_TOKEN_PUBLIC_KEY_FILE",
+        token_pub.to_str().unwrap(),
+    )];
     let missing = run_binary(&["college", "--listen", "127.0.0.1:0"], &keys).await;
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("--database-url"));
@@ -262,7 +262,7 @@ async fn a_missing_or_unreachable_database_is_a_clear_start_up_error() {
             "--database-url",
             "postgres://grantmesh@127.0.0.1:1/nothing",
         ],
-        &keys,
+        &agency_keys,
     )
     .await;
     assert_eq!(unreachable.status.code(), Some(1));
@@ -272,21 +272,40 @@ async fn a_missing_or_unreachable_database_is_a_clear_start_up_error() {
         "{stderr}"
     );
 
-    let short_key = run_binary(
+    // A made-up key, or the private key given to an agency.
+    let placeholder = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(placeholder.path(), "change-me-token-key").unwrap();
+    let bad_key = run_binary(
         &[
             "college",
             "--listen",
             "127.0.0.1:0",
             "--database-url",
             "postgres://x@127.0.0.1:1/y",
-            "--token-key",
-            "short",
+            "--token-key-file",
+            placeholder.path().to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(bad_key.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_key.stderr).contains("not an Ed25519 private key"));
+    let agency_with_the_private_key = run_binary(
+        &[
+            "agency",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://x@127.0.0.1:1/y",
         ],
         &keys,
     )
     .await;
-    assert_eq!(short_key.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&short_key.stderr).contains("at least 32 bytes"));
+    assert_eq!(agency_with_the_private_key.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&agency_with_the_private_key.stderr)
+            .contains("an agency verifies tokens with the public half only")
+    );
 }
 
 #[tokio::test]

@@ -362,14 +362,14 @@ async fn the_dashboard_shows_request_rates_from_an_instances_metrics_label() {
     tokio::spawn(async move { axum::serve(listener, page).await });
     // An agency instance (it only has to be listed) advertising that page.
     let registry = &portal.mesh.registry.url;
-    let channel = tls::transport_as(registry, Some("agency"))
+    let channel = tls::transport_as(registry, Some("agency/metered"))
         .channel(registry, None)
         .await
         .unwrap();
     RegistryClient::new(channel)
         .register(RegisterRequest {
             instance: Some(Instance {
-                id: "agency-metered".into(),
+                id: "metered".into(),
                 service: "agency".into(),
                 address: "https://127.0.0.1:9".into(),
                 labels: [
@@ -401,10 +401,10 @@ async fn the_dashboard_shows_request_rates_from_an_instances_metrics_label() {
         || async {
             let (_, _, body) = portal.fetch(None, "GET", "/mesh.json", "").await;
             let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            rate(&json, "agency-metered")
+            rate(&json, "metered")
                 .and_then(|r| r.as_f64())
                 .is_some_and(|r| r > 0.0)
-                && rate(&json, "agency-nsf") == Some(serde_json::Value::Null)
+                && rate(&json, "nsf") == Some(serde_json::Value::Null)
         },
     )
     .await;

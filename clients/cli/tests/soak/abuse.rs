@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::mesh::ABUSE_SERVICE;
+use crate::mesh::{ABUSE_IDENTITY, ABUSE_SERVICE};
 use crate::support::tls;
 
 /// Outcomes per abuser ("idle tcp → closed by server" …).
@@ -352,7 +352,7 @@ pub async fn login_flood(
 /// per-service limit, then churns: deregisters and registers again, so
 /// watchers of the service get a steady stream of changes.
 pub async fn max_label_registrations(registry: String, tally: Arc<Tally>, stop: CancellationToken) {
-    let Some(channel) = connect(&registry, Some(ABUSE_SERVICE), &tally, &stop).await else {
+    let Some(channel) = connect(&registry, Some(ABUSE_IDENTITY), &tally, &stop).await else {
         return;
     };
     let mut client = RegistryClient::new(channel);

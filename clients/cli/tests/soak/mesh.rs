@@ -4,28 +4,30 @@
 //! the resident memory of those processes, sampled from `/proc`.
 
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use grantmesh_discovery::tls::ca::{self, LeafRequest};
+use grantmesh_discovery::tls::ca;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::db::TestDb;
 use crate::support::{Proc, assert_eventually, free_port, ids, tls};
 
-/// The service the abusive registrations are made under; the test CA signs
-/// a certificate naming it, as a mesh member gone rogue would hold.
+/// The service the abusive registrations are made under.
 pub const ABUSE_SERVICE: &str = "abuse";
+/// The identity the test CA signs for them, as a mesh member gone rogue
+/// would hold: its instances are `abuse-N`, replicas of its name.
+pub const ABUSE_IDENTITY: &str = "abuse/abuse";
+/// The soak's registries let one identity hold this many instances, so the
+/// abuser can still fill a service to its limit (1,000) and the soak
+/// measures the registry there, as if that many members had registered.
+pub const ABUSE_INSTANCES_PER_MEMBER: &str = "2000";
 
-/// The test CA's directory, with a certificate for [`ABUSE_SERVICE`] too.
+/// The test CA's directory, with a certificate for [`ABUSE_IDENTITY`] too.
 pub fn tls_dir() -> &'static Path {
-    static DONE: OnceLock<()> = OnceLock::new();
-    let dir = tls::dir();
-    DONE.get_or_init(|| {
-        ca::issue(dir, &LeafRequest::loopback(ABUSE_SERVICE), dir).expect("an abuse certificate");
-    });
-    dir
+    tls::member(ABUSE_IDENTITY);
+    tls::dir()
 }
 
 /// The mesh under soak.
@@ -82,7 +84,13 @@ impl SoakMesh {
     pub async fn start() -> SoakMesh {
         let dir = tls_dir().to_str().expect("a UTF-8 path").to_owned();
         let db = TestDb::create().await;
-        let registry = Proc::registry(&["--tls-dir", &dir]).await;
+        let registry = Proc::registry(&[
+            "--tls-dir",
+            &dir,
+            "--max-instances-per-member",
+            ABUSE_INSTANCES_PER_MEMBER,
+        ])
+        .await;
         let mut colleges = Vec::new();
         let college_metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
@@ -113,8 +121,6 @@ impl SoakMesh {
                 &db.url,
                 "--name",
                 "nsf",
-                "--instance-id",
-                "agency-nsf",
             ],
         )
         .await;

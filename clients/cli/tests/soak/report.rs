@@ -19,7 +19,9 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::abuse::max_instance;
-use crate::mesh::{ABUSE_SERVICE, cpu_ticks, rss_kib, tls_dir};
+use crate::mesh::{
+    ABUSE_IDENTITY, ABUSE_INSTANCES_PER_MEMBER, ABUSE_SERVICE, cpu_ticks, rss_kib, tls_dir,
+};
 use crate::support::db::TestDb;
 use crate::support::{Proc, tls};
 
@@ -37,13 +39,19 @@ fn row(scenario: &str, figure: String) {
 
 async fn registry() -> (Proc, u32) {
     let dir = tls_dir().to_str().unwrap().to_owned();
-    let registry = Proc::registry(&["--tls-dir", &dir]).await;
+    let registry = Proc::registry(&[
+        "--tls-dir",
+        &dir,
+        "--max-instances-per-member",
+        ABUSE_INSTANCES_PER_MEMBER,
+    ])
+    .await;
     let pid = registry.child.id().unwrap();
     (registry, pid)
 }
 
 async fn abuser(registry: &Proc) -> RegistryClient<Channel> {
-    RegistryClient::new(tls::channel_as(&registry.url(), ABUSE_SERVICE).await)
+    RegistryClient::new(tls::channel_as(&registry.url(), ABUSE_IDENTITY).await)
         .max_decoding_message_size(64 << 20)
 }
 
@@ -271,7 +279,7 @@ async fn idle_connections() {
     let cpu_before = cpu_ticks(pid);
     let loaded = health(existing.clone()).await;
     let started = Instant::now();
-    let new_connection = match tls::transport_as(&registry.url(), Some(ABUSE_SERVICE))
+    let new_connection = match tls::transport_as(&registry.url(), Some(ABUSE_IDENTITY))
         .channel(&registry.url(), None)
         .await
     {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use grantmesh_auth::Keys;
+use grantmesh_auth::{AccountTerms, AgencySigner};
 use grantmesh_discovery::Balancer;
 use grantmesh_proto::CollegeClient;
 use grantmesh_proto::v1::{
@@ -24,10 +24,10 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 use super::measure::{Measured, Sampler, histogram};
-use super::{MEMO, SERVICE_KEY, TOKEN_KEY, WithdrawArgs};
+use super::{MEMO, WithdrawArgs};
 
-/// The agency whose service credential opens the bench accounts.
-const AGENCY: &str = "bench-agency";
+/// The agency whose certificate opens the bench accounts.
+pub(super) const AGENCY: &str = "bench-agency";
 /// Each bench account's award, in minor units: more than any run can withdraw
 /// at 1 per call, so no withdrawal is refused for want of funds.
 const AWARD: i64 = 1_000_000_000_000;
@@ -73,17 +73,15 @@ pub(super) async fn researcher(balancer: &Balancer) -> anyhow::Result<(String, S
     Ok((id, reply.token))
 }
 
-/// Opens `n` accounts with the bench researcher as principal investigator; their ids, in order.
+/// Opens `n` accounts with the bench researcher as principal investigator,
+/// through `balancer` (which presents the bench agency's certificate) with
+/// credentials of `signer` (`None` in plaintext); their ids, in order.
 pub(super) async fn open_accounts(
     balancer: &Balancer,
+    signer: Option<&AgencySigner>,
     researcher: &str,
     n: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let keys = Keys::new(
-        TOKEN_KEY.as_bytes(),
-        SERVICE_KEY.as_bytes(),
-        Duration::from_secs(3600),
-    )?;
     let mut ids = Vec::with_capacity(n);
     for k in 1..=n {
         let request = OpenAccountRequest {
@@ -96,12 +94,25 @@ pub(super) async fn open_accounts(
         };
         let account = balancer
             .call(|channel| {
-                // One credential per call, bound to its proposal and award.
+                // One credential per call, bound to the account's terms.
+                let terms = AccountTerms {
+                    proposal: &request.proposal_id,
+                    award: AWARD,
+                    principal_investigator: &request.principal_investigator_id,
+                    duration_days: request.duration_days,
+                };
+                let credential = signer.map(|signer| signer.credential(AGENCY, &terms));
                 let mut request = tonic::Request::new(request.clone());
-                let authorized = keys
-                    .agency_credential(AGENCY, &request.get_ref().proposal_id, AWARD)
-                    .map_err(|err| tonic::Status::internal(err.to_string()))
-                    .and_then(|credential| grantmesh_auth::authorize(&mut request, &credential));
+                let authorized = match credential {
+                    Some(credential) => {
+                        credential
+                            .map_err(tonic::Status::internal)
+                            .and_then(|credential| {
+                                grantmesh_auth::authorize(&mut request, &credential)
+                            })
+                    }
+                    None => Ok(()),
+                };
                 async move {
                     authorized?;
                     CollegeClient::new(channel).open_account(request).await

@@ -52,6 +52,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use grantmesh_auth::AgencySigner;
 use grantmesh_discovery::{Balancer, BalancerOptions};
 use grantmesh_node::process::ChildNode;
 use grantmesh_proto::CollegeClient;
@@ -76,9 +77,6 @@ mod pgbench;
 mod plot;
 mod sizes;
 
-/// Bench-only signing keys, the same in the children and here.
-const TOKEN_KEY: &str = "grantmesh-bench-token-key-not-a-secret-0001";
-const SERVICE_KEY: &str = "grantmesh-bench-service-key-not-a-secret-02";
 /// The memo of every bench withdrawal, on both sides.
 const MEMO: &str = "bench";
 /// How long the registry and College children get to stop after SIGTERM
@@ -258,10 +256,25 @@ async fn bench(
     children: &mut Vec<ChildNode>,
 ) -> anyhow::Result<ExitCode> {
     let mut meshes = Vec::new();
+    // Opens the bench accounts on the first mesh, as the bench agency.
+    let mut opener = None;
     for kind in args.transport.kinds() {
         let transport = BenchTransport::new(kind, work)?;
         let first = children.len();
-        let balancer = start_mesh(args, url, &transport, children).await?;
+        let (balancer, registry_url) = start_mesh(args, url, &transport, children).await?;
+        if opener.is_none() {
+            let identity = format!("agency/{}", load::AGENCY);
+            let colleges = Balancer::new(
+                vec![registry_url],
+                grantmesh_college::SERVICE,
+                BalancerOptions {
+                    transport: transport.client_as(&identity)?,
+                    ..BalancerOptions::default()
+                },
+            );
+            let signer = transport.key_file(&identity).map(AgencySigner::new);
+            opener = Some((colleges, signer));
+        }
         meshes.push(Mesh {
             kind,
             balancer,
@@ -275,7 +288,9 @@ async fn bench(
 
     // The data, through the API (on a shared database, every mesh sees it).
     let (researcher, token) = load::researcher(balancer).await?;
-    let accounts = load::open_accounts(balancer, &researcher, args.accounts).await?;
+    let (colleges, signer) = opener.context("no mesh was started")?;
+    let accounts =
+        load::open_accounts(&colleges, signer.as_ref(), &researcher, args.accounts).await?;
     let (db, connection) = tokio_postgres::connect(url, NoTls)
         .await
         .context("failed to reach the bench database")?;
@@ -478,7 +493,7 @@ async fn start_mesh(
     url: &str,
     transport: &BenchTransport,
     children: &mut Vec<ChildNode>,
-) -> anyhow::Result<Balancer> {
+) -> anyhow::Result<(Balancer, String)> {
     let label = transport.kind().label();
     let registry = transport
         .spawn(
@@ -496,12 +511,9 @@ async fn start_mesh(
     children.push(registry);
     let pool_size = args.pool_size.to_string();
     let agencies = load::college_agencies();
-    let env = [
-        ("DATABASE_URL", url),
-        ("GRANTMESH_TOKEN_KEY", TOKEN_KEY),
-        ("GRANTMESH_SERVICE_KEY", SERVICE_KEY),
-    ];
     for n in 1..=args.colleges {
+        let id = format!("college-{n}");
+        transport.member(&format!("college/{id}"))?;
         let college = transport
             .spawn(
                 &format!("college-{n} ({label})"),
@@ -515,10 +527,13 @@ async fn start_mesh(
                     &pool_size,
                     "--agencies",
                     &agencies,
+                    "--instance-id",
+                    &id,
                 ],
                 |command: &mut Command| {
                     command
-                        .envs(env)
+                        .env("DATABASE_URL", url)
+                        .envs(transport.token_key_env())
                         .env("GRANTMESH_LOG", "error")
                         .stderr(Stdio::inherit());
                 },
@@ -556,7 +571,7 @@ async fn start_mesh(
             .await
             .context("a College instance does not answer")?;
     }
-    Ok(balancer)
+    Ok((balancer, registry_url))
 }
 
 /// What every measurement shares: the bench database and the pgbench set-up.

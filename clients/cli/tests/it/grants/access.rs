@@ -47,13 +47,14 @@ async fn authentication_and_permissions_are_enforced() {
         Code::Unauthenticated,
         "invalid",
     );
-    let forged = grantmesh_auth::Keys::new(
-        b"forged-token-key-Exq42tm8kQNchZr",
-        b"forged-service-key-VNd0xXi4iUQnx",
+    let forged = grantmesh_auth::Keys::signing(
+        grantmesh_auth::TokenKeyPair::generate()
+            .private_pem
+            .as_bytes(),
         Duration::from_secs(60),
     )
     .unwrap()
-    .researcher_token(pi.parse().unwrap())
+    .researcher_token(pi.parse().unwrap(), Uuid::new_v4())
     .unwrap()
     .0;
     assert_status(
@@ -154,15 +155,16 @@ async fn authentication_and_permissions_are_enforced() {
         award_minor: 1,
         duration_days: 1,
     };
+    // A researcher's token is no agency's certificate.
     assert_status(
         college.open_account(authed(open.clone(), &pi_token)).await,
-        Code::PermissionDenied,
-        "agency",
+        Code::Unauthenticated,
+        "needs a funding agency's mesh certificate",
     );
     assert_status(
         college.open_account(tonic::Request::new(open)).await,
         Code::Unauthenticated,
-        "authorization",
+        "needs a funding agency's mesh certificate",
     );
     // And another researcher's proposal is not yours.
     let mine = agency

@@ -40,7 +40,7 @@ async fn several_named_agencies_each_decide_by_their_own_band() {
                 .iter()
                 .map(|i| i.id.clone())
                 .collect::<Vec<_>>()
-                == ["agency-erc"]
+                == ["erc"]
         },
     )
     .await;
@@ -112,7 +112,7 @@ async fn a_validly_signed_token_for_a_researcher_no_college_knows_is_refused_bef
  {
     let mesh = Mesh::start(DAY).await;
     let stranger = uuid::Uuid::new_v4();
-    let (token, _) = keys().researcher_token(stranger).unwrap();
+    let token = token_of(stranger);
     let mut agency = mesh.agency().await;
     let submitted = agency
         .submit_proposal(authed(
@@ -144,7 +144,7 @@ async fn a_validly_signed_token_for_a_researcher_no_college_knows_is_refused_bef
 async fn the_reconciler_gives_up_on_a_proposal_no_college_can_open_and_says_why() {
     let mesh = Mesh::start(DAY).await;
     let stranger = uuid::Uuid::new_v4();
-    let (token, _) = keys().researcher_token(stranger).unwrap();
+    let token = token_of(stranger);
     // An accepted proposal with no account for a researcher no college
     // knows, as one accepted before the up-front check would be.
     let proposal = uuid::Uuid::new_v4();

@@ -1,9 +1,9 @@
-//! The agencies' service credential against real Colleges: bound to one
-//! proposal and award, used once across College instances, only from an
-//! agency a College knows and within its band, and never past its expiry.
-//! Every refusal is checked in the database to have changed nothing.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! The agencies' credentials against real Colleges: an account is opened
+//! only by a caller whose certificate names an agency the college knows,
+//! with a credential signed by that certificate's key, bound to the
+//! account's terms, used once across College instances, within the agency's
+//! band, and never past its expiry. Every refusal is checked in the database
+//! to have changed nothing.
 
 use grantmesh_proto::v1::*;
 use tonic::Code;
@@ -25,6 +25,11 @@ fn open_request(proposal_id: &str, pi: &str, award: i64) -> OpenAccountRequest {
     }
 }
 
+/// `nsf`'s credential for `open`.
+fn nsf(open: &OpenAccountRequest) -> String {
+    agency_credential("nsf", open)
+}
+
 /// (accounts, recorded credentials) in the mesh's database.
 async fn store_counts(mesh: &Mesh) -> (i64, i64) {
     let client = mesh.db.client().await;
@@ -43,9 +48,9 @@ async fn a_credential_replayed_at_the_other_college_is_refused_and_changes_nothi
     let mesh = Mesh::start(DAY).await;
     let (pi, _) = mesh.researcher("ada").await;
     let proposal = Uuid::new_v4().to_string();
-    let credential = keys().agency_credential("nsf", &proposal, 400_000).unwrap();
+    let credential = nsf(&open_request(&proposal, &pi, 400_000));
     let account = mesh
-        .college(0)
+        .college_as_agency(0, "nsf")
         .await
         .open_account(authed(open_request(&proposal, &pi, 400_000), &credential))
         .await
@@ -56,7 +61,7 @@ async fn a_credential_replayed_at_the_other_college_is_refused_and_changes_nothi
 
     for college in [1, 0] {
         assert_status(
-            mesh.college(college)
+            mesh.college_as_agency(college, "nsf")
                 .await
                 .open_account(authed(open_request(&proposal, &pi, 400_000), &credential))
                 .await,
@@ -69,9 +74,9 @@ async fn a_credential_replayed_at_the_other_college_is_refused_and_changes_nothi
     assert_eq!((balance, entries), (400_000, 0));
 
     // The agency's retry signs a new credential and gets the same account.
-    let retry = keys().agency_credential("nsf", &proposal, 400_000).unwrap();
+    let retry = nsf(&open_request(&proposal, &pi, 400_000));
     let again = mesh
-        .college(1)
+        .college_as_agency(1, "nsf")
         .await
         .open_account(authed(open_request(&proposal, &pi, 400_000), &retry))
         .await
@@ -82,12 +87,13 @@ async fn a_credential_replayed_at_the_other_college_is_refused_and_changes_nothi
 }
 
 #[tokio::test]
-async fn a_credential_for_one_proposal_and_award_opens_no_other() {
+async fn a_credential_for_one_set_of_terms_opens_no_other() {
     let mesh = Mesh::start(DAY).await;
     let (pi, _) = mesh.researcher("ada").await;
+    let (other_pi, _) = mesh.researcher("mallory").await;
     let (a, b) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
-    let credential = keys().agency_credential("nsf", &a, 400_000).unwrap();
-    let mut college = mesh.college(0).await;
+    let credential = nsf(&open_request(&a, &pi, 400_000));
+    let mut college = mesh.college_as_agency(0, "nsf").await;
     assert_status(
         college
             .open_account(authed(open_request(&b, &pi, 400_000), &credential))
@@ -113,6 +119,23 @@ async fn a_credential_for_one_proposal_and_award_opens_no_other() {
         Code::PermissionDenied,
         "issued for another award",
     );
+    // A relay that rewrites who leads the account, or for how long.
+    assert_status(
+        college
+            .open_account(authed(open_request(&a, &other_pi, 400_000), &credential))
+            .await,
+        Code::PermissionDenied,
+        "issued for another principal investigator",
+    );
+    let longer = OpenAccountRequest {
+        duration_days: 3_650,
+        ..open_request(&a, &pi, 400_000)
+    };
+    assert_status(
+        college.open_account(authed(longer, &credential)).await,
+        Code::PermissionDenied,
+        "issued for another duration",
+    );
     assert_eq!(store_counts(&mesh).await, (0, 0));
     // Refused before it was recorded: the credential still opens its own call.
     college
@@ -126,25 +149,27 @@ async fn a_credential_for_one_proposal_and_award_opens_no_other() {
 async fn an_unknown_agency_or_an_award_outside_its_band_is_refused_before_the_store() {
     let mesh = Mesh::start(DAY).await;
     let (pi, _) = mesh.researcher("ada").await;
-    let mut college = mesh.college(0).await;
+    let mut college = mesh.college_as_agency(0, "nsf").await;
 
+    // An agency certificate the colleges were not configured with.
     let proposal = Uuid::new_v4().to_string();
-    let rogue = keys()
-        .agency_credential("rogue", &proposal, 400_000)
-        .unwrap();
     let request = OpenAccountRequest {
         agency: "rogue".into(),
         ..open_request(&proposal, &pi, 400_000)
     };
+    let rogue = agency_credential("rogue", &request);
     assert_status(
-        college.open_account(authed(request, &rogue)).await,
+        mesh.college_as_agency(0, "rogue")
+            .await
+            .open_account(authed(request, &rogue))
+            .await,
         Code::PermissionDenied,
         "unknown agency \"rogue\"",
     );
 
     for award in [299_999, 500_001] {
         let proposal = Uuid::new_v4().to_string();
-        let credential = keys().agency_credential("nsf", &proposal, award).unwrap();
+        let credential = nsf(&open_request(&proposal, &pi, award));
         assert_status(
             college
                 .open_account(authed(open_request(&proposal, &pi, award), &credential))
@@ -155,13 +180,16 @@ async fn an_unknown_agency_or_an_award_outside_its_band_is_refused_before_the_st
     }
     // `erc` is known with a band of its own.
     let proposal = Uuid::new_v4().to_string();
-    let credential = keys().agency_credential("erc", &proposal, 400_000).unwrap();
     let request = OpenAccountRequest {
         agency: "erc".into(),
         ..open_request(&proposal, &pi, 400_000)
     };
+    let credential = agency_credential("erc", &request);
     assert_status(
-        college.open_account(authed(request, &credential)).await,
+        mesh.college_as_agency(0, "erc")
+            .await
+            .open_account(authed(request, &credential))
+            .await,
         Code::PermissionDenied,
         "band 100000..=200000",
     );
@@ -169,39 +197,64 @@ async fn an_unknown_agency_or_an_award_outside_its_band_is_refused_before_the_st
 }
 
 #[tokio::test]
-async fn an_expired_credential_is_refused() {
+async fn one_agency_cannot_open_accounts_as_another_nor_anyone_as_an_agency() {
     let mesh = Mesh::start(DAY).await;
-    let (pi, _) = mesh.researcher("ada").await;
+    let (pi, pi_token) = mesh.researcher("ada").await;
     let proposal = Uuid::new_v4().to_string();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    // Signed as an agency would, with the test service key, but expired a
-    // minute ago (well past the verifier's leeway).
-    let claims = serde_json::json!({
-        "sub": "nsf",
-        "kind": "agency",
-        "aud": "college",
-        "proposal": proposal,
-        "award": 400_000,
-        "iat": now - 120,
-        "exp": now - 60,
-        "jti": Uuid::new_v4(),
-    });
-    let expired = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(db::SERVICE_KEY.as_bytes()),
-    )
-    .unwrap();
+    let as_erc = OpenAccountRequest {
+        agency: "erc".into(),
+        ..open_request(&proposal, &pi, 150_000)
+    };
+    // `nsf`'s certificate, asking in `erc`'s name (and band), with a
+    // credential it signed itself as `erc`, or one `erc` signed (captured).
+    let nsf_signed_as_erc = {
+        let nsf_key = crate::support::tls::member("agency/nsf");
+        let (_, key) =
+            grantmesh_discovery::tls::ca::leaf_files(crate::support::tls::dir(), &nsf_key);
+        grantmesh_auth::AgencySigner::new(key)
+            .credential(
+                "erc",
+                &grantmesh_auth::AccountTerms {
+                    proposal: &proposal,
+                    award: 150_000,
+                    principal_investigator: &pi,
+                    duration_days: 30,
+                },
+            )
+            .unwrap()
+    };
+    let mut as_nsf = mesh.college_as_agency(0, "nsf").await;
     assert_status(
-        mesh.college(1)
+        as_nsf
+            .open_account(authed(as_erc.clone(), &nsf_signed_as_erc))
+            .await,
+        Code::PermissionDenied,
+        "the certificate names agency \"nsf\"",
+    );
+    let captured = agency_credential("erc", &as_erc);
+    assert_status(
+        as_nsf.open_account(authed(as_erc.clone(), &captured)).await,
+        Code::Unauthenticated,
+        "signed with the key of the agency's own certificate",
+    );
+    // A college's certificate, and a researcher without one.
+    let mut as_college = grantmesh_proto::CollegeClient::new(
+        crate::support::tls::channel_as(&mesh.colleges[1].url, "college/college-1").await,
+    );
+    assert_status(
+        as_college
+            .open_account(authed(as_erc.clone(), &captured))
+            .await,
+        Code::PermissionDenied,
+        "only a funding agency may open research accounts",
+    );
+    assert_status(
+        mesh.college(0)
             .await
-            .open_account(authed(open_request(&proposal, &pi, 400_000), &expired))
+            .open_account(authed(as_erc.clone(), &pi_token))
             .await,
         Code::Unauthenticated,
-        "expired",
+        "needs a funding agency's mesh certificate",
     );
     assert_eq!(store_counts(&mesh).await, (0, 0));
 }

@@ -25,7 +25,10 @@ async fn sixty_four_concurrent_withdrawers_never_overdraw_an_account() {
         .unwrap()
         .get::<_, String>(0);
     let account = mesh.open(&pi, 100_000, 30).await.account_id;
-    let colleges = [mesh.college(0).await, mesh.college(1).await];
+    let colleges = [
+        mesh.college_as_agency(0, "nsf").await,
+        mesh.college_as_agency(1, "nsf").await,
+    ];
 
     // 64 withdrawers take 3,000 at a time until refused: 33 can succeed.
     let tasks = (0..64).map(|n| {
@@ -70,7 +73,10 @@ async fn a_thousand_retries_of_one_key_apply_once() {
     let mesh = Mesh::start(DAY).await;
     let (pi, token) = mesh.researcher("ada").await;
     let account = mesh.open(&pi, 100_000, 30).await.account_id;
-    let colleges = [mesh.college(0).await, mesh.college(1).await];
+    let colleges = [
+        mesh.college_as_agency(0, "nsf").await,
+        mesh.college_as_agency(1, "nsf").await,
+    ];
     let limit = Arc::new(tokio::sync::Semaphore::new(50));
 
     let calls = (0..1_000).map(|n| {
@@ -119,7 +125,10 @@ async fn a_retried_accept_opens_one_account() {
     // The College side: the same proposal opened twenty times on two
     // instances, each time with a new credential, as an agency retries.
     let proposal_id = Uuid::new_v4().to_string();
-    let colleges = [mesh.college(0).await, mesh.college(1).await];
+    let colleges = [
+        mesh.college_as_agency(0, "nsf").await,
+        mesh.college_as_agency(1, "nsf").await,
+    ];
     let opens = (0..20).map(|n| {
         let mut college = colleges[n % 2].clone();
         let request = OpenAccountRequest {
@@ -130,9 +139,7 @@ async fn a_retried_accept_opens_one_account() {
             award_minor: 400_000,
             duration_days: 30,
         };
-        let credential = keys()
-            .agency_credential("nsf", &proposal_id, 400_000)
-            .unwrap();
+        let credential = agency_credential("nsf", &request);
         tokio::spawn(async move {
             college
                 .open_account(authed(request, &credential))

@@ -5,10 +5,6 @@ use std::sync::OnceLock;
 
 use tokio_postgres::NoTls;
 
-/// Keys every test deployment signs with.
-pub const TOKEN_KEY: &str = "test-token-key-IxS9YMAbHEdeg2USLwVyy58EHg";
-pub const SERVICE_KEY: &str = "test-service-key-1kr8wRuGRyBDLAgkklJ6wVin";
-
 /// The server's URL (any database on it).
 pub fn server_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();

@@ -35,8 +35,31 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `grantmesh ARGS…` and waits for its "listening on" line.
+    /// Starts `grantmesh ARGS…` and waits for its "listening on" line. A
+    /// college or agency given `--tls-dir` of a test CA gets the certificate
+    /// naming it there first (`college/<--instance-id>`, `agency/<--name>`).
     pub async fn start(name: &str, args: &[&str]) -> Proc {
+        let flag = |flag: &str| {
+            args.iter()
+                .position(|arg| *arg == flag)
+                .and_then(|at| args.get(at + 1))
+                .copied()
+        };
+        if let Some(dir) = flag("--tls-dir")
+            && Path::new(dir).join("ca.key").exists()
+        {
+            let member = match args.first() {
+                Some(&"college") => flag("--instance-id").map(|id| format!("college/{id}")),
+                Some(&"agency") => Some(format!(
+                    "agency/{}",
+                    flag("--name").unwrap_or("grantmesh-agency")
+                )),
+                _ => None,
+            };
+            if let Some(member) = member {
+                tls::issue_in(Path::new(dir), &member);
+            }
+        }
         let node = ChildNode::spawn(
             Path::new(env!("CARGO_BIN_EXE_grantmesh")),
             name,
@@ -47,11 +70,22 @@ impl Proc {
                 if !args.contains(&"--tls-dir") {
                     command.env("GRANTMESH_INSECURE", "1");
                 }
+                // Colleges sign with the test token key, agencies verify with its public half.
+                match args.first() {
+                    Some(&"college") => {
+                        command.env("GRANTMESH_TOKEN_KEY_FILE", tls::dir().join("token.key"));
+                    }
+                    Some(&"agency") => {
+                        command.env(
+                            "GRANTMESH_TOKEN_PUBLIC_KEY_FILE",
+                            tls::dir().join("token.pub"),
+                        );
+                    }
+                    _ => {}
+                }
                 command
                     .env_remove("GRANTMESH_REGISTRY")
                     .env_remove("DATABASE_URL")
-                    .env("GRANTMESH_TOKEN_KEY", db::TOKEN_KEY)
-                    .env("GRANTMESH_SERVICE_KEY", db::SERVICE_KEY)
                     .env(
                         "GRANTMESH_LOG",
                         std::env::var("GRANTMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -256,14 +290,46 @@ pub async fn shared_database() -> String {
     .clone()
 }
 
-/// Keys matching the ones test processes get.
+/// The colleges' token keys: test processes and in-process colleges sign with them.
 pub fn keys() -> grantmesh_auth::Keys {
-    grantmesh_auth::Keys::new(
-        db::TOKEN_KEY.as_bytes(),
-        db::SERVICE_KEY.as_bytes(),
-        Duration::from_secs(3600),
-    )
-    .unwrap()
+    static KEYS: std::sync::OnceLock<grantmesh_auth::Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let pem = std::fs::read(tls::dir().join("token.key")).expect("the test token key");
+        grantmesh_auth::Keys::signing(&pem, grantmesh_auth::tokens::MAX_TOKEN_TTL).unwrap()
+    })
+    .clone()
+}
+
+/// The agencies' token keys: the public half of [`keys`].
+pub fn agency_keys() -> grantmesh_auth::Keys {
+    let pem = std::fs::read(tls::dir().join("token.pub")).expect("the test token public key");
+    grantmesh_auth::Keys::verifying(&pem).unwrap()
+}
+
+/// A token of `researcher` in a session of its own, signed with the test colleges' key.
+pub fn token_of(researcher: uuid::Uuid) -> String {
+    keys()
+        .researcher_token(researcher, uuid::Uuid::new_v4())
+        .unwrap()
+        .0
+}
+
+/// A credential of agency `agency` for `open`, signed with the key of its
+/// test certificate (issued now if need be), as that agency signs one.
+pub fn agency_credential(agency: &str, open: &grantmesh_proto::v1::OpenAccountRequest) -> String {
+    let stem = tls::member(&format!("agency/{agency}"));
+    let (_, key) = grantmesh_discovery::tls::ca::leaf_files(tls::dir(), &stem);
+    grantmesh_auth::AgencySigner::new(key)
+        .credential(
+            agency,
+            &grantmesh_auth::AccountTerms {
+                proposal: &open.proposal_id,
+                award: open.award_minor,
+                principal_investigator: &open.principal_investigator_id,
+                duration_days: open.duration_days,
+            },
+        )
+        .unwrap()
 }
 
 /// A request with `authorization: Bearer <token>`.

@@ -43,11 +43,13 @@ async fn start(role: Role) -> Node {
         .unwrap_or_else(|err| panic!("the node starts: {err:#}"))
 }
 
-/// A server of `service` on TLS with the test CA's certificate.
-fn server(service: &str, id: &str) -> ServerSettings {
+/// A server of `identity` (`registry`, `college/college-0`) registering as
+/// `id` (the name its certificate gives it when `None`), on TLS with the
+/// test CA's certificate.
+fn server(identity: &str, id: Option<&str>) -> ServerSettings {
     ServerSettings {
-        instance_id: Some(id.to_owned()),
-        tls: Some(super::tls::paths(service)),
+        instance_id: id.map(str::to_owned),
+        tls: Some(super::tls::paths(identity)),
         ..ServerSettings::default()
     }
 }
@@ -60,7 +62,8 @@ fn mesh(registries: &[&str]) -> MeshSettings {
     }
 }
 
-/// The store at `database_url`, with the keys test processes also get.
+/// The store at `database_url`, with the colleges' token keys test
+/// processes also get.
 pub fn store(database_url: &str) -> StoreSettings {
     StoreSettings {
         database_url: database_url.to_owned(),
@@ -69,13 +72,37 @@ pub fn store(database_url: &str) -> StoreSettings {
     }
 }
 
+/// The store at `database_url`, with an agency's token keys (the public half).
+pub fn agency_store(database_url: &str) -> StoreSettings {
+    StoreSettings {
+        keys: super::agency_keys(),
+        ..store(database_url)
+    }
+}
+
 /// A registry with no warm-up (tests watch a registry they have just
 /// started) and the given default TTL.
 pub async fn registry(id: &str, default_ttl: Duration, warmup: Duration) -> Node {
     start(Role::Registry(RegistrySettings {
-        server: server("registry", id),
+        server: server("registry", Some(id)),
         default_ttl,
         warmup,
+        ..RegistrySettings::default()
+    }))
+    .await
+}
+
+/// A registry (no warm-up, 60 s default TTL) on which one identity may
+/// hold `instances` instances: for tests that register many from one certificate.
+pub async fn registry_holding(id: &str, instances: usize) -> Node {
+    start(Role::Registry(RegistrySettings {
+        server: server("registry", Some(id)),
+        default_ttl: Duration::from_secs(60),
+        warmup: Duration::ZERO,
+        capacity: grantmesh_registry::Capacity {
+            instances_per_member: instances,
+            ..grantmesh_registry::Capacity::default()
+        },
         ..RegistrySettings::default()
     }))
     .await
@@ -89,7 +116,7 @@ pub async fn college(
     registries: &[&str],
 ) -> Node {
     start(Role::College(CollegeSettings {
-        server: server("college", id),
+        server: server(&super::tls::college(id), None),
         day_length,
         agencies: known_agencies(),
         ..CollegeSettings::new(mesh(registries), store(database_url))
@@ -97,10 +124,11 @@ pub async fn college(
     .await
 }
 
-/// An agency called `name` (instance id `agency-NAME`) registered with `registry`.
+/// An agency called `name` (instance id `NAME`, as its certificate
+/// `agency/NAME` says) registered with `registry`.
 pub async fn agency(database_url: &str, registry: &str, name: &str, band: Band) -> Node {
-    let mut settings = AgencySettings::new(name, mesh(&[registry]), store(database_url));
-    settings.server = server("agency", &format!("agency-{name}"));
+    let mut settings = AgencySettings::new(name, mesh(&[registry]), agency_store(database_url));
+    settings.server = server(&format!("agency/{name}"), None);
     settings.band = band;
     settings.open_timeout = Duration::from_secs(2);
     settings.reconcile_every = Duration::from_millis(500);
@@ -143,6 +171,13 @@ impl Mesh {
         CollegeClient::new(super::tls::channel(&self.colleges[n].url).await)
     }
 
+    /// College `n`, called by agency `agency` (presenting its certificate).
+    pub async fn college_as_agency(&self, n: usize, agency: &str) -> CollegeClient<Channel> {
+        CollegeClient::new(
+            super::tls::channel_as(&self.colleges[n].url, &format!("agency/{agency}")).await,
+        )
+    }
+
     pub async fn agency(&self) -> AgencyClient<Channel> {
         AgencyClient::new(super::tls::channel(&self.agency.url).await)
     }
@@ -181,23 +216,18 @@ impl Mesh {
             .into_iter()
             .find(|(_, band)| (band.min()..=band.max()).contains(&award))
             .unwrap_or_else(|| panic!("no sandbox agency grants an award of {award}"));
-        let proposal_id = Uuid::new_v4().to_string();
-        let credential = keys()
-            .agency_credential(&agency, &proposal_id, award)
-            .unwrap();
-        self.college(0)
+        let open = OpenAccountRequest {
+            proposal_id: Uuid::new_v4().to_string(),
+            agency: agency.clone(),
+            principal_investigator_id: investigator.into(),
+            title: "Test account".into(),
+            award_minor: award,
+            duration_days: days,
+        };
+        let credential = super::agency_credential(&agency, &open);
+        self.college_as_agency(0, &agency)
             .await
-            .open_account(authed(
-                OpenAccountRequest {
-                    proposal_id,
-                    agency,
-                    principal_investigator_id: investigator.into(),
-                    title: "Test account".into(),
-                    award_minor: award,
-                    duration_days: days,
-                },
-                &credential,
-            ))
+            .open_account(authed(open, &credential))
             .await
             .unwrap()
             .into_inner()
