@@ -223,6 +223,9 @@ pub enum Verb {
 
 pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
     let store = Store::locate()?;
+    if !matches!(verb, Verb::Login { .. } | Verb::Logout) {
+        renew_session(&store).await?;
+    }
     match verb {
         Verb::Signup {
             name,
@@ -277,6 +280,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                 email: researcher.email,
                 expires_at: output::time(reply.expires_at.as_ref()),
                 registry: mesh.registry.clone(),
+                refresh_token: reply.refresh_token.clone(),
             };
             let path = store.save(&session)?;
             output::emit(format, &reply, |_| {
@@ -292,6 +296,30 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             })?;
         }
         Verb::Logout => {
+            // The session ends at the colleges first (its tokens are refused
+            // at every one within seconds), then the file goes.
+            if let Some(session) = store.load()? {
+                let target = Target {
+                    registry: Some(session.registry.clone()),
+                    token: None,
+                };
+                let mesh = Mesh::new(&store, target, format)?;
+                let ended = mesh
+                    .college(
+                        LogoutRequest {
+                            refresh_token: session.refresh_token.clone(),
+                        },
+                        !session.is_expired(SystemTime::now()),
+                        |mut c, r| async move { c.logout(r).await },
+                    )
+                    .await;
+                if let Err(err) = ended {
+                    eprintln!(
+                        "warning: the colleges could not be told to end the session ({err:#}); \
+                         its access token stays valid until it expires (at most 15 minutes)"
+                    );
+                }
+            }
             if store.remove()? {
                 eprintln!("logged out ({} removed)", store.path().display());
             } else {
@@ -730,6 +758,46 @@ async fn remove_member(
         .college_once(message, |mut c, r| async move { c.remove_member(r).await })
         .await?;
     output::emit(format, &account, output::account)
+}
+
+/// Renews the saved session's access token when it is about to expire,
+/// with its refresh token (the session file is replaced); a session the
+/// colleges have ended is reported as such.
+async fn renew_session(store: &Store) -> anyhow::Result<()> {
+    let Some(session) = store.load()? else {
+        return Ok(());
+    };
+    if !session.needs_refresh(SystemTime::now()) {
+        return Ok(());
+    }
+    let target = Target {
+        registry: Some(session.registry.clone()),
+        token: None,
+    };
+    let mesh = Mesh::new(store, target, Format::Table)?;
+    let request = RefreshRequest {
+        refresh_token: session.refresh_token.clone(),
+    };
+    let reply = mesh
+        .college(request, false, |mut c, r| async move { c.refresh(r).await })
+        .await;
+    match reply {
+        Ok(reply) => {
+            store.save(&Session {
+                token: reply.token,
+                expires_at: output::time(reply.expires_at.as_ref()),
+                refresh_token: reply.refresh_token,
+                ..session
+            })?;
+            Ok(())
+        }
+        Err(err) => match err.downcast_ref::<Status>() {
+            Some(status) if status.code() == Code::Unauthenticated => {
+                Err(CliError::StaleSession(status.message().to_owned()).into())
+            }
+            _ => Err(err),
+        },
+    }
 }
 
 /// The mesh as one command sees it: the registry list, the token, the format.

@@ -1,5 +1,7 @@
-//! The login session: the token `grantmesh login` gets, kept in a file so
-//! later commands need no exported variable.
+//! The login session: the tokens `grantmesh login` gets, kept in a file so
+//! later commands need no exported variable. The access token lives at most
+//! 15 minutes; a command that finds it about to expire first exchanges the
+//! refresh token for new ones ([`Session::needs_refresh`]).
 //!
 //! The file is `session.json` in `$GRANTMESH_CONFIG_DIR`, or else in the
 //! user's config directory (`~/.config/grantmesh` on Linux). It holds a bearer
@@ -34,9 +36,22 @@ pub struct Session {
     pub expires_at: String,
     /// The registry list the login went through; later commands use it unless told otherwise.
     pub registry: String,
+    /// Renews the access token (Refresh) until the session ends; empty in a
+    /// session saved before sessions could be renewed.
+    #[serde(default)]
+    pub refresh_token: String,
 }
 
+/// How long before its expiry an access token is renewed: a command that
+/// starts now finishes with a token that is still good.
+pub const REFRESH_AHEAD: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Session {
+    /// Whether the access token should be renewed before use at `now`.
+    pub fn needs_refresh(&self, now: SystemTime) -> bool {
+        !self.refresh_token.is_empty() && self.is_expired(now + REFRESH_AHEAD)
+    }
+
     /// Whether the token has expired at `now` (a token with no known expiry never has).
     pub fn is_expired(&self, now: SystemTime) -> bool {
         humantime::parse_rfc3339(&self.expires_at).is_ok_and(|expires| expires <= now)
@@ -137,6 +152,7 @@ mod tests {
     fn session(expires_at: &str) -> Session {
         Session {
             token: "t".into(),
+            refresh_token: "r".into(),
             researcher_id: "r".into(),
             name: "Ada".into(),
             email: "ada@uni.edu".into(),

@@ -61,12 +61,22 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// A signed-in researcher.
 pub struct Session {
-    /// The bearer token the College issued at login; never sent to the browser.
+    /// The access token the College issued (at login or at the last
+    /// refresh); never sent to the browser.
     pub token: String,
+    /// When the College stops accepting `token`: [`Sessions::renew`] gets a
+    /// new one before then.
+    pub token_expires_at: SystemTime,
+    /// Exchanged for the next access token; never sent to the browser.
+    pub refresh_token: String,
     pub researcher_id: String,
     pub name: String,
-    /// When the College stops accepting the token; the session ends then.
+    /// When the College's session ends (it asks for the password again).
     pub expires_at: SystemTime,
+    /// Held while the session's tokens are being renewed, so two pages of
+    /// one browser do not both spend the refresh token (the second would
+    /// look like a stolen copy, and end the session).
+    pub renewing: Arc<tokio::sync::Mutex<()>>,
     /// This session's share of live streams ([`MAX_STREAMS_PER_SESSION`]).
     pub streams: Arc<Semaphore>,
     /// Cancelled when the session ends (log-out): its live streams stop.
@@ -76,16 +86,56 @@ pub struct Session {
     flash: Mutex<Option<(String, bool)>>,
 }
 
+/// How long before its access token expires a session renews it.
+pub const RENEW_AHEAD: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A session's tokens, as the College hands them out.
+pub struct Tokens {
+    pub token: String,
+    pub token_expires_at: SystemTime,
+    pub refresh_token: String,
+}
+
 impl Session {
-    pub fn new(token: String, researcher_id: String, name: String, expires_at: SystemTime) -> Self {
+    pub fn new(
+        tokens: Tokens,
+        researcher_id: String,
+        name: String,
+        expires_at: SystemTime,
+    ) -> Self {
         Self {
-            token,
+            token: tokens.token,
+            token_expires_at: tokens.token_expires_at,
+            refresh_token: tokens.refresh_token,
             researcher_id,
             name,
             expires_at,
+            renewing: Arc::new(tokio::sync::Mutex::new(())),
             streams: Arc::new(Semaphore::new(MAX_STREAMS_PER_SESSION)),
             ended: CancellationToken::new(),
             flash: Mutex::new(None),
+        }
+    }
+
+    /// Whether the access token is due for renewal at `now`.
+    pub fn needs_renewal(&self, now: SystemTime) -> bool {
+        !self.refresh_token.is_empty() && self.token_expires_at <= now + RENEW_AHEAD
+    }
+
+    /// This session with new tokens: the same streams, log-out signal and
+    /// pending message.
+    fn renewed(&self, tokens: Tokens) -> Self {
+        Self {
+            token: tokens.token,
+            token_expires_at: tokens.token_expires_at,
+            refresh_token: tokens.refresh_token,
+            researcher_id: self.researcher_id.clone(),
+            name: self.name.clone(),
+            expires_at: self.expires_at,
+            renewing: Arc::clone(&self.renewing),
+            streams: Arc::clone(&self.streams),
+            ended: self.ended.clone(),
+            flash: Mutex::new(self.take_flash()),
         }
     }
 
@@ -196,6 +246,19 @@ impl Sessions {
         Ok(sid)
     }
 
+    /// Puts `tokens` into session `sid` (still signed in as `old`); the
+    /// session as it is now.
+    pub fn renew(&self, sid: &str, old: &Arc<Session>, tokens: Tokens) -> Option<Arc<Session>> {
+        let mut map = self.map.lock().expect("poisoned");
+        let current = map.get(sid)?;
+        if !Arc::ptr_eq(current, old) {
+            return Some(Arc::clone(current));
+        }
+        let renewed = Arc::new(old.renewed(tokens));
+        map.insert(sid.to_owned(), Arc::clone(&renewed));
+        Some(renewed)
+    }
+
     /// Forgets session `sid`, and ends its live streams.
     pub fn end(&self, sid: &str) {
         if let Some(session) = self.map.lock().expect("poisoned").remove(sid) {
@@ -251,7 +314,12 @@ pub async fn visitor(State(app): State<Arc<App>>, mut request: Request, next: Ne
         Some(sid) => (sid, false),
         None => (Sessions::new_id(), true),
     };
-    let session = app.sessions.get(&sid);
+    let session = match app.sessions.get(&sid) {
+        Some(session) if session.needs_renewal(SystemTime::now()) => {
+            renew(&app, &sid, session).await
+        }
+        session => session,
+    };
     let address = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -273,6 +341,51 @@ pub async fn visitor(State(app): State<Arc<App>>, mut request: Request, next: Ne
             .append(SET_COOKIE, app.sessions.cookie(&sid));
     }
     response
+}
+
+/// Renews session `sid`'s access token with its refresh token (one page at
+/// a time); the session as it is then, or `None` when the College has ended
+/// it (logged out elsewhere, expired, or its refresh token copied).
+async fn renew(app: &App, sid: &str, session: Arc<Session>) -> Option<Arc<Session>> {
+    let _one_at_a_time = session.renewing.lock().await;
+    // Another page of this browser may have renewed it meanwhile.
+    let current = app.sessions.get(sid)?;
+    if !current.needs_renewal(SystemTime::now()) {
+        return Some(current);
+    }
+    let reply = app
+        .mesh
+        .college(
+            None,
+            grantmesh_proto::v1::RefreshRequest {
+                refresh_token: current.refresh_token.clone(),
+            },
+            |mut c, r| async move { c.refresh(r).await },
+        )
+        .await;
+    match reply {
+        Ok(reply) => {
+            let tokens = Tokens {
+                token: reply.token,
+                token_expires_at: reply
+                    .expires_at
+                    .and_then(|t| SystemTime::try_from(t).ok())
+                    .unwrap_or_else(SystemTime::now),
+                refresh_token: reply.refresh_token,
+            };
+            app.sessions.renew(sid, &current, tokens)
+        }
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            tracing::info!(
+                reason = status.message(),
+                "the college ended a portal session"
+            );
+            app.sessions.end(sid);
+            None
+        }
+        // No college answers now: keep the session; its pages will say so.
+        Err(_) => Some(current),
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Visitor {
@@ -336,9 +449,17 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn tokens() -> Tokens {
+        Tokens {
+            token: "t".into(),
+            token_expires_at: SystemTime::now() + Duration::from_secs(900),
+            refresh_token: "r".into(),
+        }
+    }
+
     fn session(expires_in: Duration) -> Session {
         Session::new(
-            "t".into(),
+            tokens(),
             "r".into(),
             "Ada".into(),
             SystemTime::now() + expires_in,
@@ -358,7 +479,7 @@ mod tests {
             })
             .collect();
         let other = Session::new(
-            "t".into(),
+            tokens(),
             "someone-else".into(),
             "Bo".into(),
             SystemTime::now() + Duration::from_secs(1),
@@ -376,6 +497,29 @@ mod tests {
         assert!(sessions.get(&newest).is_some());
         assert!(sessions.get(&rest[0]).is_some());
         assert!(sessions.get(&other).is_some(), "another researcher's stays");
+    }
+
+    #[test]
+    fn a_renewed_session_keeps_its_streams_and_log_out_signal_and_a_stale_renewal_loses() {
+        let sessions = Sessions::new(false);
+        let sid = sessions.start(session(Duration::from_secs(3600))).unwrap();
+        let old = sessions.get(&sid).unwrap();
+        let fresh = Tokens {
+            token: "t2".into(),
+            token_expires_at: SystemTime::now() + Duration::from_secs(900),
+            refresh_token: "r2".into(),
+        };
+        let renewed = sessions.renew(&sid, &old, fresh).unwrap();
+        assert_eq!(renewed.token, "t2");
+        assert!(Arc::ptr_eq(&renewed.streams, &old.streams));
+        // A renewal from the session as it was before is not applied twice.
+        let again = sessions.renew(&sid, &old, tokens()).unwrap();
+        assert_eq!(again.token, "t2");
+        sessions.end(&sid);
+        assert!(
+            old.ended.is_cancelled(),
+            "the old handle hears of the log-out"
+        );
     }
 
     #[test]

@@ -258,7 +258,8 @@ impl AgencyService {
     /// recorded: a validly signed token for a researcher never registered
     /// would otherwise leave an accepted proposal that no College can open
     /// an account for. Asked with the caller's own token. Only a College's
-    /// NOT_FOUND refuses; when no College answers, the proposal goes ahead
+    /// NOT_FOUND (no such researcher) or UNAUTHENTICATED (the token's
+    /// session has ended) refuses; when no College answers, the proposal goes ahead
     /// and opening its account settles it (or the reconciler does).
     async fn check_investigator(&self, investigator: Uuid, token: &str) -> Result<(), Status> {
         let timeout = self.config().open_timeout;
@@ -290,6 +291,11 @@ impl AgencyService {
                     "researcher {investigator} is not registered at any college, so no account could be opened \
                      for this proposal; sign up at the college first (the token is validly signed, but names no one the college knows)"
                 )))
+            }
+            // The colleges keep the sessions: a token of an ended session
+            // (logged out) is refused here too, though its signature is good.
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                Err(Status::unauthenticated(status.message().to_owned()))
             }
             Err(status) => {
                 tracing::debug!(error = %status.message(), "could not ask a college about the investigator; going ahead");

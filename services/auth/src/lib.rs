@@ -20,6 +20,7 @@
 pub mod agency;
 mod argon;
 pub mod attempts;
+pub mod sessions;
 pub mod strength;
 pub mod tokens;
 mod verified;
@@ -27,7 +28,7 @@ mod verified;
 pub use agency::{AGENCY_CREDENTIAL_TTL, AccountTerms, AgencyCall, AgencySigner};
 pub use attempts::Attempts;
 pub use strength::check_new_password;
-pub use tokens::{AuthError, Keys, TokenKeyPair};
+pub use tokens::{AuthError, Bearer, Keys, TokenKeyPair};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

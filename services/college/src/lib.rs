@@ -14,6 +14,7 @@
 
 pub mod ledger;
 mod metrics;
+pub mod sessions;
 pub mod store;
 pub mod validate;
 mod watch;
@@ -105,6 +106,7 @@ impl CollegeService {
         )
         .await?;
         let watchers = Arc::new(watch::Watchers::new(config.watches));
+        sessions::follow_ended_sessions(store.clone(), config.keys.clone(), closing.clone());
         let service = Self {
             inner: Arc::new(Inner {
                 config,
@@ -247,19 +249,42 @@ impl College for CollegeService {
         let hash = researcher.as_ref().map(|r| r.password_hash.clone());
         let matches = grantmesh_auth::verify_password(request.password, hash).await?;
         let researcher = researcher.filter(|_| matches).ok_or_else(refused)?;
-        let (token, expires) = self
-            .keys()
-            .researcher_token(researcher.id, uuid::Uuid::new_v4())
-            .map_err(|err| Status::internal(err.to_string()))?;
-        Ok(Response::new(LoginReply {
-            token,
-            expires_at: Some(expires.into()),
-            researcher: Some(Researcher {
-                researcher_id: researcher.id.to_string(),
-                name: researcher.name,
-                email: researcher.email,
-            }),
-        }))
+        let reply = sessions::open(&self.inner.store, self.keys(), researcher).await?;
+        Ok(Response::new(reply))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<LoginReply>, Status> {
+        self.inner.attempts.check_peer(peer(&request))?;
+        let reply = sessions::refresh(
+            &self.inner.store,
+            self.keys(),
+            &request.get_ref().refresh_token,
+        )
+        .await?;
+        Ok(Response::new(reply))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutReply>, Status> {
+        // The access token, or the refresh token alone once it has expired.
+        let refresh_token = &request.get_ref().refresh_token;
+        let bearer = match self.keys().bearer(&request) {
+            Ok(bearer) => Some(bearer),
+            Err(_) if !refresh_token.is_empty() => None,
+            Err(status) => return Err(status),
+        };
+        let ended = sessions::end(&self.inner.store, self.keys(), bearer, refresh_token)
+            .await
+            .inspect_err(|err| self.count(err))?;
+        tracing::info!(researcher = ?bearer.map(|b| b.researcher), ended, "logged out");
+        Ok(Response::new(LogoutReply { ended }))
     }
 
     #[tracing::instrument(skip_all, fields(proposal = %request.get_ref().proposal_id))]

@@ -140,6 +140,18 @@ pub struct Credential {
 /// for as long as any College with a plausibly skewed clock still accepts it.
 pub const USED_CREDENTIAL_MARGIN: Duration = Duration::from_secs(60);
 
+/// What rotating a refresh token found ([`AccountStore::refresh_session`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The session (id, researcher) now answers to the new token.
+    Renewed { session: Uuid, researcher: Uuid },
+    /// The token had been rotated away already: a copy was used, and the
+    /// session is ended now.
+    Reused { session: Uuid },
+    /// No live session has this token (unknown, expired or ended).
+    Unknown,
+}
+
 /// A central store: everything the College reads and writes, on one
 /// backend. Every method is one transaction of its own.
 #[async_trait::async_trait]
@@ -180,6 +192,16 @@ trait Store: Send + Sync + 'static {
     ) -> Result<ResearcherRow>;
     async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>>;
     async fn researcher(&self, id: Uuid) -> Result<Option<ResearcherRow>>;
+    async fn create_session(
+        &self,
+        researcher: Uuid,
+        refresh_hash: &[u8],
+        lifetime: Duration,
+    ) -> Result<(Uuid, SystemTime)>;
+    async fn refresh_session(&self, old: &[u8], new: &[u8]) -> Result<Refreshed>;
+    async fn end_session(&self, researcher: Uuid, session: Uuid) -> Result<bool>;
+    async fn end_session_by_refresh(&self, refresh_hash: &[u8]) -> Result<Option<Uuid>>;
+    async fn sessions_ended_since(&self, since: SystemTime) -> Result<Vec<(Uuid, SystemTime)>>;
     async fn open_account(
         &self,
         day_length: Duration,
@@ -367,6 +389,44 @@ impl AccountStore {
     /// The researcher with this id, if registered.
     pub async fn researcher(&self, id: Uuid) -> Result<Option<ResearcherRow>> {
         self.store.researcher(id).await
+    }
+
+    /// Opens a login session of `researcher`, lasting `lifetime` by the
+    /// store's clock, answering to the refresh token of digest
+    /// `refresh_hash`; its id and end. Sessions long past their end are
+    /// deleted on the way.
+    pub async fn create_session(
+        &self,
+        researcher: Uuid,
+        refresh_hash: &[u8],
+        lifetime: Duration,
+    ) -> Result<(Uuid, SystemTime)> {
+        self.store
+            .create_session(researcher, refresh_hash, lifetime)
+            .await
+    }
+
+    /// Rotates a live session's refresh token from digest `old` to `new`
+    /// (see [`Refreshed`]).
+    pub async fn refresh_session(&self, old: &[u8], new: &[u8]) -> Result<Refreshed> {
+        self.store.refresh_session(old, new).await
+    }
+
+    /// Ends `researcher`'s session `session`; whether it was live.
+    pub async fn end_session(&self, researcher: Uuid, session: Uuid) -> Result<bool> {
+        self.store.end_session(researcher, session).await
+    }
+
+    /// Ends the live session answering to the refresh token of digest
+    /// `refresh_hash` (the token is proof enough); its id, if there was one.
+    pub async fn end_session_by_refresh(&self, refresh_hash: &[u8]) -> Result<Option<Uuid>> {
+        self.store.end_session_by_refresh(refresh_hash).await
+    }
+
+    /// Sessions ended at or after `since`, with when: what every College
+    /// refuses the tokens of.
+    pub async fn sessions_ended_since(&self, since: SystemTime) -> Result<Vec<(Uuid, SystemTime)>> {
+        self.store.sessions_ended_since(since).await
     }
 
     /// Opens the account for a proposal, or returns the one already opened

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use grantmesh_agency::store::{NewProposal, ProposalStore};
 use grantmesh_college::store::{
-    AccountRow, AccountStore, Credential, NewAccount, ResearcherRow, StoreError,
+    AccountRow, AccountStore, Credential, NewAccount, Refreshed, ResearcherRow, StoreError,
     USED_CREDENTIAL_MARGIN,
 };
 use grantmesh_store::{Notice, Notifications};
@@ -174,6 +174,8 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_session_rotates_its_refresh_token_and_a_reused_one_ends_it,
+    an_ended_session_is_seen_ended_by_every_instance_and_refreshes_no_more,
     registering_an_email_twice_is_refused_as_already_existing,
     opening_an_account_twice_for_one_proposal_returns_the_first,
     only_the_principal_investigator_changes_members_and_never_removes_themself,
@@ -397,6 +399,100 @@ async fn in_one_batch(
 
 // ---------------------------------------------------------------------------
 // The checks, each written once.
+
+async fn a_session_rotates_its_refresh_token_and_a_reused_one_ends_it(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let ada = researcher(&accounts, "ada").await;
+    let week = Duration::from_secs(7 * 86_400);
+    let (session, ends) = accounts
+        .create_session(ada.id, b"first", week)
+        .await
+        .unwrap();
+    let lasts = ends.duration_since(SystemTime::now()).unwrap();
+    assert!(
+        lasts > week - Duration::from_secs(60) && lasts <= week,
+        "{lasts:?}"
+    );
+    assert_eq!(
+        accounts.refresh_session(b"first", b"second").await.unwrap(),
+        Refreshed::Renewed {
+            session,
+            researcher: ada.id
+        }
+    );
+    // The rotated-away token again: a copy was taken, the session ends.
+    assert_eq!(
+        accounts.refresh_session(b"first", b"third").await.unwrap(),
+        Refreshed::Reused { session }
+    );
+    assert_eq!(
+        accounts
+            .refresh_session(b"second", b"fourth")
+            .await
+            .unwrap(),
+        Refreshed::Unknown,
+        "the owner's current token dies with the session"
+    );
+    assert_eq!(
+        accounts.refresh_session(b"never", b"x").await.unwrap(),
+        Refreshed::Unknown
+    );
+    // A session past its end refreshes no more.
+    let (_, _) = accounts
+        .create_session(ada.id, b"short", Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        accounts.refresh_session(b"short", b"y").await.unwrap(),
+        Refreshed::Unknown
+    );
+}
+
+async fn an_ended_session_is_seen_ended_by_every_instance_and_refreshes_no_more(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let (other, _) = college(store, REAL_DAY).await;
+    let ada = researcher(&accounts, "ada").await;
+    let bo = researcher(&accounts, "bo").await;
+    let week = Duration::from_secs(7 * 86_400);
+    let before = SystemTime::now() - Duration::from_secs(1);
+    let (a, _) = accounts
+        .create_session(ada.id, b"ada-1", week)
+        .await
+        .unwrap();
+    let (b, _) = accounts
+        .create_session(ada.id, b"ada-2", week)
+        .await
+        .unwrap();
+    assert!(other.sessions_ended_since(before).await.unwrap().is_empty());
+    // Another researcher cannot end it; its owner can, once.
+    assert!(!accounts.end_session(bo.id, a).await.unwrap());
+    assert!(accounts.end_session(ada.id, a).await.unwrap());
+    assert!(!accounts.end_session(ada.id, a).await.unwrap());
+    assert_eq!(
+        accounts.end_session_by_refresh(b"ada-2").await.unwrap(),
+        Some(b)
+    );
+    assert_eq!(
+        accounts.end_session_by_refresh(b"ada-2").await.unwrap(),
+        None
+    );
+    let mut ended: Vec<Uuid> = other
+        .sessions_ended_since(before)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    ended.sort();
+    let mut both = vec![a, b];
+    both.sort();
+    assert_eq!(ended, both, "the other instance reads both as ended");
+    assert_eq!(
+        other.refresh_session(b"ada-1", b"z").await.unwrap(),
+        Refreshed::Unknown
+    );
+}
 
 async fn registering_an_email_twice_is_refused_as_already_existing(store: &TestStore) {
     let (accounts, _) = college(store, REAL_DAY).await;

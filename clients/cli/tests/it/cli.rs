@@ -277,11 +277,39 @@ async fn a_researcher_runs_a_grant_from_the_command_line() {
         listed.stdout
     );
 
+    // A token about to expire is renewed with the refresh token before a
+    // command uses it, and the session file is replaced.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&session).unwrap()).unwrap();
+    let mut due = saved.clone();
+    due["expires_at"] = "2000-01-01T00:00:00Z".into();
+    std::fs::write(&session, due.to_string()).unwrap();
+    run(cfg, None, &["accounts"])
+        .await
+        .ok("accounts with a renewed token");
+    let renewed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&session).unwrap()).unwrap();
+    assert_ne!(
+        renewed["refresh_token"], saved["refresh_token"],
+        "{renewed}"
+    );
+    assert_ne!(renewed["expires_at"], due["expires_at"]);
+    let token = renewed["token"].as_str().unwrap().to_owned();
+
     run(cfg, None, &["logout"]).await.ok("logout");
     assert!(!session.exists(), "logout removes the session file");
     let after = run(cfg, None, &["accounts", "--registry", &r]).await;
     assert_eq!(after.code, AUTH, "{}", after.stderr);
     assert!(after.stderr.contains("grantmesh login"), "{}", after.stderr);
+    // The colleges ended the session: the token is refused even when given by hand.
+    let kept = run(
+        cfg,
+        None,
+        &["accounts", "--registry", &r, "--token", &token],
+    )
+    .await;
+    assert_eq!(kept.code, AUTH, "{}", kept.stderr);
+    assert!(kept.stderr.contains("session has ended"), "{}", kept.stderr);
 }
 
 #[tokio::test]

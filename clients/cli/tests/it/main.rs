@@ -20,6 +20,7 @@ mod readme;
 mod registry_watch;
 mod scripts;
 mod security;
+mod sessions;
 mod simulate;
 mod store_failures;
 mod support;

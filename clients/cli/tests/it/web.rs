@@ -319,11 +319,29 @@ async fn another_researcher_is_refused_the_account_page_and_its_live_stream() {
     let seen = stream_until(first, "\"kind\":\"snapshot\"").await;
     assert!(seen.contains("event: account"), "{seen}");
     assert!(seen.contains("\"balance\":\"4,000.00\""), "{seen}");
-    // Its stream closed, the session may open another.
-    let again = portal.send(Some(&ada), "GET", &events, "").await;
+    // Its stream closed, the session may open another (once the college,
+    // which counts a researcher's streams too, has seen the old one end).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        let again = portal.send(Some(&ada), "GET", &events, "").await;
+        if again.status() == StatusCode::OK || tokio::time::Instant::now() > deadline {
+            break again;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(again.status(), StatusCode::OK);
 
     // Logging out ends the session's live streams at once.
+    let live_sessions = || async {
+        let client = portal.mesh.db.client().await;
+        let live: i64 = client
+            .query_one("SELECT count(*) FROM sessions WHERE ended_at IS NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        live
+    };
+    let live_before = live_sessions().await;
     let token = portal.csrf_of(&ada, "/accounts").await;
     let (status, _, _) = portal
         .fetch(Some(&ada), "POST", "/logout", &format!("csrf={token}"))
@@ -331,6 +349,13 @@ async fn another_researcher_is_refused_the_account_page_and_its_live_stream() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     let ended = tokio::time::timeout(Duration::from_secs(5), again.into_body().collect()).await;
     assert!(ended.is_ok(), "the stream outlived the session");
+    // The portal ended the session at the colleges too, not only its own
+    // record of it.
+    assert_eq!(
+        live_sessions().await,
+        live_before - 1,
+        "the log-out reached the colleges"
+    );
 }
 
 #[tokio::test]

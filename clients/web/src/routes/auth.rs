@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::http::header::SET_COOKIE;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
-use grantmesh_proto::v1::{LoginReply, LoginRequest, RegisterResearcherRequest};
+use grantmesh_proto::v1::{LoginReply, LoginRequest, LogoutRequest, RegisterResearcherRequest};
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
@@ -308,6 +308,23 @@ pub async fn logout(
     if let Some(refused) = check_csrf(&app, &visitor, &form.csrf) {
         return refused;
     }
+    // The College ends the session (its tokens are refused at every
+    // College within seconds), then the portal forgets it.
+    if let Some(session) = &visitor.session {
+        let ended = app
+            .mesh
+            .college(
+                Some(&session.token),
+                LogoutRequest {
+                    refresh_token: session.refresh_token.clone(),
+                },
+                |mut c, r| async move { c.logout(r).await },
+            )
+            .await;
+        if let Err(status) = ended {
+            tracing::warn!(error = %status.message(), "the colleges could not be told of a log-out");
+        }
+    }
     app.sessions.end(&visitor.sid);
     let fresh = Sessions::new_id();
     (
@@ -353,15 +370,20 @@ async fn log_in(app: &App, email: &str, password: &str) -> Result<String, tonic:
         )
         .await?;
     let researcher = reply.researcher.unwrap_or_default();
-    let expires_at = reply
-        .expires_at
-        .and_then(|t| SystemTime::try_from(t).ok())
-        .unwrap_or_else(|| SystemTime::now() + FALLBACK_SESSION);
+    let time = |t: Option<prost_types::Timestamp>| {
+        t.and_then(|t| SystemTime::try_from(t).ok())
+            .unwrap_or_else(|| SystemTime::now() + FALLBACK_SESSION)
+    };
+    let token_expires_at = time(reply.expires_at);
     let session = Session::new(
-        reply.token,
+        crate::sessions::Tokens {
+            token: reply.token,
+            token_expires_at,
+            refresh_token: reply.refresh_token,
+        },
         researcher.researcher_id,
         researcher.name,
-        expires_at,
+        time(reply.refresh_expires_at).max(token_expires_at),
     );
     app.sessions
         .start(session)

@@ -11,6 +11,7 @@
 mod guess;
 mod ledger;
 mod membership;
+mod sessions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -28,7 +29,8 @@ use super::error::{
 };
 use super::{
     AccountAudit, AccountRow, CHANNEL, Guess, InvitationRow, Ledger, MAX_BATCHES_IN_FLIGHT,
-    MemberRow, NewAccount, ResearcherRow, Result, Store, TransactionRow, USED_CREDENTIAL_MARGIN,
+    MemberRow, NewAccount, Refreshed, ResearcherRow, Result, Store, TransactionRow,
+    USED_CREDENTIAL_MARGIN,
 };
 use crate::ledger::opening::{self, Terms};
 use crate::ledger::{Decision, Request};
@@ -679,6 +681,31 @@ impl Store for Pg {
 
     async fn researcher(&self, id: Uuid) -> Result<Option<ResearcherRow>> {
         membership::researcher(self, id).await
+    }
+
+    async fn create_session(
+        &self,
+        researcher: Uuid,
+        refresh_hash: &[u8],
+        lifetime: Duration,
+    ) -> Result<(Uuid, SystemTime)> {
+        sessions::create(self, researcher, refresh_hash, lifetime).await
+    }
+
+    async fn refresh_session(&self, old: &[u8], new: &[u8]) -> Result<Refreshed> {
+        sessions::refresh(self, old, new).await
+    }
+
+    async fn end_session(&self, researcher: Uuid, session: Uuid) -> Result<bool> {
+        sessions::end(self, researcher, session).await
+    }
+
+    async fn end_session_by_refresh(&self, refresh_hash: &[u8]) -> Result<Option<Uuid>> {
+        sessions::end_by_refresh(self, refresh_hash).await
+    }
+
+    async fn sessions_ended_since(&self, since: SystemTime) -> Result<Vec<(Uuid, SystemTime)>> {
+        sessions::ended_since(self, since).await
     }
 
     async fn open_account(

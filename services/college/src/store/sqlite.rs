@@ -15,6 +15,7 @@
 
 mod ledger;
 mod membership;
+mod sessions;
 
 use std::time::{Duration, SystemTime};
 
@@ -32,8 +33,8 @@ use super::error::{
     principal_investigator_not_removable, unknown_principal_investigator,
 };
 use super::{
-    AccountAudit, AccountRow, CHANNEL, InvitationRow, Ledger, MemberRow, NewAccount, ResearcherRow,
-    Result, Store, StoreError, TransactionRow, USED_CREDENTIAL_MARGIN,
+    AccountAudit, AccountRow, CHANNEL, InvitationRow, Ledger, MemberRow, NewAccount, Refreshed,
+    ResearcherRow, Result, Store, StoreError, TransactionRow, USED_CREDENTIAL_MARGIN,
 };
 use crate::ledger::opening::{self, Terms};
 
@@ -441,6 +442,31 @@ impl Store for Accounts {
 
     async fn researcher(&self, id: Uuid) -> Result<Option<ResearcherRow>> {
         Accounts::researcher(self, id).await
+    }
+
+    async fn create_session(
+        &self,
+        researcher: Uuid,
+        refresh_hash: &[u8],
+        lifetime: Duration,
+    ) -> Result<(Uuid, SystemTime)> {
+        Accounts::create_session(self, researcher, refresh_hash, lifetime).await
+    }
+
+    async fn refresh_session(&self, old: &[u8], new: &[u8]) -> Result<Refreshed> {
+        Accounts::refresh_session(self, old, new).await
+    }
+
+    async fn end_session(&self, researcher: Uuid, session: Uuid) -> Result<bool> {
+        Accounts::end_session(self, researcher, session).await
+    }
+
+    async fn end_session_by_refresh(&self, refresh_hash: &[u8]) -> Result<Option<Uuid>> {
+        Accounts::end_session_by_refresh(self, refresh_hash).await
+    }
+
+    async fn sessions_ended_since(&self, since: SystemTime) -> Result<Vec<(Uuid, SystemTime)>> {
+        Accounts::sessions_ended_since(self, since).await
     }
 
     async fn invite(
