@@ -505,9 +505,11 @@ impl Agency for AgencyService {
                     self.config().name
                 ))
             })?;
+        // Another researcher's proposal answers as one that does not exist.
         if proposal.principal_investigator != investigator {
-            return Err(Status::permission_denied(format!(
-                "proposal {id} is not yours"
+            return Err(Status::not_found(format!(
+                "proposal {id} does not exist at {}",
+                self.config().name
             )));
         }
         Ok(Response::new(self.message(proposal)))

@@ -539,7 +539,7 @@ mod tests {
         let watchers = Arc::new(Watchers::default());
         for (on, caller, code) in [
             (Uuid::new_v4(), pi.id, tonic::Code::NotFound),
-            (account.id, stranger.id, tonic::Code::PermissionDenied),
+            (account.id, stranger.id, tonic::Code::NotFound),
         ] {
             let refused = watch(
                 watchers.admit(caller, Peer::Unknown).unwrap(),

@@ -858,7 +858,7 @@ async fn only_the_principal_investigator_changes_members_and_never_removes_thems
         .account(account.id, Some(member.id))
         .await
         .unwrap_err();
-    assert_eq!(code(read), tonic::Code::PermissionDenied);
+    assert_eq!(code(read), tonic::Code::NotFound);
     assert_eq!(
         accounts
             .account(account.id, Some(pi.id))
@@ -975,12 +975,19 @@ async fn withdrawals_are_refused_without_funds_membership_or_account(store: &Tes
         .withdraw(account.id, outsider.id, 1, "k2", "")
         .await
         .unwrap_err();
-    assert_eq!(code(outsider), tonic::Code::PermissionDenied);
+    let missing_id = Uuid::new_v4();
     let missing = accounts
-        .withdraw(Uuid::new_v4(), pi.id, 1, "k3", "")
+        .withdraw(missing_id, pi.id, 1, "k3", "")
         .await
         .unwrap_err();
-    assert_eq!(code(missing), tonic::Code::NotFound);
+    // An outsider learns no more than of an id that exists nowhere.
+    let (outsider, missing) = (outsider.into_status(), missing.into_status());
+    assert_eq!(outsider.code(), tonic::Code::NotFound);
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert_eq!(
+        outsider.message().replace(&account.id.to_string(), "ID"),
+        missing.message().replace(&missing_id.to_string(), "ID")
+    );
     // Exactly everything is allowed; then nothing more.
     let all = accounts
         .withdraw(account.id, pi.id, 1_000, "k4", "")
@@ -1206,7 +1213,7 @@ async fn transactions_are_paged_newest_first_for_members_only(store: &TestStore)
         .transactions(account.id, outsider.id, None, 10)
         .await
         .unwrap_err();
-    assert_eq!(code(outsider), tonic::Code::PermissionDenied);
+    assert_eq!(code(outsider), tonic::Code::NotFound);
     let missing = accounts
         .transactions(Uuid::new_v4(), pi.id, None, 10)
         .await
@@ -1371,7 +1378,7 @@ async fn withdrawals_in_one_batch_each_get_their_own_answer_and_refusals_fail_no
         matches!(too_much, StoreError::FailedPrecondition(ref msg) if msg.contains("insufficient funds") && msg.contains("holds 400")),
         "{too_much:?}"
     );
-    assert_eq!(code(next().unwrap_err()), tonic::Code::PermissionDenied);
+    assert_eq!(code(next().unwrap_err()), tonic::Code::NotFound);
     let late = next().unwrap_err();
     assert!(
         matches!(late, StoreError::FailedPrecondition(ref msg) if msg.contains("expired")),
@@ -1882,7 +1889,7 @@ mod invitations {
             .invite(account.id, grace.id, &mallory.email)
             .await
             .unwrap_err();
-        assert_eq!(code(refused), tonic::Code::PermissionDenied);
+        assert_eq!(code(refused), tonic::Code::NotFound);
         let (row, pending) = accounts
             .invite(account.id, pi.id, &grace.email)
             .await
@@ -2689,7 +2696,7 @@ async fn a_member_removed_while_their_withdrawal_waited_on_the_lock_is_refused()
         .expect("answered once the lock is free")
         .unwrap()
         .unwrap_err();
-    assert_eq!(code(refused), tonic::Code::PermissionDenied);
+    assert_eq!(code(refused), tonic::Code::NotFound);
     let audit = accounts.audit(account.id).await.unwrap();
     assert!(
         audit.journal.is_empty(),
@@ -2840,7 +2847,7 @@ async fn a_withdrawal_decided_from_what_this_college_knew_is_written_only_if_not
         .await
         .unwrap();
     let refused = withdraw(&here, "k8").await.unwrap_err();
-    assert_eq!(code(refused), tonic::Code::PermissionDenied);
+    assert_eq!(code(refused), tonic::Code::NotFound);
     assert_eq!(sizes.guesses_missed(), 4, "the removal moved the version");
 
     let audit = here.audit(account.id).await.unwrap();

@@ -13,6 +13,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 /// Exit codes documented in `grantmesh --help` and `docs/cli.md`.
 pub(crate) const REFUSED: i32 = 4;
+/// `grantmesh` exits 3 for NOT_FOUND (docs/cli.md).
+pub(crate) const NOT_FOUND: i32 = 3;
 pub(crate) const UNAVAILABLE: i32 = 5;
 pub(crate) const AUTH: i32 = 6;
 
@@ -576,7 +578,11 @@ async fn a_member_joins_by_invitation_and_leaves_and_the_principal_investigator_
         .await
         .ok("add-member");
     let not_yet = run(grace, Some(&url), &["account", &account]).await;
-    assert_eq!(not_yet.code, REFUSED, "{}", not_yet.stderr);
+    assert_eq!(
+        not_yet.code, NOT_FOUND,
+        "hidden from non-members: {}",
+        not_yet.stderr
+    );
     accept_the_invitation(grace, &url, &account).await;
 
     // An email that is no one's is invited all the same, then withdrawn.
@@ -607,7 +613,7 @@ async fn a_member_joins_by_invitation_and_leaves_and_the_principal_investigator_
         .json();
     assert_eq!(left["members"].as_array().unwrap().len(), 1, "{left}");
     let gone = run(grace, Some(&url), &["account", &account]).await;
-    assert_eq!(gone.code, REFUSED, "no longer a member: {}", gone.stderr);
+    assert_eq!(gone.code, NOT_FOUND, "no longer a member: {}", gone.stderr);
     let pi_leaving = run(pi, Some(&url), &["leave", &account]).await;
     assert_eq!(pi_leaving.code, REFUSED, "{}", pi_leaving.stderr);
     assert!(

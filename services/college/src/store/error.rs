@@ -101,7 +101,7 @@ impl StoreError {
             Self::FailedPrecondition(msg) if msg.contains(EXPIRED) => "expired",
             Self::FailedPrecondition(msg) if msg.contains(KEY_REUSED) => "key_reused",
             Self::FailedPrecondition(_) => "failed_precondition",
-            Self::PermissionDenied(_) => "not_member",
+            Self::PermissionDenied(_) => "permission_denied",
             Self::NotFound(_) => "not_found",
             Self::AlreadyExists(_) => "already_exists",
             Self::ResourceExhausted(_) => "resource_exhausted",
@@ -165,8 +165,11 @@ pub(crate) fn credential_used() -> StoreError {
     StoreError::PermissionDenied("this agency credential was already used".into())
 }
 
+/// A caller who is not a member of `account` is told what a caller of an
+/// id that exists nowhere is told, word for word: an account's existence is
+/// its members' business only.
 pub(crate) fn not_member(account: Uuid) -> StoreError {
-    StoreError::PermissionDenied(format!("you are not a member of account {account}"))
+    not_found(account)
 }
 
 pub(crate) fn not_principal_investigator(account: Uuid) -> StoreError {
@@ -266,7 +269,12 @@ mod tests {
         );
         assert_eq!(expired(account).refusal(), "expired");
         assert_eq!(key_reused("k", 1, 2).refusal(), "key_reused");
-        assert_eq!(not_member(account).refusal(), "not_member");
+        // Non-members are told, and counted, as for an account that does not exist.
+        assert_eq!(not_member(account).refusal(), "not_found");
+        assert_eq!(
+            not_member(account).into_status().message(),
+            not_found(account).into_status().message()
+        );
         assert_eq!(not_found(account).refusal(), "not_found");
         let shared = StoreError::Shared(Arc::new(expired(account)));
         assert_eq!(shared.refusal(), "expired");

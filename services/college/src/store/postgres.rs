@@ -559,8 +559,22 @@ async fn lock_as_principal_investigator(
         .await?
         .ok_or_else(|| not_found(account))?
         .get(0);
-    if caller.is_some_and(|caller| pi != caller) {
-        return Err(not_principal_investigator(account));
+    if let Some(caller) = caller
+        && pi != caller
+    {
+        let member: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM members WHERE account_id = $1 AND researcher_id = $2)",
+                &[&account, &caller],
+            )
+            .await?
+            .get(0);
+        // Only members learn that the account exists.
+        return Err(if member {
+            not_principal_investigator(account)
+        } else {
+            not_member(account)
+        });
     }
     Ok(pi)
 }

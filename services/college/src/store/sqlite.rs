@@ -529,8 +529,20 @@ fn check_principal_investigator(
         )
         .optional()?
         .ok_or_else(|| not_found(account))?;
-    if caller.is_some_and(|caller| pi != caller) {
-        return Err(not_principal_investigator(account));
+    if let Some(caller) = caller
+        && pi != caller
+    {
+        let member: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM members WHERE account_id = ?1 AND researcher_id = ?2)",
+            params![account, caller],
+            |row| row.get(0),
+        )?;
+        // Only members learn that the account exists.
+        return Err(if member {
+            not_principal_investigator(account)
+        } else {
+            not_member(account)
+        });
     }
     Ok(pi)
 }

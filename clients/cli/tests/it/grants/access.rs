@@ -86,39 +86,49 @@ async fn authentication_and_permissions_are_enforced() {
         "wrong",
     );
 
-    // Someone else's account.
-    assert_status(
-        college
+    // Someone else's account answers exactly as an id that exists nowhere:
+    // an outsider cannot tell accounts from random ids.
+    let nowhere = Uuid::new_v4().to_string();
+    for id in [&account, &nowhere] {
+        let asked = |status: Status| status.message().replace(id.as_str(), "ID");
+        let shown = college
             .get_account(authed(
                 GetAccountRequest {
-                    account_id: account.clone(),
+                    account_id: id.clone(),
                 },
                 &outsider_token,
             ))
-            .await,
-        Code::PermissionDenied,
-        "not a member",
-    );
-    assert_status(
-        college
-            .withdraw(withdraw(&account, 1, "k", &outsider_token))
-            .await,
-        Code::PermissionDenied,
-        "not a member",
-    );
-    assert_status(
-        college
+            .await
+            .unwrap_err();
+        let withdrawn = college
+            .withdraw(withdraw(id, 1, "k", &outsider_token))
+            .await
+            .unwrap_err();
+        let listed = college
             .list_transactions(authed(
                 ListTransactionsRequest {
-                    account_id: account.clone(),
+                    account_id: id.clone(),
                     ..Default::default()
                 },
                 &outsider_token,
             ))
-            .await,
-        Code::PermissionDenied,
-        "not a member",
-    );
+            .await
+            .unwrap_err();
+        let invited = college
+            .add_member(authed(
+                AddMemberRequest {
+                    account_id: id.clone(),
+                    email: "x@university.edu".into(),
+                },
+                &outsider_token,
+            ))
+            .await
+            .unwrap_err();
+        for status in [shown, withdrawn, listed, invited] {
+            assert_eq!(status.code(), Code::NotFound, "{status:?}");
+            assert_eq!(asked(status), "account ID does not exist");
+        }
+    }
     // Members may not manage membership; only the PI may.
     assert_status(
         college
@@ -190,8 +200,8 @@ async fn authentication_and_permissions_are_enforced() {
                 &outsider_token,
             ))
             .await,
-        Code::PermissionDenied,
-        "not yours",
+        Code::NotFound,
+        "does not exist",
     );
     assert_eq!(mesh.check_invariants(&account).await, (100_000, 0, 0));
 }
@@ -471,7 +481,8 @@ async fn an_invitation_tells_nothing_of_the_email_and_makes_a_member_only_once_a
         .into_inner();
     assert_eq!(again.invitations.len(), 2, "inviting twice changes nothing");
 
-    // Not a member until she accepts; only she can accept.
+    // Not a member until she accepts (the account is as hidden from her as
+    // from anyone); only she can accept.
     assert_status(
         college
             .get_account(authed(
@@ -481,8 +492,8 @@ async fn an_invitation_tells_nothing_of_the_email_and_makes_a_member_only_once_a
                 &grace_token,
             ))
             .await,
-        Code::PermissionDenied,
-        "not a member",
+        Code::NotFound,
+        "does not exist",
     );
     let hers = college
         .list_invitations(authed(ListInvitationsRequest {}, &grace_token))

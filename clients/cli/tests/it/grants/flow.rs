@@ -211,7 +211,7 @@ async fn the_whole_flow_runs_from_registration_to_withdrawals_across_two_college
         college_b
             .withdraw(withdraw(&account_id, 1, "w-3", &student_token))
             .await,
-        Code::PermissionDenied,
-        "not a member",
+        Code::NotFound,
+        "does not exist",
     );
 }
