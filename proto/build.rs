@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "grantmesh/v1/registry.proto",
     "grantmesh/v1/agency.proto",
     "grantmesh/v1/college.proto",
+    "grantmesh/v1/issuer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -23,6 +23,8 @@ pub use v1::agency_client::AgencyClient;
 pub use v1::agency_server::{Agency, AgencyServer};
 pub use v1::college_client::CollegeClient;
 pub use v1::college_server::{College, CollegeServer};
+pub use v1::issuer_client::IssuerClient;
+pub use v1::issuer_server::{Issuer, IssuerServer};
 pub use v1::registry_client::RegistryClient;
 pub use v1::registry_server::{Registry, RegistryServer};
 
@@ -36,6 +38,7 @@ pub mod service_names {
     pub const REGISTRY: &str = "grantmesh.v1.Registry";
     pub const AGENCY: &str = "grantmesh.v1.Agency";
     pub const COLLEGE: &str = "grantmesh.v1.College";
+    pub const ISSUER: &str = "grantmesh.v1.Issuer";
 }
 
 /// How error messages show what a caller sent.

@@ -6,7 +6,18 @@
 //! grantmesh college  --tls-dir /etc/grantmesh/tls …
 //! ```
 //!
-//! The work is done by [`grantmesh_discovery::tls::ca`]; this is its command line.
+//! Or keep the CA key in one place and let members join and renew:
+//!
+//! ```text
+//! grantmesh ca serve --dir /etc/grantmesh/ca --listen 0.0.0.0:7300 --dns issuer \
+//!                    --join-tokens /etc/grantmesh/join-tokens   # lines: `college/* TOKEN`
+//! grantmesh ca join  --issuer https://issuer:7300 --ca ca.pem --join-token-file college.token \
+//!                    --service college --name college-7 --dns college-7.internal --out tls
+//! grantmesh college  --tls-dir tls --issuer https://issuer:7300 …   # renews before expiry
+//! ```
+//!
+//! The work is done by [`grantmesh_discovery::tls::ca`], `renew` and
+//! [`grantmesh_issuer`]; this is their command line.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -32,6 +43,13 @@ pub enum Ca {
         #[arg(long, env = "GRANTMESH_TLS_DIR")]
         dir: PathBuf,
     },
+    /// Serve as the mesh's certificate issuer: the one process holding the CA
+    /// key, signing members' requests for short-lived certificates (with a
+    /// join token the first time, over their current certificate after).
+    Serve(ServeArgs),
+    /// Get a first certificate from the issuer with a join token: a new key,
+    /// kept here, and OUT/SERVICE.NAME.pem, .key and ca.pem.
+    Join(JoinArgs),
     /// Sign a certificate for one mesh member (DIR/SERVICE.NAME.pem and .key,
     /// or DIR/SERVICE.pem and .key without --name).
     Issue(IssueArgs),
@@ -101,8 +119,120 @@ pub fn make_token_key(dir: &std::path::Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-pub fn run(command: Ca) -> anyhow::Result<ExitCode> {
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The directory holding the CA (`ca init`); the issuer's own certificate
+    /// (`issuer.pem`, for the names below) is issued into it at start.
+    #[arg(long, env = "GRANTMESH_CA_DIR")]
+    dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "GRANTMESH_LISTEN", default_value = "127.0.0.1:7300")]
+    listen: std::net::SocketAddr,
+    /// DNS names the issuer is reached at (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', default_value = "localhost")]
+    dns: Vec<String>,
+    /// IP addresses the issuer is reached at.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    ip: Vec<IpAddr>,
+    /// File of join tokens, a line each: `WHOM TOKEN`, WHOM being
+    /// `SERVICE/*` (any member of the service) or one identity (`agency/nsf`).
+    #[arg(long, env = "GRANTMESH_JOIN_TOKENS")]
+    join_tokens: PathBuf,
+    /// How long the certificates it signs live.
+    #[arg(long, env = "GRANTMESH_LEAF_VALIDITY", default_value = "24h", value_parser = humantime::parse_duration)]
+    leaf_validity: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// The issuer's URL (`https://issuer:7300`).
+    #[arg(long, env = "GRANTMESH_ISSUER")]
+    issuer: String,
+    /// The mesh CA certificate, which the issuer's certificate must chain to.
+    #[arg(long, env = "GRANTMESH_CA")]
+    ca: PathBuf,
+    /// File holding the join token (keeps it out of `ps` and the environment).
+    #[arg(long, env = "GRANTMESH_JOIN_TOKEN_FILE")]
+    join_token_file: PathBuf,
+    /// The service the certificate names: agency, college, …
+    #[arg(long)]
+    service: String,
+    /// Who it is within the service: a college's instance id, an agency's name.
+    #[arg(long)]
+    name: Option<String>,
+    /// DNS names it is reached at (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',')]
+    dns: Vec<String>,
+    /// IP addresses it is reached at.
+    #[arg(long, value_delimiter = ',')]
+    ip: Vec<IpAddr>,
+    /// Where to write the key, the certificate and ca.pem.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let tokens = std::fs::read_to_string(&args.join_tokens)
+        .with_context(|| format!("failed to read {}", args.join_tokens.display()))?;
+    let tokens = grantmesh_issuer::JoinTokens::parse(&tokens)?;
+    // Its own certificate, kept while it is good for a month more.
+    let mut request = LeafRequest::loopback("issuer");
+    request.dns = args.dns;
+    request.ips = args.ip;
+    if ca::reusable_leaf(&args.dir, &request, &args.dir, time::Duration::days(30)).is_none() {
+        ca::issue(&args.dir, &request, &args.dir)
+            .context("failed to issue the issuer's certificate")?;
+    }
+    let role = grantmesh_node::config::Role::Issuer(grantmesh_node::config::IssuerSettings {
+        server: grantmesh_node::ServerSettings {
+            tls: Some(grantmesh_discovery::tls::TlsPaths::in_dir(
+                &args.dir,
+                Some("issuer"),
+            )),
+            ..grantmesh_node::ServerSettings::default()
+        },
+        ca_dir: args.dir,
+        tokens,
+        leaf_validity: args.leaf_validity,
+    });
+    crate::roles::serve_role(role, args.listen).await
+}
+
+async fn join(args: JoinArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let token = std::fs::read_to_string(&args.join_token_file)
+        .with_context(|| format!("failed to read {}", args.join_token_file.display()))?;
+    let identity = match &args.name {
+        Some(name) => Identity::named(&args.service, name)?,
+        None => Identity::service(&args.service)?,
+    };
+    let mut request = LeafRequest::loopback_for(identity.clone());
+    if !args.dns.is_empty() || !args.ip.is_empty() {
+        request.dns = args.dns;
+        request.ips = args.ip;
+    }
+    let (cert, until) = grantmesh_discovery::tls::renew::join(
+        &args.issuer,
+        &args.ca,
+        token.trim(),
+        &request,
+        &args.out,
+    )
+    .await?;
+    println!(
+        "joined as {}: {} ({}), valid until {until}",
+        identity.uri(),
+        cert.display(),
+        names(&request)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(command: Ca) -> anyhow::Result<ExitCode> {
     match command {
+        Ca::Serve(args) => return serve(args).await,
+        Ca::Join(args) => return join(args).await,
         Ca::TokenKey { dir } => {
             if !make_token_key(&dir)? {
                 anyhow::bail!(

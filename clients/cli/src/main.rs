@@ -61,7 +61,8 @@ enum Command {
     Agency(roles::AgencyArgs),
     /// Run a college that keeps research accounts.
     College(roles::CollegeArgs),
-    /// The mesh's certificate authority: make one, issue a service's certificate.
+    /// The mesh's certificate authority: make one, issue a member's certificate,
+    /// serve as the issuer members join and renew through.
     #[command(subcommand)]
     Ca(ca::Ca),
     /// Serve the researcher portal and the mesh dashboard over HTTP.
@@ -130,7 +131,7 @@ fn main() -> std::process::ExitCode {
             Command::College(args) => roles::run_college(args).await,
             Command::Web(args) => web::run(args).await,
             Command::Dev(args) => dev::run(args).await,
-            Command::Ca(command) => ca::run(command),
+            Command::Ca(command) => ca::run(command).await,
             Command::Bench(bench) => bench::run(bench).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Completions { .. } => unreachable!("handled before the runtime starts"),

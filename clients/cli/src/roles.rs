@@ -86,6 +86,11 @@ pub struct ServerArgs {
     /// This role's private key (with --ca and --cert, instead of --tls-dir).
     #[arg(long, env = "GRANTMESH_KEY")]
     key: Option<PathBuf>,
+    /// The certificate issuer (`grantmesh ca serve`) to renew this server's
+    /// certificate from, over the certificate itself, when two thirds of its
+    /// life have passed; the new files are picked up live.
+    #[arg(long, env = "GRANTMESH_ISSUER")]
+    issuer: Option<String>,
     /// Serve and call in plaintext, without TLS: for loopback experiments
     /// only, as anyone on the network can then read and forge calls.
     #[arg(long, env = "GRANTMESH_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
@@ -317,6 +322,7 @@ impl ServerArgs {
             ),
         };
         Ok(ServerSettings {
+            issuer: self.issuer.clone(),
             instance_id: self.instance_id.clone(),
             grace_period: self.grace_period,
             tls,
@@ -476,10 +482,15 @@ pub async fn run_college(args: CollegeArgs) -> anyhow::Result<ExitCode> {
 
 /// Checks the settings, binds, starts the role and serves until SIGTERM/SIGINT.
 async fn run(role: Role, server: &ServerArgs, default_port: u16) -> anyhow::Result<ExitCode> {
-    role.validate()?;
     let addr = server
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
+    serve_role(role, addr).await
+}
+
+/// Checks the settings, binds `addr`, starts the role and serves until SIGTERM/SIGINT.
+pub(crate) async fn serve_role(role: Role, addr: SocketAddr) -> anyhow::Result<ExitCode> {
+    role.validate()?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("failed to listen on {addr}"))?;

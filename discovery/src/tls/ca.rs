@@ -100,19 +100,63 @@ impl LeafRequest {
     }
 }
 
-/// Signs a leaf with the CA in `ca_dir` and writes it (and its new key) into
-/// `out_dir` as `STEM.pem` / `STEM.key` (the identity's
-/// [`Identity::file_stem`]); returns the two paths.
-pub fn issue(
-    ca_dir: &Path,
-    request: &LeafRequest,
-    out_dir: &Path,
-) -> Result<(PathBuf, PathBuf), TlsError> {
-    let ca_cert = read(&ca_dir.join(CA_CERT))?;
-    let ca_key = KeyPair::from_pem(&read(&ca_dir.join(CA_KEY))?).map_err(TlsError::rcgen)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert, ca_key).map_err(TlsError::rcgen)?;
+/// The mesh CA, read from its directory and ready to sign: what `ca issue`
+/// and the issuer (`grantmesh ca serve`) sign with.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
 
-    let key = KeyPair::generate().map_err(TlsError::rcgen)?;
+impl Authority {
+    /// The CA in `ca_dir` (`ca.pem` and `ca.key`).
+    pub fn open(ca_dir: &Path) -> Result<Self, TlsError> {
+        let ca_pem = read(&ca_dir.join(CA_CERT))?;
+        let ca_key = KeyPair::from_pem(&read(&ca_dir.join(CA_KEY))?).map_err(TlsError::rcgen)?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(TlsError::rcgen)?;
+        Ok(Self { issuer, ca_pem })
+    }
+
+    /// The CA's certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A leaf for `request` over `public_key` (whose holder proved it has
+    /// the private half, as a request's signature does): its PEM and when
+    /// it expires.
+    pub fn sign(
+        &self,
+        request: &LeafRequest,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<(String, OffsetDateTime), TlsError> {
+        let params = leaf_params(request)?;
+        let not_after = params.not_after;
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(TlsError::rcgen)?;
+        Ok((cert.pem(), not_after))
+    }
+}
+
+/// What every leaf says: its identity (URI SAN and common name), the names
+/// and addresses it is reached at, good for both ends of a connection, for
+/// `request.validity` from now (backdated a little for skewed clocks).
+fn leaf_params(request: &LeafRequest) -> Result<CertificateParams, TlsError> {
+    let mut params = named_params(request)?;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + request.validity;
+    Ok(params)
+}
+
+/// Who a leaf names and where it is reached: all a certificate request says.
+fn named_params(request: &LeafRequest) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "grantmesh");
@@ -130,24 +174,165 @@ pub fn issue(
     for ip in &request.ips {
         params.subject_alt_names.push(SanType::IpAddress(*ip));
     }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
-    params.not_after = now + request.validity;
-    let cert = params.signed_by(&key, &issuer).map_err(TlsError::rcgen)?;
+    Ok(params)
+}
 
+/// Signs a leaf with the CA in `ca_dir` and writes it (and its new key) into
+/// `out_dir` as `STEM.pem` / `STEM.key` (the identity's
+/// [`Identity::file_stem`]); returns the two paths.
+pub fn issue(
+    ca_dir: &Path,
+    request: &LeafRequest,
+    out_dir: &Path,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    let authority = Authority::open(ca_dir)?;
+    let key = KeyPair::generate().map_err(TlsError::rcgen)?;
+    let (cert, _) = authority.sign(request, &key)?;
+    write_leaf(
+        out_dir,
+        &request.identity.file_stem(),
+        &key.serialize_pem(),
+        &cert,
+    )
+}
+
+/// Writes a leaf's key and certificate into `out_dir` as `STEM.key` and
+/// `STEM.pem`; returns (certificate, key) paths.
+pub fn write_leaf(
+    out_dir: &Path,
+    stem: &str,
+    key_pem: &str,
+    cert_pem: &str,
+) -> Result<(PathBuf, PathBuf), TlsError> {
     std::fs::create_dir_all(out_dir).map_err(|err| TlsError::io(out_dir, err))?;
-    let (cert_path, key_path) = leaf_files(out_dir, &request.identity.file_stem());
-    // Key first, then certificate: a reloading server that sees the new
-    // certificate always finds its key beside it.
-    write_private(&key_path, &key.serialize_pem())?;
-    write(&cert_path, &cert.pem())?;
+    let (cert_path, key_path) = leaf_files(out_dir, stem);
+    write_pair(&cert_path, &key_path, key_pem, cert_pem)?;
     Ok((cert_path, key_path))
+}
+
+/// Writes a key (mode 0600) and its certificate over `key_path` and
+/// `cert_path`. Key first, then certificate: a reloading server that sees
+/// the new certificate always finds its key beside it.
+pub fn write_pair(
+    cert_path: &Path,
+    key_path: &Path,
+    key_pem: &str,
+    cert_pem: &str,
+) -> Result<(), TlsError> {
+    write_private(key_path, key_pem)?;
+    write(cert_path, cert_pem)
+}
+
+/// Writes a public file (a certificate) through a rename.
+pub fn write_public(path: &Path, contents: &str) -> Result<(), TlsError> {
+    write(path, contents)
+}
+
+/// Most DNS names and addresses one certificate request may ask for.
+pub const MAX_REQUEST_NAMES: usize = 16;
+
+/// A fresh key and a certificate request (PKCS#10, PEM) for `request`:
+/// what a member sends the issuer. The key stays with the member.
+pub fn request(request: &LeafRequest) -> Result<(KeyPair, String), TlsError> {
+    let key = KeyPair::generate().map_err(TlsError::rcgen)?;
+    let csr = named_params(request)?
+        .serialize_request(&key)
+        .map_err(TlsError::rcgen)?
+        .pem()
+        .map_err(TlsError::rcgen)?;
+    Ok((key, csr))
+}
+
+/// What a certificate request asks for, its signature checked (the sender
+/// holds the private key): the leaf to sign, valid for `validity`, and the
+/// public key to sign it over. Exactly one grantmesh identity as its URI,
+/// at most [`MAX_REQUEST_NAMES`] DNS names and addresses, nothing else.
+pub fn read_request(
+    csr_pem: &str,
+    validity: Duration,
+) -> Result<(LeafRequest, rcgen::PublicKey), TlsError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|err| TlsError::Invalid(format!("not a valid certificate request: {err}")))?;
+    let mut identities = Vec::new();
+    let (mut dns, mut ips) = (Vec::new(), Vec::new());
+    for san in &csr.params.subject_alt_names {
+        match san {
+            SanType::URI(uri) => {
+                identities.push(Identity::from_uri(uri.as_str()).ok_or_else(|| {
+                    TlsError::Invalid(format!("{:?} is not a grantmesh identity", uri.as_str()))
+                })?)
+            }
+            SanType::DnsName(name) => dns.push(name.as_str().to_owned()),
+            SanType::IpAddress(ip) => ips.push(*ip),
+            other => {
+                return Err(TlsError::Invalid(format!(
+                    "a request may name an identity, DNS names and addresses only, not {other:?}"
+                )));
+            }
+        }
+    }
+    let [identity] = <[Identity; 1]>::try_from(identities).map_err(|found| {
+        TlsError::Invalid(format!(
+            "a request names exactly one grantmesh identity (spiffe://grantmesh/…), not {}",
+            found.len()
+        ))
+    })?;
+    if dns.len() + ips.len() > MAX_REQUEST_NAMES {
+        return Err(TlsError::Invalid(format!(
+            "a request names at most {MAX_REQUEST_NAMES} DNS names and addresses"
+        )));
+    }
+    let request = LeafRequest {
+        identity,
+        dns,
+        ips,
+        validity,
+    };
+    Ok((request, csr.public_key))
+}
+
+/// The identity, DNS names and addresses of the leaf in `cert_pem`, and
+/// when it expires: what a member asks for again when it renews.
+pub fn describe_leaf(cert_pem: &str) -> Result<(LeafRequest, OffsetDateTime), TlsError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|err| TlsError::Invalid(format!("not a certificate: {err}")))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|err| TlsError::Invalid(format!("not a certificate: {err}")))?;
+    let mut identity = None;
+    let (mut dns, mut ips) = (Vec::new(), Vec::new());
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::URI(uri) => {
+                    identity = identity.or_else(|| Identity::from_uri(uri));
+                }
+                x509_parser::extensions::GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => ips.push(IpAddr::from(<[u8; 4]>::try_from(*bytes).expect("4 bytes"))),
+                    16 => ips.push(IpAddr::from(
+                        <[u8; 16]>::try_from(*bytes).expect("16 bytes"),
+                    )),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    let identity = identity
+        .ok_or_else(|| TlsError::Invalid("the certificate names no grantmesh identity".into()))?;
+    let validity = parsed.validity();
+    let lifetime = validity.not_after.to_datetime() - validity.not_before.to_datetime();
+    Ok((
+        LeafRequest {
+            identity,
+            dns,
+            ips,
+            validity: lifetime - BACKDATE,
+        },
+        validity.not_after.to_datetime(),
+    ))
 }
 
 /// The expiry of the leaf for `request` already in `out_dir` when it can be

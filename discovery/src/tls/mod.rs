@@ -22,6 +22,7 @@ pub mod ca;
 mod connect;
 mod identity;
 mod probe;
+pub mod renew;
 
 pub use identity::{Identity, SPIFFE_PREFIX, identity_of, peer_identity};
 pub use probe::scheme_mismatch;

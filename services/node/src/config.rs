@@ -132,6 +132,10 @@ pub struct ServerSettings {
     /// Where to serve Prometheus metrics over plain HTTP (`GET /metrics`);
     /// `None` serves none.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The certificate issuer (`https://issuer:7300`) this server renews its
+    /// certificate from before it expires; `None` keeps the files as they
+    /// are (renewed by whoever wrote them).
+    pub issuer: Option<String>,
 }
 
 /// Longest instance id accepted, so ids stay readable in listings.
@@ -168,6 +172,7 @@ impl ServerSettings {
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
+            issuer: None,
             instance_id: None,
             grace_period: Duration::from_secs(10),
             tls: None,
@@ -457,6 +462,40 @@ pub enum Role {
     Registry(RegistrySettings),
     Agency(AgencySettings),
     College(CollegeSettings),
+    Issuer(IssuerSettings),
+}
+
+/// The certificate issuer (`grantmesh ca serve`).
+#[derive(Clone)]
+pub struct IssuerSettings {
+    /// Its own certificate (`issuer`, issued from the CA at start) and the CA.
+    pub server: ServerSettings,
+    /// The directory with the CA's certificate and key.
+    pub ca_dir: std::path::PathBuf,
+    pub tokens: grantmesh_issuer::JoinTokens,
+    /// How long the leaves it signs live.
+    pub leaf_validity: Duration,
+}
+
+impl IssuerSettings {
+    pub fn validate(&self) -> Result<()> {
+        self.server.validate()?;
+        if self.server.tls.is_none() {
+            return Err(ConfigError::new("the issuer serves TLS only"));
+        }
+        if self.leaf_validity < grantmesh_issuer::MIN_LEAF_VALIDITY {
+            return Err(ConfigError::new(format!(
+                "the leaf validity must be at least {:?}",
+                grantmesh_issuer::MIN_LEAF_VALIDITY
+            )));
+        }
+        if self.tokens.is_empty() {
+            return Err(ConfigError::new(
+                "the issuer knows no join token: give it --join-tokens FILE (lines of `college/* TOKEN`, `agency/nsf TOKEN`)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Role {
@@ -465,6 +504,7 @@ impl Role {
             Role::Registry(settings) => settings.validate(),
             Role::Agency(settings) => settings.validate(),
             Role::College(settings) => settings.validate(),
+            Role::Issuer(settings) => settings.validate(),
         }
     }
 
@@ -474,6 +514,7 @@ impl Role {
             Role::Registry(settings) => &settings.server,
             Role::Agency(settings) => &settings.server,
             Role::College(settings) => &settings.server,
+            Role::Issuer(settings) => &settings.server,
         }
     }
 
@@ -483,6 +524,7 @@ impl Role {
             Role::Registry(_) => grantmesh_registry::SERVICE,
             Role::Agency(_) => grantmesh_agency::SERVICE,
             Role::College(_) => grantmesh_college::SERVICE,
+            Role::Issuer(_) => grantmesh_discovery::tls::renew::ISSUER_SERVICE,
         }
     }
 }

@@ -88,11 +88,50 @@ impl Node {
 pub async fn start(role: Role, listener: TcpListener) -> anyhow::Result<Node> {
     role.validate()?;
     let transport = transport(role.server())?;
-    match role {
+    let renewal = match (&role.server().issuer, &transport) {
+        (Some(issuer), Transport::Tls(material)) => Some((issuer.clone(), material.clone())),
+        _ => None,
+    };
+    let node = match role {
         Role::Registry(settings) => start_registry(settings, transport, listener),
         Role::Agency(settings) => start_agency(settings, transport, listener).await,
         Role::College(settings) => start_college(settings, transport, listener).await,
+        Role::Issuer(settings) => start_issuer(settings, transport, listener),
+    }?;
+    // Renewed until the node stops; the files are reloaded as they change.
+    if let Some((issuer, material)) = renewal {
+        grantmesh_discovery::tls::renew::keep_renewed(material, issuer, node.shutdown_token());
     }
+    Ok(node)
+}
+
+fn start_issuer(
+    settings: config::IssuerSettings,
+    transport: Transport,
+    listener: TcpListener,
+) -> anyhow::Result<Node> {
+    let addr = listener.local_addr()?;
+    let authority = grantmesh_discovery::tls::ca::Authority::open(&settings.ca_dir)
+        .context("failed to read the CA the issuer signs with")?;
+    let service = grantmesh_issuer::IssuerService::new(grantmesh_issuer::IssuerConfig {
+        authority,
+        tokens: settings.tokens,
+        leaf_validity: settings.leaf_validity,
+    });
+    let mut options = ServeOptions::new(service_names::ISSUER);
+    options.grace_period = settings.server.grace_period;
+    options.limits = settings.server.limits;
+    options.transport = transport.clone();
+    let metrics_url;
+    (options.metrics, metrics_url) = metrics_endpoint(&settings.server, &addr.ip().to_string())?;
+    let server = grantmesh_server::spawn(listener, Routes::new(service.into_server()), options)?;
+    Ok(Node {
+        service: grantmesh_discovery::tls::renew::ISSUER_SERVICE,
+        instance_id: grantmesh_discovery::tls::renew::ISSUER_SERVICE.to_owned(),
+        url: transport.url(addr),
+        metrics_url,
+        server,
+    })
 }
 
 /// The role's TLS files, read now so a missing or bad file fails start-up.

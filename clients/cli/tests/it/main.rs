@@ -11,6 +11,7 @@ mod cli;
 mod dev;
 mod fairness;
 mod grants;
+mod issuer;
 mod mesh;
 mod newcomer;
 mod outside_clients;
