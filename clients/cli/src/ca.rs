@@ -60,21 +60,8 @@ pub struct IssueArgs {
     /// The directory holding the CA (`ca init`).
     #[arg(long, env = "GRANTMESH_TLS_DIR")]
     dir: PathBuf,
-    /// The service the certificate names: registry, agency, college, …
-    #[arg(long)]
-    service: String,
-    /// Who it is within the service: a college's instance id (`college-1`),
-    /// an agency's name (`nsf`). The registry lets a certificate register
-    /// only the instance it names, and colleges open accounts for the agency
-    /// it names; a registry's certificate has no name.
-    #[arg(long)]
-    name: Option<String>,
-    /// DNS names the service is reached at (repeat or comma-separate).
-    #[arg(long, value_delimiter = ',')]
-    dns: Vec<String>,
-    /// IP addresses the service is reached at (repeat or comma-separate).
-    #[arg(long, value_delimiter = ',')]
-    ip: Vec<IpAddr>,
+    #[command(flatten)]
+    member: Member,
     /// Where to write the certificate and key; the CA's directory by default.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -119,6 +106,42 @@ pub fn make_token_key(dir: &std::path::Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Whom a certificate is for, and where it is reached.
+#[derive(Args, Debug)]
+pub struct Member {
+    /// The service the certificate names: registry, agency, college, …
+    #[arg(long)]
+    service: String,
+    /// Who it is within the service: a college's instance id (`college-1`),
+    /// an agency's name (`nsf`). The registry lets a certificate register
+    /// only the instance it names, and colleges open accounts for the agency
+    /// it names; a registry's certificate has no name.
+    #[arg(long)]
+    name: Option<String>,
+    /// DNS names it is reached at (repeat or comma-separate); localhost by default.
+    #[arg(long, value_delimiter = ',')]
+    dns: Vec<String>,
+    /// IP addresses it is reached at (repeat or comma-separate); 127.0.0.1 by default.
+    #[arg(long, value_delimiter = ',')]
+    ip: Vec<IpAddr>,
+}
+
+impl Member {
+    /// The leaf it asks for: loopback names unless some were given.
+    fn request(&self) -> anyhow::Result<LeafRequest> {
+        let identity = match &self.name {
+            Some(name) => Identity::named(&self.service, name)?,
+            None => Identity::service(&self.service)?,
+        };
+        let mut request = LeafRequest::loopback_for(identity);
+        if !self.dns.is_empty() || !self.ip.is_empty() {
+            request.dns = self.dns.clone();
+            request.ips = self.ip.clone();
+        }
+        Ok(request)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// The directory holding the CA (`ca init`); the issuer's own certificate
@@ -154,18 +177,8 @@ pub struct JoinArgs {
     /// File holding the join token (keeps it out of `ps` and the environment).
     #[arg(long, env = "GRANTMESH_JOIN_TOKEN_FILE")]
     join_token_file: PathBuf,
-    /// The service the certificate names: agency, college, …
-    #[arg(long)]
-    service: String,
-    /// Who it is within the service: a college's instance id, an agency's name.
-    #[arg(long)]
-    name: Option<String>,
-    /// DNS names it is reached at (repeat or comma-separate).
-    #[arg(long, value_delimiter = ',')]
-    dns: Vec<String>,
-    /// IP addresses it is reached at.
-    #[arg(long, value_delimiter = ',')]
-    ip: Vec<IpAddr>,
+    #[command(flatten)]
+    member: Member,
     /// Where to write the key, the certificate and ca.pem.
     #[arg(long)]
     out: PathBuf,
@@ -203,15 +216,8 @@ async fn join(args: JoinArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
     let token = std::fs::read_to_string(&args.join_token_file)
         .with_context(|| format!("failed to read {}", args.join_token_file.display()))?;
-    let identity = match &args.name {
-        Some(name) => Identity::named(&args.service, name)?,
-        None => Identity::service(&args.service)?,
-    };
-    let mut request = LeafRequest::loopback_for(identity.clone());
-    if !args.dns.is_empty() || !args.ip.is_empty() {
-        request.dns = args.dns;
-        request.ips = args.ip;
-    }
+    let request = args.member.request()?;
+    let identity = request.identity.clone();
     let (cert, until) = grantmesh_discovery::tls::renew::join(
         &args.issuer,
         &args.ca,
@@ -254,15 +260,8 @@ pub async fn run(command: Ca) -> anyhow::Result<ExitCode> {
             );
         }
         Ca::Issue(args) => {
-            let identity = match &args.name {
-                Some(name) => Identity::named(&args.service, name)?,
-                None => Identity::service(&args.service)?,
-            };
-            let mut request = LeafRequest::loopback_for(identity.clone());
-            if !args.dns.is_empty() || !args.ip.is_empty() {
-                request.dns = args.dns;
-                request.ips = args.ip;
-            }
+            let mut request = args.member.request()?;
+            let identity = request.identity.clone();
             request.validity = time::Duration::try_from(args.valid_for)
                 .map_err(|_| anyhow::anyhow!("--valid-for is too long"))?;
             let out = args.out.unwrap_or_else(|| args.dir.clone());

@@ -79,6 +79,20 @@ async fn who(
         .map(|reply| reply.into_inner())
 }
 
+/// Waits (at most [`ELSEWHERE_WITHIN`]) until `college` refuses `token` as
+/// UNAUTHENTICATED.
+async fn refused_soon(college: &CollegeClient<Channel>, token: &str, what: &str) {
+    assert_eventually(ELSEWHERE_WITHIN, what, || {
+        let (mut college, token) = (college.clone(), token.to_owned());
+        async move {
+            who(&mut college, &token)
+                .await
+                .is_err_and(|status| status.code() == Code::Unauthenticated)
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_token_used_after_logout_is_refused_at_every_college_within_seconds() {
     let (_db, _procs, mut colleges) = two_colleges().await;
@@ -178,16 +192,11 @@ async fn a_refresh_token_renews_once_and_a_stolen_copy_used_later_ends_the_sessi
         .unwrap_err();
     assert_eq!(stolen.code(), Code::Unauthenticated);
     assert!(stolen.message().contains("used before"), "{stolen:?}");
-    let token = renewed.token.clone();
-    let other = colleges[1].clone();
-    assert_eventually(ELSEWHERE_WITHIN, "the renewed token is refused too", || {
-        let (mut other, token) = (other.clone(), token.clone());
-        async move {
-            who(&mut other, &token)
-                .await
-                .is_err_and(|status| status.code() == Code::Unauthenticated)
-        }
-    })
+    refused_soon(
+        &colleges[1],
+        &renewed.token,
+        "the renewed token is refused too",
+    )
     .await;
     let owner = colleges[1]
         .refresh(RefreshRequest {
@@ -210,13 +219,7 @@ async fn a_logout_with_only_the_refresh_token_ends_the_session_and_junk_is_refus
         .unwrap()
         .into_inner();
     assert!(ended.ended);
-    let token = login.token.clone();
-    let first = colleges[0].clone();
-    assert_eventually(ELSEWHERE_WITHIN, "the access token is refused", || {
-        let (mut first, token) = (first.clone(), token.clone());
-        async move { who(&mut first, &token).await.is_err() }
-    })
-    .await;
+    refused_soon(&colleges[0], &login.token, "the access token is refused").await;
     for junk in ["", "not-a-token", &"x".repeat(10_000)] {
         let refused = colleges[0]
             .refresh(RefreshRequest {

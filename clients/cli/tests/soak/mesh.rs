@@ -24,6 +24,19 @@ pub const ABUSE_IDENTITY: &str = "abuse/abuse";
 /// measures the registry there, as if that many members had registered.
 pub const ABUSE_INSTANCES_PER_MEMBER: &str = "2000";
 
+/// A registry of the soak: on the test CA, letting the abuser hold
+/// [`ABUSE_INSTANCES_PER_MEMBER`] instances.
+pub async fn registry() -> Proc {
+    let dir = tls_dir().to_str().expect("a UTF-8 path");
+    Proc::registry(&[
+        "--tls-dir",
+        dir,
+        "--max-instances-per-member",
+        ABUSE_INSTANCES_PER_MEMBER,
+    ])
+    .await
+}
+
 /// The test CA's directory, with a certificate for [`ABUSE_IDENTITY`] too.
 pub fn tls_dir() -> &'static Path {
     tls::member(ABUSE_IDENTITY);
@@ -84,13 +97,7 @@ impl SoakMesh {
     pub async fn start() -> SoakMesh {
         let dir = tls_dir().to_str().expect("a UTF-8 path").to_owned();
         let db = TestDb::create().await;
-        let registry = Proc::registry(&[
-            "--tls-dir",
-            &dir,
-            "--max-instances-per-member",
-            ABUSE_INSTANCES_PER_MEMBER,
-        ])
-        .await;
+        let registry = registry().await;
         let mut colleges = Vec::new();
         let college_metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()

@@ -19,9 +19,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::abuse::max_instance;
-use crate::mesh::{
-    ABUSE_IDENTITY, ABUSE_INSTANCES_PER_MEMBER, ABUSE_SERVICE, cpu_ticks, rss_kib, tls_dir,
-};
+use crate::mesh::{ABUSE_IDENTITY, ABUSE_SERVICE, cpu_ticks, rss_kib, tls_dir};
 use crate::support::db::TestDb;
 use crate::support::{Proc, tls};
 
@@ -38,14 +36,7 @@ fn row(scenario: &str, figure: String) {
 }
 
 async fn registry() -> (Proc, u32) {
-    let dir = tls_dir().to_str().unwrap().to_owned();
-    let registry = Proc::registry(&[
-        "--tls-dir",
-        &dir,
-        "--max-instances-per-member",
-        ABUSE_INSTANCES_PER_MEMBER,
-    ])
-    .await;
+    let registry = crate::mesh::registry().await;
     let pid = registry.child.id().unwrap();
     (registry, pid)
 }
