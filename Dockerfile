@@ -34,14 +34,19 @@ RUN cargo build --release --locked -p grantmesh \
 
 FROM ${RUNTIME_IMAGE} AS runtime
 # A fixed uid/gid, so that files the roles write into named volumes (the mesh
-# CA and certificates) keep one owner across images and rebuilds.
+# CA and certificates) keep one owner across images and rebuilds. Every
+# volume's mount point is made here, owned by that user: a new named volume
+# takes its first mount point's owner (docker-compose.yml).
 ARG GRANTMESH_UID=10001
 RUN groupadd --gid "${GRANTMESH_UID}" grantmesh \
     && useradd --no-create-home --uid "${GRANTMESH_UID}" --gid grantmesh \
         --home-dir /var/lib/grantmesh --shell /usr/sbin/nologin grantmesh \
-    && mkdir -p /var/lib/grantmesh/tls /var/lib/grantmesh/ca \
+    && mkdir -p /var/lib/grantmesh/tls /var/lib/grantmesh/ca /var/lib/grantmesh/registry \
+        /var/lib/grantmesh/agency /var/lib/grantmesh/agency-nsf /var/lib/grantmesh/agency-erc \
+        /var/lib/grantmesh/college-keys \
     && chown -R grantmesh:grantmesh /var/lib/grantmesh \
-    && chmod 0700 /var/lib/grantmesh/ca
+    && chmod 0700 /var/lib/grantmesh/ca /var/lib/grantmesh/college-keys /var/lib/grantmesh/agency \
+        /var/lib/grantmesh/agency-nsf /var/lib/grantmesh/agency-erc
 COPY --from=builder /usr/local/bin/grantmesh /usr/local/bin/grantmesh
 COPY docker/entrypoint.sh /usr/local/bin/grantmesh-entrypoint
 USER grantmesh

@@ -15,11 +15,14 @@
 #                    only what is missing, different or about to expire (a
 #                    re-issued file would make every server reload under a
 #                    live cluster). Everything else mounts `tls` read-only.
-#   college ARGS…    a college replica: issues its own leaf at start naming
-#                    college/HOSTNAME (the container's hostname, unique per
-#                    replica and its registry id, so `--scale college=N`
-#                    works) from the CA in the `ca` volume,
-#                    advertises https://HOSTNAME:PORT, then runs
+#   issuer           the certificate issuer (`grantmesh ca serve`) on the CA
+#                    in the `ca` volume, with the join tokens `certs` made.
+#   college ARGS…    a college replica: joins the issuer at start with the
+#                    colleges' join token for a leaf naming college/HOSTNAME
+#                    (the container's hostname, unique per replica and its
+#                    registry id, so `--scale college=N` works), renews it
+#                    through the issuer (--issuer), advertises
+#                    https://HOSTNAME:PORT, then runs
 #                    `grantmesh college ARGS…`.
 #   ARGS…            anything else runs `grantmesh ARGS…` (registry, agency,
 #                    simulate, instances, health, …).
@@ -50,6 +53,15 @@ certs)
         grantmesh ca token-key --dir "$KEYS_DIR"
     fi
     copy_if_changed "$KEYS_DIR/token.pub" "$TLS_DIR/token.pub"
+    # The colleges' join token: the issuer keeps it beside the CA, the
+    # colleges in their own volume. Made once.
+    if [ ! -f "$CA_DIR/join-tokens" ]; then
+        token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+        umask 077
+        printf '%s\n' "$token" >"$KEYS_DIR/college.join-token"
+        printf 'college/* %s\n' "$token" >"$CA_DIR/join-tokens"
+        umask 022
+    fi
     # Names the registries and agencies are dialled at: their compose service
     # names, plus localhost / 127.0.0.1 for healthchecks and published ports.
     grantmesh ca issue --dir "$CA_DIR" --out "$REGISTRY_DIR" --renew-within 30d --service registry \
@@ -62,17 +74,25 @@ certs)
     done
     exit 0
     ;;
+issuer)
+    shift
+    exec grantmesh ca serve --dir "$CA_DIR" --listen 0.0.0.0:7300 \
+        --dns "${GRANTMESH_ISSUER_NAMES:-issuer},localhost" --ip 127.0.0.1 \
+        --join-tokens "$CA_DIR/join-tokens" "$@"
+    ;;
 college)
     shift
     host=$(hostname)
     port=${GRANTMESH_LISTEN##*:}
     leaf=$(mktemp -d)
-    grantmesh ca issue --dir "$CA_DIR" --out "$leaf" --service college --name "$host" \
-        --dns "$host,college,localhost" --ip 127.0.0.1 >/dev/null
+    GRANTMESH_ISSUER=${GRANTMESH_ISSUER:-https://issuer:7300}
+    grantmesh ca join --issuer "$GRANTMESH_ISSUER" --ca "$TLS_DIR/ca.pem" \
+        --join-token-file "$KEYS_DIR/college.join-token" --service college --name "$host" \
+        --dns "$host,college,localhost" --ip 127.0.0.1 --out "$leaf" >/dev/null
     GRANTMESH_CERT="$leaf/college.$host.pem"
     GRANTMESH_KEY="$leaf/college.$host.key"
     GRANTMESH_ADVERTISE=${GRANTMESH_ADVERTISE:-https://$host:$port}
-    export GRANTMESH_CERT GRANTMESH_KEY GRANTMESH_ADVERTISE
+    export GRANTMESH_CERT GRANTMESH_KEY GRANTMESH_ADVERTISE GRANTMESH_ISSUER
     exec grantmesh college "$@"
     ;;
 esac

@@ -400,7 +400,9 @@ def run_flow(
     4. College/GetAccount for the opened account;
     5. College/Withdraw ``withdraw_minor`` twice with one idempotency key
        (the second must be a replay of the first);
-    6. College/GetAccount and College/ListTransactions (all pages).
+    6. College/GetAccount and College/ListTransactions (all pages);
+    7. College/Refresh for a new token on the refresh token, then
+       College/Logout, after which the token is refused (UNAUTHENTICATED).
 
     ``summary["ok"]`` is True iff every entry of ``summary["checks"]`` holds:
     the retry was replayed, the account was debited once, and
@@ -455,6 +457,17 @@ def run_flow(
     journal_sum = sum(t.amount_minor for t in journal)
     with_key = [t for t in journal if t.idempotency_key == key]
 
+    # The session: renewed with its refresh token, then ended.
+    renewed = college_stub.Refresh(college_pb2.RefreshRequest(refresh_token=login.refresh_token), timeout=timeout)
+    renewed_md = bearer(renewed.token)
+    college_stub.WhoAmI(college_pb2.WhoAmIRequest(), metadata=renewed_md, timeout=timeout)
+    college_stub.Logout(college_pb2.LogoutRequest(), metadata=renewed_md, timeout=timeout)
+    try:
+        college_stub.WhoAmI(college_pb2.WhoAmIRequest(), metadata=renewed_md, timeout=timeout)
+        after_logout = "accepted"
+    except grpc.RpcError as err:
+        after_logout = err.code().name
+
     checks = [
         _check("award equals requested amount", after.award_minor == requested_amount_minor,
                f"award={after.award_minor} requested={requested_amount_minor}"),
@@ -472,6 +485,9 @@ def run_flow(
         _check("one journal entry for the key", len(with_key) == 1, f"entries={len(with_key)}"),
         _check("balance == award - sum(journal)", after.balance_minor == after.award_minor - journal_sum,
                f"balance={after.balance_minor} award={after.award_minor} journal_sum={journal_sum}"),
+        _check("the refresh token renewed the session", renewed.refresh_token != login.refresh_token,
+               "a new refresh token"),
+        _check("the token is refused after logout", after_logout == "UNAUTHENTICATED", after_logout),
     ]
     return {
         "ok": all(c["ok"] for c in checks),

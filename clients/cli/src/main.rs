@@ -89,9 +89,11 @@ impl Command {
     /// [`exit::report`] anyway).
     fn default_log(&self, verbose: u8) -> &'static str {
         match self {
-            Command::Registry(_) | Command::Agency(_) | Command::College(_) | Command::Web(_) => {
-                "info"
-            }
+            Command::Registry(_)
+            | Command::Agency(_)
+            | Command::College(_)
+            | Command::Web(_)
+            | Command::Ca(ca::Ca::Serve(_)) => "info",
             Command::Dev(_) if verbose == 0 => "warn",
             _ => match verbose {
                 0 => "off",
