@@ -27,6 +27,9 @@ use crate::sessions::{Session, Sessions, Visitor, safe_next};
 use crate::views::{self, Login, PasswordRule, Signup};
 use crate::words;
 
+/// How long a log-in waits before asking a busy College once more.
+const LOGIN_RETRY_AFTER: Duration = Duration::from_millis(250);
+
 /// How long a session lasts when the College does not say when its token expires.
 const FALLBACK_SESSION: Duration = Duration::from_secs(60 * 60);
 
@@ -358,17 +361,32 @@ fn too_many_attempts(app: &App, visitor: &Visitor) -> Option<String> {
 
 /// Logs in at the College and keeps the session; returns its new id.
 async fn log_in(app: &App, email: &str, password: &str) -> Result<String, tonic::Status> {
-    let reply: LoginReply = app
-        .mesh
-        .college(
-            None,
-            LoginRequest {
-                email: email.trim().to_owned(),
-                password: password.to_owned(),
-            },
-            |mut c, r| async move { c.login(r).await },
-        )
-        .await?;
+    let request = LoginRequest {
+        email: email.trim().to_owned(),
+        password: password.to_owned(),
+    };
+    let login = || {
+        app.mesh.college(None, request.clone(), |mut c, r| async move {
+            c.login(r).await
+        })
+    };
+    // A college busy at this instant (every caller's share taken, its
+    // password checks queued up) is asked once more, shortly after: the
+    // person at the browser should not see a flood's refusal. The retry
+    // counts against the College's attempt limits like any other.
+    let reply: LoginReply = match login().await {
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+            ) =>
+        {
+            tracing::info!(error = %status.message(), "a college was busy with a log-in; asking once more");
+            tokio::time::sleep(LOGIN_RETRY_AFTER).await;
+            login().await?
+        }
+        answer => answer?,
+    };
     let researcher = reply.researcher.unwrap_or_default();
     let time = |t: Option<prost_types::Timestamp>| {
         t.and_then(|t| SystemTime::try_from(t).ok())
