@@ -118,12 +118,8 @@ fn start_issuer(
         tokens: settings.tokens,
         leaf_validity: settings.leaf_validity,
     });
-    let mut options = ServeOptions::new(service_names::ISSUER);
-    options.grace_period = settings.server.grace_period;
-    options.limits = settings.server.limits;
-    options.transport = transport.clone();
-    let metrics_url;
-    (options.metrics, metrics_url) = metrics_endpoint(&settings.server, &addr.ip().to_string())?;
+    let (options, metrics_url) =
+        unregistered_options(service_names::ISSUER, &settings.server, &transport, addr)?;
     let server = grantmesh_server::spawn(listener, Routes::new(service.into_server()), options)?;
     Ok(Node {
         service: grantmesh_discovery::tls::renew::ISSUER_SERVICE,
@@ -132,6 +128,23 @@ fn start_issuer(
         metrics_url,
         server,
     })
+}
+
+/// How a server that registers nowhere (a registry, the issuer) serves
+/// `grpc_service` on `addr`, and where its metrics are scraped.
+fn unregistered_options(
+    grpc_service: &'static str,
+    server: &config::ServerSettings,
+    transport: &Transport,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(ServeOptions, Option<String>)> {
+    let mut options = ServeOptions::new(grpc_service);
+    options.grace_period = server.grace_period;
+    options.limits = server.limits;
+    options.transport = transport.clone();
+    let metrics_url;
+    (options.metrics, metrics_url) = metrics_endpoint(server, &addr.ip().to_string())?;
+    Ok((options, metrics_url))
 }
 
 /// The role's TLS files, read now so a missing or bad file fails start-up.
@@ -151,12 +164,8 @@ fn start_registry(
 ) -> anyhow::Result<Node> {
     let addr = listener.local_addr()?;
     let instance_id = settings.server.instance_id(grantmesh_registry::SERVICE);
-    let mut options = ServeOptions::new(service_names::REGISTRY);
-    options.grace_period = settings.server.grace_period;
-    options.limits = settings.server.limits;
-    options.transport = transport.clone();
-    let metrics_url;
-    (options.metrics, metrics_url) = metrics_endpoint(&settings.server, &addr.ip().to_string())?;
+    let (options, metrics_url) =
+        unregistered_options(service_names::REGISTRY, &settings.server, &transport, addr)?;
     let registry = grantmesh_registry::RegistryService::new(
         grantmesh_registry::RegistryConfig {
             instance_id: instance_id.clone(),
@@ -362,16 +371,15 @@ fn check_agency_identity(settings: &AgencySettings, transport: &Transport) -> an
     let Transport::Tls(material) = transport else {
         return Ok(());
     };
-    let named = material.identity();
-    let named = named.as_ref().and_then(|identity| identity.name());
-    if named != Some(settings.name.as_str()) {
+    let identity = material.identity();
+    if identity.as_ref().and_then(|identity| identity.name()) != Some(settings.name.as_str()) {
         bail!(
             "the agency {:?} needs a certificate for agency/{} (this one names {}): colleges open \
              accounts for the agency its certificate names. Issue one with \
              `grantmesh ca issue --service agency --name {}`",
             settings.name,
             settings.name,
-            material.identity().map_or_else(
+            identity.map_or_else(
                 || "no grantmesh identity".to_owned(),
                 |identity| identity.to_string()
             ),
