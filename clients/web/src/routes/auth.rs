@@ -366,9 +366,11 @@ async fn log_in(app: &App, email: &str, password: &str) -> Result<String, tonic:
         password: password.to_owned(),
     };
     let login = || {
-        app.mesh.college(None, request.clone(), |mut c, r| async move {
-            c.login(r).await
-        })
+        app.mesh.college(
+            None,
+            request.clone(),
+            |mut c, r| async move { c.login(r).await },
+        )
     };
     // A college busy at this instant (every caller's share taken, its
     // password checks queued up) is asked once more, shortly after: the
