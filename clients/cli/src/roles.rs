@@ -15,8 +15,8 @@ use grantmesh_auth::Keys;
 use grantmesh_discovery::parse_registry_list;
 use grantmesh_discovery::tls::{Identity, TlsPaths};
 use grantmesh_node::config::{
-    AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
-    StoreSettings,
+    AgencySettings, CollegeSettings, MailSettings, MeshSettings, RegistrySettings, Role,
+    ServerSettings, StoreSettings,
 };
 use grantmesh_node::{Band, Lease};
 use tokio::net::TcpListener;
@@ -230,6 +230,43 @@ pub struct CollegeArgs {
     /// WatchAccount streams one researcher may hold open.
     #[arg(long, env = "GRANTMESH_MAX_ACCOUNT_WATCHES_PER_RESEARCHER", default_value_t = grantmesh_college::WatchLimits::default().per_researcher)]
     max_account_watches_per_researcher: usize,
+    #[command(flatten)]
+    mail: MailArgs,
+    /// The sender of the messages a college mails.
+    #[arg(long, env = "GRANTMESH_MAIL_FROM", default_value = grantmesh_mail::DEFAULT_FROM)]
+    mail_from: String,
+}
+
+/// Where a college mails sign-up codes: one of the two is required.
+#[derive(Args, Clone, Debug)]
+#[group(required = true, multiple = false)]
+struct MailArgs {
+    /// The SMTP relay: smtp://HOST:PORT (plain), smtp://HOST:PORT?tls=required
+    /// (STARTTLS) or smtps://HOST:PORT, with USER:PASSWORD@ before the host
+    /// when it wants them.
+    #[arg(long, env = "GRANTMESH_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    /// Keep every message as a file in DIR instead of sending it (a mail
+    /// catcher for development and tests; `grantmesh mail` reads it).
+    #[arg(long, env = "GRANTMESH_MAIL_OUTBOX", value_name = "DIR")]
+    mail_outbox: Option<PathBuf>,
+}
+
+impl MailArgs {
+    fn settings(&self, from: &str) -> MailSettings {
+        match (&self.smtp_url, &self.mail_outbox) {
+            (Some(url), _) => MailSettings::Smtp {
+                url: url.clone(),
+                from: from.to_owned(),
+            },
+            (None, Some(dir)) => MailSettings::Outbox {
+                dir: dir.clone(),
+                from: from.to_owned(),
+                announce: false,
+            },
+            (None, None) => MailSettings::Unset,
+        }
+    }
 }
 
 /// `--agencies`, parsed: names and bands in the order given.
@@ -476,6 +513,7 @@ pub async fn run_college(args: CollegeArgs) -> anyhow::Result<ExitCode> {
             per_peer: args.max_account_watches_per_peer,
             per_researcher: args.max_account_watches_per_researcher,
         },
+        mail: args.mail.settings(&args.mail_from),
     });
     run(role, &args.mesh.server, DEFAULT_COLLEGE_PORT).await
 }

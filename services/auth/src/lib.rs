@@ -15,12 +15,14 @@
 //! Passwords are hashed with Argon2id (the `argon2` crate's defaults); hashing
 //! is deliberately slow, so callers run it on the blocking pool
 //! ([`hash_password`], [`verify_password`]). New passwords must pass
-//! [`strength`]; guessing is slowed by [`attempts`].
+//! [`strength`]; guessing is slowed by [`attempts`]. A researcher proves
+//! they own their email with a mailed code ([`signup`]).
 
 pub mod agency;
 mod argon;
 pub mod attempts;
 pub mod sessions;
+pub mod signup;
 pub mod strength;
 pub mod tokens;
 mod verified;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::Stream;
-use grantmesh_auth::Keys;
+use grantmesh_auth::{Keys, signup};
 use grantmesh_proto::v1::*;
 use grantmesh_proto::{College, CollegeServer};
 use grantmesh_store::Notifications;
@@ -62,6 +62,8 @@ pub struct CollegeConfig {
     pub agencies: HashMap<String, (i64, i64)>,
     /// How many `WatchAccount` streams it serves, and to whom.
     pub watches: WatchLimits,
+    /// Where sign-up codes are mailed (SMTP or an outbox).
+    pub mail: grantmesh_mail::MailQueue,
 }
 
 /// The `grantmesh.v1.College` implementation.
@@ -186,10 +188,10 @@ impl College for CollegeService {
     /// Signs a researcher up without telling whether the email was taken:
     /// a new email and one already registered get the same reply (the name
     /// and email sent, no id) after the same work (the password is checked
-    /// and hashed either way, then one insert), and the existing account is
-    /// left exactly as it was. Without an email channel to warn the owner,
-    /// this is the least a sign-up can say: "registered; log in with your
-    /// password", which is true for the email's owner either way.
+    /// and hashed either way, then one upsert of the pending sign-up). A
+    /// new email is mailed the code that makes the researcher
+    /// (`VerifyEmail`); a registered one is mailed a notice, and its
+    /// account is left exactly as it was.
     #[tracing::instrument(skip_all)]
     async fn register_researcher(
         &self,
@@ -208,19 +210,40 @@ impl College for CollegeService {
         .await
         .map_err(|_| Status::internal("the password check was interrupted"))??;
         let hash = grantmesh_auth::hash_password(password).await?;
-        match self
+        let code = signup::new_code();
+        let pending = store::PendingSignup {
+            email: &email,
+            name: &name,
+            password_hash: &hash,
+            code_digest: &signup::code_digest(&email, &code),
+        };
+        let begun = self
             .inner
             .store
-            .register_researcher(&name, &email, &hash)
+            .begin_signup(&pending, signup::CODE_TTL, signup::RESEND_AFTER)
             .await
-        {
-            Ok(researcher) => tracing::info!(researcher = %researcher.id, "researcher registered"),
-            Err(store::StoreError::AlreadyExists(_)) => {
-                tracing::info!("sign-up for an email already registered; the account is unchanged")
+            .inspect_err(|err| self.count(err))?;
+        let (subject, body) = match begun {
+            store::Begun::Mail => signup::code_mail(&name, &code),
+            store::Begun::Registered => signup::registered_mail(),
+            store::Begun::TooSoon => {
+                tracing::info!(
+                    "sign-up within a minute of the last message to this email: nothing sent"
+                );
+                (String::new(), String::new())
             }
-            Err(err) => {
-                self.count(&err);
-                return Err(err.into());
+        };
+        if !body.is_empty() {
+            let mail = grantmesh_mail::Mail {
+                to: email.clone(),
+                subject,
+                body,
+            };
+            if self.inner.config.mail.post(mail) {
+                self.inner.metrics.mail_queued();
+            } else {
+                self.inner.metrics.mail_dropped();
+                tracing::warn!("the mail queue is full: a sign-up message was dropped");
             }
         }
         Ok(Response::new(Researcher {
@@ -228,6 +251,47 @@ impl College for CollegeService {
             name,
             email,
         }))
+    }
+
+    /// The code mailed at sign-up comes back: the researcher is made and
+    /// logged in. Every refusal reads the same, so it tells nothing of
+    /// which emails have a sign-up waiting.
+    #[tracing::instrument(skip_all)]
+    async fn verify_email(
+        &self,
+        request: Request<VerifyEmailRequest>,
+    ) -> Result<Response<LoginReply>, Status> {
+        let from = peer(&request);
+        self.inner.attempts.check_peer(from)?;
+        let request = request.into_inner();
+        let email = validate::email("email", &request.email)?;
+        let code = signup::normalize_code(&request.code).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "code must be the {} digits mailed to {email}",
+                signup::CODE_DIGITS
+            ))
+        })?;
+        self.inner.attempts.check_email(&email, from)?;
+        let finished = self
+            .inner
+            .store
+            .finish_signup(
+                &email,
+                &signup::code_digest(&email, &code),
+                signup::CODE_ATTEMPTS,
+            )
+            .await
+            .inspect_err(|err| self.count(err))?;
+        let store::Finished::Created(researcher) = finished else {
+            return Err(Status::unauthenticated(format!(
+                "no sign-up of {email} waits for this code: it is wrong, or used up \
+                 ({} tries), or older than an hour; sign up again for a new one",
+                signup::CODE_ATTEMPTS
+            )));
+        };
+        tracing::info!(researcher = %researcher.id, "researcher registered (email verified)");
+        let reply = sessions::open(&self.inner.store, self.keys(), researcher).await?;
+        Ok(Response::new(reply))
     }
 
     #[tracing::instrument(skip_all)]

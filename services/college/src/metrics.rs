@@ -20,6 +20,7 @@ use crate::store::{AccountStore, StoreError, Withdrawal};
 pub(crate) struct CollegeMetrics {
     withdrawals: IntCounterVec,
     database_errors: IntCounterVec,
+    mail: IntCounterVec,
 }
 
 impl CollegeMetrics {
@@ -50,10 +51,32 @@ impl CollegeMetrics {
             &["kind"],
         )
         .expect("valid metric");
+        let mail = IntCounterVec::new(
+            Opts::new(
+                "grantmesh_college_mail_total",
+                "Sign-up messages (codes, notices) handed to the mail queue (queued) or refused by a full queue (dropped)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in ["queued", "dropped"] {
+            mail.with_label_values(&[outcome]);
+        }
         Self {
             withdrawals,
             database_errors,
+            mail,
         }
+    }
+
+    /// A sign-up message taken by the mail queue.
+    pub(crate) fn mail_queued(&self) {
+        self.mail.with_label_values(&["queued"]).inc();
+    }
+
+    /// A sign-up message the full mail queue refused.
+    pub(crate) fn mail_dropped(&self) {
+        self.mail.with_label_values(&["dropped"]).inc();
     }
 
     /// A withdrawal applied now, or replayed from an earlier call with its key.
@@ -88,6 +111,7 @@ impl CollegeMetrics {
     ) -> prometheus::Result<()> {
         registry.register(Box::new(self.withdrawals.clone()))?;
         registry.register(Box::new(self.database_errors.clone()))?;
+        registry.register(Box::new(self.mail.clone()))?;
         registry.register(Box::new(PoolGauges::new(store)))
     }
 }

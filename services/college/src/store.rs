@@ -152,6 +152,42 @@ pub enum Refreshed {
     Unknown,
 }
 
+/// A sign-up waiting for the code mailed to its email
+/// ([`AccountStore::begin_signup`]); the email is lower-cased already.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingSignup<'a> {
+    pub email: &'a str,
+    pub name: &'a str,
+    pub password_hash: &'a str,
+    /// [`grantmesh_auth::signup::code_digest`] of the code to mail.
+    pub code_digest: &'a [u8],
+}
+
+/// What beginning a sign-up did ([`AccountStore::begin_signup`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Begun {
+    /// The sign-up waits for this code (any earlier one is void): mail it.
+    Mail,
+    /// The email belongs to a researcher already: nothing waits for a
+    /// code; mail them a notice instead.
+    Registered,
+    /// A message went to this email less than the resend interval ago:
+    /// nothing changed, and nothing is to be sent.
+    TooSoon,
+}
+
+/// What a code sent back did ([`AccountStore::finish_signup`]).
+#[derive(Clone, Debug)]
+pub enum Finished {
+    /// The code was right: the researcher now exists, and the sign-up is gone.
+    Created(ResearcherRow),
+    /// A sign-up waits, but not for this code: one try is spent.
+    Wrong,
+    /// Nothing waits for a code at this email (never signed up, expired,
+    /// out of tries, or registered already).
+    Unknown,
+}
+
 /// A central store: everything the College reads and writes, on one
 /// backend. Every method is one transaction of its own.
 #[async_trait::async_trait]
@@ -190,6 +226,18 @@ trait Store: Send + Sync + 'static {
         email: &str,
         password_hash: &str,
     ) -> Result<ResearcherRow>;
+    async fn begin_signup(
+        &self,
+        signup: &PendingSignup<'_>,
+        lifetime: Duration,
+        resend_after: Duration,
+    ) -> Result<Begun>;
+    async fn finish_signup(
+        &self,
+        email: &str,
+        code_digest: &[u8],
+        attempts: u32,
+    ) -> Result<Finished>;
     async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>>;
     async fn researcher(&self, id: Uuid) -> Result<Option<ResearcherRow>>;
     async fn create_session(
@@ -384,6 +432,34 @@ impl AccountStore {
 
     pub async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
         self.store.researcher_by_email(email).await
+    }
+
+    /// Makes `signup` the one waiting at its email for `lifetime`, by the
+    /// store's clock, unless a message went to that email less than
+    /// `resend_after` ago (see [`Begun`]). Sign-ups a day past their expiry
+    /// are deleted on the way.
+    pub async fn begin_signup(
+        &self,
+        signup: &PendingSignup<'_>,
+        lifetime: Duration,
+        resend_after: Duration,
+    ) -> Result<Begun> {
+        self.store
+            .begin_signup(signup, lifetime, resend_after)
+            .await
+    }
+
+    /// Checks the code of digest `code_digest` against the sign-up waiting
+    /// at `email`, live and with fewer than `attempts` wrong tries: if it
+    /// is right, creates the researcher and removes the sign-up in one
+    /// transaction (see [`Finished`]).
+    pub async fn finish_signup(
+        &self,
+        email: &str,
+        code_digest: &[u8],
+        attempts: u32,
+    ) -> Result<Finished> {
+        self.store.finish_signup(email, code_digest, attempts).await
     }
 
     /// The researcher with this id, if registered.

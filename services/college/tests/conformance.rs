@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use grantmesh_agency::store::{NewProposal, ProposalStore};
 use grantmesh_college::store::{
-    AccountRow, AccountStore, Credential, NewAccount, Refreshed, ResearcherRow, StoreError,
-    USED_CREDENTIAL_MARGIN,
+    AccountRow, AccountStore, Begun, Credential, Finished, NewAccount, PendingSignup, Refreshed,
+    ResearcherRow, StoreError, USED_CREDENTIAL_MARGIN,
 };
 use grantmesh_store::{Notice, Notifications};
 use tokio::sync::broadcast;
@@ -177,6 +177,10 @@ conformance!(
     a_session_rotates_its_refresh_token_and_a_reused_one_ends_it,
     an_ended_session_is_seen_ended_by_every_instance_and_refreshes_no_more,
     registering_an_email_twice_is_refused_as_already_existing,
+    a_sign_up_makes_its_researcher_only_with_the_code_and_only_once,
+    a_sign_up_takes_five_wrong_codes_then_none_and_expires,
+    a_second_sign_up_within_a_minute_changes_nothing_and_a_later_one_voids_the_first_code,
+    a_sign_up_for_a_registered_email_waits_for_no_code_and_leaves_the_researcher_alone,
     opening_an_account_twice_for_one_proposal_returns_the_first,
     only_the_principal_investigator_changes_members_and_never_removes_themself,
     a_withdrawal_is_applied_once_and_replayed_for_the_same_key_and_amount,
@@ -209,6 +213,15 @@ async fn college(store: &TestStore, day_length: Duration) -> (AccountStore, Noti
     AccountStore::start(&store.url, POOL_SIZE, day_length, CancellationToken::new())
         .await
         .expect("the store starts")
+}
+
+/// A mail queue into an outbox nobody reads, for services that mail nothing here.
+fn unread_mail() -> grantmesh_mail::MailQueue {
+    static OUTBOX: std::sync::LazyLock<tempfile::TempDir> =
+        std::sync::LazyLock::new(|| tempfile::tempdir().unwrap());
+    let mailer =
+        grantmesh_mail::Mailer::outbox(OUTBOX.path(), grantmesh_mail::DEFAULT_FROM).unwrap();
+    grantmesh_mail::MailQueue::start(mailer, 16, CancellationToken::new())
 }
 
 async fn researcher(accounts: &AccountStore, name: &str) -> ResearcherRow {
@@ -524,6 +537,237 @@ async fn registering_an_email_twice_is_refused_as_already_existing(store: &TestS
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+/// A pending sign-up of `email` whose code has digest `digest`.
+fn pending<'a>(email: &'a str, name: &'a str, digest: &'a [u8]) -> PendingSignup<'a> {
+    PendingSignup {
+        email,
+        name,
+        password_hash: "argon-hash-of-the-password",
+        code_digest: digest,
+    }
+}
+
+const CODE_TTL: Duration = Duration::from_secs(3600);
+const RESEND: Duration = Duration::from_secs(60);
+
+async fn a_sign_up_makes_its_researcher_only_with_the_code_and_only_once(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let email = format!("ada-{}@example.org", Uuid::new_v4().simple());
+    let signup = pending(&email, "Ada", b"right-digest");
+    assert_eq!(
+        accounts
+            .begin_signup(&signup, CODE_TTL, RESEND)
+            .await
+            .unwrap(),
+        Begun::Mail
+    );
+    assert!(
+        accounts
+            .researcher_by_email(&email)
+            .await
+            .unwrap()
+            .is_none(),
+        "nobody exists before the code comes back"
+    );
+    assert!(matches!(
+        accounts
+            .finish_signup(&email, b"wrong-digest", 5)
+            .await
+            .unwrap(),
+        Finished::Wrong
+    ));
+    assert!(matches!(
+        accounts
+            .finish_signup("someone-else@example.org", b"right-digest", 5)
+            .await
+            .unwrap(),
+        Finished::Unknown
+    ));
+    let Finished::Created(made) = accounts
+        .finish_signup(&email, b"right-digest", 5)
+        .await
+        .unwrap()
+    else {
+        panic!("the right code makes the researcher");
+    };
+    assert_eq!(
+        (made.name.as_str(), made.email.as_str()),
+        ("Ada", email.as_str())
+    );
+    assert_eq!(made.password_hash, "argon-hash-of-the-password");
+    let found = accounts.researcher_by_email(&email).await.unwrap().unwrap();
+    assert_eq!(found.id, made.id);
+    assert!(
+        matches!(
+            accounts
+                .finish_signup(&email, b"right-digest", 5)
+                .await
+                .unwrap(),
+            Finished::Unknown
+        ),
+        "a code makes its researcher once"
+    );
+    // Sixteen at once with the right code make one researcher.
+    let email = format!("grace-{}@example.org", Uuid::new_v4().simple());
+    accounts
+        .begin_signup(&pending(&email, "Grace", b"g"), CODE_TTL, RESEND)
+        .await
+        .unwrap();
+    let tries = (0..16).map(|_| {
+        let (accounts, email) = (accounts.clone(), email.clone());
+        tokio::spawn(async move { accounts.finish_signup(&email, b"g", 5).await })
+    });
+    let mut created = 0;
+    for attempt in futures::future::join_all(tries).await {
+        match attempt.unwrap() {
+            Ok(Finished::Created(_)) => created += 1,
+            Ok(_) => {}
+            Err(err) => assert_eq!(code(err), tonic::Code::Unavailable, "only contention"),
+        }
+    }
+    assert_eq!(
+        created, 1,
+        "one of sixteen concurrent verifications makes the researcher"
+    );
+}
+
+async fn a_sign_up_takes_five_wrong_codes_then_none_and_expires(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let email = format!("ada-{}@example.org", Uuid::new_v4().simple());
+    accounts
+        .begin_signup(&pending(&email, "Ada", b"right"), CODE_TTL, RESEND)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert!(matches!(
+            accounts.finish_signup(&email, b"guess", 5).await.unwrap(),
+            Finished::Wrong
+        ));
+    }
+    assert!(
+        matches!(
+            accounts.finish_signup(&email, b"right", 5).await.unwrap(),
+            Finished::Unknown
+        ),
+        "after five wrong tries even the right code is refused"
+    );
+    assert!(
+        accounts
+            .researcher_by_email(&email)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let email = format!("brief-{}@example.org", Uuid::new_v4().simple());
+    accounts
+        .begin_signup(
+            &pending(&email, "Brief", b"right"),
+            Duration::from_millis(200),
+            RESEND,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        matches!(
+            accounts.finish_signup(&email, b"right", 5).await.unwrap(),
+            Finished::Unknown
+        ),
+        "an expired code makes nobody"
+    );
+    assert!(
+        accounts
+            .researcher_by_email(&email)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_second_sign_up_within_a_minute_changes_nothing_and_a_later_one_voids_the_first_code(
+    store: &TestStore,
+) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let email = format!("ada-{}@example.org", Uuid::new_v4().simple());
+    accounts
+        .begin_signup(&pending(&email, "Ada", b"first"), CODE_TTL, RESEND)
+        .await
+        .unwrap();
+    assert_eq!(
+        accounts
+            .begin_signup(&pending(&email, "Mallory", b"second"), CODE_TTL, RESEND)
+            .await
+            .unwrap(),
+        Begun::TooSoon
+    );
+    assert!(matches!(
+        accounts.finish_signup(&email, b"second", 5).await.unwrap(),
+        Finished::Wrong
+    ));
+    // Past the resend interval (here 0), a new sign-up replaces the code
+    // and its tries.
+    assert_eq!(
+        accounts
+            .begin_signup(
+                &pending(&email, "Ada L.", b"third"),
+                CODE_TTL,
+                Duration::ZERO
+            )
+            .await
+            .unwrap(),
+        Begun::Mail
+    );
+    assert!(matches!(
+        accounts.finish_signup(&email, b"first", 5).await.unwrap(),
+        Finished::Wrong
+    ));
+    let Finished::Created(made) = accounts.finish_signup(&email, b"third", 5).await.unwrap() else {
+        panic!("the newest code makes the researcher");
+    };
+    assert_eq!(made.name, "Ada L.", "with the newest sign-up's name");
+}
+
+async fn a_sign_up_for_a_registered_email_waits_for_no_code_and_leaves_the_researcher_alone(
+    store: &TestStore,
+) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let owner = researcher(&accounts, "owner").await;
+    let signup = pending(&owner.email, "Mallory", b"mallory");
+    assert_eq!(
+        accounts
+            .begin_signup(&signup, CODE_TTL, Duration::ZERO)
+            .await
+            .unwrap(),
+        Begun::Registered
+    );
+    assert_eq!(
+        accounts
+            .begin_signup(&signup, CODE_TTL, RESEND)
+            .await
+            .unwrap(),
+        Begun::TooSoon,
+        "the owner's notices are limited like codes"
+    );
+    assert!(matches!(
+        accounts
+            .finish_signup(&owner.email, b"mallory", 5)
+            .await
+            .unwrap(),
+        Finished::Unknown
+    ));
+    let found = accounts
+        .researcher_by_email(&owner.email)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (found.id, found.name, found.password_hash),
+        (owner.id, owner.name, owner.password_hash),
+        "the owner is unchanged"
     );
 }
 
@@ -1544,6 +1788,7 @@ async fn a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another(
         pool_size: 4,
         agencies: [("nsf".to_owned(), (1, 1_000_000))].into(),
         watches: grantmesh_college::WatchLimits::default(),
+        mail: unread_mail(),
     };
     let closing = CancellationToken::new();
     let writer = CollegeService::start(config("college-a"), &store.url, closing.clone())
@@ -2204,6 +2449,7 @@ async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance
         pool_size: 8,
         agencies: [("nsf".to_owned(), (1, 1_000_000))].into(),
         watches: grantmesh_college::WatchLimits::default(),
+        mail: unread_mail(),
     };
     let closing = CancellationToken::new();
     let writer = CollegeService::start(config("college-a"), &store.url, closing.clone())

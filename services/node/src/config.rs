@@ -395,6 +395,60 @@ pub struct CollegeSettings {
     pub agencies: Vec<(String, Band)>,
     /// How many `WatchAccount` streams it serves, and to whom.
     pub watches: grantmesh_college::WatchLimits,
+    /// Where sign-up codes are mailed.
+    pub mail: MailSettings,
+}
+
+/// How a college mails sign-up codes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum MailSettings {
+    /// Not configured: a college refuses to start like this.
+    #[default]
+    Unset,
+    /// Through an SMTP relay (`smtp://host:port`, `smtps://…`,
+    /// `smtp://…?tls=required`; credentials in the URL), as `from`.
+    Smtp { url: String, from: String },
+    /// Into a directory, one file a message (`grantmesh dev`'s mail
+    /// catcher, tests); `announce` also logs each message whole.
+    Outbox {
+        dir: std::path::PathBuf,
+        from: String,
+        announce: bool,
+    },
+}
+
+impl MailSettings {
+    /// An outbox at `dir`, from the default sender, not announced.
+    pub fn outbox(dir: impl Into<std::path::PathBuf>) -> Self {
+        Self::Outbox {
+            dir: dir.into(),
+            from: grantmesh_mail::DEFAULT_FROM.to_owned(),
+            announce: false,
+        }
+    }
+
+    /// The mailer these settings describe (within a Tokio runtime).
+    pub fn mailer(&self) -> std::result::Result<grantmesh_mail::Mailer, ConfigError> {
+        let mailer = match self {
+            Self::Unset => return Err(ConfigError::new(Self::UNSET)),
+            Self::Smtp { url, from } => grantmesh_mail::Mailer::smtp(url, from),
+            Self::Outbox {
+                dir,
+                from,
+                announce,
+            } => grantmesh_mail::Mailer::outbox(dir, from).map(|mailer| {
+                if *announce {
+                    mailer.announcing()
+                } else {
+                    mailer
+                }
+            }),
+        };
+        mailer.map_err(|err| ConfigError::new(format!("mail: {err}")))
+    }
+
+    const UNSET: &str = "a college mails sign-up codes: give it an SMTP relay (--smtp-url \
+         smtp://relay:25) or an outbox directory (--mail-outbox DIR)";
 }
 
 impl CollegeSettings {
@@ -408,6 +462,7 @@ impl CollegeSettings {
             day_length: Duration::from_secs(24 * 60 * 60),
             agencies: vec![(DEFAULT_AGENCY_NAME.to_owned(), Band::DEFAULT)],
             watches: grantmesh_college::WatchLimits::default(),
+            mail: MailSettings::Unset,
         }
     }
 
@@ -427,6 +482,9 @@ impl CollegeSettings {
             return Err(ConfigError::new(
                 "a college signs researchers' tokens: it needs the token signing key (token.key), not only its public half",
             ));
+        }
+        if self.mail == MailSettings::Unset {
+            return Err(ConfigError::new(MailSettings::UNSET));
         }
         if self.day_length.is_zero() {
             return Err(ConfigError::new("the day length must be more than zero"));

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-pub use config::{Band, ConfigError, Lease, ServerSettings, StoreSettings};
+pub use config::{Band, ConfigError, Lease, MailSettings, ServerSettings, StoreSettings};
 
 /// A role serving in this process.
 pub struct Node {
@@ -273,6 +273,7 @@ async fn start_college(
         pool_size: settings.store.pool_size,
         agencies: settings.agency_bands(),
         watches: settings.watches,
+        mail: mail_queue(&settings.mail)?,
     };
     let service = grantmesh_college::CollegeService::start(
         config,
@@ -292,6 +293,17 @@ async fn start_college(
         url: instance.address,
         server,
     })
+}
+
+/// Starts delivering a college's mail as `mail` says.
+fn mail_queue(mail: &config::MailSettings) -> anyhow::Result<grantmesh_mail::MailQueue> {
+    let mailer = mail.mailer()?;
+    tracing::info!("sign-up mail goes to the {}", mailer.describe());
+    Ok(grantmesh_mail::MailQueue::start(
+        mailer,
+        grantmesh_mail::QUEUE_CAPACITY,
+        CancellationToken::new(),
+    ))
 }
 
 /// This server's metrics, and the URL of their endpoint when it serves one

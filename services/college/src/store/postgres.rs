@@ -12,6 +12,7 @@ mod guess;
 mod ledger;
 mod membership;
 mod sessions;
+mod signups;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -28,9 +29,9 @@ use super::error::{
     principal_investigator_not_removable, unknown_principal_investigator,
 };
 use super::{
-    AccountAudit, AccountRow, CHANNEL, Guess, InvitationRow, Ledger, MAX_BATCHES_IN_FLIGHT,
-    MemberRow, NewAccount, Refreshed, ResearcherRow, Result, Store, TransactionRow,
-    USED_CREDENTIAL_MARGIN,
+    AccountAudit, AccountRow, Begun, CHANNEL, Finished, Guess, InvitationRow, Ledger,
+    MAX_BATCHES_IN_FLIGHT, MemberRow, NewAccount, PendingSignup, Refreshed, ResearcherRow, Result,
+    Store, TransactionRow, USED_CREDENTIAL_MARGIN,
 };
 use crate::ledger::opening::{self, Terms};
 use crate::ledger::{Decision, Request};
@@ -687,6 +688,24 @@ impl Store for Pg {
         password_hash: &str,
     ) -> Result<ResearcherRow> {
         register_researcher(self, name, email, password_hash).await
+    }
+
+    async fn begin_signup(
+        &self,
+        signup: &PendingSignup<'_>,
+        lifetime: Duration,
+        resend_after: Duration,
+    ) -> Result<Begun> {
+        signups::begin(self, signup, lifetime, resend_after).await
+    }
+
+    async fn finish_signup(
+        &self,
+        email: &str,
+        code_digest: &[u8],
+        attempts: u32,
+    ) -> Result<Finished> {
+        signups::finish(self, email, code_digest, attempts).await
     }
 
     async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {

@@ -16,6 +16,7 @@
 mod ledger;
 mod membership;
 mod sessions;
+mod signups;
 
 use std::time::{Duration, SystemTime};
 
@@ -33,8 +34,9 @@ use super::error::{
     principal_investigator_not_removable, unknown_principal_investigator,
 };
 use super::{
-    AccountAudit, AccountRow, CHANNEL, InvitationRow, Ledger, MemberRow, NewAccount, Refreshed,
-    ResearcherRow, Result, Store, StoreError, TransactionRow, USED_CREDENTIAL_MARGIN,
+    AccountAudit, AccountRow, Begun, CHANNEL, Finished, InvitationRow, Ledger, MemberRow,
+    NewAccount, PendingSignup, Refreshed, ResearcherRow, Result, Store, StoreError, TransactionRow,
+    USED_CREDENTIAL_MARGIN,
 };
 use crate::ledger::opening::{self, Terms};
 
@@ -155,6 +157,24 @@ impl Store for Accounts {
             }
         })
         .await
+    }
+
+    async fn begin_signup(
+        &self,
+        signup: &PendingSignup<'_>,
+        lifetime: Duration,
+        resend_after: Duration,
+    ) -> Result<Begun> {
+        self.begin_signup_here(signup, lifetime, resend_after).await
+    }
+
+    async fn finish_signup(
+        &self,
+        email: &str,
+        code_digest: &[u8],
+        attempts: u32,
+    ) -> Result<Finished> {
+        self.finish_signup_here(email, code_digest, attempts).await
     }
 
     async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {
