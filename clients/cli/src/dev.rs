@@ -20,7 +20,8 @@ use clap::Args;
 use grantmesh_auth::Keys;
 use grantmesh_discovery::tls::{Identity, TlsPaths};
 use grantmesh_node::config::{
-    AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
+    AgencySettings, CollegeSettings, MailSettings, MeshSettings, RegistrySettings, Role,
+    ServerSettings,
 };
 use grantmesh_node::{Band, Node, StoreSettings};
 use tokio::net::TcpListener;
@@ -107,6 +108,9 @@ pub struct DevMesh {
     pub colleges: Vec<Node>,
     /// The store every node uses (a `sqlite:` path or a PostgreSQL URL).
     pub database_url: String,
+    /// The mail catcher: the colleges keep what they mail here
+    /// (`DATA_DIR/mail`), `grantmesh mail` and the portal's /dev/mail read it.
+    pub outbox: PathBuf,
     /// The researcher portal and mesh dashboard (`None` with --no-web or --simulate).
     pub web: Option<DevWeb>,
 }
@@ -120,16 +124,21 @@ pub struct DevWeb {
 }
 
 impl DevWeb {
-    async fn start(addr: SocketAddr, registry: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
+    async fn start(
+        addr: SocketAddr,
+        registry: &str,
+        ca: Option<&Path>,
+        outbox: &Path,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!("failed to listen on {addr} for the web portal (another grantmesh dev running? try --base-port or --no-web)")
         })?;
         let url = format!("http://{}", listener.local_addr()?);
         let transport = crate::transport::for_urls([registry], ca)?;
-        let web = grantmesh_web::Web::new(grantmesh_web::WebSettings::new(
-            vec![registry.to_owned()],
-            transport,
-        ));
+        let web = grantmesh_web::Web::new(grantmesh_web::WebSettings {
+            dev_mail: Some(outbox.to_owned()),
+            ..grantmesh_web::WebSettings::new(vec![registry.to_owned()], transport)
+        });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(web.serve(listener, async move {
             let _ = stopped.await;
@@ -163,6 +172,7 @@ impl DevMesh {
             None => embedded_store(&data_dir, args.fresh)?,
         };
         let tls_dir = data_dir.join(crate::transport::DEV_TLS_DIR);
+        let outbox = data_dir.join(crate::mail::DEV_MAIL_DIR);
         let ca = if args.insecure {
             None
         } else {
@@ -244,6 +254,7 @@ impl DevMesh {
                 )?,
                 day_length,
                 agencies: known.clone(),
+                mail: MailSettings::outbox(&outbox),
                 ..CollegeSettings::new(mesh.clone(), college_store.clone())
             };
             colleges.push(start(Role::College(settings), port(200 + n as u16)?).await?);
@@ -263,12 +274,19 @@ impl DevMesh {
             agencies,
             colleges,
             database_url,
+            outbox,
             web: None,
         };
         dev.wait_until_listed().await?;
         if !args.no_web && !args.simulate {
             dev.web = Some(
-                DevWeb::start(port(WEB_PORT_OFFSET)?, &dev.registry.url, dev.ca.as_deref()).await?,
+                DevWeb::start(
+                    port(WEB_PORT_OFFSET)?,
+                    &dev.registry.url,
+                    dev.ca.as_deref(),
+                    &dev.outbox,
+                )
+                .await?,
             );
         }
         Ok(dev)
@@ -378,6 +396,15 @@ impl DevMesh {
             }
             None => "grpcurl -plaintext".to_owned(),
         };
+        out += &format!(
+            "  mail       {} (the mail catcher: messages are printed here too; grantmesh mail lists them)\n",
+            self.outbox.display()
+        );
+        let outbox = if crate::mail::dev_outbox().as_deref() == Some(self.outbox.as_path()) {
+            String::new()
+        } else {
+            format!(" --outbox {}", self.outbox.display())
+        };
         // Started with `cargo run`, the binary is not on PATH yet: say where it is.
         let on_path = match std::env::current_exe() {
             Ok(exe) if !on_path(&exe) => match exe.parent() {
@@ -395,7 +422,8 @@ impl DevMesh {
             "\nTry, in another shell:\n\
              \x20 grantmesh instances{flag}\n\
              \x20 grantmesh signup{flag} --name Ada --email ada@uni.edu --password 'correct horse battery'\n\
-             \x20 grantmesh login{flag} --email ada@uni.edu\n\
+             \x20 grantmesh verify-email{flag} --email ada@uni.edu --code \"$(grantmesh mail{outbox} --to ada@uni.edu --code)\"\n\
+             \x20   (asks for the password you signed up with; that logs you in)\n\
              \x20 grantmesh propose --title 'Protein folding' --amount {} --days 365 --agency {nsf_name}\n\
              \x20 grantmesh accounts\n\
              \x20 {grpcurl} {registry} list\n\
@@ -404,6 +432,33 @@ impl DevMesh {
             (nsf.min() + nsf.max()) / 2,
         );
         out
+    }
+}
+
+/// The mail catcher's console half: prints each message the colleges keep
+/// in `outbox` from now on, as it arrives.
+async fn print_mail(outbox: PathBuf) {
+    let read = || grantmesh_mail::outbox::read(&outbox).unwrap_or_default();
+    let mut seen: std::collections::HashSet<PathBuf> =
+        read().into_iter().map(|letter| letter.file).collect();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for letter in read() {
+            if seen.insert(letter.file.clone()) {
+                let body: String = letter
+                    .body
+                    .trim_end()
+                    .lines()
+                    .map(|line| format!("  | {line}\n"))
+                    .collect();
+                println!(
+                    "mail to {} (kept in {}): {}\n{body}",
+                    letter.to,
+                    outbox.display(),
+                    letter.subject
+                );
+            }
+        }
     }
 }
 
@@ -504,6 +559,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             dev.database_url.clone(),
         );
         simulation.ca = dev.ca.clone();
+        simulation.outbox = Some(dev.outbox.clone());
         simulation.projects = args.projects;
         simulation.students = args.students;
         simulation.seed = args.seed;
@@ -523,7 +579,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     print!("{}", dev.banner());
     // Scripts wait for this line.
     println!("mesh is up");
+    let printing = tokio::spawn(print_mail(dev.outbox.clone()));
     terminated.await;
+    printing.abort();
     eprintln!("stopping: every node deregisters and drains");
     dev.stop().await?;
     Ok(ExitCode::SUCCESS)

@@ -19,6 +19,7 @@ mod bench;
 mod ca;
 mod dev;
 mod exit;
+mod mail;
 mod ops;
 mod output;
 mod researcher;
@@ -69,6 +70,8 @@ enum Command {
     Web(web::WebArgs),
     /// Run the whole mesh in this process: a registry, two agencies, two colleges.
     Dev(dev::DevArgs),
+    /// Read the mail a college kept in an outbox (grantmesh dev's mail catcher).
+    Mail(mail::MailArgs),
     /// Measure a mesh running on this machine.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -133,6 +136,7 @@ fn main() -> std::process::ExitCode {
             Command::College(args) => roles::run_college(args).await,
             Command::Web(args) => web::run(args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Mail(args) => mail::run(args, format).await,
             Command::Ca(command) => ca::run(command).await,
             Command::Bench(bench) => bench::run(bench).await,
             Command::Simulate(args) => simulate::run(args).await,

@@ -68,12 +68,26 @@ pub struct PasswordArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Verb {
-    /// Create your researcher record at the college.
+    /// Sign up at the college: a code is mailed to EMAIL, and `verify-email`
+    /// with it makes your researcher record and logs you in.
     Signup {
         #[arg(long)]
         name: String,
         #[arg(long)]
         email: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Finish signing up with the code mailed to you; logs you in, as `login`.
+    VerifyEmail {
+        #[arg(long, env = "GRANTMESH_EMAIL")]
+        email: String,
+        /// The 8 digits from the message (spaces and dashes are ignored).
+        #[arg(long)]
+        code: String,
+        /// The password you signed up with.
         #[command(flatten)]
         password: PasswordArgs,
         #[command(flatten)]
@@ -221,9 +235,43 @@ pub enum Verb {
     },
 }
 
+/// Saves the session a login (or a verified sign-up) opened, and says so.
+fn keep_session(
+    store: &Store,
+    mesh: &Mesh,
+    reply: &LoginReply,
+    format: Format,
+) -> anyhow::Result<()> {
+    let researcher = reply.researcher.clone().unwrap_or_default();
+    let session = Session {
+        token: reply.token.clone(),
+        researcher_id: researcher.researcher_id,
+        name: researcher.name,
+        email: researcher.email,
+        expires_at: output::time(reply.expires_at.as_ref()),
+        registry: mesh.registry.clone(),
+        refresh_token: reply.refresh_token.clone(),
+    };
+    let path = store.save(&session)?;
+    output::emit(format, reply, |_| {
+        output::record(&[
+            (
+                "logged in as",
+                format!("{} <{}>", session.name, session.email),
+            ),
+            ("researcher", session.researcher_id.clone()),
+            ("expires", session.expires_at.clone()),
+            ("session", path.display().to_string()),
+        ])
+    })
+}
+
 pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
     let store = Store::locate()?;
-    if !matches!(verb, Verb::Login { .. } | Verb::Logout) {
+    if !matches!(
+        verb,
+        Verb::Login { .. } | Verb::VerifyEmail { .. } | Verb::Logout
+    ) {
         renew_session(&store).await?;
     }
     match verb {
@@ -246,17 +294,42 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                 })
                 .await?;
             // The reply is the same whether the email was new or already
-            // registered (whose account is left as it was): the college
-            // does not say which emails exist. Login tells the id.
+            // registered (whose account is left as it was, and whose owner
+            // is mailed a notice): the college does not say which emails
+            // exist.
             output::emit(format, &r, |r| {
                 output::record(&[
                     ("signed up", format!("{} <{}>", r.name, r.email)),
                     (
                         "next",
-                        format!("grantmesh login --email {} (with your password)", r.email),
+                        format!(
+                            "check {} for a verification code, then: grantmesh verify-email --email {} --code CODE (with your password)",
+                            r.email, r.email
+                        ),
                     ),
                 ])
             })?;
+        }
+        Verb::VerifyEmail {
+            email,
+            code,
+            password,
+            target,
+        } => {
+            let password = password.read(false)?;
+            let mesh = Mesh::new(&store, target, format)?;
+            let reply = mesh
+                .college(
+                    VerifyEmailRequest {
+                        email,
+                        code,
+                        password,
+                    },
+                    false,
+                    |mut c, r| async move { c.verify_email(r).await },
+                )
+                .await?;
+            keep_session(&store, &mesh, &reply, format)?;
         }
         Verb::Login {
             email,
@@ -272,28 +345,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                     |mut c, r| async move { c.login(r).await },
                 )
                 .await?;
-            let researcher = reply.researcher.clone().unwrap_or_default();
-            let session = Session {
-                token: reply.token.clone(),
-                researcher_id: researcher.researcher_id,
-                name: researcher.name,
-                email: researcher.email,
-                expires_at: output::time(reply.expires_at.as_ref()),
-                registry: mesh.registry.clone(),
-                refresh_token: reply.refresh_token.clone(),
-            };
-            let path = store.save(&session)?;
-            output::emit(format, &reply, |_| {
-                output::record(&[
-                    (
-                        "logged in as",
-                        format!("{} <{}>", session.name, session.email),
-                    ),
-                    ("researcher", session.researcher_id.clone()),
-                    ("expires", session.expires_at.clone()),
-                    ("session", path.display().to_string()),
-                ])
-            })?;
+            keep_session(&store, &mesh, &reply, format)?;
         }
         Verb::Logout => {
             // The session ends at the colleges first (its tokens are refused

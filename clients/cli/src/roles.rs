@@ -262,7 +262,6 @@ impl MailArgs {
             (None, Some(dir)) => MailSettings::Outbox {
                 dir: dir.clone(),
                 from: from.to_owned(),
-                announce: false,
             },
             (None, None) => MailSettings::Unset,
         }

@@ -57,6 +57,10 @@ pub struct WebSettings {
     /// Set it when a TLS proxy fronts the portal; off by default because the
     /// portal itself speaks plain HTTP (on loopback in `grantmesh dev`).
     pub secure_cookies: bool,
+    /// A mail catcher's outbox to show at `/dev/mail` (every message the
+    /// colleges kept there, codes included): `grantmesh dev` only. `None`
+    /// (the default) serves no such page.
+    pub dev_mail: Option<std::path::PathBuf>,
 }
 
 impl WebSettings {
@@ -66,6 +70,7 @@ impl WebSettings {
             registries,
             transport,
             secure_cookies: false,
+            dev_mail: None,
         }
     }
 }
@@ -132,6 +137,8 @@ pub(crate) struct App {
     pub visitor_attempts: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Cancelled on shutdown: live streams end so the server can stop.
     pub closing: CancellationToken,
+    /// The outbox `/dev/mail` shows, in `grantmesh dev`.
+    pub dev_mail: Option<std::path::PathBuf>,
 }
 
 /// The portal and dashboard, ready to serve.
@@ -167,6 +174,7 @@ impl Web {
                 .allow_burst(std::num::NonZeroU32::new(VISITOR_ATTEMPT_BURST).expect("not zero")),
             ),
             closing,
+            dev_mail: settings.dev_mail.clone(),
         });
         Self {
             app,

@@ -74,6 +74,33 @@ impl PasswordRule {
 }
 
 #[derive(Template)]
+#[template(path = "verify.html")]
+pub struct Verify {
+    pub nav: Nav,
+    pub error: Option<String>,
+    pub email: String,
+    /// Where the dev mail catcher is, when the portal shows one.
+    pub dev_mail: bool,
+}
+
+#[derive(Template)]
+#[template(path = "dev_mail.html")]
+pub struct DevMail {
+    pub nav: Nav,
+    pub outbox: String,
+    /// Newest first.
+    pub letters: Vec<DevLetter>,
+}
+
+pub struct DevLetter {
+    pub to: String,
+    pub subject: String,
+    pub sent: String,
+    pub body: String,
+    pub code: Option<String>,
+}
+
+#[derive(Template)]
 #[template(path = "login.html")]
 pub struct Login {
     pub nav: Nav,

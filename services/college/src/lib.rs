@@ -272,20 +272,28 @@ impl College for CollegeService {
             ))
         })?;
         self.inner.attempts.check_email(&email, from)?;
-        let finished = self
-            .inner
-            .store
+        let store = &self.inner.store;
+        let hash = store
+            .signup_password_hash(&email, signup::CODE_ATTEMPTS)
+            .await
+            .inspect_err(|err| self.count(err))?;
+        // No sign-up waiting: checked against a decoy, in the same time.
+        let matches = grantmesh_auth::verify_password(request.password, hash.clone()).await?;
+        let checked = hash.filter(|_| matches).unwrap_or_default();
+        let finished = store
             .finish_signup(
                 &email,
                 &signup::code_digest(&email, &code),
+                &checked,
                 signup::CODE_ATTEMPTS,
             )
             .await
             .inspect_err(|err| self.count(err))?;
         let store::Finished::Created(researcher) = finished else {
             return Err(Status::unauthenticated(format!(
-                "no sign-up of {email} waits for this code: it is wrong, or used up \
-                 ({} tries), or older than an hour; sign up again for a new one",
+                "no sign-up of {email} waits for this code and password: the code is wrong, \
+                 used up ({} tries) or older than an hour, or the password is not the one \
+                 signed up with; sign up again for a new code",
                 signup::CODE_ATTEMPTS
             )));
         };

@@ -181,7 +181,7 @@ pub enum Begun {
 pub enum Finished {
     /// The code was right: the researcher now exists, and the sign-up is gone.
     Created(ResearcherRow),
-    /// A sign-up waits, but not for this code: one try is spent.
+    /// A sign-up waits, but not for this code and password: one try is spent.
     Wrong,
     /// Nothing waits for a code at this email (never signed up, expired,
     /// out of tries, or registered already).
@@ -232,10 +232,12 @@ trait Store: Send + Sync + 'static {
         lifetime: Duration,
         resend_after: Duration,
     ) -> Result<Begun>;
+    async fn signup_password_hash(&self, email: &str, attempts: u32) -> Result<Option<String>>;
     async fn finish_signup(
         &self,
         email: &str,
         code_digest: &[u8],
+        password_hash: &str,
         attempts: u32,
     ) -> Result<Finished>;
     async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>>;
@@ -449,17 +451,33 @@ impl AccountStore {
             .await
     }
 
-    /// Checks the code of digest `code_digest` against the sign-up waiting
-    /// at `email`, live and with fewer than `attempts` wrong tries: if it
-    /// is right, creates the researcher and removes the sign-up in one
-    /// transaction (see [`Finished`]).
+    /// The password hash of the sign-up waiting at `email`, if one is live
+    /// with fewer than `attempts` wrong tries: what the password sent with
+    /// its code must match.
+    pub async fn signup_password_hash(
+        &self,
+        email: &str,
+        attempts: u32,
+    ) -> Result<Option<String>> {
+        self.store.signup_password_hash(email, attempts).await
+    }
+
+    /// Checks the code of digest `code_digest`, and `password_hash` (the
+    /// hash the caller's password was found to match; anything else when it
+    /// matched none), against the sign-up waiting at `email`, live and with
+    /// fewer than `attempts` wrong tries: if both are its own, creates the
+    /// researcher and removes the sign-up in one transaction (see
+    /// [`Finished`]).
     pub async fn finish_signup(
         &self,
         email: &str,
         code_digest: &[u8],
+        password_hash: &str,
         attempts: u32,
     ) -> Result<Finished> {
-        self.store.finish_signup(email, code_digest, attempts).await
+        self.store
+            .finish_signup(email, code_digest, password_hash, attempts)
+            .await
     }
 
     /// The researcher with this id, if registered.

@@ -545,11 +545,13 @@ fn pending<'a>(email: &'a str, name: &'a str, digest: &'a [u8]) -> PendingSignup
     PendingSignup {
         email,
         name,
-        password_hash: "argon-hash-of-the-password",
+        password_hash: HASH,
         code_digest: digest,
     }
 }
 
+/// The password hash every test sign-up is made with.
+const HASH: &str = "argon-hash-of-the-password";
 const CODE_TTL: Duration = Duration::from_secs(3600);
 const RESEND: Duration = Duration::from_secs(60);
 
@@ -574,20 +576,35 @@ async fn a_sign_up_makes_its_researcher_only_with_the_code_and_only_once(store: 
     );
     assert!(matches!(
         accounts
-            .finish_signup(&email, b"wrong-digest", 5)
+            .finish_signup(&email, b"wrong-digest", HASH, 5)
             .await
             .unwrap(),
         Finished::Wrong
     ));
     assert!(matches!(
         accounts
-            .finish_signup("someone-else@example.org", b"right-digest", 5)
+            .finish_signup("someone-else@example.org", b"right-digest", HASH, 5)
             .await
             .unwrap(),
         Finished::Unknown
     ));
+    assert_eq!(
+        accounts.signup_password_hash(&email, 5).await.unwrap().as_deref(),
+        Some(HASH),
+        "the password sent with the code is checked against this"
+    );
+    assert!(
+        matches!(
+            accounts
+                .finish_signup(&email, b"right-digest", "another-hash", 5)
+                .await
+                .unwrap(),
+            Finished::Wrong
+        ),
+        "the right code with another password is a wrong try"
+    );
     let Finished::Created(made) = accounts
-        .finish_signup(&email, b"right-digest", 5)
+        .finish_signup(&email, b"right-digest", HASH, 5)
         .await
         .unwrap()
     else {
@@ -603,7 +620,7 @@ async fn a_sign_up_makes_its_researcher_only_with_the_code_and_only_once(store: 
     assert!(
         matches!(
             accounts
-                .finish_signup(&email, b"right-digest", 5)
+                .finish_signup(&email, b"right-digest", HASH, 5)
                 .await
                 .unwrap(),
             Finished::Unknown
@@ -618,7 +635,7 @@ async fn a_sign_up_makes_its_researcher_only_with_the_code_and_only_once(store: 
         .unwrap();
     let tries = (0..16).map(|_| {
         let (accounts, email) = (accounts.clone(), email.clone());
-        tokio::spawn(async move { accounts.finish_signup(&email, b"g", 5).await })
+        tokio::spawn(async move { accounts.finish_signup(&email, b"g", HASH, 5).await })
     });
     let mut created = 0;
     for attempt in futures::future::join_all(tries).await {
@@ -643,13 +660,13 @@ async fn a_sign_up_takes_five_wrong_codes_then_none_and_expires(store: &TestStor
         .unwrap();
     for _ in 0..5 {
         assert!(matches!(
-            accounts.finish_signup(&email, b"guess", 5).await.unwrap(),
+            accounts.finish_signup(&email, b"guess", HASH, 5).await.unwrap(),
             Finished::Wrong
         ));
     }
     assert!(
         matches!(
-            accounts.finish_signup(&email, b"right", 5).await.unwrap(),
+            accounts.finish_signup(&email, b"right", HASH, 5).await.unwrap(),
             Finished::Unknown
         ),
         "after five wrong tries even the right code is refused"
@@ -674,7 +691,7 @@ async fn a_sign_up_takes_five_wrong_codes_then_none_and_expires(store: &TestStor
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         matches!(
-            accounts.finish_signup(&email, b"right", 5).await.unwrap(),
+            accounts.finish_signup(&email, b"right", HASH, 5).await.unwrap(),
             Finished::Unknown
         ),
         "an expired code makes nobody"
@@ -705,7 +722,7 @@ async fn a_second_sign_up_within_a_minute_changes_nothing_and_a_later_one_voids_
         Begun::TooSoon
     );
     assert!(matches!(
-        accounts.finish_signup(&email, b"second", 5).await.unwrap(),
+        accounts.finish_signup(&email, b"second", HASH, 5).await.unwrap(),
         Finished::Wrong
     ));
     // Past the resend interval (here 0), a new sign-up replaces the code
@@ -722,10 +739,10 @@ async fn a_second_sign_up_within_a_minute_changes_nothing_and_a_later_one_voids_
         Begun::Mail
     );
     assert!(matches!(
-        accounts.finish_signup(&email, b"first", 5).await.unwrap(),
+        accounts.finish_signup(&email, b"first", HASH, 5).await.unwrap(),
         Finished::Wrong
     ));
-    let Finished::Created(made) = accounts.finish_signup(&email, b"third", 5).await.unwrap() else {
+    let Finished::Created(made) = accounts.finish_signup(&email, b"third", HASH, 5).await.unwrap() else {
         panic!("the newest code makes the researcher");
     };
     assert_eq!(made.name, "Ada L.", "with the newest sign-up's name");
@@ -754,7 +771,7 @@ async fn a_sign_up_for_a_registered_email_waits_for_no_code_and_leaves_the_resea
     );
     assert!(matches!(
         accounts
-            .finish_signup(&owner.email, b"mallory", 5)
+            .finish_signup(&owner.email, b"mallory", HASH, 5)
             .await
             .unwrap(),
         Finished::Unknown

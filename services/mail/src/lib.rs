@@ -68,7 +68,6 @@ enum Transport {
 pub struct Mailer {
     transport: Transport,
     from: Mailbox,
-    announce: bool,
 }
 
 fn mailbox(address: &str) -> Result<Mailbox, MailError> {
@@ -100,7 +99,6 @@ impl Mailer {
                 shown: without_credentials(url),
             },
             from,
-            announce: false,
         })
     }
 
@@ -111,15 +109,7 @@ impl Mailer {
         Ok(Self {
             transport: Transport::Outbox(dir),
             from: mailbox(from)?,
-            announce: false,
         })
-    }
-
-    /// Also logs every message whole, at info: the mail catcher of
-    /// `grantmesh dev`, whose console is the developer's.
-    pub fn announcing(mut self) -> Self {
-        self.announce = true;
-        self
     }
 
     /// Where messages go, for the start-up log: the relay (without
@@ -151,20 +141,12 @@ impl Mailer {
                 relay.send(message).await?;
             }
             Transport::Outbox(dir) => {
-                let (target, bytes) = (dir.clone(), message.formatted());
-                tokio::task::spawn_blocking(move || outbox::keep(&target, &bytes))
+                let (target, to, bytes) = (dir.clone(), mail.to.clone(), message.formatted());
+                tokio::task::spawn_blocking(move || outbox::keep(&target, &to, &bytes))
                     .await
                     .unwrap_or_else(|err| Err(std::io::Error::other(err.to_string())))
                     .map_err(|err| MailError::Outbox(dir.clone(), err))?;
             }
-        }
-        if self.announce {
-            tracing::info!(
-                to = %mail.to,
-                subject = %mail.subject,
-                "mail (kept in the dev outbox):\n{}",
-                mail.body
-            );
         }
         Ok(())
     }
@@ -253,6 +235,9 @@ mod tests {
             .await
             .unwrap();
         let letters = outbox::read(&dir.path().join("mail")).unwrap();
+        let latest = outbox::latest_to(&dir.path().join("mail"), "Grace@Uni.edu").unwrap();
+        assert_eq!(latest.map(|l| l.to).as_deref(), Some("grace@uni.edu"));
+        assert!(outbox::latest_to(&dir.path().join("mail"), "nobody@uni.edu").unwrap().is_none());
         assert_eq!(letters.len(), 2);
         assert_eq!(letters[0].to, "ada@uni.edu");
         assert_eq!(letters[1].to, "grace@uni.edu");

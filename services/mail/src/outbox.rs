@@ -1,6 +1,7 @@
 //! An outbox: a directory of messages, one RFC 5322 file each
-//! (`<millis>-<uuid>.eml`, mode 0600, written whole then renamed into
-//! place, so a reader never sees half a message). [`read`] also reads a
+//! (`<millis>-<recipient>-<uuid>.eml`, mode 0600, written whole then renamed
+//! into place, so a reader never sees half a message; the recipient in the
+//! name lets [`latest_to`] skip the others unread). [`read`] also reads a
 //! Maildir's `new/` and `cur/`, which is how a test SMTP server (Python's
 //! `aiosmtpd` with its `Mailbox` handler) keeps what it received.
 
@@ -33,14 +34,32 @@ pub(crate) fn prepare(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-/// Writes one formatted message into `dir`.
-pub(crate) fn keep(dir: &Path, message: &[u8]) -> std::io::Result<()> {
+/// The recipient as it appears in a file name: lower-cased, anything but
+/// letters, digits and `.@_+` made `_`, at most 100 characters.
+fn name_part(to: &str) -> String {
+    to.trim()
+        .to_lowercase()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '.' | '@' | '_' | '+' => c,
+            _ => '_',
+        })
+        .take(100)
+        .collect()
+}
+
+/// Writes one formatted message to `to` into `dir`.
+pub(crate) fn keep(dir: &Path, to: &str, message: &[u8]) -> std::io::Result<()> {
     prepare(dir)?;
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let name = format!("{millis:013}-{}.eml", uuid::Uuid::new_v4().simple());
+    let name = format!(
+        "{millis:013}-{}-{}.eml",
+        name_part(to),
+        uuid::Uuid::new_v4().simple()
+    );
     let partial = dir.join(format!(".{name}.partial"));
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -80,6 +99,11 @@ fn letter(file: PathBuf) -> Option<Letter> {
 /// first. A missing directory holds none; a file that is not a message is
 /// skipped.
 pub fn read(dir: &Path) -> std::io::Result<Vec<Letter>> {
+    read_some(dir, |_| true)
+}
+
+/// The messages in files whose names `wanted` admits, oldest first.
+fn read_some(dir: &Path, wanted: impl Fn(&str) -> bool) -> std::io::Result<Vec<Letter>> {
     let mut files = Vec::new();
     for folder in [dir.to_path_buf(), dir.join("new"), dir.join("cur")] {
         let entries = match fs::read_dir(&folder) {
@@ -89,8 +113,9 @@ pub fn read(dir: &Path) -> std::io::Result<Vec<Letter>> {
         };
         for entry in entries {
             let entry = entry?;
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if !hidden && entry.file_type()?.is_file() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with('.') && wanted(&name) && entry.file_type()?.is_file() {
                 files.push(entry.path());
             }
         }
@@ -100,8 +125,15 @@ pub fn read(dir: &Path) -> std::io::Result<Vec<Letter>> {
     Ok(letters)
 }
 
-/// The newest message to `to` (compared without case) in `dir`.
+/// The newest message to `to` (compared without case) in `dir`. Files
+/// named for another recipient are not read; files named otherwise (a
+/// Maildir's) are.
 pub fn latest_to(dir: &Path, to: &str) -> std::io::Result<Option<Letter>> {
     let to = to.trim().to_lowercase();
-    Ok(read(dir)?.into_iter().rev().find(|letter| letter.to == to))
+    let tag = format!("-{}-", name_part(&to));
+    let ours = |name: &str| !name.ends_with(".eml") || name.contains(&tag);
+    Ok(read_some(dir, ours)?
+        .into_iter()
+        .rev()
+        .find(|letter| letter.to == to))
 }

@@ -409,21 +409,16 @@ pub enum MailSettings {
     /// `smtp://…?tls=required`; credentials in the URL), as `from`.
     Smtp { url: String, from: String },
     /// Into a directory, one file a message (`grantmesh dev`'s mail
-    /// catcher, tests); `announce` also logs each message whole.
-    Outbox {
-        dir: std::path::PathBuf,
-        from: String,
-        announce: bool,
-    },
+    /// catcher, tests).
+    Outbox { dir: std::path::PathBuf, from: String },
 }
 
 impl MailSettings {
-    /// An outbox at `dir`, from the default sender, not announced.
+    /// An outbox at `dir`, from the default sender.
     pub fn outbox(dir: impl Into<std::path::PathBuf>) -> Self {
         Self::Outbox {
             dir: dir.into(),
             from: grantmesh_mail::DEFAULT_FROM.to_owned(),
-            announce: false,
         }
     }
 
@@ -432,17 +427,7 @@ impl MailSettings {
         let mailer = match self {
             Self::Unset => return Err(ConfigError::new(Self::UNSET)),
             Self::Smtp { url, from } => grantmesh_mail::Mailer::smtp(url, from),
-            Self::Outbox {
-                dir,
-                from,
-                announce,
-            } => grantmesh_mail::Mailer::outbox(dir, from).map(|mailer| {
-                if *announce {
-                    mailer.announcing()
-                } else {
-                    mailer
-                }
-            }),
+            Self::Outbox { dir, from } => grantmesh_mail::Mailer::outbox(dir, from),
         };
         mailer.map_err(|err| ConfigError::new(format!("mail: {err}")))
     }

@@ -135,7 +135,7 @@ impl Children {
                 command
                     .env("GRANTMESH_LOG", "error")
                     .env("DATABASE_URL", &self.database_url)
-                    .envs(self.transport.token_key_env())
+                    .envs(self.transport.college_env())
                     .stderr(Stdio::null());
             })
             .await

@@ -60,6 +60,11 @@ impl Kind {
 }
 
 /// One transport, ready for a bench: the children's flags and the clients' [`Transport`].
+/// The outbox the colleges of every bench mesh in `work` mail into.
+pub fn outbox_in(work: &Path) -> PathBuf {
+    work.join("mail")
+}
+
 pub struct BenchTransport {
     kind: Kind,
     /// The throwaway CA's directory, with a certificate per member (TLS only).
@@ -67,6 +72,8 @@ pub struct BenchTransport {
     /// Where the token key pair is: one per work directory, so that the
     /// meshes of `--transport both` take each other's tokens.
     keys: PathBuf,
+    /// The outbox the bench's colleges mail into (sign-up codes).
+    outbox: PathBuf,
     /// What the bench's own clients use: the CA only, no identity (like a researcher).
     client: Transport,
 }
@@ -87,10 +94,12 @@ impl BenchTransport {
             }
         };
         crate::ca::make_token_key(&keys).context("failed to make the bench's token key")?;
+        let outbox = outbox_in(work);
         Ok(Self {
             kind,
             dir,
             keys,
+            outbox,
             client,
         })
     }
@@ -117,13 +126,17 @@ impl BenchTransport {
     }
 
     /// The environment that gives a college the bench's token signing key
-    /// (and an agency its public half) on either transport.
-    pub fn token_key_env(&self) -> [(&'static str, PathBuf); 1] {
-        [(
-            "GRANTMESH_TOKEN_KEY_FILE",
-            self.keys.join(crate::ca::TOKEN_KEY),
-        )]
+    /// and its outbox, on either transport.
+    pub fn college_env(&self) -> [(&'static str, PathBuf); 2] {
+        [
+            (
+                "GRANTMESH_TOKEN_KEY_FILE",
+                self.keys.join(crate::ca::TOKEN_KEY),
+            ),
+            ("GRANTMESH_MAIL_OUTBOX", self.outbox.clone()),
+        ]
     }
+
 
     /// The token key pair's directory.
     #[cfg(test)]

@@ -83,6 +83,8 @@ pub struct World {
     pub colleges: Balancer,
     /// Unique per run; in emails and idempotency keys so runs never collide.
     pub run_id: String,
+    /// Where the colleges keep the codes they mail (their `--mail-outbox`).
+    pub outbox: std::path::PathBuf,
     pub seed: u64,
     pub students: u32,
     pub requests: RangeInclusive<i64>,
@@ -130,6 +132,29 @@ enum Outcome {
     Refused(Refusal),
     /// No definite answer: the withdrawal may or may not have been applied.
     InDoubt,
+}
+
+/// How long a simulated researcher waits for the code a college mails.
+const CODE_WAIT: Duration = Duration::from_secs(30);
+
+/// The code mailed to `email`, read from the colleges' outbox as it arrives.
+async fn mailed_code(outbox: &std::path::Path, email: &str) -> Result<String, Status> {
+    let deadline = tokio::time::Instant::now() + CODE_WAIT;
+    loop {
+        let letter = grantmesh_mail::outbox::latest_to(outbox, email)
+            .map_err(|err| Status::internal(format!("reading {}: {err}", outbox.display())))?;
+        if let Some(code) = letter.and_then(|l| grantmesh_auth::signup::code_in(&l.body)) {
+            return Ok(code);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Status::deadline_exceeded(format!(
+                "no code for {email} reached the outbox {} within {CODE_WAIT:?} \
+                 (is it the colleges' --mail-outbox?)",
+                outbox.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 impl World {
@@ -289,16 +314,16 @@ impl World {
             })
         })
         .await?;
-        let login = LoginRequest {
+        let code = mailed_code(&self.outbox, &email).await?;
+        let verify = VerifyEmailRequest {
             email: email.clone(),
+            code,
             password: PASSWORD.to_owned(),
         };
         let token = patiently(|| {
-            self.college(
-                None,
-                login.clone(),
-                |mut c, r| async move { c.login(r).await },
-            )
+            self.college(None, verify.clone(), |mut c, r| async move {
+                c.verify_email(r).await
+            })
         })
         .await?
         .token;

@@ -105,6 +105,11 @@ pub struct SimulateArgs {
     /// else the CA `grantmesh dev` keeps in its data directory].
     #[arg(long, env = "GRANTMESH_CA")]
     pub ca: Option<std::path::PathBuf>,
+    /// The outbox the colleges keep their mail in (`--mail-outbox`): each
+    /// simulated researcher reads the code they were mailed there to finish
+    /// signing up [default: grantmesh dev's].
+    #[arg(long, env = "GRANTMESH_MAIL_OUTBOX", value_name = "DIR")]
+    pub outbox: Option<std::path::PathBuf>,
     /// Skip the audit (no database needed); the summary says it was skipped.
     #[arg(long)]
     pub no_audit: bool,
@@ -130,6 +135,7 @@ impl SimulateArgs {
             retry_percent: DEFAULT_RETRY_PERCENT,
             database_url: Some(database_url.into()),
             ca: None,
+            outbox: None,
             no_audit: false,
             json: false,
         }
@@ -267,6 +273,11 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         agencies: agency_balancers(&registries, &options).await,
         colleges: Balancer::new(registries, grantmesh_college::SERVICE, options),
         run_id: grantmesh_discovery::new_instance_id("sim"),
+        outbox: args
+            .outbox
+            .clone()
+            .or_else(crate::mail::dev_outbox)
+            .context("cannot tell where the colleges keep their mail; pass --outbox DIR")?,
         seed,
         students: args.students,
         requests: args.min_request..=args.max_request,

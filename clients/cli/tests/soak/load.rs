@@ -156,23 +156,8 @@ where
 pub async fn researcher(college: &str, name: &str) -> String {
     let mut college = CollegeClient::new(tls::channel(college).await);
     let email = format!("{name}-{}@university.edu", Uuid::new_v4().simple());
-    let password = "correct horse battery staple";
-    college
-        .register_researcher(RegisterResearcherRequest {
-            name: name.into(),
-            email: email.clone(),
-            password: password.into(),
-        })
+    crate::support::sign_up(&mut college, name, &email, "correct horse battery staple")
         .await
-        .expect("sign up");
-    college
-        .login(LoginRequest {
-            email,
-            password: password.into(),
-        })
-        .await
-        .expect("log in")
-        .into_inner()
         .token
 }
 
@@ -367,12 +352,6 @@ pub async fn watcher(registry: String, stats: &Stats, stop: CancellationToken) -
 
 /// Signs up a researcher with `email` (the login flood's victim).
 pub async fn researcher_with_email(college: &str, email: &str) {
-    CollegeClient::new(tls::channel(college).await)
-        .register_researcher(RegisterResearcherRequest {
-            name: "Victim".into(),
-            email: email.into(),
-            password: "correct horse battery staple".into(),
-        })
-        .await
-        .expect("sign up the victim");
+    let mut college = CollegeClient::new(tls::channel(college).await);
+    crate::support::sign_up(&mut college, "Victim", email, "correct horse battery staple").await;
 }

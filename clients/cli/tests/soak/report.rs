@@ -405,14 +405,7 @@ async fn college(registry: &Proc, db: &TestDb) -> (Proc, u32, CollegeClient<Chan
 }
 
 async fn sign_up(client: &mut CollegeClient<Channel>, email: &str) {
-    client
-        .register_researcher(RegisterResearcherRequest {
-            name: "Ada".into(),
-            email: email.into(),
-            password: "correct horse battery staple".into(),
-        })
-        .await
-        .unwrap();
+    crate::support::sign_up(client, "Ada", email, "correct horse battery staple").await;
 }
 
 async fn logins() {

@@ -1,8 +1,12 @@
-//! Sign up, log in, log out, and the sign-up form's password strength hint.
+//! Sign up, verify the email, log in, log out, the sign-up form's password
+//! strength hint, and `grantmesh dev`'s mailbox page.
 //!
 //! Logging in exchanges the email and password for the College's token and
 //! keeps it on the server under a new session id (so an id a browser held
-//! before is worth nothing after). Signing up logs the new researcher in.
+//! before is worth nothing after). Signing up always goes on to the
+//! verification page, whether or not the email was registered already (the
+//! College mails a code, or a notice to the owner); the code entered there
+//! makes the researcher and logs them in.
 //!
 //! The strength hint ([`password_strength`]) runs the College's own check
 //! (`grantmesh_auth::check_new_password`, zxcvbn told the name and email)
@@ -17,14 +21,16 @@ use axum::http::StatusCode;
 use axum::http::header::SET_COOKIE;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
-use grantmesh_proto::v1::{LoginReply, LoginRequest, LogoutRequest, RegisterResearcherRequest};
+use grantmesh_proto::v1::{
+    LoginReply, LoginRequest, LogoutRequest, RegisterResearcherRequest, VerifyEmailRequest,
+};
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
 use super::{check_csrf, nav};
 use crate::App;
 use crate::sessions::{Session, Sessions, Visitor, safe_next};
-use crate::views::{self, Login, PasswordRule, Signup};
+use crate::views::{self, DevLetter, DevMail, Login, PasswordRule, Signup, Verify};
 use crate::words;
 
 /// How long a log-in waits before asking a busy College once more.
@@ -112,31 +118,141 @@ pub async fn signup(
         .await;
     if let Err(status) = registered {
         let problem = words::explain(&status);
-        let sentence = if status.code() == Code::AlreadyExists {
-            format!(
-                "{} If it is yours, log in instead.",
-                problem.sentence.trim_end()
+        return again(problem.http, problem.sentence);
+    }
+    let email: String =
+        percent_encoding::utf8_percent_encode(form.email.trim(), percent_encoding::NON_ALPHANUMERIC)
+            .collect();
+    Redirect::to(&format!("/verify?email={email}")).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct VerifyQuery {
+    #[serde(default)]
+    email: String,
+}
+
+#[derive(Deserialize)]
+pub struct VerifyForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    password: String,
+}
+
+pub async fn verify_form(
+    State(app): State<Arc<App>>,
+    visitor: Visitor,
+    Query(query): Query<VerifyQuery>,
+) -> Response {
+    views::render(
+        StatusCode::OK,
+        &Verify {
+            nav: nav(&app, &visitor),
+            error: None,
+            email: query.email,
+            dev_mail: app.dev_mail.is_some(),
+        },
+    )
+}
+
+/// The code from the mail comes back: the College makes the researcher,
+/// and they are logged in here as by a login.
+pub async fn verify(
+    State(app): State<Arc<App>>,
+    visitor: Visitor,
+    Form(form): Form<VerifyForm>,
+) -> Response {
+    if let Some(refused) = check_csrf(&app, &visitor, &form.csrf) {
+        return refused;
+    }
+    let again = |status: StatusCode, error: String| {
+        views::render(
+            status,
+            &Verify {
+                nav: nav(&app, &visitor),
+                error: Some(error),
+                email: form.email.clone(),
+                dev_mail: app.dev_mail.is_some(),
+            },
+        )
+    };
+    if let Some(wait) = too_many_attempts(&app, &visitor) {
+        return again(StatusCode::TOO_MANY_REQUESTS, wait);
+    }
+    let verified = app
+        .mesh
+        .college(
+            None,
+            VerifyEmailRequest {
+                email: form.email.trim().to_owned(),
+                code: form.code.clone(),
+                password: form.password.clone(),
+            },
+            |mut c, r| async move { c.verify_email(r).await },
+        )
+        .await;
+    let started = verified.and_then(|reply| start_session(&app, reply));
+    match started {
+        Ok(sid) => {
+            app.sessions.end(&visitor.sid);
+            signed_in(
+                &app,
+                &sid,
+                "/accounts",
+                "Welcome to grantmesh! Your email is verified and you are logged in.",
             )
-        } else {
-            problem.sentence
-        };
-        return again(problem.http, sentence);
+        }
+        Err(status) => {
+            let problem = words::explain(&status);
+            let http = if problem.http == StatusCode::UNAUTHORIZED {
+                StatusCode::OK
+            } else {
+                problem.http
+            };
+            again(http, problem.sentence)
+        }
     }
-    match log_in(&app, &form.email, &form.password).await {
-        Ok(sid) => signed_in(
-            &app,
-            &sid,
-            "/accounts",
-            "Welcome to grantmesh! You are signed up and logged in.",
-        ),
-        Err(status) => again(
-            words::explain(&status).http,
-            format!(
-                "You are signed up, but logging in failed: {}",
-                words::explain(&status).sentence
-            ),
-        ),
-    }
+}
+
+/// `grantmesh dev`'s mailbox: what the colleges kept in its outbox, newest
+/// first. Not served (404) by a portal without one.
+pub async fn dev_mail(State(app): State<Arc<App>>, visitor: Visitor) -> Response {
+    let Some(outbox) = app.dev_mail.clone() else {
+        return super::not_found(State(app), visitor).await;
+    };
+    let read = {
+        let outbox = outbox.clone();
+        tokio::task::spawn_blocking(move || grantmesh_mail::outbox::read(&outbox)).await
+    };
+    let letters = match read {
+        Ok(Ok(letters)) => letters,
+        _ => Vec::new(),
+    };
+    let letters = letters
+        .into_iter()
+        .rev()
+        .take(100)
+        .map(|letter| DevLetter {
+            code: grantmesh_auth::signup::code_in(&letter.body),
+            sent: humantime::format_rfc3339_seconds(letter.written).to_string(),
+            to: letter.to,
+            subject: letter.subject,
+            body: letter.body,
+        })
+        .collect();
+    views::render(
+        StatusCode::OK,
+        &DevMail {
+            nav: nav(&app, &visitor),
+            outbox: outbox.display().to_string(),
+            letters,
+        },
+    )
 }
 
 /// What the sign-up form's script sends as the researcher types.
@@ -389,6 +505,12 @@ async fn log_in(app: &App, email: &str, password: &str) -> Result<String, tonic:
         }
         answer => answer?,
     };
+    start_session(app, reply)
+}
+
+/// Keeps the session a College opened (a login, a verified sign-up);
+/// returns its new id.
+fn start_session(app: &App, reply: LoginReply) -> Result<String, tonic::Status> {
     let researcher = reply.researcher.unwrap_or_default();
     let time = |t: Option<prost_types::Timestamp>| {
         t.and_then(|t| SystemTime::try_from(t).ok())

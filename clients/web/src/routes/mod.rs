@@ -39,6 +39,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/", get(home))
         .route("/signup", get(auth::signup_form).post(auth::signup))
         .route("/signup/strength", post(auth::password_strength))
+        .route("/verify", get(auth::verify_form).post(auth::verify))
+        .route("/dev/mail", get(auth::dev_mail))
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/proposals", get(proposals::list).post(proposals::submit))
@@ -113,7 +115,7 @@ async fn home(State(app): State<Arc<App>>, visitor: Visitor) -> Response {
     )
 }
 
-async fn not_found(State(app): State<Arc<App>>, visitor: Visitor) -> Response {
+pub(crate) async fn not_found(State(app): State<Arc<App>>, visitor: Visitor) -> Response {
     problem_page(
         &app,
         &visitor,

@@ -699,13 +699,18 @@ impl Store for Pg {
         signups::begin(self, signup, lifetime, resend_after).await
     }
 
+    async fn signup_password_hash(&self, email: &str, attempts: u32) -> Result<Option<String>> {
+        signups::password_hash(self, email, attempts).await
+    }
+
     async fn finish_signup(
         &self,
         email: &str,
         code_digest: &[u8],
+        password_hash: &str,
         attempts: u32,
     ) -> Result<Finished> {
-        signups::finish(self, email, code_digest, attempts).await
+        signups::finish(self, email, code_digest, password_hash, attempts).await
     }
 
     async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {

@@ -168,13 +168,19 @@ impl Store for Accounts {
         self.begin_signup_here(signup, lifetime, resend_after).await
     }
 
+    async fn signup_password_hash(&self, email: &str, attempts: u32) -> Result<Option<String>> {
+        self.signup_password_hash_here(email, attempts).await
+    }
+
     async fn finish_signup(
         &self,
         email: &str,
         code_digest: &[u8],
+        password_hash: &str,
         attempts: u32,
     ) -> Result<Finished> {
-        self.finish_signup_here(email, code_digest, attempts).await
+        self.finish_signup_here(email, code_digest, password_hash, attempts)
+            .await
     }
 
     async fn researcher_by_email(&self, email: &str) -> Result<Option<ResearcherRow>> {

@@ -18,7 +18,8 @@ use grantmesh_auth::{AccountTerms, AgencySigner};
 use grantmesh_discovery::Balancer;
 use grantmesh_proto::CollegeClient;
 use grantmesh_proto::v1::{
-    LoginRequest, OpenAccountRequest, RegisterResearcherRequest, WithdrawReply, WithdrawRequest,
+    OpenAccountRequest, RegisterResearcherRequest, VerifyEmailRequest, WithdrawReply,
+    WithdrawRequest,
 };
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
@@ -38,8 +39,12 @@ pub(super) fn college_agencies() -> String {
     format!("{AGENCY}={AWARD}..{AWARD}")
 }
 
-/// Registers the bench researcher and logs in: (researcher id, bearer token).
-pub(super) async fn researcher(balancer: &Balancer) -> anyhow::Result<(String, String)> {
+/// Signs the bench researcher up, reading the code from the colleges'
+/// `outbox`, which logs them in: (researcher id, bearer token).
+pub(super) async fn researcher(
+    balancer: &Balancer,
+    outbox: &std::path::Path,
+) -> anyhow::Result<(String, String)> {
     const EMAIL: &str = "bench@example.org";
     const PASSWORD: &str = "orbital kettle lantern";
     balancer
@@ -54,21 +59,38 @@ pub(super) async fn researcher(balancer: &Balancer) -> anyhow::Result<(String, S
         })
         .await
         .context("RegisterResearcher failed")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        let letter = grantmesh_mail::outbox::latest_to(outbox, EMAIL)?;
+        if let Some(code) = letter.and_then(|l| grantmesh_auth::signup::code_in(&l.body)) {
+            break code;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no sign-up code reached {} within 30 s",
+            outbox.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let reply = balancer
-        .call(|channel| async move {
-            CollegeClient::new(channel)
-                .login(LoginRequest {
-                    email: EMAIL.into(),
-                    password: PASSWORD.into(),
-                })
-                .await
+        .call(|channel| {
+            let code = code.clone();
+            async move {
+                CollegeClient::new(channel)
+                    .verify_email(VerifyEmailRequest {
+                        email: EMAIL.into(),
+                        code,
+                        password: PASSWORD.into(),
+                    })
+                    .await
+            }
         })
         .await
-        .context("Login failed")?
+        .context("VerifyEmail failed")?
         .into_inner();
     let id = reply
         .researcher
-        .context("Login named no researcher")?
+        .context("VerifyEmail named no researcher")?
         .researcher_id;
     Ok((id, reply.token))
 }

@@ -287,7 +287,7 @@ async fn bench(
     let balancer = &meshes[0].balancer;
 
     // The data, through the API (on a shared database, every mesh sees it).
-    let (researcher, token) = load::researcher(balancer).await?;
+    let (researcher, token) = load::researcher(balancer, &crate::bench::transport::outbox_in(work)).await?;
     let (colleges, signer) = opener.context("no mesh was started")?;
     let accounts =
         load::open_accounts(&colleges, signer.as_ref(), &researcher, args.accounts).await?;
@@ -533,7 +533,7 @@ async fn start_mesh(
                 |command: &mut Command| {
                     command
                         .env("DATABASE_URL", url)
-                        .envs(transport.token_key_env())
+                        .envs(transport.college_env())
                         .env("GRANTMESH_LOG", "error")
                         .stderr(Stdio::inherit());
                 },

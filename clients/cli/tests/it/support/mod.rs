@@ -70,10 +70,15 @@ impl Proc {
                 if !args.contains(&"--tls-dir") {
                     command.env("GRANTMESH_INSECURE", "1");
                 }
-                // Colleges sign with the test token key, agencies verify with its public half.
+                // Colleges sign with the test token key, agencies verify
+                // with its public half. Colleges mail into the test binary's
+                // outbox unless told otherwise.
                 match args.first() {
                     Some(&"college") => {
                         command.env("GRANTMESH_TOKEN_KEY_FILE", tls::dir().join("token.key"));
+                        if !args.contains(&"--smtp-url") && !args.contains(&"--mail-outbox") {
+                            command.env("GRANTMESH_MAIL_OUTBOX", outbox());
+                        }
                     }
                     Some(&"agency") => {
                         command.env(
@@ -150,6 +155,71 @@ impl Proc {
             .expect("waiting for the process");
         status.code()
     }
+}
+
+/// The outbox every college of this test binary mails into (in-process
+/// ones and child processes alike), unless a test gives another.
+pub fn outbox() -> &'static Path {
+    static OUTBOX: std::sync::LazyLock<tempfile::TempDir> = std::sync::LazyLock::new(|| {
+        tempfile::Builder::new()
+            .prefix("grantmesh-test-mail-")
+            .tempdir()
+            .unwrap()
+    });
+    OUTBOX.path()
+}
+
+/// The newest code mailed to `email` in `outbox`, waited for (a college
+/// mails a moment after it answers).
+pub async fn mailed_code_in(outbox: &Path, email: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let letter = grantmesh_mail::outbox::latest_to(outbox, email).unwrap();
+        if let Some(code) = letter.and_then(|l| grantmesh_auth::signup::code_in(&l.body)) {
+            return code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no code for {email} reached {} within 15 s",
+            outbox.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The newest code mailed to `email` in this test binary's [`outbox`].
+pub async fn mailed_code(email: &str) -> String {
+    mailed_code_in(outbox(), email).await
+}
+
+/// Signs `name <email>` up at `college` with `password` and verifies the
+/// email with the code mailed to it: the session VerifyEmail opened.
+pub async fn sign_up(
+    college: &mut grantmesh_proto::CollegeClient<tonic::transport::Channel>,
+    name: &str,
+    email: &str,
+    password: &str,
+) -> grantmesh_proto::v1::LoginReply {
+    let signed_up = college
+        .register_researcher(grantmesh_proto::v1::RegisterResearcherRequest {
+            name: name.into(),
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("sign-up of {email}: {status:?}"))
+        .into_inner();
+    assert!(signed_up.researcher_id.is_empty(), "sign-up names no id");
+    let code = mailed_code(email).await;
+    college
+        .verify_email(grantmesh_proto::v1::VerifyEmailRequest {
+            email: email.into(),
+            code,
+            password: password.into(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("verifying {email}: {status:?}"))
+        .into_inner()
 }
 
 pub fn repo_root() -> PathBuf {

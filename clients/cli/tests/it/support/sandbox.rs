@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use grantmesh_node::config::{
-    AgencySettings, CollegeSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
+    AgencySettings, CollegeSettings, MailSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
     StoreSettings,
 };
 use grantmesh_node::{Band, Lease, Node};
@@ -119,6 +119,7 @@ pub async fn college(
         server: server(&super::tls::college(id), None),
         day_length,
         agencies: known_agencies(),
+        mail: MailSettings::outbox(super::outbox()),
         ..CollegeSettings::new(mesh(registries), store(database_url))
     }))
     .await
@@ -186,26 +187,7 @@ impl Mesh {
     pub async fn researcher(&self, name: &str) -> (String, String) {
         let mut college = self.college(0).await;
         let email = format!("{name}-{}@university.edu", Uuid::new_v4().simple());
-        // Sign-up names no id (it would tell whether the email was new);
-        // login does.
-        let signed_up = college
-            .register_researcher(RegisterResearcherRequest {
-                name: name.into(),
-                email: email.clone(),
-                password: "correct horse battery".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let login = college
-            .login(LoginRequest {
-                email,
-                password: "correct horse battery".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(signed_up.researcher_id.is_empty());
+        let login = super::sign_up(&mut college, name, &email, "correct horse battery").await;
         (login.researcher.unwrap().researcher_id, login.token)
     }
 

@@ -66,27 +66,46 @@ pub(super) async fn begin(
     })
 }
 
+/// The conditions of a live sign-up that still takes tries ($1 email, $2 tries).
+const LIVE: &str = "email = $1 AND expires_at > now() AND attempts < $2
+                    AND code_digest IS NOT NULL AND password_hash IS NOT NULL";
+
+fn tries(attempts: u32) -> i32 {
+    i32::try_from(attempts).unwrap_or(i32::MAX)
+}
+
+pub(super) async fn password_hash(pg: &Pg, email: &str, attempts: u32) -> Result<Option<String>> {
+    let client = pg.conn().await?;
+    let row = client
+        .guard(client.query_opt(
+            &format!("SELECT password_hash FROM signups WHERE {LIVE}"),
+            &[&email, &tries(attempts)],
+        ))
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
 pub(super) async fn finish(
     pg: &Pg,
     email: &str,
     code_digest: &[u8],
+    password_hash: &str,
     attempts: u32,
 ) -> Result<Finished> {
     let mut client = pg.get().await?;
     let tx = client.transaction().await?;
     let pending = tx
         .query_opt(
-            "SELECT name, password_hash, code_digest FROM signups
-             WHERE email = $1 AND expires_at > now() AND attempts < $2
-               AND code_digest IS NOT NULL AND password_hash IS NOT NULL
-             FOR UPDATE",
-            &[&email, &i32::try_from(attempts).unwrap_or(i32::MAX)],
+            &format!("SELECT name, password_hash, code_digest FROM signups WHERE {LIVE} FOR UPDATE"),
+            &[&email, &tries(attempts)],
         )
         .await?;
     let Some(pending) = pending else {
         return Ok(Finished::Unknown);
     };
-    if pending.get::<_, &[u8]>("code_digest") != code_digest {
+    if pending.get::<_, &[u8]>("code_digest") != code_digest
+        || pending.get::<_, &str>("password_hash") != password_hash
+    {
         tx.execute(
             "UPDATE signups SET attempts = attempts + 1 WHERE email = $1",
             &[&email],

@@ -13,6 +13,13 @@ use crate::store::{Begun, Finished, PendingSignup, ResearcherRow, Result};
 /// How long past its expiry a sign-up row is kept before a sign-up deletes it.
 const KEEP_AFTER_EXPIRY_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// The conditions of a live sign-up that still takes tries (?1 email, ?2 tries).
+const LIVE: &str = concat!(
+    "email = ?1 AND attempts < ?2 AND code_digest IS NOT NULL AND password_hash IS NOT NULL \
+     AND expires_at > ",
+    grantmesh_store::sqlite_now_ms!()
+);
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -73,24 +80,38 @@ impl Accounts {
         .await
     }
 
+    pub(in crate::store) async fn signup_password_hash_here(
+        &self,
+        email: &str,
+        attempts: u32,
+    ) -> Result<Option<String>> {
+        let email = email.to_owned();
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!("SELECT password_hash FROM signups WHERE {LIVE}"),
+                    params![email, attempts],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
     pub(in crate::store) async fn finish_signup_here(
         &self,
         email: &str,
         code_digest: &[u8],
+        password_hash: &str,
         attempts: u32,
     ) -> Result<Finished> {
         let (email, code_digest) = (email.to_owned(), code_digest.to_vec());
+        let checked_hash = password_hash.to_owned();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let pending: Option<(String, String, Vec<u8>)> = tx
                 .query_row(
-                    concat!(
-                        "SELECT name, password_hash, code_digest FROM signups
-                         WHERE email = ?1 AND attempts < ?2
-                           AND code_digest IS NOT NULL AND password_hash IS NOT NULL
-                           AND expires_at > ",
-                        grantmesh_store::sqlite_now_ms!()
-                    ),
+                    &format!("SELECT name, password_hash, code_digest FROM signups WHERE {LIVE}"),
                     params![email, attempts],
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )
@@ -98,7 +119,7 @@ impl Accounts {
             let Some((name, password_hash, digest)) = pending else {
                 return Ok(Finished::Unknown);
             };
-            if digest != code_digest {
+            if digest != code_digest || password_hash != checked_hash {
                 tx.execute(
                     "UPDATE signups SET attempts = attempts + 1 WHERE email = ?1",
                     params![email],
