@@ -235,6 +235,10 @@ pub struct CollegeArgs {
     /// The sender of the messages a college mails.
     #[arg(long, env = "GRANTMESH_MAIL_FROM", default_value = grantmesh_mail::DEFAULT_FROM)]
     mail_from: String,
+    /// The least time between two sign-up messages to one email (a sign-up
+    /// sooner changes nothing and sends nothing).
+    #[arg(long, env = "GRANTMESH_SIGNUP_RESEND_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    signup_resend_after: Duration,
 }
 
 /// Where a college mails sign-up codes: one of the two is required.
@@ -513,6 +517,7 @@ pub async fn run_college(args: CollegeArgs) -> anyhow::Result<ExitCode> {
             per_researcher: args.max_account_watches_per_researcher,
         },
         mail: args.mail.settings(&args.mail_from),
+        signup_resend: args.signup_resend_after,
     });
     run(role, &args.mesh.server, DEFAULT_COLLEGE_PORT).await
 }

@@ -64,6 +64,9 @@ pub struct CollegeConfig {
     pub watches: WatchLimits,
     /// Where sign-up codes are mailed (SMTP or an outbox).
     pub mail: grantmesh_mail::MailQueue,
+    /// The least time between two sign-up messages to one email
+    /// ([`grantmesh_auth::signup::RESEND_AFTER`] unless configured).
+    pub signup_resend: Duration,
 }
 
 /// The `grantmesh.v1.College` implementation.
@@ -220,7 +223,7 @@ impl College for CollegeService {
         let begun = self
             .inner
             .store
-            .begin_signup(&pending, signup::CODE_TTL, signup::RESEND_AFTER)
+            .begin_signup(&pending, signup::CODE_TTL, self.inner.config.signup_resend)
             .await
             .inspect_err(|err| self.count(err))?;
         let (subject, body) = match begun {

@@ -1806,6 +1806,7 @@ async fn a_watch_on_one_college_instance_sees_a_withdrawal_made_through_another(
         agencies: [("nsf".to_owned(), (1, 1_000_000))].into(),
         watches: grantmesh_college::WatchLimits::default(),
         mail: unread_mail(),
+        signup_resend: Duration::from_secs(60),
     };
     let closing = CancellationToken::new();
     let writer = CollegeService::start(config("college-a"), &store.url, closing.clone())
@@ -2467,6 +2468,7 @@ async fn a_watch_sees_every_withdrawal_of_a_batch_in_order_from_another_instance
         agencies: [("nsf".to_owned(), (1, 1_000_000))].into(),
         watches: grantmesh_college::WatchLimits::default(),
         mail: unread_mail(),
+        signup_resend: Duration::from_secs(60),
     };
     let closing = CancellationToken::new();
     let writer = CollegeService::start(config("college-a"), &store.url, closing.clone())

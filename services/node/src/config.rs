@@ -397,6 +397,8 @@ pub struct CollegeSettings {
     pub watches: grantmesh_college::WatchLimits,
     /// Where sign-up codes are mailed.
     pub mail: MailSettings,
+    /// The least time between two sign-up messages to one email.
+    pub signup_resend: Duration,
 }
 
 /// How a college mails sign-up codes.
@@ -448,6 +450,7 @@ impl CollegeSettings {
             agencies: vec![(DEFAULT_AGENCY_NAME.to_owned(), Band::DEFAULT)],
             watches: grantmesh_college::WatchLimits::default(),
             mail: MailSettings::Unset,
+            signup_resend: grantmesh_auth::signup::RESEND_AFTER,
         }
     }
 

@@ -274,6 +274,7 @@ async fn start_college(
         agencies: settings.agency_bands(),
         watches: settings.watches,
         mail: mail_queue(&settings.mail)?,
+        signup_resend: settings.signup_resend,
     };
     let service = grantmesh_college::CollegeService::start(
         config,

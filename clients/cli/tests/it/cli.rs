@@ -117,9 +117,15 @@ pub(crate) async fn sign_up_and_log_in(config: &Path, registry: &str, name: &str
             "--password-stdin",
         ],
     );
-    run_with(signup, Some("orbital kettle lantern\n"))
+    let signed_up = run_with(signup, Some("orbital kettle lantern\n"))
         .await
         .ok("signup");
+    assert!(
+        signed_up.stdout.contains("check") && signed_up.stdout.contains("verify-email"),
+        "sign-up says where the code went and what to do with it: {}",
+        signed_up.stdout
+    );
+    verify_email(config, registry, &email, "orbital kettle lantern").await;
     let login = cli(
         config,
         Some(registry),
@@ -129,6 +135,34 @@ pub(crate) async fn sign_up_and_log_in(config: &Path, registry: &str, name: &str
         .await
         .ok("login");
     email
+}
+
+/// Reads the code mailed to `email` with `grantmesh mail` (from this test
+/// binary's outbox) and finishes the sign-up with `grantmesh verify-email`,
+/// the password through the environment.
+pub(crate) async fn verify_email(config: &Path, registry: &str, email: &str, password: &str) {
+    let outbox = crate::support::outbox().to_str().unwrap().to_owned();
+    let code = run(
+        config,
+        None,
+        &["mail", "--outbox", &outbox, "--to", email, "--code"],
+    )
+    .await
+    .ok("mail --code");
+    let code = code.stdout.trim().to_owned();
+    assert_eq!(code.len(), 8, "{code:?}");
+    let mut verify = cli(
+        config,
+        Some(registry),
+        &["verify-email", "--email", email, "--code", &code],
+    );
+    verify.env("GRANTMESH_PASSWORD", password);
+    let verified = run_with(verify, None).await.ok("verify-email");
+    assert!(
+        verified.stdout.contains("logged in as"),
+        "{}",
+        verified.stdout
+    );
 }
 
 /// A closed loopback port's URL: bound, then released.
@@ -201,6 +235,7 @@ async fn a_researcher_runs_a_grant_from_the_command_line() {
         .ok("add-member");
     assert!(added.stdout.contains(&bob), "{}", added.stdout);
     assert!(added.stdout.contains("pending"), "{}", added.stdout);
+    verify_email(bob_config.path(), &r, &bob, "quartz heron battery staple").await;
     let mut login = cli(bob_config.path(), Some(&r), &["login", "--email", &bob]);
     login.env("GRANTMESH_PASSWORD", "quartz heron battery staple");
     run_with(login, None).await.ok("bob logs in");

@@ -24,8 +24,9 @@ fn grantmesh(home: &Path) -> Command {
     command
 }
 
-/// Starts `grantmesh dev` on free ports; returns it and its registry URL.
-async fn dev(home: &Path) -> (Child, String) {
+/// Starts `grantmesh dev` on free ports; returns it, its registry URL and
+/// the lines it prints after the banner.
+async fn dev(home: &Path) -> (Child, String, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let mut child = grantmesh(home)
         .args(["dev", "--base-port", "0"])
         .stdout(Stdio::piped())
@@ -46,8 +47,13 @@ async fn dev(home: &Path) -> (Child, String) {
     })
     .await
     .expect("grantmesh dev is up within 60 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, registry.expect("the banner names the registry"))
+    let (printed, later) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = printed.send(line);
+        }
+    });
+    (child, registry.expect("the banner names the registry"), later)
 }
 
 async fn run(home: &Path, registry: &str, args: &[&str]) -> std::process::Output {
@@ -72,7 +78,7 @@ async fn stop(mut child: Child) -> Option<i32> {
 #[tokio::test]
 async fn dev_serves_two_agencies_and_two_colleges_and_a_login_outlives_a_restart() {
     let home = tempfile::tempdir().unwrap();
-    let (mesh, registry) = dev(home.path()).await;
+    let (mesh, registry, mut printed) = dev(home.path()).await;
 
     let listed = run(home.path(), &registry, &["instances", "--output", "json"]).await;
     let listed = String::from_utf8_lossy(&listed.stdout);
@@ -97,6 +103,39 @@ async fn dev_serves_two_agencies_and_two_colleges_and_a_login_outlives_a_restart
     )
     .await;
     assert!(signup.status.success(), "{signup:?}");
+    // The dev mail catcher: the message is printed, and `grantmesh mail`
+    // finds its code in the data directory's outbox.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(line) = printed.recv().await {
+            if line.starts_with("mail to ada@uni.edu") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("grantmesh dev prints the mail it catches");
+    let code = grantmesh(home.path())
+        .args(["mail", "--to", "ada@uni.edu", "--code"])
+        .output()
+        .await
+        .unwrap();
+    assert!(code.status.success(), "{code:?}");
+    let code = String::from_utf8(code.stdout).unwrap();
+    let verified = run(
+        home.path(),
+        &registry,
+        &[
+            "verify-email",
+            "--email",
+            "ada@uni.edu",
+            "--code",
+            code.trim(),
+            "--password",
+            "correct horse battery",
+        ],
+    )
+    .await;
+    assert!(verified.status.success(), "{verified:?}");
     let login = run(
         home.path(),
         &registry,
@@ -123,7 +162,7 @@ async fn dev_serves_two_agencies_and_two_colleges_and_a_login_outlives_a_restart
 
     // Same data directory: the store and the signing keys are kept, so the
     // saved session still works and the account is still there.
-    let (mesh, registry) = dev(home.path()).await;
+    let (mesh, registry, _) = dev(home.path()).await;
     let accounts = run(home.path(), &registry, &["accounts", "--output", "json"]).await;
     assert!(accounts.status.success(), "{accounts:?}");
     let accounts: serde_json::Value = serde_json::from_slice(&accounts.stdout).unwrap();

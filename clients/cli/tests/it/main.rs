@@ -9,6 +9,7 @@ mod balancing;
 mod ca;
 mod cli;
 mod dev;
+mod email;
 mod fairness;
 mod grants;
 mod issuer;

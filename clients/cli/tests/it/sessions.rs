@@ -51,22 +51,7 @@ async fn two_colleges() -> (TestDb, Vec<Proc>, Vec<CollegeClient<Channel>>) {
 /// Signs up a researcher at `college` and logs in: the reply.
 async fn log_in(college: &mut CollegeClient<Channel>) -> LoginReply {
     let email = format!("s-{}@university.edu", Uuid::new_v4().simple());
-    college
-        .register_researcher(RegisterResearcherRequest {
-            name: "Sam".into(),
-            email: email.clone(),
-            password: "orbital kettle lantern".into(),
-        })
-        .await
-        .unwrap();
-    college
-        .login(LoginRequest {
-            email,
-            password: "orbital kettle lantern".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    crate::support::sign_up(college, "Sam", &email, "orbital kettle lantern").await
 }
 
 async fn who(

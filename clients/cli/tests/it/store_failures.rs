@@ -73,23 +73,8 @@ impl Drop for OwnPostgres {
 
 async fn researcher(college: &mut CollegeClient<tonic::transport::Channel>) -> (String, String) {
     let email = format!("r-{}@university.edu", Uuid::new_v4().simple());
-    college
-        .register_researcher(RegisterResearcherRequest {
-            name: "Ada".into(),
-            email: email.clone(),
-            password: "orbital kettle lantern".into(),
-        })
-        .await
-        .unwrap();
-    // Sign-up names no id; login does.
-    let login = college
-        .login(LoginRequest {
-            email,
-            password: "orbital kettle lantern".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // Sign-up names no id; the verified sign-up's session does.
+    let login = crate::support::sign_up(college, "Ada", &email, "orbital kettle lantern").await;
     (login.researcher.unwrap().researcher_id, login.token)
 }
 

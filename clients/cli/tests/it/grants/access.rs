@@ -236,14 +236,7 @@ async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out() {
     let mesh = Mesh::start(DAY).await;
     let mut college = mesh.college(0).await;
     let email = format!("owner-{}@uni.edu", uuid::Uuid::new_v4().simple());
-    college
-        .register_researcher(RegisterResearcherRequest {
-            name: "Owner".into(),
-            email: email.clone(),
-            password: "correct horse battery".into(),
-        })
-        .await
-        .unwrap();
+    crate::support::sign_up(&mut college, "Owner", &email, "correct horse battery").await;
     let server: std::net::SocketAddr = mesh.colleges[0]
         .url
         .trim_start_matches("https://")
