@@ -43,9 +43,10 @@ RUN groupadd --gid "${GRANTMESH_UID}" grantmesh \
         --home-dir /var/lib/grantmesh --shell /usr/sbin/nologin grantmesh \
     && mkdir -p /var/lib/grantmesh/tls /var/lib/grantmesh/ca /var/lib/grantmesh/registry \
         /var/lib/grantmesh/agency /var/lib/grantmesh/agency-nsf /var/lib/grantmesh/agency-erc \
-        /var/lib/grantmesh/college-keys \
+        /var/lib/grantmesh/college-keys /var/lib/grantmesh/mail \
     && chown -R grantmesh:grantmesh /var/lib/grantmesh \
     && chmod 0700 /var/lib/grantmesh/ca /var/lib/grantmesh/college-keys /var/lib/grantmesh/agency \
+        /var/lib/grantmesh/mail \
         /var/lib/grantmesh/agency-nsf /var/lib/grantmesh/agency-erc
 COPY --from=builder /usr/local/bin/grantmesh /usr/local/bin/grantmesh
 COPY docker/entrypoint.sh /usr/local/bin/grantmesh-entrypoint

@@ -22,7 +22,10 @@
 #                    (the container's hostname, unique per replica and its
 #                    registry id, so `--scale college=N` works), renews it
 #                    through the issuer (--issuer), advertises
-#                    https://HOSTNAME:PORT, then runs
+#                    https://HOSTNAME:PORT, mails sign-up codes through
+#                    the relay GRANTMESH_SMTP_URL names or, when it is
+#                    empty, into the `mail` volume's outbox
+#                    (GRANTMESH_MAIL_OUTBOX), then runs
 #                    `grantmesh college ARGS…`.
 #   ARGS…            anything else runs `grantmesh ARGS…` (registry, agency,
 #                    simulate, instances, health, …).
@@ -93,6 +96,12 @@ college)
     GRANTMESH_KEY="$leaf/college.$host.key"
     GRANTMESH_ADVERTISE=${GRANTMESH_ADVERTISE:-https://$host:$port}
     export GRANTMESH_CERT GRANTMESH_KEY GRANTMESH_ADVERTISE GRANTMESH_ISSUER
+    if [ -n "${GRANTMESH_SMTP_URL:-}" ]; then
+        unset GRANTMESH_MAIL_OUTBOX
+    else
+        unset GRANTMESH_SMTP_URL
+        export GRANTMESH_MAIL_OUTBOX=${GRANTMESH_MAIL_OUTBOX:-/var/lib/grantmesh/mail}
+    fi
     exec grantmesh college "$@"
     ;;
 esac

@@ -25,6 +25,11 @@ either the client refuses to guess and says what is missing. Use::
     "$BIN/python" clients/python/grantmesh_client.py watch --registry 127.0.0.1:7000 --service college --events 3
     "$BIN/python" clients/python/grantmesh_client.py flow --agency 127.0.0.1:7100 --college 127.0.0.1:7200
 
+``flow`` signs a researcher up, so it reads the code the college mailed from
+the colleges' outbox (``--outbox DIR``; ``grantmesh dev`` keeps it in
+``${GRANTMESH_DATA_DIR:-$HOME/.local/share/grantmesh}/mail``, which is the
+default); ``mailed_code`` reads an outbox or a Maildir.
+
 Researchers need only the CA (they authenticate with a bearer token); a mesh
 member's certificate (``--cert PATH --key PATH``, or ``GRANTMESH_CERT`` /
 ``GRANTMESH_KEY``) is presented as the client certificate, which the
@@ -383,6 +388,56 @@ class FlowError(Exception):
     """The grant flow could not proceed (e.g. the proposal was rejected)."""
 
 
+CODE_LABEL = "Your verification code:"
+
+
+def mailed_code(outbox: str, email: str, wait: float = 15.0) -> str:
+    """The newest sign-up code mailed to ``email`` in ``outbox`` (a
+    college's ``--mail-outbox``: one RFC 5322 file per message; or a Maildir,
+    whose ``new``/``cur`` are read too), waited for up to ``wait`` seconds:
+    a college mails a moment after it answers."""
+    import email as email_lib
+    import email.policy
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        found: list[tuple[float, str]] = []
+        for folder in (outbox, os.path.join(outbox, "new"), os.path.join(outbox, "cur")):
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                path = os.path.join(folder, name)
+                if name.startswith(".") or not os.path.isfile(path):
+                    continue
+                with open(path, "rb") as f:
+                    message = email_lib.message_from_binary_file(f, policy=email.policy.default)
+                if str(message.get("To", "")).strip().lower().strip("<>") != email.lower():
+                    continue
+                body = message.get_body(preferencelist=("plain",))
+                text = body.get_content() if body else ""
+                for line in text.splitlines():
+                    if line.strip().startswith(CODE_LABEL):
+                        code = "".join(ch for ch in line.split(":", 1)[1] if ch.isdigit())
+                        found.append((os.path.getmtime(path), code))
+        if found:
+            return max(found)[1]
+        if time.monotonic() >= deadline:
+            raise FlowError(f"no sign-up code for {email} reached {outbox} within {wait:.0f} s")
+        time.sleep(0.1)
+
+
+def default_outbox() -> str:
+    """``grantmesh dev``'s outbox: ``$GRANTMESH_DATA_DIR/mail``, else
+    ``~/.local/share/grantmesh/mail``."""
+    data = os.environ.get("GRANTMESH_DATA_DIR") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "grantmesh"
+    )
+    return os.path.join(data, "mail")
+
+
 def run_flow(
     agency: grpc.Channel,
     college: grpc.Channel,
@@ -391,11 +446,14 @@ def run_flow(
     withdraw_minor: int = 1_000,
     timeout: float = DEFAULT_TIMEOUT,
     log=None,
+    outbox: str | None = None,
 ) -> dict[str, Any]:
     """Runs the whole grant flow once and returns a summary with checked invariants.
 
-    1. College/RegisterResearcher a fresh principal investigator (unique email);
-    2. College/Login for a bearer token;
+    1. College/RegisterResearcher a fresh principal investigator (unique
+       email), then College/VerifyEmail with the code mailed to it (read
+       from ``outbox``) and the password, which logs in;
+    2. College/Login for a bearer token, as a returning researcher;
     3. Agency/SubmitProposal with that token (``log`` gets the decision);
     4. College/GetAccount for the opened account;
     5. College/Withdraw ``withdraw_minor`` twice with one idempotency key
@@ -411,14 +469,20 @@ def run_flow(
     """
     agency_stub = agency_pb2_grpc.AgencyStub(agency)
     college_stub = college_pb2_grpc.CollegeStub(college)
+    outbox = outbox or default_outbox()
     tag = uuid.uuid4().hex[:12]
     email = f"pi-{tag}@flow.grantmesh.test"
     password = f"pw-{uuid.uuid4().hex}"
 
-    # Sign-up names no id (it would tell whether the email was taken); login does.
+    # Sign-up names no id (it would tell whether the email was taken); the
+    # researcher exists once the mailed code comes back with the password.
     college_stub.RegisterResearcher(
         college_pb2.RegisterResearcherRequest(name=f"Flow PI {tag}", email=email, password=password),
         timeout=timeout,
+    )
+    code = mailed_code(outbox, email)
+    college_stub.VerifyEmail(
+        college_pb2.VerifyEmailRequest(email=email, code=code, password=password), timeout=timeout
     )
     login = college_stub.Login(college_pb2.LoginRequest(email=email, password=password), timeout=timeout)
     md = bearer(login.token)
@@ -595,6 +659,7 @@ def _cmd_flow(args: argparse.Namespace) -> int:
                 withdraw_minor=args.withdraw,
                 timeout=args.timeout,
                 log=lambda decision: _emit({"step": "proposal", **decision}),
+                outbox=args.outbox,
             )
         except FlowError as err:
             _emit({"ok": False, "error": str(err)})
@@ -689,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--amount", type=_positive_int, default=400_000, help="requested minor units (default: %(default)s)")
     s.add_argument("--days", type=_positive_int, default=30, help="duration in days (default: %(default)s)")
     s.add_argument("--withdraw", type=_positive_int, default=1_000, help="minor units per withdrawal (default: %(default)s)")
+    s.add_argument("--outbox", metavar="DIR", default=os.environ.get("GRANTMESH_MAIL_OUTBOX") or None,
+                   help="where the colleges keep the mail they send, to read the sign-up code from "
+                   "(env GRANTMESH_MAIL_OUTBOX; default: grantmesh dev's, DATA_DIR/mail)")
     _add_connection_options(s, top_level=False)
     s.set_defaults(func=_cmd_flow)
     return p

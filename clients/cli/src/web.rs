@@ -37,6 +37,10 @@ pub struct WebArgs {
     /// TLS proxy fronts the portal.
     #[arg(long, env = "GRANTMESH_WEB_SECURE_COOKIES", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
     secure_cookies: bool,
+    /// Show this outbox (a college's --mail-outbox) at /dev/mail, codes and
+    /// all, as `grantmesh dev` does: for development and tests only.
+    #[arg(long, value_name = "DIR")]
+    dev_mail_outbox: Option<PathBuf>,
 }
 
 pub async fn run(args: WebArgs) -> anyhow::Result<ExitCode> {
@@ -47,6 +51,10 @@ pub async fn run(args: WebArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     let mut settings = WebSettings::new(parse_registry_list(&args.registry), transport);
     settings.secure_cookies = args.secure_cookies;
+    settings.dev_mail = args.dev_mail_outbox;
+    if settings.dev_mail.is_some() {
+        tracing::warn!("serving the mail outbox at /dev/mail (--dev-mail-outbox): for development only");
+    }
     tracing::info!(%addr, registry = %args.registry, "web portal serving");
     let terminated = grantmesh_server::terminate_signal();
     println!("grantmesh web: http://{addr} (mesh dashboard: http://{addr}/mesh)");

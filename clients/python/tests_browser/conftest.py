@@ -78,8 +78,15 @@ class Mesh:
         keys = self.workdir / "keys"
         subprocess.run([self.binary, "ca", "token-key", "--dir", str(keys)], check=True,
                        stdout=subprocess.DEVNULL)
+        # The colleges' mail: kept in an outbox the tests (and the portal's
+        # /dev/mail) read the sign-up codes from.
+        self.outbox = self.workdir / "mail"
+        os.environ["GRANTMESH_MAIL_OUTBOX"] = str(self.outbox)
         self.role_env = {
-            "college": {"GRANTMESH_TOKEN_KEY_FILE": str(keys / "token.key")},
+            "college": {
+                "GRANTMESH_TOKEN_KEY_FILE": str(keys / "token.key"),
+                "GRANTMESH_MAIL_OUTBOX": str(self.outbox),
+            },
             "agency": {"GRANTMESH_TOKEN_PUBLIC_KEY_FILE": str(keys / "token.pub")},
         }
 
@@ -102,7 +109,7 @@ class Mesh:
                        "--name", name, "--min-award", str(lo), "--max-award", str(hi),
                        "--metrics-listen", "127.0.0.1:0")
         self.spawn("web", "web", "--listen", f"127.0.0.1:{self.web_port}",
-                   "--registry", self.registry)
+                   "--registry", self.registry, "--dev-mail-outbox", str(self.outbox))
         self.await_mesh(colleges=2, agencies=2)
 
     def spawn_web(self, name):

@@ -1,10 +1,17 @@
 """What the browser tests share: bounded waits, filling and sending the
 portal's forms, and the checks of a page's layout."""
 
+import os
+import pathlib
+import sys
+
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import grantmesh_client as gc  # noqa: E402
 
 # Generous bounds for page loads and mesh changes on a busy machine.
 WAIT = 15.0
@@ -38,11 +45,35 @@ def submit(driver, form):
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
-def sign_up(driver, web, name, email):
+def sign_up(driver, web, name, email, code_from_page=False):
+    """Signs up on the portal and finishes on its verification page with the
+    code the college mailed: read from the outbox, or (``code_from_page``)
+    from the portal's /dev/mail page, as a person at a dev mesh would."""
     driver.get(web + "/signup")
     form = fill(driver, "#signup-form", name=name, email=email, password=PASSWORD)
     submit(driver, form)
+    wait(driver).until(EC.url_contains("/verify?email="))
+    if code_from_page:
+        verify = driver.current_url
+        wait(driver).until(lambda d: mailed_code_on_page(d, web, email))
+        code = mailed_code_on_page(driver, web, email)
+        driver.get(verify)
+    else:
+        code = gc.mailed_code(os.environ["GRANTMESH_MAIL_OUTBOX"], email)
+    form = fill(driver, "#verify-form", code=code, password=PASSWORD)
+    submit(driver, form)
     wait(driver).until(EC.url_to_be(web + "/accounts"))
+
+
+def mailed_code_on_page(driver, web, email):
+    """The code of the newest message to ``email`` on /dev/mail, if any."""
+    driver.get(web + "/dev/mail")
+    for letter in driver.find_elements(By.CSS_SELECTOR, "article.mail"):
+        to = letter.find_element(By.CSS_SELECTOR, ".mail-to").text
+        codes = letter.find_elements(By.CSS_SELECTOR, ".mail-code")
+        if to == email.lower() and codes:
+            return codes[0].text
+    return None
 
 
 def log_in(driver, web, email):

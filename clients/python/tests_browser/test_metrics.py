@@ -102,6 +102,8 @@ def test_counters_move_with_withdrawals_and_proposals(mesh):
     email, password = f"metrics-{uuid.uuid4().hex[:8]}@uni.edu", f"pw-{uuid.uuid4().hex}"
     college.RegisterResearcher(college_pb2.RegisterResearcherRequest(
         name="Metrics Reader", email=email, password=password), timeout=10)
+    college.VerifyEmail(college_pb2.VerifyEmailRequest(
+        email=email, code=gc.mailed_code(str(mesh.outbox), email), password=password), timeout=10)
     auth = gc.bearer(college.Login(college_pb2.LoginRequest(
         email=email, password=password), timeout=10).token)
     proposal = nsf.SubmitProposal(agency_pb2.SubmitProposalRequest(

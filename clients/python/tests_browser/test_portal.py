@@ -33,9 +33,9 @@ def test_a_researcher_signs_up_logs_out_and_logs_in_again(mesh, browsers, shots)
     b = browsers()
     b.get(mesh.web + "/")
     shots(b, "home")
-    sign_up(b, mesh.web, "Ada Lovelace", Ctx.ada_email)
+    sign_up(b, mesh.web, "Ada Lovelace", Ctx.ada_email, code_from_page=True)
     assert text(b, "#who") == "Ada Lovelace"
-    assert "signed up" in text(b, "#flash")
+    assert "verified" in text(b, "#flash")
     cookie = b.get_cookie("grantmesh_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     b.find_element(By.ID, "logout").click()

@@ -437,6 +437,8 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
             &agency.addr.to_string(),
             "--college",
             &college.addr.to_string(),
+            "--outbox",
+            crate::support::outbox().to_str().unwrap(),
         ],
     )
     .await;

@@ -359,6 +359,7 @@ async fn a_server_that_cannot_accept_leaves_the_registry_until_it_can() {
                     "GRANTMESH_TOKEN_KEY_FILE",
                     crate::support::tls::dir().join("token.key"),
                 )
+                .env("GRANTMESH_MAIL_OUTBOX", crate::support::outbox())
                 .env_remove("GRANTMESH_REGISTRY")
                 .env_remove("DATABASE_URL")
                 .env(

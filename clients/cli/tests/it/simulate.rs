@@ -83,6 +83,7 @@ impl Mesh {
         let output = command
             .args(["--registry", &self.registry.url()])
             .args(["--database-url", &self.database])
+            .args(["--outbox", crate::support::outbox().to_str().unwrap()])
             .args(args)
             .env_remove("DATABASE_URL")
             .env_remove("GRANTMESH_REGISTRY")

@@ -217,6 +217,9 @@ async fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output
         .env_remove("DATABASE_URL")
         .env("GRANTMESH_INSECURE", "1")
         .kill_on_drop(true);
+    if args.first() == Some(&"college") {
+        command.env("GRANTMESH_MAIL_OUTBOX", crate::support::outbox());
+    }
     for (key, value) in env {
         command.env(key, value);
     }
@@ -238,6 +241,21 @@ async fn a_missing_or_unreachable_database_is_a_clear_start_up_error() {
     let missing = run_binary(&["college", "--listen", "127.0.0.1:0"], &keys).await;
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("--database-url"));
+    // Nowhere to mail sign-up codes: a usage error naming both ways.
+    let mut no_mail = Command::new(env!("CARGO_BIN_EXE_grantmesh"));
+    let no_mail = no_mail
+        .args(["college", "--listen", "127.0.0.1:0"])
+        .args(["--database-url", "postgres://x@127.0.0.1:1/y"])
+        .env("GRANTMESH_INSECURE", "1")
+        .env("GRANTMESH_TOKEN_KEY_FILE", &token_key)
+        .env_remove("GRANTMESH_MAIL_OUTBOX")
+        .env_remove("GRANTMESH_SMTP_URL")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(no_mail.status.code(), Some(2), "{no_mail:?}");
+    let said = String::from_utf8_lossy(&no_mail.stderr);
+    assert!(said.contains("--smtp-url") && said.contains("--mail-outbox"), "{said}");
 
     let unreachable = run_binary(
         &[
