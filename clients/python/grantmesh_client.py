@@ -396,9 +396,9 @@ def mailed_code(outbox: str, email: str, wait: float = 15.0) -> str:
     college's ``--mail-outbox``: one RFC 5322 file per message; or a Maildir,
     whose ``new``/``cur`` are read too), waited for up to ``wait`` seconds:
     a college mails a moment after it answers."""
-    import email as email_lib
-    import email.policy
     import time
+    from email import message_from_binary_file
+    from email import policy as mail_policy
 
     deadline = time.monotonic() + wait
     while True:
@@ -413,7 +413,7 @@ def mailed_code(outbox: str, email: str, wait: float = 15.0) -> str:
                 if name.startswith(".") or not os.path.isfile(path):
                     continue
                 with open(path, "rb") as f:
-                    message = email_lib.message_from_binary_file(f, policy=email.policy.default)
+                    message = message_from_binary_file(f, policy=mail_policy.default)
                 if str(message.get("To", "")).strip().lower().strip("<>") != email.lower():
                     continue
                 body = message.get_body(preferencelist=("plain",))
