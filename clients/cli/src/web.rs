@@ -53,7 +53,9 @@ pub async fn run(args: WebArgs) -> anyhow::Result<ExitCode> {
     settings.secure_cookies = args.secure_cookies;
     settings.dev_mail = args.dev_mail_outbox;
     if settings.dev_mail.is_some() {
-        tracing::warn!("serving the mail outbox at /dev/mail (--dev-mail-outbox): for development only");
+        tracing::warn!(
+            "serving the mail outbox at /dev/mail (--dev-mail-outbox): for development only"
+        );
     }
     tracing::info!(%addr, registry = %args.registry, "web portal serving");
     let terminated = grantmesh_server::terminate_signal();

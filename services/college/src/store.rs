@@ -454,11 +454,7 @@ impl AccountStore {
     /// The password hash of the sign-up waiting at `email`, if one is live
     /// with fewer than `attempts` wrong tries: what the password sent with
     /// its code must match.
-    pub async fn signup_password_hash(
-        &self,
-        email: &str,
-        attempts: u32,
-    ) -> Result<Option<String>> {
+    pub async fn signup_password_hash(&self, email: &str, attempts: u32) -> Result<Option<String>> {
         self.store.signup_password_hash(email, attempts).await
     }
 

@@ -589,7 +589,11 @@ async fn a_sign_up_makes_its_researcher_only_with_the_code_and_only_once(store: 
         Finished::Unknown
     ));
     assert_eq!(
-        accounts.signup_password_hash(&email, 5).await.unwrap().as_deref(),
+        accounts
+            .signup_password_hash(&email, 5)
+            .await
+            .unwrap()
+            .as_deref(),
         Some(HASH),
         "the password sent with the code is checked against this"
     );
@@ -660,13 +664,19 @@ async fn a_sign_up_takes_five_wrong_codes_then_none_and_expires(store: &TestStor
         .unwrap();
     for _ in 0..5 {
         assert!(matches!(
-            accounts.finish_signup(&email, b"guess", HASH, 5).await.unwrap(),
+            accounts
+                .finish_signup(&email, b"guess", HASH, 5)
+                .await
+                .unwrap(),
             Finished::Wrong
         ));
     }
     assert!(
         matches!(
-            accounts.finish_signup(&email, b"right", HASH, 5).await.unwrap(),
+            accounts
+                .finish_signup(&email, b"right", HASH, 5)
+                .await
+                .unwrap(),
             Finished::Unknown
         ),
         "after five wrong tries even the right code is refused"
@@ -691,7 +701,10 @@ async fn a_sign_up_takes_five_wrong_codes_then_none_and_expires(store: &TestStor
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         matches!(
-            accounts.finish_signup(&email, b"right", HASH, 5).await.unwrap(),
+            accounts
+                .finish_signup(&email, b"right", HASH, 5)
+                .await
+                .unwrap(),
             Finished::Unknown
         ),
         "an expired code makes nobody"
@@ -722,7 +735,10 @@ async fn a_second_sign_up_within_a_minute_changes_nothing_and_a_later_one_voids_
         Begun::TooSoon
     );
     assert!(matches!(
-        accounts.finish_signup(&email, b"second", HASH, 5).await.unwrap(),
+        accounts
+            .finish_signup(&email, b"second", HASH, 5)
+            .await
+            .unwrap(),
         Finished::Wrong
     ));
     // Past the resend interval (here 0), a new sign-up replaces the code
@@ -739,10 +755,17 @@ async fn a_second_sign_up_within_a_minute_changes_nothing_and_a_later_one_voids_
         Begun::Mail
     );
     assert!(matches!(
-        accounts.finish_signup(&email, b"first", HASH, 5).await.unwrap(),
+        accounts
+            .finish_signup(&email, b"first", HASH, 5)
+            .await
+            .unwrap(),
         Finished::Wrong
     ));
-    let Finished::Created(made) = accounts.finish_signup(&email, b"third", HASH, 5).await.unwrap() else {
+    let Finished::Created(made) = accounts
+        .finish_signup(&email, b"third", HASH, 5)
+        .await
+        .unwrap()
+    else {
         panic!("the newest code makes the researcher");
     };
     assert_eq!(made.name, "Ada L.", "with the newest sign-up's name");

@@ -237,7 +237,11 @@ mod tests {
         let letters = outbox::read(&dir.path().join("mail")).unwrap();
         let latest = outbox::latest_to(&dir.path().join("mail"), "Grace@Uni.edu").unwrap();
         assert_eq!(latest.map(|l| l.to).as_deref(), Some("grace@uni.edu"));
-        assert!(outbox::latest_to(&dir.path().join("mail"), "nobody@uni.edu").unwrap().is_none());
+        assert!(
+            outbox::latest_to(&dir.path().join("mail"), "nobody@uni.edu")
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(letters.len(), 2);
         assert_eq!(letters[0].to, "ada@uni.edu");
         assert_eq!(letters[1].to, "grace@uni.edu");

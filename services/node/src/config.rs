@@ -412,7 +412,10 @@ pub enum MailSettings {
     Smtp { url: String, from: String },
     /// Into a directory, one file a message (`grantmesh dev`'s mail
     /// catcher, tests).
-    Outbox { dir: std::path::PathBuf, from: String },
+    Outbox {
+        dir: std::path::PathBuf,
+        from: String,
+    },
 }
 
 impl MailSettings {

@@ -137,7 +137,6 @@ impl BenchTransport {
         ]
     }
 
-
     /// The token key pair's directory.
     #[cfg(test)]
     pub fn keys_dir(&self) -> &Path {

@@ -53,7 +53,11 @@ async fn dev(home: &Path) -> (Child, String, tokio::sync::mpsc::UnboundedReceive
             let _ = printed.send(line);
         }
     });
-    (child, registry.expect("the banner names the registry"), later)
+    (
+        child,
+        registry.expect("the banner names the registry"),
+        later,
+    )
 }
 
 async fn run(home: &Path, registry: &str, args: &[&str]) -> std::process::Output {

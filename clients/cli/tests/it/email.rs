@@ -139,8 +139,7 @@ async fn open_account(college_url: &str, pi: &str, award: i64) -> Account {
 }
 
 #[tokio::test]
-async fn a_stranger_signing_up_with_an_invited_email_gets_neither_the_account_nor_the_invitation()
-{
+async fn a_stranger_signing_up_with_an_invited_email_gets_neither_the_account_nor_the_invitation() {
     let smtp = SmtpServer::start().await;
     let db = db::TestDb::create().await;
     let dir = tls::dir().to_str().unwrap().to_owned();
@@ -234,13 +233,20 @@ async fn a_stranger_signing_up_with_an_invited_email_gets_neither_the_account_no
             let row = db
                 .client()
                 .await
-                .query_one("SELECT count(*) FROM researchers WHERE email = $1", &[&email])
+                .query_one(
+                    "SELECT count(*) FROM researchers WHERE email = $1",
+                    &[&email],
+                )
                 .await
                 .unwrap();
             row.get::<_, i64>(0)
         }
     };
-    assert_eq!(researchers(student.clone()).await, 0, "Mallory's sign-up made nobody");
+    assert_eq!(
+        researchers(student.clone()).await,
+        0,
+        "Mallory's sign-up made nobody"
+    );
 
     // The student signs up for real, a moment later: a new code, to them.
     tokio::time::sleep(Duration::from_millis(1_100)).await;

@@ -474,9 +474,8 @@ async fn grpcurl_drives_the_college_with_a_bearer_token() {
     // The code the college mailed (to this test binary's outbox), sent
     // back with the password: the researcher is made and logged in.
     let code = crate::support::mailed_code(&email).await;
-    let verify = format!(
-        r#"{{"email":"{email}","code":"{code}","password":"orbital kettle lantern"}}"#
-    );
+    let verify =
+        format!(r#"{{"email":"{email}","code":"{code}","password":"orbital kettle lantern"}}"#);
     let reply: serde_json::Value = serde_json::from_str(
         &run(
             &grpcurl,

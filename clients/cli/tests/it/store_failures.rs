@@ -255,7 +255,10 @@ async fn a_missing_or_unreachable_database_is_a_clear_start_up_error() {
         .unwrap();
     assert_eq!(no_mail.status.code(), Some(2), "{no_mail:?}");
     let said = String::from_utf8_lossy(&no_mail.stderr);
-    assert!(said.contains("--smtp-url") && said.contains("--mail-outbox"), "{said}");
+    assert!(
+        said.contains("--smtp-url") && said.contains("--mail-outbox"),
+        "{said}"
+    );
 
     let unreachable = run_binary(
         &[

@@ -114,10 +114,13 @@ impl Portal {
         // The code the college mailed, entered on the verification page.
         let token = self.csrf_of(&browser, &location).await;
         let code = crate::support::mailed_code(&email).await;
-        let form =
-            format!("csrf={token}&email={email}&code={code}&password=correct+horse+battery");
+        let form = format!("csrf={token}&email={email}&code={code}&password=correct+horse+battery");
         let response = self.send(Some(&browser), "POST", "/verify", &form).await;
-        assert_eq!(response.status(), StatusCode::SEE_OTHER, "verification succeeds");
+        assert_eq!(
+            response.status(),
+            StatusCode::SEE_OTHER,
+            "verification succeeds"
+        );
         browser.cookie = session_cookie(&response).expect("logging in issues a new session id");
         browser
     }

@@ -353,5 +353,11 @@ pub async fn watcher(registry: String, stats: &Stats, stop: CancellationToken) -
 /// Signs up a researcher with `email` (the login flood's victim).
 pub async fn researcher_with_email(college: &str, email: &str) {
     let mut college = CollegeClient::new(tls::channel(college).await);
-    crate::support::sign_up(&mut college, "Victim", email, "correct horse battery staple").await;
+    crate::support::sign_up(
+        &mut college,
+        "Victim",
+        email,
+        "correct horse battery staple",
+    )
+    .await;
 }

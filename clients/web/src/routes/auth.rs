@@ -120,9 +120,11 @@ pub async fn signup(
         let problem = words::explain(&status);
         return again(problem.http, problem.sentence);
     }
-    let email: String =
-        percent_encoding::utf8_percent_encode(form.email.trim(), percent_encoding::NON_ALPHANUMERIC)
-            .collect();
+    let email: String = percent_encoding::utf8_percent_encode(
+        form.email.trim(),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .collect();
     Redirect::to(&format!("/verify?email={email}")).into_response()
 }
 

@@ -287,7 +287,8 @@ async fn bench(
     let balancer = &meshes[0].balancer;
 
     // The data, through the API (on a shared database, every mesh sees it).
-    let (researcher, token) = load::researcher(balancer, &crate::bench::transport::outbox_in(work)).await?;
+    let (researcher, token) =
+        load::researcher(balancer, &crate::bench::transport::outbox_in(work)).await?;
     let (colleges, signer) = opener.context("no mesh was started")?;
     let accounts =
         load::open_accounts(&colleges, signer.as_ref(), &researcher, args.accounts).await?;

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use grantmesh_node::config::{
-    AgencySettings, CollegeSettings, MailSettings, MeshSettings, RegistrySettings, Role, ServerSettings,
-    StoreSettings,
+    AgencySettings, CollegeSettings, MailSettings, MeshSettings, RegistrySettings, Role,
+    ServerSettings, StoreSettings,
 };
 use grantmesh_node::{Band, Lease, Node};
 use grantmesh_proto::v1::*;

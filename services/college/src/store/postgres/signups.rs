@@ -96,7 +96,9 @@ pub(super) async fn finish(
     let tx = client.transaction().await?;
     let pending = tx
         .query_opt(
-            &format!("SELECT name, password_hash, code_digest FROM signups WHERE {LIVE} FOR UPDATE"),
+            &format!(
+                "SELECT name, password_hash, code_digest FROM signups WHERE {LIVE} FOR UPDATE"
+            ),
             &[&email, &tries(attempts)],
         )
         .await?;
