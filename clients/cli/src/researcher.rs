@@ -102,6 +102,18 @@ pub enum Verb {
         #[command(flatten)]
         target: Target,
     },
+    /// Change your password: every session of yours ends (here and in every
+    /// other place you are logged in), and this one starts afresh.
+    Passwd {
+        /// The current password (see --password / --password-stdin).
+        #[command(flatten)]
+        current: PasswordArgs,
+        /// The new password; asked for twice without echo when not given.
+        #[arg(long, env = "GRANTMESH_NEW_PASSWORD", hide_env_values = true)]
+        new_password: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Forget the saved session.
     Logout,
     /// Who is logged in, and until when (checked with a college: a session
@@ -329,6 +341,31 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                     |mut c, r| async move { c.verify_email(r).await },
                 )
                 .await?;
+            keep_session(&store, &mesh, &reply, format)?;
+        }
+        Verb::Passwd {
+            current,
+            new_password,
+            target,
+        } => {
+            let current_password = current.read(false)?;
+            let new_password = PasswordArgs {
+                password: new_password,
+                password_stdin: false,
+            }
+            .read_as("New password", true)?;
+            let mesh = Mesh::new(&store, target, format)?;
+            let reply = mesh
+                .college(
+                    ChangePasswordRequest {
+                        current_password,
+                        new_password,
+                    },
+                    true,
+                    |mut c, r| async move { c.change_password(r).await },
+                )
+                .await?;
+            eprintln!("password changed: every other session of yours has ended");
             keep_session(&store, &mesh, &reply, format)?;
         }
         Verb::Login {
@@ -767,6 +804,11 @@ impl PasswordArgs {
     /// The password from the flag or environment, standard input, or a prompt
     /// without echo (twice when `confirm`, as for a new password).
     fn read(self, confirm: bool) -> anyhow::Result<String> {
+        self.read_as("Password", confirm)
+    }
+
+    /// As [`Self::read`], prompting with `prompt`.
+    fn read_as(self, prompt: &str, confirm: bool) -> anyhow::Result<String> {
         let password = if let Some(password) = self.password {
             password
         } else if self.password_stdin {
@@ -777,10 +819,10 @@ impl PasswordArgs {
                 .context("failed to read the password from standard input")?;
             line.trim_end_matches(['\r', '\n']).to_owned()
         } else {
-            let password = rpassword::prompt_password("Password: ")
+            let password = rpassword::prompt_password(format!("{prompt}: "))
                 .context("failed to ask for the password (no terminal? use --password-stdin)")?;
             if confirm {
-                let again = rpassword::prompt_password("Password again: ")
+                let again = rpassword::prompt_password(format!("{prompt} again: "))
                     .context("failed to ask for the password again")?;
                 if again != password {
                     return Err(CliError::Usage("the two passwords differ".to_owned()).into());

@@ -508,6 +508,62 @@ impl College for CollegeService {
         Ok(Response::new(reply))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<LoginReply>, Status> {
+        let from = peer(&request);
+        self.inner.attempts.check_peer(from)?;
+        let caller = self.keys().researcher(&request)?;
+        let request = request.into_inner();
+        let store = &self.inner.store;
+        let researcher = store
+            .researcher(caller)
+            .await
+            .inspect_err(|err| self.count(err))?
+            .ok_or_else(|| {
+                Status::unauthenticated("the token names no researcher of this college")
+            })?;
+        // A stolen token is not a way to guess the password: as logins.
+        self.inner.attempts.check_email(&researcher.email, from)?;
+        let matches = grantmesh_auth::verify_password(
+            request.current_password,
+            Some(researcher.password_hash.clone()),
+        )
+        .await?;
+        if !matches {
+            return Err(Status::unauthenticated("the current password is wrong"));
+        }
+        let (password, inputs) = (
+            request.new_password,
+            [researcher.name.clone(), researcher.email.clone()],
+        );
+        let password = tokio::task::spawn_blocking(move || {
+            let inputs = inputs.each_ref().map(String::as_str);
+            grantmesh_auth::check_new_password("new_password", &password, &inputs)
+                .map(|()| password)
+        })
+        .await
+        .map_err(|_| Status::internal("the password check was interrupted"))??;
+        let hash = grantmesh_auth::hash_password(password).await?;
+        let ended = store
+            .change_password(caller, &hash)
+            .await
+            .inspect_err(|err| self.count(err))?;
+        let now = SystemTime::now();
+        for session in &ended {
+            self.keys().revoked().revoke(*session, now);
+        }
+        tracing::info!(researcher = %caller, sessions_ended = ended.len(), "password changed");
+        let researcher = store::ResearcherRow {
+            password_hash: hash,
+            ..researcher
+        };
+        let reply = sessions::open(store, self.keys(), researcher).await?;
+        Ok(Response::new(reply))
+    }
+
     async fn who_am_i(
         &self,
         request: Request<WhoAmIRequest>,

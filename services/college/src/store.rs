@@ -250,6 +250,7 @@ trait Store: Send + Sync + 'static {
     ) -> Result<(Uuid, SystemTime)>;
     async fn refresh_session(&self, old: &[u8], new: &[u8]) -> Result<Refreshed>;
     async fn end_session(&self, researcher: Uuid, session: Uuid) -> Result<bool>;
+    async fn change_password(&self, researcher: Uuid, password_hash: &str) -> Result<Vec<Uuid>>;
     async fn end_session_by_refresh(&self, refresh_hash: &[u8]) -> Result<Option<Uuid>>;
     async fn sessions_ended_since(&self, since: SystemTime) -> Result<Vec<(Uuid, SystemTime)>>;
     async fn open_account(
@@ -494,6 +495,16 @@ impl AccountStore {
         self.store
             .create_session(researcher, refresh_hash, lifetime)
             .await
+    }
+
+    /// Sets `researcher`'s password hash and ends every live session of
+    /// theirs, in one transaction: the sessions ended.
+    pub async fn change_password(
+        &self,
+        researcher: Uuid,
+        password_hash: &str,
+    ) -> Result<Vec<Uuid>> {
+        self.store.change_password(researcher, password_hash).await
     }
 
     /// Rotates a live session's refresh token from digest `old` to `new`

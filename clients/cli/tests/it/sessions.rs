@@ -224,3 +224,91 @@ async fn a_logout_with_only_the_refresh_token_ends_the_session_and_junk_is_refus
         .unwrap_err();
     assert_eq!(nothing.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn a_password_change_ends_every_session_at_every_college() {
+    let (_db, _procs, mut colleges) = two_colleges().await;
+    let first = log_in(&mut colleges[0]).await;
+    let email = first.researcher.clone().unwrap().email;
+    let old = "orbital kettle lantern";
+    // A second session, elsewhere (another device).
+    let second = colleges[1]
+        .login(LoginRequest {
+            email: email.clone(),
+            password: old.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The current password is checked, and so is the new one's strength;
+    // neither refusal ends anything.
+    let change = |current: &str, new: &str| {
+        authed(
+            ChangePasswordRequest {
+                current_password: current.into(),
+                new_password: new.into(),
+            },
+            &first.token,
+        )
+    };
+    let wrong = colleges[0]
+        .change_password(change("not my password", "quartz heron battery staple"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    let weak = colleges[0]
+        .change_password(change(old, "password1234"))
+        .await
+        .unwrap_err();
+    assert_eq!(weak.code(), Code::InvalidArgument, "{weak:?}");
+    assert!(weak.message().contains("new_password"), "{weak:?}");
+    who(&mut colleges[1], &second.token)
+        .await
+        .expect("a refused change ends nothing");
+
+    let new = "quartz heron battery staple";
+    let fresh = colleges[0]
+        .change_password(change(old, new))
+        .await
+        .expect("the change")
+        .into_inner();
+    who(&mut colleges[0], &fresh.token)
+        .await
+        .expect("the new session works");
+    let here = who(&mut colleges[0], &first.token).await.unwrap_err();
+    assert_eq!(here.code(), Code::Unauthenticated, "{here:?}");
+    for token in [first.token.clone(), second.token.clone()] {
+        let other = colleges[1].clone();
+        assert_eventually(
+            ELSEWHERE_WITHIN,
+            "the other college refuses the old sessions' tokens",
+            || {
+                let (mut other, token) = (other.clone(), token.clone());
+                async move {
+                    who(&mut other, &token)
+                        .await
+                        .is_err_and(|status| status.code() == Code::Unauthenticated)
+                }
+            },
+        )
+        .await;
+    }
+    let stale = colleges[1]
+        .refresh(RefreshRequest {
+            refresh_token: second.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Unauthenticated, "{stale:?}");
+    let login = |password: &str| LoginRequest {
+        email: email.clone(),
+        password: password.into(),
+    };
+    let refused = colleges[1].login(login(old)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    colleges[1]
+        .login(login(new))
+        .await
+        .expect("the new password logs in");
+}

@@ -738,6 +738,10 @@ impl Store for Pg {
         sessions::end(self, researcher, session).await
     }
 
+    async fn change_password(&self, researcher: Uuid, password_hash: &str) -> Result<Vec<Uuid>> {
+        sessions::change_password(self, researcher, password_hash).await
+    }
+
     async fn end_session_by_refresh(&self, refresh_hash: &[u8]) -> Result<Option<Uuid>> {
         sessions::end_by_refresh(self, refresh_hash).await
     }

@@ -487,6 +487,10 @@ impl Store for Accounts {
         Accounts::end_session(self, researcher, session).await
     }
 
+    async fn change_password(&self, researcher: Uuid, password_hash: &str) -> Result<Vec<Uuid>> {
+        Accounts::change_password(self, researcher, password_hash).await
+    }
+
     async fn end_session_by_refresh(&self, refresh_hash: &[u8]) -> Result<Option<Uuid>> {
         Accounts::end_session_by_refresh(self, refresh_hash).await
     }

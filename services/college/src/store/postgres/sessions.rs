@@ -106,3 +106,26 @@ pub(super) async fn ended_since(pg: &Pg, since: SystemTime) -> Result<Vec<(Uuid,
         .await?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
+
+pub(super) async fn change_password(
+    pg: &Pg,
+    researcher: Uuid,
+    password_hash: &str,
+) -> Result<Vec<Uuid>> {
+    let mut client = pg.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "UPDATE researchers SET password_hash = $2 WHERE id = $1",
+        &[&researcher, &password_hash],
+    )
+    .await?;
+    let ended = tx
+        .query(
+            "UPDATE sessions SET ended_at = now()
+             WHERE researcher = $1 AND ended_at IS NULL RETURNING id",
+            &[&researcher],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(ended.iter().map(|row| row.get(0)).collect())
+}

@@ -109,6 +109,32 @@ impl Accounts {
         .await
     }
 
+    pub(in crate::store) async fn change_password(
+        &self,
+        researcher: Uuid,
+        password_hash: &str,
+    ) -> Result<Vec<Uuid>> {
+        let password_hash = password_hash.to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "UPDATE researchers SET password_hash = ?2 WHERE id = ?1",
+                params![researcher, password_hash],
+            )?;
+            let ended = tx
+                .prepare(concat!(
+                    "UPDATE sessions SET ended_at = ",
+                    grantmesh_store::sqlite_now_ms!(),
+                    " WHERE researcher = ?1 AND ended_at IS NULL RETURNING id"
+                ))?
+                .query_map(params![researcher], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<Uuid>>>()?;
+            tx.commit()?;
+            Ok(ended)
+        })
+        .await
+    }
+
     pub(in crate::store) async fn end_session_by_refresh(
         &self,
         refresh_hash: &[u8],
