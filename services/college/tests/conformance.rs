@@ -175,6 +175,7 @@ macro_rules! conformance {
 
 conformance!(
     a_session_rotates_its_refresh_token_and_a_reused_one_ends_it,
+    a_password_change_ends_every_live_session_of_its_researcher_only,
     an_ended_session_is_seen_ended_by_every_instance_and_refreshes_no_more,
     registering_an_email_twice_is_refused_as_already_existing,
     a_sign_up_makes_its_researcher_only_with_the_code_and_only_once,
@@ -412,6 +413,66 @@ async fn in_one_batch(
 
 // ---------------------------------------------------------------------------
 // The checks, each written once.
+
+async fn a_password_change_ends_every_live_session_of_its_researcher_only(store: &TestStore) {
+    let (accounts, _) = college(store, REAL_DAY).await;
+    let ada = researcher(&accounts, "ada").await;
+    let grace = researcher(&accounts, "grace").await;
+    let week = Duration::from_secs(7 * 86_400);
+    let (one, _) = accounts
+        .create_session(ada.id, b"ada-1", week)
+        .await
+        .unwrap();
+    let (two, _) = accounts
+        .create_session(ada.id, b"ada-2", week)
+        .await
+        .unwrap();
+    let (gone, _) = accounts
+        .create_session(ada.id, b"ada-3", week)
+        .await
+        .unwrap();
+    assert!(accounts.end_session(ada.id, gone).await.unwrap());
+    let (graces, _) = accounts
+        .create_session(grace.id, b"grace-1", week)
+        .await
+        .unwrap();
+
+    let ended: HashSet<Uuid> = accounts
+        .change_password(ada.id, "new-hash")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        ended,
+        HashSet::from([one, two]),
+        "her live sessions, not the ended one"
+    );
+    let found = accounts.researcher(ada.id).await.unwrap().unwrap();
+    assert_eq!(found.password_hash, "new-hash");
+    for refresh in [&b"ada-1"[..], b"ada-2"] {
+        assert_eq!(
+            accounts.refresh_session(refresh, b"x").await.unwrap(),
+            Refreshed::Unknown
+        );
+    }
+    assert!(
+        matches!(
+            accounts.refresh_session(b"grace-1", b"grace-2").await.unwrap(),
+            Refreshed::Renewed { session, .. } if session == graces
+        ),
+        "another researcher's session is untouched"
+    );
+    assert_eq!(
+        accounts
+            .researcher(grace.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        grace.password_hash
+    );
+}
 
 async fn a_session_rotates_its_refresh_token_and_a_reused_one_ends_it(store: &TestStore) {
     let (accounts, _) = college(store, REAL_DAY).await;
