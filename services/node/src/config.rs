@@ -658,6 +658,12 @@ mod tests {
             college.agencies,
             vec![(DEFAULT_AGENCY_NAME.to_owned(), Band::DEFAULT)]
         );
+        let err = college.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--smtp-url") && err.contains("--mail-outbox"),
+            "a college without a way to mail codes is refused: {err}"
+        );
+        college.mail = MailSettings::outbox("/tmp/outbox");
         assert!(college.validate().is_ok());
         college.agencies.clear();
         let err = college.validate().unwrap_err().to_string();
@@ -672,6 +678,7 @@ mod tests {
     #[test]
     fn a_mesh_member_needs_a_registry_a_pool_and_a_day() {
         let mut college = CollegeSettings::new(MeshSettings::new(Vec::new()), store());
+        college.mail = MailSettings::outbox("/tmp/outbox");
         assert!(
             college
                 .validate()
