@@ -441,7 +441,7 @@ def default_outbox() -> str:
 def run_flow(
     agency: grpc.Channel,
     college: grpc.Channel,
-    requested_amount_minor: int = 400_000,
+    requested_amount_minor: int = 40_000_000,
     duration_days: int = 30,
     withdraw_minor: int = 1_000,
     timeout: float = DEFAULT_TIMEOUT,
@@ -751,7 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("flow", help="the whole grant flow, with invariant checks; JSON summary last")
     s.add_argument("--agency", required=True, metavar="HOST:PORT")
     s.add_argument("--college", required=True, metavar="HOST:PORT")
-    s.add_argument("--amount", type=_positive_int, default=400_000, help="requested minor units (default: %(default)s)")
+    s.add_argument("--amount", type=_positive_int, default=40_000_000,
+                   help="requested minor units (default: %(default)s, 400,000.00: inside the default band)")
     s.add_argument("--days", type=_positive_int, default=30, help="duration in days (default: %(default)s)")
     s.add_argument("--withdraw", type=_positive_int, default=1_000, help="minor units per withdrawal (default: %(default)s)")
     s.add_argument("--outbox", metavar="DIR", default=os.environ.get("GRANTMESH_MAIL_OUTBOX") or None,

@@ -7,6 +7,7 @@
 //! files.
 
 pub mod listing;
+pub mod money;
 
 mod generated {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -24,6 +24,7 @@ use grantmesh_node::config::{
     ServerSettings,
 };
 use grantmesh_node::{Band, Node, StoreSettings};
+use grantmesh_proto::money::Currency;
 use tokio::net::TcpListener;
 
 #[derive(Args, Debug)]
@@ -90,7 +91,23 @@ const WEB_PORT_OFFSET: u16 = 80;
 const METRICS_PORT_OFFSET: u16 = 90;
 
 /// The two agencies of the dev mesh: different names, different bands.
-const AGENCIES: [(&str, i64, i64); 2] = [("nsf", 300_000, 500_000), ("erc", 100_000, 250_000)];
+/// The dev agencies: name, currency, band in its minor units (nsf: USD
+/// 300,000.00–500,000.00, the default band; erc: EUR 100,000.00–250,000.00).
+const AGENCIES: [(&str, &str, i64, i64); 2] = [
+    ("nsf", "USD", 30_000_000, 50_000_000),
+    ("erc", "EUR", 10_000_000, 25_000_000),
+];
+
+/// The currency of dev agency `name`.
+fn currency_of(name: &str) -> Currency {
+    let code = AGENCIES
+        .iter()
+        .find(|(agency, ..)| *agency == name)
+        .map_or(grantmesh_proto::money::DEFAULT_CURRENCY, |(_, code, ..)| {
+            *code
+        });
+    Currency::parse(code).expect("the dev agencies' currencies are ISO 4217 codes")
+}
 /// How many colleges share the store.
 const COLLEGES: usize = 2;
 /// Shorter than a production drain: in one process nobody else is routing to us.
@@ -242,7 +259,7 @@ impl DevMesh {
         // The colleges know both dev agencies and their bands.
         let known = AGENCIES
             .into_iter()
-            .map(|(name, min, max)| Ok((name.to_owned(), Band::new(min, max)?)))
+            .map(|(name, _, min, max)| Ok((name.to_owned(), Band::new(min, max)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut colleges = Vec::new();
         for n in 0..COLLEGES {
@@ -260,11 +277,12 @@ impl DevMesh {
             colleges.push(start(Role::College(settings), port(200 + n as u16)?).await?);
         }
         let mut agencies = Vec::new();
-        for (n, (name, min, max)) in AGENCIES.into_iter().enumerate() {
+        for (n, (name, _, min, max)) in AGENCIES.into_iter().enumerate() {
             let band = Band::new(min, max)?;
             let mut settings = AgencySettings::new(name, mesh.clone(), agency_store.clone());
             settings.server = server(&format!("agency/{name}"), None, 1 + n as u16)?;
             settings.band = band;
+            settings.currency = currency_of(name);
             let node = start(Role::Agency(settings), port(100 + n as u16)?).await?;
             agencies.push((name.to_owned(), band, node));
         }
@@ -347,11 +365,12 @@ impl DevMesh {
         );
         out += &format!("  registry   {}\n", self.registry.url);
         for (name, band, node) in &self.agencies {
+            let currency = currency_of(name);
             out += &format!(
-                "  agency     {}   {name}: awards {}–{} (minor units)\n",
+                "  agency     {}   {name}: awards {}–{}\n",
                 node.url,
-                band.min(),
-                band.max()
+                currency.format(band.min()),
+                currency.number(band.max())
             );
         }
         for node in &self.colleges {
@@ -429,7 +448,7 @@ impl DevMesh {
              \x20 {grpcurl} {registry} list\n\
              \x20 {grpcurl} -d '{{\"service\":\"college\"}}' {registry} grantmesh.v1.Registry/ListInstances\n\
              \nCtrl-C drains and stops every node.\n",
-            (nsf.min() + nsf.max()) / 2,
+            currency_of(nsf_name).number((nsf.min() + nsf.max()) / 2),
         );
         out
     }

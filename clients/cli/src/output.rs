@@ -137,6 +137,35 @@ pub fn enum_word(name: &str, prefix: &str) -> String {
         .to_lowercase()
 }
 
+/// A currency code as a reply gives it: empty (a server before
+/// currencies) is USD.
+fn currency_code(code: &str) -> &str {
+    if code.is_empty() {
+        grantmesh_proto::money::DEFAULT_CURRENCY
+    } else {
+        code
+    }
+}
+
+/// `minor` units of `currency` as people read them: `EUR 400,000.00`
+/// (a code this build does not know: the minor units and the code).
+pub fn money(currency: &str, minor: i64) -> String {
+    let code = currency_code(currency);
+    match grantmesh_proto::money::Currency::parse(code) {
+        Ok(currency) => currency.format(minor),
+        Err(_) => format!("{minor} (minor units of {code})"),
+    }
+}
+
+/// As [`money`], without the code: `400,000.00`.
+fn number(currency: &str, minor: i64) -> String {
+    let code = currency_code(currency);
+    match grantmesh_proto::money::Currency::parse(code) {
+        Ok(currency) => currency.number(minor),
+        Err(_) => format!("{minor} (minor units)"),
+    }
+}
+
 pub fn account(a: &v1::Account) -> Table {
     let members = a
         .members
@@ -157,8 +186,8 @@ pub fn account(a: &v1::Account) -> Table {
         ("title", a.title.clone()),
         ("agency", a.agency.clone()),
         ("proposal", a.proposal_id.clone()),
-        ("award (minor units)", a.award_minor.to_string()),
-        ("balance (minor units)", a.balance_minor.to_string()),
+        ("award", money(&a.currency, a.award_minor)),
+        ("balance", money(&a.currency, a.balance_minor)),
         ("state", enum_word(a.state().as_str_name(), "STATE_")),
         ("opened", time(a.opened_at.as_ref())),
         ("expires", time(a.expires_at.as_ref())),
@@ -205,8 +234,8 @@ pub fn accounts(accounts: &[v1::Account]) -> Table {
             a.account_id.clone(),
             a.title.clone(),
             a.agency.clone(),
-            a.award_minor.to_string(),
-            a.balance_minor.to_string(),
+            money(&a.currency, a.award_minor),
+            money(&a.currency, a.balance_minor),
             enum_word(a.state().as_str_name(), "STATE_"),
             time(a.expires_at.as_ref()),
             a.members.len().to_string(),
@@ -224,7 +253,7 @@ pub fn proposals(proposals: &[v1::Proposal]) -> Table {
             p.proposal_id.clone(),
             p.agency.clone(),
             p.title.clone(),
-            p.requested_amount_minor.to_string(),
+            money(&p.currency, p.requested_amount_minor),
             p.duration_days.to_string(),
             enum_word(p.decision().as_str_name(), "DECISION_"),
             if p.account_failure.is_empty() {
@@ -244,12 +273,13 @@ pub fn proposals(proposals: &[v1::Proposal]) -> Table {
 
 /// The funding agencies, each with its award band.
 pub fn agencies(agencies: &[v1::AgencyInfo]) -> Table {
-    let mut table = table(["AGENCY", "AWARDS FROM (minor units)", "TO (minor units)"]);
+    let mut table = table(["AGENCY", "CURRENCY", "AWARDS FROM", "TO"]);
     for a in agencies {
         table.add_row([
             a.name.clone(),
-            a.min_amount_minor.to_string(),
-            a.max_amount_minor.to_string(),
+            currency_code(&a.currency).to_owned(),
+            number(&a.currency, a.min_amount_minor),
+            number(&a.currency, a.max_amount_minor),
         ]);
     }
     table
@@ -266,7 +296,11 @@ pub fn researcher_name(members: &[v1::Member], researcher_id: &str) -> String {
 }
 
 /// An account's journal; researchers are named from `members`.
-pub fn transactions(transactions: &[v1::Transaction], members: &[v1::Member]) -> Table {
+pub fn transactions(
+    transactions: &[v1::Transaction],
+    members: &[v1::Member],
+    currency: &str,
+) -> Table {
     let mut table = table([
         "TRANSACTION",
         "WHEN",
@@ -280,8 +314,8 @@ pub fn transactions(transactions: &[v1::Transaction], members: &[v1::Member]) ->
             t.transaction_id.clone(),
             time(t.created_at.as_ref()),
             researcher_name(members, &t.researcher_id),
-            t.amount_minor.to_string(),
-            t.balance_after_minor.to_string(),
+            money(currency, t.amount_minor),
+            money(currency, t.balance_after_minor),
             t.memo.clone(),
         ]);
     }

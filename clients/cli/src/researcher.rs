@@ -128,9 +128,10 @@ pub enum Verb {
         title: String,
         #[arg(long, default_value = "")]
         description: String,
-        /// Requested award in minor units (cents), an integer: 40000000 for 400,000.00.
-        #[arg(long, value_parser = minor_units)]
-        amount: i64,
+        /// Requested award in the agency's currency, as written: 400000,
+        /// 400000.00 or 400,000.00 (sent as minor units, 40000000).
+        #[arg(long)]
+        amount: String,
         /// Duration in days.
         #[arg(long)]
         days: u32,
@@ -219,9 +220,8 @@ pub enum Verb {
     /// Withdraw from an account you are a member of.
     Withdraw {
         account_id: String,
-        /// Amount in minor units (cents), an integer: 1250 for 12.50.
-        #[arg(value_parser = minor_units)]
-        amount: i64,
+        /// Amount in the account's currency, as written: 12.50, 1,250 or 1250.
+        amount: String,
         #[arg(long, default_value = "")]
         memo: String,
         /// Idempotency key; a fresh one by default. Reuse it to retry safely.
@@ -484,6 +484,13 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                     chosen
                 }
             };
+            // The amount is typed in the agency's currency.
+            let info = mesh
+                .agency(&agency, DescribeAgencyRequest {}, |mut c, r| async move {
+                    c.describe_agency(r).await
+                })
+                .await?;
+            let amount = amount_in(&info.currency, &amount)?;
             let message = SubmitProposalRequest {
                 title,
                 description,
@@ -728,6 +735,18 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             target,
         } => {
             let mesh = Mesh::new(&store, target, format)?;
+            // The amount is typed in the account's currency.
+            let account = mesh
+                .college(
+                    GetAccountRequest {
+                        account_id: account_id.clone(),
+                    },
+                    true,
+                    |mut c, r| async move { c.get_account(r).await },
+                )
+                .await?;
+            let currency = account.currency.clone();
+            let amount = amount_in(&currency, &amount)?;
             let message = WithdrawRequest {
                 account_id,
                 amount_minor: amount,
@@ -742,8 +761,8 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                 output::record(&[
                     ("transaction", t.transaction_id),
                     ("account", t.account_id),
-                    ("amount (minor units)", t.amount_minor.to_string()),
-                    ("balance (minor units)", w.balance_minor.to_string()),
+                    ("amount", output::money(&currency, t.amount_minor)),
+                    ("balance", output::money(&currency, w.balance_minor)),
                     ("memo", t.memo),
                     ("key", t.idempotency_key),
                     (
@@ -776,8 +795,8 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                 .await?;
             // The journal names researchers by id; the account's members
             // give their names (JSON keeps the reply as the server sent it).
-            let members = match format {
-                Format::Json => Vec::new(),
+            let account = match format {
+                Format::Json => Account::default(),
                 Format::Table => {
                     mesh.college(
                         GetAccountRequest { account_id },
@@ -785,11 +804,10 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                         |mut c, r| async move { c.get_account(r).await },
                     )
                     .await?
-                    .members
                 }
             };
             output::emit(format, &reply, |r| {
-                output::transactions(&r.transactions, &members)
+                output::transactions(&r.transactions, &account.members, &account.currency)
             })?;
         }
         Verb::Watch { account_id, target } => {
@@ -1188,8 +1206,8 @@ impl Mesh {
         let mut line = format!(
             "{} {kind:<10} balance {} of {} ({}), {} member(s), expires {}",
             humantime::format_rfc3339_seconds(SystemTime::now()),
-            account.balance_minor,
-            account.award_minor,
+            output::money(&account.currency, account.balance_minor),
+            output::money(&account.currency, account.award_minor),
             output::enum_word(account.state().as_str_name(), "STATE_"),
             account.members.len(),
             output::time(account.expires_at.as_ref()),
@@ -1197,7 +1215,7 @@ impl Mesh {
         if let Some(t) = &event.transaction {
             line.push_str(&format!(
                 "; withdrew {} by {} ({})",
-                t.amount_minor,
+                output::money(&account.currency, t.amount_minor),
                 output::researcher_name(&account.members, &t.researcher_id),
                 t.memo
             ));
@@ -1241,34 +1259,19 @@ fn is_unavailable(err: &anyhow::Error) -> bool {
         .is_some_and(|s| s.code() == Code::Unavailable)
 }
 
-/// Parses an amount of money: a whole number of minor units (cents). An
-/// amount written in major units (`12.50`) is explained, not just refused.
-fn minor_units(text: &str) -> Result<i64, String> {
-    if let Ok(amount) = text.parse::<i64>() {
-        return Ok(amount);
-    }
-    let digits: String = text.chars().filter(|c| *c != ',' && *c != '_').collect();
-    if let Some((whole, cents)) = digits.split_once('.')
-        && whole.bytes().all(|b| b.is_ascii_digit())
-        && !whole.is_empty()
-        && cents.len() <= 2
-        && cents.bytes().all(|b| b.is_ascii_digit())
-    {
-        let minor = format!("{whole}{cents:0<2}")
-            .trim_start_matches('0')
-            .to_owned();
-        let minor = if minor.is_empty() {
-            "0".to_owned()
-        } else {
-            minor
-        };
-        return Err(format!(
-            "amounts are whole minor units (cents): {text} is written {minor}"
-        ));
-    }
-    Err(format!(
-        "{text:?} is not an amount: amounts are whole minor units (cents), e.g. 1250 for 12.50"
-    ))
+/// `text` as minor units of `currency`: `400000`, `400000.00`,
+/// `400,000.00` (major units, as people write them; never through floating
+/// point), refused in words saying how to write it.
+fn amount_in(currency: &str, text: &str) -> anyhow::Result<i64> {
+    let currency = grantmesh_proto::money::Currency::parse(if currency.is_empty() {
+        grantmesh_proto::money::DEFAULT_CURRENCY
+    } else {
+        currency
+    })
+    .map_err(|err| CliError::Usage(err.to_string()))?;
+    currency
+        .parse_amount(text)
+        .map_err(|err| CliError::Usage(format!("{err} ({currency})")).into())
 }
 
 fn fresh_key() -> String {
@@ -1277,23 +1280,16 @@ fn fresh_key() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::minor_units;
+    use super::amount_in;
 
     #[test]
-    fn an_amount_in_major_units_is_explained_with_its_minor_units() {
-        assert_eq!(minor_units("1250"), Ok(1250));
-        assert_eq!(
-            minor_units("12.50"),
-            Err("amounts are whole minor units (cents): 12.50 is written 1250".to_owned())
-        );
-        assert_eq!(
-            minor_units("400,000.5"),
-            Err("amounts are whole minor units (cents): 400,000.5 is written 40000050".to_owned())
-        );
-        assert!(
-            minor_units("twelve")
-                .unwrap_err()
-                .contains("e.g. 1250 for 12.50")
-        );
+    fn amounts_are_typed_in_major_units_of_the_currency() {
+        assert_eq!(amount_in("EUR", "400000").unwrap(), 40_000_000);
+        assert_eq!(amount_in("EUR", "400,000.00").unwrap(), 40_000_000);
+        assert_eq!(amount_in("", "12.5").unwrap(), 1_250);
+        assert_eq!(amount_in("JPY", "1500").unwrap(), 1_500);
+        let refused = amount_in("EUR", "12.505").unwrap_err().to_string();
+        assert!(refused.contains("at most 2 after the point"), "{refused}");
+        assert!(refused.contains("EUR"), "{refused}");
     }
 }

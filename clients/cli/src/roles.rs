@@ -189,12 +189,15 @@ pub struct AgencyArgs {
         default_value = "grantmesh-agency"
     )]
     name: String,
-    /// Smallest award granted, in minor units.
-    #[arg(long, env = "GRANTMESH_MIN_AWARD", default_value_t = 300_000)]
+    /// Smallest award granted, in minor units of --currency (30000000: 300,000.00).
+    #[arg(long, env = "GRANTMESH_MIN_AWARD", default_value_t = Band::DEFAULT.min())]
     min_award: i64,
-    /// Largest award granted, in minor units.
-    #[arg(long, env = "GRANTMESH_MAX_AWARD", default_value_t = 500_000)]
+    /// Largest award granted, in minor units of --currency (50000000: 500,000.00).
+    #[arg(long, env = "GRANTMESH_MAX_AWARD", default_value_t = Band::DEFAULT.max())]
     max_award: i64,
+    /// The currency it awards in: an ISO 4217 code (EUR, USD, JPY…).
+    #[arg(long, env = "GRANTMESH_CURRENCY", default_value = grantmesh_proto::money::DEFAULT_CURRENCY, value_parser = parse_currency)]
+    currency: grantmesh_proto::money::Currency,
     /// How long one attempt to have a college open an account may take.
     #[arg(long, env = "GRANTMESH_OPEN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     open_timeout: Duration,
@@ -217,7 +220,7 @@ pub struct CollegeArgs {
     #[arg(
         long,
         env = "GRANTMESH_AGENCIES",
-        default_value = "grantmesh-agency=300000..500000",
+        default_value = "grantmesh-agency=30000000..50000000",
         value_parser = parse_agencies
     )]
     agencies: AgencyBands,
@@ -270,6 +273,11 @@ impl MailArgs {
             (None, None) => MailSettings::Unset,
         }
     }
+}
+
+fn parse_currency(code: &str) -> Result<grantmesh_proto::money::Currency, String> {
+    code.parse()
+        .map_err(|err: grantmesh_proto::money::MoneyError| err.to_string())
 }
 
 /// `--agencies`, parsed: names and bands in the order given.
@@ -493,6 +501,7 @@ pub async fn run_agency(args: AgencyArgs) -> anyhow::Result<ExitCode> {
             .settings(false, args.mesh.server.tls_dir.as_deref())?,
         name: args.name,
         band: Band::new(args.min_award, args.max_award).context("--min-award / --max-award")?,
+        currency: args.currency,
         open_timeout: args.open_timeout,
         reconcile_every: args.reconcile_every,
     });

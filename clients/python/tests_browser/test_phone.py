@@ -68,7 +68,7 @@ def test_every_page_fits_a_phone_with_the_name_and_log_out_in_view(mesh, browser
     b.find_element(By.ID, "account-link").click()
     wait(b).until(EC.presence_of_element_located((By.ID, "account")))
     submit(b, fill(b, "#withdraw-form", amount="12.50", memo="punched cards"))
-    wait(b).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Withdrew 12.50"))
+    wait(b).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Withdrew USD 12.50"))
     submit(inviter, fill(inviter, "#add-member-form", email=email))
     wait(inviter).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Sent an invitation"))
     wait(b).until(EC.text_to_be_present_in_element((By.ID, "live"), "live"))

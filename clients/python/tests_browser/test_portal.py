@@ -112,7 +112,7 @@ def test_an_accepted_proposal_opens_an_account_shown_at_once(mesh, browsers, sho
     b.find_element(By.ID, "account-link").click()
     wait(b).until(EC.presence_of_element_located((By.ID, "account")))
     Ctx.account_id = b.find_element(By.ID, "account").get_attribute("data-account")
-    assert text(b, "#balance") == "4,000.00"
+    assert text(b, "#balance") == "USD 4,000.00"
     assert text(b, "#state") == "open"
     wait(b).until(EC.text_to_be_present_in_element((By.ID, "countdown"), "left"))
     b.get(mesh.web + "/proposals")
@@ -134,13 +134,13 @@ def test_a_withdrawal_in_one_browser_shows_in_another_within_a_second(mesh, brow
 
     form = fill(a, "#withdraw-form", amount="25.50", memo="reagents")
     submit(a, form)
-    wait(a).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Withdrew 25.50"))
+    wait(a).until(EC.text_to_be_present_in_element((By.ID, "flash"), "Withdrew USD 25.50"))
     applied = time.monotonic()
     wait(watcher, LIVE_WITHIN).until(
-        EC.text_to_be_present_in_element((By.ID, "balance"), "3,974.50"))
+        EC.text_to_be_present_in_element((By.ID, "balance"), "USD 3,974.50"))
     seen = time.monotonic() - applied
     print(f"the second browser saw the withdrawal {seen * 1000:.0f} ms after the first one's page")
-    assert before == "4,000.00"
+    assert before == "USD 4,000.00"
     assert watcher.current_url == url_before, "no reload"
     assert "reagents" in text(watcher, "#transactions-body")
     shots(watcher, "account-live")
@@ -162,8 +162,8 @@ def test_a_double_submitted_withdraw_form_withdraws_once(mesh, browsers):
     """)
     assert statuses == [200, 200], statuses
     b.get(f"{mesh.web}/accounts/{Ctx.account_id}")
-    assert balance == "3,974.50"
-    assert text(b, "#balance") == "3,964.50"
+    assert balance == "USD 3,974.50"
+    assert text(b, "#balance") == "USD 3,964.50"
     memos = [r.text for r in b.find_elements(By.CSS_SELECTOR, "#transactions-body tr") if "twice" in r.text]
     assert len(memos) == 1, memos
 
@@ -301,10 +301,12 @@ def test_the_dashboard_lists_registry_replicas_and_fits_its_columns(mesh, browse
     b.get(mesh.web + "/mesh")
     instances = "#mesh tr.instance"
     wait(b).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, instances)) == 4)
+    # The table is redrawn every second: the row's text is read inside the
+    # wait, which reads it again if the row was replaced meanwhile.
     replica = wait(b).until(lambda d: next(
-        (e for e in d.find_elements(By.CSS_SELECTOR, "#replicas tr[data-replica]")
+        (e.text for e in d.find_elements(By.CSS_SELECTOR, "#replicas tr[data-replica]")
          if e.find_element(By.CSS_SELECTOR, ".badge").text == "serving"), False))
-    assert mesh.registry in replica.text, replica.text
+    assert mesh.registry in replica, replica
     assert len(b.find_elements(By.CSS_SELECTOR, "#replicas tr[data-replica]")) == 1
     wrapped = b.execute_script(WRAPPED_CELLS, "#mesh td, #replicas td")
     assert wrapped == [], wrapped

@@ -254,7 +254,7 @@ impl From<Proposal> for ProposalRow {
             id: p.proposal_id,
             agency: p.agency,
             title: p.title,
-            amount: money::format(p.requested_amount_minor),
+            amount: money::format_in(&p.currency, p.requested_amount_minor),
             days: p.duration_days,
             reason: if p.reason.is_empty() {
                 String::new()
@@ -277,6 +277,8 @@ pub struct AccountView {
     pub balance: String,
     pub balance_minor: i64,
     pub award: String,
+    /// The ISO 4217 code amounts are typed and shown in.
+    pub currency: String,
     /// "open" or "expired".
     pub state: &'static str,
     pub expires: String,
@@ -307,9 +309,10 @@ impl From<Account> for AccountView {
             id: a.account_id,
             title: a.title,
             agency: a.agency,
-            balance: money::format(a.balance_minor),
+            balance: money::format_in(&a.currency, a.balance_minor),
             balance_minor: a.balance_minor,
-            award: money::format(a.award_minor),
+            award: money::format_in(&a.currency, a.award_minor),
+            currency: money::currency(&a.currency).code().to_owned(),
             expires: when(expires_at),
             expires_ms: expires_at
                 .duration_since(UNIX_EPOCH)
@@ -350,7 +353,7 @@ pub struct TransactionRow {
 }
 
 impl TransactionRow {
-    pub fn new(t: Transaction, members: &[MemberView]) -> Self {
+    pub fn new(t: Transaction, members: &[MemberView], currency: &str) -> Self {
         let who = members
             .iter()
             .find(|m| m.id == t.researcher_id)
@@ -360,9 +363,9 @@ impl TransactionRow {
             id: t.transaction_id,
             when: when(time(t.created_at.as_ref())),
             who,
-            amount: money::format(t.amount_minor),
+            amount: money::format_in(currency, t.amount_minor),
             memo: t.memo,
-            balance_after: money::format(t.balance_after_minor),
+            balance_after: money::format_in(currency, t.balance_after_minor),
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct AgencyConfig {
     pub name: String,
     /// Smallest and largest award it grants, in minor units, inclusive.
     pub band: (i64, i64),
+    /// The currency it awards in.
+    pub currency: grantmesh_proto::money::Currency,
     /// Verifies researchers' tokens (the public key only).
     pub keys: Keys,
     /// Signs each `OpenAccount` with the key of this agency's certificate;
@@ -132,6 +134,7 @@ impl AgencyService {
             title: proposal.title.clone(),
             award_minor: proposal.requested_amount,
             duration_days: proposal.duration_days as u32,
+            currency: self.config().currency.code().to_owned(),
         };
         let timeout = self.config().open_timeout;
         let account = self
@@ -145,6 +148,7 @@ impl AgencyService {
                 let terms = grantmesh_auth::AccountTerms {
                     proposal: &open.proposal_id,
                     award: open.award_minor,
+                    currency: &open.currency,
                     principal_investigator: &open.principal_investigator_id,
                     duration_days: open.duration_days,
                 };
@@ -251,6 +255,7 @@ impl AgencyService {
             account_id: proposal.account_id.unwrap_or_default(),
             submitted_at: Some(proposal.submitted_at.into()),
             account_failure: proposal.account_failure.unwrap_or_default(),
+            currency: self.config().currency.code().to_owned(),
         }
     }
 
@@ -394,9 +399,13 @@ impl AgencyService {
         let (min, max) = self.config().band;
         let amount = request.requested_amount_minor;
         let reason = if amount < min || amount > max {
+            let currency = self.config().currency;
             format!(
-                "the requested amount {amount} is outside {}'s band of {min} to {max}",
-                self.config().name
+                "the requested amount {} is outside {}'s band of {} to {}",
+                currency.format(amount),
+                self.config().name,
+                currency.format(min),
+                currency.number(max)
             )
         } else {
             String::new()
@@ -553,6 +562,7 @@ impl Agency for AgencyService {
             name: self.config().name.clone(),
             min_amount_minor: min,
             max_amount_minor: max,
+            currency: self.config().currency.code().to_owned(),
         }))
     }
 

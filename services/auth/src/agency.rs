@@ -42,6 +42,8 @@ const AGENCY: &str = "agency";
 pub struct AccountTerms<'a> {
     pub proposal: &'a str,
     pub award: i64,
+    /// The award's ISO 4217 currency code.
+    pub currency: &'a str,
     pub principal_investigator: &'a str,
     pub duration_days: u32,
 }
@@ -56,12 +58,19 @@ struct AgencyClaims {
     aud: String,
     proposal: String,
     award: i64,
+    /// Absent from credentials signed before currencies: then USD.
+    #[serde(default = "default_currency")]
+    currency: String,
     principal_investigator: String,
     duration_days: u32,
     iat: u64,
     exp: u64,
     /// A fresh id per credential; colleges record it so it is used once.
     jti: Uuid,
+}
+
+fn default_currency() -> String {
+    "USD".to_owned()
 }
 
 /// An agency's call to open an account, as its verified credential says.
@@ -116,6 +125,7 @@ fn sign(key: &EncodingKey, agency: &str, terms: &AccountTerms<'_>) -> Result<Str
         aud: COLLEGE_AUDIENCE.to_owned(),
         proposal: terms.proposal.to_owned(),
         award: terms.award,
+        currency: terms.currency.to_owned(),
         principal_investigator: terms.principal_investigator.to_owned(),
         duration_days: terms.duration_days,
         iat: unix_secs(now),
@@ -191,6 +201,7 @@ pub fn agency_call<T>(
     let differs = [
         ("proposal", claims.proposal != terms.proposal),
         ("award", claims.award != terms.award),
+        ("currency", claims.currency != terms.currency),
         (
             "principal investigator",
             claims.principal_investigator != terms.principal_investigator,
@@ -237,6 +248,7 @@ mod tests {
     const TERMS: AccountTerms<'static> = AccountTerms {
         proposal: "p-1",
         award: 400_000,
+        currency: "EUR",
         principal_investigator: "pi-1",
         duration_days: 365,
     };

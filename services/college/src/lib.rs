@@ -372,6 +372,7 @@ impl College for CollegeService {
             let terms = grantmesh_auth::AccountTerms {
                 proposal: &open.proposal_id,
                 award: open.award_minor,
+                currency: currency_or_default(&open.currency),
                 principal_investigator: &open.principal_investigator_id,
                 duration_days: open.duration_days,
             };
@@ -395,6 +396,7 @@ impl College for CollegeService {
             &request.principal_investigator_id,
         )?;
         let award = validate::amount("award_minor", request.award_minor)?;
+        let currency = validate::currency("currency", currency_or_default(&request.currency))?;
         if request.duration_days == 0 || request.duration_days > 3_650 {
             return Err(Status::invalid_argument("duration_days must be 1 to 3650"));
         }
@@ -414,6 +416,7 @@ impl College for CollegeService {
                 title: &title,
                 principal_investigator,
                 award,
+                currency: currency.code(),
                 duration_days: request.duration_days,
                 credential: Credential {
                     jti: call.jti,
@@ -795,6 +798,16 @@ fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
     Some(time.into())
 }
 
+/// The currency an `OpenAccount` names; agencies from before currencies
+/// name none, and awarded in USD.
+fn currency_or_default(currency: &str) -> &str {
+    if currency.is_empty() {
+        grantmesh_proto::money::DEFAULT_CURRENCY
+    } else {
+        currency
+    }
+}
+
 pub(crate) fn account_message(account: AccountRow) -> Account {
     let state = if account.expired {
         account::State::Expired
@@ -808,6 +821,7 @@ pub(crate) fn account_message(account: AccountRow) -> Account {
         title: account.title,
         award_minor: account.award,
         balance_minor: account.balance,
+        currency: account.currency,
         opened_at: timestamp(account.opened_at),
         expires_at: timestamp(account.expires_at),
         state: state as i32,

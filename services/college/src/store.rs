@@ -71,6 +71,8 @@ pub struct AccountRow {
     pub principal_investigator: Uuid,
     pub award: i64,
     pub balance: i64,
+    /// ISO 4217 code of the currency `award` and `balance` count minor units of.
+    pub currency: String,
     pub opened_at: SystemTime,
     pub expires_at: SystemTime,
     pub expired: bool,
@@ -105,6 +107,8 @@ pub struct NewAccount<'a> {
     pub title: &'a str,
     pub principal_investigator: Uuid,
     pub award: i64,
+    /// ISO 4217 code (checked already).
+    pub currency: &'a str,
     pub duration_days: u32,
     /// The agency credential this call came with; recorded as used.
     pub credential: Credential,
@@ -117,6 +121,7 @@ impl NewAccount<'_> {
             agency: self.agency.to_owned(),
             awarded_to: self.principal_investigator,
             award: self.award,
+            currency: self.currency.to_owned(),
             duration_days: self.duration_days,
         }
     }

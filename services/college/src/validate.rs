@@ -70,6 +70,12 @@ pub fn id(field: &str, value: &str) -> Result<Uuid, Status> {
 }
 
 /// An amount of money: more than zero and at most [`MAX_AMOUNT_MINOR`].
+/// An ISO 4217 currency code with minor units (`EUR`).
+pub fn currency(field: &str, value: &str) -> Result<grantmesh_proto::money::Currency, Status> {
+    grantmesh_proto::money::Currency::parse(value)
+        .map_err(|err| Status::invalid_argument(format!("{field}: {err}")))
+}
+
 pub fn amount(field: &str, value: i64) -> Result<i64, Status> {
     if value <= 0 {
         return Err(Status::invalid_argument(format!(

@@ -518,6 +518,7 @@ mod tests {
                 title: "Tides",
                 principal_investigator: pi.id,
                 award: 1_000,
+                currency: "USD",
                 duration_days: 30,
                 credential: Credential {
                     jti: Uuid::new_v4(),

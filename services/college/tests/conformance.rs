@@ -242,6 +242,7 @@ async fn open(accounts: &AccountStore, pi: Uuid, award: i64, duration_days: u32)
             title: "Conformance",
             principal_investigator: pi,
             award,
+            currency: "USD",
             duration_days,
             credential: credential(),
         })
@@ -881,12 +882,17 @@ async fn opening_an_account_twice_for_one_proposal_returns_the_first(store: &Tes
         title: "Tides",
         principal_investigator: pi.id,
         award: 5_000,
+        currency: "EUR",
         duration_days: 30,
         credential: credential(),
     };
     let (first, created) = accounts.open_account(&new).await.unwrap();
     assert!(created);
     assert_eq!((first.award, first.balance), (5_000, 5_000));
+    assert_eq!(
+        first.currency, "EUR",
+        "the account counts in the award's currency"
+    );
     assert!(!first.expired);
     let lasts = first.expires_at.duration_since(first.opened_at).unwrap();
     assert!(
@@ -950,6 +956,14 @@ async fn opening_an_account_twice_for_one_proposal_returns_the_first(store: &Tes
             },
             "duration 30 days, not 31",
         ),
+        (
+            NewAccount {
+                currency: "USD",
+                credential: credential(),
+                ..new
+            },
+            "currency EUR, not USD",
+        ),
     ] {
         let credential = asked.credential;
         let refused = accounts.open_account(&asked).await.unwrap_err();
@@ -1002,6 +1016,7 @@ async fn an_agency_credential_opens_one_account_once_across_instances(store: &Te
         title: "Tides",
         principal_investigator: pi.id,
         award: 5_000,
+        currency: "USD",
         duration_days: 30,
         credential: used,
     };
@@ -1072,6 +1087,7 @@ async fn sixteen_concurrent_uses_of_one_agency_credential_open_one_account(store
                         title: "Race",
                         principal_investigator: pi.id,
                         award: 1_000,
+                        currency: "USD",
                         duration_days: 30,
                         credential: used,
                     })
@@ -1125,6 +1141,7 @@ async fn used_agency_credentials_are_forgotten_only_well_past_their_expiry(store
                 title: "Cleanup",
                 principal_investigator: pi.id,
                 award: 1_000,
+                currency: "USD",
                 duration_days: 30,
                 credential: used,
             })

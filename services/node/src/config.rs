@@ -86,10 +86,11 @@ pub struct Band {
 }
 
 impl Band {
-    /// The default band of a grantmesh agency.
+    /// The default band of a grantmesh agency: 300,000.00 to 500,000.00 in
+    /// its currency (minor units of a currency with two decimals).
     pub const DEFAULT: Band = Band {
-        min: 300_000,
-        max: 500_000,
+        min: 30_000_000,
+        max: 50_000_000,
     };
 
     pub fn new(min: i64, max: i64) -> Result<Self> {
@@ -101,11 +102,11 @@ impl Band {
         Ok(Self { min, max })
     }
 
-    pub fn min(&self) -> i64 {
+    pub const fn min(&self) -> i64 {
         self.min
     }
 
-    pub fn max(&self) -> i64 {
+    pub const fn max(&self) -> i64 {
         self.max
     }
 }
@@ -344,6 +345,8 @@ pub struct AgencySettings {
     /// The agency's name; instances with the same name are one agency.
     pub name: String,
     pub band: Band,
+    /// The currency it awards in (ISO 4217).
+    pub currency: grantmesh_proto::money::Currency,
     /// How long one attempt to have a college open an account may take.
     pub open_timeout: Duration,
     /// How often accepted proposals still without an account are retried.
@@ -359,6 +362,7 @@ impl AgencySettings {
             store,
             name: name.into(),
             band: Band::default(),
+            currency: grantmesh_proto::money::Currency::default_currency(),
             open_timeout: Duration::from_secs(5),
             reconcile_every: Duration::from_secs(2),
         }
@@ -605,7 +609,8 @@ mod tests {
         assert!(Band::new(0, 10).is_err());
         let err = Band::new(500, 400).unwrap_err().to_string();
         assert!(err.contains("(500)") && err.contains("(400)"), "{err}");
-        assert_eq!(Band::default(), Band::new(300_000, 500_000).unwrap());
+        // 300,000.00 to 500,000.00: the brief's band, in minor units.
+        assert_eq!(Band::default(), Band::new(30_000_000, 50_000_000).unwrap());
     }
 
     #[test]

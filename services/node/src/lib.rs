@@ -219,6 +219,7 @@ async fn start_agency(
         instance_id: instance.id.clone(),
         name: settings.name.clone(),
         band: (settings.band.min(), settings.band.max()),
+        currency: settings.currency,
         keys: settings.store.keys.clone(),
         signer: settings
             .server

@@ -305,6 +305,7 @@ mod tests {
                 expired: true,
                 members: Vec::new(),
                 journal_position: 0,
+                currency: "USD".into(),
             },
             journal,
         }

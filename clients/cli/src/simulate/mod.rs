@@ -45,8 +45,8 @@ const DEFAULT_PROJECTS: u32 = 8;
 const DEFAULT_STUDENTS: u32 = 3;
 /// Default requests straddle the agency's default band of 300 000–500 000,
 /// so that some proposals are rejected at once with the agency's reason.
-const DEFAULT_MIN_REQUEST: i64 = 200_000;
-const DEFAULT_MAX_REQUEST: i64 = 600_000;
+const DEFAULT_MIN_REQUEST: i64 = 20_000_000;
+const DEFAULT_MAX_REQUEST: i64 = 60_000_000;
 /// Default account durations: with `--day-length 1s`, accounts expire 3 to
 /// 6 seconds into the run, some before they are spent.
 const DEFAULT_DAYS: RangeInclusive<u32> = 3..=6;

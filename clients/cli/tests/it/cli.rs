@@ -187,7 +187,7 @@ async fn a_researcher_runs_a_grant_from_the_command_line() {
     assert!(who.stdout.contains(&email), "{}", who.stdout);
 
     let propose = [
-        "propose", "--title", "Folding", "--amount", "400000", "--days", "30", "--agency", "nsf",
+        "propose", "--title", "Folding", "--amount", "4000", "--days", "30", "--agency", "nsf",
         "--key", "p1",
     ];
     let accepted = run(cfg, None, &propose).await.ok("propose");
@@ -217,7 +217,11 @@ async fn a_researcher_runs_a_grant_from_the_command_line() {
 
     let accounts = run(cfg, None, &["accounts"]).await.ok("accounts");
     assert!(accounts.stdout.contains(&account), "{}", accounts.stdout);
-    assert!(accounts.stdout.contains("400000"), "{}", accounts.stdout);
+    assert!(
+        accounts.stdout.contains("USD 4,000.00"),
+        "{}",
+        accounts.stdout
+    );
 
     let bob = fresh_email("bob");
     let bob_config = tempfile::tempdir().unwrap();
@@ -242,17 +246,17 @@ async fn a_researcher_runs_a_grant_from_the_command_line() {
     accept_the_invitation(bob_config.path(), &r, &account).await;
 
     let withdraw = [
-        "withdraw", &account, "2500", "--memo", "reagents", "--key", "w1",
+        "withdraw", &account, "25", "--memo", "reagents", "--key", "w1",
     ];
     let first = run(cfg, None, &withdraw).await.ok("withdraw");
-    assert!(first.stdout.contains("397500"), "{}", first.stdout);
+    assert!(first.stdout.contains("USD 3,975.00"), "{}", first.stdout);
     let again = run(cfg, None, &withdraw).await.ok("withdraw replayed");
     assert!(
         again.stdout.contains("yes"),
         "shown as replayed: {}",
         again.stdout
     );
-    assert!(again.stdout.contains("397500"), "{}", again.stdout);
+    assert!(again.stdout.contains("USD 3,975.00"), "{}", again.stdout);
 
     let broke = run(cfg, None, &["withdraw", &account, "1000000"]).await;
     assert_eq!(broke.code, REFUSED, "{}", broke.stderr);
@@ -466,7 +470,7 @@ async fn watch_moves_to_another_college_when_its_college_dies_or_drains() {
         cfg,
         None,
         &[
-            "propose", "--amount", "400000", "--days", "30", "--title", "W", "--output", "json",
+            "propose", "--amount", "4000", "--days", "30", "--title", "W", "--output", "json",
         ],
     )
     .await
@@ -502,7 +506,7 @@ async fn watch_moves_to_another_college_when_its_college_dies_or_drains() {
     run(
         cfg,
         None,
-        &["withdraw", &account, "700", "--memo", "after the kill"],
+        &["withdraw", &account, "7", "--memo", "after the kill"],
     )
     .await
     .ok("withdraw");
@@ -524,7 +528,7 @@ async fn watch_moves_to_another_college_when_its_college_dies_or_drains() {
     run(
         cfg,
         None,
-        &["withdraw", &account, "300", "--memo", "after the drain"],
+        &["withdraw", &account, "3", "--memo", "after the drain"],
     )
     .await
     .ok("withdraw");
@@ -598,8 +602,7 @@ async fn a_member_joins_by_invitation_and_leaves_and_the_principal_investigator_
         pi_dir.path(),
         Some(&url),
         &[
-            "propose", "--title", "Leaving", "--amount", "400000", "--days", "30", "--output",
-            "json",
+            "propose", "--title", "Leaving", "--amount", "4000", "--days", "30", "--output", "json",
         ],
     )
     .await

@@ -172,7 +172,7 @@ async fn dev_serves_two_agencies_and_two_colleges_and_a_login_outlives_a_restart
     let accounts: serde_json::Value = serde_json::from_slice(&accounts.stdout).unwrap();
     assert_eq!(accounts["accounts"][0]["title"], "Kept", "{accounts}");
     assert_eq!(
-        accounts["accounts"][0]["balanceMinor"], "150000",
+        accounts["accounts"][0]["balanceMinor"], "15000000",
         "{accounts}"
     );
     assert_eq!(stop(mesh).await, Some(0));

@@ -129,6 +129,7 @@ async fn open_account(college_url: &str, pi: &str, award: i64) -> Account {
         title: "Invited".into(),
         award_minor: award,
         duration_days: 30,
+        currency: "USD".into(),
     };
     let credential = agency_credential("nsf", &open);
     CollegeClient::new(tls::channel_as(college_url, "agency/nsf").await)

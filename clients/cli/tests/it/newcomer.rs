@@ -29,6 +29,8 @@ async fn two_agency_mesh() -> (Proc, Vec<Proc>) {
         &[
             "--name",
             "erc",
+            "--currency",
+            "EUR",
             "--min-award",
             "100000",
             "--max-award",
@@ -55,12 +57,18 @@ async fn agencies_are_listed_with_their_bands_and_proposals_come_from_every_agen
     let lines: Vec<&str> = agencies.stdout.lines().map(str::trim).collect();
     assert!(lines[0].starts_with("AGENCY"), "{}", agencies.stdout);
     assert!(
-        lines[1].starts_with("erc") && lines[1].contains("100000") && lines[1].contains("250000"),
+        lines[1].starts_with("erc")
+            && lines[1].contains("EUR")
+            && lines[1].contains("1,000.00")
+            && lines[1].contains("2,500.00"),
         "{}",
         agencies.stdout
     );
     assert!(
-        lines[2].starts_with("nsf") && lines[2].contains("300000") && lines[2].contains("500000"),
+        lines[2].starts_with("nsf")
+            && lines[2].contains("USD")
+            && lines[2].contains("3,000.00")
+            && lines[2].contains("5,000.00"),
         "{}",
         agencies.stdout
     );
@@ -70,8 +78,10 @@ async fn agencies_are_listed_with_their_bands_and_proposals_come_from_every_agen
         .json();
     assert_eq!(json["agencies"][0]["name"], "erc");
     assert_eq!(json["agencies"][1]["maxAmountMinor"], "500000");
+    assert_eq!(json["agencies"][0]["currency"], "EUR");
 
-    for (title, amount, agency) in [("First", "400000", "nsf"), ("Second", "150000", "erc")] {
+    // Typed in each agency's currency: USD 4,000.00 and EUR 1,500.00.
+    for (title, amount, agency) in [("First", "4000", "nsf"), ("Second", "1,500.00", "erc")] {
         run(
             cfg,
             None,
@@ -118,7 +128,7 @@ async fn a_mistyped_agency_is_not_found_and_the_answer_names_the_agencies_there_
         cfg,
         None,
         &[
-            "propose", "--title", "y", "--amount", "400000", "--days", "30", "--output", "json",
+            "propose", "--title", "y", "--amount", "4000", "--days", "30", "--output", "json",
         ],
     )
     .await;
@@ -133,7 +143,7 @@ async fn a_mistyped_agency_is_not_found_and_the_answer_names_the_agencies_there_
     );
     for args in [
         &[
-            "propose", "--title", "x", "--amount", "400000", "--days", "30", "--agency", "nih",
+            "propose", "--title", "x", "--amount", "4000", "--days", "30", "--agency", "nih",
         ][..],
         &["proposals", "--agency", "nih"][..],
     ] {
@@ -288,8 +298,8 @@ async fn tables_have_no_trailing_spaces_pings_show_latency_and_the_journal_names
         cfg,
         None,
         &[
-            "propose", "--title", "Folding", "--amount", "400000", "--days", "30", "--agency",
-            "nsf", "--output", "json",
+            "propose", "--title", "Folding", "--amount", "4000", "--days", "30", "--agency", "nsf",
+            "--output", "json",
         ],
     )
     .await
@@ -299,7 +309,7 @@ async fn tables_have_no_trailing_spaces_pings_show_latency_and_the_journal_names
     run(
         cfg,
         None,
-        &["withdraw", &account, "1250", "--memo", "gloves"],
+        &["withdraw", &account, "12.50", "--memo", "gloves"],
     )
     .await
     .ok("withdraw");
@@ -334,12 +344,10 @@ async fn tables_have_no_trailing_spaces_pings_show_latency_and_the_journal_names
         ping.stdout
     );
 
-    let cents = run(cfg, None, &["withdraw", &account, "12.50"]).await;
+    let cents = run(cfg, None, &["withdraw", &account, "12.505"]).await;
     assert_eq!(cents.code, USAGE);
     assert!(
-        cents
-            .stderr
-            .contains("amounts are whole minor units (cents): 12.50 is written 1250"),
+        cents.stderr.contains("with at most 2 after the point") && cents.stderr.contains("USD"),
         "{}",
         cents.stderr
     );

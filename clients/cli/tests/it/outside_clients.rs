@@ -439,6 +439,9 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
             &college.addr.to_string(),
             "--outbox",
             crate::support::outbox().to_str().unwrap(),
+            // The test agency's band, 300000..500000 minor units.
+            "--amount",
+            "400000",
         ],
     )
     .await;

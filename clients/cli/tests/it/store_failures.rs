@@ -110,7 +110,7 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
     let mut college = CollegeClient::new(crate::support::tls::channel(&college_server.url).await);
     let (pi, token) = researcher(&mut college).await;
     // The largest award the sandbox colleges let nsf grant.
-    let award = sandbox::NSF_BAND.max();
+    let award = sandbox::nsf_band().max();
     let open = OpenAccountRequest {
         proposal_id: Uuid::new_v4().to_string(),
         agency: "nsf".into(),
@@ -118,6 +118,7 @@ async fn a_postgres_restart_mid_run_loses_no_acknowledged_withdrawal() {
         title: "Restart".into(),
         award_minor: award,
         duration_days: 30,
+        currency: "USD".into(),
     };
     let credential = crate::support::agency_credential("nsf", &open);
     let account = CollegeClient::new(

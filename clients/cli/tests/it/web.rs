@@ -251,7 +251,7 @@ async fn a_form_without_the_sessions_csrf_token_is_refused_and_changes_nothing()
     }
     let (_, _, shown) = portal.fetch(Some(&ada), "GET", &page, "").await;
     assert!(
-        shown.contains("id=\"balance\">4,000.00<"),
+        shown.contains("id=\"balance\">USD 4,000.00<"),
         "balance unchanged"
     );
 
@@ -270,7 +270,7 @@ async fn a_form_without_the_sessions_csrf_token_is_refused_and_changes_nothing()
     }
     let (_, _, shown) = portal.fetch(Some(&ada), "GET", &page, "").await;
     assert!(
-        shown.contains("id=\"balance\">3,990.00<"),
+        shown.contains("id=\"balance\">USD 3,990.00<"),
         "withdrawn once: {shown}"
     );
     assert!(shown.contains("applied once"), "the second submit says so");
@@ -330,7 +330,7 @@ async fn another_researcher_is_refused_the_account_page_and_its_live_stream() {
     let first = open.pop().unwrap();
     let seen = stream_until(first, "\"kind\":\"snapshot\"").await;
     assert!(seen.contains("event: account"), "{seen}");
-    assert!(seen.contains("\"balance\":\"4,000.00\""), "{seen}");
+    assert!(seen.contains("\"balance\":\"USD 4,000.00\""), "{seen}");
     // Its stream closed, the session may open another (once the college,
     // which counts a researcher's streams too, has seen the old one end).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -117,7 +117,7 @@ pub async fn show(
     let transactions = journal
         .transactions
         .into_iter()
-        .map(|t| TransactionRow::new(t, &a.members))
+        .map(|t| TransactionRow::new(t, &a.members, &a.currency))
         .collect();
     views::render(
         StatusCode::OK,
@@ -142,6 +142,9 @@ pub struct WithdrawForm {
     key: String,
     #[serde(default)]
     amount: String,
+    /// The account's currency, as the page showed it: the amount is typed in it.
+    #[serde(default)]
+    currency: String,
     #[serde(default)]
     memo: String,
 }
@@ -161,7 +164,7 @@ pub async fn withdraw(
         session.flash_error("The form was damaged; nothing was withdrawn. Please try again.");
         return back.into_response();
     }
-    let amount = match money::parse(&form.amount) {
+    let amount = match money::parse_in(&form.currency, &form.amount) {
         Ok(amount) => amount,
         Err(err) => {
             session.flash_error(format!("Nothing was withdrawn. The amount: {err}."));
@@ -184,12 +187,12 @@ pub async fn withdraw(
     match withdrawn {
         Ok(reply) if reply.replayed => session.flash(format!(
             "That withdrawal was already made (the form was sent twice); it was applied once. The balance is {}.",
-            money::format(reply.balance_minor)
+            money::format_in(&form.currency, reply.balance_minor)
         )),
         Ok(reply) => session.flash(format!(
             "Withdrew {}. The balance is now {}.",
-            money::format(amount),
-            money::format(reply.balance_minor)
+            money::format_in(&form.currency, amount),
+            money::format_in(&form.currency, reply.balance_minor)
         )),
         Err(status) => {
             let problem = words::explain(&status);

@@ -77,7 +77,7 @@ impl LiveEvent {
         let account = AccountView::from(event.account?);
         let transaction = event
             .transaction
-            .map(|t| TransactionRow::new(t, &account.members));
+            .map(|t| TransactionRow::new(t, &account.members, &account.currency));
         Some(Self {
             kind,
             account,

@@ -148,8 +148,8 @@ async fn agency_choices(app: &App, token: &str) -> Vec<AgencyChoice> {
         let band = match described {
             Ok(Ok(info)) => format!(
                 "{}–{}",
-                money::format(info.min_amount_minor),
-                money::format(info.max_amount_minor)
+                money::format_in(&info.currency, info.min_amount_minor),
+                money::currency(&info.currency).number(info.max_amount_minor)
             ),
             _ => String::new(),
         };
@@ -190,7 +190,23 @@ pub async fn submit(
             .await
         }
     };
-    let amount = match money::parse(&form.amount) {
+    // The amount is typed in the chosen agency's currency.
+    let currency = match app
+        .mesh
+        .agency(
+            &form.agency,
+            &researcher.session.token,
+            DescribeAgencyRequest {},
+            |mut c, r| async move { c.describe_agency(r).await },
+        )
+        .await
+    {
+        Ok(info) => info.currency,
+        Err(status) => {
+            return invalid(format!("The agency: {}", words::explain(&status).sentence)).await;
+        }
+    };
+    let amount = match money::parse_in(&currency, &form.amount) {
         Ok(amount) => amount,
         Err(err) => return invalid(format!("The amount: {err}.")).await,
     };

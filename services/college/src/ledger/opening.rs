@@ -15,8 +15,10 @@ pub struct Terms {
     pub agency: String,
     /// Whom it was awarded to (the principal investigator may change later).
     pub awarded_to: Uuid,
-    /// Minor units.
+    /// Minor units of `currency`.
     pub award: i64,
+    /// ISO 4217 code.
+    pub currency: String,
     pub duration_days: u32,
 }
 
@@ -38,6 +40,12 @@ pub fn difference(proposal: &str, opened: &Terms, asked: &Terms) -> Option<Strin
     }
     if opened.award != asked.award {
         differs.push(format!("award {}, not {}", opened.award, asked.award));
+    }
+    if opened.currency != asked.currency {
+        differs.push(format!(
+            "currency {}, not {}",
+            opened.currency, asked.currency
+        ));
     }
     if opened.duration_days != asked.duration_days {
         differs.push(format!(
@@ -64,6 +72,7 @@ mod tests {
             agency: "nsf".into(),
             awarded_to: Uuid::nil(),
             award: 40_000_000,
+            currency: "EUR".into(),
             duration_days: 365,
         }
     }
@@ -74,11 +83,13 @@ mod tests {
         let asked = Terms {
             agency: "erc".into(),
             award: 1,
+            currency: "USD".into(),
             ..terms()
         };
         let message = difference("p", &terms(), &asked).unwrap();
         assert!(message.contains("agency \"nsf\", not \"erc\""), "{message}");
         assert!(message.contains("award 40000000, not 1"), "{message}");
+        assert!(message.contains("currency EUR, not USD"), "{message}");
         assert!(!message.contains("duration"), "{message}");
     }
 }

@@ -45,7 +45,7 @@ pub(super) fn migrations() -> refinery::Runner {
     embedded::migrations::runner()
 }
 
-const ACCOUNT_COLUMNS: &str = "a.id, a.proposal_id, a.agency, a.title, a.principal_investigator, a.award, a.balance, \
+const ACCOUNT_COLUMNS: &str = "a.id, a.proposal_id, a.agency, a.title, a.principal_investigator, a.award, a.balance, a.currency, \
      a.opened_at, a.expires_at, a.expires_at <= now() AS expired, \
      (SELECT coalesce(max(w.id), 0) FROM withdrawals w WHERE w.account_id = a.id) AS journal_position";
 
@@ -273,9 +273,9 @@ pub(super) async fn open_account(
         .query_opt(
             "WITH ins AS (
                  INSERT INTO accounts (id, proposal_id, agency, title, principal_investigator, awarded_to, award, balance,
-                                       duration_days, expires_at)
+                                       duration_days, expires_at, currency)
                  VALUES ($1, $2, $3, $4, $5, $5, $6, $6, $7::bigint::integer,
-                         now() + ($7::bigint * $8::bigint) * interval '1 millisecond')
+                         now() + ($7::bigint * $8::bigint) * interval '1 millisecond', $9)
                  ON CONFLICT (proposal_id) DO NOTHING
                  RETURNING id, principal_investigator
              ),
@@ -284,7 +284,7 @@ pub(super) async fn open_account(
                  SELECT id, principal_investigator, 'principal_investigator' FROM ins
              )
              SELECT id FROM ins",
-            &[&id, &new.proposal_id, &new.agency, &new.title, &new.principal_investigator, &new.award, &days, &day_ms],
+            &[&id, &new.proposal_id, &new.agency, &new.title, &new.principal_investigator, &new.award, &days, &day_ms, &new.currency],
         )
         .await;
     let created = match opened {
@@ -299,7 +299,7 @@ pub(super) async fn open_account(
         // locked so that its terms cannot change before this commits.
         let row = tx
             .query_one(
-                "SELECT agency, awarded_to, award, duration_days FROM accounts WHERE proposal_id = $1 FOR SHARE",
+                "SELECT agency, awarded_to, award, duration_days, currency FROM accounts WHERE proposal_id = $1 FOR SHARE",
                 &[&new.proposal_id],
             )
             .await?;
@@ -308,6 +308,7 @@ pub(super) async fn open_account(
             awarded_to: row.get(1),
             award: row.get(2),
             duration_days: u32::try_from(row.get::<_, i32>(3)).unwrap_or_default(),
+            currency: row.get(4),
         };
         if let Some(difference) = opening::difference(new.proposal_id, &opened, &new.terms()) {
             return Err(opened_on_other_terms(difference));
@@ -624,6 +625,7 @@ fn account_from_row(row: &Row) -> AccountRow {
         principal_investigator: row.get("principal_investigator"),
         award: row.get("award"),
         balance: row.get("balance"),
+        currency: row.get("currency"),
         opened_at: row.get("opened_at"),
         expires_at: row.get("expires_at"),
         expired: row.get("expired"),

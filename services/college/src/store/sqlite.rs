@@ -52,7 +52,7 @@ pub(super) fn migrations() -> refinery::Runner {
 macro_rules! account_columns {
     () => {
         concat!(
-            "a.id, a.proposal_id, a.agency, a.title, a.principal_investigator, a.award, a.balance, \
+            "a.id, a.proposal_id, a.agency, a.title, a.principal_investigator, a.award, a.balance, a.currency, \
              a.opened_at, a.expires_at, a.expires_at <= ",
             grantmesh_store::sqlite_now_ms!(),
             " AS expired, \
@@ -246,8 +246,8 @@ impl Store for Accounts {
             }
             let inserted = tx.execute(
                 "INSERT INTO accounts (id, proposal_id, agency, title, principal_investigator, awarded_to, award,
-                                       balance, duration_days, opened_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6, ?7, ?8, ?9)
+                                       balance, duration_days, opened_at, expires_at, currency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (proposal_id) DO NOTHING",
                 params![
                     id,
@@ -258,7 +258,8 @@ impl Store for Accounts {
                     award,
                     terms.duration_days,
                     now,
-                    now.saturating_add(lasts_ms)
+                    now.saturating_add(lasts_ms),
+                    terms.currency
                 ],
             );
             let created = match inserted {
@@ -277,7 +278,7 @@ impl Store for Accounts {
             } else {
                 // Opened before: a replay only on the same terms.
                 let opened = tx.query_row(
-                    "SELECT agency, awarded_to, award, duration_days FROM accounts WHERE proposal_id = ?1",
+                    "SELECT agency, awarded_to, award, duration_days, currency FROM accounts WHERE proposal_id = ?1",
                     params![proposal_id],
                     |row| {
                         Ok(Terms {
@@ -285,6 +286,7 @@ impl Store for Accounts {
                             awarded_to: row.get(1)?,
                             award: row.get(2)?,
                             duration_days: row.get(3)?,
+                            currency: row.get(4)?,
                         })
                     },
                 )?;
@@ -622,6 +624,7 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<AccountRow> {
         principal_investigator: row.get("principal_investigator")?,
         award: row.get("award")?,
         balance: row.get("balance")?,
+        currency: row.get("currency")?,
         opened_at: time(row.get("opened_at")?),
         expires_at: time(row.get("expires_at")?),
         expired: row.get("expired")?,

@@ -113,6 +113,7 @@ pub(super) async fn open_accounts(
             title: format!("Bench account {k}"),
             award_minor: AWARD,
             duration_days: 3_650,
+            currency: grantmesh_proto::money::DEFAULT_CURRENCY.into(),
         };
         let account = balancer
             .call(|channel| {
@@ -120,6 +121,7 @@ pub(super) async fn open_accounts(
                 let terms = AccountTerms {
                     proposal: &request.proposal_id,
                     award: AWARD,
+                    currency: &request.currency,
                     principal_investigator: &request.principal_investigator_id,
                     duration_days: request.duration_days,
                 };

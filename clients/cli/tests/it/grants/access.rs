@@ -164,6 +164,7 @@ async fn authentication_and_permissions_are_enforced() {
         title: "t".into(),
         award_minor: 1,
         duration_days: 1,
+        currency: "USD".into(),
     };
     // A researcher's token is no agency's certificate.
     assert_status(

@@ -80,7 +80,9 @@ async fn several_named_agencies_each_decide_by_their_own_band() {
         ("nsf", proposal::Decision::Rejected)
     );
     assert!(
-        at_nsf.reason.contains("300000 to 500000"),
+        at_nsf
+            .reason
+            .contains("USD 1,500.00 is outside nsf's band of USD 3,000.00 to 5,000.00"),
         "{}",
         at_nsf.reason
     );

@@ -22,6 +22,7 @@ fn open_request(proposal_id: &str, pi: &str, award: i64) -> OpenAccountRequest {
         title: "Bound".into(),
         award_minor: award,
         duration_days: 30,
+        currency: "USD".into(),
     }
 }
 
@@ -219,6 +220,7 @@ async fn one_agency_cannot_open_accounts_as_another_nor_anyone_as_an_agency() {
                     award: 150_000,
                     principal_investigator: &pi,
                     duration_days: 30,
+                    currency: "USD",
                 },
             )
             .unwrap()

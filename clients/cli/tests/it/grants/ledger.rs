@@ -138,6 +138,7 @@ async fn a_retried_accept_opens_one_account() {
             title: "Retried".into(),
             award_minor: 400_000,
             duration_days: 30,
+            currency: "USD".into(),
         };
         let credential = agency_credential("nsf", &request);
         tokio::spawn(async move {

@@ -126,9 +126,14 @@ impl Proc {
         if !extra.contains(&"--database-url") {
             args.extend(["--database-url", shared.as_str()]);
         }
-        // Colleges know the agency the multi-process tests start, `nsf`.
+        // Colleges know the agency the multi-process tests start, `nsf`,
+        // whose band is 3,000.00 to 5,000.00 (minor units 300000..500000)
+        // unless a test says otherwise.
         if role == "college" && !extra.contains(&"--agencies") {
             args.extend(["--agencies", "nsf=300000..500000"]);
+        }
+        if role == "agency" && !extra.contains(&"--min-award") {
+            args.extend(["--min-award", "300000", "--max-award", "500000"]);
         }
         args.extend_from_slice(extra);
         Proc::start(role, &args).await
@@ -397,6 +402,12 @@ pub fn agency_credential(agency: &str, open: &grantmesh_proto::v1::OpenAccountRe
                 award: open.award_minor,
                 principal_investigator: &open.principal_investigator_id,
                 duration_days: open.duration_days,
+                // As the college reads an OpenAccount that names none.
+                currency: if open.currency.is_empty() {
+                    "USD"
+                } else {
+                    &open.currency
+                },
             },
         )
         .unwrap()

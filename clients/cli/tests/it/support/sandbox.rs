@@ -25,13 +25,17 @@ use super::{assert_eventually, authed, ids, keys};
 pub const DAY: Duration = Duration::from_secs(86_400);
 
 /// The band of `nsf`, the sandbox's agency.
-pub const NSF_BAND: Band = Band::DEFAULT;
+/// `nsf`'s band in the sandbox: 3,000.00 to 5,000.00 (minor units
+/// 300000..=500000), the amounts the tests' requests are written in.
+pub fn nsf_band() -> Band {
+    Band::new(300_000, 500_000).unwrap()
+}
 
 /// The agencies sandbox colleges open accounts for: `nsf`, and `erc`, which
 /// `grants/agencies.rs` starts with a band of its own.
 pub fn known_agencies() -> Vec<(String, Band)> {
     vec![
-        ("nsf".to_owned(), NSF_BAND),
+        ("nsf".to_owned(), nsf_band()),
         ("erc".to_owned(), Band::new(100_000, 200_000).unwrap()),
     ]
 }
@@ -153,7 +157,7 @@ impl Mesh {
             let id = format!("college-{n}");
             colleges.push(college(&db.url, &id, day_length, &[&registry.url]).await);
         }
-        let agency = agency(&db.url, &registry.url, "nsf", Band::DEFAULT).await;
+        let agency = agency(&db.url, &registry.url, "nsf", nsf_band()).await;
         assert_eventually(
             Duration::from_secs(5),
             "both colleges registered",
@@ -205,6 +209,7 @@ impl Mesh {
             title: "Test account".into(),
             award_minor: award,
             duration_days: days,
+            currency: "USD".into(),
         };
         let credential = super::agency_credential(&agency, &open);
         self.college_as_agency(0, &agency)
