@@ -571,13 +571,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
         }
         Verb::Account { account_id, target } => {
             let mesh = Mesh::new(&store, target, format)?;
-            let a = mesh
-                .college(
-                    GetAccountRequest { account_id },
-                    true,
-                    |mut c, r| async move { c.get_account(r).await },
-                )
-                .await?;
+            let a = mesh.account(account_id).await?;
             output::emit(format, &a, output::account)?;
         }
         Verb::Accounts { target } => {
@@ -673,15 +667,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             target,
         } => {
             let mesh = Mesh::new(&store, target, format)?;
-            let account = mesh
-                .college(
-                    GetAccountRequest {
-                        account_id: account_id.clone(),
-                    },
-                    true,
-                    |mut c, r| async move { c.get_account(r).await },
-                )
-                .await?;
+            let account = mesh.account(account_id.clone()).await?;
             // An email is looked up among the members; anything else is
             // taken as a researcher id and judged by the college.
             let wanted = member.trim().to_lowercase();
@@ -736,15 +722,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
         } => {
             let mesh = Mesh::new(&store, target, format)?;
             // The amount is typed in the account's currency.
-            let account = mesh
-                .college(
-                    GetAccountRequest {
-                        account_id: account_id.clone(),
-                    },
-                    true,
-                    |mut c, r| async move { c.get_account(r).await },
-                )
-                .await?;
+            let account = mesh.account(account_id.clone()).await?;
             let currency = account.currency.clone();
             let amount = amount_in(&currency, &amount)?;
             let message = WithdrawRequest {
@@ -797,14 +775,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             // give their names (JSON keeps the reply as the server sent it).
             let account = match format {
                 Format::Json => Account::default(),
-                Format::Table => {
-                    mesh.college(
-                        GetAccountRequest { account_id },
-                        true,
-                        |mut c, r| async move { c.get_account(r).await },
-                    )
-                    .await?
-                }
+                Format::Table => mesh.account(account_id).await?,
             };
             output::emit(format, &reply, |r| {
                 output::transactions(&r.transactions, &account.members, &account.currency)
@@ -1106,6 +1077,16 @@ impl Mesh {
     /// `name` when the registry lists an agency of that name; else
     /// NOT_FOUND naming the agencies it does list, not an outage. Asked once,
     /// where a name typed by the user enters.
+    /// The account, as the caller may see it (`GetAccount`).
+    async fn account(&self, account_id: String) -> anyhow::Result<Account> {
+        self.college(
+            GetAccountRequest { account_id },
+            true,
+            |mut c, r| async move { c.get_account(r).await },
+        )
+        .await
+    }
+
     async fn known_agency(&self, name: String) -> anyhow::Result<String> {
         let known = self.agency_names().await?;
         if known.contains(&name) {
