@@ -416,7 +416,7 @@ mod tests {
         let args = SimulateArgs::for_mesh("http://127.0.0.1:7000", "postgres://x/y");
         args.validate().unwrap();
         let mut bad = args.clone();
-        bad.min_request = 700_000;
+        bad.min_request = 70_000_000;
         assert!(
             bad.validate()
                 .unwrap_err()
