@@ -452,6 +452,106 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
     assert_eq!(summary["journal_count"], 1, "{output}");
 }
 
+/// Copies what building the Python package reads (its directory and the
+/// protos) into `into`, as the repository lays them out.
+fn copy_python_package(into: &std::path::Path) {
+    let root = repo_root();
+    let files = [
+        "clients/python/pyproject.toml",
+        "clients/python/setup.py",
+        "clients/python/README.md",
+        "clients/python/grantmesh_client.py",
+        "clients/python/grantmesh/__init__.py",
+        "clients/python/grantmesh/v1/__init__.py",
+    ];
+    let protos = std::fs::read_dir(root.join("proto/proto/grantmesh/v1"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "proto"))
+        .map(|path| path.strip_prefix(&root).unwrap().to_owned());
+    for file in files.iter().map(std::path::PathBuf::from).chain(protos) {
+        let to = into.join(&file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(root.join(&file), &to).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_python_package_installs_into_a_fresh_venv_and_runs_the_grant_flow() {
+    // A copy of the sources, so the build writes nothing into the repository.
+    let work = tempfile::tempdir().unwrap();
+    copy_python_package(work.path());
+    let venv = work.path().join("venv");
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(made.status.success(), "{made:?}");
+    let pip = venv.join("bin/pip");
+    let package = work.path().join("clients/python");
+    let installed = tokio::time::timeout(
+        Duration::from_secs(600),
+        Command::new(&pip)
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(&package)
+            .output(),
+    )
+    .await
+    .expect("pip install finishes within 10 minutes")
+    .unwrap();
+    assert!(
+        installed.status.success(),
+        "pip install ./clients/python: {}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    // The stubs were generated at build time, with type stubs.
+    let python = venv.join("bin/python");
+    let checked = run(
+        &python,
+        &[
+            "-c",
+            "import pathlib, grantmesh.v1.college_pb2 as c, grantmesh.v1.agency_pb2_grpc as a; \
+             assert c.VerifyEmailRequest(code='1').code == '1'; assert a.AgencyStub; \
+             assert (pathlib.Path(c.__file__).with_suffix('.pyi')).exists(); print('ok')",
+        ],
+    )
+    .await;
+    assert_eq!(checked.trim(), "ok");
+
+    // Its command line runs the whole flow against a real mesh.
+    let registry = tls_registry().await;
+    let college = tls_member("college", &registry, &["--instance-id", "college-1"]).await;
+    let agency = tls_member("agency", &registry, &["--name", "nsf"]).await;
+    assert_eventually(
+        Duration::from_secs(5),
+        "the agency can find the college",
+        || async { ids(&https(&registry), "college").await.len() == 1 },
+    )
+    .await;
+    let output = run(
+        &venv.join("bin/grantmesh-client"),
+        &[
+            "--ca",
+            &ca(),
+            "flow",
+            "--agency",
+            &agency.addr.to_string(),
+            "--college",
+            &college.addr.to_string(),
+            "--outbox",
+            crate::support::outbox().to_str().unwrap(),
+            "--amount",
+            "400000",
+        ],
+    )
+    .await;
+    let summary: serde_json::Value =
+        serde_json::from_str(output.lines().last().expect("a summary line")).unwrap();
+    assert_eq!(summary["ok"], true, "{output}");
+}
+
 #[tokio::test]
 async fn grpcurl_drives_the_college_with_a_bearer_token() {
     let grpcurl = python_env_bin().await.join("grpcurl");
