@@ -137,12 +137,34 @@ async fn a_credential_for_one_set_of_terms_opens_no_other() {
         Code::PermissionDenied,
         "issued for another duration",
     );
+    // Or in which currency the award is counted (400,000 yen for 4,000 dollars).
+    let in_yen = OpenAccountRequest {
+        currency: "JPY".into(),
+        ..open_request(&a, &pi, 400_000)
+    };
+    assert_status(
+        college.open_account(authed(in_yen, &credential)).await,
+        Code::PermissionDenied,
+        "issued for another currency",
+    );
     assert_eq!(store_counts(&mesh).await, (0, 0));
     // Refused before it was recorded: the credential still opens its own call.
     college
         .open_account(authed(open_request(&a, &pi, 400_000), &credential))
         .await
         .unwrap();
+    assert_eq!(store_counts(&mesh).await, (1, 1));
+    // A currency that is no ISO 4217 code is refused by name, the credential aside.
+    let made_up = OpenAccountRequest {
+        currency: "DOGE".into(),
+        ..open_request(&b, &pi, 400_000)
+    };
+    let credential = nsf(&made_up);
+    assert_status(
+        college.open_account(authed(made_up, &credential)).await,
+        Code::InvalidArgument,
+        "currency: \"DOGE\" is not an ISO 4217 currency code",
+    );
     assert_eq!(store_counts(&mesh).await, (1, 1));
 }
 
