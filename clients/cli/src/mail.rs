@@ -84,7 +84,7 @@ pub async fn run(args: MailArgs, format: Format) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::json!({ "messages": letters }));
         }
         Format::Table if letters.is_empty() => eprintln!("no messages{whom} in {}", dir.display()),
-        Format::Table => {
+        Format::Table | Format::Csv => {
             for letter in &letters {
                 let table = output::record(&[
                     ("to", letter.to.clone()),

@@ -22,6 +22,7 @@ mod exit;
 mod mail;
 mod ops;
 mod output;
+mod report;
 mod researcher;
 mod roles;
 mod session;
@@ -127,6 +128,21 @@ fn main() -> std::process::ExitCode {
         }
     };
     let format = cli.output;
+    let tabular = matches!(
+        cli.command,
+        Command::Researcher(
+            researcher::Verb::Report { .. } | researcher::Verb::Transactions { .. }
+        )
+    );
+    if format == output::Format::Csv && !tabular {
+        return exit::report(
+            &exit::CliError::Usage(
+                "--output csv is for `report` and `transactions`; use table or json here"
+                    .to_owned(),
+            )
+            .into(),
+        );
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Researcher(verb) => researcher::run(verb, format).await,

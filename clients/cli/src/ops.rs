@@ -193,7 +193,7 @@ async fn status(args: StatusArgs, format: Format) -> anyhow::Result<ExitCode> {
             }
             println!("{}", serde_json::json!({ "registries": rows }));
         }
-        Format::Table => {
+        Format::Table | Format::Csv => {
             let mut table = output::table([
                 "REGISTRY",
                 "HEALTH",
@@ -399,7 +399,7 @@ async fn instances(args: InstancesArgs, format: Format) -> anyhow::Result<ExitCo
         reply.revision
     );
     match format {
-        Format::Table => println!("{answered}"),
+        Format::Table | Format::Csv => println!("{answered}"),
         Format::Json => eprintln!("{answered}"),
     }
     Ok(ExitCode::SUCCESS)
@@ -553,7 +553,7 @@ async fn ping(args: PingArgs, format: Format) -> anyhow::Result<ExitCode> {
             Format::Json => println!("{}", output::to_json(&reply)?),
             // The first ping also waits for the registry's snapshot and a
             // connection; later ones are one round trip.
-            Format::Table => println!(
+            Format::Table | Format::Csv => println!(
                 "{} {} time={:.2} ms",
                 reply.instance_id,
                 reply.message,

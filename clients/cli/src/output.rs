@@ -23,6 +23,8 @@ pub enum Format {
     Table,
     /// One protobuf-JSON object per reply (per event for streams), as grpcurl prints.
     Json,
+    /// Comma-separated values with a header line: `report` and `transactions` only.
+    Csv,
 }
 
 /// A reply message the CLI prints, with its fully qualified protobuf name.
@@ -87,7 +89,8 @@ pub fn emit<M: Reply>(
 ) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", to_json(reply)?),
-        Format::Table => println!("{}", table(reply).trim_fmt()),
+        // Csv is refused before any command but `report` and `transactions` runs.
+        Format::Table | Format::Csv => println!("{}", table(reply).trim_fmt()),
     }
     Ok(())
 }

@@ -238,6 +238,15 @@ pub enum Verb {
         #[command(flatten)]
         target: Target,
     },
+    /// An account's spend against its time: awarded, spent, available, the
+    /// burn rate (share of the award spent beside share of the period
+    /// elapsed) and when the money runs out at the rate so far
+    /// (`--output json|csv` for spreadsheets).
+    Report {
+        account_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Follow an account's balance, membership and expiry until interrupted;
     /// moves to another college when the one serving it goes away.
     Watch {
@@ -439,7 +448,7 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                         "registry": session.registry,
                     })
                 ),
-                Format::Table => println!(
+                Format::Table | Format::Csv => println!(
                     "{}",
                     output::record(&[
                         (
@@ -566,7 +575,9 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
                         .collect::<anyhow::Result<Vec<serde_json::Value>>>()?;
                     println!("{}", serde_json::json!({ "agencies": listed }));
                 }
-                Format::Table => println!("{}", output::agencies(&agencies).trim_fmt()),
+                Format::Table | Format::Csv => {
+                    println!("{}", output::agencies(&agencies).trim_fmt())
+                }
             }
         }
         Verb::Account { account_id, target } => {
@@ -775,11 +786,26 @@ pub async fn run(verb: Verb, format: Format) -> anyhow::Result<ExitCode> {
             // give their names (JSON keeps the reply as the server sent it).
             let account = match format {
                 Format::Json => Account::default(),
-                Format::Table => mesh.account(account_id).await?,
+                Format::Table | Format::Csv => mesh.account(account_id).await?,
             };
-            output::emit(format, &reply, |r| {
-                output::transactions(&r.transactions, &account.members, &account.currency)
-            })?;
+            if format == Format::Csv {
+                crate::report::journal_csv(
+                    &reply.transactions,
+                    &account.members,
+                    &account.currency,
+                )?;
+            } else {
+                output::emit(format, &reply, |r| {
+                    output::transactions(&r.transactions, &account.members, &account.currency)
+                })?;
+            }
+        }
+        Verb::Report { account_id, target } => {
+            let mesh = Mesh::new(&store, target, format)?;
+            let account = mesh.account(account_id.clone()).await?;
+            let journal = mesh.journal(account_id).await?;
+            let report = crate::report::report(&account, &journal, SystemTime::now());
+            crate::report::print(&report, format)?;
         }
         Verb::Watch { account_id, target } => {
             let mesh = Mesh::new(&store, target, format)?;
@@ -1077,6 +1103,31 @@ impl Mesh {
     /// `name` when the registry lists an agency of that name; else
     /// NOT_FOUND naming the agencies it does list, not an outage. Asked once,
     /// where a name typed by the user enters.
+    /// An account's whole journal, newest first (at most
+    /// [`MAX_ACCOUNT_PAGES`] pages of the college's largest).
+    async fn journal(&self, account_id: String) -> anyhow::Result<Vec<Transaction>> {
+        let mut journal = Vec::new();
+        let mut page_token = String::new();
+        for _ in 0..MAX_ACCOUNT_PAGES {
+            let message = ListTransactionsRequest {
+                account_id: account_id.clone(),
+                page_size: 500,
+                page_token,
+            };
+            let page = self
+                .college(message, true, |mut c, r| async move {
+                    c.list_transactions(r).await
+                })
+                .await?;
+            journal.extend(page.transactions);
+            if page.next_page_token.is_empty() {
+                return Ok(journal);
+            }
+            page_token = page.next_page_token;
+        }
+        anyhow::bail!("the journal of {account_id} is longer than this command reads")
+    }
+
     /// The account, as the caller may see it (`GetAccount`).
     async fn account(&self, account_id: String) -> anyhow::Result<Account> {
         self.college(

@@ -304,6 +304,73 @@ async fn a_researcher_runs_a_grant_from_the_command_line() {
     );
     assert_eq!(journal["transactions"][0]["memo"], "reagents");
 
+    // The journal and the report for a spreadsheet, and the report read as
+    // a person reads it: 25.00 of 4,000.00 spent, 3,975.00 left.
+    let csv = run(cfg, None, &["transactions", &account, "--output", "csv"])
+        .await
+        .ok("transactions --output csv");
+    let lines: Vec<&str> = csv.stdout.lines().collect();
+    assert!(
+        lines[0]
+            .starts_with("transaction,when,researcherId,researcher,amount,currency,amountMinor"),
+        "{}",
+        csv.stdout
+    );
+    assert_eq!(
+        lines.len(),
+        2,
+        "a header and the one withdrawal: {}",
+        csv.stdout
+    );
+    assert!(
+        lines[1].contains(",25.00,USD,2500,397500,reagents,w1"),
+        "{}",
+        csv.stdout
+    );
+    let report = run(cfg, None, &["report", &account]).await.ok("report");
+    for expected in [
+        "USD 4,000.00",
+        "USD 25.00 in 1 withdrawal(s)",
+        "USD 3,975.00",
+        "0.6% of the award spent",
+    ] {
+        assert!(
+            report.stdout.contains(expected),
+            "{expected}: {}",
+            report.stdout
+        );
+    }
+    let figures = run(cfg, None, &["report", &account, "--output", "json"])
+        .await
+        .ok("report --output json")
+        .json();
+    assert_eq!(
+        (
+            figures["awardedMinor"].as_i64(),
+            figures["spentMinor"].as_i64(),
+            figures["availableMinor"].as_i64()
+        ),
+        (Some(400_000), Some(2_500), Some(397_500)),
+        "{figures}"
+    );
+    let as_csv = run(cfg, None, &["report", &account, "--output", "csv"])
+        .await
+        .ok("report --output csv");
+    assert!(
+        as_csv
+            .stdout
+            .starts_with("accountId,title,currency,line,awardedMinor,spentMinor,availableMinor"),
+        "{}",
+        as_csv.stdout
+    );
+    let no_csv = run(cfg, None, &["accounts", "--output", "csv"]).await;
+    assert_eq!(no_csv.code, 2, "a usage error: {}", no_csv.stderr);
+    assert!(
+        no_csv.stderr.contains("--output csv is for"),
+        "{}",
+        no_csv.stderr
+    );
+
     let listed = run(
         cfg,
         None,
