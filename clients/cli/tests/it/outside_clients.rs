@@ -410,11 +410,10 @@ async fn a_generated_python_client_lists_watches_and_health_checks_the_registry(
     assert!(pinged.contains("\"service\": \"registry\""), "{pinged}");
 }
 
-#[tokio::test]
-async fn a_generated_python_client_runs_the_whole_grant_flow() {
-    let bin = python_env_bin().await;
-    let python = bin.join("python");
-    let client = repo_root().join("clients/python/grantmesh_client.py");
+/// Runs `program PREFIX… --ca CA flow …` (the Python client's grant flow)
+/// against a fresh TLS mesh of a registry, a college and the agency `nsf`;
+/// returns its JSON summary, checked to be ok.
+async fn python_flow(program: &PathBuf, prefix: &[&str]) -> serde_json::Value {
     let registry = tls_registry().await;
     let college = tls_member("college", &registry, &["--instance-id", "college-1"]).await;
     // `nsf`: the agency the test colleges know.
@@ -425,31 +424,35 @@ async fn a_generated_python_client_runs_the_whole_grant_flow() {
         || async { ids(&https(&registry), "college").await.len() == 1 },
     )
     .await;
-
-    let output = run(
-        &python,
-        &[
-            client.to_str().unwrap(),
-            "--ca",
-            &ca(),
-            "flow",
-            "--agency",
-            &agency.addr.to_string(),
-            "--college",
-            &college.addr.to_string(),
-            "--outbox",
-            crate::support::outbox().to_str().unwrap(),
-            // The test agency's band, 300000..500000 minor units.
-            "--amount",
-            "400000",
-        ],
-    )
-    .await;
+    let (ca, agency, college) = (ca(), agency.addr.to_string(), college.addr.to_string());
+    let flow = [
+        "--ca",
+        &ca,
+        "flow",
+        "--agency",
+        &agency,
+        "--college",
+        &college,
+        "--outbox",
+        crate::support::outbox().to_str().unwrap(),
+        // The test agency's band, 300000..500000 minor units.
+        "--amount",
+        "400000",
+    ];
+    let output = run(program, &[prefix, &flow].concat()).await;
     let summary: serde_json::Value =
         serde_json::from_str(output.lines().last().expect("a summary line")).unwrap();
     assert_eq!(summary["ok"], true, "{output}");
-    assert_eq!(summary["decision"], "DECISION_ACCEPTED", "{output}");
-    assert_eq!(summary["journal_count"], 1, "{output}");
+    summary
+}
+
+#[tokio::test]
+async fn a_generated_python_client_runs_the_whole_grant_flow() {
+    let python = python_env_bin().await.join("python");
+    let client = repo_root().join("clients/python/grantmesh_client.py");
+    let summary = python_flow(&python, &[client.to_str().unwrap()]).await;
+    assert_eq!(summary["decision"], "DECISION_ACCEPTED", "{summary}");
+    assert_eq!(summary["journal_count"], 1, "{summary}");
 }
 
 /// Copies what building the Python package reads (its directory and the
@@ -521,35 +524,7 @@ async fn the_python_package_installs_into_a_fresh_venv_and_runs_the_grant_flow()
     assert_eq!(checked.trim(), "ok");
 
     // Its command line runs the whole flow against a real mesh.
-    let registry = tls_registry().await;
-    let college = tls_member("college", &registry, &["--instance-id", "college-1"]).await;
-    let agency = tls_member("agency", &registry, &["--name", "nsf"]).await;
-    assert_eventually(
-        Duration::from_secs(5),
-        "the agency can find the college",
-        || async { ids(&https(&registry), "college").await.len() == 1 },
-    )
-    .await;
-    let output = run(
-        &venv.join("bin/grantmesh-client"),
-        &[
-            "--ca",
-            &ca(),
-            "flow",
-            "--agency",
-            &agency.addr.to_string(),
-            "--college",
-            &college.addr.to_string(),
-            "--outbox",
-            crate::support::outbox().to_str().unwrap(),
-            "--amount",
-            "400000",
-        ],
-    )
-    .await;
-    let summary: serde_json::Value =
-        serde_json::from_str(output.lines().last().expect("a summary line")).unwrap();
-    assert_eq!(summary["ok"], true, "{output}");
+    python_flow(&venv.join("bin/grantmesh-client"), &[]).await;
 }
 
 #[tokio::test]
