@@ -101,6 +101,14 @@ pub struct DevLetter {
 }
 
 #[derive(Template)]
+#[template(path = "password.html")]
+pub struct PasswordChange {
+    pub nav: Nav,
+    pub error: Option<String>,
+    pub rule: PasswordRule,
+}
+
+#[derive(Template)]
 #[template(path = "login.html")]
 pub struct Login {
     pub nav: Nav,

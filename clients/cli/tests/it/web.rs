@@ -232,6 +232,65 @@ async fn the_session_cookie_is_http_only_same_site_strict_and_carries_no_token()
 }
 
 #[tokio::test]
+async fn a_password_changed_in_the_portal_ends_the_other_sessions_and_keeps_this_one() {
+    let portal = Portal::start().await;
+    let ada = portal.signed_up("ada").await;
+    let (status, _, page) = portal.fetch(Some(&ada), "GET", "/accounts", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("href=\"/password\""),
+        "linked from the accounts page"
+    );
+    let change =
+        |current: &str, new: &str, token: &str| format!("csrf={token}&current={current}&new={new}");
+    // A wrong current password, or a weak new one, changes nothing.
+    let token = portal.csrf_of(&ada, "/password").await;
+    let (status, _, page) = portal
+        .fetch(
+            Some(&ada),
+            "POST",
+            "/password",
+            &change("not+mine", "quartz+heron+battery+staple", &token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("current password is not right"), "{page}");
+    let (status, _, page) = portal
+        .fetch(
+            Some(&ada),
+            "POST",
+            "/password",
+            &change("correct+horse+battery", "password1234", &token),
+        )
+        .await;
+    assert_ne!(status, StatusCode::SEE_OTHER, "{page}");
+    assert!(page.contains("Nothing was changed"), "{page}");
+    // The change: this browser goes on in a new session, with a new id.
+    let response = portal
+        .send(
+            Some(&ada),
+            "POST",
+            "/password",
+            &change(
+                "correct+horse+battery",
+                "quartz+heron+battery+staple",
+                &token,
+            ),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let after = Browser {
+        cookie: session_cookie(&response).expect("a new session id"),
+    };
+    assert_ne!(after.cookie, ada.cookie);
+    let (status, _, _) = portal.fetch(Some(&after), "GET", "/accounts", "").await;
+    assert_eq!(status, StatusCode::OK, "the new session works");
+    let (status, location, _) = portal.fetch(Some(&ada), "GET", "/accounts", "").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "the old session id is gone");
+    assert!(location.starts_with("/login"), "{location}");
+}
+
+#[tokio::test]
 async fn a_form_without_the_sessions_csrf_token_is_refused_and_changes_nothing() {
     let portal = Portal::start().await;
     let ada = portal.signed_up("ada").await;

@@ -22,15 +22,16 @@ use axum::http::header::SET_COOKIE;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use grantmesh_proto::v1::{
-    LoginReply, LoginRequest, LogoutRequest, RegisterResearcherRequest, VerifyEmailRequest,
+    ChangePasswordRequest, LoginReply, LoginRequest, LogoutRequest, RegisterResearcherRequest,
+    VerifyEmailRequest,
 };
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
-use super::{check_csrf, nav};
+use super::{check_csrf, check_researcher_csrf, nav, researcher_nav};
 use crate::App;
-use crate::sessions::{Session, Sessions, Visitor, safe_next};
-use crate::views::{self, DevLetter, DevMail, Login, PasswordRule, Signup, Verify};
+use crate::sessions::{Researcher, Session, Sessions, Visitor, safe_next};
+use crate::views::{self, DevLetter, DevMail, Login, PasswordChange, PasswordRule, Signup, Verify};
 use crate::words;
 
 /// How long a log-in waits before asking a busy College once more.
@@ -409,6 +410,88 @@ pub async fn login(
                     error: Some(error),
                     email: form.email,
                     next: safe_next(&form.next),
+                },
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    current: String,
+    #[serde(default)]
+    new: String,
+}
+
+pub async fn password_form(State(app): State<Arc<App>>, researcher: Researcher) -> Response {
+    views::render(
+        StatusCode::OK,
+        &PasswordChange {
+            nav: researcher_nav(&app, &researcher),
+            error: None,
+            rule: PasswordRule::COLLEGE,
+        },
+    )
+}
+
+/// The College changes the password and ends every session of the
+/// researcher (other browsers are logged out within a second); this
+/// browser goes on in the new session the College opened.
+pub async fn change_password(
+    State(app): State<Arc<App>>,
+    researcher: Researcher,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    if let Some(refused) = check_researcher_csrf(&app, &researcher, &form.csrf) {
+        return refused;
+    }
+    let changed = app
+        .mesh
+        .college(
+            Some(&researcher.session.token),
+            ChangePasswordRequest {
+                current_password: form.current.clone(),
+                new_password: form.new.clone(),
+            },
+            |mut c, r| async move { c.change_password(r).await },
+        )
+        .await;
+    match changed.and_then(|reply| start_session(&app, reply)) {
+        Ok(sid) => {
+            app.sessions.end(&researcher.sid);
+            signed_in(
+                &app,
+                &sid,
+                "/accounts",
+                "Your password is changed; every other session of yours has ended.",
+            )
+        }
+        Err(status) => {
+            let problem = words::explain(&status);
+            let wrong = status.code() == Code::Unauthenticated
+                && status.message().contains("current password");
+            if problem.log_in_again && !wrong {
+                return super::researcher_problem(&app, &researcher, "Password", problem);
+            }
+            let error = if wrong {
+                "The current password is not right; nothing was changed.".to_owned()
+            } else {
+                format!("Nothing was changed. {}", problem.sentence)
+            };
+            let http = if problem.http == StatusCode::UNAUTHORIZED {
+                StatusCode::OK
+            } else {
+                problem.http
+            };
+            views::render(
+                http,
+                &PasswordChange {
+                    nav: researcher_nav(&app, &researcher),
+                    error: Some(error),
+                    rule: PasswordRule::COLLEGE,
                 },
             )
         }

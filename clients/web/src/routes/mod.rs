@@ -42,6 +42,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/verify", get(auth::verify_form).post(auth::verify))
         .route("/dev/mail", get(auth::dev_mail))
         .route("/login", get(auth::login_form).post(auth::login))
+        .route(
+            "/password",
+            get(auth::password_form).post(auth::change_password),
+        )
         .route("/logout", post(auth::logout))
         .route("/proposals", get(proposals::list).post(proposals::submit))
         .route("/proposals/new", get(proposals::new_form))
